@@ -1,0 +1,430 @@
+//! Typed configuration: TOML file, then `HOMECMP__SECTION__KEY` environment
+//! overrides, then validation that reports every error at once.
+//!
+//! The keys of DESIGN §7 keep their names and meaning; the others are ours
+//! and documented in `homecmp.example.toml`. Defaults are the embedded ones
+//! `homecmp serve` runs on with no file at all.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use ipnet::IpNet;
+use serde::Deserialize;
+
+use crate::core::{AuthMode, MismatchPolicy, MnoPolicy, Policy};
+use crate::wire::RoutingPrefix;
+
+/// Prefix of environment overrides: `HOMECMP__AUTH__MODE=monitor`.
+pub const ENV_PREFIX: &str = "HOMECMP__";
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub http3: bool,
+    /// Both or neither: neither means a self-signed certificate in data_dir.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub policy: Policy,
+    pub max_clientids_per_subscriber: usize,
+    /// Association creations one subscriber may make per minute.
+    pub associations_per_minute: u32,
+    pub session_ttl: Duration,
+    pub mno: MnoPolicy,
+    pub msisdn_header: http::HeaderName,
+    /// Hex secret keying subscriber refs; absent: generated into data_dir.
+    pub subscriber_secret: Option<[u8; 32]>,
+    pub admin_listen: SocketAddr,
+    pub admin_token_file: PathBuf,
+    pub limits: Limits,
+    pub log_json: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Limits {
+    pub max_connections: usize,
+    pub header_read_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_header_bytes: usize,
+    pub max_concurrent_streams: u32,
+    /// Longest accepted request target (path + query), bytes.
+    pub max_uri_bytes: usize,
+    pub shutdown_grace: Duration,
+}
+
+/// Every problem found, one line each.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid configuration:\n  {}", .0.join("\n  "))]
+pub struct ConfigErrors(pub Vec<String>);
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct Raw {
+    server: RawServer,
+    auth: RawAuth,
+    mno: RawMno,
+    admin: RawAdmin,
+    limits: RawLimits,
+    log: RawLog,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawServer {
+    data_dir: PathBuf,
+    listen: String,
+    http3: bool,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    routing_prefixes: Vec<String>,
+    subscriber_secret: Option<String>,
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        Self {
+            data_dir: "./homecmp-data".into(),
+            listen: "127.0.0.1:8443".into(),
+            http3: true,
+            tls_cert: None,
+            tls_key: None,
+            routing_prefixes: vec!["2001000001".into()],
+            subscriber_secret: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAuth {
+    mode: AuthMode,
+    on_mismatch: MismatchPolicy,
+    max_clientids_per_subscriber: usize,
+    associations_per_minute: u32,
+    session_ttl_secs: u64,
+}
+
+impl Default for RawAuth {
+    fn default() -> Self {
+        Self {
+            mode: AuthMode::Enforce,
+            on_mismatch: MismatchPolicy::Reject,
+            max_clientids_per_subscriber: 8,
+            associations_per_minute: 10,
+            session_ttl_secs: 24 * 3600,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawMno {
+    networks: Vec<String>,
+    trusted_gateways: Vec<String>,
+    msisdn_header: String,
+}
+
+impl Default for RawMno {
+    fn default() -> Self {
+        Self {
+            networks: vec!["127.1.0.0/16".into()],
+            trusted_gateways: vec![],
+            msisdn_header: "X-MSISDN".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawAdmin {
+    listen: String,
+    token_file: PathBuf,
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8444".into(),
+            token_file: "admin.token".into(),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawLimits {
+    max_connections: usize,
+    header_read_timeout_ms: u64,
+    idle_timeout_ms: u64,
+    max_header_bytes: usize,
+    max_concurrent_streams: u32,
+    max_uri_bytes: usize,
+    shutdown_grace_ms: u64,
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        Self {
+            max_connections: 10_000,
+            header_read_timeout_ms: 5_000,
+            idle_timeout_ms: 30_000,
+            max_header_bytes: 16 * 1024,
+            max_concurrent_streams: 100,
+            max_uri_bytes: 2048,
+            shutdown_grace_ms: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+struct RawLog {
+    json: bool,
+}
+
+impl Config {
+    /// Embedded defaults plus environment overrides.
+    pub fn from_env() -> Result<Self, ConfigErrors> {
+        Self::parse("", std::env::vars())
+    }
+
+    /// Reads `path`, applies environment overrides, validates.
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigErrors(vec![format!("cannot read {}: {e}", path.display())]))?;
+        Self::parse(&text, std::env::vars())
+    }
+
+    /// Parses TOML text with `HOMECMP__SECTION__KEY` overrides from `env`.
+    pub fn parse(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Self, ConfigErrors> {
+        let mut table: toml::Table =
+            toml::from_str(text).map_err(|e| ConfigErrors(vec![e.to_string()]))?;
+        let mut errors = Vec::new();
+        for (name, value) in env {
+            let Some(path) = name.strip_prefix(ENV_PREFIX) else {
+                continue;
+            };
+            match path.split_once("__") {
+                Some((section, key)) => {
+                    let section = section.to_ascii_lowercase();
+                    let key = key.to_ascii_lowercase();
+                    let entry = table
+                        .entry(section)
+                        .or_insert_with(|| toml::Value::Table(Default::default()));
+                    match entry.as_table_mut() {
+                        Some(t) => {
+                            t.insert(key, env_value(&value));
+                        }
+                        None => errors.push(format!("{name}: not a section")),
+                    }
+                }
+                None => errors.push(format!("{name}: expected {ENV_PREFIX}SECTION__KEY")),
+            }
+        }
+        let raw: Raw = toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigErrors(vec![e.to_string()]))?;
+        let config = validate(raw, &mut errors);
+        if errors.is_empty() {
+            Ok(config)
+        } else {
+            Err(ConfigErrors(errors))
+        }
+    }
+
+    /// Where the admin token lives (relative paths are under data_dir).
+    pub fn admin_token_path(&self) -> PathBuf {
+        self.data_dir.join(&self.admin_token_file)
+    }
+}
+
+/// An override value is TOML if it parses as TOML (`true`, `8`, `["a"]`),
+/// else a plain string (`127.0.0.1:9443`).
+fn env_value(text: &str) -> toml::Value {
+    toml::from_str::<toml::Table>(&format!("v = {text}"))
+        .ok()
+        .and_then(|mut t| t.remove("v"))
+        .unwrap_or_else(|| toml::Value::String(text.to_owned()))
+}
+
+fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
+    let mut addr = |key: &str, text: &str| -> SocketAddr {
+        text.parse().unwrap_or_else(|_| {
+            errors.push(format!("{key}: {text:?} is not an address:port"));
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        })
+    };
+    let listen = addr("server.listen", &raw.server.listen);
+    let admin_listen = addr("admin.listen", &raw.admin.listen);
+    let tls = match (raw.server.tls_cert, raw.server.tls_key) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        _ => {
+            errors.push("server.tls_cert and server.tls_key: give both or neither".into());
+            None
+        }
+    };
+    let mut routing_prefixes = Vec::new();
+    for text in &raw.server.routing_prefixes {
+        match RoutingPrefix::parse(text) {
+            Ok(p) => routing_prefixes.push(p),
+            Err(e) => errors.push(format!("server.routing_prefixes: {text:?}: {e}")),
+        }
+    }
+    let subscriber_secret = raw.server.subscriber_secret.as_deref().and_then(|hex| {
+        let secret = parse_secret(hex);
+        if secret.is_none() {
+            errors.push("server.subscriber_secret: expected 64 hex digits".into());
+        }
+        secret
+    });
+    let mut nets = |key: &str, list: &[String]| -> Vec<IpNet> {
+        list.iter()
+            .filter_map(|text| match parse_net(text) {
+                Some(net) => Some(net),
+                None => {
+                    errors.push(format!("{key}: {text:?} is not an IP address or CIDR"));
+                    None
+                }
+            })
+            .collect()
+    };
+    let networks = nets("mno.networks", &raw.mno.networks);
+    let trusted_gateways = nets("mno.trusted_gateways", &raw.mno.trusted_gateways);
+    let msisdn_header = http::HeaderName::try_from(raw.mno.msisdn_header.as_str())
+        .unwrap_or_else(|_| {
+            errors.push(format!(
+                "mno.msisdn_header: {:?} is not a header name",
+                raw.mno.msisdn_header
+            ));
+            http::HeaderName::from_static("x-msisdn")
+        });
+    let auth = &raw.auth;
+    if auth.max_clientids_per_subscriber == 0 {
+        errors.push("auth.max_clientids_per_subscriber: must be at least 1".into());
+    }
+    if auth.associations_per_minute == 0 {
+        errors.push("auth.associations_per_minute: must be at least 1".into());
+    }
+    let limits = &raw.limits;
+    for (key, value) in [
+        ("limits.max_connections", limits.max_connections as u64),
+        ("limits.header_read_timeout_ms", limits.header_read_timeout_ms),
+        ("limits.idle_timeout_ms", limits.idle_timeout_ms),
+        ("limits.max_header_bytes", limits.max_header_bytes as u64),
+        ("limits.max_concurrent_streams", limits.max_concurrent_streams.into()),
+        ("limits.max_uri_bytes", limits.max_uri_bytes as u64),
+    ] {
+        if value == 0 {
+            errors.push(format!("{key}: must be greater than 0"));
+        }
+    }
+    Config {
+        data_dir: raw.server.data_dir,
+        listen,
+        http3: raw.server.http3,
+        tls,
+        policy: Policy {
+            mode: auth.mode,
+            on_mismatch: auth.on_mismatch,
+            routing_prefixes,
+        },
+        max_clientids_per_subscriber: auth.max_clientids_per_subscriber,
+        associations_per_minute: auth.associations_per_minute,
+        session_ttl: Duration::from_secs(auth.session_ttl_secs),
+        mno: MnoPolicy {
+            networks,
+            trusted_gateways,
+        },
+        msisdn_header,
+        subscriber_secret,
+        admin_listen,
+        admin_token_file: raw.admin.token_file,
+        limits: Limits {
+            max_connections: limits.max_connections,
+            header_read_timeout: Duration::from_millis(limits.header_read_timeout_ms),
+            idle_timeout: Duration::from_millis(limits.idle_timeout_ms),
+            max_header_bytes: limits.max_header_bytes,
+            max_concurrent_streams: limits.max_concurrent_streams,
+            max_uri_bytes: limits.max_uri_bytes,
+            shutdown_grace: Duration::from_millis(limits.shutdown_grace_ms),
+        },
+        log_json: raw.log.json,
+    }
+}
+
+/// A CIDR, or a bare address as a /32 or /128.
+fn parse_net(text: &str) -> Option<IpNet> {
+    text.parse::<IpNet>()
+        .ok()
+        .or_else(|| text.parse::<std::net::IpAddr>().ok().map(IpNet::from))
+}
+
+fn parse_secret(hex: &str) -> Option<[u8; 32]> {
+    crate::wire::SubscriberRef::from_hex(hex).map(|r| r.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env() -> Vec<(String, String)> {
+        vec![]
+    }
+
+    #[test]
+    fn empty_file_gives_the_embedded_defaults() {
+        let c = Config::parse("", no_env()).unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(c.admin_listen, "127.0.0.1:8444".parse().unwrap());
+        assert_eq!(c.policy.mode, AuthMode::Enforce);
+        assert_eq!(c.max_clientids_per_subscriber, 8);
+        assert!(c.http3 && c.tls.is_none());
+        assert_eq!(c.admin_token_path(), PathBuf::from("./homecmp-data/admin.token"));
+    }
+
+    #[test]
+    fn every_error_is_listed() {
+        let text = r#"
+            [server]
+            listen = "nope"
+            routing_prefixes = ["2000000001", "zz"]
+            tls_cert = "/x.pem"
+            [auth]
+            max_clientids_per_subscriber = 0
+            [mno]
+            networks = ["10.0.0.0/33"]
+        "#;
+        let errors = Config::parse(text, no_env()).unwrap_err().0;
+        assert_eq!(errors.len(), 6, "{errors:#?}");
+        assert!(errors.iter().any(|e| e.starts_with("server.listen")));
+        assert!(errors.iter().any(|e| e.contains("reserved")));
+        assert!(errors.iter().any(|e| e.starts_with("mno.networks")));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_enums_are_refused() {
+        assert!(Config::parse("[server]\nlisten_port = 1", no_env()).is_err());
+        assert!(Config::parse("[auth]\nmode = \"lenient\"", no_env()).is_err());
+    }
+
+    #[test]
+    fn environment_overrides_the_file() {
+        let env = vec![
+            ("HOMECMP__AUTH__MODE".to_owned(), "monitor".to_owned()),
+            ("HOMECMP__SERVER__LISTEN".to_owned(), "127.0.0.1:9443".to_owned()),
+            ("HOMECMP__MNO__NETWORKS".to_owned(), r#"["10.0.0.0/8", "192.0.2.1"]"#.to_owned()),
+            ("HOMECMP__SERVER__HTTP3".to_owned(), "false".to_owned()),
+            ("OTHER".to_owned(), "x".to_owned()),
+        ];
+        let c = Config::parse("[auth]\nmode = \"off\"", env).unwrap();
+        assert_eq!(c.policy.mode, AuthMode::Monitor);
+        assert_eq!(c.listen.port(), 9443);
+        assert_eq!(c.mno.networks.len(), 2);
+        assert!(!c.http3);
+    }
+}

@@ -1,0 +1,369 @@
+//! The authentication decision of DESIGN §4 and the resolution after it.
+
+use std::sync::Arc;
+
+use crate::store::{Association, IdentitySource, Index};
+use crate::wire::{ClientIdError, CodeError, IndirectCode, RoutingPrefix, SubscriberRef};
+
+use super::identity::Identity;
+
+/// `auth.mode`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthMode {
+    /// Refuse what fails authentication (default).
+    #[default]
+    Enforce,
+    /// Decide and count, but resolve anyway: for rollout.
+    Monitor,
+    /// No MCC authentication at all.
+    Off,
+}
+
+/// `auth.on_mismatch`: an associated clientid seen with another subscriber.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MismatchPolicy {
+    #[default]
+    Reject,
+    /// Move the association to the subscriber the network reports now.
+    Rebind,
+}
+
+#[derive(Debug, Clone)]
+pub struct Policy {
+    pub mode: AuthMode,
+    pub on_mismatch: MismatchPolicy,
+    pub routing_prefixes: Vec<RoutingPrefix>,
+}
+
+/// Every way a request is refused. The wire status of each is decided in one
+/// place, `net::http::wire_error`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Refusal {
+    #[error("invalid code: {0}")]
+    InvalidCode(CodeError),
+    #[error("invalid clientid: {0}")]
+    InvalidClientId(ClientIdError),
+    #[error("a clientid is required")]
+    ClientIdRequired,
+    #[error("this clientid has no association yet: retry the scan over the mobile network")]
+    RetryOnMnoNetwork,
+    #[error("the mobile network does not identify this subscriber")]
+    SubscriberUnknown,
+    #[error("this clientid is associated with another subscriber")]
+    AssociationMismatch,
+    #[error("no such code")]
+    CodeNotFound,
+    #[error("the code belongs to another CMP")]
+    UnknownPrefix,
+    #[error("too many requests; retry after {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
+    #[error("the server is overloaded; retry later")]
+    Overloaded,
+    #[error("temporarily unable to store the association; retry later")]
+    Unavailable,
+}
+
+impl Refusal {
+    /// Whether monitor mode would let the request through anyway: the
+    /// authentication refusals, not the parse or capacity ones.
+    pub fn is_authentication(&self) -> bool {
+        matches!(
+            self,
+            Refusal::InvalidClientId(_)
+                | Refusal::ClientIdRequired
+                | Refusal::RetryOnMnoNetwork
+                | Refusal::SubscriberUnknown
+                | Refusal::AssociationMismatch
+        )
+    }
+}
+
+/// Proof that a request may see the code store. Made only by [`decide`] and
+/// by the transports after a durable association ([`Permit::created`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Permit {
+    association: AssociationState,
+}
+
+/// The `association` field of a successful answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AssociationState {
+    Existing,
+    Created,
+    None,
+}
+
+impl AssociationState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AssociationState::Existing => "existing",
+            AssociationState::Created => "created",
+            AssociationState::None => "none",
+        }
+    }
+}
+
+impl Permit {
+    /// A permit for a request whose association was just made durable.
+    pub fn created() -> Self {
+        Permit {
+            association: AssociationState::Created,
+        }
+    }
+
+    pub fn association(&self) -> AssociationState {
+        self.association
+    }
+}
+
+/// What the transport must do with a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    /// Authenticated (or authentication not required): go on to [`resolve`].
+    Resolve(Permit),
+    /// Make the association durable first, then resolve with
+    /// [`Permit::created`]. `rebind` moves it from another subscriber.
+    Associate {
+        subscriber: SubscriberRef,
+        source: IdentitySource,
+        rebind: bool,
+    },
+    Refuse(Refusal),
+    /// Monitor mode: `would` is what enforce would have answered; resolve
+    /// without an association and count it.
+    Monitored { would: Refusal },
+}
+
+/// The checks of DESIGN §4 after parsing, cheapest first: clientid present and
+/// well-formed, its association, then the association path of §3.
+///
+/// `clientid` is the raw query value; `association` is the index's answer for
+/// it (`None` when absent or malformed); `identity` is who the network says
+/// the client is. A created association is never decided here without a
+/// subscriber, and nothing here looks at codes.
+pub fn decide(
+    policy: &Policy,
+    clientid: Option<&str>,
+    association: Option<Association>,
+    identity: &Identity,
+) -> Decision {
+    let decision = match policy.mode {
+        AuthMode::Off => {
+            return Decision::Resolve(Permit {
+                association: AssociationState::None,
+            });
+        }
+        _ => authenticate(policy, clientid, association, identity),
+    };
+    match (policy.mode, decision) {
+        (AuthMode::Monitor, Decision::Refuse(would)) if would.is_authentication() => {
+            Decision::Monitored { would }
+        }
+        (_, decision) => decision,
+    }
+}
+
+fn authenticate(
+    policy: &Policy,
+    clientid: Option<&str>,
+    association: Option<Association>,
+    identity: &Identity,
+) -> Decision {
+    let Some(clientid) = clientid else {
+        return Decision::Refuse(Refusal::ClientIdRequired);
+    };
+    if let Err(e) = crate::wire::clientid::validate(clientid) {
+        return Decision::Refuse(Refusal::InvalidClientId(e));
+    }
+    match (association, &identity.subscriber) {
+        (Some(a), Some((reported, source))) if a.subscriber != *reported => {
+            match policy.on_mismatch {
+                MismatchPolicy::Reject => Decision::Refuse(Refusal::AssociationMismatch),
+                MismatchPolicy::Rebind => Decision::Associate {
+                    subscriber: *reported,
+                    source: *source,
+                    rebind: true,
+                },
+            }
+        }
+        (Some(_), _) => Decision::Resolve(Permit {
+            association: AssociationState::Existing,
+        }),
+        (None, _) if !identity.on_mno_network => Decision::Refuse(Refusal::RetryOnMnoNetwork),
+        (None, None) => Decision::Refuse(Refusal::SubscriberUnknown),
+        (None, Some((subscriber, source))) => Decision::Associate {
+            subscriber: *subscriber,
+            source: *source,
+            rebind: false,
+        },
+    }
+}
+
+/// After authentication: the routing prefix (`UNKNOWN_PREFIX`) and the code
+/// (`CODE_NOT_FOUND`). Needs a [`Permit`]: an unauthenticated request cannot
+/// learn whether a code exists.
+pub fn resolve(
+    policy: &Policy,
+    _permit: &Permit,
+    code: &IndirectCode,
+    index: &Index,
+) -> Result<Arc<str>, Refusal> {
+    if !policy
+        .routing_prefixes
+        .iter()
+        .any(|p| p.as_str() == code.prefix())
+    {
+        return Err(Refusal::UnknownPrefix);
+    }
+    index
+        .code(code)
+        .map(|entry| entry.target)
+        .ok_or(Refusal::CodeNotFound)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(mode: AuthMode, on_mismatch: MismatchPolicy) -> Policy {
+        Policy {
+            mode,
+            on_mismatch,
+            routing_prefixes: vec![RoutingPrefix::parse("2001000001").unwrap()],
+        }
+    }
+
+    fn assoc(sub: u8) -> Option<Association> {
+        Some(Association {
+            subscriber: SubscriberRef([sub; 32]),
+            since_ms: 0,
+            seq: 1,
+        })
+    }
+
+    fn on_mno(sub: Option<u8>) -> Identity {
+        Identity {
+            on_mno_network: true,
+            subscriber: sub.map(|s| (SubscriberRef([s; 32]), IdentitySource::SessionBinding)),
+            spoof_attempt: false,
+        }
+    }
+
+    fn wifi() -> Identity {
+        Identity {
+            on_mno_network: false,
+            subscriber: None,
+            spoof_attempt: false,
+        }
+    }
+
+    const ENFORCE: AuthMode = AuthMode::Enforce;
+    const REJECT: MismatchPolicy = MismatchPolicy::Reject;
+
+    #[test]
+    fn every_authentication_row() {
+        let p = policy(ENFORCE, REJECT);
+        let refuse = |r| Decision::Refuse(r);
+        assert_eq!(decide(&p, None, None, &on_mno(Some(1))), refuse(Refusal::ClientIdRequired));
+        assert!(matches!(
+            decide(&p, Some("bad id"), None, &on_mno(Some(1))),
+            Decision::Refuse(Refusal::InvalidClientId(_))
+        ));
+        assert_eq!(decide(&p, Some("c"), None, &wifi()), refuse(Refusal::RetryOnMnoNetwork));
+        assert_eq!(decide(&p, Some("c"), None, &on_mno(None)), refuse(Refusal::SubscriberUnknown));
+        assert_eq!(
+            decide(&p, Some("c"), assoc(1), &on_mno(Some(2))),
+            refuse(Refusal::AssociationMismatch)
+        );
+        assert_eq!(
+            decide(&p, Some("c"), None, &on_mno(Some(1))),
+            Decision::Associate {
+                subscriber: SubscriberRef([1; 32]),
+                source: IdentitySource::SessionBinding,
+                rebind: false
+            }
+        );
+        let existing = Decision::Resolve(Permit {
+            association: AssociationState::Existing,
+        });
+        assert_eq!(decide(&p, Some("c"), assoc(1), &on_mno(Some(1))), existing);
+        assert_eq!(decide(&p, Some("c"), assoc(1), &wifi()), existing);
+        assert_eq!(decide(&p, Some("c"), assoc(1), &on_mno(None)), existing);
+    }
+
+    #[test]
+    fn rebind_policy_moves_on_mismatch() {
+        let p = policy(ENFORCE, MismatchPolicy::Rebind);
+        assert_eq!(
+            decide(&p, Some("c"), assoc(1), &on_mno(Some(2))),
+            Decision::Associate {
+                subscriber: SubscriberRef([2; 32]),
+                source: IdentitySource::SessionBinding,
+                rebind: true
+            }
+        );
+    }
+
+    #[test]
+    fn monitor_resolves_what_enforce_refuses_but_not_parse_errors() {
+        let p = policy(AuthMode::Monitor, REJECT);
+        assert_eq!(
+            decide(&p, None, None, &wifi()),
+            Decision::Monitored {
+                would: Refusal::ClientIdRequired
+            }
+        );
+        assert_eq!(
+            decide(&p, Some("c"), None, &wifi()),
+            Decision::Monitored {
+                would: Refusal::RetryOnMnoNetwork
+            }
+        );
+        assert!(matches!(
+            decide(&p, Some("c"), None, &on_mno(Some(1))),
+            Decision::Associate { .. }
+        ));
+    }
+
+    #[test]
+    fn off_never_authenticates() {
+        let p = policy(AuthMode::Off, REJECT);
+        assert_eq!(
+            decide(&p, None, None, &wifi()),
+            Decision::Resolve(Permit {
+                association: AssociationState::None
+            })
+        );
+    }
+
+    #[test]
+    fn resolve_checks_prefix_then_code() {
+        use crate::store::{Event, Record};
+        let p = policy(ENFORCE, REJECT);
+        let index = Index::new();
+        let record = Record {
+            at_ms: 0,
+            event: Event::CodeRegistered {
+                code: "2001000001abc".into(),
+                target: "https://example.org/".into(),
+            },
+        };
+        index.apply(1, &record).unwrap();
+        let permit = Permit::created();
+        let code = |t| IndirectCode::parse(t).unwrap();
+        assert_eq!(
+            resolve(&p, &permit, &code("2001000001abc"), &index).as_deref(),
+            Ok("https://example.org/")
+        );
+        assert_eq!(
+            resolve(&p, &permit, &code("2001000001abd"), &index),
+            Err(Refusal::CodeNotFound)
+        );
+        assert_eq!(
+            resolve(&p, &permit, &code("2001000002abc"), &index),
+            Err(Refusal::UnknownPrefix)
+        );
+    }
+}

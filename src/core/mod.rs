@@ -1,0 +1,13 @@
+//! The decision core: who gets what, with no I/O.
+//!
+//! Takes a parsed request, what the index knows of its clientid, who the
+//! network says the client is, the policy and (where time matters) `now`, and
+//! returns a [`Decision`]. No sockets, no disk, no clock: unit-tested with
+//! plain values. The transports do the lookups it asks for and carry out what
+//! it decides; [`Permit`] is the only way to reach the code store.
+
+mod decide;
+mod identity;
+
+pub use decide::{AuthMode, Decision, MismatchPolicy, Permit, Policy, Refusal, decide, resolve};
+pub use identity::{ClientView, Identity, MnoPolicy, Sessions, identify};

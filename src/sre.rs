@@ -1,0 +1,225 @@
+//! `homecmp log ...`: the SRE's view of the event log.
+//!
+//! Every command opens the log read-only, so it runs beside a live server and
+//! never changes a byte. Output goes to the given writer (stdout in the
+//! binary); the result says which exit code the binary should use.
+
+use std::collections::BTreeMap;
+use std::io::{self, Write};
+use std::path::Path;
+use std::time::{Duration, UNIX_EPOCH};
+
+use serde::Serialize;
+
+use crate::store::{self, EventLog, Index, LogError, Record, Seq, StoreError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SreError {
+    /// The data dir has no readable log (wrong path, no permission).
+    #[error("{0}")]
+    Open(LogError),
+    /// The log is damaged or inconsistent: a check failed.
+    #[error("{0}")]
+    Check(StoreError),
+    #[error("cannot write output: {0}")]
+    Output(#[from] io::Error),
+}
+
+impl SreError {
+    /// Exit code: 1 a check failed, 66 no input (sysexits' EX_NOINPUT), 74 I/O.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            SreError::Check(_) => 1,
+            SreError::Open(_) => 66,
+            SreError::Output(_) => 74,
+        }
+    }
+}
+
+impl From<LogError> for SreError {
+    fn from(e: LogError) -> Self {
+        SreError::Check(StoreError::Log(e))
+    }
+}
+
+/// Where `replay` stops (inclusive).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Until {
+    Seq(Seq),
+    /// Unix milliseconds.
+    Time(u64),
+}
+
+impl std::str::FromStr for Until {
+    type Err = String;
+
+    /// A sequence number, or an RFC 3339 time such as `2026-11-28T10:00:00Z`.
+    fn from_str(text: &str) -> Result<Self, String> {
+        if let Ok(seq) = text.parse() {
+            return Ok(Until::Seq(seq));
+        }
+        let time = humantime::parse_rfc3339_weak(text)
+            .map_err(|e| format!("{text:?} is neither a sequence number nor an RFC 3339 time ({e})"))?;
+        let ms = time
+            .duration_since(UNIX_EPOCH)
+            .map_err(|_| format!("{text:?} is before 1970"))?
+            .as_millis();
+        Ok(Until::Time(ms as u64))
+    }
+}
+
+fn open(data_dir: &Path) -> Result<EventLog, SreError> {
+    EventLog::open_read_only(&data_dir.join(crate::LOG_DIR)).map_err(SreError::Open)
+}
+
+pub fn rfc3339(at_ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(at_ms)).to_string()
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct Stats {
+    pub events: u64,
+    pub first_seq: Option<Seq>,
+    pub last_seq: Option<Seq>,
+    pub first_at: Option<String>,
+    pub last_at: Option<String>,
+    pub disk_bytes: u64,
+    pub by_kind: BTreeMap<&'static str, u64>,
+}
+
+/// `log stats`: counts, range, size on disk, events by kind.
+pub fn stats(data_dir: &Path, json: bool, out: &mut impl Write) -> Result<Stats, SreError> {
+    let log = open(data_dir)?;
+    let mut stats = Stats {
+        disk_bytes: log.disk_bytes(),
+        ..Stats::default()
+    };
+    for item in log.read_from(0) {
+        let (seq, record) = item?;
+        stats.events += 1;
+        stats.first_seq.get_or_insert(seq);
+        stats.first_at.get_or_insert_with(|| rfc3339(record.at_ms));
+        stats.last_seq = Some(seq);
+        stats.last_at = Some(rfc3339(record.at_ms));
+        *stats.by_kind.entry(record.event.kind()).or_default() += 1;
+    }
+    if json {
+        serde_json::to_writer(&mut *out, &stats).map_err(io::Error::from)?;
+        writeln!(out)?;
+    } else {
+        let dash = || "-".to_owned();
+        writeln!(out, "events      {}", stats.events)?;
+        writeln!(
+            out,
+            "sequence    {} .. {}",
+            stats.first_seq.map_or_else(dash, |s| s.to_string()),
+            stats.last_seq.map_or_else(dash, |s| s.to_string())
+        )?;
+        writeln!(
+            out,
+            "time        {} .. {}",
+            stats.first_at.clone().unwrap_or_else(dash),
+            stats.last_at.clone().unwrap_or_else(dash)
+        )?;
+        writeln!(out, "disk bytes  {}", stats.disk_bytes)?;
+        for (kind, n) in &stats.by_kind {
+            writeln!(out, "  {kind:<22}{n}")?;
+        }
+    }
+    Ok(stats)
+}
+
+/// `log verify`: every record decodes, the sequence is contiguous, and every
+/// event applies to the state before it (what the server checks on start).
+pub fn verify(data_dir: &Path, out: &mut impl Write) -> Result<store::Replayed, SreError> {
+    let log = open(data_dir)?;
+    let index = Index::new();
+    let replayed = store::replay(&log, &index, |_, _| true).map_err(SreError::Check)?;
+    writeln!(
+        out,
+        "ok: {} events, last sequence {}",
+        replayed.events, replayed.counts.last_seq
+    )?;
+    Ok(replayed)
+}
+
+#[derive(Serialize)]
+struct ExportLine<'a> {
+    seq: Seq,
+    at: String,
+    #[serde(flatten)]
+    record: &'a Record,
+}
+
+/// `log export`: one JSON object per line, `seq`, `at` (RFC 3339), `at_ms`,
+/// `kind` and the event's fields. Stops with an error at a bad record, after
+/// writing every good one before it.
+pub fn export(
+    data_dir: &Path,
+    from: Seq,
+    to: Option<Seq>,
+    out: &mut impl Write,
+) -> Result<u64, SreError> {
+    let log = open(data_dir)?;
+    let mut written = 0;
+    for item in log.read_from(from) {
+        let (seq, record) = item?;
+        if to.is_some_and(|to| seq > to) {
+            break;
+        }
+        let line = ExportLine {
+            seq,
+            at: rfc3339(record.at_ms),
+            record: &record,
+        };
+        serde_json::to_writer(&mut *out, &line).map_err(io::Error::from)?;
+        writeln!(out)?;
+        written += 1;
+    }
+    Ok(written)
+}
+
+/// `log replay`: rebuilds the state as of `until` (inclusive; all when
+/// `None`) and prints a summary.
+pub fn replay(
+    data_dir: &Path,
+    until: Option<Until>,
+    json: bool,
+    out: &mut impl Write,
+) -> Result<store::Replayed, SreError> {
+    let log = open(data_dir)?;
+    let index = Index::new();
+    let keep = |seq: Seq, record: &Record| match until {
+        None => true,
+        Some(Until::Seq(last)) => seq <= last,
+        Some(Until::Time(last_ms)) => record.at_ms <= last_ms,
+    };
+    let replayed = store::replay(&log, &index, keep).map_err(SreError::Check)?;
+    if json {
+        serde_json::to_writer(&mut *out, &replayed).map_err(io::Error::from)?;
+        writeln!(out)?;
+    } else {
+        let c = replayed.counts;
+        writeln!(out, "events applied  {}", replayed.events)?;
+        writeln!(out, "last sequence   {}", c.last_seq)?;
+        writeln!(out, "associations    {}", c.associations)?;
+        writeln!(out, "subscribers     {}", c.subscribers)?;
+        writeln!(out, "codes           {}", c.codes)?;
+    }
+    Ok(replayed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn until_parses_seq_and_time() {
+        assert_eq!("42".parse::<Until>(), Ok(Until::Seq(42)));
+        assert_eq!(
+            "1970-01-01T00:00:01Z".parse::<Until>(),
+            Ok(Until::Time(1000))
+        );
+        assert!("yesterday".parse::<Until>().is_err());
+    }
+}

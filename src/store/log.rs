@@ -1,0 +1,331 @@
+//! The append-only event log on RocksDB, with group commit.
+//!
+//! Owns the RocksDB handle and the sequence counter; knows nothing of the
+//! index or of requests. The byte layout of keys and values is in
+//! [`super::event`].
+//!
+//! # Durability and group commit
+//!
+//! `append` sends its records to one writer thread and waits. The writer takes
+//! every append queued at that moment (up to [`MAX_BATCH_RECORDS`]), gives
+//! them consecutive sequence numbers, writes them in one `WriteBatch` with
+//! `sync = true` (WAL fsync), and only then answers each caller. So a caller
+//! that got `Ok(seq)` has its records on disk, and N concurrent callers cost
+//! one fsync, not N. The single writer is also what keeps sequence numbers
+//! contiguous and never reused.
+//!
+//! A failed write poisons the log: RocksDB may or may not have kept that
+//! batch, so handing its sequence numbers out again could overwrite a record.
+//! Every later append fails until the process restarts and reopens the log.
+//!
+//! The API is `append` + `read_from` + `last_seq`: narrow enough for a
+//! replicated log to sit behind it later.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread;
+
+use rocksdb::{DB, DBCompressionType, IteratorMode, Options, WriteBatch, WriteOptions};
+use tokio::sync::{mpsc, oneshot};
+
+use super::event::{self, CodecError, Record, Seq};
+
+/// Most records one group commit writes; more wait for the next batch.
+pub const MAX_BATCH_RECORDS: usize = 4096;
+/// Appends queued before `append` callers wait for room (back-pressure).
+const QUEUE_DEPTH: usize = 8192;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    #[error("cannot open event log at {path}: {source}")]
+    Open {
+        path: String,
+        source: rocksdb::Error,
+    },
+    #[error("event log write failed: {0}")]
+    Write(String),
+    #[error("event log refuses writes after an earlier write failure; restart to recover")]
+    Poisoned,
+    #[error("event log is closed")]
+    Closed,
+    #[error("event log read failed: {0}")]
+    Read(#[from] rocksdb::Error),
+    #[error("corrupt record at sequence {seq}: {reason}")]
+    Corrupt { seq: Seq, reason: CodecError },
+    #[error("corrupt record key {key:02x?}: {reason}")]
+    CorruptKey { key: Vec<u8>, reason: CodecError },
+    #[error("sequence gap: expected {expected}, found {found}")]
+    Gap { expected: Seq, found: Seq },
+}
+
+/// A cloneable handle to the log; all clones share one writer.
+#[derive(Clone, Debug)]
+pub struct EventLog {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    db: Arc<DB>,
+    queue: Option<mpsc::Sender<Pending>>,
+    last_seq: Arc<AtomicU64>,
+    poisoned: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EventLog")
+            .field("path", &self.db.path())
+            .field("last_seq", &self.last_seq.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+struct Pending {
+    records: Vec<Record>,
+    done: oneshot::Sender<Result<Seq, LogError>>,
+}
+
+pub fn db_options() -> Options {
+    let mut opts = Options::default();
+    opts.create_if_missing(true);
+    opts.set_compression_type(DBCompressionType::Lz4);
+    opts.set_keep_log_file_num(5);
+    opts
+}
+
+impl EventLog {
+    /// Opens (or creates) the log for writing. Only one process may do so.
+    pub fn open(path: &Path) -> Result<Self, LogError> {
+        let db = DB::open(&db_options(), path).map_err(|source| LogError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_db(db, true)
+    }
+
+    /// Opens the log read-only: works beside a running server (it sees what
+    /// was durable when it opened) and never changes a byte.
+    pub fn open_read_only(path: &Path) -> Result<Self, LogError> {
+        let mut opts = db_options();
+        opts.create_if_missing(false);
+        let db = DB::open_for_read_only(&opts, path, false).map_err(|source| LogError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Self::from_db(db, false)
+    }
+
+    fn from_db(db: DB, writable: bool) -> Result<Self, LogError> {
+        let db = Arc::new(db);
+        let last = match db.iterator(IteratorMode::End).next() {
+            Some(item) => {
+                let (key, _) = item?;
+                event::decode_key(&key).map_err(|reason| LogError::CorruptKey {
+                    key: key.to_vec(),
+                    reason,
+                })?
+            }
+            None => 0,
+        };
+        let last_seq = Arc::new(AtomicU64::new(last));
+        let poisoned = Arc::new(AtomicBool::new(false));
+        let queue = writable.then(|| {
+            let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
+            let writer = Writer {
+                db: db.clone(),
+                next: last + 1,
+                last_seq: last_seq.clone(),
+                poisoned: poisoned.clone(),
+            };
+            thread::Builder::new()
+                .name("homecmp-log-writer".into())
+                .spawn(move || writer.run(rx))
+                .expect("spawn the log writer thread");
+            tx
+        });
+        Ok(Self {
+            shared: Arc::new(Shared {
+                db,
+                queue,
+                last_seq,
+                poisoned,
+            }),
+        })
+    }
+
+    /// Appends `records` as consecutive events and returns the sequence
+    /// number of the first, once all of them are durable.
+    pub async fn append(&self, records: Vec<Record>) -> Result<Seq, LogError> {
+        if records.is_empty() {
+            return Ok(self.last_seq() + 1);
+        }
+        if self.shared.poisoned.load(Ordering::Acquire) {
+            return Err(LogError::Poisoned);
+        }
+        let queue = self.shared.queue.as_ref().ok_or(LogError::Closed)?;
+        let (done, answer) = oneshot::channel();
+        queue
+            .send(Pending { records, done })
+            .await
+            .map_err(|_| LogError::Closed)?;
+        answer.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// Sequence number of the newest durable event (0 for an empty log).
+    pub fn last_seq(&self) -> Seq {
+        self.shared.last_seq.load(Ordering::Acquire)
+    }
+
+    /// Events from `from` on, in order. Each item is checked: a key that is
+    /// not 8 bytes, a gap in the sequence or a value that does not decode is
+    /// an error naming the record, and ends the iteration.
+    pub fn read_from(&self, from: Seq) -> Reader<'_> {
+        let start = event::encode_key(from);
+        Reader {
+            inner: self.shared.db.iterator(IteratorMode::From(
+                &start,
+                rocksdb::Direction::Forward,
+            )),
+            expected: None,
+            failed: false,
+        }
+    }
+
+    /// Bytes on disk of the live SST and WAL files, as RocksDB reports them.
+    pub fn disk_bytes(&self) -> u64 {
+        let db = &self.shared.db;
+        let sst = db
+            .property_int_value("rocksdb.live-sst-files-size")
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+        let wal = db
+            .property_int_value("rocksdb.total-wal-size")
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+        sst + wal
+    }
+
+    /// The raw database, for tools that inspect or (in tests) damage records.
+    pub fn raw(&self) -> &DB {
+        &self.shared.db
+    }
+}
+
+/// Iterator over checked records; see [`EventLog::read_from`].
+pub struct Reader<'a> {
+    inner: rocksdb::DBIteratorWithThreadMode<'a, DB>,
+    expected: Option<Seq>,
+    failed: bool,
+}
+
+impl Iterator for Reader<'_> {
+    type Item = Result<(Seq, Record), LogError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.failed {
+            return None;
+        }
+        let item = self.inner.next()?;
+        let result = self.check(item);
+        self.failed = result.is_err();
+        Some(result)
+    }
+}
+
+impl Reader<'_> {
+    fn check(
+        &mut self,
+        item: Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>,
+    ) -> Result<(Seq, Record), LogError> {
+        let (key, value) = item?;
+        let seq = event::decode_key(&key).map_err(|reason| LogError::CorruptKey {
+            key: key.to_vec(),
+            reason,
+        })?;
+        if let Some(expected) = self.expected
+            && seq != expected
+        {
+            return Err(LogError::Gap {
+                expected,
+                found: seq,
+            });
+        }
+        self.expected = Some(seq + 1);
+        let record = event::decode_value(&value).map_err(|reason| LogError::Corrupt { seq, reason })?;
+        Ok((seq, record))
+    }
+}
+
+impl std::fmt::Debug for Reader<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Reader").field("expected", &self.expected).finish()
+    }
+}
+
+/// The one thread that writes: batches, numbers, syncs, answers.
+struct Writer {
+    db: Arc<DB>,
+    next: Seq,
+    last_seq: Arc<AtomicU64>,
+    poisoned: Arc<AtomicBool>,
+}
+
+impl Writer {
+    fn run(mut self, mut queue: mpsc::Receiver<Pending>) {
+        let mut sync = WriteOptions::default();
+        sync.set_sync(true);
+        let mut batch_of = Vec::new();
+        while let Some(first) = queue.blocking_recv() {
+            batch_of.push(first);
+            let mut records = batch_of[0].records.len();
+            while records < MAX_BATCH_RECORDS {
+                match queue.try_recv() {
+                    Ok(more) => {
+                        records += more.records.len();
+                        batch_of.push(more);
+                    }
+                    Err(_) => break,
+                }
+            }
+            self.commit(&mut batch_of, &sync);
+        }
+    }
+
+    fn commit(&mut self, pending: &mut Vec<Pending>, sync: &WriteOptions) {
+        if self.poisoned.load(Ordering::Acquire) {
+            for p in pending.drain(..) {
+                let _ = p.done.send(Err(LogError::Poisoned));
+            }
+            return;
+        }
+        let mut batch = WriteBatch::default();
+        let mut seq = self.next;
+        let mut firsts = Vec::with_capacity(pending.len());
+        for p in pending.iter() {
+            firsts.push(seq);
+            for record in &p.records {
+                batch.put(event::encode_key(seq), event::encode_value(record));
+                seq += 1;
+            }
+        }
+        match self.db.write_opt(batch, sync) {
+            Ok(()) => {
+                self.next = seq;
+                self.last_seq.store(seq - 1, Ordering::Release);
+                for (p, first) in pending.drain(..).zip(firsts) {
+                    let _ = p.done.send(Ok(first));
+                }
+            }
+            Err(e) => {
+                self.poisoned.store(true, Ordering::Release);
+                tracing::error!(error = %e, "event log write failed; log poisoned");
+                for p in pending.drain(..) {
+                    let _ = p.done.send(Err(LogError::Write(e.to_string())));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,312 @@
+//! Index and event log: the state of the CMP and its only way to change.
+//!
+//! [`Store`] is a cloneable handle (`Arc` inside) over the [`EventLog`] and
+//! the [`Index`]. Every change is written to the log first and applied to the
+//! index only once durable, so the index never shows what a crash would lose.
+//! Changes that touch the same clientid, subscriber or code are serialised by
+//! striped async locks; unrelated changes proceed together and share one
+//! fsync through the log's group commit.
+
+pub mod event;
+pub mod index;
+pub mod log;
+
+use std::hash::{BuildHasher, Hash, RandomState};
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+
+use tokio::sync::{Mutex, MutexGuard};
+
+pub use event::{Event, IdentitySource, Record, RevokeReason, Seq};
+pub use index::{ApplyError, Association, CodeEntry, Counts, Index};
+pub use log::{EventLog, LogError};
+
+use crate::wire::{ClientId, IndirectCode, SubscriberRef};
+
+/// Lock stripes for writers; a power of two well above the core count.
+const STRIPES: usize = 256;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(transparent)]
+    Log(#[from] LogError),
+    #[error("event log is inconsistent: {0}")]
+    Inconsistent(#[from] ApplyError),
+}
+
+#[derive(Clone, Debug)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    log: EventLog,
+    index: Index,
+    stripes: Vec<Mutex<()>>,
+    hasher: RandomState,
+}
+
+/// What a caller wants associated, and how it learned the subscriber.
+#[derive(Debug, Clone)]
+pub struct NewAssociation {
+    pub clientid: ClientId,
+    pub subscriber: SubscriberRef,
+    pub source: IdentitySource,
+    pub client_addr: IpAddr,
+}
+
+/// Result of [`Store::associate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Associated {
+    /// A new association is durable; `superseded` were revoked to make room.
+    Created {
+        seq: Seq,
+        superseded: Vec<ClientId>,
+    },
+    /// The clientid moved from another subscriber (policy `rebind`).
+    Rebound {
+        seq: Seq,
+        from: SubscriberRef,
+        superseded: Vec<ClientId>,
+    },
+    /// Someone else associated it first; this is what stands.
+    Existing(Association),
+}
+
+/// How a replay ended, for summaries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Replayed {
+    pub events: u64,
+    pub counts: Counts,
+}
+
+impl Store {
+    /// Opens the log at `path` for writing and rebuilds the index from it.
+    /// A log that does not read back cleanly is an error: the server must not
+    /// start on half a state.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let log = EventLog::open(path)?;
+        let index = Index::new();
+        replay(&log, &index, |_, _| true)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                log,
+                index,
+                stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+                hasher: RandomState::new(),
+            }),
+        })
+    }
+
+    pub fn index(&self) -> &Index {
+        &self.inner.index
+    }
+
+    pub fn log(&self) -> &EventLog {
+        &self.inner.log
+    }
+
+    /// Associates `new.clientid` with `new.subscriber`, unless it already is
+    /// associated (then `Existing`, whoever it belongs to), or moves it there
+    /// when `rebind` is set and it belongs to another subscriber. Keeps every
+    /// subscriber at no more than `cap` clientids by revoking its oldest
+    /// (reason `superseded`) in the same atomic batch.
+    pub async fn associate(
+        &self,
+        new: NewAssociation,
+        rebind: bool,
+        cap: usize,
+        now_ms: u64,
+    ) -> Result<Associated, StoreError> {
+        let (_guards, current) = self
+            .lock_with_owner(new.clientid.as_str(), Some(&new.subscriber))
+            .await;
+        let from = match current {
+            Some(a) if a.subscriber == new.subscriber || !rebind => {
+                return Ok(Associated::Existing(a));
+            }
+            Some(a) => Some(a.subscriber),
+            None => None,
+        };
+        let clientid = new.clientid.as_str().to_owned();
+        let mut events = Vec::new();
+        let superseded = self.make_room(&new.subscriber, cap, &mut events);
+        events.push(match from {
+            None => Event::AssociationCreated {
+                clientid,
+                subscriber: new.subscriber,
+                source: new.source,
+                client_addr: new.client_addr,
+            },
+            Some(from) => Event::AssociationRebound {
+                clientid,
+                from,
+                to: new.subscriber,
+                source: new.source,
+                client_addr: new.client_addr,
+            },
+        });
+        let last = self.commit(events, now_ms).await?;
+        Ok(match from {
+            None => Associated::Created {
+                seq: last,
+                superseded,
+            },
+            Some(from) => Associated::Rebound {
+                seq: last,
+                from,
+                superseded,
+            },
+        })
+    }
+
+    /// Revokes the association of `clientid`; `None` if it had none.
+    pub async fn revoke(
+        &self,
+        clientid: &ClientId,
+        now_ms: u64,
+    ) -> Result<Option<Association>, StoreError> {
+        let (_guards, current) = self.lock_with_owner(clientid.as_str(), None).await;
+        let Some(current) = current else {
+            return Ok(None);
+        };
+        let event = Event::AssociationRevoked {
+            clientid: clientid.as_str().to_owned(),
+            subscriber: current.subscriber,
+            reason: RevokeReason::Admin,
+        };
+        self.commit(vec![event], now_ms).await?;
+        Ok(Some(current))
+    }
+
+    /// Registers or replaces a code; returns the event's sequence number.
+    pub async fn register_code(
+        &self,
+        code: &IndirectCode,
+        target: &str,
+        now_ms: u64,
+    ) -> Result<Seq, StoreError> {
+        let _guard = self.lock(&[self.stripe(code.as_str())]).await;
+        let event = Event::CodeRegistered {
+            code: code.as_str().to_owned(),
+            target: target.to_owned(),
+        };
+        self.commit(vec![event], now_ms).await
+    }
+
+    /// Removes a code; `false` if it was not registered.
+    pub async fn remove_code(&self, code: &IndirectCode, now_ms: u64) -> Result<bool, StoreError> {
+        let _guard = self.lock(&[self.stripe(code.as_str())]).await;
+        if self.index().code(code).is_none() {
+            return Ok(false);
+        }
+        let event = Event::CodeRemoved {
+            code: code.as_str().to_owned(),
+        };
+        self.commit(vec![event], now_ms).await?;
+        Ok(true)
+    }
+
+    /// Locks the stripes of `clientid`, of `subscriber` and of the subscriber
+    /// that owns `clientid` now, and returns the association as seen under
+    /// those locks. Every change to a subscriber's clientids holds that
+    /// subscriber's stripe, so the owner read here cannot change under us.
+    async fn lock_with_owner(
+        &self,
+        clientid: &str,
+        subscriber: Option<&SubscriberRef>,
+    ) -> (Vec<MutexGuard<'_, ()>>, Option<Association>) {
+        let mut owner_stripe = None;
+        loop {
+            let mut stripes = vec![self.stripe(clientid)];
+            stripes.extend(subscriber.map(|s| self.stripe(s)));
+            stripes.extend(owner_stripe);
+            let guards = self.lock(&stripes).await;
+            let current = self.index().association(clientid);
+            match current {
+                Some(a) if !stripes.contains(&self.stripe(&a.subscriber)) => {
+                    owner_stripe = Some(self.stripe(&a.subscriber));
+                }
+                _ => return (guards, current),
+            }
+        }
+    }
+
+    /// Queues revocations of the subscriber's oldest clientids until one more
+    /// fits under `cap`. Caller holds the subscriber's stripe.
+    fn make_room(
+        &self,
+        subscriber: &SubscriberRef,
+        cap: usize,
+        events: &mut Vec<Event>,
+    ) -> Vec<ClientId> {
+        let held = self.index().clientids_of(subscriber);
+        let excess = (held.len() + 1).saturating_sub(cap.max(1));
+        let superseded: Vec<ClientId> = held.into_iter().take(excess).collect();
+        for id in &superseded {
+            events.push(Event::AssociationRevoked {
+                clientid: id.as_str().to_owned(),
+                subscriber: *subscriber,
+                reason: RevokeReason::Superseded,
+            });
+        }
+        superseded
+    }
+
+    /// Appends the events durably, then applies them; returns the last seq.
+    async fn commit(&self, events: Vec<Event>, now_ms: u64) -> Result<Seq, StoreError> {
+        let records: Vec<Record> = events
+            .into_iter()
+            .map(|event| Record { at_ms: now_ms, event })
+            .collect();
+        let first = self.log().append(records.clone()).await?;
+        let mut seq = first;
+        for record in &records {
+            self.index().apply(seq, record)?;
+            seq += 1;
+        }
+        Ok(seq - 1)
+    }
+
+    fn stripe(&self, key: &(impl Hash + ?Sized)) -> usize {
+        self.inner.hasher.hash_one(key) as usize % STRIPES
+    }
+
+    /// Locks the stripes in ascending order (so two writers never wait on
+    /// each other in a cycle), each once.
+    async fn lock(&self, stripes: &[usize]) -> Vec<MutexGuard<'_, ()>> {
+        let mut order = stripes.to_vec();
+        order.sort_unstable();
+        order.dedup();
+        let mut guards = Vec::with_capacity(order.len());
+        for i in order {
+            guards.push(self.inner.stripes[i].lock().await);
+        }
+        guards
+    }
+}
+
+/// Applies the log's events in order to `index` while `keep(seq, record)`
+/// says so. Stops with an error at the first record that does not read back
+/// or does not apply.
+pub fn replay(
+    log: &EventLog,
+    index: &Index,
+    mut keep: impl FnMut(Seq, &Record) -> bool,
+) -> Result<Replayed, StoreError> {
+    let mut events = 0;
+    for item in log.read_from(0) {
+        let (seq, record) = item?;
+        if !keep(seq, &record) {
+            break;
+        }
+        index.apply(seq, &record)?;
+        events += 1;
+    }
+    Ok(Replayed {
+        events,
+        counts: index.counts(),
+    })
+}

@@ -1,0 +1,13 @@
+//! Wire parsing: the identifiers a request carries, validated into types.
+//!
+//! Owns the textual forms of DESIGN §1.2 and §2 and the MSISDN of §3. Nothing
+//! here does I/O or knows about the index, the log or HTTP: every parser takes
+//! a `&str` and returns a value or a typed error, and never panics.
+
+pub mod clientid;
+mod code;
+mod msisdn;
+
+pub use clientid::{ClientId, ClientIdError};
+pub use code::{CodeError, IndirectCode, RoutingPrefix};
+pub use msisdn::{Msisdn, MsisdnError, SubscriberKey, SubscriberRef};

@@ -1,0 +1,205 @@
+//! MSISDN and the keyed subscriber reference that stands for it (DESIGN §3).
+//!
+//! The MSISDN is personal data. It is parsed and normalised here, turned at
+//! once into a [`SubscriberRef`] (HMAC-SHA-256 under a per-deployment
+//! [`SubscriberKey`]), and never stored, logged or displayed in clear: its
+//! `Debug` and `Display` show only a masked form.
+
+use std::fmt;
+
+use aws_lc_rs::hmac;
+
+/// Fewest and most digits of an international number (E.164 allows 15).
+const MIN_DIGITS: usize = 8;
+const MAX_DIGITS: usize = 15;
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MsisdnError {
+    #[error("MSISDN is empty")]
+    Empty,
+    #[error("MSISDN contains a character that is not a digit, '+', space, '-', '(' or ')'")]
+    BadCharacter,
+    #[error("MSISDN must have {MIN_DIGITS} to {MAX_DIGITS} digits in international format")]
+    BadLength,
+    #[error("MSISDN must start with a country code (no leading 0 after '+' or '00')")]
+    NotInternational,
+}
+
+/// An MSISDN normalised to E.164: `+` then 8–15 digits, first digit not 0.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Msisdn(String);
+
+impl Msisdn {
+    /// Accepts `+447700900123`, `00447700900123`, `447700900123` (as sent by
+    /// header-enrichment gateways) and the same with spaces, dashes or
+    /// brackets. National formats (leading 0) are refused: the CMP cannot know
+    /// the country.
+    pub fn parse(text: &str) -> Result<Self, MsisdnError> {
+        let text = text.trim();
+        if text.is_empty() {
+            return Err(MsisdnError::Empty);
+        }
+        let rest = text.strip_prefix('+').unwrap_or(text);
+        let mut digits = String::with_capacity(MAX_DIGITS + 1);
+        for c in rest.chars() {
+            match c {
+                '0'..='9' => digits.push(c),
+                ' ' | '-' | '(' | ')' => {}
+                _ => return Err(MsisdnError::BadCharacter),
+            }
+        }
+        let digits = match digits.strip_prefix("00") {
+            Some(international) if !text.starts_with('+') => international.to_owned(),
+            _ => digits,
+        };
+        if !(MIN_DIGITS..=MAX_DIGITS).contains(&digits.len()) {
+            return Err(MsisdnError::BadLength);
+        }
+        if digits.starts_with('0') {
+            return Err(MsisdnError::NotInternational);
+        }
+        Ok(Self(format!("+{digits}")))
+    }
+
+    /// The E.164 text. Only for computing a [`SubscriberRef`] and for the
+    /// admin API's own answers: never for logs or the event log.
+    pub fn e164(&self) -> &str {
+        &self.0
+    }
+}
+
+/// Shows the country-code end and the last two digits only.
+impl fmt::Debug for Msisdn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0.len();
+        write!(f, "Msisdn({}…{})", &self.0[..3], &self.0[n - 2..])
+    }
+}
+
+/// The per-deployment secret that keys [`SubscriberRef`].
+pub struct SubscriberKey(hmac::Key);
+
+impl SubscriberKey {
+    pub const LEN: usize = 32;
+
+    pub fn new(secret: &[u8; Self::LEN]) -> Self {
+        Self(hmac::Key::new(hmac::HMAC_SHA256, secret))
+    }
+
+    pub fn subscriber_ref(&self, msisdn: &Msisdn) -> SubscriberRef {
+        let tag = hmac::sign(&self.0, msisdn.e164().as_bytes());
+        let mut bytes = [0u8; 32];
+        bytes.copy_from_slice(tag.as_ref());
+        SubscriberRef(bytes)
+    }
+}
+
+impl fmt::Debug for SubscriberKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SubscriberKey(..)")
+    }
+}
+
+/// HMAC-SHA-256 of the E.164 MSISDN: identifies a subscriber in the index and
+/// the event log without revealing the number.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, bincode::Encode, bincode::Decode)]
+pub struct SubscriberRef(pub [u8; 32]);
+
+impl SubscriberRef {
+    pub fn to_hex(&self) -> String {
+        self.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    pub fn from_hex(text: &str) -> Option<Self> {
+        if text.len() != 64 || !text.is_ascii() {
+            return None;
+        }
+        let mut bytes = [0u8; 32];
+        for (i, byte) in bytes.iter_mut().enumerate() {
+            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
+        }
+        Some(Self(bytes))
+    }
+}
+
+impl fmt::Display for SubscriberRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// Short form for logs: the first 8 bytes are plenty to tell subscribers apart.
+impl fmt::Debug for SubscriberRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sub:{}", &self.to_hex()[..16])
+    }
+}
+
+impl serde::Serialize for SubscriberRef {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.to_hex())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn normalises_international_forms() {
+        for text in [
+            "+447700900123",
+            "447700900123",
+            "00447700900123",
+            " +44 7700-900 (123) ",
+        ] {
+            assert_eq!(Msisdn::parse(text).unwrap().e164(), "+447700900123", "{text:?}");
+        }
+    }
+
+    #[test]
+    fn rejects_with_the_reason() {
+        assert_eq!(Msisdn::parse(" "), Err(MsisdnError::Empty));
+        assert_eq!(Msisdn::parse("+44x7700"), Err(MsisdnError::BadCharacter));
+        assert_eq!(Msisdn::parse("+4477"), Err(MsisdnError::BadLength));
+        assert_eq!(Msisdn::parse("+4477009001234567"), Err(MsisdnError::BadLength));
+        assert_eq!(Msisdn::parse("07700900123"), Err(MsisdnError::NotInternational));
+        assert_eq!(Msisdn::parse("+07700900123"), Err(MsisdnError::NotInternational));
+    }
+
+    #[test]
+    fn debug_never_shows_the_number() {
+        let shown = format!("{:?}", Msisdn::parse("+447700900123").unwrap());
+        assert!(!shown.contains("7700900"), "{shown}");
+    }
+
+    #[test]
+    fn subscriber_ref_is_keyed_and_stable() {
+        let a = SubscriberKey::new(&[1; 32]);
+        let b = SubscriberKey::new(&[2; 32]);
+        let m = Msisdn::parse("+447700900123").unwrap();
+        let same = Msisdn::parse("00447700900123").unwrap();
+        assert_eq!(a.subscriber_ref(&m), a.subscriber_ref(&same));
+        assert_ne!(a.subscriber_ref(&m), b.subscriber_ref(&m));
+        let r = a.subscriber_ref(&m);
+        assert_eq!(SubscriberRef::from_hex(&r.to_hex()), Some(r));
+        assert!(!r.to_hex().contains("447700900123"));
+    }
+
+    proptest! {
+        #[test]
+        fn never_panics(s in ".*") {
+            let _ = Msisdn::parse(&s);
+            let _ = SubscriberRef::from_hex(&s);
+        }
+
+        #[test]
+        fn e164_round_trips(cc in 1u8..10, rest in "[0-9]{7,14}") {
+            let text = format!("+{cc}{rest}");
+            let m = Msisdn::parse(&text).unwrap();
+            prop_assert_eq!(m.e164(), text.as_str());
+            prop_assert_eq!(Msisdn::parse(m.e164()).unwrap(), m);
+        }
+    }
+}
