@@ -23,7 +23,7 @@ pub const ENV_PREFIX: &str = "HOMECMP__";
 pub struct Config {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
-    pub http3: bool,
+    pub http3: Http3Config,
     /// Both or neither: neither means a self-signed certificate in data_dir.
     pub tls: Option<(PathBuf, PathBuf)>,
     pub policy: Policy,
@@ -51,6 +51,35 @@ pub struct Limits {
     /// Longest accepted request target (path + query), bytes.
     pub max_uri_bytes: usize,
     pub shutdown_grace: Duration,
+    /// Above this many open connections, requests whose clientid has no
+    /// association are shed with `503 OVERLOADED`; associated clients are
+    /// still served up to `max_connections`.
+    pub shed_unauthenticated_above: usize,
+}
+
+/// `server.http3` switches it on; the `[http3]` section tunes it.
+#[derive(Debug, Clone)]
+pub struct Http3Config {
+    pub enabled: bool,
+    pub retry: RetryPolicy,
+    /// `under_load`: unvalidated handshakes in flight before Retry starts.
+    pub retry_above_handshakes: usize,
+    /// Handshakes in flight; more Initials are dropped unanswered.
+    pub max_handshakes: usize,
+    /// New QUIC connections one source address may open per second.
+    pub connections_per_address_per_sec: u32,
+    /// Lifetime of NEW_TOKEN validation tokens given to clients.
+    pub validation_token_lifetime_secs: u64,
+}
+
+/// `http3.retry`: when QUIC Retry validates a client address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RetryPolicy {
+    Always,
+    #[default]
+    UnderLoad,
+    Never,
 }
 
 /// Every problem found, one line each.
@@ -67,6 +96,29 @@ struct Raw {
     admin: RawAdmin,
     limits: RawLimits,
     log: RawLog,
+    http3: RawHttp3,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawHttp3 {
+    retry: RetryPolicy,
+    retry_above_handshakes: usize,
+    max_handshakes: usize,
+    connections_per_address_per_sec: u32,
+    validation_token_lifetime_secs: u64,
+}
+
+impl Default for RawHttp3 {
+    fn default() -> Self {
+        Self {
+            retry: RetryPolicy::UnderLoad,
+            retry_above_handshakes: 64,
+            max_handshakes: 1024,
+            connections_per_address_per_sec: 20,
+            validation_token_lifetime_secs: 14 * 24 * 3600,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -161,6 +213,8 @@ struct RawLimits {
     max_concurrent_streams: u32,
     max_uri_bytes: usize,
     shutdown_grace_ms: u64,
+    /// 0: 80% of max_connections.
+    shed_unauthenticated_above: usize,
 }
 
 impl Default for RawLimits {
@@ -173,6 +227,7 @@ impl Default for RawLimits {
             max_concurrent_streams: 100,
             max_uri_bytes: 2048,
             shutdown_grace_ms: 10_000,
+            shed_unauthenticated_above: 0,
         }
     }
 }
@@ -295,8 +350,8 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
     };
     let networks = nets("mno.networks", &raw.mno.networks);
     let trusted_gateways = nets("mno.trusted_gateways", &raw.mno.trusted_gateways);
-    let msisdn_header = http::HeaderName::try_from(raw.mno.msisdn_header.as_str())
-        .unwrap_or_else(|_| {
+    let msisdn_header =
+        http::HeaderName::try_from(raw.mno.msisdn_header.as_str()).unwrap_or_else(|_| {
             errors.push(format!(
                 "mno.msisdn_header: {:?} is not a header name",
                 raw.mno.msisdn_header
@@ -313,11 +368,22 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
     let limits = &raw.limits;
     for (key, value) in [
         ("limits.max_connections", limits.max_connections as u64),
-        ("limits.header_read_timeout_ms", limits.header_read_timeout_ms),
+        (
+            "limits.header_read_timeout_ms",
+            limits.header_read_timeout_ms,
+        ),
         ("limits.idle_timeout_ms", limits.idle_timeout_ms),
         ("limits.max_header_bytes", limits.max_header_bytes as u64),
-        ("limits.max_concurrent_streams", limits.max_concurrent_streams.into()),
+        (
+            "limits.max_concurrent_streams",
+            limits.max_concurrent_streams.into(),
+        ),
         ("limits.max_uri_bytes", limits.max_uri_bytes as u64),
+        ("http3.max_handshakes", raw.http3.max_handshakes as u64),
+        (
+            "http3.connections_per_address_per_sec",
+            raw.http3.connections_per_address_per_sec.into(),
+        ),
     ] {
         if value == 0 {
             errors.push(format!("{key}: must be greater than 0"));
@@ -326,7 +392,14 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
     Config {
         data_dir: raw.server.data_dir,
         listen,
-        http3: raw.server.http3,
+        http3: Http3Config {
+            enabled: raw.server.http3,
+            retry: raw.http3.retry,
+            retry_above_handshakes: raw.http3.retry_above_handshakes,
+            max_handshakes: raw.http3.max_handshakes,
+            connections_per_address_per_sec: raw.http3.connections_per_address_per_sec,
+            validation_token_lifetime_secs: raw.http3.validation_token_lifetime_secs,
+        },
         tls,
         policy: Policy {
             mode: auth.mode,
@@ -352,6 +425,10 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
             max_concurrent_streams: limits.max_concurrent_streams,
             max_uri_bytes: limits.max_uri_bytes,
             shutdown_grace: Duration::from_millis(limits.shutdown_grace_ms),
+            shed_unauthenticated_above: match limits.shed_unauthenticated_above {
+                0 => limits.max_connections / 10 * 8,
+                n => n,
+            },
         },
         log_json: raw.log.json,
     }
@@ -383,8 +460,12 @@ mod tests {
         assert_eq!(c.admin_listen, "127.0.0.1:8444".parse().unwrap());
         assert_eq!(c.policy.mode, AuthMode::Enforce);
         assert_eq!(c.max_clientids_per_subscriber, 8);
-        assert!(c.http3 && c.tls.is_none());
-        assert_eq!(c.admin_token_path(), PathBuf::from("./homecmp-data/admin.token"));
+        assert!(c.http3.enabled && c.tls.is_none());
+        assert_eq!(c.http3.retry, RetryPolicy::UnderLoad);
+        assert_eq!(
+            c.admin_token_path(),
+            PathBuf::from("./homecmp-data/admin.token")
+        );
     }
 
     #[test]
@@ -407,6 +488,14 @@ mod tests {
     }
 
     #[test]
+    fn the_example_config_is_valid_and_matches_the_defaults() {
+        let example = include_str!("../homecmp.example.toml");
+        let c = Config::parse(example, no_env()).unwrap();
+        let d = Config::parse("", no_env()).unwrap();
+        assert_eq!(format!("{c:?}"), format!("{d:?}"));
+    }
+
+    #[test]
     fn unknown_keys_and_bad_enums_are_refused() {
         assert!(Config::parse("[server]\nlisten_port = 1", no_env()).is_err());
         assert!(Config::parse("[auth]\nmode = \"lenient\"", no_env()).is_err());
@@ -416,8 +505,14 @@ mod tests {
     fn environment_overrides_the_file() {
         let env = vec![
             ("HOMECMP__AUTH__MODE".to_owned(), "monitor".to_owned()),
-            ("HOMECMP__SERVER__LISTEN".to_owned(), "127.0.0.1:9443".to_owned()),
-            ("HOMECMP__MNO__NETWORKS".to_owned(), r#"["10.0.0.0/8", "192.0.2.1"]"#.to_owned()),
+            (
+                "HOMECMP__SERVER__LISTEN".to_owned(),
+                "127.0.0.1:9443".to_owned(),
+            ),
+            (
+                "HOMECMP__MNO__NETWORKS".to_owned(),
+                r#"["10.0.0.0/8", "192.0.2.1"]"#.to_owned(),
+            ),
             ("HOMECMP__SERVER__HTTP3".to_owned(), "false".to_owned()),
             ("OTHER".to_owned(), "x".to_owned()),
         ];
@@ -425,6 +520,6 @@ mod tests {
         assert_eq!(c.policy.mode, AuthMode::Monitor);
         assert_eq!(c.listen.port(), 9443);
         assert_eq!(c.mno.networks.len(), 2);
-        assert!(!c.http3);
+        assert!(!c.http3.enabled);
     }
 }

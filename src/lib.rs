@@ -12,6 +12,8 @@
 
 pub mod config;
 pub mod core;
+pub mod deploy;
+pub mod net;
 pub mod sre;
 pub mod store;
 pub mod wire;

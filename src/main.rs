@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use homecmp::config::Config;
 use homecmp::sre::{self, Until};
 
 #[derive(Parser, Debug)]
@@ -17,6 +18,12 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Command {
+    /// Run the server (embedded defaults without --config).
+    Serve {
+        /// TOML configuration (keys in homecmp.example.toml); HOMECMP__SECTION__KEY overrides.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Read, check, export and replay the event log (works beside a running server).
     Log {
         #[command(subcommand)]
@@ -77,7 +84,76 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
+        Command::Serve { config } => serve(config),
         Command::Log { command } => run_log(command),
+    }
+}
+
+fn serve(path: Option<PathBuf>) -> ExitCode {
+    let config = match path {
+        Some(path) => Config::load(&path),
+        None => Config::from_env(),
+    };
+    let config = match config {
+        Ok(config) => config,
+        Err(errors) => {
+            eprintln!("homecmp serve: {errors}");
+            return ExitCode::from(64);
+        }
+    };
+    init_tracing(config.log_json);
+    let runtime = tokio::runtime::Runtime::new().expect("start the tokio runtime");
+    runtime.block_on(async {
+        let running = match homecmp::net::start(config).await {
+            Ok(running) => running,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot start");
+                eprintln!("homecmp serve: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let config = &running.app.config;
+        // One line for scripts and tests that start the binary on port 0.
+        println!(
+            "homecmp ready public=https://{} admin=http://{} token_file={} ca={}",
+            running.public_addr,
+            running.admin_addr,
+            config.admin_token_path().display(),
+            running
+                .ca_cert
+                .as_ref()
+                .map_or("-".to_owned(), |p| p.display().to_string()),
+        );
+        let _ = io::stdout().flush();
+        wait_for_signal().await;
+        tracing::info!("shutting down: draining connections");
+        running.shutdown().await;
+        tracing::info!("stopped");
+        ExitCode::SUCCESS
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+/// Human-readable logs on stderr, or JSON lines with `log.json = true`.
+/// `RUST_LOG` sets the filter (default `info`).
+fn init_tracing(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(io::stderr);
+    if json {
+        builder.json().init();
+    } else {
+        builder.init();
     }
 }
 
@@ -86,7 +162,9 @@ fn run_log(command: LogCommand) -> ExitCode {
     let result = match command {
         LogCommand::Stats { dir, json } => sre::stats(&dir.data_dir, json, &mut out).map(drop),
         LogCommand::Verify { dir } => sre::verify(&dir.data_dir, &mut out).map(drop),
-        LogCommand::Export { dir, from, to } => sre::export(&dir.data_dir, from, to, &mut out).map(drop),
+        LogCommand::Export { dir, from, to } => {
+            sre::export(&dir.data_dir, from, to, &mut out).map(drop)
+        }
         LogCommand::Replay { dir, until, json } => {
             sre::replay(&dir.data_dir, until, json, &mut out).map(drop)
         }

@@ -58,8 +58,9 @@ impl std::str::FromStr for Until {
         if let Ok(seq) = text.parse() {
             return Ok(Until::Seq(seq));
         }
-        let time = humantime::parse_rfc3339_weak(text)
-            .map_err(|e| format!("{text:?} is neither a sequence number nor an RFC 3339 time ({e})"))?;
+        let time = humantime::parse_rfc3339_weak(text).map_err(|e| {
+            format!("{text:?} is neither a sequence number nor an RFC 3339 time ({e})")
+        })?;
         let ms = time
             .duration_since(UNIX_EPOCH)
             .map_err(|_| format!("{text:?} is before 1970"))?

@@ -63,6 +63,12 @@ pub enum Refusal {
     Overloaded,
     #[error("temporarily unable to store the association; retry later")]
     Unavailable,
+    #[error("the request target is too long")]
+    RequestTooLarge,
+    #[error("no such resource; the resolution API is GET /mc/v1/resolve")]
+    NotFound,
+    #[error("only GET is allowed here")]
+    MethodNotAllowed,
 }
 
 impl Refusal {
@@ -133,7 +139,10 @@ pub enum Decision {
     Refuse(Refusal),
     /// Monitor mode: `would` is what enforce would have answered; resolve
     /// without an association and count it.
-    Monitored { would: Refusal },
+    Monitored {
+        would: Refusal,
+        permit: Permit,
+    },
 }
 
 /// The checks of DESIGN §4 after parsing, cheapest first: clientid present and
@@ -159,7 +168,12 @@ pub fn decide(
     };
     match (policy.mode, decision) {
         (AuthMode::Monitor, Decision::Refuse(would)) if would.is_authentication() => {
-            Decision::Monitored { would }
+            Decision::Monitored {
+                would,
+                permit: Permit {
+                    association: AssociationState::None,
+                },
+            }
         }
         (_, decision) => decision,
     }
@@ -245,6 +259,7 @@ mod tests {
 
     fn on_mno(sub: Option<u8>) -> Identity {
         Identity {
+            client_addr: "127.1.0.1".parse().unwrap(),
             on_mno_network: true,
             subscriber: sub.map(|s| (SubscriberRef([s; 32]), IdentitySource::SessionBinding)),
             spoof_attempt: false,
@@ -253,6 +268,7 @@ mod tests {
 
     fn wifi() -> Identity {
         Identity {
+            client_addr: "127.2.0.1".parse().unwrap(),
             on_mno_network: false,
             subscriber: None,
             spoof_attempt: false,
@@ -266,13 +282,22 @@ mod tests {
     fn every_authentication_row() {
         let p = policy(ENFORCE, REJECT);
         let refuse = |r| Decision::Refuse(r);
-        assert_eq!(decide(&p, None, None, &on_mno(Some(1))), refuse(Refusal::ClientIdRequired));
+        assert_eq!(
+            decide(&p, None, None, &on_mno(Some(1))),
+            refuse(Refusal::ClientIdRequired)
+        );
         assert!(matches!(
             decide(&p, Some("bad id"), None, &on_mno(Some(1))),
             Decision::Refuse(Refusal::InvalidClientId(_))
         ));
-        assert_eq!(decide(&p, Some("c"), None, &wifi()), refuse(Refusal::RetryOnMnoNetwork));
-        assert_eq!(decide(&p, Some("c"), None, &on_mno(None)), refuse(Refusal::SubscriberUnknown));
+        assert_eq!(
+            decide(&p, Some("c"), None, &wifi()),
+            refuse(Refusal::RetryOnMnoNetwork)
+        );
+        assert_eq!(
+            decide(&p, Some("c"), None, &on_mno(None)),
+            refuse(Refusal::SubscriberUnknown)
+        );
         assert_eq!(
             decide(&p, Some("c"), assoc(1), &on_mno(Some(2))),
             refuse(Refusal::AssociationMismatch)
@@ -312,13 +337,19 @@ mod tests {
         assert_eq!(
             decide(&p, None, None, &wifi()),
             Decision::Monitored {
-                would: Refusal::ClientIdRequired
+                would: Refusal::ClientIdRequired,
+                permit: Permit {
+                    association: AssociationState::None
+                }
             }
         );
         assert_eq!(
             decide(&p, Some("c"), None, &wifi()),
             Decision::Monitored {
-                would: Refusal::RetryOnMnoNetwork
+                would: Refusal::RetryOnMnoNetwork,
+                permit: Permit {
+                    association: AssociationState::None
+                }
             }
         );
         assert!(matches!(

@@ -190,15 +190,33 @@ mod tests {
     fn session_binding_identifies_pool_addresses() {
         let sessions = Sessions::default();
         sessions.bind("127.1.0.5".parse().unwrap(), sub("+447700900001"), 100);
-        let id = identify(&mno(), &view("127.1.0.5", None, None), &sessions, &key(), 50);
+        let id = identify(
+            &mno(),
+            &view("127.1.0.5", None, None),
+            &sessions,
+            &key(),
+            50,
+        );
         assert!(id.on_mno_network);
         assert_eq!(
             id.subscriber,
             Some((sub("+447700900001"), IdentitySource::SessionBinding))
         );
-        let expired = identify(&mno(), &view("127.1.0.5", None, None), &sessions, &key(), 100);
+        let expired = identify(
+            &mno(),
+            &view("127.1.0.5", None, None),
+            &sessions,
+            &key(),
+            100,
+        );
         assert_eq!(expired.subscriber, None);
-        let wifi = identify(&mno(), &view("127.2.0.5", None, None), &sessions, &key(), 50);
+        let wifi = identify(
+            &mno(),
+            &view("127.2.0.5", None, None),
+            &sessions,
+            &key(),
+            50,
+        );
         assert!(!wifi.on_mno_network);
         assert_eq!(sessions.sweep(100), 0);
     }
@@ -208,7 +226,11 @@ mod tests {
         let sessions = Sessions::default();
         let id = identify(
             &mno(),
-            &view("127.3.0.1", Some("447700900002"), Some("10.9.9.9, 127.1.4.4")),
+            &view(
+                "127.3.0.1",
+                Some("447700900002"),
+                Some("10.9.9.9, 127.1.4.4"),
+            ),
             &sessions,
             &key(),
             0,
@@ -225,14 +247,26 @@ mod tests {
     fn headers_from_anyone_else_are_spoofs_and_ignored() {
         let sessions = Sessions::default();
         for (msisdn, xff) in [(Some("+447700900003"), None), (None, Some("127.1.0.9"))] {
-            let id = identify(&mno(), &view("127.2.0.7", msisdn, xff), &sessions, &key(), 0);
+            let id = identify(
+                &mno(),
+                &view("127.2.0.7", msisdn, xff),
+                &sessions,
+                &key(),
+                0,
+            );
             assert!(id.spoof_attempt);
             assert!(!id.on_mno_network);
             assert_eq!(id.subscriber, None);
             assert_eq!(id.client_addr, "127.2.0.7".parse::<IpAddr>().unwrap());
         }
         // Even from inside the pool, a header does not name the subscriber.
-        let id = identify(&mno(), &view("127.1.0.7", Some("+447700900003"), None), &sessions, &key(), 0);
+        let id = identify(
+            &mno(),
+            &view("127.1.0.7", Some("+447700900003"), None),
+            &sessions,
+            &key(),
+            0,
+        );
         assert!(id.spoof_attempt && id.on_mno_network);
         assert_eq!(id.subscriber, None);
     }

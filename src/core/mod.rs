@@ -9,5 +9,7 @@
 mod decide;
 mod identity;
 
-pub use decide::{AuthMode, Decision, MismatchPolicy, Permit, Policy, Refusal, decide, resolve};
+pub use decide::{
+    AssociationState, AuthMode, Decision, MismatchPolicy, Permit, Policy, Refusal, decide, resolve,
+};
 pub use identity::{ClientView, Identity, MnoPolicy, Sessions, identify};

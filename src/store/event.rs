@@ -154,8 +154,8 @@ pub fn decode_value(value: &[u8]) -> Result<Record, CodecError> {
     if version != FORMAT_VERSION {
         return Err(CodecError::UnknownVersion(version));
     }
-    let (record, used) = bincode::decode_from_slice(body, CODEC)
-        .map_err(|e| CodecError::Decode(e.to_string()))?;
+    let (record, used) =
+        bincode::decode_from_slice(body, CODEC).map_err(|e| CodecError::Decode(e.to_string()))?;
     if used != body.len() {
         return Err(CodecError::TrailingBytes(body.len() - used));
     }
@@ -198,7 +198,10 @@ mod tests {
         ];
         events
             .into_iter()
-            .map(|event| Record { at_ms: 1_700_000_000_000, event })
+            .map(|event| Record {
+                at_ms: 1_700_000_000_000,
+                event,
+            })
             .collect()
     }
 
@@ -217,8 +220,14 @@ mod tests {
         assert_eq!(decode_value(&[]), Err(CodecError::Empty));
         let mut other_version = good.clone();
         other_version[0] = 9;
-        assert_eq!(decode_value(&other_version), Err(CodecError::UnknownVersion(9)));
-        assert!(matches!(decode_value(&good[..good.len() - 3]), Err(CodecError::Decode(_))));
+        assert_eq!(
+            decode_value(&other_version),
+            Err(CodecError::UnknownVersion(9))
+        );
+        assert!(matches!(
+            decode_value(&good[..good.len() - 3]),
+            Err(CodecError::Decode(_))
+        ));
         let mut longer = good.clone();
         longer.push(0);
         assert_eq!(decode_value(&longer), Err(CodecError::TrailingBytes(1)));

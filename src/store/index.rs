@@ -175,7 +175,9 @@ impl Index {
     }
 
     fn forget(&self, subscriber: &SubscriberRef, clientid: &str) {
-        if let dashmap::Entry::Occupied(mut ids) = self.subscribers.entry(*subscriber) {
+        if let dashmap::mapref::entry::Entry::Occupied(mut ids) =
+            self.subscribers.entry(*subscriber)
+        {
             ids.get_mut().retain(|id| id.as_str() != clientid);
             if ids.get().is_empty() {
                 ids.remove();
@@ -218,7 +220,10 @@ mod tests {
         index.apply(1, &created("a", 1)).unwrap();
         index.apply(2, &created("b", 1)).unwrap();
         let a = index.association("a").unwrap();
-        assert_eq!((a.subscriber, a.seq, a.since_ms), (SubscriberRef([1; 32]), 1, 1000));
+        assert_eq!(
+            (a.subscriber, a.seq, a.since_ms),
+            (SubscriberRef([1; 32]), 1, 1000)
+        );
         assert_eq!(index.clientids_of(&SubscriberRef([1; 32])).len(), 2);
         index.apply(3, &revoked("a", 1)).unwrap();
         assert_eq!(index.association("a"), None);
@@ -233,7 +238,10 @@ mod tests {
             },
         };
         index.apply(4, &rebound).unwrap();
-        assert_eq!(index.association("b").unwrap().subscriber, SubscriberRef([2; 32]));
+        assert_eq!(
+            index.association("b").unwrap().subscriber,
+            SubscriberRef([2; 32])
+        );
         assert_eq!(
             index.counts(),
             Counts {

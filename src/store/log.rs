@@ -183,10 +183,10 @@ impl EventLog {
     pub fn read_from(&self, from: Seq) -> Reader<'_> {
         let start = event::encode_key(from);
         Reader {
-            inner: self.shared.db.iterator(IteratorMode::From(
-                &start,
-                rocksdb::Direction::Forward,
-            )),
+            inner: self
+                .shared
+                .db
+                .iterator(IteratorMode::From(&start, rocksdb::Direction::Forward)),
             expected: None,
             failed: false,
         }
@@ -254,14 +254,17 @@ impl Reader<'_> {
             });
         }
         self.expected = Some(seq + 1);
-        let record = event::decode_value(&value).map_err(|reason| LogError::Corrupt { seq, reason })?;
+        let record =
+            event::decode_value(&value).map_err(|reason| LogError::Corrupt { seq, reason })?;
         Ok((seq, record))
     }
 }
 
 impl std::fmt::Debug for Reader<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Reader").field("expected", &self.expected).finish()
+        f.debug_struct("Reader")
+            .field("expected", &self.expected)
+            .finish()
     }
 }
 

@@ -61,10 +61,7 @@ pub struct NewAssociation {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Associated {
     /// A new association is durable; `superseded` were revoked to make room.
-    Created {
-        seq: Seq,
-        superseded: Vec<ClientId>,
-    },
+    Created { seq: Seq, superseded: Vec<ClientId> },
     /// The clientid moved from another subscriber (policy `rebind`).
     Rebound {
         seq: Seq,
@@ -259,7 +256,10 @@ impl Store {
     async fn commit(&self, events: Vec<Event>, now_ms: u64) -> Result<Seq, StoreError> {
         let records: Vec<Record> = events
             .into_iter()
-            .map(|event| Record { at_ms: now_ms, event })
+            .map(|event| Record {
+                at_ms: now_ms,
+                event,
+            })
             .collect();
         let first = self.log().append(records.clone()).await?;
         let mut seq = first;

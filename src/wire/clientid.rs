@@ -22,6 +22,8 @@ pub enum ClientIdError {
     TooLong,
     #[error("clientid contains a character outside [A-Za-z0-9._:-] at position {0}")]
     BadCharacter(usize),
+    #[error("clientid is given more than once")]
+    Repeated,
 }
 
 impl ClientId {
@@ -88,7 +90,10 @@ mod tests {
     #[test]
     fn rejects_with_the_reason() {
         assert_eq!(ClientId::parse(""), Err(ClientIdError::Empty));
-        assert_eq!(ClientId::parse(&"x".repeat(65)), Err(ClientIdError::TooLong));
+        assert_eq!(
+            ClientId::parse(&"x".repeat(65)),
+            Err(ClientIdError::TooLong)
+        );
         assert_eq!(ClientId::parse("ab/c"), Err(ClientIdError::BadCharacter(2)));
         assert_eq!(ClientId::parse("é"), Err(ClientIdError::BadCharacter(0)));
         assert_eq!(ClientId::parse("a b"), Err(ClientIdError::BadCharacter(1)));

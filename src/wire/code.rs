@@ -10,8 +10,6 @@ use std::fmt;
 
 /// Longest code value, in characters.
 pub const MAX_VALUE_LEN: usize = 64;
-/// Longest prefix: `L = F` gives 4 + 2·16 hex digits.
-pub const MAX_PREFIX_LEN: usize = 4 + 2 * 16;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodeError {
@@ -29,6 +27,8 @@ pub enum CodeError {
     ValueTooLong,
     #[error("code value contains a character outside [A-Za-z0-9_-] at position {0}")]
     ValueBadCharacter(usize),
+    #[error("code is given more than once")]
+    Repeated,
 }
 
 /// A Routing Prefix, canonical upper-case hex.
@@ -183,7 +183,13 @@ mod tests {
         let cases = [
             ("", Empty),
             ("x001000001a", PrefixNotHex(0)),
-            ("20010000", PrefixTooShort { expected: 10, got: 8 }),
+            (
+                "20010000",
+                PrefixTooShort {
+                    expected: 10,
+                    got: 8,
+                },
+            ),
             ("2000000001a", ReservedRegistry),
             ("20010g0001a", PrefixNotHex(5)),
             ("2001000001", ValueMissing),
@@ -229,7 +235,8 @@ mod tests {
             prop_assert_eq!(code.value(), value.as_str());
             let again = IndirectCode::parse(code.as_str()).unwrap();
             prop_assert_eq!(&again, &code);
-            prop_assert_eq!(RoutingPrefix::parse(&prefix).unwrap().as_str(), code.prefix());
+            let parsed = RoutingPrefix::parse(&prefix).unwrap();
+            prop_assert_eq!(parsed.as_str(), code.prefix());
         }
     }
 }

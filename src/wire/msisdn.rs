@@ -154,7 +154,11 @@ mod tests {
             "00447700900123",
             " +44 7700-900 (123) ",
         ] {
-            assert_eq!(Msisdn::parse(text).unwrap().e164(), "+447700900123", "{text:?}");
+            assert_eq!(
+                Msisdn::parse(text).unwrap().e164(),
+                "+447700900123",
+                "{text:?}"
+            );
         }
     }
 
@@ -163,9 +167,18 @@ mod tests {
         assert_eq!(Msisdn::parse(" "), Err(MsisdnError::Empty));
         assert_eq!(Msisdn::parse("+44x7700"), Err(MsisdnError::BadCharacter));
         assert_eq!(Msisdn::parse("+4477"), Err(MsisdnError::BadLength));
-        assert_eq!(Msisdn::parse("+4477009001234567"), Err(MsisdnError::BadLength));
-        assert_eq!(Msisdn::parse("07700900123"), Err(MsisdnError::NotInternational));
-        assert_eq!(Msisdn::parse("+07700900123"), Err(MsisdnError::NotInternational));
+        assert_eq!(
+            Msisdn::parse("+4477009001234567"),
+            Err(MsisdnError::BadLength)
+        );
+        assert_eq!(
+            Msisdn::parse("07700900123"),
+            Err(MsisdnError::NotInternational)
+        );
+        assert_eq!(
+            Msisdn::parse("+07700900123"),
+            Err(MsisdnError::NotInternational)
+        );
     }
 
     #[test]

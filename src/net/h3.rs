@@ -1,0 +1,266 @@
+//! The public HTTP/3 listener: QUIC (quinn) on the UDP port of HTTPS, with
+//! the same handler as HTTP/1.1 and HTTP/2 ([`super::resolve::handle`]).
+//!
+//! QUIC's own denial-of-service surface is handled before any handshake
+//! state exists, cheapest first, for every Initial that arrives:
+//!
+//! 1. Per-source-address connection rate: over it, the Initial is ignored
+//!    (no packet sent back, no state kept).
+//! 2. Handshakes in flight and connections open: over `max_handshakes` or
+//!    `limits.max_connections`, ignored likewise.
+//! 3. Address validation: `retry = always` answers every unvalidated
+//!    Initial with a stateless Retry (the client must echo the token from
+//!    its real address); `under_load` does so only once more than
+//!    `retry_above_handshakes` handshakes are in flight; `never` does not.
+//!    Clients that were validated before come back with a NEW_TOKEN token and
+//!    skip the extra round trip.
+//!
+//! 0-RTT is off: association creation is not idempotent, and a replayed
+//! first scan must not create anything.
+
+use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use quinn::crypto::rustls::QuicServerConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::App;
+use super::metrics::{Protocol, ProtocolLabel};
+use super::resolve::{self, ConnInfo};
+use crate::config::{Http3Config, RetryPolicy};
+
+#[derive(Debug, thiserror::Error)]
+pub enum H3Error {
+    #[error("QUIC needs TLS 1.3 with an initial cipher suite: {0}")]
+    Crypto(String),
+    #[error("cannot open the QUIC endpoint: {0}")]
+    Endpoint(std::io::Error),
+}
+
+/// The QUIC endpoint's configuration from ours.
+pub fn server_config(
+    tls: rustls::ServerConfig,
+    h3: &Http3Config,
+    limits: &crate::config::Limits,
+) -> Result<quinn::ServerConfig, H3Error> {
+    let crypto = QuicServerConfig::try_from(tls).map_err(|e| H3Error::Crypto(e.to_string()))?;
+    let mut config = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    let mut transport = quinn::TransportConfig::default();
+    transport
+        .max_concurrent_bidi_streams(limits.max_concurrent_streams.into())
+        // HTTP/3 needs a few unidirectional streams (control, QPACK).
+        .max_concurrent_uni_streams(8u32.into())
+        .max_idle_timeout(Some(
+            quinn::IdleTimeout::try_from(limits.idle_timeout)
+                .expect("idle timeout fits QUIC's varint"),
+        ));
+    config.transport_config(Arc::new(transport));
+    config.max_incoming(h3.max_handshakes);
+    config.retry_token_lifetime(Duration::from_secs(15));
+    let mut tokens = quinn::ValidationTokenConfig::default();
+    tokens
+        .lifetime(Duration::from_secs(h3.validation_token_lifetime_secs))
+        .sent(2);
+    config.validation_token_config(tokens);
+    // Migration lets a client move; its new path is validated by QUIC itself.
+    config.migration(true);
+    Ok(config)
+}
+
+/// Shared counters of the HTTP/3 listener.
+#[derive(Debug)]
+struct Gate {
+    handshakes: AtomicUsize,
+    connections: AtomicUsize,
+    per_address: DefaultKeyedRateLimiter<IpAddr>,
+}
+
+/// Binds the QUIC endpoint on `socket`.
+pub fn endpoint(
+    socket: UdpSocket,
+    config: quinn::ServerConfig,
+) -> Result<quinn::Endpoint, H3Error> {
+    let runtime = Arc::new(quinn::TokioRuntime);
+    quinn::Endpoint::new(
+        quinn::EndpointConfig::default(),
+        Some(config),
+        socket,
+        runtime,
+    )
+    .map_err(H3Error::Endpoint)
+}
+
+/// Accepts QUIC connections until `shutdown`, then closes the endpoint
+/// after in-flight requests had `limits.shutdown_grace` to finish.
+pub async fn serve(
+    app: Arc<App>,
+    endpoint: quinn::Endpoint,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let h3 = app.config.http3.clone();
+    let per_second = NonZeroU32::new(h3.connections_per_address_per_sec).unwrap_or(NonZeroU32::MIN);
+    let gate = Arc::new(Gate {
+        handshakes: AtomicUsize::new(0),
+        connections: AtomicUsize::new(0),
+        per_address: RateLimiter::keyed(
+            Quota::per_second(per_second)
+                .allow_burst(per_second.saturating_mul(NonZeroU32::new(2).unwrap())),
+        ),
+    });
+    let housekeeping_gate = gate.clone();
+    let housekeeping_stop = shutdown.clone();
+    tracker.spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            tokio::select! {
+                _ = housekeeping_stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            housekeeping_gate.per_address.retain_recent();
+            housekeeping_gate.per_address.shrink_to_fit();
+        }
+    });
+    loop {
+        let incoming = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            incoming = endpoint.accept() => match incoming {
+                Some(incoming) => incoming,
+                None => break,
+            },
+        };
+        let m = &app.metrics;
+        if gate
+            .per_address
+            .check_key(&incoming.remote_address().ip())
+            .is_err()
+        {
+            m.refused_handshake("address_rate");
+            incoming.ignore();
+            continue;
+        }
+        let in_flight = gate.handshakes.load(Ordering::Relaxed);
+        if in_flight >= h3.max_handshakes
+            || gate.connections.load(Ordering::Relaxed) >= app.config.limits.max_connections
+        {
+            m.refused_handshake("capacity");
+            incoming.ignore();
+            continue;
+        }
+        let must_validate = match h3.retry {
+            RetryPolicy::Always => true,
+            RetryPolicy::UnderLoad => in_flight >= h3.retry_above_handshakes,
+            RetryPolicy::Never => false,
+        };
+        if must_validate && !incoming.remote_address_validated() && incoming.may_retry() {
+            m.quic_retries.inc();
+            let _ = incoming.retry();
+            continue;
+        }
+        let connecting = match incoming.accept() {
+            Ok(connecting) => connecting,
+            Err(_) => {
+                m.refused_handshake("invalid_initial");
+                continue;
+            }
+        };
+        gate.handshakes.fetch_add(1, Ordering::Relaxed);
+        let app = app.clone();
+        let gate = gate.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let handshake =
+                tokio::time::timeout(app.config.limits.header_read_timeout, connecting).await;
+            gate.handshakes.fetch_sub(1, Ordering::Relaxed);
+            let connection = match handshake {
+                Ok(Ok(connection)) => connection,
+                Ok(Err(_)) => return app.metrics.refused_handshake("handshake_failed"),
+                Err(_) => return app.metrics.refused_handshake("handshake_timeout"),
+            };
+            gate.connections.fetch_add(1, Ordering::Relaxed);
+            app.open_connections.fetch_add(1, Ordering::Relaxed);
+            let open = app
+                .metrics
+                .connections_open
+                .get_or_create(&ProtocolLabel {
+                    protocol: Protocol::Http3,
+                })
+                .clone();
+            open.inc();
+            serve_connection(&app, connection, shutdown).await;
+            open.dec();
+            app.open_connections.fetch_sub(1, Ordering::Relaxed);
+            gate.connections.fetch_sub(1, Ordering::Relaxed);
+        });
+    }
+    endpoint.close(0u32.into(), b"shutting down");
+}
+
+async fn serve_connection(
+    app: &Arc<App>,
+    connection: quinn::Connection,
+    shutdown: CancellationToken,
+) {
+    let conn = ConnInfo {
+        peer: connection.remote_address(),
+        protocol: Protocol::Http3,
+    };
+    let built = h3::server::builder()
+        .max_field_section_size(app.config.limits.max_header_bytes as u64)
+        .build::<_, Bytes>(h3_quinn::Connection::new(connection))
+        .await;
+    let Ok(mut h3_conn) = built else {
+        return;
+    };
+    let requests = TaskTracker::new();
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => {
+                // GOAWAY: finish what is in flight, take nothing new.
+                let _ = h3_conn.shutdown(0).await;
+                break;
+            }
+            accepted = h3_conn.accept() => accepted,
+        };
+        let resolver = match accepted {
+            Ok(Some(resolver)) => resolver,
+            Ok(None) | Err(_) => break,
+        };
+        let app = app.clone();
+        requests.spawn(async move {
+            let Ok((request, mut stream)) = resolver.resolve_request().await else {
+                return;
+            };
+            let response = resolve::handle(
+                &app,
+                conn,
+                request.method(),
+                request.uri(),
+                request.headers(),
+            )
+            .await;
+            let (parts, body) = response.into_parts();
+            let sent = async {
+                stream
+                    .send_response(http::Response::from_parts(parts, ()))
+                    .await?;
+                stream.send_data(body).await?;
+                stream.finish().await
+            };
+            let _ = sent.await;
+        });
+    }
+    requests.close();
+    let _ = tokio::time::timeout(app.config.limits.shutdown_grace, requests.wait()).await;
+}
+
+/// A UDP socket on `addr` (the port of the HTTPS listener).
+pub fn bind_udp(addr: SocketAddr) -> std::io::Result<UdpSocket> {
+    UdpSocket::bind(addr)
+}

@@ -1,0 +1,136 @@
+//! The public HTTPS listener: TCP accept, TLS, HTTP/1.1 and HTTP/2 (hyper).
+//!
+//! Cheapest refusals first: past the connection cap a socket is closed
+//! before any TLS work; a handshake that does not finish within the
+//! header-read timeout is dropped; hyper bounds header size and time.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::App;
+use super::metrics::{Protocol, ProtocolLabel};
+use super::resolve::{self, ConnInfo};
+
+/// Accepts until `shutdown`, then lets open connections finish their
+/// in-flight requests (hyper's graceful shutdown) under `tracker`.
+pub async fn serve(
+    app: Arc<App>,
+    listener: TcpListener,
+    tls: TlsAcceptor,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+) {
+    let slots = Arc::new(Semaphore::new(app.config.limits.max_connections));
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            app.metrics.refused_connection("connection_cap");
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let app = app.clone();
+        let tls = tls.clone();
+        let shutdown = shutdown.clone();
+        tracker.spawn(async move {
+            let _slot = slot;
+            let handshake_limit = app.config.limits.header_read_timeout;
+            let stream = match tokio::time::timeout(handshake_limit, tls.accept(stream)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(_)) => return app.metrics.refused_connection("tls_handshake_failed"),
+                Err(_) => return app.metrics.refused_connection("tls_handshake_timeout"),
+            };
+            let protocol = match stream.get_ref().1.alpn_protocol() {
+                Some(b"h2") => Protocol::Http2,
+                _ => Protocol::Http1,
+            };
+            let open = app
+                .metrics
+                .connections_open
+                .get_or_create(&ProtocolLabel { protocol })
+                .clone();
+            open.inc();
+            app.open_connections.fetch_add(1, Ordering::Relaxed);
+            serve_connection(
+                app.clone(),
+                ConnInfo { peer, protocol },
+                TokioIo::new(stream),
+                shutdown,
+            )
+            .await;
+            app.open_connections.fetch_sub(1, Ordering::Relaxed);
+            open.dec();
+        });
+    }
+}
+
+async fn serve_connection<I>(app: Arc<App>, conn: ConnInfo, io: I, shutdown: CancellationToken)
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let limits = &app.config.limits;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .keep_alive_interval(Some(limits.idle_timeout))
+        .keep_alive_timeout(limits.header_read_timeout);
+    let service_app = app.clone();
+    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
+        let app = service_app.clone();
+        async move {
+            let response = resolve::handle(
+                &app,
+                conn,
+                request.method(),
+                request.uri(),
+                request.headers(),
+            )
+            .await;
+            let (mut parts, body) = response.into_parts();
+            if let Some(alt_svc) = &app.alt_svc {
+                parts.headers.insert(http::header::ALT_SVC, alt_svc.clone());
+            }
+            Ok::<_, Infallible>(hyper::Response::from_parts(parts, Full::new(body)))
+        }
+    });
+    let connection = builder.serve_connection(io, service);
+    tokio::pin!(connection);
+    let idle = limits.idle_timeout;
+    tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = shutdown.cancelled() => {}
+    }
+    connection.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(idle, connection).await;
+}

@@ -1,0 +1,235 @@
+//! Prometheus metrics (prometheus-client), exposed on the admin listener.
+//!
+//! Counters are updated on the request path; gauges that mirror state (index
+//! size, last sequence, sessions) are refreshed when `/metrics` is scraped.
+
+use std::fmt::Write as _;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// The transport a request came over.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Protocol {
+    Http1,
+    Http2,
+    Http3,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1",
+            Protocol::Http2 => "http2",
+            Protocol::Http3 => "http3",
+        }
+    }
+}
+
+impl EncodeLabelValue for Protocol {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RequestLabels {
+    /// `ok` or the error code of DESIGN §4.
+    pub outcome: &'static str,
+    pub protocol: Protocol,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
+#[derive(Debug)]
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: Family<ProtocolLabel, Histogram>,
+    /// Monitor mode: requests that enforce would have refused, by code.
+    pub monitored: Family<ReasonLabels, Counter>,
+    pub spoof_attempts: Counter,
+    pub associations_created: Counter,
+    pub associations_superseded: Counter,
+    pub associations_rebound: Counter,
+    pub connections_refused: Family<ReasonLabels, Counter>,
+    pub connections_open: Family<ProtocolLabel, Gauge>,
+    pub quic_retries: Counter,
+    pub handshakes_refused: Family<ReasonLabels, Counter>,
+    pub index_associations: Gauge,
+    pub index_subscribers: Gauge,
+    pub index_codes: Gauge,
+    pub sessions: Gauge,
+    pub last_seq: Gauge<u64, AtomicU64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ProtocolLabel {
+    pub protocol: Protocol,
+}
+
+/// Buckets from 10 µs to about 5 s.
+fn latency_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(0.000_01, 2.5, 15))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("homecmp");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Resolution requests by outcome and protocol",
+            requests.clone(),
+        );
+        let latency: Family<ProtocolLabel, Histogram> =
+            Family::new_with_constructor(latency_histogram);
+        registry.register(
+            "request_duration_seconds",
+            "Time from request head to response, by protocol",
+            latency.clone(),
+        );
+        let monitored = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "monitor_would_refuse",
+            "Monitor mode: requests resolved that enforce would refuse, by code",
+            monitored.clone(),
+        );
+        let spoof_attempts = Counter::default();
+        registry.register(
+            "spoof_attempts",
+            "Requests carrying MSISDN or X-Forwarded-For headers from an untrusted peer",
+            spoof_attempts.clone(),
+        );
+        let associations_created = Counter::default();
+        registry.register(
+            "associations_created",
+            "Associations created",
+            associations_created.clone(),
+        );
+        let associations_superseded = Counter::default();
+        registry.register(
+            "associations_superseded",
+            "Associations revoked to keep a subscriber under the cap",
+            associations_superseded.clone(),
+        );
+        let associations_rebound = Counter::default();
+        registry.register(
+            "associations_rebound",
+            "Associations moved to another subscriber (policy rebind)",
+            associations_rebound.clone(),
+        );
+        let connections_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "connections_refused",
+            "Connections closed before serving, by reason",
+            connections_refused.clone(),
+        );
+        let connections_open = Family::<ProtocolLabel, Gauge>::default();
+        registry.register(
+            "connections_open",
+            "Open connections",
+            connections_open.clone(),
+        );
+        let quic_retries = Counter::default();
+        registry.register(
+            "quic_retries",
+            "QUIC Retry packets sent to validate a client address",
+            quic_retries.clone(),
+        );
+        let handshakes_refused = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "quic_handshakes_refused",
+            "QUIC connection attempts dropped or failed, by reason",
+            handshakes_refused.clone(),
+        );
+        let index_associations = Gauge::default();
+        registry.register(
+            "index_associations",
+            "Associations in the index",
+            index_associations.clone(),
+        );
+        let index_subscribers = Gauge::default();
+        registry.register(
+            "index_subscribers",
+            "Subscribers with at least one association",
+            index_subscribers.clone(),
+        );
+        let index_codes = Gauge::default();
+        registry.register("index_codes", "Registered codes", index_codes.clone());
+        let sessions = Gauge::default();
+        registry.register(
+            "sessions",
+            "Session bindings held (IP -> subscriber)",
+            sessions.clone(),
+        );
+        let last_seq = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "log_last_sequence",
+            "Sequence number of the newest durable event",
+            last_seq.clone(),
+        );
+        Self {
+            registry,
+            requests,
+            latency,
+            monitored,
+            spoof_attempts,
+            associations_created,
+            associations_superseded,
+            associations_rebound,
+            connections_refused,
+            connections_open,
+            quic_retries,
+            handshakes_refused,
+            index_associations,
+            index_subscribers,
+            index_codes,
+            sessions,
+            last_seq,
+        }
+    }
+
+    pub fn request(&self, protocol: Protocol, outcome: &'static str, seconds: f64) {
+        self.requests
+            .get_or_create(&RequestLabels { outcome, protocol })
+            .inc();
+        self.latency
+            .get_or_create(&ProtocolLabel { protocol })
+            .observe(seconds);
+    }
+
+    pub fn refused_connection(&self, reason: &'static str) {
+        self.connections_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn refused_handshake(&self, reason: &'static str) {
+        self.handshakes_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+            .expect("writing to a String cannot fail");
+        out
+    }
+}

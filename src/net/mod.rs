@@ -1,0 +1,288 @@
+//! Transports around the core: the public HTTPS listener, the admin API,
+//! and the server's lifecycle (start, ready, graceful shutdown).
+//!
+//! [`start`] binds every listener (port 0 works: tests use it), serves the
+//! admin API at once so probes see `/readyz` go from 503 to 200, replays the
+//! log, then opens the public listener. [`Running::shutdown`] stops
+//! accepting, lets in-flight requests finish, and closes the log.
+
+pub mod admin;
+pub mod h3;
+pub mod https;
+pub mod metrics;
+pub mod resolve;
+pub mod tls;
+
+use std::net::SocketAddr;
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use http::HeaderValue;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::core::{Refusal, Sessions};
+use crate::deploy::{self, DeployError};
+use crate::store::{Store, StoreError};
+use crate::wire::{SubscriberKey, SubscriberRef};
+
+pub use metrics::Metrics;
+
+/// Unix time in milliseconds: the one clock the transports read.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Everything a request handler needs, shared by all connections.
+#[derive(Debug)]
+pub struct App {
+    pub config: Config,
+    pub store: Store,
+    pub sessions: Sessions,
+    pub key: SubscriberKey,
+    pub metrics: Metrics,
+    /// Association creations per subscriber (DESIGN §4's rate limit).
+    pub creations: DefaultKeyedRateLimiter<SubscriberRef>,
+    /// `Alt-Svc` advertising HTTP/3, when it is on.
+    pub alt_svc: Option<HeaderValue>,
+    /// Open client connections over all transports: the load signal for
+    /// shedding unauthenticated requests.
+    pub open_connections: AtomicUsize,
+}
+
+impl App {
+    /// Whether a request without an association should be shed now.
+    pub fn shedding(&self) -> bool {
+        self.open_connections.load(Ordering::Relaxed)
+            > self.config.limits.shed_unauthenticated_above
+    }
+
+    /// `Err(RateLimited)` when `subscriber` has created associations faster
+    /// than `auth.associations_per_minute`.
+    pub fn check_creation_rate(&self, subscriber: &SubscriberRef) -> Result<(), Refusal> {
+        self.creations.check_key(subscriber).map_err(|not_until| {
+            let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                &governor::clock::DefaultClock::default(),
+            ));
+            Refusal::RateLimited {
+                retry_after_secs: wait.as_secs().max(1),
+            }
+        })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot create data dir {path}: {source}")]
+    DataDir {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Deploy(#[from] DeployError),
+    #[error(transparent)]
+    Tls(#[from] tls::TlsError),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Http3(#[from] h3::H3Error),
+    #[error("cannot open the event log: {0}")]
+    Store(#[from] StoreError),
+}
+
+/// A started server.
+#[derive(Debug)]
+pub struct Running {
+    pub public_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub admin_token: String,
+    /// The CA to trust when the certificate was generated (no `tls_cert`).
+    pub ca_cert: Option<PathBuf>,
+    pub app: Arc<App>,
+    shutdown: CancellationToken,
+    tracker: TaskTracker,
+}
+
+impl Running {
+    /// Stops accepting, waits up to `limits.shutdown_grace` for in-flight
+    /// requests, then drops the application (and with it the log writer).
+    pub async fn shutdown(self) {
+        self.shutdown.cancel();
+        self.tracker.close();
+        let grace = self.app.config.limits.shutdown_grace;
+        if tokio::time::timeout(grace, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("shutdown grace over; closing remaining connections");
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr, source })
+}
+
+/// Starts the server described by `config`; returns once the public
+/// listener accepts (the log has been replayed).
+pub async fn start(config: Config) -> Result<Running, ServeError> {
+    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServeError::DataDir {
+        path: config.data_dir.clone(),
+        source,
+    })?;
+    let secret = match config.subscriber_secret {
+        Some(secret) => secret,
+        None => deploy::subscriber_secret(&config.data_dir)?,
+    };
+    let admin_token = deploy::admin_token(&config.admin_token_path())?;
+    let (cert_path, key_path, ca_cert) = match &config.tls {
+        Some((cert, key)) => (cert.clone(), key.clone(), None),
+        None => {
+            let ip = config.listen.ip();
+            let extra = if ip.is_unspecified() {
+                vec![]
+            } else {
+                vec![ip.to_string()]
+            };
+            let generated = deploy::self_signed_tls(&config.data_dir, &extra)?;
+            (generated.cert, generated.key, Some(generated.ca_cert))
+        }
+    };
+    let (certs, key) = tls::load(&cert_path, &key_path)?;
+    let https_tls = tls::server_config(certs.clone(), key.clone_key(), &[b"h2", b"http/1.1"])?;
+
+    let quic_tls = config
+        .http3
+        .enabled
+        .then(|| tls::server_config(certs.clone(), key.clone_key(), &[b"h3"]))
+        .transpose()?;
+    let admin_listener = bind(config.admin_listen).await?;
+    let public_listener = bind(config.listen).await?;
+    let admin_addr = admin_listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind {
+            addr: config.admin_listen,
+            source,
+        })?;
+    let public_addr = public_listener
+        .local_addr()
+        .map_err(|source| ServeError::Bind {
+            addr: config.listen,
+            source,
+        })?;
+
+    // HTTP/3 on the UDP port of the same number.
+    let quic = match quic_tls {
+        Some(quic_tls) => {
+            let quic_config =
+                h3::server_config((*quic_tls).clone(), &config.http3, &config.limits)?;
+            let socket = h3::bind_udp(public_addr).map_err(|source| ServeError::Bind {
+                addr: public_addr,
+                source,
+            })?;
+            Some(h3::endpoint(socket, quic_config)?)
+        }
+        None => None,
+    };
+
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+    let admin_state = Arc::new(admin::AdminState {
+        token: admin_token.clone(),
+        app: Default::default(),
+    });
+    let admin_router = admin::router(admin_state.clone());
+    let admin_shutdown = shutdown.clone();
+    tracker.spawn(async move {
+        let served = axum::serve(admin_listener, admin_router)
+            .with_graceful_shutdown(admin_shutdown.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::error!(error = %e, "admin listener failed");
+        }
+    });
+
+    let log_path = config.data_dir.join(crate::LOG_DIR);
+    let store = tokio::task::spawn_blocking(move || Store::open(&log_path))
+        .await
+        .expect("replay task does not panic")?;
+    let counts = store.index().counts();
+    tracing::info!(
+        associations = counts.associations,
+        codes = counts.codes,
+        last_seq = counts.last_seq,
+        "event log replayed"
+    );
+
+    let per_minute = NonZeroU32::new(config.associations_per_minute).unwrap_or(NonZeroU32::MIN);
+    let alt_svc = config
+        .http3
+        .enabled
+        .then(|| HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", public_addr.port())).ok())
+        .flatten();
+    let app = Arc::new(App {
+        sessions: Sessions::default(),
+        key: SubscriberKey::new(&secret),
+        metrics: Metrics::new(),
+        creations: RateLimiter::keyed(Quota::per_minute(per_minute)),
+        alt_svc,
+        open_connections: AtomicUsize::new(0),
+        store,
+        config,
+    });
+    admin_state.app.set(app.clone()).expect("set once");
+
+    tracker.spawn(housekeeping(app.clone(), shutdown.clone()));
+    if let Some(endpoint) = quic {
+        tracker.spawn(h3::serve(
+            app.clone(),
+            endpoint,
+            shutdown.clone(),
+            tracker.clone(),
+        ));
+    }
+    tracker.spawn(https::serve(
+        app.clone(),
+        public_listener,
+        tokio_rustls::TlsAcceptor::from(https_tls),
+        shutdown.clone(),
+        tracker.clone(),
+    ));
+    Ok(Running {
+        public_addr,
+        admin_addr,
+        admin_token,
+        ca_cert,
+        app,
+        shutdown,
+        tracker,
+    })
+}
+
+/// Keeps memory bounded: expired session bindings and idle rate-limiter
+/// keys are dropped every few seconds.
+async fn housekeeping(app: Arc<App>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        app.sessions.sweep(now_ms());
+        app.creations.retain_recent();
+        app.creations.shrink_to_fit();
+    }
+}

@@ -1,0 +1,292 @@
+//! `GET /mc/v1/resolve`: one handler for HTTP/1.1, HTTP/2 and HTTP/3.
+//!
+//! Carries out what the core decides: the index lookup, identity, the
+//! durable association, the code lookup. The wire form of every refusal is
+//! decided in [`wire_error`], the single place that knows DESIGN §4's table.
+
+use std::net::SocketAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use http::header::{CONTENT_TYPE, RETRY_AFTER};
+use http::{HeaderMap, HeaderValue, Response, StatusCode, Uri};
+use serde::Serialize;
+
+use super::App;
+use super::metrics::Protocol;
+use crate::core::{self, ClientView, Decision, Permit, Refusal};
+use crate::store::{Associated, NewAssociation};
+use crate::wire::{ClientId, IndirectCode};
+
+pub const PATH: &str = "/mc/v1/resolve";
+
+/// What the transport knows of the connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub peer: SocketAddr,
+    pub protocol: Protocol,
+}
+
+#[derive(Serialize)]
+struct Resolved<'a> {
+    code: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    target: &'a str,
+    association: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ErrorBody<'a> {
+    pub status: u16,
+    pub code: &'static str,
+    pub message: &'a str,
+}
+
+/// DESIGN §4's table: status and code of each refusal.
+pub fn wire_error(refusal: &Refusal) -> (StatusCode, &'static str) {
+    match refusal {
+        Refusal::InvalidCode(_) => (StatusCode::BAD_REQUEST, "INVALID_CODE"),
+        Refusal::InvalidClientId(_) => (StatusCode::BAD_REQUEST, "INVALID_CLIENTID"),
+        Refusal::ClientIdRequired => (StatusCode::UNAUTHORIZED, "CLIENTID_REQUIRED"),
+        Refusal::RetryOnMnoNetwork => (StatusCode::FORBIDDEN, "RETRY_ON_MNO_NETWORK"),
+        Refusal::SubscriberUnknown => (StatusCode::FORBIDDEN, "SUBSCRIBER_UNKNOWN"),
+        Refusal::AssociationMismatch => (StatusCode::FORBIDDEN, "ASSOCIATION_MISMATCH"),
+        Refusal::CodeNotFound => (StatusCode::NOT_FOUND, "CODE_NOT_FOUND"),
+        Refusal::UnknownPrefix => (StatusCode::NOT_FOUND, "UNKNOWN_PREFIX"),
+        Refusal::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
+        Refusal::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED"),
+        Refusal::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
+        Refusal::RequestTooLarge => (StatusCode::URI_TOO_LONG, "REQUEST_TOO_LARGE"),
+        Refusal::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
+        Refusal::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
+    }
+}
+
+/// Seconds a client should wait, for the refusals that carry `Retry-After`.
+fn retry_after(refusal: &Refusal) -> Option<u64> {
+    match refusal {
+        Refusal::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+        Refusal::Overloaded | Refusal::Unavailable => Some(1),
+        _ => None,
+    }
+}
+
+pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Bytes> {
+    let mut response = Response::new(Bytes::from(body));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+pub fn error_response(refusal: &Refusal) -> Response<Bytes> {
+    let (status, code) = wire_error(refusal);
+    let message = refusal.to_string();
+    let body = ErrorBody {
+        status: status.as_u16(),
+        code,
+        message: &message,
+    };
+    let mut response = json_response(status, serde_json::to_vec(&body).expect("serialisable"));
+    if let Some(secs) = retry_after(refusal) {
+        response
+            .headers_mut()
+            .insert(RETRY_AFTER, HeaderValue::from(secs));
+    }
+    response
+}
+
+/// Answers any request on the public listener: the resolve route, or a JSON
+/// 404/405. Records the outcome and latency.
+pub async fn handle(
+    app: &App,
+    conn: ConnInfo,
+    method: &http::Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Response<Bytes> {
+    let started = Instant::now();
+    let result = if uri.path() != PATH {
+        Err(Refusal::NotFound)
+    } else if method != http::Method::GET {
+        Err(Refusal::MethodNotAllowed)
+    } else {
+        resolve(app, conn, uri, headers).await
+    };
+    let (outcome, response) = match result {
+        Ok(response) => ("ok", response),
+        Err(refusal) => (wire_error(&refusal).1, error_response(&refusal)),
+    };
+    app.metrics
+        .request(conn.protocol, outcome, started.elapsed().as_secs_f64());
+    response
+}
+
+/// The query's `code` and `clientid`. A repeated parameter is refused: two
+/// values are an ambiguity an attacker could play on.
+struct Query {
+    code: String,
+    clientid: Option<String>,
+}
+
+fn parse_query(uri: &Uri, max_bytes: usize) -> Result<Query, Refusal> {
+    let text = uri.query().unwrap_or("");
+    if text.len() > max_bytes {
+        return Err(Refusal::RequestTooLarge);
+    }
+    let mut code = None;
+    let mut clientid = None;
+    for (name, value) in form_urlencoded::parse(text.as_bytes()) {
+        let slot = match &*name {
+            "code" => &mut code,
+            "clientid" => &mut clientid,
+            _ => continue,
+        };
+        if slot.replace(value.into_owned()).is_some() {
+            return Err(if name == "code" {
+                Refusal::InvalidCode(crate::wire::CodeError::Repeated)
+            } else {
+                Refusal::InvalidClientId(crate::wire::ClientIdError::Repeated)
+            });
+        }
+    }
+    Ok(Query {
+        code: code.unwrap_or_default(),
+        clientid,
+    })
+}
+
+async fn resolve(
+    app: &App,
+    conn: ConnInfo,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Result<Response<Bytes>, Refusal> {
+    // Cheapest first: parse, clientid, index, identity; codes only after.
+    let query = parse_query(uri, app.config.limits.max_uri_bytes)?;
+    let code = IndirectCode::parse(&query.code).map_err(Refusal::InvalidCode)?;
+    let clientid = query.clientid.as_deref();
+    let association = clientid.and_then(|id| app.store.index().association(id));
+    if association.is_none() && app.shedding() {
+        return Err(Refusal::Overloaded);
+    }
+    let view = ClientView {
+        peer: conn.peer.ip(),
+        msisdn_header: header_str(headers, &app.config.msisdn_header),
+        forwarded_for: header_str(headers, "x-forwarded-for"),
+    };
+    let now_ms = super::now_ms();
+    let identity = core::identify(&app.config.mno, &view, &app.sessions, &app.key, now_ms);
+    if identity.spoof_attempt {
+        app.metrics.spoof_attempts.inc();
+    }
+    let permit = match core::decide(&app.config.policy, clientid, association, &identity) {
+        Decision::Resolve(permit) => permit,
+        Decision::Refuse(refusal) => return Err(refusal),
+        Decision::Monitored { would, permit } => {
+            app.metrics
+                .monitored
+                .get_or_create(&super::metrics::ReasonLabels {
+                    reason: wire_error(&would).1,
+                })
+                .inc();
+            permit
+        }
+        Decision::Associate {
+            subscriber,
+            source,
+            rebind,
+        } => {
+            // The core decides Associate only for a present, valid clientid.
+            let id = clientid
+                .and_then(|id| ClientId::parse(id).ok())
+                .ok_or(Refusal::Unavailable)?;
+            app.check_creation_rate(&subscriber)?;
+            let new = NewAssociation {
+                clientid: id,
+                subscriber,
+                source,
+                client_addr: identity.client_addr,
+            };
+            let cap = app.config.max_clientids_per_subscriber;
+            let done = app
+                .store
+                .associate(new, rebind, cap, now_ms)
+                .await
+                .map_err(|e| {
+                    tracing::error!(error = %e, "association not stored");
+                    Refusal::Unavailable
+                })?;
+            match done {
+                Associated::Created { superseded, .. } => {
+                    app.metrics.associations_created.inc();
+                    app.metrics
+                        .associations_superseded
+                        .inc_by(superseded.len() as u64);
+                    Permit::created()
+                }
+                Associated::Rebound { superseded, .. } => {
+                    app.metrics.associations_rebound.inc();
+                    app.metrics
+                        .associations_superseded
+                        .inc_by(superseded.len() as u64);
+                    Permit::created()
+                }
+                // Lost a race to a concurrent request: decide again on what stands.
+                Associated::Existing(standing) => {
+                    match core::decide(&app.config.policy, clientid, Some(standing), &identity) {
+                        Decision::Resolve(permit) => permit,
+                        Decision::Refuse(refusal) => return Err(refusal),
+                        _ => return Err(Refusal::Unavailable),
+                    }
+                }
+            }
+        }
+    };
+    let target = core::resolve(&app.config.policy, &permit, &code, app.store.index())?;
+    let body = Resolved {
+        code: code.as_str(),
+        kind: "url",
+        target: &target,
+        association: permit.association().as_str(),
+    };
+    Ok(json_response(
+        StatusCode::OK,
+        serde_json::to_vec(&body).expect("serialisable"),
+    ))
+}
+
+fn header_str<'a>(
+    headers: &'a HeaderMap,
+    name: impl http::header::AsHeaderName,
+) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_parsing() {
+        let uri: Uri = "/mc/v1/resolve?code=2001000001a&clientid=a%3Ab"
+            .parse()
+            .unwrap();
+        let q = parse_query(&uri, 100).unwrap();
+        assert_eq!(
+            (q.code.as_str(), q.clientid.as_deref()),
+            ("2001000001a", Some("a:b"))
+        );
+        let twice: Uri = "/x?clientid=a&clientid=b&code=c".parse().unwrap();
+        assert!(matches!(
+            parse_query(&twice, 100),
+            Err(Refusal::InvalidClientId(_))
+        ));
+        assert!(matches!(
+            parse_query(&uri, 10),
+            Err(Refusal::RequestTooLarge)
+        ));
+    }
+}

@@ -1,0 +1,443 @@
+//! The resolution API of DESIGN §4 against a real server on loopback, over
+//! HTTP/1.1 and HTTP/2, with clients bound to MNO-pool (127.1.x.y), WiFi
+//! (127.2.x.y) and gateway (127.3.0.1) addresses.
+
+mod support;
+
+use reqwest::Method;
+use serde_json::json;
+use support::{GATEWAY, PREFIX, TestServer, metric};
+
+const PROTOCOLS: [&str; 2] = ["http1", "http2"];
+const CODE: &str = "2001000001promo";
+const TARGET: &str = "https://example.org/promo";
+
+/// A server with one code and the subscriber +447700900001 bound to 127.1.0.1.
+async fn server_with(extra: &str) -> TestServer {
+    let server = TestServer::with_config(extra).await;
+    server.put_code(CODE, TARGET).await;
+    server.bind_session("127.1.0.1", "+447700900001").await;
+    server.bind_session("127.1.0.2", "+447700900002").await;
+    server
+}
+
+fn assert_error(status: u16, body: &serde_json::Value, want_status: u16, want_code: &str) {
+    assert_eq!(status, want_status, "{body}");
+    assert_eq!(body["code"], want_code, "{body}");
+    assert_eq!(body["status"], want_status, "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+}
+
+#[tokio::test]
+async fn every_row_of_the_table_in_enforce_mode() {
+    let server = server_with("").await;
+    for protocol in PROTOCOLS {
+        let mno = server.client(protocol, "127.1.0.1");
+        let other_sub = server.client(protocol, "127.1.0.2");
+        let unknown_sub = server.client(protocol, "127.1.0.99");
+        let wifi = server.client(protocol, "127.2.0.1");
+        let id = format!("app-{protocol}");
+
+        let (s, b) = server.resolve(&mno, "code=zz&clientid=x").await;
+        assert_error(s, &b, 400, "INVALID_CODE");
+        let (s, b) = server
+            .resolve(&mno, &format!("code={CODE}&clientid=bad%20id"))
+            .await;
+        assert_error(s, &b, 400, "INVALID_CLIENTID");
+        let (s, b) = server.resolve(&mno, &format!("code={CODE}")).await;
+        assert_error(s, &b, 401, "CLIENTID_REQUIRED");
+        let (s, b) = server
+            .resolve(&wifi, &format!("code={CODE}&clientid={id}"))
+            .await;
+        assert_error(s, &b, 403, "RETRY_ON_MNO_NETWORK");
+        let (s, b) = server
+            .resolve(&unknown_sub, &format!("code={CODE}&clientid={id}"))
+            .await;
+        assert_error(s, &b, 403, "SUBSCRIBER_UNKNOWN");
+
+        // First scan over the MNO network creates the association.
+        let (s, b) = server
+            .resolve(&mno, &format!("code={CODE}&clientid={id}"))
+            .await;
+        assert_eq!(s, 200, "{b}");
+        assert_eq!(
+            b,
+            json!({"code": CODE, "type": "url", "target": TARGET, "association": "created"})
+        );
+        let (s, b) = server
+            .resolve(&wifi, &format!("code={CODE}&clientid={id}"))
+            .await;
+        assert_eq!((s, &b["association"]), (200, &json!("existing")), "{b}");
+
+        let (s, b) = server
+            .resolve(&other_sub, &format!("code={CODE}&clientid={id}"))
+            .await;
+        assert_error(s, &b, 403, "ASSOCIATION_MISMATCH");
+        let (s, b) = server
+            .resolve(&wifi, &format!("code={PREFIX}nope&clientid={id}"))
+            .await;
+        assert_error(s, &b, 404, "CODE_NOT_FOUND");
+        let (s, b) = server
+            .resolve(&wifi, &format!("code=2001000002promo&clientid={id}"))
+            .await;
+        assert_error(s, &b, 404, "UNKNOWN_PREFIX");
+    }
+}
+
+#[tokio::test]
+async fn unauthenticated_requests_learn_nothing_about_codes() {
+    let server = server_with("").await;
+    let wifi = server.client("http2", "127.2.0.1");
+    for code in [CODE, "2001000001missing", "2001000002promo"] {
+        let (s, b) = server
+            .resolve(&wifi, &format!("code={code}&clientid=stranger"))
+            .await;
+        assert_error(s, &b, 403, "RETRY_ON_MNO_NETWORK");
+    }
+}
+
+#[tokio::test]
+async fn rate_limited_creations_get_429_with_retry_after() {
+    let server = server_with("[auth]\nassociations_per_minute = 2").await;
+    let mno = server.client("http1", "127.1.0.1");
+    for i in 0..2 {
+        let (s, b) = server
+            .resolve(&mno, &format!("code={CODE}&clientid=burst-{i}"))
+            .await;
+        assert_eq!(s, 200, "{b}");
+    }
+    let response = mno
+        .get(server.url(&format!("code={CODE}&clientid=burst-9")))
+        .send()
+        .await
+        .unwrap();
+    let retry_after = response.headers().get("retry-after").cloned();
+    let (s, b) = (response.status().as_u16(), response.json().await.unwrap());
+    assert_error(s, &b, 429, "RATE_LIMITED");
+    let secs: u64 = retry_after.unwrap().to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&secs));
+    // Associated clients are not limited by it.
+    let (s, _) = server
+        .resolve(&mno, &format!("code={CODE}&clientid=burst-0"))
+        .await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test]
+async fn overload_sheds_unassociated_requests_first() {
+    let server = server_with("[limits]\nmax_connections = 8\nshed_unauthenticated_above = 2").await;
+    let mno = server.client("http1", "127.1.0.1");
+    let (s, _) = server
+        .resolve(&mno, &format!("code={CODE}&clientid=early"))
+        .await;
+    assert_eq!(s, 200);
+    // Hold three more connections open: above the shedding threshold.
+    let holders: Vec<_> = (0..3)
+        .map(|i| server.client("http1", &format!("127.2.0.{}", 10 + i)))
+        .collect();
+    for h in &holders {
+        let (s, _) = server.resolve(h, &format!("code={CODE}")).await;
+        assert_eq!(s, 401);
+    }
+    let wifi = server.client("http1", "127.2.0.1");
+    let response = wifi
+        .get(server.url(&format!("code={CODE}&clientid=stranger")))
+        .send()
+        .await
+        .unwrap();
+    assert!(response.headers().contains_key("retry-after"));
+    let (s, b) = (response.status().as_u16(), response.json().await.unwrap());
+    assert_error(s, &b, 503, "OVERLOADED");
+    let (s, b) = server
+        .resolve(&wifi, &format!("code={CODE}&clientid=early"))
+        .await;
+    assert_eq!((s, &b["association"]), (200, &json!("existing")), "{b}");
+}
+
+#[tokio::test]
+async fn monitor_mode_resolves_what_enforce_refuses_and_counts_it() {
+    let server = server_with("[auth]\nmode = \"monitor\"").await;
+    let wifi = server.client("http2", "127.2.0.1");
+    let (s, b) = server.resolve(&wifi, &format!("code={CODE}")).await;
+    assert_eq!((s, &b["association"]), (200, &json!("none")), "{b}");
+    let (s, b) = server
+        .resolve(&wifi, &format!("code={CODE}&clientid=new-app"))
+        .await;
+    assert_eq!((s, &b["association"]), (200, &json!("none")), "{b}");
+    // Parse errors and codes still answer as in enforce.
+    let (s, b) = server.resolve(&wifi, "code=zz").await;
+    assert_error(s, &b, 400, "INVALID_CODE");
+    let (s, b) = server.resolve(&wifi, &format!("code={PREFIX}nope")).await;
+    assert_error(s, &b, 404, "CODE_NOT_FOUND");
+    // Over the MNO network it still associates.
+    let mno = server.client("http2", "127.1.0.1");
+    let (s, b) = server
+        .resolve(&mno, &format!("code={CODE}&clientid=new-app"))
+        .await;
+    assert_eq!((s, &b["association"]), (200, &json!("created")), "{b}");
+    let metrics = server.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "homecmp_monitor_would_refuse_total{reason=\"CLIENTID_REQUIRED\"}"
+        ),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "homecmp_monitor_would_refuse_total{reason=\"RETRY_ON_MNO_NETWORK\"}"
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn off_mode_needs_no_clientid_and_creates_nothing() {
+    let server = server_with("[auth]\nmode = \"off\"").await;
+    let mno = server.client("http1", "127.1.0.1");
+    let (s, b) = server.resolve(&mno, &format!("code={CODE}")).await;
+    assert_eq!((s, &b["association"]), (200, &json!("none")), "{b}");
+    let (s, b) = server
+        .resolve(&mno, &format!("code={CODE}&clientid=some-app"))
+        .await;
+    assert_eq!((s, &b["association"]), (200, &json!("none")), "{b}");
+    let (s, _) = server
+        .admin(Method::GET, "/admin/v1/associations/some-app", None)
+        .await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn first_scan_over_wifi_then_retry_over_mno() {
+    let server = server_with("").await;
+    let wifi = server.client("http2", "127.2.3.4");
+    let mno = server.client("http2", "127.1.0.1");
+    let query = format!("code={CODE}&clientid=6ba7b810-9dad-11d1-80b4-00c04fd430c8");
+    let (s, b) = server.resolve(&wifi, &query).await;
+    assert_error(s, &b, 403, "RETRY_ON_MNO_NETWORK");
+    let (s, b) = server.resolve(&mno, &query).await;
+    assert_eq!((s, &b["association"]), (200, &json!("created")), "{b}");
+    let (s, b) = server.resolve(&wifi, &query).await;
+    assert_eq!((s, &b["association"]), (200, &json!("existing")), "{b}");
+}
+
+#[tokio::test]
+async fn trusted_gateway_enrichment_creates_the_association() {
+    let server = server_with(&format!(
+        "[mno]\nnetworks = [\"127.1.0.0/16\"]\ntrusted_gateways = [\"{GATEWAY}\"]"
+    ))
+    .await;
+    let gateway = server.client("http1", GATEWAY);
+    let response = gateway
+        .get(server.url(&format!("code={CODE}&clientid=via-gw")))
+        .header("X-MSISDN", "447700900777")
+        .header("X-Forwarded-For", "127.1.9.9")
+        .send()
+        .await
+        .unwrap();
+    let b: serde_json::Value = response.json().await.unwrap();
+    assert_eq!(b["association"], "created", "{b}");
+    let (s, assoc) = server
+        .admin(Method::GET, "/admin/v1/associations/via-gw", None)
+        .await;
+    assert_eq!(s, 200);
+    // The same subscriber, bound by session, matches the gateway's identity.
+    server.bind_session("127.1.0.7", "+447700900777").await;
+    let mno = server.client("http1", "127.1.0.7");
+    let (s, b) = server
+        .resolve(&mno, &format!("code={CODE}&clientid=via-gw"))
+        .await;
+    assert_eq!(
+        (s, &b["association"]),
+        (200, &json!("existing")),
+        "{b} {assoc}"
+    );
+}
+
+#[tokio::test]
+async fn spoofed_headers_from_untrusted_peers_create_nothing() {
+    let server = server_with(&format!(
+        "[mno]\nnetworks = [\"127.1.0.0/16\"]\ntrusted_gateways = [\"{GATEWAY}\"]"
+    ))
+    .await;
+    let wifi = server.client("http2", "127.2.0.66");
+    let spoofs = [
+        ("X-MSISDN", "+447700900001"),
+        ("X-Forwarded-For", "127.1.0.1"),
+    ];
+    for (i, (name, value)) in spoofs.iter().enumerate() {
+        let response = wifi
+            .get(server.url(&format!("code={CODE}&clientid=spoof-{i}")))
+            .header(*name, *value)
+            .send()
+            .await
+            .unwrap();
+        let (s, b) = (response.status().as_u16(), response.json().await.unwrap());
+        assert_error(s, &b, 403, "RETRY_ON_MNO_NETWORK");
+        let (s, _) = server
+            .admin(
+                Method::GET,
+                &format!("/admin/v1/associations/spoof-{i}"),
+                None,
+            )
+            .await;
+        assert_eq!(s, 404);
+    }
+    // An MSISDN header from inside the pool does not choose the subscriber.
+    let unknown_sub = server.client("http2", "127.1.0.50");
+    let response = unknown_sub
+        .get(server.url(&format!("code={CODE}&clientid=spoof-pool")))
+        .header("X-MSISDN", "+447700900001")
+        .send()
+        .await
+        .unwrap();
+    let (s, b) = (response.status().as_u16(), response.json().await.unwrap());
+    assert_error(s, &b, 403, "SUBSCRIBER_UNKNOWN");
+    let metrics = server.metrics().await;
+    assert_eq!(metric(&metrics, "homecmp_spoof_attempts_total"), 3.0);
+    assert_eq!(metric(&metrics, "homecmp_associations_created_total"), 0.0);
+}
+
+#[tokio::test]
+async fn concurrent_first_requests_create_one_association() {
+    let server = server_with("[auth]\nassociations_per_minute = 1000").await;
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let client = server.client(if i % 2 == 0 { "http1" } else { "http2" }, "127.1.0.1");
+        let url = server.url(&format!("code={CODE}&clientid=racer"));
+        tasks.push(tokio::spawn(async move {
+            let response = client.get(url).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+            response.json::<serde_json::Value>().await.unwrap()["association"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        }));
+    }
+    let mut created = 0;
+    for task in tasks {
+        if task.await.unwrap() == "created" {
+            created += 1;
+        }
+    }
+    assert_eq!(created, 1);
+    let metrics = server.metrics().await;
+    assert_eq!(metric(&metrics, "homecmp_associations_created_total"), 1.0);
+}
+
+#[tokio::test]
+async fn revoked_association_is_stopped() {
+    let server = server_with("").await;
+    let mno = server.client("http1", "127.1.0.1");
+    let wifi = server.client("http1", "127.2.0.1");
+    let query = format!("code={CODE}&clientid=to-revoke");
+    assert_eq!(server.resolve(&mno, &query).await.0, 200);
+    assert_eq!(server.resolve(&wifi, &query).await.0, 200);
+    let (s, b) = server
+        .admin(Method::DELETE, "/admin/v1/associations/to-revoke", None)
+        .await;
+    assert_eq!(s, 200, "{b}");
+    let (s, b) = server.resolve(&wifi, &query).await;
+    assert_error(s, &b, 403, "RETRY_ON_MNO_NETWORK");
+    let (s, _) = server
+        .admin(Method::DELETE, "/admin/v1/associations/to-revoke", None)
+        .await;
+    assert_eq!(s, 404);
+}
+
+#[tokio::test]
+async fn cap_supersedes_the_oldest_clientid() {
+    let server = server_with("[auth]\nmax_clientids_per_subscriber = 2").await;
+    let mno = server.client("http2", "127.1.0.1");
+    for id in ["first", "second", "third"] {
+        let (s, b) = server
+            .resolve(&mno, &format!("code={CODE}&clientid={id}"))
+            .await;
+        assert_eq!((s, &b["association"]), (200, &json!("created")), "{b}");
+    }
+    let status = |id: &'static str| {
+        let server = &server;
+        async move {
+            server
+                .admin(Method::GET, &format!("/admin/v1/associations/{id}"), None)
+                .await
+                .0
+        }
+    };
+    assert_eq!(
+        (
+            status("first").await,
+            status("second").await,
+            status("third").await
+        ),
+        (404, 200, 200)
+    );
+}
+
+#[tokio::test]
+async fn rebind_policy_moves_the_association() {
+    let server = server_with("[auth]\non_mismatch = \"rebind\"").await;
+    let first = server.client("http1", "127.1.0.1");
+    let second = server.client("http1", "127.1.0.2");
+    let query = format!("code={CODE}&clientid=moving");
+    assert_eq!(
+        server.resolve(&first, &query).await.1["association"],
+        "created"
+    );
+    let (s, b) = server.resolve(&second, &query).await;
+    assert_eq!((s, &b["association"]), (200, &json!("created")), "{b}");
+    let (s, b) = server.resolve(&second, &query).await;
+    assert_eq!((s, &b["association"]), (200, &json!("existing")), "{b}");
+}
+
+#[tokio::test]
+async fn association_survives_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = TestServer::in_dir(dir.path(), "").await;
+    server.put_code(CODE, TARGET).await;
+    server.bind_session("127.1.0.1", "+447700900001").await;
+    let mno = server.client("http2", "127.1.0.1");
+    let query = format!("code={CODE}&clientid=durable");
+    assert_eq!(
+        server.resolve(&mno, &query).await.1["association"],
+        "created"
+    );
+    server.stop().await;
+
+    let server = TestServer::in_dir(dir.path(), "").await;
+    let wifi = server.client("http2", "127.2.0.1");
+    let (s, b) = server.resolve(&wifi, &query).await;
+    assert_eq!(
+        (s, &b["association"], &b["target"]),
+        (200, &json!("existing"), &json!(TARGET)),
+        "{b}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unknown_routes_and_methods_get_json_errors_and_alt_svc() {
+    let server = server_with("").await;
+    let client = server.client("http1", "127.2.0.1");
+    let base = format!("https://localhost:{}", server.running.public_addr.port());
+    let response = client.get(format!("{base}/other")).send().await.unwrap();
+    assert_eq!(response.status(), 404);
+    assert!(response.headers().contains_key("alt-svc"));
+    let response = client
+        .post(server.url(&format!("code={CODE}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 405);
+    let long = "x".repeat(5000);
+    let response = client
+        .get(server.url(&format!("code={long}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 414);
+}

@@ -1,0 +1,184 @@
+//! Test support: a real server on loopback port 0 and real clients, in one line.
+//!
+//! Client sockets bind to loopback addresses that play roles: 127.1.x.y is
+//! the MNO subscriber pool, 127.2.x.y is WiFi, 127.3.0.1 a trusted gateway.
+#![allow(dead_code)]
+
+pub mod h3;
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+
+use homecmp::config::Config;
+use homecmp::net::{self, Running};
+use serde_json::Value;
+
+pub const PREFIX: &str = "2001000001";
+pub const GATEWAY: &str = "127.3.0.1";
+
+pub struct TestServer {
+    pub running: Running,
+    pub data_dir: PathBuf,
+    _temp: Option<tempfile::TempDir>,
+}
+
+/// The TOML every test server starts from: `server_keys` go into
+/// `[server]`, `extra` (whole sections) is appended.
+pub fn config_text(data_dir: &Path, server_keys: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+data_dir = "{}"
+listen = "127.0.0.1:0"
+routing_prefixes = ["{PREFIX}"]
+{server_keys}
+[admin]
+listen = "127.0.0.1:0"
+{extra}
+"#,
+        data_dir.display()
+    )
+}
+
+impl TestServer {
+    pub async fn start() -> Self {
+        Self::with_config("").await
+    }
+
+    /// A server on a fresh temp data dir with `extra` TOML sections.
+    pub async fn with_config(extra: &str) -> Self {
+        Self::with_sections("", extra).await
+    }
+
+    /// Like `with_config`, with `server_keys` added to `[server]`.
+    pub async fn with_sections(server_keys: &str, extra: &str) -> Self {
+        let temp = tempfile::tempdir().unwrap();
+        let mut server = Self::start_in(temp.path(), server_keys, extra).await;
+        server._temp = Some(temp);
+        server
+    }
+
+    /// A server on `data_dir` (kept by the caller, e.g. across restarts).
+    pub async fn in_dir(data_dir: &Path, extra: &str) -> Self {
+        Self::start_in(data_dir, "", extra).await
+    }
+
+    async fn start_in(data_dir: &Path, server_keys: &str, extra: &str) -> Self {
+        let text = config_text(data_dir, server_keys, extra);
+        let config = Config::parse(&text, Vec::new()).expect("valid test config");
+        let running = net::start(config).await.expect("server starts");
+        Self {
+            running,
+            data_dir: data_dir.to_owned(),
+            _temp: None,
+        }
+    }
+
+    pub async fn stop(self) {
+        self.running.shutdown().await;
+    }
+
+    pub fn url(&self, query: &str) -> String {
+        format!(
+            "https://localhost:{}/mc/v1/resolve?{query}",
+            self.running.public_addr.port()
+        )
+    }
+
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.running.ca_cert.as_ref().expect("generated CA")).unwrap()
+    }
+
+    /// A client speaking `protocol` ("http1" or "http2") from `local_ip`.
+    pub fn client(&self, protocol: &str, local_ip: &str) -> reqwest::Client {
+        let ca = reqwest::Certificate::from_pem(&self.ca_pem()).unwrap();
+        let builder = reqwest::Client::builder()
+            .tls_certs_only([ca])
+            .local_address(local_ip.parse::<IpAddr>().unwrap())
+            .resolve("localhost", self.running.public_addr)
+            .timeout(std::time::Duration::from_secs(10));
+        let builder = match protocol {
+            "http1" => builder.http1_only(),
+            "http2" => builder.http2_prior_knowledge(),
+            other => panic!("unknown protocol {other}"),
+        };
+        builder.build().unwrap()
+    }
+
+    /// GET the resolve URL; returns status and JSON body.
+    pub async fn resolve(&self, client: &reqwest::Client, query: &str) -> (u16, Value) {
+        let response = client.get(self.url(query)).send().await.expect("request");
+        let status = response.status().as_u16();
+        let body = response.json::<Value>().await.expect("JSON body");
+        (status, body)
+    }
+
+    /// An HTTP/3 client bound to `local_ip`.
+    pub fn h3_client(&self, local_ip: &str) -> h3::H3Client {
+        h3::H3Client::new(&self.ca_pem(), local_ip, self.running.public_addr)
+    }
+
+    fn admin_url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.running.admin_addr)
+    }
+
+    /// An admin API call with the bearer token; returns status and body.
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> (u16, Value) {
+        let client = reqwest::Client::new();
+        let mut request = client
+            .request(method, self.admin_url(path))
+            .bearer_auth(&self.running.admin_token);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("admin request");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn put_code(&self, code: &str, target: &str) {
+        let (status, body) = self
+            .admin(
+                reqwest::Method::PUT,
+                &format!("/admin/v1/codes/{code}"),
+                Some(serde_json::json!({ "target": target })),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    pub async fn bind_session(&self, ip: &str, msisdn: &str) {
+        let (status, body) = self
+            .admin(
+                reqwest::Method::PUT,
+                &format!("/admin/v1/sessions/{ip}"),
+                Some(serde_json::json!({ "msisdn": msisdn })),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+
+    pub async fn metrics(&self) -> String {
+        let (status, body) = self.admin(reqwest::Method::GET, "/metrics", None).await;
+        assert_eq!(status, 200);
+        body.as_str().unwrap().to_owned()
+    }
+}
+
+/// The value of a metric line starting with `prefix` (name and labels), 0 if absent.
+pub fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|line| line.starts_with(prefix))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
