@@ -134,13 +134,14 @@ async fn overload_sheds_unassociated_requests_first() {
         .resolve(&mno, &format!("code={CODE}&clientid=early"))
         .await;
     assert_eq!(s, 200);
-    // Hold three more connections open: above the shedding threshold.
+    // Hold three more connections open with associated requests (still
+    // served): above the shedding threshold.
     let holders: Vec<_> = (0..3)
         .map(|i| server.client("http1", &format!("127.2.0.{}", 10 + i)))
         .collect();
     for h in &holders {
-        let (s, _) = server.resolve(h, &format!("code={CODE}")).await;
-        assert_eq!(s, 401);
+        let (s, _) = server.resolve(h, &format!("code={CODE}&clientid=early")).await;
+        assert_eq!(s, 200);
     }
     let wifi = server.client("http1", "127.2.0.1");
     let response = wifi
@@ -179,12 +180,13 @@ async fn monitor_mode_resolves_what_enforce_refuses_and_counts_it() {
         .await;
     assert_eq!((s, &b["association"]), (200, &json!("created")), "{b}");
     let metrics = server.metrics().await;
+    // The code-less and the CODE_NOT_FOUND request both lacked a clientid.
     assert_eq!(
         metric(
             &metrics,
             "homecmp_monitor_would_refuse_total{reason=\"CLIENTID_REQUIRED\"}"
         ),
-        1.0
+        2.0
     );
     assert_eq!(
         metric(

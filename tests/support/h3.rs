@@ -71,53 +71,40 @@ impl H3Client {
 
     /// One request on a new connection: GET `path_and_query`, status and JSON body.
     pub async fn get(&self, path_and_query: &str) -> Result<(u16, Value), String> {
-        let connection = self
-            .endpoint
-            .connect(self.server, "localhost")
-            .map_err(|e| e.to_string())?
-            .await
-            .map_err(|e| e.to_string())?;
-        let result = request(&connection, self.server.port(), path_and_query).await;
-        connection.close(0u32.into(), b"done");
-        result
+        let mut answers = self.get_many(path_and_query, 1).await?;
+        Ok(answers.remove(0))
     }
 
-    /// `n` requests on one connection.
-    pub async fn get_many(
-        &self,
-        path_and_query: &str,
-        n: usize,
-    ) -> Result<Vec<(u16, Value)>, String> {
+    /// `n` requests, one after the other, on one connection.
+    pub async fn get_many(&self, path_and_query: &str, n: usize) -> Result<Vec<(u16, Value)>, String> {
         let connection = self
             .endpoint
             .connect(self.server, "localhost")
             .map_err(|e| e.to_string())?
             .await
             .map_err(|e| e.to_string())?;
+        let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(connection.clone()))
+            .await
+            .map_err(|e| e.to_string())?;
+        let drive = tokio::spawn(async move { poll_fn(|cx| driver.poll_close(cx)).await });
+        let uri = format!("https://localhost:{}{path_and_query}", self.server.port());
         let mut out = Vec::new();
         for _ in 0..n {
-            out.push(request(&connection, self.server.port(), path_and_query).await?);
+            out.push(request(&mut send, &uri).await?);
         }
+        drop(send);
+        drive.abort();
         connection.close(0u32.into(), b"done");
         Ok(out)
     }
 }
 
 async fn request(
-    connection: &quinn::Connection,
-    port: u16,
-    path_and_query: &str,
+    send: &mut h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    uri: &str,
 ) -> Result<(u16, Value), String> {
-    let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(connection.clone()))
-        .await
-        .map_err(|e| e.to_string())?;
-    let drive = tokio::spawn(async move { poll_fn(|cx| driver.poll_close(cx)).await });
-    let uri = format!("https://localhost:{port}{path_and_query}");
     let request = http::Request::get(uri).body(()).unwrap();
-    let mut stream = send
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut stream = send.send_request(request).await.map_err(|e| e.to_string())?;
     stream.finish().await.map_err(|e| e.to_string())?;
     let response = stream.recv_response().await.map_err(|e| e.to_string())?;
     let mut body = Vec::new();
@@ -129,9 +116,6 @@ async fn request(
             chunk.advance(n);
         }
     }
-    drop(send);
-    drive.abort();
-    let json = serde_json::from_slice(&body)
-        .map_err(|e| format!("{e}: {:?}", String::from_utf8_lossy(&body)))?;
+    let json = serde_json::from_slice(&body).map_err(|e| format!("{e}: {:?}", String::from_utf8_lossy(&body)))?;
     Ok((response.status().as_u16(), json))
 }
