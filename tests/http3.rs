@@ -108,7 +108,7 @@ async fn every_row_of_the_table_over_http3() {
     );
     assert_error(
         &wifi
-            .get(&path(&format!("code=2001000002promo&clientid=h3app")))
+            .get(&path("code=2001000002promo&clientid=h3app"))
             .await
             .unwrap(),
         404,

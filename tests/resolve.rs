@@ -140,7 +140,9 @@ async fn overload_sheds_unassociated_requests_first() {
         .map(|i| server.client("http1", &format!("127.2.0.{}", 10 + i)))
         .collect();
     for h in &holders {
-        let (s, _) = server.resolve(h, &format!("code={CODE}&clientid=early")).await;
+        let (s, _) = server
+            .resolve(h, &format!("code={CODE}&clientid=early"))
+            .await;
         assert_eq!(s, 200);
     }
     let wifi = server.client("http1", "127.2.0.1");

@@ -258,10 +258,7 @@ async fn resolve(
     ))
 }
 
-fn header_str<'a>(
-    headers: &'a HeaderMap,
-    name: impl http::header::AsHeaderName,
-) -> Option<&'a str> {
+fn header_str(headers: &HeaderMap, name: impl http::header::AsHeaderName) -> Option<&str> {
     headers.get(name).and_then(|v| v.to_str().ok())
 }
 

@@ -235,11 +235,11 @@ impl Iterator for Reader<'_> {
     }
 }
 
+/// A raw key-value pair as RocksDB's iterator yields it.
+type RawItem = Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>;
+
 impl Reader<'_> {
-    fn check(
-        &mut self,
-        item: Result<(Box<[u8]>, Box<[u8]>), rocksdb::Error>,
-    ) -> Result<(Seq, Record), LogError> {
+    fn check(&mut self, item: RawItem) -> Result<(Seq, Record), LogError> {
         let (key, value) = item?;
         let seq = event::decode_key(&key).map_err(|reason| LogError::CorruptKey {
             key: key.to_vec(),
