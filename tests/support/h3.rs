@@ -76,7 +76,11 @@ impl H3Client {
     }
 
     /// `n` requests, one after the other, on one connection.
-    pub async fn get_many(&self, path_and_query: &str, n: usize) -> Result<Vec<(u16, Value)>, String> {
+    pub async fn get_many(
+        &self,
+        path_and_query: &str,
+        n: usize,
+    ) -> Result<Vec<(u16, Value)>, String> {
         let connection = self
             .endpoint
             .connect(self.server, "localhost")
@@ -104,7 +108,10 @@ async fn request(
     uri: &str,
 ) -> Result<(u16, Value), String> {
     let request = http::Request::get(uri).body(()).unwrap();
-    let mut stream = send.send_request(request).await.map_err(|e| e.to_string())?;
+    let mut stream = send
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
     stream.finish().await.map_err(|e| e.to_string())?;
     let response = stream.recv_response().await.map_err(|e| e.to_string())?;
     let mut body = Vec::new();
@@ -116,6 +123,7 @@ async fn request(
             chunk.advance(n);
         }
     }
-    let json = serde_json::from_slice(&body).map_err(|e| format!("{e}: {:?}", String::from_utf8_lossy(&body)))?;
+    let json = serde_json::from_slice(&body)
+        .map_err(|e| format!("{e}: {:?}", String::from_utf8_lossy(&body)))?;
     Ok((response.status().as_u16(), json))
 }
