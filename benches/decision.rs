@@ -1,0 +1,106 @@
+//! The full decision path of one resolution request, without the network:
+//! query parsing, index lookup, identity, the core's decision, the code
+//! lookup and the JSON answer (`net::resolve::handle`), for an associated
+//! request and for each class of spoofed or unauthenticated request.
+//!
+//! `cargo bench --bench decision`
+
+use std::net::SocketAddr;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use futures_util::FutureExt;
+use http::{HeaderMap, HeaderValue, Method, Uri};
+
+use homecmp::config::Config;
+use homecmp::net::metrics::Protocol;
+use homecmp::net::resolve::{self, ConnInfo};
+use homecmp::store::{IdentitySource, NewAssociation};
+use homecmp::wire::{ClientId, IndirectCode, Msisdn};
+
+const CODE: &str = "2001000001promo";
+
+struct Case {
+    name: &'static str,
+    peer: &'static str,
+    query: String,
+    headers: Vec<(&'static str, &'static str)>,
+    want: u16,
+}
+
+fn cases() -> Vec<Case> {
+    let q = |rest: &str| format!("/mc/v1/resolve?code={CODE}{rest}");
+    vec![
+        Case { name: "associated", peer: "127.2.0.1", query: q("&clientid=bench-app"), headers: vec![], want: 200 },
+        Case { name: "no_clientid", peer: "127.2.0.1", query: q(""), headers: vec![], want: 401 },
+        Case { name: "unknown_clientid", peer: "127.2.0.1", query: q("&clientid=never-seen"), headers: vec![], want: 403 },
+        Case { name: "malformed_code", peer: "127.2.0.1", query: "/mc/v1/resolve?code=zz&clientid=bench-app".into(), headers: vec![], want: 400 },
+        Case { name: "malformed_clientid", peer: "127.2.0.1", query: q("&clientid=bad%20id"), headers: vec![], want: 400 },
+        Case {
+            name: "spoofed_msisdn",
+            peer: "127.2.0.1",
+            query: q("&clientid=never-seen"),
+            headers: vec![("x-msisdn", "+447700900001")],
+            want: 403,
+        },
+        Case {
+            name: "spoofed_forwarded",
+            peer: "127.2.0.1",
+            query: q("&clientid=never-seen"),
+            headers: vec![("x-forwarded-for", "127.1.0.1")],
+            want: 403,
+        },
+        Case { name: "mismatch", peer: "127.1.0.2", query: q("&clientid=bench-app"), headers: vec![], want: 403 },
+    ]
+}
+
+fn bench(c: &mut Criterion) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let text = format!(
+        "[server]\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\nhttp3 = false\n[admin]\nlisten = \"127.0.0.1:0\"\n",
+        dir.path().display()
+    );
+    let config = Config::parse(&text, Vec::new()).unwrap();
+    let running = runtime.block_on(homecmp::net::start(config)).unwrap();
+    let app = running.app.clone();
+    runtime.block_on(async {
+        let code = IndirectCode::parse(CODE).unwrap();
+        app.store.register_code(&code, "https://example.org/promo", 0).await.unwrap();
+        let owner = app.key.subscriber_ref(&Msisdn::parse("+447700900001").unwrap());
+        let other = app.key.subscriber_ref(&Msisdn::parse("+447700900002").unwrap());
+        app.sessions.bind("127.1.0.2".parse().unwrap(), other, u64::MAX);
+        let new = NewAssociation {
+            clientid: ClientId::parse("bench-app").unwrap(),
+            subscriber: owner,
+            source: IdentitySource::SessionBinding,
+            client_addr: "127.1.0.1".parse().unwrap(),
+        };
+        app.store.associate(new, false, 8, 0).await.unwrap();
+    });
+
+    let mut group = c.benchmark_group("decision");
+    for case in cases() {
+        let uri: Uri = case.query.parse().unwrap();
+        let mut headers = HeaderMap::new();
+        for (name, value) in &case.headers {
+            headers.insert(*name, HeaderValue::from_static(value));
+        }
+        let conn = ConnInfo {
+            peer: SocketAddr::new(case.peer.parse().unwrap(), 40000),
+            protocol: Protocol::Http2,
+        };
+        // These paths never wait (no association is created): poll once.
+        let answer = |app: &homecmp::net::App| {
+            resolve::handle(app, conn, &Method::GET, &uri, &headers)
+                .now_or_never()
+                .expect("decided without waiting")
+        };
+        assert_eq!(answer(&app).status().as_u16(), case.want, "{}", case.name);
+        group.bench_function(case.name, |b| b.iter(|| answer(&app)));
+    }
+    group.finish();
+    runtime.block_on(running.shutdown());
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
