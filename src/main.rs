@@ -26,6 +26,8 @@ enum Command {
     },
     /// Read, check, export and replay the event log (works beside a running server).
     Log {
+        #[command(flatten)]
+        dir: DataDir,
         #[command(subcommand)]
         command: LogCommand,
     },
@@ -33,29 +35,39 @@ enum Command {
 
 #[derive(clap::Args, Debug)]
 struct DataDir {
-    /// The server's data dir (the one holding `events/`).
-    #[arg(long, default_value = "./homecmp-data")]
-    data_dir: PathBuf,
+    /// The server's data dir (the one holding `events/`); default: the
+    /// config's `server.data_dir`, else ./homecmp-data.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// Read `server.data_dir` from this config file.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+}
+
+impl DataDir {
+    fn resolve(self) -> Result<PathBuf, String> {
+        if let Some(dir) = self.data_dir {
+            return Ok(dir);
+        }
+        let config = match self.config {
+            Some(path) => Config::load(&path),
+            None => Config::from_env(),
+        };
+        config.map(|c| c.data_dir).map_err(|e| e.to_string())
+    }
 }
 
 #[derive(Subcommand, Debug)]
 enum LogCommand {
     /// Event count, sequence and time range, size on disk, events by kind.
     Stats {
-        #[command(flatten)]
-        dir: DataDir,
         #[arg(long)]
         json: bool,
     },
     /// Check every record; exit 1 naming the first bad one.
-    Verify {
-        #[command(flatten)]
-        dir: DataDir,
-    },
+    Verify,
     /// Events as JSON Lines on stdout.
     Export {
-        #[command(flatten)]
-        dir: DataDir,
         /// First sequence number to export.
         #[arg(long, default_value_t = 0)]
         from: u64,
@@ -65,8 +77,6 @@ enum LogCommand {
     },
     /// Rebuild the state as of a sequence number or RFC 3339 time and summarise it.
     Replay {
-        #[command(flatten)]
-        dir: DataDir,
         /// Sequence number or RFC 3339 time (inclusive); default: the whole log.
         #[arg(long)]
         until: Option<Until>,
@@ -85,7 +95,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve { config } => serve(config),
-        Command::Log { command } => run_log(command),
+        Command::Log { dir, command } => run_log(dir, command),
     }
 }
 
@@ -157,17 +167,20 @@ fn init_tracing(json: bool) {
     }
 }
 
-fn run_log(command: LogCommand) -> ExitCode {
+fn run_log(dir: DataDir, command: LogCommand) -> ExitCode {
+    let data_dir = match dir.resolve() {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!("homecmp log: {e}");
+            return ExitCode::from(64);
+        }
+    };
     let mut out = io::stdout().lock();
     let result = match command {
-        LogCommand::Stats { dir, json } => sre::stats(&dir.data_dir, json, &mut out).map(drop),
-        LogCommand::Verify { dir } => sre::verify(&dir.data_dir, &mut out).map(drop),
-        LogCommand::Export { dir, from, to } => {
-            sre::export(&dir.data_dir, from, to, &mut out).map(drop)
-        }
-        LogCommand::Replay { dir, until, json } => {
-            sre::replay(&dir.data_dir, until, json, &mut out).map(drop)
-        }
+        LogCommand::Stats { json } => sre::stats(&data_dir, json, &mut out).map(drop),
+        LogCommand::Verify => sre::verify(&data_dir, &mut out).map(drop),
+        LogCommand::Export { from, to } => sre::export(&data_dir, from, to, &mut out).map(drop),
+        LogCommand::Replay { until, json } => sre::replay(&data_dir, until, json, &mut out).map(drop),
     };
     let _ = out.flush();
     match result {

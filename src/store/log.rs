@@ -43,6 +43,10 @@ pub enum LogError {
         path: String,
         source: rocksdb::Error,
     },
+    /// Read-only opens do not create a log; RocksDB would create the
+    /// directory (for its info LOG) before failing.
+    #[error("no event log at {path}")]
+    Missing { path: String },
     #[error("event log write failed: {0}")]
     Write(String),
     #[error("event log refuses writes after an earlier write failure; restart to recover")]
@@ -68,8 +72,21 @@ pub struct EventLog {
 struct Shared {
     db: Arc<DB>,
     queue: Option<mpsc::Sender<Pending>>,
+    writer: Option<thread::JoinHandle<()>>,
     last_seq: Arc<AtomicU64>,
     poisoned: Arc<AtomicBool>,
+}
+
+/// Closing the queue ends the writer; joining it means the database is
+/// closed when the last handle is gone, so the same process (a restart in a
+/// test, say) can open it again at once.
+impl Drop for Shared {
+    fn drop(&mut self) {
+        self.queue.take();
+        if let Some(writer) = self.writer.take() {
+            let _ = writer.join();
+        }
+    }
 }
 
 impl std::fmt::Debug for Shared {
@@ -107,6 +124,11 @@ impl EventLog {
     /// Opens the log read-only: works beside a running server (it sees what
     /// was durable when it opened) and never changes a byte.
     pub fn open_read_only(path: &Path) -> Result<Self, LogError> {
+        if !path.join("CURRENT").is_file() {
+            return Err(LogError::Missing {
+                path: path.display().to_string(),
+            });
+        }
         let mut opts = db_options();
         opts.create_if_missing(false);
         let db = DB::open_for_read_only(&opts, path, false).map_err(|source| LogError::Open {
@@ -130,7 +152,7 @@ impl EventLog {
         };
         let last_seq = Arc::new(AtomicU64::new(last));
         let poisoned = Arc::new(AtomicBool::new(false));
-        let queue = writable.then(|| {
+        let (queue, writer) = if writable {
             let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
             let writer = Writer {
                 db: db.clone(),
@@ -138,16 +160,19 @@ impl EventLog {
                 last_seq: last_seq.clone(),
                 poisoned: poisoned.clone(),
             };
-            thread::Builder::new()
+            let handle = thread::Builder::new()
                 .name("homecmp-log-writer".into())
                 .spawn(move || writer.run(rx))
                 .expect("spawn the log writer thread");
-            tx
-        });
+            (Some(tx), Some(handle))
+        } else {
+            (None, None)
+        };
         Ok(Self {
             shared: Arc::new(Shared {
                 db,
                 queue,
+                writer,
                 last_seq,
                 poisoned,
             }),
@@ -187,25 +212,22 @@ impl EventLog {
                 .shared
                 .db
                 .iterator(IteratorMode::From(&start, rocksdb::Direction::Forward)),
-            expected: None,
+            // The log starts at 1: a missing first record is a gap too.
+            expected: Some(from.max(1)),
             failed: false,
         }
     }
 
-    /// Bytes on disk of the live SST and WAL files, as RocksDB reports them.
+    /// Bytes on disk of the log's directory (SST, WAL, MANIFEST, ...). The
+    /// RocksDB size properties miss a WAL that a read-only open replayed.
     pub fn disk_bytes(&self) -> u64 {
-        let db = &self.shared.db;
-        let sst = db
-            .property_int_value("rocksdb.live-sst-files-size")
-            .ok()
+        std::fs::read_dir(self.shared.db.path())
+            .into_iter()
             .flatten()
-            .unwrap_or(0);
-        let wal = db
-            .property_int_value("rocksdb.total-wal-size")
-            .ok()
-            .flatten()
-            .unwrap_or(0);
-        sst + wal
+            .filter_map(|entry| entry.ok()?.metadata().ok())
+            .filter(|meta| meta.is_file())
+            .map(|meta| meta.len())
+            .sum()
     }
 
     /// The raw database, for tools that inspect or (in tests) damage records.

@@ -1,0 +1,271 @@
+//! The crash test: a child process appends to the event log from many tasks
+//! and prints each sequence number as soon as `append` has returned; the test
+//! kills it with SIGKILL at a random moment, reopens the log, and checks that
+//! every printed record is there, intact, in a sequence contiguous from 1.
+//! Then again, on the same log, for `CYCLES` kills.
+//!
+//! The child is this test binary run again with `child_appender` as the test
+//! filter and the log's path in `CHILD_DIR_VAR`. Without that variable
+//! `child_appender` returns at once, so a plain `cargo test` passes it.
+
+use std::collections::BTreeMap;
+use std::hash::{BuildHasher, RandomState};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use homecmp::store::{Event, EventLog, Record, Seq, Store};
+use tempfile::TempDir;
+
+/// Names the child's log; its presence is what makes `child_appender` run.
+const CHILD_DIR_VAR: &str = "HOMECMP_CRASH_CHILD_DIR";
+/// Kill cycles per run (the issue asks for at least 20).
+const CYCLES: u32 = 24;
+/// Concurrent appenders in the child.
+const APPENDERS: u64 = 32;
+/// A child that has not opened its log by then is stuck.
+const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Not a test of its own: the body of the child process (see the module docs).
+#[test]
+fn child_appender() {
+    let Some(path) = std::env::var_os(CHILD_DIR_VAR) else {
+        return;
+    };
+    let log = EventLog::open(Path::new(&path)).expect("the child opens the log");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(async move {
+        // The leading newline ends libtest's "test child_appender ... ".
+        print_now(&format!("\nready {}\n", log.last_seq()));
+        let mut appenders = tokio::task::JoinSet::new();
+        for task in 0..APPENDERS {
+            appenders.spawn(append_forever(log.clone(), task));
+        }
+        appenders.join_next().await;
+        panic!("an appender stopped");
+    });
+}
+
+/// Appends batches of one to three records, forever, and prints
+/// `seq <seq> <code>` for every record once its append has returned.
+async fn append_forever(log: EventLog, task: u64) {
+    let child = std::process::id();
+    for n in 0u64.. {
+        let records: Vec<Record> = (0..=n % 3)
+            .map(|part| Record {
+                at_ms: now_ms(),
+                event: Event::CodeRegistered {
+                    code: format!("2001000001c{child}t{task}n{n}p{part}"),
+                    target: "https://example.org/crash".into(),
+                },
+            })
+            .collect();
+        let first = log.append(records.clone()).await.expect("append");
+        let mut lines = String::new();
+        for (seq, record) in (first..).zip(&records) {
+            lines.push_str(&format!("seq {seq} {}\n", code_of(record)));
+        }
+        print_now(&lines);
+    }
+}
+
+fn print_now(text: &str) {
+    let mut stdout = std::io::stdout().lock();
+    stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+        .expect("write to the parent");
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn code_of(record: &Record) -> &str {
+    match &record.event {
+        Event::CodeRegistered { code, .. } => code,
+        other => panic!("the crash test writes only code registrations, found {other:?}"),
+    }
+}
+
+/// A number in `0..n` that differs from call to call: every `RandomState`
+/// gets fresh keys, which is all the randomness a kill moment needs.
+fn random_below(n: u64) -> u64 {
+    RandomState::new().hash_one(Instant::now()) % n
+}
+
+/// What the child acknowledged before it died.
+#[derive(Debug)]
+struct Cycle {
+    /// (seq, code) of every record whose append returned.
+    printed: Vec<(Seq, String)>,
+    /// `last_seq` the child found when it opened the log.
+    opened_at: Seq,
+}
+
+/// Starts a child on the log at `path`, lets it append for `run`, kills it
+/// with SIGKILL, and returns what it printed.
+fn run_and_kill(path: &Path, run: Duration) -> Cycle {
+    let mut child = Command::new(std::env::current_exe().unwrap())
+        .args([
+            "child_appender",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_DIR_VAR, path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start the child");
+    let stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let (ready_tx, ready_rx) = mpsc::channel();
+    let reader = thread::spawn(move || {
+        let mut printed = Vec::new();
+        let mut stdout = BufReader::new(stdout);
+        let mut line = String::new();
+        loop {
+            line.clear();
+            if stdout
+                .read_line(&mut line)
+                .expect("read the child's stdout")
+                == 0
+            {
+                break;
+            }
+            if !line.ends_with('\n') {
+                // Cut short by the kill: not an acknowledgement.
+                break;
+            }
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words[..] {
+                ["ready", last] => ready_tx.send(last.parse().unwrap()).unwrap(),
+                ["seq", seq, code] => printed.push((seq.parse().unwrap(), code.to_owned())),
+                _ => {} // libtest's own lines
+            }
+        }
+        printed
+    });
+    let errors = thread::spawn(move || {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text);
+        text
+    });
+
+    let opened_at = match ready_rx.recv_timeout(START_TIMEOUT) {
+        Ok(last) => last,
+        Err(_) => {
+            let _ = child.kill();
+            let status = child.wait().unwrap();
+            panic!(
+                "the child did not open the log ({status}):\n{}",
+                errors.join().unwrap()
+            );
+        }
+    };
+    thread::sleep(run);
+    if let Some(status) = child.try_wait().unwrap() {
+        panic!(
+            "the child stopped by itself ({status}):\n{}",
+            errors.join().unwrap()
+        );
+    }
+    child.kill().expect("SIGKILL the child");
+    let status = child.wait().unwrap();
+    assert_eq!(status.signal(), Some(9), "the child died of SIGKILL");
+    let printed = reader.join().unwrap();
+    drop(errors.join());
+    Cycle { printed, opened_at }
+}
+
+/// Reopens the log for writing, as the server would after a crash, and
+/// checks it: contiguous from 1, every record decodes, and every sequence
+/// number ever acknowledged holds the record that was acknowledged for it.
+/// Returns the last sequence number.
+fn check_log(path: &Path, acknowledged: &BTreeMap<Seq, String>) -> Seq {
+    let log = EventLog::open(path).expect("the log reopens after SIGKILL");
+    let mut expected = 1;
+    let mut matched = 0;
+    for item in log.read_from(0) {
+        let (seq, record) = item.unwrap_or_else(|e| panic!("after SIGKILL: {e}"));
+        assert_eq!(seq, expected, "the log is contiguous from 1");
+        if let Some(code) = acknowledged.get(&seq) {
+            assert_eq!(
+                code_of(&record),
+                code,
+                "seq {seq} holds what was acknowledged"
+            );
+            matched += 1;
+        }
+        expected += 1;
+    }
+    let last = expected - 1;
+    assert_eq!(log.last_seq(), last);
+    if let Some((&newest, _)) = acknowledged.last_key_value() {
+        assert!(
+            newest <= last,
+            "acknowledged seq {newest} is gone: the log ends at {last}"
+        );
+    }
+    assert_eq!(
+        matched,
+        acknowledged.len(),
+        "every acknowledged record is present"
+    );
+    last
+}
+
+#[test]
+fn sigkill_never_loses_an_acknowledged_append() {
+    let dir = TempDir::new().unwrap();
+    let path = dir.path().join(homecmp::LOG_DIR);
+    let started = Instant::now();
+    let mut acknowledged: BTreeMap<Seq, String> = BTreeMap::new();
+    let mut last = 0;
+    for cycle in 0..CYCLES {
+        let run = Duration::from_millis(20 + random_below(281));
+        let Cycle { printed, opened_at } = run_and_kill(&path, run);
+        assert_eq!(
+            opened_at, last,
+            "cycle {cycle}: the child saw the log we checked"
+        );
+        let count = printed.len();
+        for (seq, code) in printed {
+            assert!(seq > last, "cycle {cycle}: seq {seq} was handed out before");
+            if let Some(earlier) = acknowledged.insert(seq, code) {
+                panic!("cycle {cycle}: seq {seq} acknowledged twice (first for {earlier})");
+            }
+        }
+        last = check_log(&path, &acknowledged);
+        println!(
+            "cycle {cycle:2}: killed after {:3} ms, {count:5} acknowledged, log ends at {last}",
+            run.as_millis()
+        );
+    }
+    assert!(
+        !acknowledged.is_empty(),
+        "the children never appended anything"
+    );
+
+    // The server-side open replays the whole crashed-and-reopened log.
+    let store = Store::open(&path).expect("the store opens the log");
+    assert_eq!(store.index().counts().last_seq, last);
+    println!(
+        "{CYCLES} kills, {} acknowledged records, {last} in the log, {:.1} s",
+        acknowledged.len(),
+        started.elapsed().as_secs_f64()
+    );
+}
