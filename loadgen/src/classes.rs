@@ -1,0 +1,634 @@
+//! Traffic classes: what each sends and the answer DESIGN §4 prescribes for it.
+//!
+//! Pure: builds request plans from the setup and a random number generator,
+//! and judges answers. No I/O, so every row is unit-tested.
+
+use std::borrow::Cow;
+use std::fmt;
+use std::str::FromStr;
+
+use http::{HeaderName, HeaderValue};
+
+use crate::setup::Setup;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Class {
+    /// An associated clientid and a registered code, from WiFi or the owner's MNO address.
+    Legit,
+    /// A registered code without clientid.
+    NoClientid,
+    /// A random clientid that was never associated, from WiFi.
+    UnknownClientid,
+    /// A bad code, a bad clientid, or a query over the 2048-byte limit.
+    Malformed,
+    /// An MSISDN enrichment header from an untrusted WiFi source, fresh clientid.
+    SpoofedMsisdn,
+    /// `X-Forwarded-For` naming a session-bound MNO address, from an untrusted source.
+    SpoofedForwarded,
+    /// One subscriber's associated clientid from another subscriber's MNO address.
+    Mismatch,
+    /// The first scan of a new installation over WiFi.
+    FirstScanWifi,
+}
+
+impl Class {
+    pub const ALL: [Class; 8] = [
+        Class::Legit,
+        Class::NoClientid,
+        Class::UnknownClientid,
+        Class::Malformed,
+        Class::SpoofedMsisdn,
+        Class::SpoofedForwarded,
+        Class::Mismatch,
+        Class::FirstScanWifi,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Class::Legit => "legit",
+            Class::NoClientid => "no-clientid",
+            Class::UnknownClientid => "unknown-clientid",
+            Class::Malformed => "malformed",
+            Class::SpoofedMsisdn => "spoofed-msisdn",
+            Class::SpoofedForwarded => "spoofed-forwarded",
+            Class::Mismatch => "mismatch",
+            Class::FirstScanWifi => "first-scan-wifi",
+        }
+    }
+
+    /// The answers DESIGN §4 prescribes (malformed: one per kind of defect).
+    pub fn expected(self) -> &'static [Expect] {
+        // Struct literals, not `Expect::new`: only those are promoted to statics.
+        match self {
+            Class::Legit => &[Expect {
+                status: 200,
+                label: "existing",
+            }],
+            Class::NoClientid => &[Expect {
+                status: 401,
+                label: "CLIENTID_REQUIRED",
+            }],
+            Class::Malformed => &MALFORMED,
+            Class::Mismatch => &[Expect {
+                status: 403,
+                label: "ASSOCIATION_MISMATCH",
+            }],
+            Class::UnknownClientid
+            | Class::SpoofedMsisdn
+            | Class::SpoofedForwarded
+            | Class::FirstScanWifi => &[Expect {
+                status: 403,
+                label: "RETRY_ON_MNO_NETWORK",
+            }],
+        }
+    }
+
+    /// Every class but `legit` must be refused: resolving one is a security failure.
+    pub fn must_be_refused(self) -> bool {
+        self != Class::Legit
+    }
+}
+
+impl fmt::Display for Class {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+static MALFORMED: [Expect; 3] = [
+    Expect::new(400, "INVALID_CODE"),
+    Expect::new(400, "INVALID_CLIENTID"),
+    Expect::new(414, "REQUEST_TOO_LARGE"),
+];
+
+/// A prescribed answer: the status and, for 200 the `association`, else the error `code`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Expect {
+    pub status: u16,
+    pub label: &'static str,
+}
+
+impl Expect {
+    pub const fn new(status: u16, label: &'static str) -> Self {
+        Self { status, label }
+    }
+}
+
+impl fmt::Display for Expect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}", self.status, self.label)
+    }
+}
+
+/// What came back: an HTTP answer, or a transport failure.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Outcome {
+    Answer {
+        status: u16,
+        label: Cow<'static, str>,
+    },
+    Failed(&'static str),
+}
+
+impl Outcome {
+    /// Reads the label from a JSON body: `association` of a 200, else `code`.
+    pub fn from_answer(status: u16, body: &[u8]) -> Self {
+        #[derive(serde::Deserialize)]
+        struct Fields<'a> {
+            #[serde(borrow)]
+            code: Option<Cow<'a, str>>,
+            #[serde(borrow)]
+            association: Option<Cow<'a, str>>,
+        }
+        let label = match serde_json::from_slice::<Fields<'_>>(body) {
+            Ok(f) if status == 200 => f.association,
+            Ok(f) => f.code,
+            Err(_) => Some(Cow::Borrowed("non-json")),
+        };
+        let label = label.map_or(Cow::Borrowed("no-label"), |l| intern(&l));
+        Outcome::Answer { status, label }
+    }
+}
+
+impl fmt::Display for Outcome {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Answer { status, label } => write!(f, "{status} {label}"),
+            Outcome::Failed(kind) => write!(f, "error:{kind}"),
+        }
+    }
+}
+
+/// Known labels as static strings: no allocation per answer.
+fn intern(label: &str) -> Cow<'static, str> {
+    const KNOWN: [&str; 17] = [
+        "existing",
+        "created",
+        "none",
+        "INVALID_CODE",
+        "INVALID_CLIENTID",
+        "CLIENTID_REQUIRED",
+        "RETRY_ON_MNO_NETWORK",
+        "SUBSCRIBER_UNKNOWN",
+        "ASSOCIATION_MISMATCH",
+        "CODE_NOT_FOUND",
+        "UNKNOWN_PREFIX",
+        "RATE_LIMITED",
+        "OVERLOADED",
+        "UNAVAILABLE",
+        "REQUEST_TOO_LARGE",
+        "NOT_FOUND",
+        "METHOD_NOT_ALLOWED",
+    ];
+    KNOWN
+        .iter()
+        .find(|k| **k == label)
+        .map_or_else(|| Cow::Owned(label.to_owned()), |k| Cow::Borrowed(*k))
+}
+
+/// How an outcome compares with what the class prescribes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Expected,
+    /// Answered otherwise than prescribed (a correctness failure).
+    Mismatch,
+    /// A request that must be refused was resolved.
+    SecurityFailure,
+    /// 429 RATE_LIMITED: load protection, reported apart.
+    RateLimited,
+    /// 503 OVERLOADED: load shedding, reported apart.
+    Overloaded,
+    /// No HTTP answer (connect, TLS, QUIC, timeout).
+    Error,
+}
+
+pub fn judge(class: Class, expect: Expect, outcome: &Outcome) -> Verdict {
+    match outcome {
+        Outcome::Failed(_) => Verdict::Error,
+        Outcome::Answer { status: 200, .. } if class.must_be_refused() => Verdict::SecurityFailure,
+        Outcome::Answer { status, label } if *status == expect.status && label == expect.label => {
+            Verdict::Expected
+        }
+        Outcome::Answer { status: 429, label } if label == "RATE_LIMITED" => Verdict::RateLimited,
+        Outcome::Answer { status: 503, label } if label == "OVERLOADED" => Verdict::Overloaded,
+        Outcome::Answer { .. } => Verdict::Mismatch,
+    }
+}
+
+/// Traffic classes with weights, as given to `--mix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Mix {
+    weights: Vec<(Class, u32)>,
+}
+
+impl Mix {
+    pub fn total(&self) -> u64 {
+        self.weights.iter().map(|(_, w)| u64::from(*w)).sum()
+    }
+
+    pub fn weight(&self, class: Class) -> u32 {
+        self.weights
+            .iter()
+            .find(|(c, _)| *c == class)
+            .map_or(0, |(_, w)| *w)
+    }
+
+    pub fn classes(&self) -> impl Iterator<Item = Class> + '_ {
+        self.weights.iter().filter(|(_, w)| *w > 0).map(|(c, _)| *c)
+    }
+
+    /// A class drawn with probability weight / total.
+    pub fn pick(&self, rng: &mut Rng) -> Class {
+        let mut ticket = rng.below(self.total());
+        for (class, weight) in &self.weights {
+            let weight = u64::from(*weight);
+            if ticket < weight {
+                return *class;
+            }
+            ticket -= weight;
+        }
+        unreachable!("ticket below the total weight")
+    }
+}
+
+impl FromStr for Mix {
+    type Err = String;
+
+    /// `legit=90,spoofed-msisdn=10`; a class without `=N` weighs 1.
+    fn from_str(text: &str) -> Result<Self, String> {
+        let mut weights: Vec<(Class, u32)> = Vec::new();
+        for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let (name, weight) = part.split_once('=').unwrap_or((part, "1"));
+            let class = Class::ALL
+                .into_iter()
+                .find(|c| c.name() == name.trim())
+                .ok_or_else(|| {
+                    let names: Vec<_> = Class::ALL.iter().map(|c| c.name()).collect();
+                    format!("unknown class {name:?}; classes: {}", names.join(", "))
+                })?;
+            let weight: u32 = weight
+                .trim()
+                .parse()
+                .map_err(|_| format!("weight of {name} must be a whole number, got {weight:?}"))?;
+            if weights.iter().any(|(c, _)| *c == class) {
+                return Err(format!("class {name} given twice"));
+            }
+            weights.push((class, weight));
+        }
+        weights.sort();
+        Ok(Mix { weights })
+    }
+}
+
+/// Which of a lane's two connections a request must use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Via {
+    /// A WiFi (non-MNO) source address.
+    Wifi,
+    /// The MNO address of the subscriber given as `home` to [`Planner::plan`].
+    Mno,
+}
+
+/// One request, ready to send.
+#[derive(Debug, Clone)]
+pub struct Planned {
+    pub class: Class,
+    /// Path and query.
+    pub path: String,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub via: Via,
+    pub expect: Expect,
+}
+
+pub const RESOLVE_PATH: &str = "/mc/v1/resolve";
+
+/// Longer than the server's 2048-byte query limit.
+const OVERSIZED_PADDING: usize = 2100;
+
+/// Builds requests of every class from a setup.
+#[derive(Debug)]
+pub struct Planner {
+    setup: Setup,
+    mix: Mix,
+    msisdn_header: HeaderName,
+    /// Every associated clientid as (subscriber, index in its list).
+    associated: Vec<(u32, u32)>,
+}
+
+impl Planner {
+    pub fn new(setup: Setup, mix: Mix, msisdn_header: HeaderName) -> Self {
+        let associated = setup
+            .subscribers
+            .iter()
+            .enumerate()
+            .flat_map(|(s, sub)| (0..sub.clientids.len()).map(move |i| (s as u32, i as u32)))
+            .collect();
+        Self {
+            setup,
+            mix,
+            msisdn_header,
+            associated,
+        }
+    }
+
+    pub fn setup(&self) -> &Setup {
+        &self.setup
+    }
+
+    pub fn mix(&self) -> &Mix {
+        &self.mix
+    }
+
+    /// A request of a class drawn from the mix. `home` is the subscriber whose
+    /// MNO address a [`Via::Mno`] request leaves from.
+    pub fn plan(&self, rng: &mut Rng, home: usize) -> Planned {
+        let class = self.mix.pick(rng);
+        self.plan_class(class, rng, home)
+    }
+
+    pub fn plan_class(&self, class: Class, rng: &mut Rng, home: usize) -> Planned {
+        let setup = &self.setup;
+        let code = &setup.codes[rng.below(setup.codes.len() as u64) as usize];
+        let mut headers = Vec::new();
+        let mut via = Via::Wifi;
+        let mut expect = class.expected()[0];
+        let path = match class {
+            // Half from WiFi with any associated clientid, half on-net: a
+            // clientid of `home` from home's own (session-bound) address.
+            Class::Legit if rng.below(2) == 0 => {
+                let (s, i) = self.associated[rng.below(self.associated.len() as u64) as usize];
+                let clientid = &setup.subscribers[s as usize].clientids[i as usize];
+                query(code, Some(clientid))
+            }
+            Class::Legit => {
+                via = Via::Mno;
+                let own = &setup.subscribers[home % setup.subscribers.len()];
+                let clientid = &own.clientids[rng.below(own.clientids.len() as u64) as usize];
+                query(code, Some(clientid))
+            }
+            Class::NoClientid => query(code, None),
+            Class::UnknownClientid => {
+                query(code, Some(&format!("unknown-{:016x}", rng.next_u64())))
+            }
+            Class::Malformed => {
+                let kind = rng.below(MALFORMED.len() as u64) as usize;
+                expect = MALFORMED[kind];
+                let clientid = format!("bad-{:016x}", rng.next_u64());
+                match kind {
+                    0 => query("zz-not-a-code", Some(&clientid)),
+                    1 => format!("{RESOLVE_PATH}?code={code}&clientid=bad%20clientid"),
+                    _ => format!(
+                        "{}&pad={}",
+                        query(code, Some(&clientid)),
+                        "a".repeat(OVERSIZED_PADDING)
+                    ),
+                }
+            }
+            Class::SpoofedMsisdn => {
+                let victim = &setup.subscribers[rng.below(setup.subscribers.len() as u64) as usize];
+                headers.push((
+                    self.msisdn_header.clone(),
+                    HeaderValue::from_str(&victim.msisdn).expect("MSISDN is a valid header value"),
+                ));
+                query(code, Some(&format!("spoof-{:016x}", rng.next_u64())))
+            }
+            Class::SpoofedForwarded => {
+                let victim = &setup.subscribers[rng.below(setup.subscribers.len() as u64) as usize];
+                headers.push((
+                    HeaderName::from_static("x-forwarded-for"),
+                    HeaderValue::from_str(&victim.ip.to_string())
+                        .expect("an address is a valid header value"),
+                ));
+                query(code, Some(&format!("spoof-{:016x}", rng.next_u64())))
+            }
+            Class::Mismatch => {
+                via = Via::Mno;
+                let subscribers = setup.subscribers.len();
+                // Another subscriber than `home` (the run checks there are two): a stolen clientid.
+                let others = subscribers.saturating_sub(1).max(1) as u64;
+                let other = (home % subscribers + 1 + rng.below(others) as usize) % subscribers;
+                let owner = &setup.subscribers[other];
+                let clientid = &owner.clientids[rng.below(owner.clientids.len() as u64) as usize];
+                query(code, Some(clientid))
+            }
+            Class::FirstScanWifi => {
+                let (a, b) = (rng.next_u64(), rng.next_u64());
+                let uuid = format!(
+                    "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+                    a >> 32,
+                    (a >> 16) & 0xffff,
+                    a & 0xfff,
+                    b >> 52,
+                    b & 0xffff_ffff_ffff
+                );
+                query(code, Some(&uuid))
+            }
+        };
+        Planned {
+            class,
+            path,
+            headers,
+            via,
+            expect,
+        }
+    }
+}
+
+/// The resolve path with `code` and, if given, `clientid` (both URL-safe by construction).
+pub fn query(code: &str, clientid: Option<&str>) -> String {
+    match clientid {
+        Some(id) => format!("{RESOLVE_PATH}?code={code}&clientid={id}"),
+        None => format!("{RESOLVE_PATH}?code={code}"),
+    }
+}
+
+/// SplitMix64: fast, seeded, good enough to mix traffic (not for secrets).
+#[derive(Debug, Clone)]
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Self {
+        Self(seed)
+    }
+
+    /// Seeded from the clock and `salt`, different per task and run.
+    pub fn from_time(salt: u64) -> Self {
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        let mut rng = Self(nanos ^ salt.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        rng.next_u64();
+        rng
+    }
+
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in `0..n` (`n` > 0), by Lemire's multiply-shift.
+    pub fn below(&mut self, n: u64) -> u64 {
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::setup::Subscriber;
+
+    fn setup() -> Setup {
+        Setup {
+            version: crate::setup::FORMAT_VERSION,
+            prefix: "2001000001".into(),
+            codes: vec!["2001000001lg-0".into(), "2001000001lg-1".into()],
+            subscribers: (0..3)
+                .map(|s| Subscriber {
+                    ip: format!("127.1.0.{}", s + 1).parse().unwrap(),
+                    msisdn: format!("+4470000000{s}"),
+                    clientids: vec![format!("c{s}-0"), format!("c{s}-1")],
+                })
+                .collect(),
+            gateway: None,
+            created_unix: 0,
+        }
+    }
+
+    fn planner(mix: &str) -> Planner {
+        Planner::new(
+            setup(),
+            mix.parse().unwrap(),
+            HeaderName::from_static("x-msisdn"),
+        )
+    }
+
+    #[test]
+    fn mix_parsing() {
+        let mix: Mix = "legit=3, mismatch".parse().unwrap();
+        assert_eq!(
+            (
+                mix.weight(Class::Legit),
+                mix.weight(Class::Mismatch),
+                mix.total()
+            ),
+            (3, 1, 4)
+        );
+        assert!("legit=x".parse::<Mix>().is_err());
+        assert!("nope=1".parse::<Mix>().is_err());
+        assert!("legit,legit".parse::<Mix>().is_err());
+        let all: Mix = crate::cli::DEFAULT_MIX.parse().unwrap();
+        assert_eq!(all.classes().count(), Class::ALL.len());
+    }
+
+    #[test]
+    fn picks_follow_the_weights() {
+        let mix: Mix = "legit=3,no-clientid=1,malformed=0".parse().unwrap();
+        let mut rng = Rng::new(7);
+        let legit = (0..40_000)
+            .filter(|_| mix.pick(&mut rng) == Class::Legit)
+            .count();
+        assert!((29_000..31_000).contains(&legit), "{legit}");
+    }
+
+    #[test]
+    fn every_class_builds_its_request() {
+        let p = planner(crate::cli::DEFAULT_MIX);
+        let mut rng = Rng::new(1);
+        for _ in 0..20 {
+            let legit = p.plan_class(Class::Legit, &mut rng, 2);
+            assert!(legit.path.contains("clientid=c"), "{}", legit.path);
+            if legit.via == Via::Mno {
+                assert!(
+                    legit.path.contains("clientid=c2-"),
+                    "on-net legit uses home's own clientid"
+                );
+            }
+        }
+        let none = p.plan_class(Class::NoClientid, &mut rng, 0);
+        assert!(!none.path.contains("clientid"));
+        let spoof = p.plan_class(Class::SpoofedMsisdn, &mut rng, 0);
+        assert_eq!(spoof.headers[0].0, "x-msisdn");
+        let fwd = p.plan_class(Class::SpoofedForwarded, &mut rng, 0);
+        assert!(fwd.headers[0].1.to_str().unwrap().starts_with("127.1.0."));
+        for _ in 0..100 {
+            let m = p.plan_class(Class::Mismatch, &mut rng, 1);
+            assert_eq!(m.via, Via::Mno);
+            assert!(
+                !m.path.contains("clientid=c1-"),
+                "stolen from home: {}",
+                m.path
+            );
+            let bad = p.plan_class(Class::Malformed, &mut rng, 0);
+            if bad.expect.status == 414 {
+                assert!(bad.path.len() > 2048 + 20);
+            }
+        }
+        let first = p.plan_class(Class::FirstScanWifi, &mut rng, 0);
+        let id = first.path.rsplit('=').next().unwrap();
+        assert_eq!(id.len(), 36, "{id}");
+    }
+
+    #[test]
+    fn judging() {
+        let answer = |s, l: &'static str| Outcome::Answer {
+            status: s,
+            label: Cow::Borrowed(l),
+        };
+        let retry = Expect::new(403, "RETRY_ON_MNO_NETWORK");
+        let legit = Expect::new(200, "existing");
+        assert_eq!(
+            judge(Class::Legit, legit, &answer(200, "existing")),
+            Verdict::Expected
+        );
+        assert_eq!(
+            judge(Class::Legit, legit, &answer(200, "created")),
+            Verdict::Mismatch
+        );
+        assert_eq!(
+            judge(Class::Legit, legit, &answer(403, "RETRY_ON_MNO_NETWORK")),
+            Verdict::Mismatch
+        );
+        assert_eq!(
+            judge(Class::Legit, legit, &answer(429, "RATE_LIMITED")),
+            Verdict::RateLimited
+        );
+        assert_eq!(
+            judge(Class::SpoofedMsisdn, retry, &answer(200, "created")),
+            Verdict::SecurityFailure
+        );
+        assert_eq!(
+            judge(Class::SpoofedMsisdn, retry, &answer(200, "none")),
+            Verdict::SecurityFailure
+        );
+        assert_eq!(
+            judge(Class::SpoofedMsisdn, retry, &answer(503, "OVERLOADED")),
+            Verdict::Overloaded
+        );
+        assert_eq!(
+            judge(Class::SpoofedMsisdn, retry, &answer(503, "UNAVAILABLE")),
+            Verdict::Mismatch
+        );
+        assert_eq!(
+            judge(Class::Mismatch, retry, &Outcome::Failed("timeout")),
+            Verdict::Error
+        );
+    }
+
+    #[test]
+    fn outcome_labels_come_from_the_body() {
+        let ok = Outcome::from_answer(200, br#"{"code":"2001000001a","association":"existing"}"#);
+        assert_eq!(ok.to_string(), "200 existing");
+        let refused = Outcome::from_answer(
+            403,
+            br#"{"status":403,"code":"ASSOCIATION_MISMATCH","message":"x"}"#,
+        );
+        assert_eq!(refused.to_string(), "403 ASSOCIATION_MISMATCH");
+        assert_eq!(
+            Outcome::from_answer(502, b"<html>").to_string(),
+            "502 non-json"
+        );
+    }
+}

@@ -1,0 +1,299 @@
+//! The traffic: lanes (a keep-alive connection per WiFi source and per MNO
+//! source), request tasks on them, bounds and schedule.
+//!
+//! Each request task sends one request at a time. Closed loop: the next
+//! request leaves as soon as the answer is in. Open loop: task `j` of `T`
+//! sends its `k`-th request at `start + (j + k·T) / rate`; when an answer is
+//! late the next request leaves late, but its latency still counts from the
+//! time it should have left, so a stalled server cannot hide its stall
+//! (coordinated omission corrected, as wrk2 does).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+
+use crate::classes::{Outcome, Planned, Planner, Rng, Verdict, Via, judge};
+use crate::cli::Protocol;
+use crate::client::{Answer, Client, Failure, Lane};
+use crate::stats::{self, Collected, Example, Live, Phase, Sample};
+
+/// How the traffic is shaped and bounded.
+#[derive(Debug, Clone)]
+pub struct RunPlan {
+    pub protocols: Vec<Protocol>,
+    pub connections: usize,
+    pub streams: usize,
+    pub rate: Option<f64>,
+    pub warmup: Duration,
+    /// Measured time bound (after warm-up).
+    pub duration: Option<Duration>,
+    /// Measured request bound (after warm-up).
+    pub requests: Option<u64>,
+    pub keepalive: bool,
+    pub timeout: Duration,
+    pub wifi_sources: Vec<IpAddr>,
+    pub interval: Duration,
+}
+
+/// The connections of lane `i`: one from a WiFi source, one from the MNO
+/// address of subscriber `home` (for the `mismatch` class).
+#[derive(Debug)]
+struct LaneSet {
+    protocol: Protocol,
+    wifi: Lane,
+    mno: Lane,
+    home: usize,
+}
+
+#[derive(Debug)]
+struct Shared {
+    plan: RunPlan,
+    planner: Arc<Planner>,
+    clients: BTreeMap<Protocol, Arc<Client>>,
+    lanes: Vec<LaneSet>,
+    start: Instant,
+    measure_start: Instant,
+    end: Option<Instant>,
+    /// Measured requests handed out, against `plan.requests`.
+    tickets: AtomicU64,
+    /// Round robin over WiFi sources for per-request connections.
+    next_source: AtomicUsize,
+    stop: Arc<AtomicBool>,
+    live: Arc<Live>,
+    samples: UnboundedSender<Sample>,
+}
+
+/// Runs the traffic until a bound is reached or `stop` is set; returns when
+/// every request has been answered or timed out.
+pub async fn run(
+    plan: RunPlan,
+    planner: Arc<Planner>,
+    clients: BTreeMap<Protocol, Arc<Client>>,
+    live: Arc<Live>,
+    stop: Arc<AtomicBool>,
+) -> Collected {
+    let subscribers = &planner.setup().subscribers;
+    let lanes: Vec<LaneSet> = (0..plan.connections)
+        .map(|i| {
+            let home = i % subscribers.len();
+            LaneSet {
+                protocol: plan.protocols[i % plan.protocols.len()],
+                wifi: Lane::new(plan.wifi_sources[i % plan.wifi_sources.len()]),
+                mno: Lane::new(subscribers[home].ip),
+                home,
+            }
+        })
+        .collect();
+    let (samples, received) = unbounded_channel();
+    let collector = tokio::spawn(stats::collect(received, plan.interval, live.clone()));
+    let start = Instant::now();
+    let measure_start = start + plan.warmup;
+    let shared = Arc::new(Shared {
+        end: plan.duration.map(|d| measure_start + d),
+        plan,
+        planner,
+        clients,
+        lanes,
+        start,
+        measure_start,
+        tickets: AtomicU64::new(0),
+        next_source: AtomicUsize::new(0),
+        stop,
+        live,
+        samples,
+    });
+    let mut tasks = tokio::task::JoinSet::new();
+    let slots: Vec<usize> = shared
+        .lanes
+        .iter()
+        .enumerate()
+        .flat_map(|(i, lane)| std::iter::repeat_n(i, lane.protocol.streams(shared.plan.streams)))
+        .collect();
+    let total = slots.len() as u64;
+    for (j, lane) in slots.into_iter().enumerate() {
+        tasks.spawn(request_task(shared.clone(), lane, j as u64, total));
+    }
+    while let Some(done) = tasks.join_next().await {
+        if let Err(e) = done
+            && e.is_panic()
+        {
+            std::panic::resume_unwind(e.into_panic());
+        }
+    }
+    for lane in &shared.lanes {
+        lane.wifi.close().await;
+        lane.mno.close().await;
+    }
+    for client in shared.clients.values() {
+        client.shutdown().await;
+    }
+    drop(shared);
+    collector.await.expect("the collector does not panic")
+}
+
+/// One request at a time, on lane `lane`, as task `j` of `total`.
+async fn request_task(shared: Arc<Shared>, lane: usize, j: u64, total: u64) {
+    let set = &shared.lanes[lane];
+    let client = &shared.clients[&set.protocol];
+    let subscribers = shared.planner.setup().subscribers.len() as u64;
+    let mut rng = Rng::from_time(j);
+    for k in 0u64.. {
+        let intended = match shared.plan.rate {
+            Some(rate) => {
+                let at = shared.start + Duration::from_secs_f64((j + k * total) as f64 / rate);
+                if shared.end.is_some_and(|end| at >= end) {
+                    break;
+                }
+                tokio::time::sleep_until(at.into()).await;
+                at
+            }
+            None => Instant::now(),
+        };
+        if shared.stop.load(Ordering::Relaxed) || shared.end.is_some_and(|end| intended >= end) {
+            break;
+        }
+        let phase = if intended < shared.measure_start {
+            Phase::Warmup
+        } else {
+            Phase::Measured
+        };
+        if phase == Phase::Measured
+            && let Some(limit) = shared.plan.requests
+            && shared.tickets.fetch_add(1, Ordering::Relaxed) >= limit
+        {
+            break;
+        }
+        // Keep-alive lanes leave from their own subscriber's address; new
+        // connections from any subscriber's.
+        let home = if shared.plan.keepalive {
+            set.home
+        } else {
+            rng.below(subscribers) as usize
+        };
+        let planned = shared.planner.plan(&mut rng, home);
+        let source = shared.source(set, &planned, home);
+        let result = tokio::time::timeout(
+            shared.plan.timeout,
+            shared.execute(set, client, &planned, source),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(Failure::at(Failure::TIMEOUT)(format!(
+                "no answer within {:?}",
+                shared.plan.timeout
+            )))
+        });
+        let done = Instant::now();
+        let outcome = match &result {
+            Ok(answer) => Outcome::from_answer(answer.status, &answer.body),
+            Err(failure) => Outcome::Failed(failure.kind),
+        };
+        let verdict = judge(planned.class, planned.expect, &outcome);
+        let example =
+            (verdict != Verdict::Expected && shared.live.want_example(verdict)).then(|| {
+                Box::new(example(
+                    &planned,
+                    set.protocol,
+                    source,
+                    verdict,
+                    &outcome,
+                    &result,
+                ))
+            });
+        let sample = Sample {
+            class: planned.class,
+            protocol: set.protocol,
+            phase,
+            outcome,
+            verdict,
+            latency: done.saturating_duration_since(intended),
+            done_at: done.saturating_duration_since(shared.start),
+            example,
+        };
+        if shared.samples.send(sample).is_err() {
+            break;
+        }
+    }
+}
+
+impl Shared {
+    fn source(&self, set: &LaneSet, planned: &Planned, home: usize) -> IpAddr {
+        match (planned.via, self.plan.keepalive) {
+            (Via::Wifi, true) => set.wifi.source,
+            (Via::Mno, true) => set.mno.source,
+            (Via::Wifi, false) => {
+                let n = self.next_source.fetch_add(1, Ordering::Relaxed);
+                self.plan.wifi_sources[n % self.plan.wifi_sources.len()]
+            }
+            (Via::Mno, false) => self.planner.setup().subscribers[home].ip,
+        }
+    }
+
+    async fn execute(
+        &self,
+        set: &LaneSet,
+        client: &Client,
+        planned: &Planned,
+        source: IpAddr,
+    ) -> Result<Answer, Failure> {
+        if self.plan.keepalive {
+            let lane = match planned.via {
+                Via::Wifi => &set.wifi,
+                Via::Mno => &set.mno,
+            };
+            let mut conn = lane.acquire(client).await?;
+            let result = client.send(&mut conn, planned).await;
+            lane.release(conn).await;
+            result
+        } else {
+            let mut conn = client.connect(source).await?;
+            let result = client.send(&mut conn, planned).await;
+            conn.close();
+            result
+        }
+    }
+}
+
+fn example(
+    planned: &Planned,
+    protocol: Protocol,
+    source: IpAddr,
+    verdict: Verdict,
+    outcome: &Outcome,
+    result: &Result<Answer, Failure>,
+) -> Example {
+    let mut request = format!("GET {}", planned.path);
+    if request.len() > 200 {
+        request.truncate(200);
+        request.push_str("...");
+    }
+    let body = match result {
+        Ok(answer) => {
+            String::from_utf8_lossy(&answer.body[..answer.body.len().min(300)]).into_owned()
+        }
+        Err(failure) => failure.to_string(),
+    };
+    Example {
+        verdict: match verdict {
+            Verdict::SecurityFailure => "security-failure",
+            Verdict::Mismatch => "mismatch",
+            _ => "error",
+        },
+        class: planned.class.name(),
+        protocol: protocol.name(),
+        source,
+        request,
+        headers: planned
+            .headers
+            .iter()
+            .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap_or("?")))
+            .collect(),
+        expected: planned.expect.to_string(),
+        got: outcome.to_string(),
+        body,
+    }
+}

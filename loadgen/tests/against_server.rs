@@ -1,0 +1,241 @@
+//! The load generator against a real homecmp server started in-process on
+//! loopback port 0: every class over HTTP/1.1, HTTP/2 and HTTP/3 answered as
+//! DESIGN §4 prescribes; a setup made through a trusted gateway, saved, and
+//! reused with a new connection per request in open loop; and a server that
+//! resolves what it must refuse (auth.mode = "monitor") caught with exit
+//! status 2.
+
+use std::path::Path;
+
+use clap::Parser;
+use homecmp::config::Config;
+use homecmp::net::{self, Running};
+use homecmp_loadgen::cli::Args;
+use homecmp_loadgen::report::{EXIT_OK, EXIT_SECURITY};
+use serde_json::Value;
+
+const CLASSES: [&str; 8] = [
+    "legit",
+    "no-clientid",
+    "unknown-clientid",
+    "malformed",
+    "spoofed-msisdn",
+    "spoofed-forwarded",
+    "mismatch",
+    "first-scan-wifi",
+];
+
+/// A server on `data_dir` with association creation unthrottled; `auth` adds
+/// keys to `[auth]`, `extra` whole sections.
+async fn server(data_dir: &Path, auth: &str, extra: &str) -> Running {
+    let text = format!(
+        r#"
+[server]
+data_dir = "{}"
+listen = "127.0.0.1:0"
+routing_prefixes = ["2001000001"]
+[admin]
+listen = "127.0.0.1:0"
+[auth]
+associations_per_minute = 100000
+{auth}
+[limits]
+shutdown_grace_ms = 1000
+{extra}
+"#,
+        data_dir.display()
+    );
+    let config = Config::parse(&text, Vec::new()).expect("valid test config");
+    net::start(config).await.expect("server starts")
+}
+
+/// Loadgen arguments aimed at `server`, plus `extra` (split at spaces; temp
+/// paths have none).
+fn args(server: &Running, extra: &str) -> Args {
+    let url = format!("https://127.0.0.1:{}", server.public_addr.port());
+    let admin = format!("http://{}", server.admin_addr);
+    let ca = server
+        .ca_cert
+        .as_ref()
+        .expect("generated CA")
+        .display()
+        .to_string();
+    let mut argv: Vec<String> = vec![
+        "homecmp-loadgen".into(),
+        "--url".into(),
+        url,
+        "--admin".into(),
+        admin,
+        "--token".into(),
+        server.admin_token.clone(),
+        "--ca".into(),
+        ca,
+        "--quiet".into(),
+        // A hard time bound on top of every count bound.
+        "--duration".into(),
+        "30s".into(),
+        "--timeout".into(),
+        "5s".into(),
+    ];
+    argv.extend(extra.split_whitespace().map(str::to_owned));
+    Args::try_parse_from(argv).expect("valid arguments")
+}
+
+fn read_json(path: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(path).expect("report written"))
+        .expect("JSON report")
+}
+
+fn row<'a>(rows: &'a Value, name: &str) -> &'a Value {
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == name)
+        .unwrap_or_else(|| panic!("no row {name} in {rows}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_class_over_every_protocol_is_answered_as_prescribed() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(&dir.path().join("data"), "", "").await;
+    let (json, plot, setup) = (
+        dir.path().join("report.json"),
+        dir.path().join("plot.svg"),
+        dir.path().join("setup.json"),
+    );
+    let outcome = homecmp_loadgen::run(args(
+        &server,
+        &format!(
+            "--protocol h1,h2,h3 --connections 6 --streams 4 --requests 3000 --warmup 300ms \
+             --clientids 48 --codes 4 --json {} --plot {} --save-setup {}",
+            json.display(),
+            plot.display(),
+            setup.display()
+        ),
+    ))
+    .await
+    .expect("the run is carried out");
+
+    let report = read_json(&json);
+    assert_eq!(outcome.exit_code, EXIT_OK, "{:#}", report["examples"]);
+    assert_eq!(
+        report["verdict"]["mismatches"], 0,
+        "{:#}",
+        report["examples"]
+    );
+    assert_eq!(report["verdict"]["security_failures"], 0);
+    assert_eq!(report["total"]["sent"], 3000);
+    assert_eq!(report["total"]["errors"], 0, "{:#}", report["examples"]);
+    assert_eq!(report["warmup"]["mismatches"], 0);
+    for class in CLASSES {
+        let row = row(&report["classes"], class);
+        assert!(row["sent"].as_u64().unwrap() > 0, "{class} not sent");
+        assert_eq!(row["mismatches"], 0, "{class}: {row:#}");
+        assert_eq!(row["matched"], row["sent"], "{class}: {row:#}");
+        assert!(row["latency_us"]["max"].as_u64().unwrap() > 0);
+    }
+    // Every defect of the malformed class was exercised.
+    let malformed = &row(&report["classes"], "malformed")["outcomes"];
+    for seen in [
+        "400 INVALID_CODE",
+        "400 INVALID_CLIENTID",
+        "414 REQUEST_TOO_LARGE",
+    ] {
+        assert!(malformed[seen].as_u64().unwrap_or(0) > 0, "{malformed}");
+    }
+    for protocol in ["http1.1", "http2", "http3"] {
+        assert!(
+            row(&report["protocols"], protocol)["sent"]
+                .as_u64()
+                .unwrap()
+                > 0,
+            "{protocol}"
+        );
+    }
+    assert!(!report["timeline"].as_array().unwrap().is_empty());
+    assert!(report["cpu"]["loadgen"]["cores"].as_f64().is_some());
+    let svg = std::fs::read_to_string(&plot).unwrap();
+    assert!(
+        svg.starts_with("<svg") && svg.contains("throughput"),
+        "{}",
+        &svg[..200.min(svg.len())]
+    );
+    assert_eq!(outcome.setup.clientid_count(), 48);
+    assert!(setup.exists());
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_made_setup_drives_new_connections_in_open_loop() {
+    let dir = tempfile::tempdir().unwrap();
+    let gateway = "[mno]\ntrusted_gateways = [\"127.3.0.1\"]";
+    let server = server(&dir.path().join("data"), "", gateway).await;
+    let setup = dir.path().join("setup.json");
+    // Associations made through the trusted gateway's enrichment headers.
+    let made = homecmp_loadgen::run(args(
+        &server,
+        &format!(
+            "--clientids 24 --codes 2 --gateway 127.3.0.1 --setup-only --save-setup {}",
+            setup.display()
+        ),
+    ))
+    .await
+    .expect("setup");
+    assert!(made.report.is_none());
+    assert_eq!(made.setup.gateway, Some("127.3.0.1".parse().unwrap()));
+
+    let json = dir.path().join("report.json");
+    let outcome = homecmp_loadgen::run(args(
+        &server,
+        &format!(
+            "--setup {} --protocol h1,h2,h3 --disable-keepalive --connections 6 --rate 300 \
+             --requests 300 --json {}",
+            setup.display(),
+            json.display()
+        ),
+    ))
+    .await
+    .expect("the run is carried out");
+    let report = read_json(&json);
+    assert_eq!(outcome.exit_code, EXIT_OK, "{:#}", report["examples"]);
+    assert_eq!(report["run"]["keepalive"], false);
+    assert_eq!(report["run"]["mode"], "open-loop");
+    assert_eq!(report["total"]["sent"], 300);
+    assert_eq!(report["total"]["errors"], 0, "{:#}", report["examples"]);
+    assert_eq!(
+        report["verdict"]["mismatches"], 0,
+        "{:#}",
+        report["examples"]
+    );
+    server.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_that_resolves_spoofed_requests_fails_the_run_with_status_2() {
+    let dir = tempfile::tempdir().unwrap();
+    // Monitor mode decides, counts, and resolves anyway: every attack class gets 200.
+    let server = server(&dir.path().join("data"), "mode = \"monitor\"", "").await;
+    let outcome = homecmp_loadgen::run(args(
+        &server,
+        "--protocol h2 --connections 2 --requests 200 --clientids 16 --codes 1",
+    ))
+    .await
+    .expect("the run is carried out");
+    let report = outcome.report.expect("a report");
+    assert_eq!(outcome.exit_code, EXIT_SECURITY);
+    assert!(report.verdict.security_failures > 0);
+    assert_eq!(report.verdict.legit_refused, 0);
+    assert!(
+        report
+            .examples
+            .iter()
+            .any(|e| e.verdict == "security-failure")
+    );
+    assert!(
+        report
+            .security_banner()
+            .unwrap()
+            .contains("SECURITY FAILURE")
+    );
+    server.shutdown().await;
+}
