@@ -30,11 +30,41 @@ struct Case {
 fn cases() -> Vec<Case> {
     let q = |rest: &str| format!("/mc/v1/resolve?code={CODE}{rest}");
     vec![
-        Case { name: "associated", peer: "127.2.0.1", query: q("&clientid=bench-app"), headers: vec![], want: 200 },
-        Case { name: "no_clientid", peer: "127.2.0.1", query: q(""), headers: vec![], want: 401 },
-        Case { name: "unknown_clientid", peer: "127.2.0.1", query: q("&clientid=never-seen"), headers: vec![], want: 403 },
-        Case { name: "malformed_code", peer: "127.2.0.1", query: "/mc/v1/resolve?code=zz&clientid=bench-app".into(), headers: vec![], want: 400 },
-        Case { name: "malformed_clientid", peer: "127.2.0.1", query: q("&clientid=bad%20id"), headers: vec![], want: 400 },
+        Case {
+            name: "associated",
+            peer: "127.2.0.1",
+            query: q("&clientid=bench-app"),
+            headers: vec![],
+            want: 200,
+        },
+        Case {
+            name: "no_clientid",
+            peer: "127.2.0.1",
+            query: q(""),
+            headers: vec![],
+            want: 401,
+        },
+        Case {
+            name: "unknown_clientid",
+            peer: "127.2.0.1",
+            query: q("&clientid=never-seen"),
+            headers: vec![],
+            want: 403,
+        },
+        Case {
+            name: "malformed_code",
+            peer: "127.2.0.1",
+            query: "/mc/v1/resolve?code=zz&clientid=bench-app".into(),
+            headers: vec![],
+            want: 400,
+        },
+        Case {
+            name: "malformed_clientid",
+            peer: "127.2.0.1",
+            query: q("&clientid=bad%20id"),
+            headers: vec![],
+            want: 400,
+        },
         Case {
             name: "spoofed_msisdn",
             peer: "127.2.0.1",
@@ -49,7 +79,13 @@ fn cases() -> Vec<Case> {
             headers: vec![("x-forwarded-for", "127.1.0.1")],
             want: 403,
         },
-        Case { name: "mismatch", peer: "127.1.0.2", query: q("&clientid=bench-app"), headers: vec![], want: 403 },
+        Case {
+            name: "mismatch",
+            peer: "127.1.0.2",
+            query: q("&clientid=bench-app"),
+            headers: vec![],
+            want: 403,
+        },
     ]
 }
 
@@ -65,10 +101,18 @@ fn bench(c: &mut Criterion) {
     let app = running.app.clone();
     runtime.block_on(async {
         let code = IndirectCode::parse(CODE).unwrap();
-        app.store.register_code(&code, "https://example.org/promo", 0).await.unwrap();
-        let owner = app.key.subscriber_ref(&Msisdn::parse("+447700900001").unwrap());
-        let other = app.key.subscriber_ref(&Msisdn::parse("+447700900002").unwrap());
-        app.sessions.bind("127.1.0.2".parse().unwrap(), other, u64::MAX);
+        app.store
+            .register_code(&code, "https://example.org/promo", 0)
+            .await
+            .unwrap();
+        let owner = app
+            .key
+            .subscriber_ref(&Msisdn::parse("+447700900001").unwrap());
+        let other = app
+            .key
+            .subscriber_ref(&Msisdn::parse("+447700900002").unwrap());
+        app.sessions
+            .bind("127.1.0.2".parse().unwrap(), other, u64::MAX);
         let new = NewAssociation {
             clientid: ClientId::parse("bench-app").unwrap(),
             subscriber: owner,
