@@ -55,6 +55,16 @@ pub struct Limits {
     /// association are shed with `503 OVERLOADED`; associated clients are
     /// still served up to `max_connections`.
     pub shed_unauthenticated_above: usize,
+    /// Open connections (TCP and QUIC together) one source address may hold.
+    pub max_connections_per_address: u32,
+    /// New TCP connections one source address may open per second.
+    pub accepts_per_address_per_sec: u32,
+    /// Resolution requests one source address may send per second.
+    pub requests_per_address_per_sec: u32,
+    /// Resolution requests one associated clientid may send per second.
+    pub requests_per_clientid_per_sec: u32,
+    /// Keys each per-address or per-clientid limiter may hold.
+    pub limiter_max_keys: usize,
 }
 
 /// `server.http3` switches it on; the `[http3]` section tunes it.
@@ -215,6 +225,11 @@ struct RawLimits {
     shutdown_grace_ms: u64,
     /// 0: 80% of max_connections.
     shed_unauthenticated_above: usize,
+    max_connections_per_address: u32,
+    accepts_per_address_per_sec: u32,
+    requests_per_address_per_sec: u32,
+    requests_per_clientid_per_sec: u32,
+    limiter_max_keys: usize,
 }
 
 impl Default for RawLimits {
@@ -228,6 +243,11 @@ impl Default for RawLimits {
             max_uri_bytes: 2048,
             shutdown_grace_ms: 10_000,
             shed_unauthenticated_above: 0,
+            max_connections_per_address: 256,
+            accepts_per_address_per_sec: 100,
+            requests_per_address_per_sec: 2000,
+            requests_per_clientid_per_sec: 100,
+            limiter_max_keys: 1_000_000,
         }
     }
 }
@@ -379,6 +399,7 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
             limits.max_concurrent_streams.into(),
         ),
         ("limits.max_uri_bytes", limits.max_uri_bytes as u64),
+        ("limits.limiter_max_keys", limits.limiter_max_keys as u64),
         ("http3.max_handshakes", raw.http3.max_handshakes as u64),
         (
             "http3.connections_per_address_per_sec",
@@ -429,6 +450,11 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
                 0 => limits.max_connections / 10 * 8,
                 n => n,
             },
+            max_connections_per_address: limits.max_connections_per_address,
+            accepts_per_address_per_sec: limits.accepts_per_address_per_sec,
+            requests_per_address_per_sec: limits.requests_per_address_per_sec,
+            requests_per_clientid_per_sec: limits.requests_per_clientid_per_sec,
+            limiter_max_keys: limits.limiter_max_keys,
         },
         log_json: raw.log.json,
     }

@@ -180,7 +180,9 @@ fn run_log(dir: DataDir, command: LogCommand) -> ExitCode {
         LogCommand::Stats { json } => sre::stats(&data_dir, json, &mut out).map(drop),
         LogCommand::Verify => sre::verify(&data_dir, &mut out).map(drop),
         LogCommand::Export { from, to } => sre::export(&data_dir, from, to, &mut out).map(drop),
-        LogCommand::Replay { until, json } => sre::replay(&data_dir, until, json, &mut out).map(drop),
+        LogCommand::Replay { until, json } => {
+            sre::replay(&data_dir, until, json, &mut out).map(drop)
+        }
     };
     let _ = out.flush();
     match result {

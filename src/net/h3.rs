@@ -18,14 +18,12 @@
 //! 0-RTT is off: association creation is not idempotent, and a replayed
 //! first scan must not create anything.
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
-use std::num::NonZeroU32;
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
-use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use quinn::crypto::rustls::QuicServerConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -74,11 +72,10 @@ pub fn server_config(
 }
 
 /// Shared counters of the HTTP/3 listener.
-#[derive(Debug)]
+#[derive(Debug, Default)]
 struct Gate {
     handshakes: AtomicUsize,
     connections: AtomicUsize,
-    per_address: DefaultKeyedRateLimiter<IpAddr>,
 }
 
 /// Binds the QUIC endpoint on `socket`.
@@ -105,28 +102,7 @@ pub async fn serve(
     tracker: TaskTracker,
 ) {
     let h3 = app.config.http3.clone();
-    let per_second = NonZeroU32::new(h3.connections_per_address_per_sec).unwrap_or(NonZeroU32::MIN);
-    let gate = Arc::new(Gate {
-        handshakes: AtomicUsize::new(0),
-        connections: AtomicUsize::new(0),
-        per_address: RateLimiter::keyed(
-            Quota::per_second(per_second)
-                .allow_burst(per_second.saturating_mul(NonZeroU32::new(2).unwrap())),
-        ),
-    });
-    let housekeeping_gate = gate.clone();
-    let housekeeping_stop = shutdown.clone();
-    tracker.spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(5));
-        loop {
-            tokio::select! {
-                _ = housekeeping_stop.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            housekeeping_gate.per_address.retain_recent();
-            housekeeping_gate.per_address.shrink_to_fit();
-        }
-    });
+    let gate = Arc::new(Gate::default());
     loop {
         let incoming = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -136,15 +112,18 @@ pub async fn serve(
             },
         };
         let m = &app.metrics;
-        if gate
-            .per_address
-            .check_key(&incoming.remote_address().ip())
-            .is_err()
-        {
+        let peer = incoming.remote_address().ip();
+        let verdict = app.limits.quic_connections.check(&peer);
+        if app.rate_verdict("quic_connections", verdict).is_err() {
             m.refused_handshake("address_rate");
             incoming.ignore();
             continue;
         }
+        let Some(address_slot) = app.limits.per_address.try_open(peer) else {
+            m.refused_handshake("address_cap");
+            incoming.ignore();
+            continue;
+        };
         let in_flight = gate.handshakes.load(Ordering::Relaxed);
         if in_flight >= h3.max_handshakes
             || gate.connections.load(Ordering::Relaxed) >= app.config.limits.max_connections
@@ -175,6 +154,7 @@ pub async fn serve(
         let gate = gate.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
+            let _address_slot = address_slot;
             let handshake =
                 tokio::time::timeout(app.config.limits.header_read_timeout, connecting).await;
             gate.handshakes.fetch_sub(1, Ordering::Relaxed);

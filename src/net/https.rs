@@ -45,9 +45,19 @@ pub async fn serve(
                 }
             },
         };
+        // Cheapest first: the address's accept rate, its open connections,
+        // then the global cap. A refused socket is closed before any TLS.
+        let verdict = app.limits.tcp_accepts.check(&peer.ip());
+        if app.rate_verdict("tcp_accepts", verdict).is_err() {
+            app.metrics.refused_connection("address_rate");
+            continue;
+        }
+        let Some(address_slot) = app.limits.per_address.try_open(peer.ip()) else {
+            app.metrics.refused_connection("address_cap");
+            continue;
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             app.metrics.refused_connection("connection_cap");
-            drop(stream);
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -55,7 +65,7 @@ pub async fn serve(
         let tls = tls.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, address_slot);
             let handshake_limit = app.config.limits.header_read_timeout;
             let stream = match tokio::time::timeout(handshake_limit, tls.accept(stream)).await {
                 Ok(Ok(stream)) => stream,

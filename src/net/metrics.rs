@@ -63,6 +63,7 @@ pub struct Metrics {
     pub connections_refused: Family<ReasonLabels, Counter>,
     pub connections_open: Family<ProtocolLabel, Gauge>,
     pub quic_retries: Counter,
+    pub limiter_overflow: Family<ReasonLabels, Counter>,
     pub handshakes_refused: Family<ReasonLabels, Counter>,
     pub index_associations: Gauge,
     pub index_subscribers: Gauge,
@@ -157,6 +158,12 @@ impl Metrics {
             "QUIC connection attempts dropped or failed, by reason",
             handshakes_refused.clone(),
         );
+        let limiter_overflow = Family::<ReasonLabels, Counter>::default();
+        registry.register(
+            "limiter_overflow",
+            "Checks let through because a keyed limiter was full of active keys, by limit",
+            limiter_overflow.clone(),
+        );
         let index_associations = Gauge::default();
         registry.register(
             "index_associations",
@@ -195,6 +202,7 @@ impl Metrics {
             connections_refused,
             connections_open,
             quic_retries,
+            limiter_overflow,
             handshakes_refused,
             index_associations,
             index_subscribers,
@@ -221,6 +229,12 @@ impl Metrics {
 
     pub fn refused_handshake(&self, reason: &'static str) {
         self.handshakes_refused
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn limiter_overflow(&self, reason: &'static str) {
+        self.limiter_overflow
             .get_or_create(&ReasonLabels { reason })
             .inc();
     }

@@ -9,6 +9,7 @@
 pub mod admin;
 pub mod h3;
 pub mod https;
+pub mod limits;
 pub mod metrics;
 pub mod resolve;
 pub mod tls;
@@ -56,6 +57,50 @@ pub struct App {
     /// Open client connections over all transports: the load signal for
     /// shedding unauthenticated requests.
     pub open_connections: AtomicUsize,
+    pub limits: Limiters,
+}
+
+/// The keyed limits of `[limits]`, cheapest first.
+#[derive(Debug)]
+pub struct Limiters {
+    pub per_address: Arc<limits::PerAddress>,
+    pub tcp_accepts: limits::KeyedRate<std::net::IpAddr>,
+    pub quic_connections: limits::KeyedRate<std::net::IpAddr>,
+    pub requests_per_address: limits::KeyedRate<std::net::IpAddr>,
+    /// Keyed by the association's sequence number: unique, and no allocation.
+    pub requests_per_clientid: limits::KeyedRate<crate::store::Seq>,
+}
+
+impl Limiters {
+    fn new(config: &Config) -> Self {
+        let l = &config.limits;
+        Self {
+            per_address: Arc::new(limits::PerAddress::new(l.max_connections_per_address)),
+            tcp_accepts: limits::KeyedRate::per_second(
+                l.accepts_per_address_per_sec,
+                l.limiter_max_keys,
+            ),
+            quic_connections: limits::KeyedRate::per_second(
+                config.http3.connections_per_address_per_sec,
+                l.limiter_max_keys,
+            ),
+            requests_per_address: limits::KeyedRate::per_second(
+                l.requests_per_address_per_sec,
+                l.limiter_max_keys,
+            ),
+            requests_per_clientid: limits::KeyedRate::per_second(
+                l.requests_per_clientid_per_sec,
+                l.limiter_max_keys,
+            ),
+        }
+    }
+
+    fn retain_recent(&self) {
+        self.tcp_accepts.retain_recent();
+        self.quic_connections.retain_recent();
+        self.requests_per_address.retain_recent();
+        self.requests_per_clientid.retain_recent();
+    }
 }
 
 impl App {
@@ -63,6 +108,24 @@ impl App {
     pub fn shedding(&self) -> bool {
         self.open_connections.load(Ordering::Relaxed)
             > self.config.limits.shed_unauthenticated_above
+    }
+
+    /// Counts a keyed limit's verdict; `Err(RateLimited)` when over it.
+    pub fn rate_verdict(
+        &self,
+        limit: &'static str,
+        verdict: limits::Verdict,
+    ) -> Result<(), Refusal> {
+        match verdict {
+            limits::Verdict::Allowed => Ok(()),
+            limits::Verdict::Overflow => {
+                self.metrics.limiter_overflow(limit);
+                Ok(())
+            }
+            limits::Verdict::Limited(wait) => Err(Refusal::RateLimited {
+                retry_after_secs: wait.as_secs().max(1),
+            }),
+        }
     }
 
     /// `Err(RateLimited)` when `subscriber` has created associations faster
@@ -240,6 +303,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         creations: RateLimiter::keyed(Quota::per_minute(per_minute)),
         alt_svc,
         open_connections: AtomicUsize::new(0),
+        limits: Limiters::new(&config),
         store,
         config,
     });
@@ -284,5 +348,6 @@ async fn housekeeping(app: Arc<App>, shutdown: CancellationToken) {
         app.sessions.sweep(now_ms());
         app.creations.retain_recent();
         app.creations.shrink_to_fit();
+        app.limits.retain_recent();
     }
 }

@@ -164,13 +164,21 @@ async fn resolve(
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<Response<Bytes>, Refusal> {
-    // Cheapest first: parse, clientid, index, identity; codes only after.
+    // Cheapest first: the address's rate, parse, clientid, index (and the
+    // clientid's rate), identity; codes only after.
+    let verdict = app.limits.requests_per_address.check(&conn.peer.ip());
+    app.rate_verdict("requests_per_address", verdict)?;
     let query = parse_query(uri, app.config.limits.max_uri_bytes)?;
     let code = IndirectCode::parse(&query.code).map_err(Refusal::InvalidCode)?;
     let clientid = query.clientid.as_deref();
     let association = clientid.and_then(|id| app.store.index().association(id));
-    if association.is_none() && app.shedding() {
-        return Err(Refusal::Overloaded);
+    match association {
+        Some(a) => {
+            let verdict = app.limits.requests_per_clientid.check(&a.seq);
+            app.rate_verdict("requests_per_clientid", verdict)?;
+        }
+        None if app.shedding() => return Err(Refusal::Overloaded),
+        None => {}
     }
     let view = ClientView {
         peer: conn.peer.ip(),

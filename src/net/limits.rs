@@ -1,0 +1,211 @@
+//! Keyed limits with bounded memory: per source address and per clientid.
+//!
+//! A flood from millions of addresses must neither exhaust memory nor turn
+//! a per-address limit into a refusal of everyone. [`KeyedRate`] therefore
+//! holds at most `max_keys` keys: when it is full, idle keys are dropped
+//! (at most once a second); if it is still full, a new key is let through
+//! unlimited and counted, leaving the global limits (connection cap,
+//! handshakes in flight, shedding) to hold the line.
+
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use dashmap::DashMap;
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+/// What a limit said.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Allowed,
+    /// Over the rate: wait this long.
+    Limited(Duration),
+    /// The key table is full of active keys: let through, uncounted.
+    Overflow,
+}
+
+#[derive(Debug)]
+pub struct KeyedRate<K: Hash + Eq + Clone> {
+    limiter: Option<DefaultKeyedRateLimiter<K>>,
+    max_keys: usize,
+    started: Instant,
+    /// Milliseconds since `started` of the last purge of idle keys.
+    last_purge_ms: AtomicU64,
+}
+
+impl<K: Hash + Eq + Clone> KeyedRate<K> {
+    /// `per_second == 0` switches the limit off.
+    pub fn new(per_second: u32, burst: u32, max_keys: usize) -> Self {
+        let limiter = NonZeroU32::new(per_second).map(|rate| {
+            let burst = NonZeroU32::new(burst).unwrap_or(rate);
+            RateLimiter::keyed(Quota::per_second(rate).allow_burst(burst))
+        });
+        Self {
+            limiter,
+            max_keys: max_keys.max(1),
+            started: Instant::now(),
+            last_purge_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// `rate` per second with bursts of twice that; 0 switches it off.
+    pub fn per_second(rate: u32, max_keys: usize) -> Self {
+        Self::new(rate, rate.saturating_mul(2), max_keys)
+    }
+
+    pub fn check(&self, key: &K) -> Verdict {
+        let Some(limiter) = &self.limiter else {
+            return Verdict::Allowed;
+        };
+        if limiter.len() >= self.max_keys {
+            self.purge(limiter);
+            if limiter.len() >= self.max_keys {
+                return Verdict::Overflow;
+            }
+        }
+        match limiter.check_key(key) {
+            Ok(()) => Verdict::Allowed,
+            Err(not_until) => {
+                Verdict::Limited(not_until.wait_time_from(DefaultClock::default().now()))
+            }
+        }
+    }
+
+    /// Drops keys whose bucket is full again; at most once a second.
+    fn purge(&self, limiter: &DefaultKeyedRateLimiter<K>) {
+        let now_ms = self.started.elapsed().as_millis() as u64;
+        let last = self.last_purge_ms.load(Ordering::Relaxed);
+        if now_ms.saturating_sub(last) < 1000
+            || self
+                .last_purge_ms
+                .compare_exchange(last, now_ms, Ordering::AcqRel, Ordering::Relaxed)
+                .is_err()
+        {
+            return;
+        }
+        limiter.retain_recent();
+        limiter.shrink_to_fit();
+    }
+
+    /// Periodic housekeeping.
+    pub fn retain_recent(&self) {
+        if let Some(limiter) = &self.limiter {
+            limiter.retain_recent();
+            limiter.shrink_to_fit();
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.limiter.as_ref().map_or(0, |l| l.len())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Open connections per source address, capped. Memory is bounded by the
+/// global connection cap: an address is only here while it has one open.
+#[derive(Debug)]
+pub struct PerAddress {
+    open: DashMap<IpAddr, u32>,
+    cap: u32,
+}
+
+/// Holds one connection slot of an address; frees it when dropped.
+#[derive(Debug)]
+pub struct AddressSlot {
+    owner: Arc<PerAddress>,
+    addr: IpAddr,
+}
+
+impl PerAddress {
+    /// `cap == 0` switches the limit off (slots are still counted).
+    pub fn new(cap: u32) -> Self {
+        Self {
+            open: DashMap::new(),
+            cap: if cap == 0 { u32::MAX } else { cap },
+        }
+    }
+
+    /// A slot for `addr`, or `None` when it already has `cap` connections.
+    pub fn try_open(self: &Arc<Self>, addr: IpAddr) -> Option<AddressSlot> {
+        let mut count = self.open.entry(addr).or_insert(0);
+        if *count >= self.cap {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            owner: self.clone(),
+            addr,
+        })
+    }
+
+    pub fn addresses(&self) -> usize {
+        self.open.len()
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        if let dashmap::mapref::entry::Entry::Occupied(mut entry) = self.owner.open.entry(self.addr)
+        {
+            *entry.get_mut() -= 1;
+            if *entry.get() == 0 {
+                entry.remove();
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_limits_each_key_apart() {
+        let rate = KeyedRate::new(1, 2, 100);
+        assert_eq!(rate.check(&1), Verdict::Allowed);
+        assert_eq!(rate.check(&1), Verdict::Allowed);
+        assert!(matches!(rate.check(&1), Verdict::Limited(_)));
+        assert_eq!(rate.check(&2), Verdict::Allowed);
+    }
+
+    #[test]
+    fn a_full_table_lets_new_keys_through_instead_of_refusing_everyone() {
+        let rate = KeyedRate::new(1, 1, 3);
+        for key in 0..3 {
+            assert_eq!(rate.check(&key), Verdict::Allowed);
+        }
+        assert_eq!(rate.check(&99), Verdict::Overflow);
+        assert!(matches!(
+            rate.check(&0),
+            Verdict::Overflow | Verdict::Limited(_)
+        ));
+        assert!(rate.len() <= 3);
+    }
+
+    #[test]
+    fn zero_switches_the_limit_off() {
+        let rate = KeyedRate::<u8>::new(0, 0, 1);
+        for _ in 0..100 {
+            assert_eq!(rate.check(&1), Verdict::Allowed);
+        }
+    }
+
+    #[test]
+    fn per_address_slots_are_capped_and_freed() {
+        let per = Arc::new(PerAddress::new(2));
+        let a: IpAddr = "127.2.0.1".parse().unwrap();
+        let first = per.try_open(a).unwrap();
+        let _second = per.try_open(a).unwrap();
+        assert!(per.try_open(a).is_none());
+        assert!(per.try_open("127.2.0.2".parse().unwrap()).is_some());
+        drop(first);
+        assert!(per.try_open(a).is_some());
+    }
+}

@@ -1,0 +1,114 @@
+//! The layered limits of `[limits]` against a real server: per source
+//! address (connections, accept rate, request rate) and per clientid.
+
+mod support;
+
+use support::{TestServer, metric};
+
+const CODE: &str = "2001000001promo";
+
+#[tokio::test]
+async fn request_rate_per_address_answers_429_and_spares_other_addresses() {
+    let server = TestServer::with_config("[limits]\nrequests_per_address_per_sec = 5").await;
+    let noisy = server.client("http2", "127.2.0.1");
+    let mut limited = 0;
+    for _ in 0..30 {
+        let (status, body) = server.resolve(&noisy, &format!("code={CODE}")).await;
+        match status {
+            401 => {}
+            429 => {
+                assert_eq!(body["code"], "RATE_LIMITED");
+                limited += 1;
+            }
+            other => panic!("unexpected {other} {body}"),
+        }
+    }
+    // Burst of 10, then about 5 per second.
+    assert!(limited >= 15, "only {limited} of 30 limited");
+    let quiet = server.client("http2", "127.2.0.2");
+    assert_eq!(server.resolve(&quiet, &format!("code={CODE}")).await.0, 401);
+}
+
+#[tokio::test]
+async fn request_rate_per_clientid_limits_one_associated_app() {
+    let server = TestServer::with_config("[limits]\nrequests_per_clientid_per_sec = 3").await;
+    server.put_code(CODE, "https://example.org/").await;
+    server.bind_session("127.1.0.1", "+447700900001").await;
+    let mno = server.client("http1", "127.1.0.1");
+    let mut statuses = Vec::new();
+    for _ in 0..20 {
+        statuses.push(
+            server
+                .resolve(&mno, &format!("code={CODE}&clientid=busy"))
+                .await
+                .0,
+        );
+    }
+    assert_eq!(statuses[0], 200);
+    assert!(
+        statuses.iter().filter(|s| **s == 429).count() >= 10,
+        "{statuses:?}"
+    );
+    // Another app of the same subscriber is not affected.
+    let (s, _) = server
+        .resolve(&mno, &format!("code={CODE}&clientid=calm"))
+        .await;
+    assert_eq!(s, 200);
+}
+
+#[tokio::test]
+async fn connections_per_address_are_capped() {
+    let server = TestServer::with_config("[limits]\nmax_connections_per_address = 2").await;
+    let clients: Vec<_> = (0..4)
+        .map(|_| server.client("http1", "127.2.0.9"))
+        .collect();
+    let mut answered = 0;
+    for client in &clients {
+        if client
+            .get(server.url(&format!("code={CODE}")))
+            .send()
+            .await
+            .is_ok()
+        {
+            answered += 1;
+        }
+    }
+    // Two keep-alive connections hold both slots; the others are closed.
+    assert_eq!(answered, 2);
+    let metrics = server.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "homecmp_connections_refused_total{reason=\"address_cap\"}"
+        ),
+        2.0
+    );
+    let other = server.client("http1", "127.2.0.10");
+    assert_eq!(server.resolve(&other, &format!("code={CODE}")).await.0, 401);
+}
+
+#[tokio::test]
+async fn tcp_accept_rate_per_address_closes_floods_before_tls() {
+    let server = TestServer::with_config("[limits]\naccepts_per_address_per_sec = 2").await;
+    let mut refused = 0;
+    for _ in 0..12 {
+        // A new client each time: a new connection each time.
+        let client = server.client("http1", "127.2.0.11");
+        if client
+            .get(server.url(&format!("code={CODE}")))
+            .send()
+            .await
+            .is_err()
+        {
+            refused += 1;
+        }
+    }
+    assert!(refused >= 6, "only {refused} of 12 refused");
+    let metrics = server.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            "homecmp_connections_refused_total{reason=\"address_rate\"}"
+        ) >= 6.0
+    );
+}
