@@ -11,12 +11,15 @@ use std::hash::Hash;
 use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use dashmap::DashMap;
-use governor::clock::{Clock, DefaultClock};
+use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+/// Checks between two counts of a limiter's keys.
+const RECOUNT_EVERY: usize = 1024;
 
 /// What a limit said.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,6 +35,11 @@ pub enum Verdict {
 pub struct KeyedRate<K: Hash + Eq + Clone> {
     limiter: Option<DefaultKeyedRateLimiter<K>>,
     max_keys: usize,
+    /// The key count as last measured: counting visits every shard of the
+    /// map (microseconds), so it is refreshed every `RECOUNT_EVERY` checks,
+    /// and the table can overshoot `max_keys` by at most that many keys.
+    keys: AtomicUsize,
+    checks: AtomicUsize,
     started: Instant,
     /// Milliseconds since `started` of the last purge of idle keys.
     last_purge_ms: AtomicU64,
@@ -47,6 +55,8 @@ impl<K: Hash + Eq + Clone> KeyedRate<K> {
         Self {
             limiter,
             max_keys: max_keys.max(1),
+            keys: AtomicUsize::new(0),
+            checks: AtomicUsize::new(0),
             started: Instant::now(),
             last_purge_ms: AtomicU64::new(0),
         }
@@ -61,21 +71,26 @@ impl<K: Hash + Eq + Clone> KeyedRate<K> {
         let Some(limiter) = &self.limiter else {
             return Verdict::Allowed;
         };
-        if limiter.len() >= self.max_keys {
+        if self.checks.fetch_add(1, Ordering::Relaxed) % RECOUNT_EVERY == 0 {
+            self.keys.store(limiter.len(), Ordering::Relaxed);
+        }
+        if self.keys.load(Ordering::Relaxed) >= self.max_keys {
             self.purge(limiter);
-            if limiter.len() >= self.max_keys {
+            let keys = limiter.len();
+            self.keys.store(keys, Ordering::Relaxed);
+            if keys >= self.max_keys {
                 return Verdict::Overflow;
             }
         }
         match limiter.check_key(key) {
             Ok(()) => Verdict::Allowed,
-            Err(not_until) => {
-                Verdict::Limited(not_until.wait_time_from(DefaultClock::default().now()))
-            }
+            Err(not_until) => Verdict::Limited(not_until.wait_time_from(limiter.clock().now())),
         }
     }
 
-    /// Drops keys whose bucket is full again; at most once a second.
+    /// Drops keys whose bucket is full again; at most once a second. While
+    /// the table stays full, each check counts it again: the price of a
+    /// flood that fills it, paid only then.
     fn purge(&self, limiter: &DefaultKeyedRateLimiter<K>) {
         let now_ms = self.started.elapsed().as_millis() as u64;
         let last = self.last_purge_ms.load(Ordering::Relaxed);
@@ -96,6 +111,7 @@ impl<K: Hash + Eq + Clone> KeyedRate<K> {
         if let Some(limiter) = &self.limiter {
             limiter.retain_recent();
             limiter.shrink_to_fit();
+            self.keys.store(limiter.len(), Ordering::Relaxed);
         }
     }
 

@@ -132,9 +132,8 @@ impl App {
     /// than `auth.associations_per_minute`.
     pub fn check_creation_rate(&self, subscriber: &SubscriberRef) -> Result<(), Refusal> {
         self.creations.check_key(subscriber).map_err(|not_until| {
-            let wait = not_until.wait_time_from(governor::clock::Clock::now(
-                &governor::clock::DefaultClock::default(),
-            ));
+            let wait =
+                not_until.wait_time_from(governor::clock::Clock::now(self.creations.clock()));
             Refusal::RateLimited {
                 retry_after_secs: wait.as_secs().max(1),
             }
