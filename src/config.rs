@@ -401,10 +401,6 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
         ("limits.max_uri_bytes", limits.max_uri_bytes as u64),
         ("limits.limiter_max_keys", limits.limiter_max_keys as u64),
         ("http3.max_handshakes", raw.http3.max_handshakes as u64),
-        (
-            "http3.connections_per_address_per_sec",
-            raw.http3.connections_per_address_per_sec.into(),
-        ),
     ] {
         if value == 0 {
             errors.push(format!("{key}: must be greater than 0"));

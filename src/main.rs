@@ -23,6 +23,9 @@ enum Command {
         /// TOML configuration (keys in homecmp.example.toml); HOMECMP__SECTION__KEY overrides.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Log JSON lines instead of human-readable ones (same as `log.json = true`).
+        #[arg(long)]
+        log_json: bool,
     },
     /// Read, check, export and replay the event log (works beside a running server).
     Log {
@@ -94,12 +97,12 @@ fn main() -> ExitCode {
         }
     };
     match cli.command {
-        Command::Serve { config } => serve(config),
+        Command::Serve { config, log_json } => serve(config, log_json),
         Command::Log { dir, command } => run_log(dir, command),
     }
 }
 
-fn serve(path: Option<PathBuf>) -> ExitCode {
+fn serve(path: Option<PathBuf>, log_json: bool) -> ExitCode {
     let config = match path {
         Some(path) => Config::load(&path),
         None => Config::from_env(),
@@ -111,7 +114,7 @@ fn serve(path: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    init_tracing(config.log_json);
+    init_tracing(config.log_json || log_json);
     let runtime = tokio::runtime::Runtime::new().expect("start the tokio runtime");
     runtime.block_on(async {
         let running = match homecmp::net::start(config).await {

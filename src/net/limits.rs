@@ -71,7 +71,11 @@ impl<K: Hash + Eq + Clone> KeyedRate<K> {
         let Some(limiter) = &self.limiter else {
             return Verdict::Allowed;
         };
-        if self.checks.fetch_add(1, Ordering::Relaxed).is_multiple_of(RECOUNT_EVERY) {
+        if self
+            .checks
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(RECOUNT_EVERY)
+        {
             self.keys.store(limiter.len(), Ordering::Relaxed);
         }
         if self.keys.load(Ordering::Relaxed) >= self.max_keys {
