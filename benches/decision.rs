@@ -5,8 +5,9 @@
 //!
 //! `cargo bench --bench decision`
 //!
-//! The per-address and per-clientid request rates are off here: one client
-//! address sends every request, and would be answered 429 after its burst.
+//! The per-address, per-clientid and unauthenticated request rates are off
+//! here: one client address sends every request, and would be answered 429
+//! (or made to wait) after its burst.
 
 use std::net::SocketAddr;
 
@@ -96,7 +97,7 @@ fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let text = format!(
-        "[server]\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\nhttp3 = false\n[admin]\nlisten = \"127.0.0.1:0\"\n[limits]\nrequests_per_address_per_sec = 0\nrequests_per_clientid_per_sec = 0\n",
+        "[server]\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\nhttp3 = false\n[admin]\nlisten = \"127.0.0.1:0\"\n[limits]\nrequests_per_address_per_sec = 0\nrequests_per_clientid_per_sec = 0\nunauthenticated_per_sec = 0\n",
         dir.path().display()
     );
     let config = Config::parse(&text, Vec::new()).unwrap();

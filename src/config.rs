@@ -65,6 +65,16 @@ pub struct Limits {
     pub requests_per_clientid_per_sec: u32,
     /// Keys each per-address or per-clientid limiter may hold.
     pub limiter_max_keys: usize,
+    /// Requests without an association answered per second, all sources
+    /// together; beyond it they wait (a tarpit) up to `tarpit_max`, then
+    /// get 503. Associated clients never wait. 0: off.
+    pub unauthenticated_per_sec: u32,
+    pub tarpit_max: Duration,
+    /// New TLS and QUIC handshakes per second, all sources together: past it
+    /// a TCP connection waits for its turn (within the header-read timeout)
+    /// and a QUIC Initial is dropped (the client retransmits). Established
+    /// connections are not affected. 0: off.
+    pub handshakes_per_sec: u32,
 }
 
 /// `server.http3` switches it on; the `[http3]` section tunes it.
@@ -230,6 +240,9 @@ struct RawLimits {
     requests_per_address_per_sec: u32,
     requests_per_clientid_per_sec: u32,
     limiter_max_keys: usize,
+    unauthenticated_per_sec: u32,
+    tarpit_max_ms: u64,
+    handshakes_per_sec: u32,
 }
 
 impl Default for RawLimits {
@@ -248,6 +261,9 @@ impl Default for RawLimits {
             requests_per_address_per_sec: 2000,
             requests_per_clientid_per_sec: 100,
             limiter_max_keys: 1_000_000,
+            unauthenticated_per_sec: 10_000,
+            tarpit_max_ms: 2_000,
+            handshakes_per_sec: 0,
         }
     }
 }
@@ -451,6 +467,9 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
             requests_per_address_per_sec: limits.requests_per_address_per_sec,
             requests_per_clientid_per_sec: limits.requests_per_clientid_per_sec,
             limiter_max_keys: limits.limiter_max_keys,
+            unauthenticated_per_sec: limits.unauthenticated_per_sec,
+            tarpit_max: Duration::from_millis(limits.tarpit_max_ms),
+            handshakes_per_sec: limits.handshakes_per_sec,
         },
         log_json: raw.log.json,
     }

@@ -112,3 +112,74 @@ async fn tcp_accept_rate_per_address_closes_floods_before_tls() {
         ) >= 6.0
     );
 }
+
+#[tokio::test]
+async fn unauthenticated_requests_are_paced_while_associated_ones_pass() {
+    let server = TestServer::with_config(
+        "[limits]\nunauthenticated_per_sec = 5\ntarpit_max_ms = 300\nrequests_per_address_per_sec = 0",
+    )
+    .await;
+    server.put_code(CODE, "https://example.org/").await;
+    server.bind_session("127.1.0.1", "+447700900001").await;
+    let mno = server.client("http2", "127.1.0.1");
+    assert_eq!(
+        server
+            .resolve(&mno, &format!("code={CODE}&clientid=vip"))
+            .await
+            .0,
+        200
+    );
+    let flood = server.client("http2", "127.2.0.1");
+    let mut waves = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let client = flood.clone();
+        let url = server.url(&format!("code={CODE}&clientid=flood-{i}"));
+        waves.spawn(async move { client.get(url).send().await.unwrap().status().as_u16() });
+    }
+    // While the flood waits in the tarpit, the associated client is served at once.
+    let started = std::time::Instant::now();
+    assert_eq!(
+        server
+            .resolve(&mno, &format!("code={CODE}&clientid=vip"))
+            .await
+            .0,
+        200
+    );
+    assert!(started.elapsed() < std::time::Duration::from_millis(250));
+    let mut statuses = Vec::new();
+    while let Some(status) = waves.join_next().await {
+        statuses.push(status.unwrap());
+    }
+    let overloaded = statuses.iter().filter(|s| **s == 503).count();
+    let refused = statuses.iter().filter(|s| **s == 403).count();
+    assert_eq!(overloaded + refused, 40, "{statuses:?}");
+    assert!(overloaded >= 20, "{statuses:?}");
+    assert!(metric(&server.metrics().await, "homecmp_tarpitted_total") >= 30.0);
+}
+
+#[tokio::test]
+async fn handshake_pace_makes_new_connections_wait_or_closes_them() {
+    let server = TestServer::with_config(
+        "[limits]\nhandshakes_per_sec = 2\nheader_read_timeout_ms = 400\naccepts_per_address_per_sec = 0",
+    )
+    .await;
+    let mut attempts = tokio::task::JoinSet::new();
+    for i in 0..10 {
+        let client = server.client("http1", &format!("127.2.1.{}", i + 1));
+        let url = server.url(&format!("code={CODE}"));
+        attempts.spawn(async move { client.get(url).send().await.is_ok() });
+    }
+    let mut served = 0;
+    while let Some(ok) = attempts.join_next().await {
+        served += ok.unwrap() as usize;
+    }
+    // A burst of one or two, then two a second for the 0.4 s a socket may wait.
+    assert!((1..=4).contains(&served), "{served} of 10 served");
+    let metrics = server.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            "homecmp_connections_refused_total{reason=\"handshake_rate\"}"
+        ) >= 6.0
+    );
+}

@@ -124,6 +124,13 @@ pub async fn serve(
             incoming.ignore();
             continue;
         };
+        if let Some(pace) = &app.limits.handshakes
+            && pace.check().is_err()
+        {
+            m.refused_handshake("handshake_rate");
+            incoming.ignore();
+            continue;
+        }
         let in_flight = gate.handshakes.load(Ordering::Relaxed);
         if in_flight >= h3.max_handshakes
             || gate.connections.load(Ordering::Relaxed) >= app.config.limits.max_connections

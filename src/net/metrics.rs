@@ -63,6 +63,7 @@ pub struct Metrics {
     pub connections_refused: Family<ReasonLabels, Counter>,
     pub connections_open: Family<ProtocolLabel, Gauge>,
     pub quic_retries: Counter,
+    pub tarpitted: Counter,
     pub limiter_overflow: Family<ReasonLabels, Counter>,
     pub handshakes_refused: Family<ReasonLabels, Counter>,
     pub index_associations: Gauge,
@@ -158,6 +159,12 @@ impl Metrics {
             "QUIC connection attempts dropped or failed, by reason",
             handshakes_refused.clone(),
         );
+        let tarpitted = Counter::default();
+        registry.register(
+            "tarpitted",
+            "Requests without an association made to wait for the unauthenticated pace",
+            tarpitted.clone(),
+        );
         let limiter_overflow = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "limiter_overflow",
@@ -202,6 +209,7 @@ impl Metrics {
             connections_refused,
             connections_open,
             quic_retries,
+            tarpitted,
             limiter_overflow,
             handshakes_refused,
             index_associations,

@@ -69,6 +69,10 @@ pub struct Limiters {
     pub requests_per_address: limits::KeyedRate<std::net::IpAddr>,
     /// Keyed by the association's sequence number: unique, and no allocation.
     pub requests_per_clientid: limits::KeyedRate<crate::store::Seq>,
+    /// All requests without an association together (the tarpit's pace).
+    pub unauthenticated: Option<governor::DefaultDirectRateLimiter>,
+    /// All new TLS and QUIC handshakes together.
+    pub handshakes: Option<governor::DefaultDirectRateLimiter>,
 }
 
 impl Limiters {
@@ -92,6 +96,10 @@ impl Limiters {
                 l.requests_per_clientid_per_sec,
                 l.limiter_max_keys,
             ),
+            unauthenticated: NonZeroU32::new(l.unauthenticated_per_sec)
+                .map(|rate| RateLimiter::direct(Quota::per_second(rate))),
+            handshakes: NonZeroU32::new(l.handshakes_per_sec)
+                .map(|rate| RateLimiter::direct(Quota::per_second(rate))),
         }
     }
 
@@ -104,6 +112,22 @@ impl Limiters {
 }
 
 impl App {
+    /// Paces requests without an association to `unauthenticated_per_sec`:
+    /// waits for a turn (holding no lock, costing no CPU), or answers
+    /// `Overloaded` when the turn is further than `tarpit_max` away.
+    pub async fn tarpit(&self) -> Result<(), Refusal> {
+        let Some(pace) = &self.limits.unauthenticated else {
+            return Ok(());
+        };
+        if pace.check().is_ok() {
+            return Ok(());
+        }
+        self.metrics.tarpitted.inc();
+        tokio::time::timeout(self.config.limits.tarpit_max, pace.until_ready())
+            .await
+            .map_err(|_| Refusal::Overloaded)
+    }
+
     /// Whether a request without an association should be shed now.
     pub fn shedding(&self) -> bool {
         self.open_connections.load(Ordering::Relaxed)

@@ -178,6 +178,7 @@ async fn resolve(
             app.rate_verdict("requests_per_clientid", verdict)?;
         }
         None if app.shedding() => return Err(Refusal::Overloaded),
+        None if app.config.policy.mode != crate::core::AuthMode::Off => app.tarpit().await?,
         None => {}
     }
     let view = ClientView {
