@@ -1,11 +1,13 @@
-//! Index benches: which concurrent map, how fast a lookup, how many bytes.
+//! Index benches: how fast a lookup, how many bytes.
 //!
-//! 1. `map/*`: dashmap against papaya as the clientid -> association map,
-//!    lookup hit and miss, one thread and two, at 1M UUID-string keys.
-//! 2. `index_lookup/*`: the real [`homecmp::store::Index`] built with
+//! The map itself was chosen by a comparison of dashmap and papaya that
+//! this file ran until the choice was made (git history: "Benches: index map
+//! comparison"); its numbers are in the README. The loser is out of the build.
+//!
+//! 1. `index_lookup/*`: the real [`homecmp::store::Index`] built with
 //!    `Index::apply` from `AssociationCreated` records, hit and miss at 1M
 //!    and 10M associations.
-//! 3. Memory: heap bytes per association at 1M and 10M, counted by the
+//! 2. Memory: heap bytes per association at 1M and 10M, counted by the
 //!    global allocator below; printed and written to
 //!    `<target>/criterion/index-memory.txt`.
 //!
@@ -24,7 +26,6 @@ use std::cell::{OnceCell, RefCell};
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
@@ -32,7 +33,6 @@ use criterion::measurement::WallTime;
 use criterion::{
     BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
 };
-use dashmap::DashMap;
 use homecmp::store::{Association, Event, IdentitySource, Index, Record};
 use homecmp::wire::SubscriberRef;
 
@@ -214,14 +214,6 @@ fn subscriber(n: u64) -> SubscriberRef {
     SubscriberRef(bytes)
 }
 
-fn association(i: u64) -> Association {
-    Association {
-        subscriber: subscriber(i),
-        since_ms: 1_700_000_000_000 + i,
-        seq: i + 1,
-    }
-}
-
 /// Lookup keys: `PROBES` clientids of `set`, drawn at random from `0..n`,
 /// so consecutive lookups land far apart in the map (as real traffic does).
 const PROBES: usize = 1 << 16;
@@ -289,64 +281,6 @@ fn bench_lookup<'m, M, F>(
     }
 }
 
-fn map_comparison(c: &mut Criterion, memory: &RefCell<MemoryReport>, n: usize) {
-    let hits = probes(PRESENT, n);
-    let misses = probes(ABSENT, n);
-    let mut group = c.benchmark_group(format!("map/{}", label(n)));
-    group.throughput(Throughput::Elements(1));
-    group.warm_up_time(Duration::from_secs(1));
-    group.measurement_time(Duration::from_secs(3));
-
-    let dash = OnceCell::new();
-    let dash_map = || {
-        dash.get_or_init(|| {
-            let before = heap();
-            let map: DashMap<Arc<str>, Association> = DashMap::new();
-            for i in 0..n as u64 {
-                map.insert(Arc::from(clientid(PRESENT, i)), association(i));
-            }
-            memory
-                .borrow_mut()
-                .record("dashmap<Arc<str>, Association>", n, before, heap());
-            map
-        })
-    };
-    let get = |map: &DashMap<Arc<str>, Association>, k: &str| map.get(k).map(|e| *e);
-    bench_lookup(&mut group, "dashmap/hit", &hits, &[1, 2], dash_map, get);
-    bench_lookup(&mut group, "dashmap/miss", &misses, &[1, 2], dash_map, get);
-    drop(dash);
-
-    let papaya = OnceCell::new();
-    let papaya_map = || {
-        papaya.get_or_init(|| {
-            let before = heap();
-            // Blocking resize, so the map is settled once built (the default
-            // incremental mode can leave a migration half done, and lookups
-            // would then probe two tables).
-            let map: papaya::HashMap<Arc<str>, Association> = papaya::HashMap::builder()
-                .resize_mode(papaya::ResizeMode::Blocking)
-                .build();
-            {
-                let pinned = map.pin();
-                for i in 0..n as u64 {
-                    pinned.insert(Arc::from(clientid(PRESENT, i)), association(i));
-                }
-            }
-            memory
-                .borrow_mut()
-                .record("papaya<Arc<str>, Association>", n, before, heap());
-            map
-        })
-    };
-    // One pin per lookup, as a request handler would do.
-    let get = |map: &papaya::HashMap<Arc<str>, Association>, k: &str| map.pin().get(k).copied();
-    bench_lookup(&mut group, "papaya/hit", &hits, &[1, 2], papaya_map, get);
-    bench_lookup(&mut group, "papaya/miss", &misses, &[1, 2], papaya_map, get);
-    group.finish();
-}
-
-/// Builds the index from `n` `AssociationCreated` records through
-/// `Index::apply`; `per_subscriber` clientids share one subscriber.
 fn build_index(n: usize, per_subscriber: u64) -> Index {
     let index = Index::new();
     for i in 0..n as u64 {
@@ -417,7 +351,6 @@ fn benches(c: &mut Criterion) {
         (20_000, 100_000)
     };
     let memory = RefCell::new(MemoryReport { lines: Vec::new() });
-    map_comparison(c, &memory, small);
     index_lookup(c, &memory, small, true);
     index_lookup(c, &memory, large, false);
     memory.borrow().write();
