@@ -201,6 +201,9 @@ mod tests {
         for key in 0..3 {
             assert_eq!(rate.check(&key), Verdict::Allowed);
         }
+        // Housekeeping counts the keys (checks do so every RECOUNT_EVERY);
+        // all three are still active, so the table is full.
+        rate.retain_recent();
         assert_eq!(rate.check(&99), Verdict::Overflow);
         assert!(matches!(
             rate.check(&0),
