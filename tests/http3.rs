@@ -8,18 +8,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::json;
-use support::{PREFIX, TestServer, metric};
-
-const CODE: &str = "2001000001promo";
-const TARGET: &str = "https://example.org/promo";
-
-async fn server_with(extra: &str) -> TestServer {
-    let server = TestServer::with_config(extra).await;
-    server.put_code(CODE, TARGET).await;
-    server.bind_session("127.1.0.1", "+447700900001").await;
-    server.bind_session("127.1.0.2", "+447700900002").await;
-    server
-}
+use support::{CODE, PREFIX, TARGET, TestServer, metric};
 
 fn path(query: &str) -> String {
     format!("/mc/v1/resolve?{query}")
@@ -32,7 +21,7 @@ fn assert_error(answer: &(u16, serde_json::Value), status: u16, code: &str) {
 
 #[tokio::test]
 async fn every_row_of_the_table_over_http3() {
-    let server = server_with("[auth]\nassociations_per_minute = 3\n[limits]\nmax_connections = 100\nshed_unauthenticated_above = 90").await;
+    let server = TestServer::ready("[auth]\nassociations_per_minute = 3\n[limits]\nmax_connections = 100\nshed_unauthenticated_above = 90").await;
     let mno = server.h3_client("127.1.0.1");
     let other_sub = server.h3_client("127.1.0.2");
     let unknown_sub = server.h3_client("127.1.0.99");
@@ -141,7 +130,7 @@ async fn every_row_of_the_table_over_http3() {
 #[tokio::test]
 async fn overload_over_http3_sheds_the_unassociated() {
     let server =
-        server_with("[limits]\nmax_connections = 50\nshed_unauthenticated_above = 1").await;
+        TestServer::ready("[limits]\nmax_connections = 50\nshed_unauthenticated_above = 1").await;
     // One HTTPS connection kept alive, plus the HTTP/3 one: above 1.
     let holder = server.client("http2", "127.2.0.2");
     assert_eq!(
@@ -158,7 +147,7 @@ async fn overload_over_http3_sheds_the_unassociated() {
 
 #[tokio::test]
 async fn wifi_first_then_mno_over_http3() {
-    let server = server_with("").await;
+    let server = TestServer::ready("").await;
     let wifi = server.h3_client("127.2.9.9");
     let mno = server.h3_client("127.1.0.1");
     let query = path(&format!("code={CODE}&clientid=flow"));
@@ -176,7 +165,7 @@ async fn wifi_first_then_mno_over_http3() {
 
 #[tokio::test]
 async fn retry_always_validates_then_new_token_skips_it() {
-    let server = server_with("[http3]\nretry = \"always\"").await;
+    let server = TestServer::ready("[http3]\nretry = \"always\"").await;
     let wifi = server.h3_client("127.2.0.5");
     let query = path(&format!("code={CODE}&clientid=x"));
     assert_error(
@@ -203,7 +192,7 @@ async fn retry_always_validates_then_new_token_skips_it() {
 #[tokio::test]
 async fn forged_or_expired_tokens_do_not_validate() {
     let server =
-        server_with("[http3]\nretry = \"always\"\nvalidation_token_lifetime_secs = 1").await;
+        TestServer::ready("[http3]\nretry = \"always\"\nvalidation_token_lifetime_secs = 1").await;
     let client = server.h3_client("127.2.0.6");
     let query = path(&format!("code={CODE}&clientid=x"));
     *client.tokens.forged.lock().unwrap() = Some(Bytes::from_static(&[0x42; 48]));
@@ -253,7 +242,7 @@ async fn forged_or_expired_tokens_do_not_validate() {
 
 #[tokio::test]
 async fn garbage_datagrams_leave_the_server_serving() {
-    let server = server_with("").await;
+    let server = TestServer::ready("").await;
     let socket = UdpSocket::bind("127.2.0.77:0").unwrap();
     let target = server.running.public_addr;
     let mut seed = 0x9e37_79b9_u32;

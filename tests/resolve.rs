@@ -6,20 +6,9 @@ mod support;
 
 use reqwest::Method;
 use serde_json::json;
-use support::{GATEWAY, PREFIX, TestServer, metric};
+use support::{CODE, GATEWAY, PREFIX, TARGET, TestServer, metric};
 
 const PROTOCOLS: [&str; 2] = ["http1", "http2"];
-const CODE: &str = "2001000001promo";
-const TARGET: &str = "https://example.org/promo";
-
-/// A server with one code and the subscriber +447700900001 bound to 127.1.0.1.
-async fn server_with(extra: &str) -> TestServer {
-    let server = TestServer::with_config(extra).await;
-    server.put_code(CODE, TARGET).await;
-    server.bind_session("127.1.0.1", "+447700900001").await;
-    server.bind_session("127.1.0.2", "+447700900002").await;
-    server
-}
 
 fn assert_error(status: u16, body: &serde_json::Value, want_status: u16, want_code: &str) {
     assert_eq!(status, want_status, "{body}");
@@ -33,7 +22,7 @@ fn assert_error(status: u16, body: &serde_json::Value, want_status: u16, want_co
 
 #[tokio::test]
 async fn every_row_of_the_table_in_enforce_mode() {
-    let server = server_with("").await;
+    let server = TestServer::ready("").await;
     for protocol in PROTOCOLS {
         let mno = server.client(protocol, "127.1.0.1");
         let other_sub = server.client(protocol, "127.1.0.2");
@@ -89,7 +78,7 @@ async fn every_row_of_the_table_in_enforce_mode() {
 
 #[tokio::test]
 async fn unauthenticated_requests_learn_nothing_about_codes() {
-    let server = server_with("").await;
+    let server = TestServer::ready("").await;
     let wifi = server.client("http2", "127.2.0.1");
     for code in [CODE, "2001000001missing", "2001000002promo"] {
         let (s, b) = server
@@ -101,7 +90,7 @@ async fn unauthenticated_requests_learn_nothing_about_codes() {
 
 #[tokio::test]
 async fn rate_limited_creations_get_429_with_retry_after() {
-    let server = server_with("[auth]\nassociations_per_minute = 2").await;
+    let server = TestServer::ready("[auth]\nassociations_per_minute = 2").await;
     let mno = server.client("http1", "127.1.0.1");
     for i in 0..2 {
         let (s, b) = server
@@ -128,7 +117,8 @@ async fn rate_limited_creations_get_429_with_retry_after() {
 
 #[tokio::test]
 async fn overload_sheds_unassociated_requests_first() {
-    let server = server_with("[limits]\nmax_connections = 8\nshed_unauthenticated_above = 2").await;
+    let server =
+        TestServer::ready("[limits]\nmax_connections = 8\nshed_unauthenticated_above = 2").await;
     let mno = server.client("http1", "127.1.0.1");
     let (s, _) = server
         .resolve(&mno, &format!("code={CODE}&clientid=early"))
@@ -162,7 +152,7 @@ async fn overload_sheds_unassociated_requests_first() {
 
 #[tokio::test]
 async fn monitor_mode_resolves_what_enforce_refuses_and_counts_it() {
-    let server = server_with("[auth]\nmode = \"monitor\"").await;
+    let server = TestServer::ready("[auth]\nmode = \"monitor\"").await;
     let wifi = server.client("http2", "127.2.0.1");
     let (s, b) = server.resolve(&wifi, &format!("code={CODE}")).await;
     assert_eq!((s, &b["association"]), (200, &json!("none")), "{b}");
@@ -201,7 +191,7 @@ async fn monitor_mode_resolves_what_enforce_refuses_and_counts_it() {
 
 #[tokio::test]
 async fn off_mode_needs_no_clientid_and_creates_nothing() {
-    let server = server_with("[auth]\nmode = \"off\"").await;
+    let server = TestServer::ready("[auth]\nmode = \"off\"").await;
     let mno = server.client("http1", "127.1.0.1");
     let (s, b) = server.resolve(&mno, &format!("code={CODE}")).await;
     assert_eq!((s, &b["association"]), (200, &json!("none")), "{b}");
@@ -217,7 +207,7 @@ async fn off_mode_needs_no_clientid_and_creates_nothing() {
 
 #[tokio::test]
 async fn first_scan_over_wifi_then_retry_over_mno() {
-    let server = server_with("").await;
+    let server = TestServer::ready("").await;
     let wifi = server.client("http2", "127.2.3.4");
     let mno = server.client("http2", "127.1.0.1");
     let query = format!("code={CODE}&clientid=6ba7b810-9dad-11d1-80b4-00c04fd430c8");
@@ -231,7 +221,7 @@ async fn first_scan_over_wifi_then_retry_over_mno() {
 
 #[tokio::test]
 async fn trusted_gateway_enrichment_creates_the_association() {
-    let server = server_with(&format!(
+    let server = TestServer::ready(&format!(
         "[mno]\nnetworks = [\"127.1.0.0/16\"]\ntrusted_gateways = [\"{GATEWAY}\"]"
     ))
     .await;
@@ -264,7 +254,7 @@ async fn trusted_gateway_enrichment_creates_the_association() {
 
 #[tokio::test]
 async fn spoofed_headers_from_untrusted_peers_create_nothing() {
-    let server = server_with(&format!(
+    let server = TestServer::ready(&format!(
         "[mno]\nnetworks = [\"127.1.0.0/16\"]\ntrusted_gateways = [\"{GATEWAY}\"]"
     ))
     .await;
@@ -308,7 +298,7 @@ async fn spoofed_headers_from_untrusted_peers_create_nothing() {
 
 #[tokio::test]
 async fn concurrent_first_requests_create_one_association() {
-    let server = server_with("[auth]\nassociations_per_minute = 1000").await;
+    let server = TestServer::ready("[auth]\nassociations_per_minute = 1000").await;
     let mut tasks = Vec::new();
     for i in 0..32 {
         let client = server.client(if i % 2 == 0 { "http1" } else { "http2" }, "127.1.0.1");
@@ -335,7 +325,7 @@ async fn concurrent_first_requests_create_one_association() {
 
 #[tokio::test]
 async fn revoked_association_is_stopped() {
-    let server = server_with("").await;
+    let server = TestServer::ready("").await;
     let mno = server.client("http1", "127.1.0.1");
     let wifi = server.client("http1", "127.2.0.1");
     let query = format!("code={CODE}&clientid=to-revoke");
@@ -355,7 +345,7 @@ async fn revoked_association_is_stopped() {
 
 #[tokio::test]
 async fn cap_supersedes_the_oldest_clientid() {
-    let server = server_with("[auth]\nmax_clientids_per_subscriber = 2").await;
+    let server = TestServer::ready("[auth]\nmax_clientids_per_subscriber = 2").await;
     let mno = server.client("http2", "127.1.0.1");
     for id in ["first", "second", "third"] {
         let (s, b) = server
@@ -384,7 +374,7 @@ async fn cap_supersedes_the_oldest_clientid() {
 
 #[tokio::test]
 async fn rebind_policy_moves_the_association() {
-    let server = server_with("[auth]\non_mismatch = \"rebind\"").await;
+    let server = TestServer::ready("[auth]\non_mismatch = \"rebind\"").await;
     let first = server.client("http1", "127.1.0.1");
     let second = server.client("http1", "127.1.0.2");
     let query = format!("code={CODE}&clientid=moving");
@@ -425,7 +415,7 @@ async fn association_survives_a_restart() {
 
 #[tokio::test]
 async fn unknown_routes_and_methods_get_json_errors_and_alt_svc() {
-    let server = server_with("").await;
+    let server = TestServer::ready("").await;
     let client = server.client("http1", "127.2.0.1");
     let base = format!("https://localhost:{}", server.running.public_addr.port());
     let response = client.get(format!("{base}/other")).send().await.unwrap();

@@ -14,6 +14,9 @@ use homecmp::net::{self, Running};
 use serde_json::Value;
 
 pub const PREFIX: &str = "2001000001";
+/// The code `ready_server` registers, and where it points.
+pub const CODE: &str = "2001000001promo";
+pub const TARGET: &str = "https://example.org/promo";
 pub const GATEWAY: &str = "127.3.0.1";
 
 pub struct TestServer {
@@ -43,6 +46,16 @@ listen = "127.0.0.1:0"
 impl TestServer {
     pub async fn start() -> Self {
         Self::with_config("").await
+    }
+
+    /// A server with `extra` TOML sections, [`CODE`] registered, and two
+    /// subscribers bound: +447700900001 at 127.1.0.1, +447700900002 at 127.1.0.2.
+    pub async fn ready(extra: &str) -> Self {
+        let server = Self::with_config(extra).await;
+        server.put_code(CODE, TARGET).await;
+        server.bind_session("127.1.0.1", "+447700900001").await;
+        server.bind_session("127.1.0.2", "+447700900002").await;
+        server
     }
 
     /// A server on a fresh temp data dir with `extra` TOML sections.
