@@ -163,11 +163,8 @@ pub fn export(
 ) -> Result<u64, SreError> {
     let log = open(data_dir)?;
     let mut written = 0;
-    for item in log.read_from(from) {
+    for item in log.read_range(from, to.unwrap_or(Seq::MAX)) {
         let (seq, record) = item?;
-        if to.is_some_and(|to| seq > to) {
-            break;
-        }
         let line = ExportLine {
             seq,
             at: rfc3339(record.at_ms),
@@ -190,12 +187,13 @@ pub fn replay(
 ) -> Result<store::Replayed, SreError> {
     let log = open(data_dir)?;
     let index = Index::new();
-    let keep = |seq: Seq, record: &Record| match until {
-        None => true,
-        Some(Until::Seq(last)) => seq <= last,
-        Some(Until::Time(last_ms)) => record.at_ms <= last_ms,
+    let (last, last_ms) = match until {
+        None => (Seq::MAX, u64::MAX),
+        Some(Until::Seq(last)) => (last, u64::MAX),
+        Some(Until::Time(last_ms)) => (Seq::MAX, last_ms),
     };
-    let replayed = store::replay(&log, &index, keep).map_err(SreError::Check)?;
+    let keep = |_: Seq, record: &Record| record.at_ms <= last_ms;
+    let replayed = store::replay_until(&log, &index, last, keep).map_err(SreError::Check)?;
     if json {
         serde_json::to_writer(&mut *out, &replayed).map_err(io::Error::from)?;
         writeln!(out)?;

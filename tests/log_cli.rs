@@ -507,6 +507,24 @@ fn an_undecodable_record_is_named_and_refused() {
 }
 
 #[test]
+fn reads_that_end_before_a_damaged_record_succeed() {
+    let dir = known_log();
+    damage(dir.path(), |db| {
+        db.put(4u64.to_be_bytes(), b"\x01garbage").unwrap()
+    });
+    // An SRE rebuilding the state as it was before the damage can.
+    let replay = homecmp_log("replay", dir.path(), &["--until", "3", "--json"]);
+    replay.assert_ok();
+    let summary: Value = serde_json::from_str(&replay.stdout).unwrap();
+    assert_eq!(summary["events"], 3, "{replay:#?}");
+    let export = homecmp_log("export", dir.path(), &["--to", "3"]);
+    export.assert_ok();
+    assert_eq!(export.seqs(), [1, 2, 3]);
+    // One step further reaches the damage.
+    assert_eq!(homecmp_log("replay", dir.path(), &["--until", "4"]).code, 1);
+}
+
+#[test]
 fn an_unknown_format_version_is_named_and_refused() {
     let dir = known_log();
     damage(dir.path(), |db| {

@@ -206,6 +206,13 @@ impl EventLog {
     /// not 8 bytes, a gap in the sequence or a value that does not decode is
     /// an error naming the record, and ends the iteration.
     pub fn read_from(&self, from: Seq) -> Reader<'_> {
+        self.read_range(from, Seq::MAX)
+    }
+
+    /// Like [`EventLog::read_from`], ending after `last` (inclusive): records
+    /// past it are not decoded, so a damaged record later in the log does
+    /// not stop a read that ends before it.
+    pub fn read_range(&self, from: Seq, last: Seq) -> Reader<'_> {
         let start = event::encode_key(from);
         Reader {
             inner: self
@@ -214,6 +221,7 @@ impl EventLog {
                 .iterator(IteratorMode::From(&start, rocksdb::Direction::Forward)),
             // The log starts at 1: a missing first record is a gap too.
             expected: Some(from.max(1)),
+            last,
             failed: false,
         }
     }
@@ -240,6 +248,7 @@ impl EventLog {
 pub struct Reader<'a> {
     inner: rocksdb::DBIteratorWithThreadMode<'a, DB>,
     expected: Option<Seq>,
+    last: Seq,
     failed: bool,
 }
 
@@ -251,6 +260,11 @@ impl Iterator for Reader<'_> {
             return None;
         }
         let item = self.inner.next()?;
+        if let Ok((key, _)) = &item
+            && event::decode_key(key).is_ok_and(|seq| seq > self.last)
+        {
+            return None;
+        }
         let result = self.check(item);
         self.failed = result.is_err();
         Some(result)

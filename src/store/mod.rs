@@ -294,10 +294,21 @@ impl Store {
 pub fn replay(
     log: &EventLog,
     index: &Index,
+    keep: impl FnMut(Seq, &Record) -> bool,
+) -> Result<Replayed, StoreError> {
+    replay_until(log, index, Seq::MAX, keep)
+}
+
+/// [`replay`] of the events up to `last` (inclusive); later records are not
+/// read, so damage past `last` does not matter.
+pub fn replay_until(
+    log: &EventLog,
+    index: &Index,
+    last: Seq,
     mut keep: impl FnMut(Seq, &Record) -> bool,
 ) -> Result<Replayed, StoreError> {
     let mut events = 0;
-    for item in log.read_from(0) {
+    for item in log.read_range(0, last) {
         let (seq, record) = item?;
         if !keep(seq, &record) {
             break;
