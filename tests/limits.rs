@@ -153,8 +153,10 @@ async fn unauthenticated_requests_are_paced_while_associated_ones_pass() {
     let overloaded = statuses.iter().filter(|s| **s == 503).count();
     let refused = statuses.iter().filter(|s| **s == 403).count();
     assert_eq!(overloaded + refused, 40, "{statuses:?}");
-    assert!(overloaded >= 20, "{statuses:?}");
-    assert!(metric(&server.metrics().await, "homecmp_tarpitted_total") >= 30.0);
+    // 5 a second with 300 ms of patience: a burst, one or two waiting their
+    // turn, and an immediate 503 for the rest (a turn too far is not waited for).
+    assert!(overloaded >= 30, "{statuses:?}");
+    assert!(metric(&server.metrics().await, "homecmp_tarpitted_total") >= 1.0);
 }
 
 #[tokio::test]

@@ -125,7 +125,7 @@ pub async fn serve(
             continue;
         };
         if let Some(pace) = &app.limits.handshakes
-            && pace.check().is_err()
+            && pace.reserve(Duration::ZERO).is_none()
         {
             m.refused_handshake("handshake_rate");
             incoming.ignore();

@@ -67,12 +67,11 @@ pub async fn serve(
         tracker.spawn(async move {
             let _slots = (slot, address_slot);
             let handshake_limit = app.config.limits.header_read_timeout;
-            if let Some(pace) = &app.limits.handshakes
-                && tokio::time::timeout(handshake_limit, pace.until_ready())
-                    .await
-                    .is_err()
-            {
-                return app.metrics.refused_connection("handshake_rate");
+            if let Some(pace) = &app.limits.handshakes {
+                match pace.reserve(handshake_limit) {
+                    Some(wait) => tokio::time::sleep(wait).await,
+                    None => return app.metrics.refused_connection("handshake_rate"),
+                }
             }
             let stream = match tokio::time::timeout(handshake_limit, tls.accept(stream)).await {
                 Ok(Ok(stream)) => stream,

@@ -128,6 +128,60 @@ impl<K: Hash + Eq + Clone> KeyedRate<K> {
     }
 }
 
+/// A global pace (a leaky bucket run as a queue): each caller reserves the
+/// next free turn and sleeps once until it comes. Unlike polling a token
+/// bucket, a thousand waiters cost a thousand timers, not a thousand
+/// wake-ups per token.
+#[derive(Debug)]
+pub struct Pace {
+    interval_ns: u64,
+    /// Turns that may be taken at once after a quiet spell.
+    burst_ns: u64,
+    /// Nanoseconds since `start` of the next free turn.
+    next_ns: AtomicU64,
+    start: Instant,
+}
+
+impl Pace {
+    /// `per_second` turns a second, bursts of `per_second / 10` (at least
+    /// one); `None` when 0 (no pace).
+    pub fn per_second(per_second: u32) -> Option<Self> {
+        (per_second > 0).then(|| {
+            let interval_ns = 1_000_000_000 / u64::from(per_second);
+            Self {
+                interval_ns,
+                burst_ns: interval_ns * u64::from((per_second / 10).max(1)),
+                next_ns: AtomicU64::new(0),
+                start: Instant::now(),
+            }
+        })
+    }
+
+    /// Reserves a turn and says how long to wait for it; `None` (and no
+    /// turn taken) when it is further away than `max_wait`.
+    pub fn reserve(&self, max_wait: Duration) -> Option<Duration> {
+        let now = self.start.elapsed().as_nanos() as u64;
+        let max_wait = max_wait.as_nanos() as u64;
+        let mut next = self.next_ns.load(Ordering::Acquire);
+        loop {
+            let slot = next.max(now.saturating_sub(self.burst_ns));
+            let wait = slot.saturating_sub(now);
+            if wait > max_wait {
+                return None;
+            }
+            match self.next_ns.compare_exchange_weak(
+                next,
+                slot + self.interval_ns,
+                Ordering::AcqRel,
+                Ordering::Acquire,
+            ) {
+                Ok(_) => return Some(Duration::from_nanos(wait)),
+                Err(actual) => next = actual,
+            }
+        }
+    }
+}
+
 /// Open connections per source address, capped. Memory is bounded by the
 /// global connection cap: an address is only here while it has one open.
 #[derive(Debug)]
@@ -210,6 +264,18 @@ mod tests {
             Verdict::Overflow | Verdict::Limited(_)
         ));
         assert!(rate.len() <= 3);
+    }
+
+    #[test]
+    fn pace_queues_turns_and_refuses_beyond_the_longest_wait() {
+        let pace = Pace::per_second(10).unwrap();
+        // Burst of one turn, then one every 100 ms.
+        assert_eq!(pace.reserve(Duration::ZERO), Some(Duration::ZERO));
+        let second = pace.reserve(Duration::from_secs(1)).unwrap();
+        let third = pace.reserve(Duration::from_secs(1)).unwrap();
+        assert!(third > second && third - second >= Duration::from_millis(99));
+        assert_eq!(pace.reserve(Duration::from_millis(50)), None);
+        assert!(Pace::per_second(0).is_none());
     }
 
     #[test]

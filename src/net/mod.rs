@@ -70,9 +70,9 @@ pub struct Limiters {
     /// Keyed by the association's sequence number: unique, and no allocation.
     pub requests_per_clientid: limits::KeyedRate<crate::store::Seq>,
     /// All requests without an association together (the tarpit's pace).
-    pub unauthenticated: Option<governor::DefaultDirectRateLimiter>,
+    pub unauthenticated: Option<limits::Pace>,
     /// All new TLS and QUIC handshakes together.
-    pub handshakes: Option<governor::DefaultDirectRateLimiter>,
+    pub handshakes: Option<limits::Pace>,
 }
 
 impl Limiters {
@@ -96,10 +96,8 @@ impl Limiters {
                 l.requests_per_clientid_per_sec,
                 l.limiter_max_keys,
             ),
-            unauthenticated: NonZeroU32::new(l.unauthenticated_per_sec)
-                .map(|rate| RateLimiter::direct(Quota::per_second(rate))),
-            handshakes: NonZeroU32::new(l.handshakes_per_sec)
-                .map(|rate| RateLimiter::direct(Quota::per_second(rate))),
+            unauthenticated: limits::Pace::per_second(l.unauthenticated_per_sec),
+            handshakes: limits::Pace::per_second(l.handshakes_per_sec),
         }
     }
 
@@ -119,13 +117,14 @@ impl App {
         let Some(pace) = &self.limits.unauthenticated else {
             return Ok(());
         };
-        if pace.check().is_ok() {
-            return Ok(());
+        let wait = pace
+            .reserve(self.config.limits.tarpit_max)
+            .ok_or(Refusal::Overloaded)?;
+        if !wait.is_zero() {
+            self.metrics.tarpitted.inc();
+            tokio::time::sleep(wait).await;
         }
-        self.metrics.tarpitted.inc();
-        tokio::time::timeout(self.config.limits.tarpit_max, pace.until_ready())
-            .await
-            .map_err(|_| Refusal::Overloaded)
+        Ok(())
     }
 
     /// Whether a request without an association should be shed now.
