@@ -66,8 +66,9 @@ pub struct Limits {
     /// Keys each per-address or per-clientid limiter may hold.
     pub limiter_max_keys: usize,
     /// Requests without an association answered per second, all sources
-    /// together; beyond it they wait (a tarpit) up to `tarpit_max`, then
-    /// get 503. Associated clients never wait. 0: off.
+    /// together; beyond it each waits for its turn (a tarpit), or gets 503
+    /// at once when its turn is more than `tarpit_max` away. Associated
+    /// clients never wait. 0: off.
     pub unauthenticated_per_sec: u32,
     pub tarpit_max: Duration,
     /// New TLS and QUIC handshakes per second, all sources together: past it
