@@ -2,8 +2,9 @@
 """Two attacks the load generator does not make, for scripts/attack-matrix.
 
   slowloris HOST PORT CA CONNECTIONS SECONDS
-      opens up to CONNECTIONS TLS connections from 127.4.x.y and keeps each
-      alive by sending one header byte a second, never finishing the head.
+      holds up to CONNECTIONS TLS connections from 127.4.x.y, each sending
+      one header byte a second and never finishing the head; connections
+      the server closes are opened again.
   subscriber-flood HOST PORT CA ADMIN TOKEN SECONDS
       binds 127.1.250.1 to one MSISDN and creates associations from it (a new
       clientid per request) as fast as one connection allows.
@@ -29,33 +30,36 @@ def slowloris(host, port, ca, connections, seconds):
     loopback(host)
     context = ssl.create_default_context(cafile=ca)
     context.check_hostname = False
-    held, refused = [], 0
+    held, opened, refused, peak = [], 0, 0, 0
     deadline = time.time() + seconds
-    for i in range(connections):
-        if time.time() > deadline:
-            break
-        source = f"127.4.{(i // 250) % 250}.{i % 250 + 1}"
-        try:
-            raw = socket.create_connection((host, port), timeout=5, source_address=(source, 0))
-            conn = context.wrap_socket(raw, server_hostname="localhost")
-            conn.sendall(b"GET /mc/v1/resolve?code=2001000001x HTTP/1.1\r\nHost: x\r\n")
-            held.append(conn)
-        except OSError:
-            refused += 1
-    opened = len(held)
     while time.time() < deadline:
+        tick = time.time()
+        # Keep every held connection alive with one more header byte.
         alive = []
         for conn in held:
             try:
                 conn.sendall(b"X")
                 alive.append(conn)
             except OSError:
-                pass
+                conn.close()
         held = alive
-        time.sleep(1)
+        # Refill up to CONNECTIONS (the server closes heads that take too
+        # long), spending at most 0.9 s of each second on it.
+        while len(held) < connections and time.time() < min(tick + 0.9, deadline):
+            source = f"127.4.{(opened // 250) % 250}.{opened % 250 + 1}"
+            opened += 1
+            try:
+                raw = socket.create_connection((host, port), timeout=5, source_address=(source, 0))
+                conn = context.wrap_socket(raw, server_hostname="localhost")
+                conn.sendall(b"GET /mc/v1/resolve?code=2001000001x HTTP/1.1\r\nHost: x\r\n")
+                held.append(conn)
+            except OSError:
+                refused += 1
+        peak = max(peak, len(held))
+        time.sleep(max(0.0, tick + 1 - time.time()))
     for conn in held:
         conn.close()
-    print(json.dumps({"opened": opened, "refused": refused, "still_open_at_end": len(held)}))
+    print(json.dumps({"opened": opened, "refused": refused, "peak_held": peak}))
 
 
 def subscriber_flood(host, port, ca, admin, token, seconds):
