@@ -76,6 +76,11 @@ pub struct Limits {
     /// and a QUIC Initial is dropped (the client retransmits). Established
     /// connections are not affected. 0: off.
     pub handshakes_per_sec: u32,
+    /// Overload: when the runtime polls due tasks later than this on
+    /// average, new TLS and QUIC handshakes are refused before any crypto
+    /// and requests without an association get 503 OVERLOADED. Established
+    /// connections and associated clients are served. Zero: off.
+    pub overload_lag: Duration,
 }
 
 /// `server.http3` switches it on; the `[http3]` section tunes it.
@@ -91,6 +96,8 @@ pub struct Http3Config {
     pub connections_per_address_per_sec: u32,
     /// Lifetime of NEW_TOKEN validation tokens given to clients.
     pub validation_token_lifetime_secs: u64,
+    /// Threads of QUIC's own runtime, apart from the one serving TCP.
+    pub worker_threads: usize,
 }
 
 /// `http3.retry`: when QUIC Retry validates a client address.
@@ -128,6 +135,7 @@ struct RawHttp3 {
     max_handshakes: usize,
     connections_per_address_per_sec: u32,
     validation_token_lifetime_secs: u64,
+    worker_threads: usize,
 }
 
 impl Default for RawHttp3 {
@@ -138,6 +146,7 @@ impl Default for RawHttp3 {
             max_handshakes: 1024,
             connections_per_address_per_sec: 20,
             validation_token_lifetime_secs: 14 * 24 * 3600,
+            worker_threads: 1,
         }
     }
 }
@@ -244,6 +253,7 @@ struct RawLimits {
     unauthenticated_per_sec: u32,
     tarpit_max_ms: u64,
     handshakes_per_sec: u32,
+    overload_lag_ms: u64,
 }
 
 impl Default for RawLimits {
@@ -265,6 +275,7 @@ impl Default for RawLimits {
             unauthenticated_per_sec: 10_000,
             tarpit_max_ms: 2_000,
             handshakes_per_sec: 0,
+            overload_lag_ms: 0,
         }
     }
 }
@@ -418,6 +429,7 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
         ("limits.max_uri_bytes", limits.max_uri_bytes as u64),
         ("limits.limiter_max_keys", limits.limiter_max_keys as u64),
         ("http3.max_handshakes", raw.http3.max_handshakes as u64),
+        ("http3.worker_threads", raw.http3.worker_threads as u64),
     ] {
         if value == 0 {
             errors.push(format!("{key}: must be greater than 0"));
@@ -433,6 +445,7 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
             max_handshakes: raw.http3.max_handshakes,
             connections_per_address_per_sec: raw.http3.connections_per_address_per_sec,
             validation_token_lifetime_secs: raw.http3.validation_token_lifetime_secs,
+            worker_threads: raw.http3.worker_threads,
         },
         tls,
         policy: Policy {
@@ -471,6 +484,7 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
             unauthenticated_per_sec: limits.unauthenticated_per_sec,
             tarpit_max: Duration::from_millis(limits.tarpit_max_ms),
             handshakes_per_sec: limits.handshakes_per_sec,
+            overload_lag: Duration::from_millis(limits.overload_lag_ms),
         },
         log_json: raw.log.json,
     }

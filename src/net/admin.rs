@@ -115,6 +115,10 @@ async fn metrics(Ready(app): Ready) -> Response {
     m.index_codes.set(counts.codes as i64);
     m.sessions.set(app.sessions.len() as i64);
     m.last_seq.set(app.store.log().last_seq());
+    if let Some(lag) = &app.limits.overload {
+        m.runtime_lag.set(lag.average().as_secs_f64());
+        m.overloaded.set(i64::from(lag.overloaded()));
+    }
     (
         [(
             http::header::CONTENT_TYPE,

@@ -37,6 +37,8 @@ use crate::config::{Http3Config, RetryPolicy};
 pub enum H3Error {
     #[error("QUIC needs TLS 1.3 with an initial cipher suite: {0}")]
     Crypto(String),
+    #[error("cannot start the QUIC runtime: {0}")]
+    Runtime(std::io::Error),
     #[error("cannot open the QUIC endpoint: {0}")]
     Endpoint(std::io::Error),
 }
@@ -93,6 +95,36 @@ pub fn endpoint(
     .map_err(H3Error::Endpoint)
 }
 
+/// The runtime QUIC runs on, apart from the TCP listener's, so that a flood
+/// of QUIC work (Initials, handshakes, requests) queues behind itself and
+/// not in front of HTTPS requests. Shut down in the background when
+/// dropped, which may happen inside the main runtime.
+#[derive(Debug)]
+pub struct QuicRuntime(Option<tokio::runtime::Runtime>);
+
+impl QuicRuntime {
+    pub fn new(threads: usize) -> std::io::Result<Self> {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .thread_name("homecmp-quic")
+            .enable_all()
+            .build()
+            .map(|runtime| Self(Some(runtime)))
+    }
+
+    pub fn handle(&self) -> &tokio::runtime::Handle {
+        self.0.as_ref().expect("present until dropped").handle()
+    }
+}
+
+impl Drop for QuicRuntime {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 /// Accepts QUIC connections until `shutdown`, then closes the endpoint
 /// after in-flight requests had `limits.shutdown_grace` to finish.
 pub async fn serve(
@@ -112,6 +144,11 @@ pub async fn serve(
             },
         };
         let m = &app.metrics;
+        if app.overloaded() {
+            m.refused_handshake("overloaded");
+            incoming.ignore();
+            continue;
+        }
         let peer = incoming.remote_address().ip();
         let verdict = app.limits.quic_connections.check(&peer);
         if app.rate_verdict("quic_connections", verdict).is_err() {

@@ -45,8 +45,13 @@ pub async fn serve(
                 }
             },
         };
-        // Cheapest first: the address's accept rate, its open connections,
-        // then the global cap. A refused socket is closed before any TLS.
+        // Cheapest first: overload, the address's accept rate, its open
+        // connections, then the global cap. A refused socket is closed
+        // before any TLS.
+        if app.overloaded() {
+            app.metrics.refused_connection("overloaded");
+            continue;
+        }
         let verdict = app.limits.tcp_accepts.check(&peer.ip());
         if app.rate_verdict("tcp_accepts", verdict).is_err() {
             app.metrics.refused_connection("address_rate");
@@ -72,6 +77,10 @@ pub async fn serve(
                     Some(wait) => tokio::time::sleep(wait).await,
                     None => return app.metrics.refused_connection("handshake_rate"),
                 }
+            }
+            // Overload may have begun while this socket waited its turn.
+            if app.overloaded() {
+                return app.metrics.refused_connection("overloaded");
             }
             let stream = match tokio::time::timeout(handshake_limit, tls.accept(stream)).await {
                 Ok(Ok(stream)) => stream,

@@ -182,6 +182,59 @@ impl Pace {
     }
 }
 
+/// The server's saturation signal: how late the runtime polls a task that is
+/// due. A probe sleeps [`Lag::PERIOD`] at a time and folds how late it woke
+/// into a moving average; above the threshold the server is overloaded.
+/// Work that is waiting to run (handshakes, requests of every connection)
+/// shows up here whatever its cause, CPU or lock, ours or a neighbour's.
+#[derive(Debug)]
+pub struct Lag {
+    threshold_us: u64,
+    /// Moving average of the probe's lateness, microseconds.
+    average_us: AtomicU64,
+}
+
+impl Lag {
+    pub const PERIOD: Duration = Duration::from_millis(10);
+
+    /// `None` when `threshold` is zero (no overload detection).
+    pub fn new(threshold: Duration) -> Option<Self> {
+        (!threshold.is_zero()).then(|| Self {
+            threshold_us: threshold.as_micros() as u64,
+            average_us: AtomicU64::new(0),
+        })
+    }
+
+    /// Folds one lateness sample in, weight 1/4: a few periods of lag
+    /// (tens of milliseconds) tip it, one late wake-up does not.
+    pub fn record(&self, late: Duration) {
+        let late = late.as_micros() as u64;
+        let average = self.average_us.load(Ordering::Relaxed);
+        self.average_us
+            .store(average - average / 4 + late / 4, Ordering::Relaxed);
+    }
+
+    pub fn average(&self) -> Duration {
+        Duration::from_micros(self.average_us.load(Ordering::Relaxed))
+    }
+
+    pub fn overloaded(&self) -> bool {
+        self.average_us.load(Ordering::Relaxed) > self.threshold_us
+    }
+
+    /// Measures until `shutdown`: the one writer of the average.
+    pub async fn probe(&self, shutdown: tokio_util::sync::CancellationToken) {
+        loop {
+            let due = tokio::time::Instant::now() + Self::PERIOD;
+            tokio::select! {
+                _ = shutdown.cancelled() => return,
+                _ = tokio::time::sleep_until(due) => {}
+            }
+            self.record(tokio::time::Instant::now().saturating_duration_since(due));
+        }
+    }
+}
+
 /// Open connections per source address, capped. Memory is bounded by the
 /// global connection cap: an address is only here while it has one open.
 #[derive(Debug)]
@@ -276,6 +329,22 @@ mod tests {
         assert!(third > second && third - second >= Duration::from_millis(99));
         assert_eq!(pace.reserve(Duration::from_millis(50)), None);
         assert!(Pace::per_second(0).is_none());
+    }
+
+    #[test]
+    fn lag_tips_into_overload_after_a_few_late_periods_and_recovers() {
+        let lag = Lag::new(Duration::from_millis(20)).unwrap();
+        lag.record(Duration::from_millis(60));
+        assert!(!lag.overloaded(), "one late wake-up is not overload");
+        for _ in 0..4 {
+            lag.record(Duration::from_millis(60));
+        }
+        assert!(lag.overloaded(), "average {:?}", lag.average());
+        for _ in 0..12 {
+            lag.record(Duration::from_millis(1));
+        }
+        assert!(!lag.overloaded(), "average {:?}", lag.average());
+        assert!(Lag::new(Duration::ZERO).is_none());
     }
 
     #[test]

@@ -71,6 +71,10 @@ pub struct Metrics {
     pub index_codes: Gauge,
     pub sessions: Gauge,
     pub last_seq: Gauge<u64, AtomicU64>,
+    pub runtime_lag: Gauge<f64, AtomicU64>,
+    pub overloaded: Gauge,
+    /// Requests without an association answered 503 because of load.
+    pub shed: Counter,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -197,6 +201,24 @@ impl Metrics {
             "Sequence number of the newest durable event",
             last_seq.clone(),
         );
+        let runtime_lag = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "runtime_lag_seconds",
+            "Moving average of how late the runtime polls a due task (limits.overload_lag_ms)",
+            runtime_lag.clone(),
+        );
+        let overloaded = Gauge::default();
+        registry.register(
+            "overloaded",
+            "1 while the runtime lag is over limits.overload_lag_ms: new handshakes are refused",
+            overloaded.clone(),
+        );
+        let shed = Counter::default();
+        registry.register(
+            "shed",
+            "Requests without an association answered 503 OVERLOADED because of load",
+            shed.clone(),
+        );
         Self {
             registry,
             requests,
@@ -217,6 +239,9 @@ impl Metrics {
             index_codes,
             sessions,
             last_seq,
+            runtime_lag,
+            overloaded,
+            shed,
         }
     }
 

@@ -73,6 +73,8 @@ pub struct Limiters {
     pub unauthenticated: Option<limits::Pace>,
     /// All new TLS and QUIC handshakes together.
     pub handshakes: Option<limits::Pace>,
+    /// The saturation signal (`overload_lag`).
+    pub overload: Option<limits::Lag>,
 }
 
 impl Limiters {
@@ -98,6 +100,7 @@ impl Limiters {
             ),
             unauthenticated: limits::Pace::per_second(l.unauthenticated_per_sec),
             handshakes: limits::Pace::per_second(l.handshakes_per_sec),
+            overload: limits::Lag::new(l.overload_lag),
         }
     }
 
@@ -127,10 +130,21 @@ impl App {
         Ok(())
     }
 
-    /// Whether a request without an association should be shed now.
+    /// Whether a request without an association should be shed now: too
+    /// many connections open, or the runtime is overloaded.
     pub fn shedding(&self) -> bool {
         self.open_connections.load(Ordering::Relaxed)
             > self.config.limits.shed_unauthenticated_above
+            || self.overloaded()
+    }
+
+    /// Whether the runtime lags past `limits.overload_lag`: new handshakes
+    /// are refused until it catches up.
+    pub fn overloaded(&self) -> bool {
+        self.limits
+            .overload
+            .as_ref()
+            .is_some_and(|lag| lag.overloaded())
     }
 
     /// Counts a keyed limit's verdict; `Err(RateLimited)` when over it.
@@ -197,6 +211,8 @@ pub struct Running {
     pub app: Arc<App>,
     shutdown: CancellationToken,
     tracker: TaskTracker,
+    /// Dropped last: QUIC's tasks are tracked by `tracker`.
+    _quic_runtime: Option<h3::QuicRuntime>,
 }
 
 impl Running {
@@ -278,7 +294,15 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
                 addr: public_addr,
                 source,
             })?;
-            Some(h3::endpoint(socket, quic_config)?)
+            let runtime =
+                h3::QuicRuntime::new(config.http3.worker_threads).map_err(h3::H3Error::Runtime)?;
+            // quinn spawns its drivers on, and registers the socket with,
+            // the runtime entered here.
+            let endpoint = {
+                let _entered = runtime.handle().enter();
+                h3::endpoint(socket, quic_config)?
+            };
+            Some((runtime, endpoint))
         }
         None => None,
     };
@@ -332,14 +356,19 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     admin_state.app.set(app.clone()).expect("set once");
 
     tracker.spawn(housekeeping(app.clone(), shutdown.clone()));
-    if let Some(endpoint) = quic {
-        tracker.spawn(h3::serve(
-            app.clone(),
-            endpoint,
-            shutdown.clone(),
-            tracker.clone(),
-        ));
+    if app.limits.overload.is_some() {
+        let (app, shutdown) = (app.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            if let Some(lag) = &app.limits.overload {
+                lag.probe(shutdown).await;
+            }
+        });
     }
+    let quic_runtime = quic.map(|(runtime, endpoint)| {
+        let serve = h3::serve(app.clone(), endpoint, shutdown.clone(), tracker.clone());
+        tracker.spawn_on(serve, runtime.handle());
+        runtime
+    });
     tracker.spawn(https::serve(
         app.clone(),
         public_listener,
@@ -355,6 +384,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         app,
         shutdown,
         tracker,
+        _quic_runtime: quic_runtime,
     })
 }
 

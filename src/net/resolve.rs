@@ -177,7 +177,10 @@ async fn resolve(
             let verdict = app.limits.requests_per_clientid.check(&a.seq);
             app.rate_verdict("requests_per_clientid", verdict)?;
         }
-        None if app.shedding() => return Err(Refusal::Overloaded),
+        None if app.shedding() => {
+            app.metrics.shed.inc();
+            return Err(Refusal::Overloaded);
+        }
         None if app.config.policy.mode != crate::core::AuthMode::Off => app.tarpit().await?,
         None => {}
     }
