@@ -238,3 +238,76 @@ async fn a_slow_request_head_is_cut_off_at_the_header_read_timeout() {
         started.elapsed()
     );
 }
+
+/// Blocks the (current-thread) runtime `block` at a time until `stop`: the
+/// server's work waits, as it does when the machine is saturated.
+fn hog_runtime(
+    block: std::time::Duration,
+) -> (
+    std::sync::Arc<std::sync::atomic::AtomicBool>,
+    tokio::task::JoinHandle<()>,
+) {
+    use std::sync::atomic::Ordering;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let hog = tokio::spawn(async move {
+        while !flag.load(Ordering::Relaxed) {
+            std::thread::sleep(block);
+            tokio::task::yield_now().await;
+        }
+    });
+    (stop, hog)
+}
+
+async fn wait_for_gauge(server: &TestServer, name: &str, value: f64) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while metric(&server.metrics().await, name) != value {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} never became {value}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_lagging_runtime_refuses_new_connections_and_sheds_unassociated_requests_only() {
+    use std::sync::atomic::Ordering;
+    let server = TestServer::ready("[limits]\noverload_lag_ms = 20").await;
+    // Both clients hold a connection from before the overload.
+    let subscriber = server.client("http2", "127.1.0.1");
+    let query = format!("code={CODE}&clientid=lag-app");
+    let (status, body) = server.resolve(&subscriber, &query).await;
+    assert_eq!((status, &body["association"]), (200, &"created".into()));
+    let stranger = server.client("http2", "127.2.0.1");
+    let stranger_query = format!("code={CODE}&clientid=nobody");
+    assert_eq!(server.resolve(&stranger, &stranger_query).await.0, 403);
+    assert_eq!(metric(&server.metrics().await, "homecmp_overloaded"), 0.0);
+
+    let (stop, hog) = hog_runtime(std::time::Duration::from_millis(60));
+    wait_for_gauge(&server, "homecmp_overloaded", 1.0).await;
+    let (status, body) = server.resolve(&subscriber, &query).await;
+    assert_eq!(status, 200, "associated clients are served: {body}");
+    let (status, body) = server.resolve(&stranger, &stranger_query).await;
+    assert_eq!((status, &body["code"]), (503, &"OVERLOADED".into()));
+    let newcomer = server.client("http1", "127.2.0.2");
+    assert!(
+        newcomer.get(server.url(&query)).send().await.is_err(),
+        "a new connection is closed before TLS"
+    );
+    let metrics = server.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            "homecmp_connections_refused_total{reason=\"overloaded\"}"
+        ) >= 1.0
+    );
+    assert!(metric(&metrics, "homecmp_shed_total") >= 1.0);
+    assert!(metric(&metrics, "homecmp_runtime_lag_seconds") > 0.020);
+
+    stop.store(true, Ordering::Relaxed);
+    hog.await.unwrap();
+    wait_for_gauge(&server, "homecmp_overloaded", 0.0).await;
+    let newcomer = server.client("http1", "127.2.0.3");
+    assert_eq!(server.resolve(&newcomer, &query).await.0, 200);
+}
