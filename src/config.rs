@@ -77,9 +77,9 @@ pub struct Limits {
     /// connections are not affected. 0: off.
     pub handshakes_per_sec: u32,
     /// Overload: when the runtime polls due tasks later than this on
-    /// average, new TLS and QUIC handshakes are refused before any crypto
-    /// and requests without an association get 503 OVERLOADED. Established
-    /// connections and associated clients are served. Zero: off.
+    /// average, no new connections are taken on (the TCP accept loop
+    /// pauses, QUIC Initials are dropped) until it catches up; established
+    /// connections are served throughout. Zero: off.
     pub overload_lag: Duration,
 }
 

@@ -22,6 +22,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::App;
+use super::metrics::RuntimeLabel;
 use super::resolve::ErrorBody;
 use crate::wire::{ClientId, IndirectCode, Msisdn};
 
@@ -115,9 +116,19 @@ async fn metrics(Ready(app): Ready) -> Response {
     m.index_codes.set(counts.codes as i64);
     m.sessions.set(app.sessions.len() as i64);
     m.last_seq.set(app.store.log().last_seq());
-    if let Some(lag) = &app.limits.overload {
-        m.runtime_lag.set(lag.average().as_secs_f64());
-        m.overloaded.set(i64::from(lag.overloaded()));
+    for (runtime, lag) in [
+        ("main", &app.limits.main_lag),
+        ("quic", &app.limits.quic_lag),
+    ] {
+        if let Some(lag) = lag {
+            let label = RuntimeLabel { runtime };
+            m.runtime_lag
+                .get_or_create(&label)
+                .set(lag.average().as_secs_f64());
+            m.overloaded
+                .get_or_create(&label)
+                .set(i64::from(lag.overloaded()));
+        }
     }
     (
         [(

@@ -144,7 +144,7 @@ pub async fn serve(
             },
         };
         let m = &app.metrics;
-        if app.overloaded() {
+        if app.quic_overloaded() {
             m.refused_handshake("overloaded");
             incoming.ignore();
             continue;

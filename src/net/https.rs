@@ -32,9 +32,23 @@ pub async fn serve(
     tracker: TaskTracker,
 ) {
     let slots = Arc::new(Semaphore::new(app.config.limits.max_connections));
+    let lag_watched = app.limits.main_lag.is_some();
     loop {
+        // Overloaded: stop accepting. New connections wait in the kernel's
+        // backlog (past it, their SYNs are dropped and clients back off),
+        // which costs less than accepting and closing them: a refused
+        // client reconnects at once. Established connections are served.
+        if app.tcp_overloaded() {
+            app.metrics.accept_pauses.inc();
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(super::limits::Lag::PERIOD) => continue,
+            }
+        }
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
+            // Look at the load again now and then (accept is cancel-safe).
+            _ = tokio::time::sleep(super::limits::Lag::PERIOD), if lag_watched => continue,
             accepted = listener.accept() => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
@@ -45,13 +59,8 @@ pub async fn serve(
                 }
             },
         };
-        // Cheapest first: overload, the address's accept rate, its open
-        // connections, then the global cap. A refused socket is closed
-        // before any TLS.
-        if app.overloaded() {
-            app.metrics.refused_connection("overloaded");
-            continue;
-        }
+        // Cheapest first: the address's accept rate, its open connections,
+        // then the global cap. A refused socket is closed before any TLS.
         let verdict = app.limits.tcp_accepts.check(&peer.ip());
         if app.rate_verdict("tcp_accepts", verdict).is_err() {
             app.metrics.refused_connection("address_rate");
@@ -77,10 +86,6 @@ pub async fn serve(
                     Some(wait) => tokio::time::sleep(wait).await,
                     None => return app.metrics.refused_connection("handshake_rate"),
                 }
-            }
-            // Overload may have begun while this socket waited its turn.
-            if app.overloaded() {
-                return app.metrics.refused_connection("overloaded");
             }
             let stream = match tokio::time::timeout(handshake_limit, tls.accept(stream)).await {
                 Ok(Ok(stream)) => stream,

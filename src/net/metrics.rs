@@ -71,10 +71,18 @@ pub struct Metrics {
     pub index_codes: Gauge,
     pub sessions: Gauge,
     pub last_seq: Gauge<u64, AtomicU64>,
-    pub runtime_lag: Gauge<f64, AtomicU64>,
-    pub overloaded: Gauge,
+    pub runtime_lag: Family<RuntimeLabel, Gauge<f64, AtomicU64>>,
+    pub overloaded: Family<RuntimeLabel, Gauge>,
     /// Requests without an association answered 503 because of load.
     pub shed: Counter,
+    /// Accept-loop pauses of one lag period while overloaded.
+    pub accept_pauses: Counter,
+}
+
+/// `main` (TCP listener and admin API) or `quic`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RuntimeLabel {
+    pub runtime: &'static str,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
@@ -201,23 +209,29 @@ impl Metrics {
             "Sequence number of the newest durable event",
             last_seq.clone(),
         );
-        let runtime_lag = Gauge::<f64, AtomicU64>::default();
+        let runtime_lag = Family::<RuntimeLabel, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "runtime_lag_seconds",
-            "Moving average of how late the runtime polls a due task (limits.overload_lag_ms)",
+            "Moving average of how late a runtime (main: TCP and admin; quic) polls a due task",
             runtime_lag.clone(),
         );
-        let overloaded = Gauge::default();
+        let overloaded = Family::<RuntimeLabel, Gauge>::default();
         registry.register(
             "overloaded",
-            "1 while the runtime lag is over limits.overload_lag_ms: new handshakes are refused",
+            "1 while a runtime's lag is over limits.overload_lag_ms: its listener takes on no new connections",
             overloaded.clone(),
         );
         let shed = Counter::default();
         registry.register(
             "shed",
-            "Requests without an association answered 503 OVERLOADED because of load",
+            "Requests without an association answered 503 OVERLOADED: too many connections open",
             shed.clone(),
+        );
+        let accept_pauses = Counter::default();
+        registry.register(
+            "accept_pauses",
+            "Pauses of the TCP accept loop, one lag probe period each, while overloaded",
+            accept_pauses.clone(),
         );
         Self {
             registry,
@@ -242,6 +256,7 @@ impl Metrics {
             runtime_lag,
             overloaded,
             shed,
+            accept_pauses,
         }
     }
 

@@ -73,8 +73,10 @@ pub struct Limiters {
     pub unauthenticated: Option<limits::Pace>,
     /// All new TLS and QUIC handshakes together.
     pub handshakes: Option<limits::Pace>,
-    /// The saturation signal (`overload_lag`).
-    pub overload: Option<limits::Lag>,
+    /// The saturation signal (`overload_lag`) of the main runtime (TCP,
+    /// admin) and of QUIC's: each listener watches its own.
+    pub main_lag: Option<limits::Lag>,
+    pub quic_lag: Option<limits::Lag>,
 }
 
 impl Limiters {
@@ -100,7 +102,8 @@ impl Limiters {
             ),
             unauthenticated: limits::Pace::per_second(l.unauthenticated_per_sec),
             handshakes: limits::Pace::per_second(l.handshakes_per_sec),
-            overload: limits::Lag::new(l.overload_lag),
+            main_lag: limits::Lag::new(l.overload_lag),
+            quic_lag: limits::Lag::new(l.overload_lag),
         }
     }
 
@@ -130,21 +133,30 @@ impl App {
         Ok(())
     }
 
-    /// Whether a request without an association should be shed now: too
-    /// many connections open, or the runtime is overloaded.
+    /// Whether a request without an association should be shed now.
+    /// (Runtime lag does not shed: a 503 at once frees a flooding client
+    /// to send its next request, the tarpit holds it.)
     pub fn shedding(&self) -> bool {
         self.open_connections.load(Ordering::Relaxed)
             > self.config.limits.shed_unauthenticated_above
-            || self.overloaded()
     }
 
-    /// Whether the runtime lags past `limits.overload_lag`: new handshakes
-    /// are refused until it catches up.
-    pub fn overloaded(&self) -> bool {
+    /// Whether the main runtime lags past `limits.overload_lag`: no new
+    /// TCP connections are taken on until it catches up.
+    pub fn tcp_overloaded(&self) -> bool {
         self.limits
-            .overload
+            .main_lag
             .as_ref()
-            .is_some_and(|lag| lag.overloaded())
+            .is_some_and(|l| l.overloaded())
+    }
+
+    /// Whether QUIC's runtime lags past `limits.overload_lag`: Initials
+    /// are dropped until it catches up.
+    pub fn quic_overloaded(&self) -> bool {
+        self.limits
+            .quic_lag
+            .as_ref()
+            .is_some_and(|l| l.overloaded())
     }
 
     /// Counts a keyed limit's verdict; `Err(RateLimited)` when over it.
@@ -356,17 +368,19 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     admin_state.app.set(app.clone()).expect("set once");
 
     tracker.spawn(housekeeping(app.clone(), shutdown.clone()));
-    if app.limits.overload.is_some() {
+    let probe = |pick: fn(&Limiters) -> &Option<limits::Lag>| {
         let (app, shutdown) = (app.clone(), shutdown.clone());
-        tracker.spawn(async move {
-            if let Some(lag) = &app.limits.overload {
+        async move {
+            if let Some(lag) = pick(&app.limits) {
                 lag.probe(shutdown).await;
             }
-        });
-    }
+        }
+    };
+    tracker.spawn(probe(|l| &l.main_lag));
     let quic_runtime = quic.map(|(runtime, endpoint)| {
         let serve = h3::serve(app.clone(), endpoint, shutdown.clone(), tracker.clone());
         tracker.spawn_on(serve, runtime.handle());
+        tracker.spawn_on(probe(|l| &l.quic_lag), runtime.handle());
         runtime
     });
     tracker.spawn(https::serve(
