@@ -33,23 +33,22 @@ pub async fn serve(
 ) {
     let slots = Arc::new(Semaphore::new(app.config.limits.max_connections));
     let lag_watched = app.limits.main_lag.is_some();
+    let mut recheck = tokio::time::interval(super::limits::Lag::PERIOD);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         // Overloaded: stop accepting. New connections wait in the kernel's
         // backlog (past it, their SYNs are dropped and clients back off),
         // which costs less than accepting and closing them: a refused
         // client reconnects at once. Established connections are served.
-        if app.tcp_overloaded() {
+        let overloaded = app.tcp_overloaded();
+        if overloaded {
             app.metrics.accept_pauses.inc();
-            tokio::select! {
-                _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(super::limits::Lag::PERIOD) => continue,
-            }
         }
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
-            // Look at the load again now and then (accept is cancel-safe).
-            _ = tokio::time::sleep(super::limits::Lag::PERIOD), if lag_watched => continue,
-            accepted = listener.accept() => match accepted {
+            // Look at the load again each lag period (accept is cancel-safe).
+            _ = recheck.tick(), if lag_watched => continue,
+            accepted = listener.accept(), if !overloaded => match accepted {
                 Ok(pair) => pair,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.

@@ -222,8 +222,9 @@ impl Lag {
         self.average_us.load(Ordering::Relaxed) > self.threshold_us
     }
 
-    /// Measures until `shutdown`: the one writer of the average.
-    pub async fn probe(&self, shutdown: tokio_util::sync::CancellationToken) {
+    /// Measures until `shutdown`, on the runtime it is spawned on: the one
+    /// writer of the average.
+    pub async fn probe(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
         loop {
             let due = tokio::time::Instant::now() + Self::PERIOD;
             tokio::select! {

@@ -75,8 +75,8 @@ pub struct Limiters {
     pub handshakes: Option<limits::Pace>,
     /// The saturation signal (`overload_lag`) of the main runtime (TCP,
     /// admin) and of QUIC's: each listener watches its own.
-    pub main_lag: Option<limits::Lag>,
-    pub quic_lag: Option<limits::Lag>,
+    pub main_lag: Option<Arc<limits::Lag>>,
+    pub quic_lag: Option<Arc<limits::Lag>>,
 }
 
 impl Limiters {
@@ -102,8 +102,8 @@ impl Limiters {
             ),
             unauthenticated: limits::Pace::per_second(l.unauthenticated_per_sec),
             handshakes: limits::Pace::per_second(l.handshakes_per_sec),
-            main_lag: limits::Lag::new(l.overload_lag),
-            quic_lag: limits::Lag::new(l.overload_lag),
+            main_lag: limits::Lag::new(l.overload_lag).map(Arc::new),
+            quic_lag: limits::Lag::new(l.overload_lag).map(Arc::new),
         }
     }
 
@@ -368,19 +368,15 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     admin_state.app.set(app.clone()).expect("set once");
 
     tracker.spawn(housekeeping(app.clone(), shutdown.clone()));
-    let probe = |pick: fn(&Limiters) -> &Option<limits::Lag>| {
-        let (app, shutdown) = (app.clone(), shutdown.clone());
-        async move {
-            if let Some(lag) = pick(&app.limits) {
-                lag.probe(shutdown).await;
-            }
-        }
-    };
-    tracker.spawn(probe(|l| &l.main_lag));
+    if let Some(lag) = app.limits.main_lag.clone() {
+        tracker.spawn(lag.probe(shutdown.clone()));
+    }
     let quic_runtime = quic.map(|(runtime, endpoint)| {
         let serve = h3::serve(app.clone(), endpoint, shutdown.clone(), tracker.clone());
         tracker.spawn_on(serve, runtime.handle());
-        tracker.spawn_on(probe(|l| &l.quic_lag), runtime.handle());
+        if let Some(lag) = app.limits.quic_lag.clone() {
+            tracker.spawn_on(lag.probe(shutdown.clone()), runtime.handle());
+        }
         runtime
     });
     tracker.spawn(https::serve(
