@@ -146,6 +146,22 @@ async fn overload_over_http3_sheds_the_unassociated() {
 }
 
 #[tokio::test]
+async fn a_request_whose_fin_comes_late_is_answered_not_reset() {
+    // The server answers on the head; it must not drop the stream unread,
+    // which quinn turns into STOP_SENDING code 0 (a reset, to the client).
+    let server = TestServer::ready("").await;
+    let client = server.h3_client("127.2.0.1");
+    let query = format!("code={CODE}&clientid=nobody");
+    let answers = client
+        .get_with_fin_after(&path(&query), 3, Duration::from_millis(150))
+        .await
+        .expect("no request is reset");
+    for answer in &answers {
+        assert_error(answer, 403, "RETRY_ON_MNO_NETWORK");
+    }
+}
+
+#[tokio::test]
 async fn wifi_first_then_mno_over_http3() {
     let server = TestServer::ready("").await;
     let wifi = server.h3_client("127.2.9.9");

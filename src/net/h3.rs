@@ -277,7 +277,16 @@ async fn serve_connection(
                 stream.send_data(body).await?;
                 stream.finish().await
             };
-            let _ = sent.await;
+            if sent.await.is_err() {
+                return;
+            }
+            // Read the request to its end before dropping the stream: the
+            // FIN of a GET can arrive after its head, and quinn answers an
+            // unread stream with STOP_SENDING code 0, which the client sees
+            // as a reset of the request it already sent. Bounded in time;
+            // anything a client sends after its head is discarded.
+            let drained = async { while let Ok(Some(_)) = stream.recv_data().await {} };
+            let _ = tokio::time::timeout(app.config.limits.header_read_timeout, drained).await;
         });
     }
     requests.close();

@@ -81,6 +81,18 @@ impl H3Client {
         path_and_query: &str,
         n: usize,
     ) -> Result<Vec<(u16, Value)>, String> {
+        self.get_with_fin_after(path_and_query, n, std::time::Duration::ZERO)
+            .await
+    }
+
+    /// Like `get_many`, each request's FIN sent `fin_delay` after its head,
+    /// as a slow or lossy network may deliver it.
+    pub async fn get_with_fin_after(
+        &self,
+        path_and_query: &str,
+        n: usize,
+        fin_delay: std::time::Duration,
+    ) -> Result<Vec<(u16, Value)>, String> {
         let connection = self
             .endpoint
             .connect(self.server, "localhost")
@@ -94,7 +106,7 @@ impl H3Client {
         let uri = format!("https://localhost:{}{path_and_query}", self.server.port());
         let mut out = Vec::new();
         for _ in 0..n {
-            out.push(request(&mut send, &uri).await?);
+            out.push(request(&mut send, &uri, fin_delay).await?);
         }
         drop(send);
         drive.abort();
@@ -106,12 +118,14 @@ impl H3Client {
 async fn request(
     send: &mut h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
     uri: &str,
+    fin_delay: std::time::Duration,
 ) -> Result<(u16, Value), String> {
     let request = http::Request::get(uri).body(()).unwrap();
     let mut stream = send
         .send_request(request)
         .await
         .map_err(|e| e.to_string())?;
+    tokio::time::sleep(fin_delay).await;
     stream.finish().await.map_err(|e| e.to_string())?;
     let response = stream.recv_response().await.map_err(|e| e.to_string())?;
     let mut body = Vec::new();
