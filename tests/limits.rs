@@ -187,6 +187,59 @@ async fn handshake_pace_makes_new_connections_wait_or_closes_them() {
 }
 
 #[tokio::test]
+async fn a_returning_client_does_not_wait_behind_a_flood_of_new_handshakes() {
+    use std::time::{Duration, Instant};
+    let server = TestServer::with_config(
+        "[limits]\nhandshakes_per_sec = 4\nheader_read_timeout_ms = 3000\naccepts_per_address_per_sec = 0",
+    )
+    .await;
+    let query = format!("code={CODE}");
+    // Connects once and keeps the tickets the server issued.
+    let returning = server.client_per_request("127.2.9.1");
+    assert_eq!(server.resolve(&returning, &query).await.0, 401);
+
+    // 24 new clients at once: at 4 handshakes a second the queue of new
+    // handshakes is full for the whole 3 s a socket may wait.
+    let mut flood = tokio::task::JoinSet::new();
+    for i in 0..24 {
+        let client = server.client("http1", &format!("127.2.8.{}", i + 1));
+        let url = server.url(&query);
+        flood.spawn(async move { client.get(url).send().await.is_ok() });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let newcomer = server.client("http1", "127.2.9.2");
+    let url = server.url(&query);
+    let waiting = tokio::spawn(async move {
+        let started = Instant::now();
+        let served = newcomer.get(url).send().await.is_ok();
+        (served, started.elapsed())
+    });
+    let started = Instant::now();
+    assert_eq!(server.resolve(&returning, &query).await.0, 401);
+    let returned_in = started.elapsed();
+    assert!(
+        returned_in < Duration::from_secs(1),
+        "returning client waited {returned_in:?}"
+    );
+    let (served, newcomer_in) = waiting.await.unwrap();
+    assert!(
+        !served || newcomer_in > Duration::from_secs(1),
+        "a new client behind the flood waits its turn or is refused ({newcomer_in:?})"
+    );
+    let metrics = server.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "homecmp_handshake_turns_total{queue=\"returning\"}"
+        ),
+        1.0
+    );
+    assert!(metric(&metrics, "homecmp_handshake_turns_total{queue=\"new\"}") >= 26.0);
+    flood.join_all().await;
+}
+
+#[tokio::test]
 async fn a_slow_request_head_is_cut_off_at_the_header_read_timeout() {
     use rustls::pki_types::pem::PemObject;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -12,15 +12,15 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::App;
 use super::metrics::{Protocol, ProtocolLabel};
 use super::resolve::{self, ConnInfo};
+use super::{App, tls};
 
 /// Accepts until `shutdown`, then lets open connections finish their
 /// in-flight requests (hyper's graceful shutdown) under `tracker`.
@@ -80,10 +80,30 @@ pub async fn serve(
         tracker.spawn(async move {
             let _slots = (slot, address_slot);
             let handshake_limit = app.config.limits.header_read_timeout;
-            if let Some(pace) = &app.limits.handshakes {
-                match pace.reserve(handshake_limit) {
-                    Some(wait) => tokio::time::sleep(wait).await,
-                    None => return app.metrics.refused_connection("handshake_rate"),
+            if app.limits.handshakes.is_some() {
+                // A client that offers a ticket this server issued is
+                // returning: it waits in a queue of its own, so a flood of
+                // new handshakes does not hold it up. A client that sends
+                // nothing takes no turn at all.
+                let hello = match tokio::time::timeout(handshake_limit, peek_first_record(&stream))
+                    .await
+                {
+                    Ok(Ok(hello)) => hello,
+                    Ok(Err(_)) => return app.metrics.refused_connection("tls_handshake_failed"),
+                    Err(_) => return app.metrics.refused_connection("tls_handshake_timeout"),
+                };
+                let returning = tls::offered_ticket(&hello)
+                    .is_some_and(|ticket| tls.config().ticketer.decrypt(ticket).is_some());
+                let (pace, queue) = match returning {
+                    true => (&app.limits.resumptions, "returning"),
+                    false => (&app.limits.handshakes, "new"),
+                };
+                app.metrics.handshake_turn(queue);
+                if let Some(pace) = pace {
+                    match pace.reserve(handshake_limit) {
+                        Some(wait) => tokio::time::sleep(wait).await,
+                        None => return app.metrics.refused_connection("handshake_rate"),
+                    }
                 }
             }
             let stream = match tokio::time::timeout(handshake_limit, tls.accept(stream)).await {
@@ -113,6 +133,27 @@ pub async fn serve(
             open.dec();
         });
     }
+}
+
+/// The client's first TLS record, peeked (left in the socket for rustls):
+/// as much of it as arrives within a few milliseconds of its first byte, at
+/// most 4 KiB. An error when the client closes first.
+async fn peek_first_record(stream: &TcpStream) -> std::io::Result<Vec<u8>> {
+    let mut record = vec![0; 4096];
+    for _ in 0..20 {
+        let n = stream.peek(&mut record).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        let whole = n >= 5 && n >= 5 + usize::from(u16::from_be_bytes([record[3], record[4]]));
+        if whole || n == record.len() {
+            record.truncate(n);
+            return Ok(record);
+        }
+        // A ClientHello larger than a segment: the rest is on its way.
+        tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+    }
+    Ok(record)
 }
 
 async fn serve_connection<I>(app: Arc<App>, conn: ConnInfo, io: I, shutdown: CancellationToken)

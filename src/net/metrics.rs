@@ -77,6 +77,13 @@ pub struct Metrics {
     pub shed: Counter,
     /// Accept-loop pauses of one lag period while overloaded.
     pub accept_pauses: Counter,
+    pub handshake_turns: Family<QueueLabel, Counter>,
+}
+
+/// The handshake pace's queue: `new` or `returning` (offers a valid ticket).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct QueueLabel {
+    pub queue: &'static str,
 }
 
 /// `main` (TCP listener and admin API) or `quic`.
@@ -233,6 +240,12 @@ impl Metrics {
             "Pauses of the TCP accept loop, one lag probe period each, while overloaded",
             accept_pauses.clone(),
         );
+        let handshake_turns = Family::<QueueLabel, Counter>::default();
+        registry.register(
+            "handshake_turns",
+            "TLS connections queued for the handshake pace, by queue (new, returning)",
+            handshake_turns.clone(),
+        );
         Self {
             registry,
             requests,
@@ -257,6 +270,7 @@ impl Metrics {
             overloaded,
             shed,
             accept_pauses,
+            handshake_turns,
         }
     }
 
@@ -278,6 +292,12 @@ impl Metrics {
     pub fn refused_handshake(&self, reason: &'static str) {
         self.handshakes_refused
             .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    pub fn handshake_turn(&self, queue: &'static str) {
+        self.handshake_turns
+            .get_or_create(&QueueLabel { queue })
             .inc();
     }
 

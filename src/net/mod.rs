@@ -73,6 +73,10 @@ pub struct Limiters {
     pub unauthenticated: Option<limits::Pace>,
     /// All new TLS and QUIC handshakes together.
     pub handshakes: Option<limits::Pace>,
+    /// TLS clients resuming with a ticket this server issued, at the same
+    /// rate: a queue of their own, which a flood of new handshakes cannot
+    /// fill (a replayed ticket only competes with other returning clients).
+    pub resumptions: Option<limits::Pace>,
     /// The saturation signal (`overload_lag`) of the main runtime (TCP,
     /// admin) and of QUIC's: each listener watches its own.
     pub main_lag: Option<Arc<limits::Lag>>,
@@ -102,6 +106,7 @@ impl Limiters {
             ),
             unauthenticated: limits::Pace::per_second(l.unauthenticated_per_sec),
             handshakes: limits::Pace::per_second(l.handshakes_per_sec),
+            resumptions: limits::Pace::per_second(l.handshakes_per_sec),
             main_lag: limits::Lag::new(l.overload_lag).map(Arc::new),
             quic_lag: limits::Lag::new(l.overload_lag).map(Arc::new),
         }

@@ -56,3 +56,102 @@ pub fn server_config(
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(16 * 1024);
     Ok(Arc::new(config))
 }
+
+/// The session ticket a client offers to resume with, from its first TLS
+/// record (the ClientHello): the first pre-shared-key identity (TLS 1.3)
+/// or a non-empty session-ticket extension (TLS 1.2). `None` for anything
+/// else, including records that do not parse.
+pub fn offered_ticket(record: &[u8]) -> Option<&[u8]> {
+    use tls_parser::{TlsExtension, TlsMessage, TlsMessageHandshake};
+    let (_, plaintext) = tls_parser::parse_tls_plaintext(record).ok()?;
+    let extensions = plaintext.msg.iter().find_map(|message| match message {
+        TlsMessage::Handshake(TlsMessageHandshake::ClientHello(hello)) => hello.ext,
+        _ => None,
+    })?;
+    let (_, extensions) = tls_parser::parse_tls_client_hello_extensions(extensions).ok()?;
+    extensions
+        .into_iter()
+        .find_map(|extension| match extension {
+            TlsExtension::PreSharedKey(offer) => first_psk_identity(offer),
+            TlsExtension::SessionTicket(ticket) if !ticket.is_empty() => Some(ticket),
+            _ => None,
+        })
+}
+
+/// RFC 8446 §4.2.11: `identities` is a u16-length list of entries, each a
+/// u16-length identity followed by a u32 age.
+fn first_psk_identity(offer: &[u8]) -> Option<&[u8]> {
+    let length = |at: usize| {
+        Some(usize::from(u16::from_be_bytes([
+            *offer.get(at)?,
+            *offer.get(at + 1)?,
+        ])))
+    };
+    let identity = length(2)?;
+    (length(0)? >= identity + 6).then_some(())?;
+    offer.get(4..4 + identity)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A ClientHello record with `extensions` (type, data) and nothing else
+    /// of note.
+    fn client_hello(extensions: &[(u16, Vec<u8>)]) -> Vec<u8> {
+        let mut ext = Vec::new();
+        for (kind, data) in extensions {
+            ext.extend_from_slice(&kind.to_be_bytes());
+            ext.extend_from_slice(&(data.len() as u16).to_be_bytes());
+            ext.extend_from_slice(data);
+        }
+        let mut body = vec![3, 3];
+        body.extend_from_slice(&[7; 32]); // random
+        body.push(0); // session id
+        body.extend_from_slice(&[0, 2, 0x13, 0x01]); // one cipher suite
+        body.extend_from_slice(&[1, 0]); // null compression
+        body.extend_from_slice(&(ext.len() as u16).to_be_bytes());
+        body.extend_from_slice(&ext);
+        let mut handshake = vec![1, 0];
+        handshake.extend_from_slice(&(body.len() as u16).to_be_bytes());
+        handshake.extend_from_slice(&body);
+        let mut record = vec![22, 3, 1];
+        record.extend_from_slice(&(handshake.len() as u16).to_be_bytes());
+        record.extend_from_slice(&handshake);
+        record
+    }
+
+    fn psk_offer(identity: &[u8]) -> Vec<u8> {
+        let mut identities = (identity.len() as u16).to_be_bytes().to_vec();
+        identities.extend_from_slice(identity);
+        identities.extend_from_slice(&[0, 0, 0, 9]); // obfuscated age
+        let mut offer = (identities.len() as u16).to_be_bytes().to_vec();
+        offer.extend_from_slice(&identities);
+        offer.extend_from_slice(&[0, 33, 32]); // binders: one of 32 bytes
+        offer.extend_from_slice(&[0; 32]);
+        offer
+    }
+
+    #[test]
+    fn finds_the_ticket_a_client_hello_offers() {
+        let tls13 = client_hello(&[(43, vec![2, 3, 4]), (41, psk_offer(b"ticket-13"))]);
+        assert_eq!(offered_ticket(&tls13), Some(&b"ticket-13"[..]));
+        let tls12 = client_hello(&[(35, b"ticket-12".to_vec())]);
+        assert_eq!(offered_ticket(&tls12), Some(&b"ticket-12"[..]));
+    }
+
+    #[test]
+    fn no_ticket_in_a_new_or_broken_client_hello() {
+        assert_eq!(offered_ticket(&client_hello(&[(35, vec![])])), None);
+        assert_eq!(offered_ticket(&client_hello(&[(43, vec![2, 3, 4])])), None);
+        let full = client_hello(&[(41, psk_offer(b"ticket-13"))]);
+        for cut in 0..full.len() {
+            assert_eq!(offered_ticket(&full[..cut]), None, "cut at {cut}");
+        }
+        assert_eq!(offered_ticket(b"GET / HTTP/1.1\r\n\r\n"), None);
+        // An identity list that claims more than there is.
+        let mut lying = psk_offer(b"ticket-13");
+        lying[3] = 200;
+        assert_eq!(offered_ticket(&client_hello(&[(41, lying)])), None);
+    }
+}

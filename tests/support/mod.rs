@@ -104,18 +104,32 @@ impl TestServer {
 
     /// A client speaking `protocol` ("http1" or "http2") from `local_ip`.
     pub fn client(&self, protocol: &str, local_ip: &str) -> reqwest::Client {
-        let ca = reqwest::Certificate::from_pem(&self.ca_pem()).unwrap();
-        let builder = reqwest::Client::builder()
-            .tls_certs_only([ca])
-            .local_address(local_ip.parse::<IpAddr>().unwrap())
-            .resolve("localhost", self.running.public_addr)
-            .timeout(std::time::Duration::from_secs(10));
+        let builder = self.client_builder(local_ip);
         let builder = match protocol {
             "http1" => builder.http1_only(),
             "http2" => builder.http2_prior_knowledge(),
             other => panic!("unknown protocol {other}"),
         };
         builder.build().unwrap()
+    }
+
+    /// An HTTP/1.1 client from `local_ip` that opens a new connection for
+    /// every request, resuming its TLS session with the tickets it got.
+    pub fn client_per_request(&self, local_ip: &str) -> reqwest::Client {
+        self.client_builder(local_ip)
+            .http1_only()
+            .pool_max_idle_per_host(0)
+            .build()
+            .unwrap()
+    }
+
+    fn client_builder(&self, local_ip: &str) -> reqwest::ClientBuilder {
+        let ca = reqwest::Certificate::from_pem(&self.ca_pem()).unwrap();
+        reqwest::Client::builder()
+            .tls_certs_only([ca])
+            .local_address(local_ip.parse::<IpAddr>().unwrap())
+            .resolve("localhost", self.running.public_addr)
+            .timeout(std::time::Duration::from_secs(10))
     }
 
     /// GET the resolve URL; returns status and JSON body.
