@@ -3,6 +3,7 @@
 
 use std::path::Path;
 
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
 use crate::Error;
@@ -93,20 +94,7 @@ fn draw(path: &Path, report: &Report) -> Result<(), Box<dyn std::error::Error>> 
                 .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color));
         }
     }
-    if warmup > 0.0 {
-        chart
-            .draw_series(LineSeries::new(
-                [(warmup, 0.0), (warmup, r_max)],
-                WARMUP.stroke_width(2),
-            ))?
-            .label("end of warm-up")
-            .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], WARMUP.stroke_width(2)));
-    }
-    chart
-        .configure_series_labels()
-        .background_style(WHITE.mix(0.8))
-        .border_style(BLACK)
-        .draw()?;
+    finish_chart(&mut chart, warmup, r_max)?;
 
     let l_max = points.iter().map(|p| p.p99_ms).fold(0.1, f64::max) * 1.15;
     let mut chart = ChartBuilder::on(&bottom)
@@ -133,10 +121,24 @@ fn draw(path: &Path, report: &Report) -> Result<(), Box<dyn std::error::Error>> 
                 PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(2))
             });
     }
+    finish_chart(&mut chart, warmup, l_max)?;
+    root.present()?;
+    Ok(())
+}
+
+type Chart<'a> = ChartContext<'a, SVGBackend<'a>, Cartesian2d<RangedCoordf64, RangedCoordf64>>;
+
+/// Marks the end of the warm-up (when there was one) with a vertical line up
+/// to `y_max`, then draws the legend.
+fn finish_chart(
+    chart: &mut Chart<'_>,
+    warmup: f64,
+    y_max: f64,
+) -> Result<(), Box<dyn std::error::Error>> {
     if warmup > 0.0 {
         chart
             .draw_series(LineSeries::new(
-                [(warmup, 0.0), (warmup, l_max)],
+                [(warmup, 0.0), (warmup, y_max)],
                 WARMUP.stroke_width(2),
             ))?
             .label("end of warm-up")
@@ -147,6 +149,5 @@ fn draw(path: &Path, report: &Report) -> Result<(), Box<dyn std::error::Error>> 
         .background_style(WHITE.mix(0.8))
         .border_style(BLACK)
         .draw()?;
-    root.present()?;
     Ok(())
 }
