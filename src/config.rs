@@ -74,8 +74,9 @@ pub struct Limits {
     /// New TLS and QUIC handshakes per second, all sources together: past it
     /// a TCP connection waits for its turn (within the header-read timeout)
     /// and a QUIC Initial is dropped (the client retransmits). Established
-    /// connections are not affected; TLS clients resuming with a ticket
-    /// this server issued queue apart, at the same rate. 0: off.
+    /// connections are not affected; returning clients (a TLS ticket or a
+    /// QUIC NEW_TOKEN token this server issued) queue apart, at the same
+    /// rate. 0: off.
     pub handshakes_per_sec: u32,
     /// Overload: when the runtime polls due tasks later than this on
     /// average, no new connections are taken on (the TCP accept loop

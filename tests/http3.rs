@@ -146,6 +146,54 @@ async fn overload_over_http3_sheds_the_unassociated() {
 }
 
 #[tokio::test]
+async fn a_returning_client_does_not_wait_behind_a_flood_of_new_quic_handshakes() {
+    use std::time::Instant;
+    let server = TestServer::ready("[limits]\nhandshakes_per_sec = 2").await;
+    let query = path(&format!("code={CODE}"));
+    // Connects once and keeps the NEW_TOKEN tokens the server issued.
+    let returning = server.h3_client("127.2.9.1");
+    assert_error(
+        &returning.get(&query).await.unwrap(),
+        401,
+        "CLIENTID_REQUIRED",
+    );
+    assert!(!returning.tokens.received.lock().unwrap().is_empty());
+
+    // 40 new clients at once, retransmitting their Initials: at 2 handshakes
+    // a second, the queue of new handshakes has no free turn.
+    let mut flood = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let client = server.h3_client(&format!("127.2.8.{}", i + 1));
+        let query = query.clone();
+        flood.spawn(async move {
+            let _ = tokio::time::timeout(Duration::from_secs(3), client.get(&query)).await;
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = Instant::now();
+    assert_error(
+        &returning.get(&query).await.unwrap(),
+        401,
+        "CLIENTID_REQUIRED",
+    );
+    let returned_in = started.elapsed();
+    assert!(
+        returned_in < Duration::from_secs(1),
+        "returning client waited {returned_in:?}"
+    );
+    let metrics = server.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "homecmp_handshake_turns_total{queue=\"returning\"}"
+        ),
+        1.0
+    );
+    assert!(metric(&metrics, "homecmp_handshake_turns_total{queue=\"new\"}") >= 40.0);
+    flood.join_all().await;
+}
+
+#[tokio::test]
 async fn a_request_whose_fin_comes_late_is_answered_not_reset() {
     // The server answers on the head; it must not drop the stream unread,
     // which quinn turns into STOP_SENDING code 0 (a reset, to the client).

@@ -161,7 +161,15 @@ pub async fn serve(
             incoming.ignore();
             continue;
         };
-        if let Some(pace) = &app.limits.handshakes
+        // A client back with a NEW_TOKEN token this server issued (validated,
+        // and not by a Retry) is returning: it has a queue of its own, as
+        // TLS clients with a ticket do. Tokens are single use.
+        let returning = incoming.remote_address_validated() && incoming.may_retry();
+        let (pace, queue) = app.limits.handshake_pace(returning);
+        if pace.is_some() {
+            m.handshake_turn(queue);
+        }
+        if let Some(pace) = pace
             && pace.reserve(Duration::ZERO).is_none()
         {
             m.refused_handshake("handshake_rate");

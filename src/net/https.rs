@@ -94,10 +94,7 @@ pub async fn serve(
                 };
                 let returning = tls::offered_ticket(&hello)
                     .is_some_and(|ticket| tls.config().ticketer.decrypt(ticket).is_some());
-                let (pace, queue) = match returning {
-                    true => (&app.limits.resumptions, "returning"),
-                    false => (&app.limits.handshakes, "new"),
-                };
+                let (pace, queue) = app.limits.handshake_pace(returning);
                 app.metrics.handshake_turn(queue);
                 if let Some(pace) = pace {
                     match pace.reserve(handshake_limit) {

@@ -73,9 +73,10 @@ pub struct Limiters {
     pub unauthenticated: Option<limits::Pace>,
     /// All new TLS and QUIC handshakes together.
     pub handshakes: Option<limits::Pace>,
-    /// TLS clients resuming with a ticket this server issued, at the same
-    /// rate: a queue of their own, which a flood of new handshakes cannot
-    /// fill (a replayed ticket only competes with other returning clients).
+    /// Returning clients (a TLS ticket or a QUIC NEW_TOKEN token this
+    /// server issued), at the same rate: a queue of their own, which a flood
+    /// of new handshakes cannot fill (a replayed ticket only competes with
+    /// other returning clients).
     pub resumptions: Option<limits::Pace>,
     /// The saturation signal (`overload_lag`) of the main runtime (TCP,
     /// admin) and of QUIC's: each listener watches its own.
@@ -109,6 +110,15 @@ impl Limiters {
             resumptions: limits::Pace::per_second(l.handshakes_per_sec),
             main_lag: limits::Lag::new(l.overload_lag).map(Arc::new),
             quic_lag: limits::Lag::new(l.overload_lag).map(Arc::new),
+        }
+    }
+
+    /// The handshake pace a new connection waits in, and its name (for
+    /// `handshake_turns_total{queue}`).
+    pub fn handshake_pace(&self, returning: bool) -> (Option<&limits::Pace>, &'static str) {
+        match returning {
+            true => (self.resumptions.as_ref(), "returning"),
+            false => (self.handshakes.as_ref(), "new"),
         }
     }
 
