@@ -15,6 +15,27 @@ use serde::Deserialize;
 use crate::core::{AuthMode, MismatchPolicy, MnoPolicy, Policy};
 use crate::wire::RoutingPrefix;
 
+/// A value that `Debug` never shows: keys and tokens stay out of logs,
+/// panics and `{:?}` dumps of the configuration.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret<T>(T);
+
+impl<T> Secret<T> {
+    pub fn new(value: T) -> Self {
+        Self(value)
+    }
+
+    pub fn expose(&self) -> &T {
+        &self.0
+    }
+}
+
+impl<T> std::fmt::Debug for Secret<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
 /// Prefix of environment overrides: `HOMECMP__AUTH__MODE=monitor`.
 pub const ENV_PREFIX: &str = "HOMECMP__";
 
@@ -34,9 +55,11 @@ pub struct Config {
     pub mno: MnoPolicy,
     pub msisdn_header: http::HeaderName,
     /// Hex secret keying subscriber refs; absent: generated into data_dir.
-    pub subscriber_secret: Option<[u8; 32]>,
+    pub subscriber_secret: Option<Secret<[u8; 32]>>,
     pub admin_listen: SocketAddr,
     pub admin_token_file: PathBuf,
+    /// Admin connections open at once; more are closed at once.
+    pub admin_max_connections: usize,
     pub limits: Limits,
     pub log_json: bool,
 }
@@ -65,11 +88,18 @@ pub struct Limits {
     pub requests_per_clientid_per_sec: u32,
     /// Keys each per-address or per-clientid limiter may hold.
     pub limiter_max_keys: usize,
+    /// Per-address limits count an IPv6 client by this many leading bits of
+    /// its address (a subscriber is handed a whole /64).
+    pub ipv6_prefix_len: u8,
     /// Requests without an association answered per second, all sources
     /// together; beyond it each waits for its turn (a tarpit), or gets 503
     /// at once when its turn is more than `tarpit_max` away. Associated
     /// clients never wait. 0: off.
     pub unauthenticated_per_sec: u32,
+    /// The same pace for requests without an association from inside the
+    /// MNO pools (first scans): a budget apart, so that a flood from
+    /// outside does not starve them. 0: off.
+    pub first_scans_per_sec: u32,
     pub tarpit_max: Duration,
     /// New TLS and QUIC handshakes per second, all sources together: past it
     /// a TCP connection waits for its turn (within the header-read timeout)
@@ -224,6 +254,7 @@ impl Default for RawMno {
 struct RawAdmin {
     listen: String,
     token_file: PathBuf,
+    max_connections: usize,
 }
 
 impl Default for RawAdmin {
@@ -231,6 +262,7 @@ impl Default for RawAdmin {
         Self {
             listen: "127.0.0.1:8444".into(),
             token_file: "admin.token".into(),
+            max_connections: 64,
         }
     }
 }
@@ -252,7 +284,9 @@ struct RawLimits {
     requests_per_address_per_sec: u32,
     requests_per_clientid_per_sec: u32,
     limiter_max_keys: usize,
+    ipv6_prefix_len: u8,
     unauthenticated_per_sec: u32,
+    first_scans_per_sec: u32,
     tarpit_max_ms: u64,
     handshakes_per_sec: u32,
     overload_lag_ms: u64,
@@ -274,7 +308,9 @@ impl Default for RawLimits {
             requests_per_address_per_sec: 2000,
             requests_per_clientid_per_sec: 100,
             limiter_max_keys: 1_000_000,
+            ipv6_prefix_len: 64,
             unauthenticated_per_sec: 10_000,
+            first_scans_per_sec: 10_000,
             tarpit_max_ms: 2_000,
             handshakes_per_sec: 0,
             overload_lag_ms: 0,
@@ -385,7 +421,7 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
         if secret.is_none() {
             errors.push("server.subscriber_secret: expected 64 hex digits".into());
         }
-        secret
+        secret.map(Secret)
     });
     let mut nets = |key: &str, list: &[String]| -> Vec<IpNet> {
         list.iter()
@@ -430,11 +466,62 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
         ),
         ("limits.max_uri_bytes", limits.max_uri_bytes as u64),
         ("limits.limiter_max_keys", limits.limiter_max_keys as u64),
+        ("admin.max_connections", raw.admin.max_connections as u64),
         ("http3.max_handshakes", raw.http3.max_handshakes as u64),
         ("http3.worker_threads", raw.http3.worker_threads as u64),
     ] {
         if value == 0 {
             errors.push(format!("{key}: must be greater than 0"));
+        }
+    }
+    // Upper bounds: past them a value is a typo, and some (a QUIC idle
+    // timeout, a date for a session's expiry) have hard limits downstream.
+    const HOUR_MS: u64 = 3_600_000;
+    for (key, value, max) in [
+        (
+            "limits.header_read_timeout_ms",
+            limits.header_read_timeout_ms,
+            HOUR_MS,
+        ),
+        (
+            "limits.idle_timeout_ms",
+            limits.idle_timeout_ms,
+            24 * HOUR_MS,
+        ),
+        (
+            "limits.shutdown_grace_ms",
+            limits.shutdown_grace_ms,
+            HOUR_MS,
+        ),
+        ("limits.tarpit_max_ms", limits.tarpit_max_ms, 60_000),
+        ("limits.overload_lag_ms", limits.overload_lag_ms, 10_000),
+        (
+            "limits.max_header_bytes",
+            limits.max_header_bytes as u64,
+            1 << 20,
+        ),
+        ("limits.max_uri_bytes", limits.max_uri_bytes as u64, 1 << 16),
+        (
+            "auth.session_ttl_secs",
+            auth.session_ttl_secs,
+            31 * 24 * 3600,
+        ),
+        (
+            "http3.validation_token_lifetime_secs",
+            raw.http3.validation_token_lifetime_secs,
+            366 * 24 * 3600,
+        ),
+        (
+            "http3.worker_threads",
+            raw.http3.worker_threads as u64,
+            1024,
+        ),
+        ("limits.ipv6_prefix_len", limits.ipv6_prefix_len.into(), 128),
+    ] {
+        if value > max {
+            errors.push(format!(
+                "{key}: {value} is more than the most allowed, {max}"
+            ));
         }
     }
     Config {
@@ -466,6 +553,7 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
         subscriber_secret,
         admin_listen,
         admin_token_file: raw.admin.token_file,
+        admin_max_connections: raw.admin.max_connections,
         limits: Limits {
             max_connections: limits.max_connections,
             header_read_timeout: Duration::from_millis(limits.header_read_timeout_ms),
@@ -475,7 +563,7 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
             max_uri_bytes: limits.max_uri_bytes,
             shutdown_grace: Duration::from_millis(limits.shutdown_grace_ms),
             shed_unauthenticated_above: match limits.shed_unauthenticated_above {
-                0 => limits.max_connections / 10 * 8,
+                0 => (limits.max_connections.saturating_mul(8) / 10).max(1),
                 n => n,
             },
             max_connections_per_address: limits.max_connections_per_address,
@@ -483,7 +571,9 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
             requests_per_address_per_sec: limits.requests_per_address_per_sec,
             requests_per_clientid_per_sec: limits.requests_per_clientid_per_sec,
             limiter_max_keys: limits.limiter_max_keys,
+            ipv6_prefix_len: limits.ipv6_prefix_len,
             unauthenticated_per_sec: limits.unauthenticated_per_sec,
+            first_scans_per_sec: limits.first_scans_per_sec,
             tarpit_max: Duration::from_millis(limits.tarpit_max_ms),
             handshakes_per_sec: limits.handshakes_per_sec,
             overload_lag: Duration::from_millis(limits.overload_lag_ms),
@@ -551,6 +641,35 @@ mod tests {
         let c = Config::parse(example, no_env()).unwrap();
         let d = Config::parse("", no_env()).unwrap();
         assert_eq!(format!("{c:?}"), format!("{d:?}"));
+    }
+
+    #[test]
+    fn huge_values_are_refused_not_panicked_on() {
+        let text = r#"
+            [limits]
+            idle_timeout_ms = 9223372036854775807
+            header_read_timeout_ms = 9223372036854775807
+            [auth]
+            session_ttl_secs = 9223372036854775807
+        "#;
+        let errors = Config::parse(text, no_env()).unwrap_err().0;
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+        // A small server is a valid one; shedding still leaves room.
+        let small = Config::parse("[limits]\nmax_connections = 4", no_env()).unwrap();
+        assert_eq!(small.limits.shed_unauthenticated_above, 3);
+    }
+
+    #[test]
+    fn debug_output_shows_no_secret() {
+        let secret = "ab".repeat(32);
+        let text = format!("[server]\nsubscriber_secret = \"{secret}\"");
+        let config = Config::parse(&text, no_env()).unwrap();
+        assert!(config.subscriber_secret.is_some());
+        let shown = format!("{config:?}");
+        assert!(
+            !shown.contains("171, 171") && !shown.contains(&secret),
+            "{shown}"
+        );
     }
 
     #[test]

@@ -84,19 +84,30 @@ pub fn subscriber_secret(data_dir: &Path) -> Result<[u8; 32], DeployError> {
 
 /// The admin bearer token: `$HOMECMP_ADMIN_TOKEN` if set, else the file.
 pub fn admin_token(path: &Path) -> Result<String, DeployError> {
-    if let Ok(token) = std::env::var(ADMIN_TOKEN_ENV)
-        && !token.is_empty()
-    {
-        return Ok(token);
-    }
-    let token = read_or_create_hex(path, 32)?;
-    if token.len() < 16 {
-        return Err(DeployError::Invalid {
-            path: path.to_owned(),
-            reason: "admin token shorter than 16 characters".into(),
-        });
-    }
+    let (token, from) = match std::env::var(ADMIN_TOKEN_ENV) {
+        Ok(token) if !token.is_empty() => (token, PathBuf::from(format!("${ADMIN_TOKEN_ENV}"))),
+        _ => (read_or_create_hex(path, 32)?, path.to_owned()),
+    };
+    check_admin_token(&token).map_err(|reason| DeployError::Invalid { path: from, reason })?;
     Ok(token)
+}
+
+/// Shortest admin token accepted: 32 characters (the generated one is 64
+/// hex digits, 256 bits).
+pub const MIN_ADMIN_TOKEN_LEN: usize = 32;
+
+/// A token is at least [`MIN_ADMIN_TOKEN_LEN`] visible ASCII characters: it
+/// travels in a header, and a short one can be guessed.
+pub fn check_admin_token(token: &str) -> Result<(), String> {
+    if token.len() < MIN_ADMIN_TOKEN_LEN {
+        return Err(format!(
+            "admin token shorter than {MIN_ADMIN_TOKEN_LEN} characters"
+        ));
+    }
+    if !token.bytes().all(|b| b.is_ascii_graphic()) {
+        return Err("admin token must be visible ASCII characters without spaces".into());
+    }
+    Ok(())
 }
 
 /// PEM paths of the generated local CA and server certificate.
@@ -170,6 +181,20 @@ mod tests {
             let mode = fs::metadata(&token_path).unwrap().permissions().mode();
             assert_eq!(mode & 0o777, 0o600);
         }
+    }
+
+    #[test]
+    fn short_or_spaced_admin_tokens_are_refused() {
+        assert!(check_admin_token(&"a".repeat(31)).is_err());
+        assert!(check_admin_token(&format!("{} x", "a".repeat(32))).is_err());
+        assert!(check_admin_token(&"a".repeat(32)).is_ok());
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("admin.token");
+        fs::write(&path, "short-token-of-24-chars!").unwrap();
+        assert!(matches!(
+            admin_token(&path),
+            Err(DeployError::Invalid { .. })
+        ));
     }
 
     #[test]

@@ -13,6 +13,8 @@
 pub mod config;
 pub mod core;
 pub mod deploy;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod net;
 pub mod sre;
 pub mod store;

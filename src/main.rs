@@ -27,7 +27,8 @@ enum Command {
         #[arg(long)]
         log_json: bool,
     },
-    /// Read, check, export and replay the event log (works beside a running server).
+    /// Read, check, export and replay the event log (beside a running server);
+    /// repair it (server stopped).
     Log {
         #[command(flatten)]
         dir: DataDir,
@@ -85,6 +86,13 @@ enum LogCommand {
         until: Option<Until>,
         #[arg(long)]
         json: bool,
+    },
+    /// With the server stopped: copy the log to data_dir/backups/, then cut
+    /// it after its last consistent event (or --until SEQ, not past it).
+    Repair {
+        /// Last sequence number to keep; default: the last that replays.
+        #[arg(long)]
+        until: Option<u64>,
     },
 }
 
@@ -186,6 +194,7 @@ fn run_log(dir: DataDir, command: LogCommand) -> ExitCode {
         LogCommand::Replay { until, json } => {
             sre::replay(&data_dir, until, json, &mut out).map(drop)
         }
+        LogCommand::Repair { until } => sre::repair(&data_dir, until, &mut out).map(drop),
     };
     let _ = out.flush();
     match result {

@@ -1,8 +1,11 @@
 //! `homecmp log ...`: the SRE's view of the event log.
 //!
-//! Every command opens the log read-only, so it runs beside a live server and
-//! never changes a byte. Output goes to the given writer (stdout in the
-//! binary); the result says which exit code the binary should use.
+//! Every command but `repair` opens the log read-only, so it runs beside a
+//! live server and never changes a byte. `repair` is the way out of a log
+//! that no longer replays: with the server stopped, it keeps a copy of the
+//! log, then cuts it after its last consistent event. Output goes to the
+//! given writer (stdout in the binary); the result says which exit code the
+//! binary should use.
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
@@ -23,6 +26,9 @@ pub enum SreError {
     Check(StoreError),
     #[error("cannot write output: {0}")]
     Output(#[from] io::Error),
+    /// `repair` could not take the log for writing, keep its copy, or cut.
+    #[error("{0}")]
+    Repair(String),
 }
 
 impl SreError {
@@ -31,7 +37,7 @@ impl SreError {
         match self {
             SreError::Check(_) => 1,
             SreError::Open(_) => 66,
-            SreError::Output(_) => 74,
+            SreError::Output(_) | SreError::Repair(_) => 74,
         }
     }
 }
@@ -73,8 +79,12 @@ fn open(data_dir: &Path) -> Result<EventLog, SreError> {
     EventLog::open_read_only(&data_dir.join(crate::LOG_DIR)).map_err(SreError::Open)
 }
 
+/// RFC 3339 with milliseconds; times past the format's last year (9999)
+/// are shown as its last millisecond rather than refused.
 pub fn rfc3339(at_ms: u64) -> String {
-    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(at_ms)).to_string()
+    const LAST_MS: u64 = 253_402_300_799_999;
+    let at = UNIX_EPOCH + Duration::from_millis(at_ms.min(LAST_MS));
+    humantime::format_rfc3339_millis(at).to_string()
 }
 
 #[derive(Debug, Default, Serialize)]
@@ -208,9 +218,122 @@ pub fn replay(
     Ok(replayed)
 }
 
+/// What `log repair` did.
+#[derive(Debug, Serialize)]
+pub struct Repaired {
+    /// The last event kept.
+    pub kept_until: Seq,
+    /// Records removed after it (bad or not).
+    pub removed: u64,
+    /// Where the untouched log was copied first; `None` when nothing was cut.
+    pub backup: Option<std::path::PathBuf>,
+    /// Why the log stopped replaying, if it did.
+    pub first_error: Option<String>,
+}
+
+/// `log repair`: finds the last event that replays (or takes `until`, which
+/// must not be past it), copies the whole log to
+/// `data_dir/backups/events-<unix ms>` (a RocksDB checkpoint: hard links,
+/// so cheap), then deletes every record after it. The server must be
+/// stopped: it holds the log's lock. A log that replays to its end, with no
+/// `until`, is left alone.
+pub fn repair(
+    data_dir: &Path,
+    until: Option<Seq>,
+    out: &mut impl Write,
+) -> Result<Repaired, SreError> {
+    let path = data_dir.join(crate::LOG_DIR);
+    if !path.join("CURRENT").is_file() {
+        return Err(SreError::Open(LogError::Missing {
+            path: path.display().to_string(),
+        }));
+    }
+    let log = EventLog::open_for_repair(&path).map_err(|e| {
+        SreError::Repair(format!("{e} (is a server still running on this data dir?)"))
+    })?;
+    let index = Index::new();
+    let first_error = store::replay(&log, &index, |_, _| true)
+        .err()
+        .map(|e| e.to_string());
+    let consistent = index.last_seq();
+    let kept_until = match until {
+        Some(seq) if seq > consistent => {
+            return Err(SreError::Repair(format!(
+                "--until {seq} is past the last consistent event, {consistent}"
+            )));
+        }
+        Some(seq) => seq,
+        None => consistent,
+    };
+    // Every key but the good ones up to `kept_until`: later events, and any
+    // key that is not a sequence number at all.
+    let doomed: Vec<Box<[u8]>> = log
+        .raw()
+        .iterator(rocksdb::IteratorMode::Start)
+        .map(|item| item.map(|(key, _)| key))
+        .filter(|key| {
+            key.as_ref().map_or(true, |key| {
+                crate::store::event::decode_key(key).map_or(true, |seq| seq > kept_until)
+            })
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| SreError::Repair(format!("cannot read the log: {e}")))?;
+    if doomed.is_empty() {
+        writeln!(
+            out,
+            "ok: the log replays to its end ({consistent}); nothing cut"
+        )?;
+        return Ok(Repaired {
+            kept_until,
+            removed: 0,
+            backup: None,
+            first_error,
+        });
+    }
+    let backup = data_dir
+        .join("backups")
+        .join(format!("events-{}", crate::net::now_ms()));
+    std::fs::create_dir_all(backup.parent().expect("has a parent"))?;
+    rocksdb::checkpoint::Checkpoint::new(log.raw())
+        .and_then(|c| c.create_checkpoint(&backup))
+        .map_err(|e| {
+            SreError::Repair(format!("cannot copy the log to {}: {e}", backup.display()))
+        })?;
+    let mut batch = rocksdb::WriteBatch::default();
+    for key in &doomed {
+        batch.delete(key);
+    }
+    let mut sync = rocksdb::WriteOptions::default();
+    sync.set_sync(true);
+    log.raw()
+        .write_opt(batch, &sync)
+        .map_err(|e| SreError::Repair(format!("cannot cut the log: {e}")))?;
+    if let Some(e) = &first_error {
+        writeln!(out, "first error: {e}")?;
+    }
+    writeln!(
+        out,
+        "kept events 1..={kept_until}; removed {} records; the log as it was is in {}",
+        doomed.len(),
+        backup.display()
+    )?;
+    Ok(Repaired {
+        kept_until,
+        removed: doomed.len() as u64,
+        backup: Some(backup),
+        first_error,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_past_year_9999_are_shown_not_panicked_on() {
+        assert_eq!(rfc3339(u64::MAX), "9999-12-31T23:59:59.999Z");
+        assert_eq!(rfc3339(1000), "1970-01-01T00:00:01.000Z");
+    }
 
     #[test]
     fn until_parses_seq_and_time() {

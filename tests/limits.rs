@@ -241,27 +241,17 @@ async fn a_returning_client_does_not_wait_behind_a_flood_of_new_handshakes() {
 
 #[tokio::test]
 async fn a_slow_request_head_is_cut_off_at_the_header_read_timeout() {
-    use rustls::pki_types::pem::PemObject;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let server = TestServer::with_config("[limits]\nheader_read_timeout_ms = 300").await;
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(&server.ca_pem()) {
-        roots.add(cert.unwrap()).unwrap();
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket.bind("127.2.0.40:0".parse().unwrap()).unwrap();
-    let tcp = socket.connect(server.running.public_addr).await.unwrap();
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(tls));
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let mut stream = connector.connect(name, tcp).await.unwrap();
+    let mut stream = support::raw::tls(
+        &server.ca_pem(),
+        &[b"http/1.1"],
+        "127.2.0.40",
+        server.running.public_addr,
+    )
+    .await
+    .unwrap();
     stream
         .write_all(b"GET /mc/v1/resolve?code=2001000001x HTTP/1.1\r\nHost: x\r\n")
         .await

@@ -597,6 +597,92 @@ fn an_event_that_does_not_apply_is_named_and_refused() {
     assert_eq!(export.assert_ok().seqs(), (1..=11).collect::<Vec<_>>());
 }
 
+// ------------------------------------------------------------------ repair
+
+/// The known log plus what a torn write leaves: event 11 that does not
+/// apply (c-4 created twice), then a record 12 that does not decode.
+fn contradicted_log() -> TempDir {
+    let dir = known_log();
+    let twice = Record {
+        at_ms: at(9),
+        event: Event::AssociationCreated {
+            clientid: "c-4".into(),
+            subscriber: sub(2),
+            source: IdentitySource::SessionBinding,
+            client_addr: "192.0.2.1".parse().unwrap(),
+        },
+    };
+    damage(dir.path(), |db| {
+        db.put(11u64.to_be_bytes(), encode_value(&twice)).unwrap();
+        db.put(12u64.to_be_bytes(), b"\x01garbage").unwrap();
+    });
+    dir
+}
+
+#[test]
+fn repair_keeps_a_copy_and_cuts_after_the_last_consistent_event() {
+    let dir = contradicted_log();
+    assert_refused(dir.path(), "event 11");
+    let repair = homecmp_log("repair", dir.path(), &[]);
+    repair.assert_ok();
+    assert!(
+        repair
+            .stdout
+            .contains("kept events 1..=10; removed 2 records"),
+        "{repair:#?}"
+    );
+    assert!(
+        repair.stdout.contains("c-4 is already associated"),
+        "{repair:#?}"
+    );
+    homecmp_log("verify", dir.path(), &[]).assert_ok();
+    let store = Store::open(&events_dir(dir.path())).expect("the server's open succeeds");
+    assert_eq!(store.log().last_seq(), 10);
+    drop(store);
+    // The copy is the log as it was: still 12 records, still refused.
+    let backups: Vec<_> = std::fs::read_dir(dir.path().join("backups"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .collect();
+    assert_eq!(backups.len(), 1, "{backups:?}");
+    let copy = TempDir::new().unwrap();
+    std::fs::rename(&backups[0], events_dir(copy.path())).unwrap();
+    let export = homecmp_log("export", copy.path(), &["--to", "11"]);
+    assert_eq!(export.assert_ok().seqs(), (1..=11).collect::<Vec<_>>());
+    assert_refused(copy.path(), "event 11");
+    // A sound log is left alone.
+    let again = homecmp_log("repair", dir.path(), &[]);
+    assert!(
+        again.assert_ok().stdout.contains("nothing cut"),
+        "{again:#?}"
+    );
+}
+
+#[test]
+fn repair_until_cuts_earlier_but_never_past_the_damage() {
+    let dir = contradicted_log();
+    let past = homecmp_log("repair", dir.path(), &["--until", "11"]);
+    assert_eq!(past.code, 74, "{past:#?}");
+    assert!(
+        past.stderr.contains("past the last consistent event, 10"),
+        "{past:#?}"
+    );
+    let repair = homecmp_log("repair", dir.path(), &["--until", "7"]);
+    repair.assert_ok();
+    let export = homecmp_log("export", dir.path(), &[]);
+    assert_eq!(export.assert_ok().seqs(), (1..=7).collect::<Vec<_>>());
+}
+
+#[test]
+fn repair_refuses_a_log_a_server_holds() {
+    let dir = known_log();
+    let store = Store::open(&events_dir(dir.path())).unwrap();
+    let repair = homecmp_log("repair", dir.path(), &[]);
+    assert_eq!(repair.code, 74, "{repair:#?}");
+    assert!(repair.stderr.contains("still running"), "{repair:#?}");
+    drop(store);
+}
+
 // ---------------------------------------------------- no log, live writer
 
 #[test]

@@ -67,7 +67,7 @@ fn args(server: &Running, extra: &str) -> Args {
         "--admin".into(),
         admin,
         "--token".into(),
-        server.admin_token.clone(),
+        server.admin_token.expose().clone(),
         "--ca".into(),
         ca,
         "--quiet".into(),

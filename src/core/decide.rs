@@ -69,6 +69,10 @@ pub enum Refusal {
     NotFound,
     #[error("only GET is allowed here")]
     MethodNotAllowed,
+    /// An enrichment header sent more than once: which one the gateway
+    /// meant is an ambiguity an attacker could play on.
+    #[error("the {0} header appears more than once")]
+    RepeatedHeader(String),
 }
 
 impl Refusal {

@@ -7,10 +7,12 @@
 //! from anyone else are a spoof attempt: ignored, and reported for counting.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 use ipnet::IpNet;
 
+use super::decide::Refusal;
 use crate::store::IdentitySource;
 use crate::wire::{Msisdn, SubscriberKey, SubscriberRef};
 
@@ -27,18 +29,48 @@ impl MnoPolicy {
         self.networks.iter().any(|net| net.contains(&addr))
     }
 
+    /// Whether all of `network` lies inside one subscriber pool.
+    pub fn is_mno_network(&self, network: &IpNet) -> bool {
+        self.networks.iter().any(|pool| pool.contains(network))
+    }
+
     pub fn is_trusted_gateway(&self, addr: IpAddr) -> bool {
         self.trusted_gateways.iter().any(|net| net.contains(&addr))
     }
 }
 
 /// What the transport saw of the client: its peer address and the raw values
-/// of the two enrichment headers, if present.
+/// of the two enrichment headers, if present. `forwarded_for` is the *last*
+/// `X-Forwarded-For` line: a gateway appends its own, so a line the client
+/// sent comes before it.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientView<'a> {
     pub peer: IpAddr,
     pub msisdn_header: Option<&'a str>,
     pub forwarded_for: Option<&'a str>,
+}
+
+impl<'a> ClientView<'a> {
+    /// The view of a request from `peer` with `headers`: the MSISDN header
+    /// must appear at most once (two lines are refused, not guessed
+    /// between), `X-Forwarded-For` is taken from its last line.
+    pub fn from_headers(
+        peer: IpAddr,
+        headers: &'a http::HeaderMap,
+        msisdn_header: &http::HeaderName,
+    ) -> Result<Self, Refusal> {
+        let mut lines = headers.get_all(msisdn_header).iter();
+        let msisdn = lines.next();
+        if lines.next().is_some() {
+            return Err(Refusal::RepeatedHeader(msisdn_header.as_str().to_owned()));
+        }
+        let forwarded_for = headers.get_all("x-forwarded-for").iter().next_back();
+        Ok(Self {
+            peer,
+            msisdn_header: msisdn.and_then(|v| v.to_str().ok()),
+            forwarded_for: forwarded_for.and_then(|v| v.to_str().ok()),
+        })
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,12 +84,18 @@ pub struct Identity {
     pub spoof_attempt: bool,
 }
 
-/// Session bindings client IP -> subscriber, fed by the operator, each with
-/// an expiry. Memory only: the operator's source (admin API, later RADIUS
-/// accounting) re-feeds it; the MSISDN itself is never kept.
+/// Session bindings client address or prefix -> subscriber, fed by the
+/// operator, each with an expiry. Memory only: the operator's source (admin
+/// API, later RADIUS accounting) re-feeds it; the MSISDN itself is never
+/// kept. A binding covers one address (a /32 or /128) or a whole prefix
+/// (an IPv6 subscriber is handed a /64); the longest live match wins.
 #[derive(Debug, Default)]
 pub struct Sessions {
-    bindings: DashMap<IpAddr, Binding>,
+    bindings: DashMap<IpNet, Binding>,
+    /// Prefix lengths that have (or had) bindings, one bit each per family:
+    /// a lookup tries only those, longest first.
+    v4_lengths: PrefixLengths,
+    v6_lengths: PrefixLengths,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -66,10 +104,54 @@ struct Binding {
     expires_ms: u64,
 }
 
+/// A set of prefix lengths 0..=128 as bits; only ever grows.
+#[derive(Debug, Default)]
+struct PrefixLengths([AtomicU64; 3]);
+
+impl PrefixLengths {
+    fn insert(&self, len: u8) {
+        let len = usize::from(len);
+        self.0[len / 64].fetch_or(1 << (len % 64), Ordering::Relaxed);
+    }
+
+    /// The lengths in the set, longest first.
+    fn longest_first(&self) -> impl Iterator<Item = u8> + '_ {
+        (0..=128u8).rev().filter(|&len| {
+            self.0[usize::from(len) / 64].load(Ordering::Relaxed) & (1 << (len % 64)) != 0
+        })
+    }
+}
+
+/// What a lookup found: the binding's network, subscriber and expiry.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    pub network: IpNet,
+    pub subscriber: SubscriberRef,
+    pub expires_ms: u64,
+}
+
+/// `addr` as the network sees it: an IPv4-mapped IPv6 address is IPv4.
+pub fn canonical_net(net: IpNet) -> IpNet {
+    match net {
+        IpNet::V6(v6) if v6.prefix_len() >= 96 => match v6.addr().to_ipv4_mapped() {
+            Some(v4) => IpNet::new(IpAddr::V4(v4), v6.prefix_len() - 96).expect("at most 32"),
+            None => net,
+        },
+        _ => net,
+    }
+    .trunc()
+}
+
 impl Sessions {
-    pub fn bind(&self, addr: IpAddr, subscriber: SubscriberRef, expires_ms: u64) {
+    /// Binds `network` (an address is a /32 or /128) to `subscriber`.
+    pub fn bind(&self, network: IpNet, subscriber: SubscriberRef, expires_ms: u64) {
+        let network = canonical_net(network);
+        match network {
+            IpNet::V4(_) => self.v4_lengths.insert(network.prefix_len()),
+            IpNet::V6(_) => self.v6_lengths.insert(network.prefix_len()),
+        }
         self.bindings.insert(
-            addr,
+            network,
             Binding {
                 subscriber,
                 expires_ms,
@@ -77,14 +159,31 @@ impl Sessions {
         );
     }
 
-    /// `true` if there was a binding.
-    pub fn unbind(&self, addr: IpAddr) -> bool {
-        self.bindings.remove(&addr).is_some()
+    /// `true` if there was a binding for exactly `network`.
+    pub fn unbind(&self, network: IpNet) -> bool {
+        self.bindings.remove(&canonical_net(network)).is_some()
     }
 
     pub fn lookup(&self, addr: IpAddr, now_ms: u64) -> Option<SubscriberRef> {
-        let binding = *self.bindings.get(&addr)?;
-        (binding.expires_ms > now_ms).then_some(binding.subscriber)
+        self.find(addr, now_ms).map(|bound| bound.subscriber)
+    }
+
+    /// The longest live binding that covers `addr`.
+    pub fn find(&self, addr: IpAddr, now_ms: u64) -> Option<Bound> {
+        let addr = addr.to_canonical();
+        let lengths = match addr {
+            IpAddr::V4(_) => &self.v4_lengths,
+            IpAddr::V6(_) => &self.v6_lengths,
+        };
+        lengths.longest_first().find_map(|len| {
+            let network = IpNet::new(addr, len).ok()?.trunc();
+            let binding = *self.bindings.get(&network)?;
+            (binding.expires_ms > now_ms).then_some(Bound {
+                network,
+                subscriber: binding.subscriber,
+                expires_ms: binding.expires_ms,
+            })
+        })
     }
 
     /// Drops expired bindings; returns how many are left.
@@ -102,6 +201,29 @@ impl Sessions {
     }
 }
 
+/// The address per-address limits should count a request under: a trusted
+/// gateway's requests by the client address it forwards (its own address
+/// is shared by every subscriber behind it), anyone else's by its own.
+pub fn limit_address(mno: &MnoPolicy, view: &ClientView<'_>) -> IpAddr {
+    let peer = view.peer.to_canonical();
+    match mno.is_trusted_gateway(peer) {
+        true => forwarded_client(view.forwarded_for).unwrap_or(peer),
+        false => peer,
+    }
+}
+
+/// The rightmost entry of an `X-Forwarded-For` line: the address the
+/// gateway itself saw (the ones before it are the client's own claims).
+fn forwarded_client(line: Option<&str>) -> Option<IpAddr> {
+    line?
+        .rsplit(',')
+        .next()?
+        .trim()
+        .parse::<IpAddr>()
+        .ok()
+        .map(|addr| addr.to_canonical())
+}
+
 /// Decides the client address, whether it is on the MNO network, and which
 /// subscriber it is, if the network can tell.
 pub fn identify(
@@ -112,15 +234,11 @@ pub fn identify(
     now_ms: u64,
 ) -> Identity {
     let has_headers = view.msisdn_header.is_some() || view.forwarded_for.is_some();
-    if !mno.is_trusted_gateway(view.peer) {
-        return from_address(mno, view.peer, sessions, now_ms, has_headers);
+    let peer = view.peer.to_canonical();
+    if !mno.is_trusted_gateway(peer) {
+        return from_address(mno, peer, sessions, now_ms, has_headers);
     }
-    // The gateway appends the address it saw: the rightmost entry is its own.
-    let client_addr = view
-        .forwarded_for
-        .and_then(|list| list.rsplit(',').next())
-        .and_then(|last| last.trim().parse().ok())
-        .unwrap_or(view.peer);
+    let client_addr = forwarded_client(view.forwarded_for).unwrap_or(peer);
     let enriched = view
         .msisdn_header
         .and_then(|text| Msisdn::parse(text).ok())
@@ -189,7 +307,7 @@ mod tests {
     #[test]
     fn session_binding_identifies_pool_addresses() {
         let sessions = Sessions::default();
-        sessions.bind("127.1.0.5".parse().unwrap(), sub("+447700900001"), 100);
+        sessions.bind("127.1.0.5/32".parse().unwrap(), sub("+447700900001"), 100);
         let id = identify(
             &mno(),
             &view("127.1.0.5", None, None),
@@ -219,6 +337,51 @@ mod tests {
         );
         assert!(!wifi.on_mno_network);
         assert_eq!(sessions.sweep(100), 0);
+    }
+
+    #[test]
+    fn prefix_bindings_and_mapped_addresses() {
+        let sessions = Sessions::default();
+        let one = sub("+447700900001");
+        let two = sub("+447700900002");
+        sessions.bind("2001:db8:1:2::/64".parse().unwrap(), one, 100);
+        sessions.bind("2001:db8:1:2::9/128".parse().unwrap(), two, 100);
+        sessions.bind("::ffff:127.1.0.7/128".parse().unwrap(), two, 100);
+        let at = |addr: &str| sessions.lookup(addr.parse().unwrap(), 50);
+        assert_eq!(at("2001:db8:1:2:ffff::1"), Some(one), "the /64 covers it");
+        assert_eq!(at("2001:db8:1:2::9"), Some(two), "the longest match wins");
+        assert_eq!(at("2001:db8:1:3::1"), None);
+        assert_eq!(at("127.1.0.7"), Some(two), "a mapped binding is IPv4");
+        assert_eq!(at("::ffff:127.1.0.7"), Some(two), "and so is a mapped peer");
+        let found = sessions
+            .find("2001:db8:1:2::5".parse().unwrap(), 50)
+            .unwrap();
+        assert_eq!(found.network, "2001:db8:1:2::/64".parse::<IpNet>().unwrap());
+        assert!(sessions.unbind("2001:db8:1:2::/64".parse().unwrap()));
+        assert_eq!(at("2001:db8:1:2:ffff::1"), None);
+        assert_eq!(
+            sessions.lookup("2001:db8:1:2::9".parse().unwrap(), 100),
+            None
+        );
+    }
+
+    #[test]
+    fn a_trusted_gateway_is_limited_per_forwarded_client() {
+        let gateway = view("127.3.0.1", None, Some("10.0.0.1, 127.1.9.9"));
+        assert_eq!(
+            limit_address(&mno(), &gateway),
+            "127.1.9.9".parse::<IpAddr>().unwrap()
+        );
+        let other = view("127.2.0.1", None, Some("127.1.9.9"));
+        assert_eq!(
+            limit_address(&mno(), &other),
+            "127.2.0.1".parse::<IpAddr>().unwrap()
+        );
+        let mapped = view("::ffff:127.2.0.1", None, None);
+        assert_eq!(
+            limit_address(&mno(), &mapped),
+            "127.2.0.1".parse::<IpAddr>().unwrap()
+        );
     }
 
     #[test]

@@ -12,4 +12,6 @@ mod identity;
 pub use decide::{
     AssociationState, AuthMode, Decision, MismatchPolicy, Permit, Policy, Refusal, decide, resolve,
 };
-pub use identity::{ClientView, Identity, MnoPolicy, Sessions, identify};
+pub use identity::{
+    Bound, ClientView, Identity, MnoPolicy, Sessions, canonical_net, identify, limit_address,
+};

@@ -3,6 +3,12 @@
 //! `/healthz` and `/readyz` answer without the token (probes); everything
 //! else needs `Authorization: Bearer <token>`. Until replay is done the
 //! application is not there yet: `/readyz` says 503, and so does the rest.
+//! `/readyz` says 503 again once the event log refuses writes (a failed
+//! disk): the instance can still answer associated clients, but must not be
+//! sent new ones.
+//!
+//! Bodies are JSON whatever their `Content-Type` says (`curl -d` sends a
+//! form type), at most [`MAX_BODY_BYTES`]; every bad input is a JSON 4xx.
 
 // Handlers answer `Result<Response, Response>`, axum's idiom; the size of
 // the error variant is axum's `Response`, not ours to shrink.
@@ -12,13 +18,15 @@ use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 
 use axum::Json;
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use bytes::Bytes;
+use ipnet::IpNet;
 use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::App;
@@ -29,9 +37,15 @@ use crate::wire::{ClientId, IndirectCode, Msisdn};
 /// Shared by the admin handlers: the token, and the application once ready.
 #[derive(Debug)]
 pub struct AdminState {
-    pub token: String,
+    pub token: crate::config::Secret<String>,
     pub app: OnceLock<Arc<App>>,
 }
+
+/// Largest admin request body; the bodies are a few hundred bytes.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// Longest binding a request may ask for (`ttl_secs`): 31 days.
+pub const MAX_SESSION_TTL_SECS: u64 = 31 * 24 * 3600;
 
 pub fn router(state: Arc<AdminState>) -> axum::Router {
     let guarded = axum::Router::new()
@@ -44,7 +58,7 @@ pub fn router(state: Arc<AdminState>) -> axum::Router {
             get(get_association).delete(delete_association),
         )
         .route(
-            "/admin/v1/sessions/{ip}",
+            "/admin/v1/sessions/{*ip}",
             get(get_session).put(put_session).delete(delete_session),
         )
         .route("/metrics", get(metrics))
@@ -54,7 +68,65 @@ pub fn router(state: Arc<AdminState>) -> axum::Router {
         .route("/readyz", get(readyz))
         .merge(guarded)
         .fallback(|| async { error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such admin resource") })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "METHOD_NOT_ALLOWED",
+                "this resource does not take that method",
+            )
+        })
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
+}
+
+/// Accepts admin connections until `shutdown`: at most `max_connections`
+/// at once (more are closed at once), each under the public listener's
+/// header, idle and size limits ([`super::conn`]).
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: axum::Router,
+    limits: crate::config::Limits,
+    max_connections: usize,
+    shutdown: tokio_util::sync::CancellationToken,
+    tracker: tokio_util::task::TaskTracker,
+) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let limits = Arc::new(limits);
+    loop {
+        let stream = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, "admin accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            tracing::warn!(
+                max_connections,
+                "admin connection cap reached; closing a new one"
+            );
+            continue;
+        };
+        let (router, limits, shutdown) = (router.clone(), limits.clone(), shutdown.clone());
+        tracker.spawn(async move {
+            let _slot = slot;
+            super::conn::serve(stream, &limits, shutdown, move |request| {
+                // The router is always ready; its error type is Infallible.
+                let answer = tower::Service::call(&mut router.clone(), request);
+                async move {
+                    match answer.await {
+                        Ok(response) => response,
+                        Err(never) => match never {},
+                    }
+                }
+            })
+            .await;
+        });
+    }
 }
 
 fn error(status: StatusCode, code: &'static str, message: &str) -> Response {
@@ -74,12 +146,10 @@ async fn require_token(
     let given = request
         .headers()
         .get(http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    let equal =
-        aws_lc_rs::constant_time::verify_slices_are_equal(given.as_bytes(), state.token.as_bytes())
-            .is_ok();
+        .and_then(|v| bearer(v.as_bytes()))
+        .unwrap_or(b"");
+    let token = state.token.expose().as_bytes();
+    let equal = aws_lc_rs::constant_time::verify_slices_are_equal(given, token).is_ok();
     if !equal {
         return error(
             StatusCode::UNAUTHORIZED,
@@ -88,6 +158,17 @@ async fn require_token(
         );
     }
     next.run(request).await
+}
+
+/// The credentials of an `Authorization: Bearer <token>` header; the scheme
+/// name is case-insensitive (RFC 9110 §11.1). Raw bytes: a header that is
+/// not UTF-8 simply does not match.
+fn bearer(value: &[u8]) -> Option<&[u8]> {
+    let space = value.iter().position(|&b| b == b' ')?;
+    let (scheme, rest) = value.split_at(space);
+    scheme
+        .eq_ignore_ascii_case(b"bearer")
+        .then(|| rest.trim_ascii())
 }
 
 /// The application, or 503 while replay is still running.
@@ -103,6 +184,11 @@ fn ready(state: &AdminState) -> Result<&Arc<App>, Response> {
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
     match ready(&state) {
+        Ok(app) if app.store.log().is_poisoned() => error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "LOG_UNAVAILABLE",
+            "the event log refuses writes after a disk error; restart once the disk is fixed",
+        ),
         Ok(_) => "ready\n".into_response(),
         Err(response) => response,
     }
@@ -116,6 +202,7 @@ async fn metrics(Ready(app): Ready) -> Response {
     m.index_codes.set(counts.codes as i64);
     m.sessions.set(app.sessions.len() as i64);
     m.last_seq.set(app.store.log().last_seq());
+    m.log_poisoned.set(i64::from(app.store.log().is_poisoned()));
     for (runtime, lag) in [
         ("main", &app.limits.main_lag),
         ("quic", &app.limits.quic_lag),
@@ -176,24 +263,101 @@ fn parse_clientid(text: &str) -> Result<ClientId, Response> {
         .map_err(|e| error(StatusCode::BAD_REQUEST, "INVALID_CLIENTID", &e.to_string()))
 }
 
-fn parse_ip(text: &str) -> Result<IpAddr, Response> {
-    text.parse().map_err(|_| {
+/// An address (a /32 or /128) or a prefix (`2001:db8:1:2::/64`, the slash
+/// as is or as `%2F`); an IPv4-mapped IPv6 address is its IPv4 address.
+fn parse_network(text: &str) -> Result<IpNet, Response> {
+    let parsed = match text.contains('/') {
+        true => text.parse::<IpNet>().ok(),
+        false => text.parse::<IpAddr>().ok().map(IpNet::from),
+    };
+    parsed.map(crate::core::canonical_net).ok_or_else(|| {
         error(
             StatusCode::BAD_REQUEST,
             "INVALID_IP",
-            "expected an IPv4 or IPv6 address",
+            "expected an IPv4 or IPv6 address, or a prefix such as 2001:db8:1:2::/64",
         )
     })
 }
 
-fn body<T>(body: Result<Json<T>, JsonRejection>, expected: &str) -> Result<T, Response> {
-    body.map(|Json(b)| b).map_err(|e| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "INVALID_BODY",
-            &format!("{e}; expected {expected}"),
-        )
-    })
+/// How a binding's network is shown: a lone address without its `/32`.
+fn shown(network: IpNet) -> String {
+    match network.prefix_len() == network.max_prefix_len() {
+        true => network.addr().to_string(),
+        false => network.to_string(),
+    }
+}
+
+/// The one path parameter of a route, percent-decoded; a JSON 400 when it
+/// does not decode to UTF-8 (axum's own rejection is plain text).
+struct Param(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Param {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Response> {
+        Path::<String>::from_request_parts(parts, state)
+            .await
+            .map(|Path(text)| Param(text))
+            .map_err(|e| error(StatusCode::BAD_REQUEST, "INVALID_PATH", &e.body_text()))
+    }
+}
+
+/// A JSON body, whatever the `Content-Type`; see the module docs.
+struct JsonBody<T>(T);
+
+/// Why a body was not taken: too large, or not the JSON expected.
+enum BodyRejection {
+    TooLarge,
+    Invalid(String),
+}
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = BodyRejection;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, BodyRejection> {
+        let bytes = Bytes::from_request(request, state)
+            .await
+            .map_err(|e| match e.status() {
+                StatusCode::PAYLOAD_TOO_LARGE => BodyRejection::TooLarge,
+                _ => BodyRejection::Invalid(e.body_text()),
+            })?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| BodyRejection::Invalid(e.to_string()))
+    }
+}
+
+impl BodyRejection {
+    fn response(self, expected: &str) -> Response {
+        match self {
+            BodyRejection::TooLarge => error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "BODY_TOO_LARGE",
+                &format!("admin bodies are at most {MAX_BODY_BYTES} bytes"),
+            ),
+            BodyRejection::Invalid(e) => error(
+                StatusCode::BAD_REQUEST,
+                "INVALID_BODY",
+                &format!("{e}; expected {expected}"),
+            ),
+        }
+    }
+}
+
+/// Handlers take `Result<JsonBody, _>` and say what they expected; this is
+/// only for a handler that does not.
+impl IntoResponse for BodyRejection {
+    fn into_response(self) -> Response {
+        self.response("a JSON object")
+    }
+}
+
+fn body<T>(body: Result<JsonBody<T>, BodyRejection>, expected: &str) -> Result<T, Response> {
+    body.map(|JsonBody(body)| body)
+        .map_err(|rejection| rejection.response(expected))
 }
 
 #[derive(Deserialize)]
@@ -214,8 +378,8 @@ fn valid_target(target: &str) -> bool {
 
 async fn put_code(
     Ready(app): Ready,
-    Path(code): Path<String>,
-    json: Result<Json<CodeBody>, JsonRejection>,
+    Param(code): Param,
+    json: Result<JsonBody<CodeBody>, BodyRejection>,
 ) -> Answer {
     let code = parse_code(&code)?;
     let CodeBody { target } = body(json, r#"{"target": "https://..."}"#)?;
@@ -247,7 +411,7 @@ async fn put_code(
     Ok(Json(json!({"code": code.as_str(), "target": target, "seq": seq})).into_response())
 }
 
-async fn get_code(Ready(app): Ready, Path(code): Path<String>) -> Answer {
+async fn get_code(Ready(app): Ready, Param(code): Param) -> Answer {
     let code = parse_code(&code)?;
     let entry = app
         .store
@@ -260,7 +424,7 @@ async fn get_code(Ready(app): Ready, Path(code): Path<String>) -> Answer {
     )
 }
 
-async fn delete_code(Ready(app): Ready, Path(code): Path<String>) -> Answer {
+async fn delete_code(Ready(app): Ready, Param(code): Param) -> Answer {
     let code = parse_code(&code)?;
     let removed = app
         .store
@@ -285,7 +449,7 @@ fn no_association() -> Response {
     )
 }
 
-async fn get_association(Ready(app): Ready, Path(clientid): Path<String>) -> Answer {
+async fn get_association(Ready(app): Ready, Param(clientid): Param) -> Answer {
     let clientid = parse_clientid(&clientid)?;
     let a = app
         .store
@@ -301,7 +465,7 @@ async fn get_association(Ready(app): Ready, Path(clientid): Path<String>) -> Ans
     .into_response())
 }
 
-async fn delete_association(Ready(app): Ready, Path(clientid): Path<String>) -> Answer {
+async fn delete_association(Ready(app): Ready, Param(clientid): Param) -> Answer {
     let clientid = parse_clientid(&clientid)?;
     app.store
         .revoke(&clientid, super::now_ms())
@@ -321,28 +485,36 @@ struct SessionBody {
 
 async fn put_session(
     Ready(app): Ready,
-    Path(ip): Path<String>,
-    json: Result<Json<SessionBody>, JsonRejection>,
+    Param(ip): Param,
+    json: Result<JsonBody<SessionBody>, BodyRejection>,
 ) -> Answer {
-    let ip = parse_ip(&ip)?;
+    let network = parse_network(&ip)?;
     let SessionBody { msisdn, ttl_secs } = body(json, r#"{"msisdn": "+E164"}"#)?;
     let msisdn = Msisdn::parse(&msisdn)
         .map_err(|e| error(StatusCode::BAD_REQUEST, "INVALID_MSISDN", &e.to_string()))?;
-    if !app.config.mno.is_mno_address(ip) {
+    if !app.config.mno.is_mno_network(&network) {
         return Err(error(
             StatusCode::BAD_REQUEST,
             "NOT_IN_MNO_NETWORK",
             "the address is outside mno.networks, so the binding would never be used",
         ));
     }
-    let ttl_ms = ttl_secs.map_or(app.config.session_ttl.as_millis() as u64, |s| {
-        s.saturating_mul(1000)
-    });
+    let ttl_ms = match ttl_secs {
+        None => app.config.session_ttl.as_millis() as u64,
+        Some(secs @ 1..=MAX_SESSION_TTL_SECS) => secs * 1000,
+        Some(_) => {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                "INVALID_TTL",
+                &format!("ttl_secs must be 1 to {MAX_SESSION_TTL_SECS} (31 days)"),
+            ));
+        }
+    };
     let expires_ms = super::now_ms().saturating_add(ttl_ms);
     let subscriber = app.key.subscriber_ref(&msisdn);
-    app.sessions.bind(ip, subscriber, expires_ms);
+    app.sessions.bind(network, subscriber, expires_ms);
     Ok(Json(json!({
-        "ip": ip,
+        "ip": shown(network),
         "subscriber": subscriber.to_hex(),
         "expires": crate::sre::rfc3339(expires_ms),
     }))
@@ -357,19 +529,28 @@ fn no_session() -> Response {
     )
 }
 
-async fn get_session(Ready(app): Ready, Path(ip): Path<String>) -> Answer {
-    let ip = parse_ip(&ip)?;
-    let subscriber = app
+/// An address: the binding that covers it (the longest prefix). A prefix:
+/// the binding of exactly that prefix.
+async fn get_session(Ready(app): Ready, Param(ip): Param) -> Answer {
+    let network = parse_network(&ip)?;
+    let bound = app
         .sessions
-        .lookup(ip, super::now_ms())
+        .find(network.addr(), super::now_ms())
+        .filter(|b| !ip.contains('/') || b.network == network)
         .ok_or_else(no_session)?;
-    Ok(Json(json!({"ip": ip, "subscriber": subscriber.to_hex()})).into_response())
+    Ok(Json(json!({
+        "ip": shown(network),
+        "network": bound.network.to_string(),
+        "subscriber": bound.subscriber.to_hex(),
+        "expires": crate::sre::rfc3339(bound.expires_ms),
+    }))
+    .into_response())
 }
 
-async fn delete_session(Ready(app): Ready, Path(ip): Path<String>) -> Answer {
-    let ip = parse_ip(&ip)?;
-    if !app.sessions.unbind(ip) {
+async fn delete_session(Ready(app): Ready, Param(ip): Param) -> Answer {
+    let network = parse_network(&ip)?;
+    if !app.sessions.unbind(network) {
         return Err(no_session());
     }
-    Ok(Json(json!({"ip": ip, "removed": true})).into_response())
+    Ok(Json(json!({"ip": shown(network), "removed": true})).into_response())
 }

@@ -4,8 +4,11 @@
 //! QUIC's own denial-of-service surface is handled before any handshake
 //! state exists, cheapest first, for every Initial that arrives:
 //!
-//! 1. Per-source-address connection rate: over it, the Initial is ignored
-//!    (no packet sent back, no state kept).
+//! 1. Per-source-address connection rate and open connections, for a
+//!    validated address only (a spoofed source must not spend its owner's
+//!    budget): over them, the Initial is ignored (no packet sent back, no
+//!    state kept). An unvalidated client is charged when its handshake
+//!    completes, and closed if over.
 //! 2. Handshakes in flight and connections open: over `max_handshakes` or
 //!    `limits.max_connections`, ignored likewise.
 //! 3. Address validation: `retry = always` answers every unvalidated
@@ -18,7 +21,7 @@
 //! 0-RTT is off: association creation is not idempotent, and a replayed
 //! first scan must not create anything.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -29,6 +32,8 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::App;
+use super::conn::Activity;
+use super::limits::AddressSlot;
 use super::metrics::{Protocol, ProtocolLabel};
 use super::resolve::{self, ConnInfo};
 use crate::config::{Http3Config, RetryPolicy};
@@ -68,7 +73,9 @@ pub fn server_config(
         .lifetime(Duration::from_secs(h3.validation_token_lifetime_secs))
         .sent(2);
     config.validation_token_config(tokens);
-    // Migration lets a client move; its new path is validated by QUIC itself.
+    // Migration lets a client move; its new path is validated by QUIC
+    // itself, and each request is judged by the address the connection has
+    // when the request arrives (see `serve_connection`).
     config.migration(true);
     Ok(config)
 }
@@ -149,17 +156,23 @@ pub async fn serve(
             incoming.ignore();
             continue;
         }
-        let peer = incoming.remote_address().ip();
-        let verdict = app.limits.quic_connections.check(&peer);
-        if app.rate_verdict("quic_connections", verdict).is_err() {
-            m.refused_handshake("address_rate");
-            incoming.ignore();
-            continue;
-        }
-        let Some(address_slot) = app.limits.per_address.try_open(peer) else {
-            m.refused_handshake("address_cap");
-            incoming.ignore();
-            continue;
+        // Per-address state and limits only for a validated address (a
+        // Retry token or a NEW_TOKEN token echoed from it): an Initial's
+        // source address is trivially spoofed, and charging it would let an
+        // attacker spend a victim's budget. An unvalidated client is charged
+        // once its handshake completes, which proves the address too.
+        let validated = incoming.remote_address_validated();
+        let source = app.limits.source(incoming.remote_address().ip());
+        let address_slot = match validated {
+            true => match charge_address(&app, source) {
+                Ok(slot) => Some(slot),
+                Err(reason) => {
+                    m.refused_handshake(reason);
+                    incoming.ignore();
+                    continue;
+                }
+            },
+            false => None,
         };
         // A client back with a NEW_TOKEN token this server issued (validated,
         // and not by a Retry) is returning: it has a queue of its own, as
@@ -206,7 +219,6 @@ pub async fn serve(
         let gate = gate.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            let _address_slot = address_slot;
             let handshake =
                 tokio::time::timeout(app.config.limits.header_read_timeout, connecting).await;
             gate.handshakes.fetch_sub(1, Ordering::Relaxed);
@@ -214,6 +226,16 @@ pub async fn serve(
                 Ok(Ok(connection)) => connection,
                 Ok(Err(_)) => return app.metrics.refused_handshake("handshake_failed"),
                 Err(_) => return app.metrics.refused_handshake("handshake_timeout"),
+            };
+            let _address_slot = match address_slot {
+                Some(slot) => slot,
+                None => match charge_address(&app, source) {
+                    Ok(slot) => slot,
+                    Err(reason) => {
+                        app.metrics.refused_handshake(reason);
+                        return connection.close(H3_EXCESSIVE_LOAD.into(), b"address limit");
+                    }
+                },
             };
             gate.connections.fetch_add(1, Ordering::Relaxed);
             app.open_connections.fetch_add(1, Ordering::Relaxed);
@@ -234,27 +256,49 @@ pub async fn serve(
     endpoint.close(0u32.into(), b"shutting down");
 }
 
+/// HTTP/3's error codes (RFC 9114 §8.1): a clean close, and a peer that
+/// asks for more than it may.
+const H3_NO_ERROR: u32 = 0x100;
+const H3_EXCESSIVE_LOAD: u32 = 0x107;
+
+/// Charges a new connection from `source` to its address's connection rate
+/// and open-connection cap; the reason (for the metric) when over either.
+fn charge_address(app: &App, source: IpAddr) -> Result<AddressSlot, &'static str> {
+    let verdict = app.limits.quic_connections.check(&source);
+    if app.rate_verdict("quic_connections", verdict).is_err() {
+        return Err("address_rate");
+    }
+    app.limits.per_address.try_open(source).ok_or("address_cap")
+}
+
+/// Serves one QUIC connection's requests. Like [`super::conn`] for TCP: a
+/// connection with no request in flight is closed after the header-read
+/// timeout (before its first request) or the idle timeout (after one), and
+/// a stream must bring its request head within the header-read timeout.
 async fn serve_connection(
     app: &Arc<App>,
     connection: quinn::Connection,
     shutdown: CancellationToken,
 ) {
-    let conn = ConnInfo {
-        peer: connection.remote_address(),
-        protocol: Protocol::Http3,
-    };
+    let quic = connection.clone();
+    let limits = &app.config.limits;
     let built = h3::server::builder()
-        .max_field_section_size(app.config.limits.max_header_bytes as u64)
+        .max_field_section_size(limits.max_header_bytes as u64)
         .build::<_, Bytes>(h3_quinn::Connection::new(connection))
         .await;
     let Ok(mut h3_conn) = built else {
         return;
     };
+    let activity = Activity::new();
     let requests = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => {
                 // GOAWAY: finish what is in flight, take nothing new.
+                let _ = h3_conn.shutdown(0).await;
+                break;
+            }
+            _ = activity.quiet_for(limits.header_read_timeout, limits.idle_timeout) => {
                 let _ = h3_conn.shutdown(0).await;
                 break;
             }
@@ -264,10 +308,23 @@ async fn serve_connection(
             Ok(Some(resolver)) => resolver,
             Ok(None) | Err(_) => break,
         };
+        let busy = activity.begin();
         let app = app.clone();
+        let quic = quic.clone();
         requests.spawn(async move {
-            let Ok((request, mut stream)) = resolver.resolve_request().await else {
+            let _busy = busy;
+            let head_limit = app.config.limits.header_read_timeout;
+            let Ok(Ok((request, mut stream))) =
+                tokio::time::timeout(head_limit, resolver.resolve_request()).await
+            else {
                 return;
+            };
+            // Identity follows the packet: the address the connection has
+            // now, after any migration, not the one it was opened from.
+            let peer = quic.remote_address();
+            let conn = ConnInfo {
+                peer: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+                protocol: Protocol::Http3,
             };
             let response = resolve::handle(
                 &app,
@@ -294,11 +351,12 @@ async fn serve_connection(
             // as a reset of the request it already sent. Bounded in time;
             // anything a client sends after its head is discarded.
             let drained = async { while let Ok(Some(_)) = stream.recv_data().await {} };
-            let _ = tokio::time::timeout(app.config.limits.header_read_timeout, drained).await;
+            let _ = tokio::time::timeout(head_limit, drained).await;
         });
     }
     requests.close();
-    let _ = tokio::time::timeout(app.config.limits.shutdown_grace, requests.wait()).await;
+    let _ = tokio::time::timeout(limits.shutdown_grace, requests.wait()).await;
+    quic.close(H3_NO_ERROR.into(), b"");
 }
 
 /// A UDP socket on `addr` (the port of the HTTPS listener).

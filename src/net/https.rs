@@ -2,16 +2,14 @@
 //!
 //! Cheapest refusals first: past the connection cap a socket is closed
 //! before any TLS work; a handshake that does not finish within the
-//! header-read timeout is dropped; hyper bounds header size and time.
+//! header-read timeout is dropped; hyper bounds header size and time, and
+//! [`super::conn`] closes connections that send no request.
 
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
@@ -58,14 +56,18 @@ pub async fn serve(
                 }
             },
         };
+        // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d: they
+        // are IPv4 clients everywhere (pools, bindings, limits).
+        let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
         // Cheapest first: the address's accept rate, its open connections,
         // then the global cap. A refused socket is closed before any TLS.
-        let verdict = app.limits.tcp_accepts.check(&peer.ip());
+        let source = app.limits.source(peer.ip());
+        let verdict = app.limits.tcp_accepts.check(&source);
         if app.rate_verdict("tcp_accepts", verdict).is_err() {
             app.metrics.refused_connection("address_rate");
             continue;
         }
-        let Some(address_slot) = app.limits.per_address.try_open(peer.ip()) else {
+        let Some(address_slot) = app.limits.per_address.try_open(source) else {
             app.metrics.refused_connection("address_cap");
             continue;
         };
@@ -119,13 +121,7 @@ pub async fn serve(
                 .clone();
             open.inc();
             app.open_connections.fetch_add(1, Ordering::Relaxed);
-            serve_connection(
-                app.clone(),
-                ConnInfo { peer, protocol },
-                TokioIo::new(stream),
-                shutdown,
-            )
-            .await;
+            serve_connection(app.clone(), ConnInfo { peer, protocol }, stream, shutdown).await;
             app.open_connections.fetch_sub(1, Ordering::Relaxed);
             open.dec();
         });
@@ -153,51 +149,35 @@ async fn peek_first_record(stream: &TcpStream) -> std::io::Result<Vec<u8>> {
     Ok(record)
 }
 
+/// Serves one TLS connection with the resolve handler (see [`super::conn`]
+/// for its timeouts).
 async fn serve_connection<I>(app: Arc<App>, conn: ConnInfo, io: I, shutdown: CancellationToken)
 where
-    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let limits = &app.config.limits;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192))
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .max_header_list_size(limits.max_header_bytes as u32)
-        .keep_alive_interval(Some(limits.idle_timeout))
-        .keep_alive_timeout(limits.header_read_timeout);
-    let service_app = app.clone();
-    let service = hyper::service::service_fn(move |request: hyper::Request<Incoming>| {
-        let app = service_app.clone();
-        async move {
-            let response = resolve::handle(
-                &app,
-                conn,
-                request.method(),
-                request.uri(),
-                request.headers(),
-            )
-            .await;
-            let (mut parts, body) = response.into_parts();
-            if let Some(alt_svc) = &app.alt_svc {
-                parts.headers.insert(http::header::ALT_SVC, alt_svc.clone());
+    let limits = app.config.limits.clone();
+    super::conn::serve(
+        io,
+        &limits,
+        shutdown,
+        move |request: hyper::Request<Incoming>| {
+            let app = app.clone();
+            async move {
+                let response = resolve::handle(
+                    &app,
+                    conn,
+                    request.method(),
+                    request.uri(),
+                    request.headers(),
+                )
+                .await;
+                let (mut parts, body) = response.into_parts();
+                if let Some(alt_svc) = &app.alt_svc {
+                    parts.headers.insert(http::header::ALT_SVC, alt_svc.clone());
+                }
+                hyper::Response::from_parts(parts, Full::new(body))
             }
-            Ok::<_, Infallible>(hyper::Response::from_parts(parts, Full::new(body)))
-        }
-    });
-    let connection = builder.serve_connection(io, service);
-    tokio::pin!(connection);
-    let idle = limits.idle_timeout;
-    tokio::select! {
-        _ = connection.as_mut() => return,
-        _ = shutdown.cancelled() => {}
-    }
-    connection.as_mut().graceful_shutdown();
-    let _ = tokio::time::timeout(idle, connection).await;
+        },
+    )
+    .await;
 }

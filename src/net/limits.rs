@@ -18,6 +18,22 @@ use dashmap::DashMap;
 use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
+/// The key a per-source limit counts a client under: an IPv4 address as
+/// itself (an IPv4-mapped IPv6 address is the IPv4 address it maps), an
+/// IPv6 address by its first `v6_prefix_len` bits, since one subscriber or
+/// one attacker is handed a whole prefix (a /64, typically) to pick from.
+pub fn source_key(addr: IpAddr, v6_prefix_len: u8) -> IpAddr {
+    match addr.to_canonical() {
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            let keep = u32::from(v6_prefix_len.min(128));
+            let mask = u128::MAX.checked_shl(128 - keep).unwrap_or(0);
+            IpAddr::V6((bits & mask).into())
+        }
+        v4 => v4,
+    }
+}
+
 /// Checks between two counts of a limiter's keys.
 const RECOUNT_EVERY: usize = 1024;
 
@@ -366,5 +382,27 @@ mod tests {
         assert!(per.try_open("127.2.0.2".parse().unwrap()).is_some());
         drop(first);
         assert!(per.try_open(a).is_some());
+    }
+}
+
+#[cfg(test)]
+mod source_key_tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn ipv4_mapped_is_ipv4_and_ipv6_counts_by_prefix() {
+        assert_eq!(source_key(ip("::ffff:127.1.0.1"), 64), ip("127.1.0.1"));
+        assert_eq!(source_key(ip("127.1.0.1"), 64), ip("127.1.0.1"));
+        assert_eq!(
+            source_key(ip("2001:db8:1:2:aaaa:bbbb:cccc:dddd"), 64),
+            ip("2001:db8:1:2::")
+        );
+        assert_eq!(source_key(ip("2001:db8:1:2::9"), 48), ip("2001:db8:1::"));
+        assert_eq!(source_key(ip("2001:db8::9"), 128), ip("2001:db8::9"));
+        assert_eq!(source_key(ip("2001:db8::9"), 0), ip("::"));
     }
 }

@@ -71,6 +71,8 @@ pub struct Metrics {
     pub index_codes: Gauge,
     pub sessions: Gauge,
     pub last_seq: Gauge<u64, AtomicU64>,
+    /// 1 once a write failed: the log refuses writes until a restart.
+    pub log_poisoned: Gauge,
     pub runtime_lag: Family<RuntimeLabel, Gauge<f64, AtomicU64>>,
     pub overloaded: Family<RuntimeLabel, Gauge>,
     /// Requests without an association answered 503 because of load.
@@ -216,6 +218,12 @@ impl Metrics {
             "Sequence number of the newest durable event",
             last_seq.clone(),
         );
+        let log_poisoned = Gauge::default();
+        registry.register(
+            "log_poisoned",
+            "1 once an event log write failed (disk error): writes are refused until a restart",
+            log_poisoned.clone(),
+        );
         let runtime_lag = Family::<RuntimeLabel, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "runtime_lag_seconds",
@@ -266,6 +274,7 @@ impl Metrics {
             index_codes,
             sessions,
             last_seq,
+            log_poisoned,
             runtime_lag,
             overloaded,
             shed,

@@ -7,6 +7,7 @@
 //! accepting, lets in-flight requests finish, and closes the log.
 
 pub mod admin;
+pub mod conn;
 pub mod h3;
 pub mod https;
 pub mod limits;
@@ -27,7 +28,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::Config;
+use crate::config::{Config, Secret};
 use crate::core::{Refusal, Sessions};
 use crate::deploy::{self, DeployError};
 use crate::store::{Store, StoreError};
@@ -69,8 +70,13 @@ pub struct Limiters {
     pub requests_per_address: limits::KeyedRate<std::net::IpAddr>,
     /// Keyed by the association's sequence number: unique, and no allocation.
     pub requests_per_clientid: limits::KeyedRate<crate::store::Seq>,
-    /// All requests without an association together (the tarpit's pace).
+    /// Requests without an association from off the MNO network, all
+    /// together (the tarpit's pace).
     pub unauthenticated: Option<limits::Pace>,
+    /// The same from inside the MNO pools (first scans, which may create an
+    /// association): a budget of its own, so a flood from outside cannot
+    /// starve subscribers' first scans.
+    pub first_scans: Option<limits::Pace>,
     /// All new TLS and QUIC handshakes together.
     pub handshakes: Option<limits::Pace>,
     /// Returning clients (a TLS ticket or a QUIC NEW_TOKEN token this
@@ -82,6 +88,7 @@ pub struct Limiters {
     /// admin) and of QUIC's: each listener watches its own.
     pub main_lag: Option<Arc<limits::Lag>>,
     pub quic_lag: Option<Arc<limits::Lag>>,
+    ipv6_prefix_len: u8,
 }
 
 impl Limiters {
@@ -106,11 +113,18 @@ impl Limiters {
                 l.limiter_max_keys,
             ),
             unauthenticated: limits::Pace::per_second(l.unauthenticated_per_sec),
+            first_scans: limits::Pace::per_second(l.first_scans_per_sec),
             handshakes: limits::Pace::per_second(l.handshakes_per_sec),
             resumptions: limits::Pace::per_second(l.handshakes_per_sec),
             main_lag: limits::Lag::new(l.overload_lag).map(Arc::new),
             quic_lag: limits::Lag::new(l.overload_lag).map(Arc::new),
+            ipv6_prefix_len: l.ipv6_prefix_len,
         }
+    }
+
+    /// The key per-source limits count `addr` under ([`limits::source_key`]).
+    pub fn source(&self, addr: std::net::IpAddr) -> std::net::IpAddr {
+        limits::source_key(addr, self.ipv6_prefix_len)
     }
 
     /// The handshake pace a new connection waits in, and its name (for
@@ -131,11 +145,16 @@ impl Limiters {
 }
 
 impl App {
-    /// Paces requests without an association to `unauthenticated_per_sec`:
-    /// waits for a turn (holding no lock, costing no CPU), or answers
-    /// `Overloaded` when the turn is further than `tarpit_max` away.
-    pub async fn tarpit(&self) -> Result<(), Refusal> {
-        let Some(pace) = &self.limits.unauthenticated else {
+    /// Paces requests without an association to `unauthenticated_per_sec`
+    /// (off the MNO network) or `first_scans_per_sec` (on it): waits for a
+    /// turn (holding no lock, costing no CPU), or answers `Overloaded` when
+    /// the turn is further than `tarpit_max` away.
+    pub async fn tarpit(&self, on_mno_network: bool) -> Result<(), Refusal> {
+        let pace = match on_mno_network {
+            true => &self.limits.first_scans,
+            false => &self.limits.unauthenticated,
+        };
+        let Some(pace) = pace else {
             return Ok(());
         };
         let wait = pace
@@ -232,7 +251,7 @@ pub enum ServeError {
 pub struct Running {
     pub public_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    pub admin_token: String,
+    pub admin_token: Secret<String>,
     /// The CA to trust when the certificate was generated (no `tls_cert`).
     pub ca_cert: Option<PathBuf>,
     pub app: Arc<App>,
@@ -267,15 +286,22 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
 /// Starts the server described by `config`; returns once the public
 /// listener accepts (the log has been replayed).
 pub async fn start(config: Config) -> Result<Running, ServeError> {
-    std::fs::create_dir_all(&config.data_dir).map_err(|source| ServeError::DataDir {
-        path: config.data_dir.clone(),
-        source,
-    })?;
-    let secret = match config.subscriber_secret {
-        Some(secret) => secret,
+    // Owner only: it holds the subscriber key, the admin token and the log.
+    let mut data_dir = std::fs::DirBuilder::new();
+    data_dir.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut data_dir, 0o700);
+    data_dir
+        .create(&config.data_dir)
+        .map_err(|source| ServeError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
+    let secret = match &config.subscriber_secret {
+        Some(secret) => *secret.expose(),
         None => deploy::subscriber_secret(&config.data_dir)?,
     };
-    let admin_token = deploy::admin_token(&config.admin_token_path())?;
+    let admin_token = Secret::new(deploy::admin_token(&config.admin_token_path())?);
     let (cert_path, key_path, ca_cert) = match &config.tls {
         Some((cert, key)) => (cert.clone(), key.clone(), None),
         None => {
@@ -341,15 +367,14 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         app: Default::default(),
     });
     let admin_router = admin::router(admin_state.clone());
-    let admin_shutdown = shutdown.clone();
-    tracker.spawn(async move {
-        let served = axum::serve(admin_listener, admin_router)
-            .with_graceful_shutdown(admin_shutdown.cancelled_owned())
-            .await;
-        if let Err(e) = served {
-            tracing::error!(error = %e, "admin listener failed");
-        }
-    });
+    tracker.spawn(admin::serve(
+        admin_listener,
+        admin_router,
+        config.limits.clone(),
+        config.admin_max_connections,
+        shutdown.clone(),
+        tracker.clone(),
+    ));
 
     let log_path = config.data_dir.join(crate::LOG_DIR);
     let store = tokio::task::spawn_blocking(move || Store::open(&log_path))

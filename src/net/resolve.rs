@@ -16,7 +16,7 @@ use super::App;
 use super::metrics::Protocol;
 use crate::core::{self, ClientView, Decision, Permit, Refusal};
 use crate::store::{Associated, NewAssociation};
-use crate::wire::{ClientId, IndirectCode};
+use crate::wire::{ClientId, IndirectCode, Query, QueryError};
 
 pub const PATH: &str = "/mc/v1/resolve";
 
@@ -60,6 +60,7 @@ pub fn wire_error(refusal: &Refusal) -> (StatusCode, &'static str) {
         Refusal::RequestTooLarge => (StatusCode::URI_TOO_LONG, "REQUEST_TOO_LARGE"),
         Refusal::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
         Refusal::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
+        Refusal::RepeatedHeader(_) => (StatusCode::BAD_REQUEST, "INVALID_HEADER"),
     }
 }
 
@@ -124,75 +125,48 @@ pub async fn handle(
     response
 }
 
-/// The query's `code` and `clientid`. A repeated parameter is refused: two
-/// values are an ambiguity an attacker could play on.
-struct Query {
-    code: String,
-    clientid: Option<String>,
-}
-
-fn parse_query(uri: &Uri, max_bytes: usize) -> Result<Query, Refusal> {
-    let text = uri.query().unwrap_or("");
-    if text.len() > max_bytes {
-        return Err(Refusal::RequestTooLarge);
-    }
-    let mut code = None;
-    let mut clientid = None;
-    for (name, value) in form_urlencoded::parse(text.as_bytes()) {
-        let slot = match &*name {
-            "code" => &mut code,
-            "clientid" => &mut clientid,
-            _ => continue,
-        };
-        if slot.replace(value.into_owned()).is_some() {
-            return Err(if name == "code" {
-                Refusal::InvalidCode(crate::wire::CodeError::Repeated)
-            } else {
-                Refusal::InvalidClientId(crate::wire::ClientIdError::Repeated)
-            });
-        }
-    }
-    Ok(Query {
-        code: code.unwrap_or_default(),
-        clientid,
-    })
-}
-
 async fn resolve(
     app: &App,
     conn: ConnInfo,
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<Response<Bytes>, Refusal> {
-    // Cheapest first: the address's rate, parse, clientid, index (and the
-    // clientid's rate), identity; codes only after.
-    let verdict = app.limits.requests_per_address.check(&conn.peer.ip());
+    // Cheapest first: the enrichment headers as the gateway wrote them,
+    // the address's rate, parse, clientid, index (and the clientid's
+    // rate), identity; codes only after.
+    let view = ClientView::from_headers(conn.peer.ip(), headers, &app.config.msisdn_header)?;
+    let limited = app
+        .limits
+        .source(core::limit_address(&app.config.mno, &view));
+    let verdict = app.limits.requests_per_address.check(&limited);
     app.rate_verdict("requests_per_address", verdict)?;
-    let query = parse_query(uri, app.config.limits.max_uri_bytes)?;
+    let query =
+        Query::parse(uri.query().unwrap_or(""), app.config.limits.max_uri_bytes).map_err(|e| {
+            match e {
+                QueryError::TooLong => Refusal::RequestTooLarge,
+                QueryError::RepeatedCode => Refusal::InvalidCode(crate::wire::CodeError::Repeated),
+                QueryError::RepeatedClientId => {
+                    Refusal::InvalidClientId(crate::wire::ClientIdError::Repeated)
+                }
+            }
+        })?;
     let code = IndirectCode::parse(&query.code).map_err(Refusal::InvalidCode)?;
     let clientid = query.clientid.as_deref();
     let association = clientid.and_then(|id| app.store.index().association(id));
-    match association {
-        Some(a) => {
-            let verdict = app.limits.requests_per_clientid.check(&a.seq);
-            app.rate_verdict("requests_per_clientid", verdict)?;
-        }
-        None if app.shedding() => {
-            app.metrics.shed.inc();
-            return Err(Refusal::Overloaded);
-        }
-        None if app.config.policy.mode != crate::core::AuthMode::Off => app.tarpit().await?,
-        None => {}
+    if let Some(a) = association {
+        let verdict = app.limits.requests_per_clientid.check(&a.seq);
+        app.rate_verdict("requests_per_clientid", verdict)?;
+    } else if app.shedding() {
+        app.metrics.shed.inc();
+        return Err(Refusal::Overloaded);
     }
-    let view = ClientView {
-        peer: conn.peer.ip(),
-        msisdn_header: header_str(headers, &app.config.msisdn_header),
-        forwarded_for: header_str(headers, "x-forwarded-for"),
-    };
     let now_ms = super::now_ms();
     let identity = core::identify(&app.config.mno, &view, &app.sessions, &app.key, now_ms);
     if identity.spoof_attempt {
         app.metrics.spoof_attempts.inc();
+    }
+    if association.is_none() && app.config.policy.mode != crate::core::AuthMode::Off {
+        app.tarpit(identity.on_mno_network).await?;
     }
     let permit = match core::decide(&app.config.policy, clientid, association, &identity) {
         Decision::Resolve(permit) => permit,
@@ -268,34 +242,4 @@ async fn resolve(
         StatusCode::OK,
         serde_json::to_vec(&body).expect("serialisable"),
     ))
-}
-
-fn header_str(headers: &HeaderMap, name: impl http::header::AsHeaderName) -> Option<&str> {
-    headers.get(name).and_then(|v| v.to_str().ok())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn query_parsing() {
-        let uri: Uri = "/mc/v1/resolve?code=2001000001a&clientid=a%3Ab"
-            .parse()
-            .unwrap();
-        let q = parse_query(&uri, 100).unwrap();
-        assert_eq!(
-            (q.code.as_str(), q.clientid.as_deref()),
-            ("2001000001a", Some("a:b"))
-        );
-        let twice: Uri = "/x?clientid=a&clientid=b&code=c".parse().unwrap();
-        assert!(matches!(
-            parse_query(&twice, 100),
-            Err(Refusal::InvalidClientId(_))
-        ));
-        assert!(matches!(
-            parse_query(&uri, 10),
-            Err(Refusal::RequestTooLarge)
-        ));
-    }
 }

@@ -18,6 +18,16 @@
 //! batch, so handing its sequence numbers out again could overwrite a record.
 //! Every later append fails until the process restarts and reopens the log.
 //!
+//! # What happens once records are handed over
+//!
+//! [`EventLog::append_then`] takes, with the records, what must happen once
+//! they are durable (the store applies them to its index and releases its
+//! locks there). The writer runs it on its own thread, in sequence order,
+//! before answering; so it runs whether or not anyone still waits for the
+//! answer. A request future dropped at any `.await` either never handed its
+//! records over (nothing is written) or handed them over (they are written
+//! *and* applied): the log and what follows from it cannot part.
+//!
 //! The API is `append` + `read_from` + `last_seq`: narrow enough for a
 //! replicated log to sit behind it later.
 
@@ -53,6 +63,10 @@ pub enum LogError {
     Poisoned,
     #[error("event log is closed")]
     Closed,
+    /// What was to follow a durable write failed (the index refused an
+    /// event): the log is poisoned, since its state and the index's parted.
+    #[error("durable, but not applied: {0}")]
+    NotApplied(String),
     #[error("event log read failed: {0}")]
     Read(#[from] rocksdb::Error),
     #[error("corrupt record at sequence {seq}: {reason}")]
@@ -75,6 +89,7 @@ struct Shared {
     writer: Option<thread::JoinHandle<()>>,
     last_seq: Arc<AtomicU64>,
     poisoned: Arc<AtomicBool>,
+    fail_next: Arc<AtomicBool>,
 }
 
 /// Closing the queue ends the writer; joining it means the database is
@@ -98,8 +113,13 @@ impl std::fmt::Debug for Shared {
     }
 }
 
+/// What the writer runs once a batch is durable, with the first sequence
+/// number of its records; an `Err` poisons the log.
+pub type OnDurable = Box<dyn FnOnce(Seq) -> Result<(), String> + Send>;
+
 struct Pending {
     records: Vec<Record>,
+    on_durable: Option<OnDurable>,
     done: oneshot::Sender<Result<Seq, LogError>>,
 }
 
@@ -119,6 +139,19 @@ impl EventLog {
             source,
         })?;
         Self::from_db(db, true)
+    }
+
+    /// Opens the log with RocksDB's write lock but no writer and no checks
+    /// (a damaged last key is fine): for `homecmp log repair`, which reads
+    /// it and then deletes records through [`EventLog::raw`].
+    pub fn open_for_repair(path: &Path) -> Result<Self, LogError> {
+        let mut opts = db_options();
+        opts.create_if_missing(false);
+        let db = DB::open(&opts, path).map_err(|source| LogError::Open {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Ok(Self::with_last(Arc::new(db), 0, false))
     }
 
     /// Opens the log read-only: works beside a running server (it sees what
@@ -150,8 +183,13 @@ impl EventLog {
             }
             None => 0,
         };
+        Ok(Self::with_last(db, last, writable))
+    }
+
+    fn with_last(db: Arc<DB>, last: Seq, writable: bool) -> Self {
         let last_seq = Arc::new(AtomicU64::new(last));
         let poisoned = Arc::new(AtomicBool::new(false));
+        let fail_next = Arc::new(AtomicBool::new(false));
         let (queue, writer) = if writable {
             let (tx, rx) = mpsc::channel(QUEUE_DEPTH);
             let writer = Writer {
@@ -159,6 +197,7 @@ impl EventLog {
                 next: last + 1,
                 last_seq: last_seq.clone(),
                 poisoned: poisoned.clone(),
+                fail_next: fail_next.clone(),
             };
             let handle = thread::Builder::new()
                 .name("homecmp-log-writer".into())
@@ -168,33 +207,72 @@ impl EventLog {
         } else {
             (None, None)
         };
-        Ok(Self {
+        Self {
             shared: Arc::new(Shared {
                 db,
                 queue,
                 writer,
                 last_seq,
                 poisoned,
+                fail_next,
             }),
-        })
+        }
     }
 
     /// Appends `records` as consecutive events and returns the sequence
     /// number of the first, once all of them are durable.
     pub async fn append(&self, records: Vec<Record>) -> Result<Seq, LogError> {
+        self.append_with(records, None).await
+    }
+
+    /// Like [`EventLog::append`], and runs `on_durable(first_seq)` on the
+    /// writer thread once the records are durable, before answering, even
+    /// if this future has been dropped by then (see the module docs). If the
+    /// future is dropped before the records are handed over, neither the
+    /// write nor `on_durable` happens, and `on_durable` is dropped.
+    pub async fn append_then(
+        &self,
+        records: Vec<Record>,
+        on_durable: impl FnOnce(Seq) -> Result<(), String> + Send + 'static,
+    ) -> Result<Seq, LogError> {
+        self.append_with(records, Some(Box::new(on_durable))).await
+    }
+
+    async fn append_with(
+        &self,
+        records: Vec<Record>,
+        on_durable: Option<OnDurable>,
+    ) -> Result<Seq, LogError> {
         if records.is_empty() {
             return Ok(self.last_seq() + 1);
         }
-        if self.shared.poisoned.load(Ordering::Acquire) {
+        if self.is_poisoned() {
             return Err(LogError::Poisoned);
         }
         let queue = self.shared.queue.as_ref().ok_or(LogError::Closed)?;
         let (done, answer) = oneshot::channel();
+        // Cancel-safe: a send dropped while waiting for room sends nothing.
         queue
-            .send(Pending { records, done })
+            .send(Pending {
+                records,
+                on_durable,
+                done,
+            })
             .await
             .map_err(|_| LogError::Closed)?;
         answer.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// Whether a failed write has stopped the log taking appends.
+    pub fn is_poisoned(&self) -> bool {
+        self.shared.poisoned.load(Ordering::Acquire)
+    }
+
+    /// Makes the next write fail as a disk error would, poisoning the log:
+    /// for tests of what operators see when the disk fails.
+    #[doc(hidden)]
+    pub fn fail_next_write(&self) {
+        self.shared.fail_next.store(true, Ordering::Release);
     }
 
     /// Sequence number of the newest durable event (0 for an empty log).
@@ -310,6 +388,7 @@ struct Writer {
     next: Seq,
     last_seq: Arc<AtomicU64>,
     poisoned: Arc<AtomicBool>,
+    fail_next: Arc<AtomicBool>,
 }
 
 impl Writer {
@@ -350,21 +429,32 @@ impl Writer {
                 seq += 1;
             }
         }
-        match self.db.write_opt(batch, sync) {
-            Ok(()) => {
-                self.next = seq;
-                self.last_seq.store(seq - 1, Ordering::Release);
-                for (p, first) in pending.drain(..).zip(firsts) {
-                    let _ = p.done.send(Ok(first));
-                }
+        let written = match self.fail_next.swap(false, Ordering::AcqRel) {
+            true => Err("injected write failure".to_owned()),
+            false => self.db.write_opt(batch, sync).map_err(|e| e.to_string()),
+        };
+        if let Err(e) = written {
+            self.poisoned.store(true, Ordering::Release);
+            tracing::error!(error = %e, "event log write failed; log poisoned, writes refused until restart");
+            for p in pending.drain(..) {
+                let _ = p.done.send(Err(LogError::Write(e.clone())));
             }
-            Err(e) => {
-                self.poisoned.store(true, Ordering::Release);
-                tracing::error!(error = %e, "event log write failed; log poisoned");
-                for p in pending.drain(..) {
-                    let _ = p.done.send(Err(LogError::Write(e.to_string())));
-                }
-            }
+            return;
+        }
+        self.next = seq;
+        self.last_seq.store(seq - 1, Ordering::Release);
+        for (p, first) in pending.drain(..).zip(firsts) {
+            let applied = match p.on_durable {
+                // Once poisoned, the state after this batch is not trusted.
+                Some(_) if self.poisoned.load(Ordering::Acquire) => Err(LogError::Poisoned),
+                Some(on_durable) => on_durable(first).map_err(|e| {
+                    self.poisoned.store(true, Ordering::Release);
+                    tracing::error!(error = %e, seq = first, "durable event not applied; log poisoned");
+                    LogError::NotApplied(e)
+                }),
+                None => Ok(()),
+            };
+            let _ = p.done.send(applied.map(|()| first));
         }
     }
 }

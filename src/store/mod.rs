@@ -6,6 +6,17 @@
 //! Changes that touch the same clientid, subscriber or code are serialised by
 //! striped async locks; unrelated changes proceed together and share one
 //! fsync through the log's group commit.
+//!
+//! # Cancellation
+//!
+//! A change is planned under its stripe locks, then handed to the log with
+//! the locks and the index: the log's writer applies the events once they
+//! are durable and only then releases the locks (`EventLog::append_then`).
+//! A caller dropped at any `.await` (a reset stream, a closed socket) has
+//! either handed nothing over, and nothing happens, or handed it all over,
+//! and the write, the index update and the unlock happen without it. So the
+//! index always equals a replay of the log, and nobody plans a change on a
+//! state that a durable event has already moved past.
 
 pub mod event;
 pub mod index;
@@ -16,7 +27,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{Mutex, OwnedMutexGuard};
 
 pub use event::{Event, IdentitySource, Record, RevokeReason, Seq};
 pub use index::{ApplyError, Association, CodeEntry, Counts, Index};
@@ -43,8 +54,9 @@ pub struct Store {
 #[derive(Debug)]
 struct Inner {
     log: EventLog,
-    index: Index,
-    stripes: Vec<Mutex<()>>,
+    /// Shared with the log's writer, which applies durable events to it.
+    index: Arc<Index>,
+    stripes: Vec<Arc<Mutex<()>>>,
     hasher: RandomState,
 }
 
@@ -90,8 +102,8 @@ impl Store {
         Ok(Self {
             inner: Arc::new(Inner {
                 log,
-                index,
-                stripes: (0..STRIPES).map(|_| Mutex::new(())).collect(),
+                index: Arc::new(index),
+                stripes: (0..STRIPES).map(|_| Arc::new(Mutex::new(()))).collect(),
                 hasher: RandomState::new(),
             }),
         })
@@ -117,7 +129,7 @@ impl Store {
         cap: usize,
         now_ms: u64,
     ) -> Result<Associated, StoreError> {
-        let (_guards, current) = self
+        let (guards, current) = self
             .lock_with_owner(new.clientid.as_str(), Some(&new.subscriber))
             .await;
         let from = match current {
@@ -145,7 +157,7 @@ impl Store {
                 client_addr: new.client_addr,
             },
         });
-        let last = self.commit(events, now_ms).await?;
+        let last = self.commit(events, now_ms, guards).await?;
         Ok(match from {
             None => Associated::Created {
                 seq: last,
@@ -165,7 +177,7 @@ impl Store {
         clientid: &ClientId,
         now_ms: u64,
     ) -> Result<Option<Association>, StoreError> {
-        let (_guards, current) = self.lock_with_owner(clientid.as_str(), None).await;
+        let (guards, current) = self.lock_with_owner(clientid.as_str(), None).await;
         let Some(current) = current else {
             return Ok(None);
         };
@@ -174,7 +186,7 @@ impl Store {
             subscriber: current.subscriber,
             reason: RevokeReason::Admin,
         };
-        self.commit(vec![event], now_ms).await?;
+        self.commit(vec![event], now_ms, guards).await?;
         Ok(Some(current))
     }
 
@@ -185,24 +197,24 @@ impl Store {
         target: &str,
         now_ms: u64,
     ) -> Result<Seq, StoreError> {
-        let _guard = self.lock(&[self.stripe(code.as_str())]).await;
+        let guards = self.lock(&[self.stripe(code.as_str())]).await;
         let event = Event::CodeRegistered {
             code: code.as_str().to_owned(),
             target: target.to_owned(),
         };
-        self.commit(vec![event], now_ms).await
+        self.commit(vec![event], now_ms, guards).await
     }
 
     /// Removes a code; `false` if it was not registered.
     pub async fn remove_code(&self, code: &IndirectCode, now_ms: u64) -> Result<bool, StoreError> {
-        let _guard = self.lock(&[self.stripe(code.as_str())]).await;
+        let guards = self.lock(&[self.stripe(code.as_str())]).await;
         if self.index().code(code).is_none() {
             return Ok(false);
         }
         let event = Event::CodeRemoved {
             code: code.as_str().to_owned(),
         };
-        self.commit(vec![event], now_ms).await?;
+        self.commit(vec![event], now_ms, guards).await?;
         Ok(true)
     }
 
@@ -214,7 +226,7 @@ impl Store {
         &self,
         clientid: &str,
         subscriber: Option<&SubscriberRef>,
-    ) -> (Vec<MutexGuard<'_, ()>>, Option<Association>) {
+    ) -> (Vec<OwnedMutexGuard<()>>, Option<Association>) {
         let mut owner_stripe = None;
         loop {
             let mut stripes = vec![self.stripe(clientid)];
@@ -252,8 +264,14 @@ impl Store {
         superseded
     }
 
-    /// Appends the events durably, then applies them; returns the last seq.
-    async fn commit(&self, events: Vec<Event>, now_ms: u64) -> Result<Seq, StoreError> {
+    /// Appends the events durably; the log's writer then applies them and
+    /// drops `guards` (see the module docs). Returns the last seq.
+    async fn commit(
+        &self,
+        events: Vec<Event>,
+        now_ms: u64,
+        guards: Vec<OwnedMutexGuard<()>>,
+    ) -> Result<Seq, StoreError> {
         let records: Vec<Record> = events
             .into_iter()
             .map(|event| Record {
@@ -261,13 +279,22 @@ impl Store {
                 event,
             })
             .collect();
-        let first = self.log().append(records.clone()).await?;
-        let mut seq = first;
-        for record in &records {
-            self.index().apply(seq, record)?;
-            seq += 1;
-        }
-        Ok(seq - 1)
+        let count = records.len() as Seq;
+        // The index, not the store: the writer must not hold the last
+        // handle to the log it runs in.
+        let index = self.inner.index.clone();
+        let applied = records.clone();
+        let first = self
+            .log()
+            .append_then(records, move |first| {
+                let _guards = guards;
+                (first..)
+                    .zip(&applied)
+                    .try_for_each(|(seq, record)| index.apply(seq, record))
+                    .map_err(|e| e.to_string())
+            })
+            .await?;
+        Ok(first + count - 1)
     }
 
     fn stripe(&self, key: &(impl Hash + ?Sized)) -> usize {
@@ -276,13 +303,13 @@ impl Store {
 
     /// Locks the stripes in ascending order (so two writers never wait on
     /// each other in a cycle), each once.
-    async fn lock(&self, stripes: &[usize]) -> Vec<MutexGuard<'_, ()>> {
+    async fn lock(&self, stripes: &[usize]) -> Vec<OwnedMutexGuard<()>> {
         let mut order = stripes.to_vec();
         order.sort_unstable();
         order.dedup();
         let mut guards = Vec::with_capacity(order.len());
         for i in order {
-            guards.push(self.inner.stripes[i].lock().await);
+            guards.push(self.inner.stripes[i].clone().lock_owned().await);
         }
         guards
     }

@@ -7,7 +7,9 @@
 pub mod clientid;
 mod code;
 mod msisdn;
+mod query;
 
 pub use clientid::{ClientId, ClientIdError};
 pub use code::{CodeError, IndirectCode, RoutingPrefix};
 pub use msisdn::{Msisdn, MsisdnError, SubscriberKey, SubscriberRef};
+pub use query::{Query, QueryError};

@@ -6,8 +6,6 @@ use std::sync::{Arc, Mutex};
 
 use bytes::{Buf, Bytes};
 use quinn::crypto::rustls::QuicClientConfig;
-use rustls::pki_types::CertificateDer;
-use rustls::pki_types::pem::PemObject;
 use serde_json::Value;
 
 /// Remembers NEW_TOKEN tokens like a real client, and can be told to hand
@@ -44,17 +42,7 @@ pub struct H3Client {
 impl H3Client {
     /// A client endpoint bound to `local_ip`, trusting `ca_pem`.
     pub fn new(ca_pem: &[u8], local_ip: &str, server: SocketAddr) -> Self {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(ca_pem) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-        let mut tls = rustls::ClientConfig::builder_with_provider(provider)
-            .with_protocol_versions(&[&rustls::version::TLS13])
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        tls.alpn_protocols = vec![b"h3".to_vec()];
+        let tls = super::raw::client_config(ca_pem, &[b"h3"]);
         let crypto = QuicClientConfig::try_from(tls).unwrap();
         let tokens = Arc::new(Tokens::default());
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
@@ -93,25 +81,80 @@ impl H3Client {
         n: usize,
         fin_delay: std::time::Duration,
     ) -> Result<Vec<(u16, Value)>, String> {
+        let mut open = self.open().await?;
+        let mut out = Vec::new();
+        for _ in 0..n {
+            out.push(open.get_with_fin_after(path_and_query, fin_delay).await?);
+        }
+        open.close();
+        Ok(out)
+    }
+
+    /// A new HTTP/3 connection, kept open for requests one after the other.
+    pub async fn open(&self) -> Result<H3Connection, String> {
         let connection = self
             .endpoint
             .connect(self.server, "localhost")
             .map_err(|e| e.to_string())?
             .await
             .map_err(|e| e.to_string())?;
-        let (mut driver, mut send) = h3::client::new(h3_quinn::Connection::new(connection.clone()))
+        let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(connection.clone()))
             .await
             .map_err(|e| e.to_string())?;
-        let drive = tokio::spawn(async move { poll_fn(|cx| driver.poll_close(cx)).await });
-        let uri = format!("https://localhost:{}{path_and_query}", self.server.port());
-        let mut out = Vec::new();
-        for _ in 0..n {
-            out.push(request(&mut send, &uri, fin_delay).await?);
-        }
-        drop(send);
-        drive.abort();
-        connection.close(0u32.into(), b"done");
-        Ok(out)
+        let drive = tokio::spawn(async move {
+            let _ = poll_fn(|cx| driver.poll_close(cx)).await;
+        });
+        Ok(H3Connection {
+            connection,
+            send,
+            drive,
+            port: self.server.port(),
+        })
+    }
+
+    /// Moves the client endpoint to a socket on `local_ip`: its open
+    /// connections migrate there (QUIC connection migration).
+    pub fn rebind(&self, local_ip: &str) {
+        let local = SocketAddr::new(local_ip.parse::<IpAddr>().unwrap(), 0);
+        self.endpoint
+            .rebind(std::net::UdpSocket::bind(local).unwrap())
+            .unwrap();
+    }
+}
+
+/// An open HTTP/3 connection of an [`H3Client`].
+pub struct H3Connection {
+    pub connection: quinn::Connection,
+    send: h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    drive: tokio::task::JoinHandle<()>,
+    port: u16,
+}
+
+impl H3Connection {
+    /// GET `path_and_query` on this connection: status and JSON body.
+    pub async fn get(&mut self, path_and_query: &str) -> Result<(u16, Value), String> {
+        self.get_with_fin_after(path_and_query, std::time::Duration::ZERO)
+            .await
+    }
+
+    async fn get_with_fin_after(
+        &mut self,
+        path_and_query: &str,
+        fin_delay: std::time::Duration,
+    ) -> Result<(u16, Value), String> {
+        let uri = format!("https://localhost:{}{path_and_query}", self.port);
+        request(&mut self.send, &uri, fin_delay).await
+    }
+
+    /// Resolves when the server closes the connection, with its reason.
+    pub async fn closed(&self) -> quinn::ConnectionError {
+        self.connection.closed().await
+    }
+
+    pub fn close(self) {
+        drop(self.send);
+        self.drive.abort();
+        self.connection.close(0u32.into(), b"done");
     }
 }
 

@@ -5,8 +5,9 @@
 #![allow(dead_code)]
 
 pub mod h3;
+pub mod raw;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use homecmp::config::Config;
@@ -26,17 +27,25 @@ pub struct TestServer {
 }
 
 /// The TOML every test server starts from: `server_keys` go into
-/// `[server]`, `extra` (whole sections) is appended.
+/// `[server]`, `extra` (whole sections, `[admin]` among them if it likes)
+/// is appended. Both listeners are on port 0 unless `server_keys` says.
 pub fn config_text(data_dir: &Path, server_keys: &str, extra: &str) -> String {
+    let listen = match server_keys.contains("listen") {
+        true => "",
+        false => "listen = \"127.0.0.1:0\"",
+    };
+    let admin_listen = "[admin]\nlisten = \"127.0.0.1:0\"\n";
+    let extra = match extra.contains("[admin]\n") {
+        true => extra.replacen("[admin]\n", admin_listen, 1),
+        false => format!("{admin_listen}{extra}"),
+    };
     format!(
         r#"
 [server]
 data_dir = "{}"
-listen = "127.0.0.1:0"
+{listen}
 routing_prefixes = ["{PREFIX}"]
 {server_keys}
-[admin]
-listen = "127.0.0.1:0"
 {extra}
 "#,
         data_dir.display()
@@ -128,8 +137,23 @@ impl TestServer {
         reqwest::Client::builder()
             .tls_certs_only([ca])
             .local_address(local_ip.parse::<IpAddr>().unwrap())
-            .resolve("localhost", self.running.public_addr)
+            .resolve("localhost", self.public_addr_for(local_ip))
             .timeout(std::time::Duration::from_secs(10))
+    }
+
+    /// Where a client on `local_ip` reaches the public listener: a server
+    /// on `[::]` or `0.0.0.0` is reached on the loopback of the client's
+    /// family.
+    pub fn public_addr_for(&self, local_ip: &str) -> SocketAddr {
+        let public = self.running.public_addr;
+        if !public.ip().is_unspecified() {
+            return public;
+        }
+        let loopback: IpAddr = match local_ip.parse::<IpAddr>().unwrap() {
+            IpAddr::V4(_) => Ipv4Addr::LOCALHOST.into(),
+            IpAddr::V6(_) => Ipv6Addr::LOCALHOST.into(),
+        };
+        SocketAddr::new(loopback, public.port())
     }
 
     /// GET the resolve URL; returns status and JSON body.
@@ -142,7 +166,7 @@ impl TestServer {
 
     /// An HTTP/3 client bound to `local_ip`.
     pub fn h3_client(&self, local_ip: &str) -> h3::H3Client {
-        h3::H3Client::new(&self.ca_pem(), local_ip, self.running.public_addr)
+        h3::H3Client::new(&self.ca_pem(), local_ip, self.public_addr_for(local_ip))
     }
 
     fn admin_url(&self, path: &str) -> String {
@@ -159,7 +183,7 @@ impl TestServer {
         let client = reqwest::Client::new();
         let mut request = client
             .request(method, self.admin_url(path))
-            .bearer_auth(&self.running.admin_token);
+            .bearer_auth(self.running.admin_token.expose());
         if let Some(body) = body {
             request = request.json(&body);
         }

@@ -1,0 +1,180 @@
+//! One HTTP/1.1 or HTTP/2 connection's life, for the public and the admin
+//! listener alike: protocol detection, header limits, and the rule that a
+//! connection that says nothing is closed.
+//!
+//! hyper bounds the time to read an HTTP/1 request head once one has begun,
+//! but not the wait before it: the HTTP/1-vs-2 detection of a connection
+//! that never sends a byte, an HTTP/1 keep-alive connection between
+//! requests, or an HTTP/2 connection with no open stream (which answers
+//! PINGs forever). [`Activity`] watches requests in flight; a connection
+//! with none is closed once it has been quiet for the header-read timeout
+//! (before its first request) or the idle timeout (after one): HTTP/2 gets a
+//! GOAWAY, HTTP/1 is closed between requests. A request in flight is never
+//! cut by this rule.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Limits;
+
+/// Requests in flight on one connection, and since when it has had none.
+#[derive(Debug)]
+pub struct Activity {
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    in_flight: usize,
+    requests: u64,
+    quiet_since: Instant,
+}
+
+/// A request in flight; dropping it (answered, or reset) ends it.
+#[derive(Debug)]
+pub struct Busy(Arc<Activity>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        let mut state = self.0.state.lock().expect("not poisoned");
+        state.in_flight -= 1;
+        if state.in_flight == 0 {
+            state.quiet_since = Instant::now();
+        }
+    }
+}
+
+impl Activity {
+    pub fn new() -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::new(State {
+                in_flight: 0,
+                requests: 0,
+                quiet_since: Instant::now(),
+            }),
+        })
+    }
+
+    /// Marks a request in flight until the guard is dropped.
+    pub fn begin(self: &Arc<Self>) -> Busy {
+        let mut state = self.state.lock().expect("not poisoned");
+        state.in_flight += 1;
+        state.requests += 1;
+        Busy(self.clone())
+    }
+
+    /// Resolves once the connection has had no request in flight for
+    /// `first` (before its first request) or `between` (after one).
+    pub async fn quiet_for(&self, first: Duration, between: Duration) {
+        loop {
+            let left = {
+                let state = self.state.lock().expect("not poisoned");
+                let limit = if state.requests == 0 { first } else { between };
+                match state.in_flight {
+                    0 => limit.checked_sub(state.quiet_since.elapsed()),
+                    // Busy: look again later; a request's own time is
+                    // bounded elsewhere.
+                    _ => Some(between),
+                }
+            };
+            // A request may come (or end) meanwhile: look again within
+            // `between` at the latest.
+            match left {
+                None | Some(Duration::ZERO) => return,
+                Some(left) => tokio::time::sleep(left.min(between)).await,
+            }
+        }
+    }
+}
+
+/// Serves HTTP/1.1 or HTTP/2 (whichever the client speaks) on `io` with
+/// `handle`, until the client leaves, the connection has been quiet too
+/// long (see the module docs), or `shutdown`; then drains in-flight requests
+/// for up to the idle timeout.
+pub async fn serve<I, F, Fut, B>(io: I, limits: &Limits, shutdown: CancellationToken, handle: F)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(hyper::Request<Incoming>) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = hyper::Response<B>> + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .max_header_list_size(limits.max_header_bytes as u32)
+        .keep_alive_interval(Some(limits.idle_timeout))
+        .keep_alive_timeout(limits.header_read_timeout);
+    let activity = Activity::new();
+    let watched = activity.clone();
+    let service = hyper::service::service_fn(move |request| {
+        let busy = activity.begin();
+        let answer = handle(request);
+        async move {
+            let response = answer.await;
+            drop(busy);
+            Ok::<_, Infallible>(response)
+        }
+    });
+    let connection = builder.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(connection);
+    // How long to wait for in-flight requests once closing: a quiet
+    // connection has none, so only its GOAWAY to flush.
+    let drain = tokio::select! {
+        _ = connection.as_mut() => return,
+        _ = shutdown.cancelled() => limits.idle_timeout,
+        _ = watched.quiet_for(limits.header_read_timeout, limits.idle_timeout) => {
+            limits.header_read_timeout
+        }
+    };
+    connection.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(drain, connection).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn quiet_counts_from_the_last_request_and_never_cuts_one() {
+        let activity = Activity::new();
+        let (first, between) = (Duration::from_millis(100), Duration::from_millis(300));
+        let started = Instant::now();
+        activity.quiet_for(first, between).await;
+        let waited = started.elapsed();
+        assert!(
+            waited >= first && waited < between,
+            "no request: the first limit ({waited:?})"
+        );
+
+        let busy = activity.begin();
+        let quiet = tokio::spawn({
+            let activity = activity.clone();
+            async move { activity.quiet_for(first, between).await }
+        });
+        tokio::time::sleep(between * 3).await;
+        assert!(!quiet.is_finished(), "a request in flight is never cut");
+        drop(busy);
+        let ended = Instant::now();
+        quiet.await.unwrap();
+        assert!(ended.elapsed() >= between, "{:?}", ended.elapsed());
+    }
+}

@@ -1,0 +1,85 @@
+//! The README's commands, run exactly as printed: the curl walk-through
+//! against `homecmp serve` on its embedded defaults (ports 8443 and 8444 on
+//! loopback, data in ./homecmp-data of a fresh directory).
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+
+const README: &str = include_str!("../README.md");
+
+/// The first ```sh block after the line `heading`.
+fn sh_block_after(heading: &str) -> String {
+    let section = README
+        .split_once(&format!("\n{heading}\n"))
+        .unwrap_or_else(|| panic!("README has no {heading:?}"))
+        .1;
+    let block = section
+        .split_once("```sh\n")
+        .expect("a sh block")
+        .1
+        .split_once("\n```")
+        .expect("the block ends")
+        .0;
+    block.to_owned()
+}
+
+/// Kills the server when the test ends, whichever way it ends.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn the_curl_walkthrough_works_as_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_homecmp"));
+    command
+        .arg("serve")
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (name, _) in std::env::vars() {
+        if name.starts_with("HOMECMP") {
+            command.env_remove(name);
+        }
+    }
+    let mut server = Killed(command.spawn().unwrap());
+    let mut ready = String::new();
+    BufReader::new(server.0.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert!(
+        ready
+            .starts_with("homecmp ready public=https://127.0.0.1:8443 admin=http://127.0.0.1:8444"),
+        "is another server on 8443/8444? {ready:?}"
+    );
+
+    let script = sh_block_after("## Try it with curl");
+    assert!(script.contains("curl"), "{script}");
+    let run = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{run:?}");
+    // What the README's comments promise, in order.
+    let promised = [
+        r#"{"code":"2001000001promo","seq":1,"target":"https://example.org/promo"}"#,
+        r#""subscriber":"#,
+        r#""code":"RETRY_ON_MNO_NETWORK""#,
+        r#""association":"created""#,
+        r#""association":"existing""#,
+    ];
+    let mut rest = &*out;
+    for text in promised {
+        let at = rest
+            .find(text)
+            .unwrap_or_else(|| panic!("{text} missing from the walk-through's output:\n{out}"));
+        rest = &rest[at + text.len()..];
+    }
+}
