@@ -641,3 +641,45 @@ async fn a_flood_from_off_the_network_does_not_starve_first_scans_on_it() {
         "the flood was paced"
     );
 }
+
+// ------------------------------------------- QUIC limits, validated addresses only
+
+#[tokio::test]
+async fn quic_handshakes_that_never_complete_do_not_spend_an_address_budget() {
+    let server = TestServer::ready("[http3]\nconnections_per_address_per_sec = 1\n").await;
+    let addr = server.public_addr_for("127.2.0.91");
+    // Initials from the address whose handshakes never complete (a client
+    // offering no protocol the server speaks), as a forger's would.
+    let tls = support::raw::client_config(&server.ca_pem(), &[b"bogus"]);
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut endpoint = quinn::Endpoint::client("127.2.0.91:0".parse().unwrap()).unwrap();
+    endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(crypto)));
+    for _ in 0..6 {
+        let failed = endpoint.connect(addr, "localhost").unwrap().await;
+        assert!(failed.is_err(), "no common protocol: the handshake fails");
+    }
+    let refused = "homecmp_quic_handshakes_refused_total{reason=\"address_rate\"}";
+    assert_eq!(
+        metric(&server.metrics().await, refused),
+        0.0,
+        "nothing charged"
+    );
+    // The address's own client is served all the same: nothing was charged.
+    let client = server.h3_client("127.2.0.91");
+    let (status, _) = tokio::time::timeout(
+        Duration::from_secs(3),
+        client.get(&format!("/mc/v1/resolve?code={CODE}")),
+    )
+    .await
+    .expect("not refused for the failed handshakes")
+    .unwrap();
+    assert_eq!(status, 401);
+    // Real connections are charged: past the rate (1/s, bursts of 2) an
+    // Initial is dropped (the client retransmits and gets in a second
+    // later), or a connection closed once its handshake is done.
+    for _ in 0..4 {
+        let _ = client.get(&format!("/mc/v1/resolve?code={CODE}")).await;
+    }
+    assert!(metric(&server.metrics().await, refused) >= 1.0);
+    server.stop().await;
+}
