@@ -114,7 +114,9 @@ pub async fn serve(
         let (router, limits, shutdown) = (router.clone(), limits.clone(), shutdown.clone());
         tracker.spawn(async move {
             let _slot = slot;
-            super::conn::serve(stream, &limits, shutdown, move |request| {
+            // Operators' tools: no conduct rule (a token is needed anyway).
+            let conduct = super::conn::Conduct::new();
+            super::conn::serve(stream, &limits, shutdown, conduct, move |request| {
                 // The router is always ready; its error type is Infallible.
                 let answer = tower::Service::call(&mut router.clone(), request);
                 async move {

@@ -11,9 +11,17 @@
 //! (before its first request) or the idle timeout (after one): HTTP/2 gets a
 //! GOAWAY, HTTP/1 is closed between requests. A request in flight is never
 //! cut by this rule.
+//!
+//! [`Conduct`] is the other rule: a connection whose requests keep being
+//! refused costs the server, not the client. Past `refusals_before_slowdown`
+//! refusals in a row each next request waits first (10 ms, doubling, up to
+//! 1 s), past `refusals_before_close` the connection is closed (an HTTP/2
+//! GOAWAY, a QUIC CONNECTION_CLOSE) and its source is refused new
+//! connections for `penalty_secs`. One success ends the run.
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -96,12 +104,84 @@ impl Activity {
     }
 }
 
+/// How one connection has behaved: the run of refused requests it is on.
+#[derive(Debug, Default)]
+pub struct Conduct {
+    refused_in_a_row: AtomicU32,
+    /// Cancelled when the connection has earned its close.
+    close: CancellationToken,
+}
+
+/// What a connection has earned with its last answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Earned {
+    Nothing,
+    /// Its requests wait from now on (reported once, as it starts).
+    SlowDown,
+    /// Closed, and its source held for `penalty_secs` (reported once).
+    Close,
+}
+
+/// The first wait of a slowed connection, doubled with each refusal.
+const FIRST_SLOWDOWN: Duration = Duration::from_millis(10);
+const LONGEST_SLOWDOWN: Duration = Duration::from_secs(1);
+
+impl Conduct {
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// How long the next request waits before it is served.
+    pub fn delay(&self, limits: &Limits) -> Duration {
+        let run = self.refused_in_a_row.load(Ordering::Relaxed);
+        let threshold = limits.refusals_before_slowdown;
+        if threshold == 0 || run < threshold {
+            return Duration::ZERO;
+        }
+        FIRST_SLOWDOWN
+            .saturating_mul(1 << (run - threshold).min(16))
+            .min(LONGEST_SLOWDOWN)
+    }
+
+    /// Records an answer's status: `refused` is any 4xx or 5xx but a 404
+    /// (an authenticated client may scan a code that does not exist).
+    pub fn record(&self, status: http::StatusCode, limits: &Limits) -> Earned {
+        let refused = (status.is_client_error() && status != http::StatusCode::NOT_FOUND)
+            || status.is_server_error();
+        if !refused {
+            self.refused_in_a_row.store(0, Ordering::Relaxed);
+            return Earned::Nothing;
+        }
+        let run = self.refused_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+        match run {
+            _ if limits.refusals_before_close > 0 && run == limits.refusals_before_close => {
+                self.close.cancel();
+                Earned::Close
+            }
+            _ if limits.refusals_before_slowdown > 0 && run == limits.refusals_before_slowdown => {
+                Earned::SlowDown
+            }
+            _ => Earned::Nothing,
+        }
+    }
+
+    /// Resolves once the connection has earned its close.
+    pub async fn closed(&self) {
+        self.close.cancelled().await
+    }
+}
+
 /// Serves HTTP/1.1 or HTTP/2 (whichever the client speaks) on `io` with
 /// `handle`, until the client leaves, the connection has been quiet too
-/// long (see the module docs), or `shutdown`; then drains in-flight requests
-/// for up to the idle timeout.
-pub async fn serve<I, F, Fut, B>(io: I, limits: &Limits, shutdown: CancellationToken, handle: F)
-where
+/// long (see the module docs), `close` is cancelled (it earned it), or
+/// `shutdown`; then drains in-flight requests for up to the idle timeout.
+pub async fn serve<I, F, Fut, B>(
+    io: I,
+    limits: &Limits,
+    shutdown: CancellationToken,
+    conduct: Arc<Conduct>,
+    handle: F,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(hyper::Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = hyper::Response<B>> + Send + 'static,
@@ -144,6 +224,8 @@ where
         _ = watched.quiet_for(limits.header_read_timeout, limits.idle_timeout) => {
             limits.header_read_timeout
         }
+        // No drain for a connection closed for its conduct.
+        _ = conduct.closed() => Duration::ZERO,
     };
     connection.as_mut().graceful_shutdown();
     let _ = tokio::time::timeout(drain, connection).await;
@@ -152,6 +234,42 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_run_of_refusals_slows_then_closes_and_one_success_ends_it() {
+        let mut limits = crate::config::Config::parse("", Vec::new()).unwrap().limits;
+        limits.refusals_before_slowdown = 3;
+        limits.refusals_before_close = 6;
+        let conduct = Conduct::new();
+        let refuse = || conduct.record(http::StatusCode::FORBIDDEN, &limits);
+        assert_eq!([refuse(), refuse()], [Earned::Nothing; 2]);
+        assert_eq!(conduct.delay(&limits), Duration::ZERO);
+        assert_eq!(refuse(), Earned::SlowDown);
+        assert_eq!(conduct.delay(&limits), FIRST_SLOWDOWN);
+        assert_eq!(refuse(), Earned::Nothing);
+        assert_eq!(conduct.delay(&limits), FIRST_SLOWDOWN * 2);
+        assert_eq!(
+            conduct.record(http::StatusCode::OK, &limits),
+            Earned::Nothing
+        );
+        assert_eq!(
+            conduct.delay(&limits),
+            Duration::ZERO,
+            "a success ends the run"
+        );
+        assert_eq!(
+            conduct.record(http::StatusCode::NOT_FOUND, &limits),
+            Earned::Nothing
+        );
+        let earned: Vec<_> = (0..6).map(|_| refuse()).collect();
+        assert_eq!(earned[2], Earned::SlowDown);
+        assert_eq!(earned[5], Earned::Close);
+        assert!(conduct.close.is_cancelled());
+        for _ in 0..40 {
+            refuse();
+        }
+        assert_eq!(conduct.delay(&limits), LONGEST_SLOWDOWN);
+    }
 
     #[tokio::test]
     async fn quiet_counts_from_the_last_request_and_never_cuts_one() {

@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::App;
-use super::conn::Activity;
+use super::conn::{Activity, Conduct};
 use super::limits::AddressSlot;
 use super::metrics::{Protocol, ProtocolLabel};
 use super::resolve::{self, ConnInfo};
@@ -264,6 +264,9 @@ const H3_EXCESSIVE_LOAD: u32 = 0x107;
 /// Charges a new connection from `source` to its address's connection rate
 /// and open-connection cap; the reason (for the metric) when over either.
 fn charge_address(app: &App, source: IpAddr) -> Result<AddressSlot, &'static str> {
+    if app.limits.penalty.holds(source) {
+        return Err("penalty");
+    }
     let verdict = app.limits.quic_connections.check(&source);
     if app.rate_verdict("quic_connections", verdict).is_err() {
         return Err("address_rate");
@@ -290,9 +293,15 @@ async fn serve_connection(
         return;
     };
     let activity = Activity::new();
+    let conduct = Conduct::new();
     let requests = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
+            _ = conduct.closed() => {
+                // Earned by a run of refusals: no drain, no GOAWAY courtesy.
+                quic.close(H3_EXCESSIVE_LOAD.into(), b"too many refused requests");
+                return;
+            }
             _ = shutdown.cancelled() => {
                 // GOAWAY: finish what is in flight, take nothing new.
                 let _ = h3_conn.shutdown(0).await;
@@ -311,8 +320,13 @@ async fn serve_connection(
         let busy = activity.begin();
         let app = app.clone();
         let quic = quic.clone();
+        let conduct = conduct.clone();
         requests.spawn(async move {
             let _busy = busy;
+            let delay = conduct.delay(&app.config.limits);
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
             let head_limit = app.config.limits.header_read_timeout;
             let Ok(Ok((request, mut stream))) =
                 tokio::time::timeout(head_limit, resolver.resolve_request()).await
@@ -334,6 +348,7 @@ async fn serve_connection(
                 request.headers(),
             )
             .await;
+            app.judge(&conduct, conn.peer.ip(), response.status());
             let (parts, body) = response.into_parts();
             let sent = async {
                 stream

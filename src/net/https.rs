@@ -16,6 +16,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::conn::Conduct;
 use super::metrics::{Protocol, ProtocolLabel};
 use super::resolve::{self, ConnInfo};
 use super::{App, tls};
@@ -59,9 +60,14 @@ pub async fn serve(
         // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d: they
         // are IPv4 clients everywhere (pools, bindings, limits).
         let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
-        // Cheapest first: the address's accept rate, its open connections,
-        // then the global cap. A refused socket is closed before any TLS.
+        // Cheapest first: a source serving a penalty, the address's accept
+        // rate, its open connections, then the global cap. A refused socket
+        // is closed before any TLS.
         let source = app.limits.source(peer.ip());
+        if app.limits.penalty.holds(source) {
+            app.metrics.refused_connection("penalty");
+            continue;
+        }
         let verdict = app.limits.tcp_accepts.check(&source);
         if app.rate_verdict("tcp_accepts", verdict).is_err() {
             app.metrics.refused_connection("address_rate");
@@ -150,19 +156,26 @@ async fn peek_first_record(stream: &TcpStream) -> std::io::Result<Vec<u8>> {
 }
 
 /// Serves one TLS connection with the resolve handler (see [`super::conn`]
-/// for its timeouts).
+/// for its timeouts and for what a run of refused requests earns).
 async fn serve_connection<I>(app: Arc<App>, conn: ConnInfo, io: I, shutdown: CancellationToken)
 where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let limits = app.config.limits.clone();
+    let conduct = Conduct::new();
+    let judged = conduct.clone();
     super::conn::serve(
         io,
         &limits,
         shutdown,
+        conduct,
         move |request: hyper::Request<Incoming>| {
-            let app = app.clone();
+            let (app, conduct) = (app.clone(), judged.clone());
             async move {
+                let delay = conduct.delay(&app.config.limits);
+                if !delay.is_zero() {
+                    tokio::time::sleep(delay).await;
+                }
                 let response = resolve::handle(
                     &app,
                     conn,
@@ -171,6 +184,7 @@ where
                     request.headers(),
                 )
                 .await;
+                app.judge(&conduct, conn.peer.ip(), response.status());
                 let (mut parts, body) = response.into_parts();
                 if let Some(alt_svc) = &app.alt_svc {
                     parts.headers.insert(http::header::ALT_SVC, alt_svc.clone());

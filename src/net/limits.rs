@@ -406,3 +406,94 @@ mod source_key_tests {
         assert_eq!(source_key(ip("2001:db8::9"), 0), ip("::"));
     }
 }
+
+/// Sources whose connection was closed for abuse (see
+/// [`super::conn::Conduct`]): their new connections are refused before any
+/// TLS or QUIC work until their time is up. Bounded like the keyed limits:
+/// when full of live entries, a new one is not recorded (and counted).
+#[derive(Debug)]
+pub struct PenaltyBox {
+    until: DashMap<IpAddr, Instant>,
+    duration: Duration,
+    max_keys: usize,
+}
+
+impl PenaltyBox {
+    /// `duration` zero: nobody is ever held.
+    pub fn new(duration: Duration, max_keys: usize) -> Self {
+        Self {
+            until: DashMap::new(),
+            duration,
+            max_keys: max_keys.max(1),
+        }
+    }
+
+    /// Whether `source` is serving a penalty now.
+    pub fn holds(&self, source: IpAddr) -> bool {
+        if self.duration.is_zero() || self.until.is_empty() {
+            return false;
+        }
+        match self.until.get(&source).map(|until| *until) {
+            Some(until) if until > Instant::now() => true,
+            Some(_) => {
+                self.until
+                    .remove_if(&source, |_, until| *until <= Instant::now());
+                false
+            }
+            None => false,
+        }
+    }
+
+    /// Holds `source` for the penalty's duration; `false` if the box is full.
+    pub fn put(&self, source: IpAddr) -> bool {
+        if self.duration.is_zero() {
+            return false;
+        }
+        if self.until.len() >= self.max_keys {
+            self.sweep();
+            if self.until.len() >= self.max_keys {
+                return false;
+            }
+        }
+        self.until.insert(source, Instant::now() + self.duration);
+        true
+    }
+
+    /// Forgets served penalties.
+    pub fn sweep(&self) {
+        let now = Instant::now();
+        self.until.retain(|_, until| *until > now);
+    }
+
+    pub fn len(&self) -> usize {
+        self.until.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.until.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod penalty_tests {
+    use super::*;
+
+    #[test]
+    fn a_penalty_holds_for_its_time_and_the_box_stays_bounded() {
+        let boxed = PenaltyBox::new(Duration::from_millis(50), 2);
+        let (a, b, c) = ("127.2.0.1", "127.2.0.2", "127.2.0.3");
+        let ip = |t: &str| t.parse::<IpAddr>().unwrap();
+        assert!(!boxed.holds(ip(a)));
+        assert!(boxed.put(ip(a)) && boxed.put(ip(b)));
+        assert!(!boxed.put(ip(c)), "full of live penalties");
+        assert!(boxed.holds(ip(a)) && !boxed.holds(ip(c)));
+        std::thread::sleep(Duration::from_millis(60));
+        assert!(!boxed.holds(ip(a)), "served");
+        assert!(
+            boxed.put(ip(c)),
+            "room again once the served ones are swept"
+        );
+        let off = PenaltyBox::new(Duration::ZERO, 2);
+        assert!(!off.put(ip(a)) && !off.holds(ip(a)));
+    }
+}

@@ -80,12 +80,20 @@ pub struct Metrics {
     /// Accept-loop pauses of one lag period while overloaded.
     pub accept_pauses: Counter,
     pub handshake_turns: Family<QueueLabel, Counter>,
+    /// Connections that earned a slow-down or a close by their conduct.
+    pub abusive_connections: Family<StepLabel, Counter>,
 }
 
 /// The handshake pace's queue: `new` or `returning` (offers a valid ticket).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct QueueLabel {
     pub queue: &'static str,
+}
+
+/// What a connection earned by its run of refusals: `slowed` or `closed`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct StepLabel {
+    pub step: &'static str,
 }
 
 /// `main` (TCP listener and admin API) or `quic`.
@@ -254,6 +262,12 @@ impl Metrics {
             "TLS connections queued for the handshake pace, by queue (new, returning)",
             handshake_turns.clone(),
         );
+        let abusive_connections = Family::<StepLabel, Counter>::default();
+        registry.register(
+            "abusive_connections",
+            "Connections on a run of refused requests, by what they earned: slowed (each next request waits), closed (and the source refused new connections for limits.penalty_secs)",
+            abusive_connections.clone(),
+        );
         Self {
             registry,
             requests,
@@ -280,6 +294,7 @@ impl Metrics {
             shed,
             accept_pauses,
             handshake_turns,
+            abusive_connections,
         }
     }
 
@@ -307,6 +322,12 @@ impl Metrics {
     pub fn handshake_turn(&self, queue: &'static str) {
         self.handshake_turns
             .get_or_create(&QueueLabel { queue })
+            .inc();
+    }
+
+    pub fn abusive_connection(&self, step: &'static str) {
+        self.abusive_connections
+            .get_or_create(&StepLabel { step })
             .inc();
     }
 

@@ -15,7 +15,7 @@ pub mod metrics;
 pub mod resolve;
 pub mod tls;
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -88,6 +88,10 @@ pub struct Limiters {
     /// admin) and of QUIC's: each listener watches its own.
     pub main_lag: Option<Arc<limits::Lag>>,
     pub quic_lag: Option<Arc<limits::Lag>>,
+    /// Sources whose connection was closed for its conduct.
+    pub penalty: limits::PenaltyBox,
+    /// Tarpit waiters per source (`tarpit_per_source`).
+    pub tarpit_sources: Option<Arc<limits::PerAddress>>,
     ipv6_prefix_len: u8,
 }
 
@@ -118,6 +122,9 @@ impl Limiters {
             resumptions: limits::Pace::per_second(l.handshakes_per_sec),
             main_lag: limits::Lag::new(l.overload_lag).map(Arc::new),
             quic_lag: limits::Lag::new(l.overload_lag).map(Arc::new),
+            penalty: limits::PenaltyBox::new(l.penalty, l.limiter_max_keys),
+            tarpit_sources: (l.tarpit_per_source > 0)
+                .then(|| Arc::new(limits::PerAddress::new(l.tarpit_per_source))),
             ipv6_prefix_len: l.ipv6_prefix_len,
         }
     }
@@ -149,13 +156,21 @@ impl App {
     /// (off the MNO network) or `first_scans_per_sec` (on it): waits for a
     /// turn (holding no lock, costing no CPU), or answers `Overloaded` when
     /// the turn is further than `tarpit_max` away.
-    pub async fn tarpit(&self, on_mno_network: bool) -> Result<(), Refusal> {
+    /// A source (`source`, a per-address key) may have at most
+    /// `tarpit_per_source` requests waiting; more are refused at once.
+    pub async fn tarpit(&self, on_mno_network: bool, source: IpAddr) -> Result<(), Refusal> {
         let pace = match on_mno_network {
             true => &self.limits.first_scans,
             false => &self.limits.unauthenticated,
         };
         let Some(pace) = pace else {
             return Ok(());
+        };
+        let _waiting = match &self.limits.tarpit_sources {
+            Some(sources) => Some(sources.try_open(source).ok_or(Refusal::RateLimited {
+                retry_after_secs: 1,
+            })?),
+            None => None,
         };
         let wait = pace
             .reserve(self.config.limits.tarpit_max)
@@ -451,5 +466,28 @@ async fn housekeeping(app: Arc<App>, shutdown: CancellationToken) {
         app.creations.retain_recent();
         app.creations.shrink_to_fit();
         app.limits.retain_recent();
+        app.limits.penalty.sweep();
+    }
+}
+
+impl App {
+    /// Records what a connection's answer says about its conduct: counts a
+    /// slow-down, and on a close holds `peer`'s source in the penalty box.
+    /// A trusted gateway's connection carries many subscribers: it is not
+    /// judged as one client (they are limited per forwarded address).
+    pub fn judge(&self, conduct: &conn::Conduct, peer: IpAddr, status: http::StatusCode) {
+        if self.config.mno.is_trusted_gateway(peer) {
+            return;
+        }
+        match conduct.record(status, &self.config.limits) {
+            conn::Earned::Nothing => {}
+            conn::Earned::SlowDown => self.metrics.abusive_connection("slowed"),
+            conn::Earned::Close => {
+                self.metrics.abusive_connection("closed");
+                if !self.limits.penalty.put(self.limits.source(peer)) {
+                    self.metrics.limiter_overflow("penalty");
+                }
+            }
+        }
     }
 }

@@ -166,7 +166,7 @@ async fn resolve(
         app.metrics.spoof_attempts.inc();
     }
     if association.is_none() && app.config.policy.mode != crate::core::AuthMode::Off {
-        app.tarpit(identity.on_mno_network).await?;
+        app.tarpit(identity.on_mno_network, limited).await?;
     }
     let permit = match core::decide(&app.config.policy, clientid, association, &identity) {
         Decision::Resolve(permit) => permit,

@@ -1,0 +1,170 @@
+//! A connection whose requests keep being refused pays for it: it is slowed,
+//! then closed, and its source is refused new connections for a while;
+//! clients elsewhere are not slowed (`limits.refusals_before_*`).
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use support::{CODE, TestServer, metric};
+
+const STRICT: &str =
+    "[limits]\nrefusals_before_slowdown = 4\nrefusals_before_close = 10\npenalty_secs = 2\n";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_connection_is_slowed_then_closed_and_its_source_kept_out() {
+    let server = TestServer::ready(STRICT).await;
+    let legit = server.client("http2", "127.1.0.1");
+    let vip = format!("code={CODE}&clientid=vip");
+    assert_eq!(server.resolve(&legit, &vip).await.0, 200);
+
+    // One HTTP/2 connection from WiFi sending spoofed clientids, one at a time.
+    let flood = server.client("http2", "127.2.0.100");
+    let mut waits = Vec::new();
+    let mut closed_after = None;
+    for i in 0..20 {
+        let started = Instant::now();
+        let url = server.url(&format!("code={CODE}&clientid=spoof-{i}"));
+        match flood.get(url).send().await {
+            Ok(response) => {
+                assert_eq!(response.status(), 403);
+                waits.push(started.elapsed());
+            }
+            Err(_) => {
+                closed_after = Some(i);
+                break;
+            }
+        }
+        // The legit client elsewhere is not slowed meanwhile.
+        let started = Instant::now();
+        assert_eq!(server.resolve(&legit, &vip).await.0, 200);
+        assert!(
+            started.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    // Closed at its tenth refusal; reqwest's next connection is refused at
+    // accept (the penalty), before any TLS.
+    assert_eq!(closed_after, Some(10), "{waits:?}");
+    assert!(
+        waits[..4].iter().all(|w| *w < Duration::from_millis(50)),
+        "{waits:?}"
+    );
+    assert!(
+        waits[9] >= Duration::from_millis(80),
+        "slowed, doubling: {waits:?}"
+    );
+    let metrics = server.metrics().await;
+    let count = |labels: &str| metric(&metrics, labels);
+    assert_eq!(
+        count("homecmp_abusive_connections_total{step=\"slowed\"}"),
+        1.0
+    );
+    assert_eq!(
+        count("homecmp_abusive_connections_total{step=\"closed\"}"),
+        1.0
+    );
+    assert!(count("homecmp_connections_refused_total{reason=\"penalty\"}") >= 1.0);
+
+    // Another address is served; the penalised one again once it is served.
+    let other = server.client("http1", "127.2.0.101");
+    let (status, body) = server
+        .resolve(&other, &format!("code={CODE}&clientid=x"))
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (403, Some("RETRY_ON_MNO_NETWORK"))
+    );
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let back = server.client("http1", "127.2.0.100");
+    let (status, _) = server
+        .resolve(&back, &format!("code={CODE}&clientid=x"))
+        .await;
+    assert_eq!(status, 403, "served again after the penalty");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_quic_connection_is_closed_and_its_source_kept_out() {
+    let server = TestServer::ready(STRICT).await;
+    let client = server.h3_client("127.2.0.102");
+    let mut connection = client.open().await.unwrap();
+    let mut refused = 0;
+    for i in 0..20 {
+        match connection
+            .get(&format!("/mc/v1/resolve?code={CODE}&clientid=spoof-{i}"))
+            .await
+        {
+            Ok((status, body)) => {
+                assert_eq!(
+                    (status, &body["code"]),
+                    (403, &json!("RETRY_ON_MNO_NETWORK"))
+                );
+                refused += 1;
+            }
+            Err(_) => break,
+        }
+    }
+    assert_eq!(refused, 10);
+    let reason = tokio::time::timeout(Duration::from_secs(2), connection.closed())
+        .await
+        .expect("closed by the server");
+    assert!(
+        format!("{reason:?}").contains("263") || format!("{reason:?}").contains("0x107"),
+        "H3_EXCESSIVE_LOAD: {reason:?}"
+    );
+    // A new connection from there gets no request answered until the
+    // penalty is served: its Initial is dropped (it came back with a token)
+    // or it is closed as its handshake completes.
+    let attempt = async {
+        let mut connection = client.open().await?;
+        connection.get(&format!("/mc/v1/resolve?code={CODE}")).await
+    };
+    let kept_out = tokio::time::timeout(Duration::from_millis(1500), attempt).await;
+    assert!(!matches!(kept_out, Ok(Ok(_))), "answered: {kept_out:?}");
+    let metrics = server.metrics().await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "homecmp_abusive_connections_total{step=\"closed\"}"
+        ),
+        1.0
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_source_cannot_fill_the_tarpit_everyone_shares() {
+    let config = "[limits]\nunauthenticated_per_sec = 10\ntarpit_max_ms = 2000\n\
+                  tarpit_per_source = 3\nrequests_per_address_per_sec = 0\n\
+                  refusals_before_slowdown = 0\nrefusals_before_close = 0\n";
+    let server = TestServer::ready(config).await;
+    // Forty requests at once from one address: three wait their turn, the
+    // rest are refused at once instead of queueing ahead of everyone.
+    let flood = server.client("http2", "127.2.0.110");
+    let mut waves = tokio::task::JoinSet::new();
+    for i in 0..40 {
+        let url = server.url(&format!("code={CODE}&clientid=spoof-{i}"));
+        let client = flood.clone();
+        waves.spawn(async move { client.get(url).send().await.unwrap().status().as_u16() });
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    // Another source's unassociated request still gets a near turn.
+    let other = server.client("http1", "127.2.0.111");
+    let started = Instant::now();
+    let (status, _) = server
+        .resolve(&other, &format!("code={CODE}&clientid=x"))
+        .await;
+    assert_eq!(status, 403);
+    assert!(
+        started.elapsed() < Duration::from_millis(800),
+        "{:?}",
+        started.elapsed()
+    );
+    let statuses = waves.join_all().await;
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    assert!(limited >= 30, "{statuses:?}");
+    server.stop().await;
+}
