@@ -120,6 +120,30 @@ async fn silent_quic_connections_are_closed_and_free_their_slots() {
 }
 
 #[tokio::test]
+async fn an_http3_stream_that_never_brings_its_request_head_is_dropped() {
+    let server = TestServer::ready("[limits]\nheader_read_timeout_ms = 500\n").await;
+    let client = server.h3_client("127.2.0.75");
+    let connection = client.open().await.unwrap();
+    // A request stream with the first byte of a HEADERS frame, then nothing.
+    let (mut send, mut recv) = connection.connection.open_bi().await.unwrap();
+    send.write_all(&[0x01]).await.unwrap();
+    let started = Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(3), recv.read_to_end(1024)).await;
+    assert!(ended.is_ok(), "the server let the stream hang");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+    // The connection itself still serves requests.
+    let mut connection = connection;
+    let (status, _) = connection.get("/mc/v1/resolve?code=x").await.unwrap();
+    assert_eq!(status, 400);
+    connection.close();
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn the_admin_listener_closes_silent_connections_and_caps_them() {
     let server =
         TestServer::ready("[admin]\nmax_connections = 2\n[limits]\nheader_read_timeout_ms = 500\n")
