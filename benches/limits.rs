@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 
-use homecmp::net::limits::{KeyedRate, Lag, Pace, PerAddress, Verdict};
+use homecmp::config::Config;
+use homecmp::net::conn::Conduct;
+use homecmp::net::limits::{KeyedRate, Lag, Pace, PenaltyBox, PerAddress, Verdict, source_key};
 
 /// The i-th address of 127.0.0.0/8: distinct for i < 2^24.
 fn address(i: u32) -> IpAddr {
@@ -81,5 +83,35 @@ fn slots_and_paces(c: &mut Criterion) {
     c.bench_function("overload_check", |b| b.iter(|| black_box(lag.overloaded())));
 }
 
-criterion_group!(benches, keyed, slots_and_paces);
+/// The checks every connection or request pays since the defaults got the
+/// conduct rule: the penalty box at accept (empty, and holding 10,000
+/// sources), the per-request conduct record and delay, the source key.
+fn conduct_and_penalty(c: &mut Criterion) {
+    let empty = PenaltyBox::new(Duration::from_secs(10), 1_000_000);
+    let a = address(7);
+    c.bench_function("penalty_check_empty", |b| b.iter(|| black_box(empty.holds(a))));
+    let holding = PenaltyBox::new(Duration::from_secs(3600), 1_000_000);
+    for i in 0..10_000 {
+        holding.put(address(i));
+    }
+    let mut i = 0;
+    c.bench_function("penalty_check_10k_held", |b| {
+        b.iter(|| {
+            i = (i + 1) % 20_000;
+            black_box(holding.holds(address(i)))
+        })
+    });
+    let limits = Config::parse("", Vec::new()).expect("defaults").limits;
+    let conduct = Conduct::new();
+    c.bench_function("conduct_delay_and_record_ok", |b| {
+        b.iter(|| {
+            black_box(conduct.delay(&limits));
+            black_box(conduct.record(http::StatusCode::OK, &limits))
+        })
+    });
+    let v6: IpAddr = "2001:db8:1:2:aaaa:bbbb:cccc:dddd".parse().unwrap();
+    c.bench_function("source_key_ipv6", |b| b.iter(|| black_box(source_key(black_box(v6), 64))));
+}
+
+criterion_group!(benches, keyed, slots_and_paces, conduct_and_penalty);
 criterion_main!(benches);
