@@ -89,7 +89,9 @@ fn slots_and_paces(c: &mut Criterion) {
 fn conduct_and_penalty(c: &mut Criterion) {
     let empty = PenaltyBox::new(Duration::from_secs(10), 1_000_000);
     let a = address(7);
-    c.bench_function("penalty_check_empty", |b| b.iter(|| black_box(empty.holds(a))));
+    c.bench_function("penalty_check_empty", |b| {
+        b.iter(|| black_box(empty.holds(a)))
+    });
     let holding = PenaltyBox::new(Duration::from_secs(3600), 1_000_000);
     for i in 0..10_000 {
         holding.put(address(i));
@@ -110,7 +112,9 @@ fn conduct_and_penalty(c: &mut Criterion) {
         })
     });
     let v6: IpAddr = "2001:db8:1:2:aaaa:bbbb:cccc:dddd".parse().unwrap();
-    c.bench_function("source_key_ipv6", |b| b.iter(|| black_box(source_key(black_box(v6), 64))));
+    c.bench_function("source_key_ipv6", |b| {
+        b.iter(|| black_box(source_key(black_box(v6), 64)))
+    });
 }
 
 criterion_group!(benches, keyed, slots_and_paces, conduct_and_penalty);
