@@ -414,6 +414,9 @@ mod source_key_tests {
 #[derive(Debug)]
 pub struct PenaltyBox {
     until: DashMap<IpAddr, Instant>,
+    /// Entries, as last counted: an empty box costs one atomic load per
+    /// check (counting the map visits every shard).
+    entries: AtomicUsize,
     duration: Duration,
     max_keys: usize,
 }
@@ -423,6 +426,7 @@ impl PenaltyBox {
     pub fn new(duration: Duration, max_keys: usize) -> Self {
         Self {
             until: DashMap::new(),
+            entries: AtomicUsize::new(0),
             duration,
             max_keys: max_keys.max(1),
         }
@@ -430,7 +434,7 @@ impl PenaltyBox {
 
     /// Whether `source` is serving a penalty now.
     pub fn holds(&self, source: IpAddr) -> bool {
-        if self.duration.is_zero() || self.until.is_empty() {
+        if self.entries.load(Ordering::Relaxed) == 0 {
             return false;
         }
         match self.until.get(&source).map(|until| *until) {
@@ -456,6 +460,7 @@ impl PenaltyBox {
             }
         }
         self.until.insert(source, Instant::now() + self.duration);
+        self.entries.store(self.until.len(), Ordering::Relaxed);
         true
     }
 
@@ -463,6 +468,7 @@ impl PenaltyBox {
     pub fn sweep(&self) {
         let now = Instant::now();
         self.until.retain(|_, until| *until > now);
+        self.entries.store(self.until.len(), Ordering::Relaxed);
     }
 
     pub fn len(&self) -> usize {
