@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crate::store::{Association, IdentitySource, Index};
+use super::model::{Associated, Association, IdentitySource};
 use crate::wire::{ClientIdError, CodeError, IndirectCode, RoutingPrefix, SubscriberRef};
 
 use super::identity::Identity;
@@ -90,8 +90,8 @@ impl Refusal {
     }
 }
 
-/// Proof that a request may see the code store. Made only by [`decide`] and
-/// by the transports after a durable association ([`Permit::created`]).
+/// Proof that a request may see the code store. Made only here: by
+/// [`decide`], and by [`permit_after`] once an association is durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Permit {
     association: AssociationState,
@@ -115,14 +115,19 @@ impl AssociationState {
     }
 }
 
-impl Permit {
-    /// A permit for a request whose association was just made durable.
-    pub fn created() -> Self {
-        Permit {
+/// The permit a request earns when its association was made durable
+/// (created or rebound by it); `None` when another request's stands
+/// instead (decide again on that one).
+pub fn permit_after(outcome: &Associated) -> Option<Permit> {
+    match outcome {
+        Associated::Created { .. } | Associated::Rebound { .. } => Some(Permit {
             association: AssociationState::Created,
-        }
+        }),
+        Associated::Existing(_) => None,
     }
+}
 
+impl Permit {
     pub fn association(&self) -> AssociationState {
         self.association
     }
@@ -133,8 +138,8 @@ impl Permit {
 pub enum Decision {
     /// Authenticated (or authentication not required): go on to [`resolve`].
     Resolve(Permit),
-    /// Make the association durable first, then resolve with
-    /// [`Permit::created`]. `rebind` moves it from another subscriber.
+    /// Make the association durable first, then resolve with the permit of
+    /// [`permit_after`]. `rebind` moves it from another subscriber.
     Associate {
         subscriber: SubscriberRef,
         source: IdentitySource,
@@ -222,11 +227,12 @@ fn authenticate(
 /// After authentication: the routing prefix (`UNKNOWN_PREFIX`) and the code
 /// (`CODE_NOT_FOUND`). Needs a [`Permit`]: an unauthenticated request cannot
 /// learn whether a code exists.
+/// `lookup` is the code store (the index, for the transports).
 pub fn resolve(
     policy: &Policy,
     _permit: &Permit,
     code: &IndirectCode,
-    index: &Index,
+    lookup: impl FnOnce(&IndirectCode) -> Option<Arc<str>>,
 ) -> Result<Arc<str>, Refusal> {
     if !policy
         .routing_prefixes
@@ -235,10 +241,7 @@ pub fn resolve(
     {
         return Err(Refusal::UnknownPrefix);
     }
-    index
-        .code(code)
-        .map(|entry| entry.target)
-        .ok_or(Refusal::CodeNotFound)
+    lookup(code).ok_or(Refusal::CodeNotFound)
 }
 
 #[cfg(test)]
@@ -375,30 +378,39 @@ mod tests {
 
     #[test]
     fn resolve_checks_prefix_then_code() {
-        use crate::store::{Event, Record};
         let p = policy(ENFORCE, REJECT);
-        let index = Index::new();
-        let record = Record {
-            at_ms: 0,
-            event: Event::CodeRegistered {
-                code: "2001000001abc".into(),
-                target: "https://example.org/".into(),
-            },
+        let permit = decide(&p, Some("a"), assoc(1), &on_mno(Some(1)));
+        let Decision::Resolve(permit) = permit else {
+            panic!("{permit:?}")
         };
-        index.apply(1, &record).unwrap();
-        let permit = Permit::created();
+        let store = |code: &IndirectCode| {
+            (code.as_str() == "2001000001abc").then(|| Arc::from("https://example.org/"))
+        };
         let code = |t| IndirectCode::parse(t).unwrap();
         assert_eq!(
-            resolve(&p, &permit, &code("2001000001abc"), &index).as_deref(),
+            resolve(&p, &permit, &code("2001000001abc"), store).as_deref(),
             Ok("https://example.org/")
         );
         assert_eq!(
-            resolve(&p, &permit, &code("2001000001abd"), &index),
+            resolve(&p, &permit, &code("2001000001abd"), store),
             Err(Refusal::CodeNotFound)
         );
         assert_eq!(
-            resolve(&p, &permit, &code("2001000002abc"), &index),
+            resolve(&p, &permit, &code("2001000002abc"), store),
             Err(Refusal::UnknownPrefix)
         );
+    }
+
+    #[test]
+    fn only_a_durable_association_earns_a_permit() {
+        let created = Associated::Created {
+            seq: 3,
+            superseded: vec![],
+        };
+        assert_eq!(
+            permit_after(&created).map(|p| p.association()),
+            Some(AssociationState::Created)
+        );
+        assert_eq!(permit_after(&Associated::Existing(assoc(2).unwrap())), None);
     }
 }

@@ -13,7 +13,7 @@ use dashmap::DashMap;
 use ipnet::IpNet;
 
 use super::decide::Refusal;
-use crate::store::IdentitySource;
+use super::model::IdentitySource;
 use crate::wire::{Msisdn, SubscriberKey, SubscriberRef};
 
 #[derive(Debug, Clone)]

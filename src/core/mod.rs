@@ -4,14 +4,24 @@
 //! network says the client is, the policy and (where time matters) `now`, and
 //! returns a [`Decision`]. No sockets, no disk, no clock: unit-tested with
 //! plain values. The transports do the lookups it asks for and carry out what
-//! it decides; [`Permit`] is the only way to reach the code store.
+//! it decides; [`Permit`] is the only way to reach the code store, and only
+//! this module makes one. The association rule is [`plan_association`]: the
+//! store carries out its plan. The domain types ([`model`]) live here, below
+//! the store that persists them.
 
+mod associate;
 mod decide;
 mod identity;
+pub mod model;
 
+pub use associate::{Plan, plan_association};
 pub use decide::{
-    AssociationState, AuthMode, Decision, MismatchPolicy, Permit, Policy, Refusal, decide, resolve,
+    AssociationState, AuthMode, Decision, MismatchPolicy, Permit, Policy, Refusal, decide,
+    permit_after, resolve,
 };
 pub use identity::{
     Bound, ClientView, Identity, MnoPolicy, Sessions, canonical_net, identify, limit_address,
+};
+pub use model::{
+    Associated, Association, Event, IdentitySource, NewAssociation, Record, RevokeReason, Seq,
 };

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use super::App;
 use super::metrics::Protocol;
-use crate::core::{self, ClientView, Decision, Permit, Refusal};
+use crate::core::{self, ClientView, Decision, Refusal};
 use crate::store::{Associated, NewAssociation};
 use crate::wire::{ClientId, IndirectCode, Query, QueryError};
 
@@ -205,33 +205,39 @@ async fn resolve(
                     tracing::error!(error = %e, "association not stored");
                     Refusal::Unavailable
                 })?;
-            match done {
+            match &done {
                 Associated::Created { superseded, .. } => {
                     app.metrics.associations_created.inc();
                     app.metrics
                         .associations_superseded
                         .inc_by(superseded.len() as u64);
-                    Permit::created()
                 }
                 Associated::Rebound { superseded, .. } => {
                     app.metrics.associations_rebound.inc();
                     app.metrics
                         .associations_superseded
                         .inc_by(superseded.len() as u64);
-                    Permit::created()
                 }
+                Associated::Existing(_) => {}
+            }
+            match (core::permit_after(&done), done) {
+                (Some(permit), _) => permit,
                 // Lost a race to a concurrent request: decide again on what stands.
-                Associated::Existing(standing) => {
+                (None, Associated::Existing(standing)) => {
                     match core::decide(&app.config.policy, clientid, Some(standing), &identity) {
                         Decision::Resolve(permit) => permit,
                         Decision::Refuse(refusal) => return Err(refusal),
                         _ => return Err(Refusal::Unavailable),
                     }
                 }
+                (None, _) => return Err(Refusal::Unavailable),
             }
         }
     };
-    let target = core::resolve(&app.config.policy, &permit, &code, app.store.index())?;
+    let index = app.store.index();
+    let target = core::resolve(&app.config.policy, &permit, &code, |code| {
+        index.code(code).map(|entry| entry.target)
+    })?;
     let body = Resolved {
         code: code.as_str(),
         kind: "url",

@@ -21,12 +21,7 @@
 //! encoding (another codec, new fields) gets a new version byte and a decoder
 //! of its own beside this one, so old logs stay readable.
 
-use std::net::IpAddr;
-
-use bincode::{Decode, Encode};
-use serde::Serialize;
-
-use crate::wire::SubscriberRef;
+pub use crate::core::model::{Event, IdentitySource, Record, RevokeReason, Seq};
 
 pub const FORMAT_VERSION: u8 = 1;
 
@@ -40,83 +35,6 @@ const CODEC: bincode::config::Configuration<
 
 /// No event comes near this; the limit only guards decoding.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
-
-/// Position of an event in the log. The first event is 1; 0 means "none".
-pub type Seq = u64;
-
-/// An event with the time it happened.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize)]
-pub struct Record {
-    /// Unix time in milliseconds.
-    pub at_ms: u64,
-    #[serde(flatten)]
-    pub event: Event,
-}
-
-/// Every state change of the CMP. Field names are the JSON names of
-/// `homecmp log export` too: keep them stable.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize)]
-#[serde(tag = "kind", rename_all = "snake_case")]
-pub enum Event {
-    AssociationCreated {
-        clientid: String,
-        subscriber: SubscriberRef,
-        source: IdentitySource,
-        client_addr: IpAddr,
-    },
-    AssociationRevoked {
-        clientid: String,
-        subscriber: SubscriberRef,
-        reason: RevokeReason,
-    },
-    /// The clientid moved to another subscriber (mismatch policy `rebind`).
-    AssociationRebound {
-        clientid: String,
-        from: SubscriberRef,
-        to: SubscriberRef,
-        source: IdentitySource,
-        client_addr: IpAddr,
-    },
-    CodeRegistered {
-        code: String,
-        target: String,
-    },
-    CodeRemoved {
-        code: String,
-    },
-}
-
-impl Event {
-    /// The `kind` name used in JSON and in `log stats`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Event::AssociationCreated { .. } => "association_created",
-            Event::AssociationRevoked { .. } => "association_revoked",
-            Event::AssociationRebound { .. } => "association_rebound",
-            Event::CodeRegistered { .. } => "code_registered",
-            Event::CodeRemoved { .. } => "code_removed",
-        }
-    }
-}
-
-/// How the subscriber behind a request was identified (DESIGN §3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum IdentitySource {
-    /// A client IP -> MSISDN binding fed by the operator.
-    SessionBinding,
-    /// A header set by a trusted TLS-terminating gateway.
-    GatewayHeader,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RevokeReason {
-    /// Through the admin API.
-    Admin,
-    /// Replaced by a newer clientid of the same subscriber at the cap.
-    Superseded,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
@@ -165,6 +83,7 @@ pub fn decode_value(value: &[u8]) -> Result<Record, CodecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::wire::SubscriberRef;
     use proptest::prelude::*;
 
     fn sample() -> Vec<Record> {

@@ -10,18 +10,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
 
+pub use crate::core::model::Association;
+
 use super::event::{Event, Record, Seq};
 use crate::wire::{ClientId, IndirectCode, SubscriberRef};
-
-/// What the index knows of one clientid.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Association {
-    pub subscriber: SubscriberRef,
-    /// Unix milliseconds of the event that made it (creation or rebind).
-    pub since_ms: u64,
-    /// Sequence number of that event.
-    pub seq: Seq,
-}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CodeEntry {

@@ -23,16 +23,17 @@ pub mod index;
 pub mod log;
 
 use std::hash::{BuildHasher, Hash, RandomState};
-use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
+pub use crate::core::model::{Associated, NewAssociation};
 pub use event::{Event, IdentitySource, Record, RevokeReason, Seq};
 pub use index::{ApplyError, Association, CodeEntry, Counts, Index};
 pub use log::{EventLog, LogError};
 
+use crate::core::{Plan, plan_association};
 use crate::wire::{ClientId, IndirectCode, SubscriberRef};
 
 /// Lock stripes for writers; a power of two well above the core count.
@@ -58,30 +59,6 @@ struct Inner {
     index: Arc<Index>,
     stripes: Vec<Arc<Mutex<()>>>,
     hasher: RandomState,
-}
-
-/// What a caller wants associated, and how it learned the subscriber.
-#[derive(Debug, Clone)]
-pub struct NewAssociation {
-    pub clientid: ClientId,
-    pub subscriber: SubscriberRef,
-    pub source: IdentitySource,
-    pub client_addr: IpAddr,
-}
-
-/// Result of [`Store::associate`].
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Associated {
-    /// A new association is durable; `superseded` were revoked to make room.
-    Created { seq: Seq, superseded: Vec<ClientId> },
-    /// The clientid moved from another subscriber (policy `rebind`).
-    Rebound {
-        seq: Seq,
-        from: SubscriberRef,
-        superseded: Vec<ClientId>,
-    },
-    /// Someone else associated it first; this is what stands.
-    Existing(Association),
 }
 
 /// How a replay ended, for summaries.
@@ -117,11 +94,10 @@ impl Store {
         &self.inner.log
     }
 
-    /// Associates `new.clientid` with `new.subscriber`, unless it already is
-    /// associated (then `Existing`, whoever it belongs to), or moves it there
-    /// when `rebind` is set and it belongs to another subscriber. Keeps every
-    /// subscriber at no more than `cap` clientids by revoking its oldest
-    /// (reason `superseded`) in the same atomic batch.
+    /// Carries out [`plan_association`] (the rule lives in the core) under
+    /// the stripes of the clientid, its new subscriber and its current one:
+    /// `Existing` when what stands stays, else its events in one atomic
+    /// batch (superseded clientids revoked, then the creation or rebind).
     pub async fn associate(
         &self,
         new: NewAssociation,
@@ -132,43 +108,26 @@ impl Store {
         let (guards, current) = self
             .lock_with_owner(new.clientid.as_str(), Some(&new.subscriber))
             .await;
-        let from = match current {
-            Some(a) if a.subscriber == new.subscriber || !rebind => {
-                return Ok(Associated::Existing(a));
+        // The subscriber's stripe is held: its clientids cannot change.
+        let held = self.index().clientids_of(&new.subscriber);
+        match plan_association(current, &held, &new, rebind, cap) {
+            Plan::Existing(standing) => Ok(Associated::Existing(standing)),
+            Plan::Write {
+                events,
+                superseded,
+                rebound_from,
+            } => {
+                let seq = self.commit(events, now_ms, guards).await?;
+                Ok(match rebound_from {
+                    None => Associated::Created { seq, superseded },
+                    Some(from) => Associated::Rebound {
+                        seq,
+                        from,
+                        superseded,
+                    },
+                })
             }
-            Some(a) => Some(a.subscriber),
-            None => None,
-        };
-        let clientid = new.clientid.as_str().to_owned();
-        let mut events = Vec::new();
-        let superseded = self.make_room(&new.subscriber, cap, &mut events);
-        events.push(match from {
-            None => Event::AssociationCreated {
-                clientid,
-                subscriber: new.subscriber,
-                source: new.source,
-                client_addr: new.client_addr,
-            },
-            Some(from) => Event::AssociationRebound {
-                clientid,
-                from,
-                to: new.subscriber,
-                source: new.source,
-                client_addr: new.client_addr,
-            },
-        });
-        let last = self.commit(events, now_ms, guards).await?;
-        Ok(match from {
-            None => Associated::Created {
-                seq: last,
-                superseded,
-            },
-            Some(from) => Associated::Rebound {
-                seq: last,
-                from,
-                superseded,
-            },
-        })
+        }
     }
 
     /// Revokes the association of `clientid`; `None` if it had none.
@@ -241,27 +200,6 @@ impl Store {
                 _ => return (guards, current),
             }
         }
-    }
-
-    /// Queues revocations of the subscriber's oldest clientids until one more
-    /// fits under `cap`. Caller holds the subscriber's stripe.
-    fn make_room(
-        &self,
-        subscriber: &SubscriberRef,
-        cap: usize,
-        events: &mut Vec<Event>,
-    ) -> Vec<ClientId> {
-        let held = self.index().clientids_of(subscriber);
-        let excess = (held.len() + 1).saturating_sub(cap.max(1));
-        let superseded: Vec<ClientId> = held.into_iter().take(excess).collect();
-        for id in &superseded {
-            events.push(Event::AssociationRevoked {
-                clientid: id.as_str().to_owned(),
-                subscriber: *subscriber,
-                reason: RevokeReason::Superseded,
-            });
-        }
-        superseded
     }
 
     /// Appends the events durably; the log's writer then applies them and

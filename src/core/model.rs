@@ -1,0 +1,123 @@
+//! The domain's nouns, below every layer that stores or carries them: what
+//! an association is, what a caller asks to associate and what came of it,
+//! how a subscriber was identified, why an association ended, and the
+//! events that record every change. No I/O; the byte layout of events is
+//! the store's (`store::event`), their meaning is here.
+
+use std::net::IpAddr;
+
+use bincode::{Decode, Encode};
+use serde::Serialize;
+
+use crate::wire::{ClientId, SubscriberRef};
+
+/// Position of an event in the log. The first event is 1; 0 means "none".
+pub type Seq = u64;
+
+/// An event with the time it happened.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize)]
+pub struct Record {
+    /// Unix time in milliseconds.
+    pub at_ms: u64,
+    #[serde(flatten)]
+    pub event: Event,
+}
+
+/// Every state change of the CMP. Field names are the JSON names of
+/// `homecmp log export` too: keep them stable.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Event {
+    AssociationCreated {
+        clientid: String,
+        subscriber: SubscriberRef,
+        source: IdentitySource,
+        client_addr: IpAddr,
+    },
+    AssociationRevoked {
+        clientid: String,
+        subscriber: SubscriberRef,
+        reason: RevokeReason,
+    },
+    /// The clientid moved to another subscriber (mismatch policy `rebind`).
+    AssociationRebound {
+        clientid: String,
+        from: SubscriberRef,
+        to: SubscriberRef,
+        source: IdentitySource,
+        client_addr: IpAddr,
+    },
+    CodeRegistered {
+        code: String,
+        target: String,
+    },
+    CodeRemoved {
+        code: String,
+    },
+}
+
+impl Event {
+    /// The `kind` name used in JSON and in `log stats`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::AssociationCreated { .. } => "association_created",
+            Event::AssociationRevoked { .. } => "association_revoked",
+            Event::AssociationRebound { .. } => "association_rebound",
+            Event::CodeRegistered { .. } => "code_registered",
+            Event::CodeRemoved { .. } => "code_removed",
+        }
+    }
+}
+
+/// How the subscriber behind a request was identified (DESIGN §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdentitySource {
+    /// A client IP -> MSISDN binding fed by the operator.
+    SessionBinding,
+    /// A header set by a trusted TLS-terminating gateway.
+    GatewayHeader,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RevokeReason {
+    /// Through the admin API.
+    Admin,
+    /// Replaced by a newer clientid of the same subscriber at the cap.
+    Superseded,
+}
+
+/// What the index knows of one clientid.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Association {
+    pub subscriber: SubscriberRef,
+    /// Unix milliseconds of the event that made it (creation or rebind).
+    pub since_ms: u64,
+    /// Sequence number of that event.
+    pub seq: Seq,
+}
+
+/// What a caller wants associated, and how it learned the subscriber.
+#[derive(Debug, Clone)]
+pub struct NewAssociation {
+    pub clientid: ClientId,
+    pub subscriber: SubscriberRef,
+    pub source: IdentitySource,
+    pub client_addr: IpAddr,
+}
+
+/// Result of [`Store::associate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Associated {
+    /// A new association is durable; `superseded` were revoked to make room.
+    Created { seq: Seq, superseded: Vec<ClientId> },
+    /// The clientid moved from another subscriber (policy `rebind`).
+    Rebound {
+        seq: Seq,
+        from: SubscriberRef,
+        superseded: Vec<ClientId>,
+    },
+    /// Someone else associated it first; this is what stands.
+    Existing(Association),
+}
