@@ -38,7 +38,7 @@ pub struct Policy {
 }
 
 /// Every way a request is refused. The wire status of each is decided in one
-/// place, `net::http::wire_error`.
+/// place, `net::error::wire_error`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Refusal {
     #[error("invalid code: {0}")]

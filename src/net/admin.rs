@@ -30,8 +30,8 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::App;
+use super::error::AdminError;
 use super::metrics::RuntimeLabel;
-use super::resolve::ErrorBody;
 use crate::wire::{ClientId, IndirectCode, Msisdn};
 
 /// Shared by the admin handlers: the token, and the application once ready.
@@ -67,14 +67,8 @@ pub fn router(state: Arc<AdminState>) -> axum::Router {
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
         .merge(guarded)
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "NOT_FOUND", "no such admin resource") })
-        .method_not_allowed_fallback(|| async {
-            error(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "METHOD_NOT_ALLOWED",
-                "this resource does not take that method",
-            )
-        })
+        .fallback(|| async { AdminError::NotFound.into_response() })
+        .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed.into_response() })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
@@ -131,15 +125,6 @@ pub async fn serve(
     }
 }
 
-fn error(status: StatusCode, code: &'static str, message: &str) -> Response {
-    let body = ErrorBody {
-        status: status.as_u16(),
-        code,
-        message,
-    };
-    (status, Json(body)).into_response()
-}
-
 async fn require_token(
     State(state): State<Arc<AdminState>>,
     request: Request,
@@ -153,11 +138,7 @@ async fn require_token(
     let token = state.token.expose().as_bytes();
     let equal = aws_lc_rs::constant_time::verify_slices_are_equal(given, token).is_ok();
     if !equal {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "UNAUTHORIZED",
-            "missing or wrong bearer token",
-        );
+        return AdminError::Unauthorized.into_response();
     }
     next.run(request).await
 }
@@ -175,22 +156,15 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
 
 /// The application, or 503 while replay is still running.
 fn ready(state: &AdminState) -> Result<&Arc<App>, Response> {
-    state.app.get().ok_or_else(|| {
-        error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "NOT_READY",
-            "replaying the event log",
-        )
-    })
+    state
+        .app
+        .get()
+        .ok_or_else(|| AdminError::NotReady.into_response())
 }
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
     match ready(&state) {
-        Ok(app) if app.store.log().is_poisoned() => error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "LOG_UNAVAILABLE",
-            "the event log refuses writes after a disk error; restart once the disk is fixed",
-        ),
+        Ok(app) if app.store.log().is_poisoned() => AdminError::LogUnavailable.into_response(),
         Ok(_) => "ready\n".into_response(),
         Err(response) => response,
     }
@@ -231,11 +205,7 @@ async fn metrics(Ready(app): Ready) -> Response {
 
 fn unavailable(e: impl std::fmt::Display) -> Response {
     tracing::error!(error = %e, "admin change not stored");
-    error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        "UNAVAILABLE",
-        "the event log refused the write; see the server log",
-    )
+    AdminError::Unavailable.into_response()
 }
 
 /// Handlers answer `Ok` with their JSON, `Err` with an error response.
@@ -256,13 +226,11 @@ impl axum::extract::FromRequestParts<Arc<AdminState>> for Ready {
 }
 
 fn parse_code(text: &str) -> Result<IndirectCode, Response> {
-    IndirectCode::parse(text)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, "INVALID_CODE", &e.to_string()))
+    IndirectCode::parse(text).map_err(|e| AdminError::InvalidCode(e.to_string()).into_response())
 }
 
 fn parse_clientid(text: &str) -> Result<ClientId, Response> {
-    ClientId::parse(text)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, "INVALID_CLIENTID", &e.to_string()))
+    ClientId::parse(text).map_err(|e| AdminError::InvalidClientId(e.to_string()).into_response())
 }
 
 /// An address (a /32 or /128) or a prefix (`2001:db8:1:2::/64`, the slash
@@ -272,13 +240,9 @@ fn parse_network(text: &str) -> Result<IpNet, Response> {
         true => text.parse::<IpNet>().ok(),
         false => text.parse::<IpAddr>().ok().map(IpNet::from),
     };
-    parsed.map(crate::core::canonical_net).ok_or_else(|| {
-        error(
-            StatusCode::BAD_REQUEST,
-            "INVALID_IP",
-            "expected an IPv4 or IPv6 address, or a prefix such as 2001:db8:1:2::/64",
-        )
-    })
+    parsed
+        .map(crate::core::canonical_net)
+        .ok_or_else(|| AdminError::InvalidIp.into_response())
 }
 
 /// How a binding's network is shown: a lone address without its `/32`.
@@ -303,7 +267,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Param {
         Path::<String>::from_request_parts(parts, state)
             .await
             .map(|Path(text)| Param(text))
-            .map_err(|e| error(StatusCode::BAD_REQUEST, "INVALID_PATH", &e.body_text()))
+            .map_err(|e| AdminError::InvalidPath(e.body_text()).into_response())
     }
 }
 
@@ -335,16 +299,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 impl BodyRejection {
     fn response(self, expected: &str) -> Response {
         match self {
-            BodyRejection::TooLarge => error(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "BODY_TOO_LARGE",
-                &format!("admin bodies are at most {MAX_BODY_BYTES} bytes"),
-            ),
-            BodyRejection::Invalid(e) => error(
-                StatusCode::BAD_REQUEST,
-                "INVALID_BODY",
-                &format!("{e}; expected {expected}"),
-            ),
+            BodyRejection::TooLarge => AdminError::BodyTooLarge(MAX_BODY_BYTES).into_response(),
+            BodyRejection::Invalid(e) => {
+                AdminError::InvalidBody(format!("{e}; expected {expected}")).into_response()
+            }
         }
     }
 }
@@ -392,18 +350,10 @@ async fn put_code(
         .iter()
         .any(|p| p.as_str() == code.prefix())
     {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "UNKNOWN_PREFIX",
-            "this CMP does not own the code's routing prefix",
-        ));
+        return Err(AdminError::UnknownPrefix.into_response());
     }
     if !valid_target(&target) {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "INVALID_TARGET",
-            "target must be an http(s) URL of at most 2048 characters without spaces",
-        ));
+        return Err(AdminError::InvalidTarget.into_response());
     }
     let seq = app
         .store
@@ -419,7 +369,7 @@ async fn get_code(Ready(app): Ready, Param(code): Param) -> Answer {
         .store
         .index()
         .code(&code)
-        .ok_or_else(|| error(StatusCode::NOT_FOUND, "CODE_NOT_FOUND", "no such code"))?;
+        .ok_or_else(|| AdminError::CodeNotFound.into_response())?;
     Ok(
         Json(json!({"code": code.as_str(), "target": &*entry.target, "seq": entry.seq}))
             .into_response(),
@@ -434,21 +384,13 @@ async fn delete_code(Ready(app): Ready, Param(code): Param) -> Answer {
         .await
         .map_err(unavailable)?;
     if !removed {
-        return Err(error(
-            StatusCode::NOT_FOUND,
-            "CODE_NOT_FOUND",
-            "no such code",
-        ));
+        return Err(AdminError::CodeNotFound.into_response());
     }
     Ok(Json(json!({"code": code.as_str(), "removed": true})).into_response())
 }
 
 fn no_association() -> Response {
-    error(
-        StatusCode::NOT_FOUND,
-        "NO_ASSOCIATION",
-        "this clientid has no association",
-    )
+    AdminError::NoAssociation.into_response()
 }
 
 async fn get_association(Ready(app): Ready, Param(clientid): Param) -> Answer {
@@ -493,23 +435,15 @@ async fn put_session(
     let network = parse_network(&ip)?;
     let SessionBody { msisdn, ttl_secs } = body(json, r#"{"msisdn": "+E164"}"#)?;
     let msisdn = Msisdn::parse(&msisdn)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, "INVALID_MSISDN", &e.to_string()))?;
+        .map_err(|e| AdminError::InvalidMsisdn(e.to_string()).into_response())?;
     if !app.config.mno.is_mno_network(&network) {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            "NOT_IN_MNO_NETWORK",
-            "the address is outside mno.networks, so the binding would never be used",
-        ));
+        return Err(AdminError::NotInMnoNetwork.into_response());
     }
     let ttl_ms = match ttl_secs {
         None => app.config.session_ttl.as_millis() as u64,
         Some(secs @ 1..=MAX_SESSION_TTL_SECS) => secs * 1000,
         Some(_) => {
-            return Err(error(
-                StatusCode::BAD_REQUEST,
-                "INVALID_TTL",
-                &format!("ttl_secs must be 1 to {MAX_SESSION_TTL_SECS} (31 days)"),
-            ));
+            return Err(AdminError::InvalidTtl(MAX_SESSION_TTL_SECS).into_response());
         }
     };
     let expires_ms = super::now_ms().saturating_add(ttl_ms);
@@ -524,11 +458,7 @@ async fn put_session(
 }
 
 fn no_session() -> Response {
-    error(
-        StatusCode::NOT_FOUND,
-        "NO_SESSION",
-        "no live binding for this address",
-    )
+    AdminError::NoSession.into_response()
 }
 
 /// An address: the binding that covers it (the longest prefix). A prefix:

@@ -1,5 +1,6 @@
-//! Transports around the core: the public HTTPS listener, the admin API,
-//! and the server's lifecycle (start, ready, graceful shutdown).
+//! Transports around the core: the public HTTPS (HTTP/1.1, HTTP/2) and
+//! HTTP/3 listeners, the admin API, the one error map (`error`), and the
+//! server's lifecycle (start, ready, graceful shutdown).
 //!
 //! [`start`] binds every listener (port 0 works: tests use it), serves the
 //! admin API at once so probes see `/readyz` go from 503 to 200, replays the
@@ -8,6 +9,7 @@
 
 pub mod admin;
 pub mod conn;
+pub mod error;
 pub mod h3;
 pub mod https;
 pub mod limits;

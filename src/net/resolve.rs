@@ -2,17 +2,18 @@
 //!
 //! Carries out what the core decides: the index lookup, identity, the
 //! durable association, the code lookup. The wire form of every refusal is
-//! decided in [`wire_error`], the single place that knows DESIGN §4's table.
+//! decided in [`super::error`], the single place that knows DESIGN §4's
+//! table.
 
 use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
-use http::header::{CONTENT_TYPE, RETRY_AFTER};
-use http::{HeaderMap, HeaderValue, Response, StatusCode, Uri};
+use http::{HeaderMap, Response, StatusCode, Uri};
 use serde::Serialize;
 
 use super::App;
+use super::error::{error_response, json_response, wire_error};
 use super::metrics::Protocol;
 use crate::core::{self, ClientView, Decision, Refusal};
 use crate::store::{Associated, NewAssociation};
@@ -36,69 +37,6 @@ struct Resolved<'a> {
     association: &'static str,
 }
 
-#[derive(Debug, Serialize)]
-pub struct ErrorBody<'a> {
-    pub status: u16,
-    pub code: &'static str,
-    pub message: &'a str,
-}
-
-/// DESIGN §4's table: status and code of each refusal.
-pub fn wire_error(refusal: &Refusal) -> (StatusCode, &'static str) {
-    match refusal {
-        Refusal::InvalidCode(_) => (StatusCode::BAD_REQUEST, "INVALID_CODE"),
-        Refusal::InvalidClientId(_) => (StatusCode::BAD_REQUEST, "INVALID_CLIENTID"),
-        Refusal::ClientIdRequired => (StatusCode::UNAUTHORIZED, "CLIENTID_REQUIRED"),
-        Refusal::RetryOnMnoNetwork => (StatusCode::FORBIDDEN, "RETRY_ON_MNO_NETWORK"),
-        Refusal::SubscriberUnknown => (StatusCode::FORBIDDEN, "SUBSCRIBER_UNKNOWN"),
-        Refusal::AssociationMismatch => (StatusCode::FORBIDDEN, "ASSOCIATION_MISMATCH"),
-        Refusal::CodeNotFound => (StatusCode::NOT_FOUND, "CODE_NOT_FOUND"),
-        Refusal::UnknownPrefix => (StatusCode::NOT_FOUND, "UNKNOWN_PREFIX"),
-        Refusal::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
-        Refusal::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED"),
-        Refusal::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
-        Refusal::RequestTooLarge => (StatusCode::URI_TOO_LONG, "REQUEST_TOO_LARGE"),
-        Refusal::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
-        Refusal::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
-        Refusal::RepeatedHeader(_) => (StatusCode::BAD_REQUEST, "INVALID_HEADER"),
-    }
-}
-
-/// Seconds a client should wait, for the refusals that carry `Retry-After`.
-fn retry_after(refusal: &Refusal) -> Option<u64> {
-    match refusal {
-        Refusal::RateLimited { retry_after_secs } => Some(*retry_after_secs),
-        Refusal::Overloaded | Refusal::Unavailable => Some(1),
-        _ => None,
-    }
-}
-
-pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Bytes> {
-    let mut response = Response::new(Bytes::from(body));
-    *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
-
-pub fn error_response(refusal: &Refusal) -> Response<Bytes> {
-    let (status, code) = wire_error(refusal);
-    let message = refusal.to_string();
-    let body = ErrorBody {
-        status: status.as_u16(),
-        code,
-        message: &message,
-    };
-    let mut response = json_response(status, serde_json::to_vec(&body).expect("serialisable"));
-    if let Some(secs) = retry_after(refusal) {
-        response
-            .headers_mut()
-            .insert(RETRY_AFTER, HeaderValue::from(secs));
-    }
-    response
-}
-
 /// Answers any request on the public listener: the resolve route, or a JSON
 /// 404/405. Records the outcome and latency.
 pub async fn handle(
@@ -114,7 +52,7 @@ pub async fn handle(
     } else if method != http::Method::GET {
         Err(Refusal::MethodNotAllowed)
     } else {
-        resolve(app, conn, uri, headers).await
+        run_resolution(app, conn, uri, headers).await
     };
     let (outcome, response) = match result {
         Ok(response) => ("ok", response),
@@ -125,7 +63,10 @@ pub async fn handle(
     response
 }
 
-async fn resolve(
+/// The whole resolution of one request, cheapest check first: limits,
+/// parse, index, identity, the core's decision, a durable association if it
+/// asks for one, then the code.
+async fn run_resolution(
     app: &App,
     conn: ConnInfo,
     uri: &Uri,
