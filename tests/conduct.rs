@@ -66,7 +66,9 @@ async fn a_refused_connection_is_slowed_then_closed_and_its_source_kept_out() {
         count("homecmp_abusive_connections_total{step=\"closed\"}"),
         1.0
     );
-    assert!(count("homecmp_connections_refused_total{reason=\"penalty\"}") >= 1.0);
+    assert!(
+        count("homecmp_connections_refused_total{transport=\"tcp\",reason=\"penalty\"}") >= 1.0
+    );
 
     // Another address is served; the penalised one again once it is served.
     let other = server.client("http1", "127.2.0.101");

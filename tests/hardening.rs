@@ -682,7 +682,7 @@ async fn quic_handshakes_that_never_complete_do_not_spend_an_address_budget() {
         let failed = endpoint.connect(addr, "localhost").unwrap().await;
         assert!(failed.is_err(), "no common protocol: the handshake fails");
     }
-    let refused = "homecmp_quic_handshakes_refused_total{reason=\"address_rate\"}";
+    let refused = "homecmp_connections_refused_total{transport=\"quic\",reason=\"address_rate\"}";
     assert_eq!(
         metric(&server.metrics().await, refused),
         0.0,

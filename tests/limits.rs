@@ -83,7 +83,7 @@ async fn connections_per_address_are_capped() {
     assert_eq!(
         metric(
             &metrics,
-            "homecmp_connections_refused_total{reason=\"address_cap\"}"
+            "homecmp_connections_refused_total{transport=\"tcp\",reason=\"address_cap\"}"
         ),
         2.0
     );
@@ -112,7 +112,7 @@ async fn tcp_accept_rate_per_address_closes_floods_before_tls() {
     assert!(
         metric(
             &metrics,
-            "homecmp_connections_refused_total{reason=\"address_rate\"}"
+            "homecmp_connections_refused_total{transport=\"tcp\",reason=\"address_rate\"}"
         ) >= 6.0
     );
 }
@@ -185,7 +185,7 @@ async fn handshake_pace_makes_new_connections_wait_or_closes_them() {
     assert!(
         metric(
             &metrics,
-            "homecmp_connections_refused_total{reason=\"handshake_rate\"}"
+            "homecmp_connections_refused_total{transport=\"tcp\",reason=\"handshake_rate\"}"
         ) >= 6.0
     );
 }
@@ -350,4 +350,39 @@ async fn a_lagging_runtime_stops_taking_new_connections_and_keeps_serving_open_o
     wait_for_gauge(&server, overloaded, 0.0).await;
     let status = waiting.await.unwrap().expect("served after the overload");
     assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn max_connections_counts_tcp_and_quic_together() {
+    let server =
+        TestServer::ready("[limits]\nmax_connections = 2\nshed_unauthenticated_above = 100\n")
+            .await;
+    let addr = server.running.public_addr;
+    let _tcp = support::raw::tls(&server.ca_pem(), &[b"h2"], "127.2.0.120", addr)
+        .await
+        .unwrap();
+    let quic = server.h3_client("127.2.0.121");
+    let _open = quic.open().await.unwrap();
+    // Two open, one over each transport: a third is refused on either.
+    let third = support::raw::tls(&server.ca_pem(), &[b"h2"], "127.2.0.122", addr).await;
+    assert!(third.is_err(), "a third connection over TCP was let in");
+    let fourth = server.h3_client("127.2.0.123");
+    let attempt = tokio::time::timeout(std::time::Duration::from_millis(800), fourth.open()).await;
+    assert!(
+        !matches!(attempt, Ok(Ok(_))),
+        "a third connection over QUIC was let in"
+    );
+    let metrics = server.metrics().await;
+    assert!(
+        metric(
+            &metrics,
+            "homecmp_connections_refused_total{transport=\"tcp\",reason=\"connection_cap\"}"
+        ) >= 1.0
+    );
+    assert!(
+        metric(
+            &metrics,
+            "homecmp_connections_refused_total{transport=\"quic\",reason=\"connection_cap\"}"
+        ) >= 1.0
+    );
 }

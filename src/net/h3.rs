@@ -21,7 +21,7 @@
 //! 0-RTT is off: association creation is not idempotent, and a replayed
 //! first scan must not create anything.
 
-use std::net::{IpAddr, SocketAddr, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -32,9 +32,9 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::App;
+use super::admit::{Transport, admit};
 use super::conn::{Activity, Conduct};
-use super::limits::AddressSlot;
-use super::metrics::{Protocol, ProtocolLabel};
+use super::metrics::Protocol;
 use super::resolve::{self, ConnInfo};
 use crate::config::{Http3Config, RetryPolicy};
 
@@ -80,11 +80,10 @@ pub fn server_config(
     Ok(config)
 }
 
-/// Shared counters of the HTTP/3 listener.
+/// Handshakes in flight on the HTTP/3 listener.
 #[derive(Debug, Default)]
 struct Gate {
     handshakes: AtomicUsize,
-    connections: AtomicUsize,
 }
 
 /// Binds the QUIC endpoint on `socket`.
@@ -151,8 +150,9 @@ pub async fn serve(
             },
         };
         let m = &app.metrics;
+        let refused = |reason| m.refused_connection(Transport::Quic, reason);
         if app.quic_overloaded() {
-            m.refused_handshake("overloaded");
+            refused("overloaded");
             incoming.ignore();
             continue;
         }
@@ -163,11 +163,10 @@ pub async fn serve(
         // once its handshake completes, which proves the address too.
         let validated = incoming.remote_address_validated();
         let source = app.limits.source(incoming.remote_address().ip());
-        let address_slot = match validated {
-            true => match charge_address(&app, source) {
-                Ok(slot) => Some(slot),
-                Err(reason) => {
-                    m.refused_handshake(reason);
+        let admitted = match validated {
+            true => match admit(&app, Transport::Quic, source) {
+                Ok(admitted) => Some(admitted),
+                Err(_) => {
                     incoming.ignore();
                     continue;
                 }
@@ -185,15 +184,20 @@ pub async fn serve(
         if let Some(pace) = pace
             && pace.reserve(Duration::ZERO).is_none()
         {
-            m.refused_handshake("handshake_rate");
+            refused("handshake_rate");
             incoming.ignore();
             continue;
         }
+        // No handshake work while the global cap (TCP and QUIC together)
+        // is reached, or too many handshakes are in flight.
         let in_flight = gate.handshakes.load(Ordering::Relaxed);
-        if in_flight >= h3.max_handshakes
-            || gate.connections.load(Ordering::Relaxed) >= app.config.limits.max_connections
-        {
-            m.refused_handshake("capacity");
+        if admitted.is_none() && app.limits.connections.available_permits() == 0 {
+            refused("connection_cap");
+            incoming.ignore();
+            continue;
+        }
+        if in_flight >= h3.max_handshakes {
+            refused("capacity");
             incoming.ignore();
             continue;
         }
@@ -210,7 +214,7 @@ pub async fn serve(
         let connecting = match incoming.accept() {
             Ok(connecting) => connecting,
             Err(_) => {
-                m.refused_handshake("invalid_initial");
+                refused("invalid_initial");
                 continue;
             }
         };
@@ -222,35 +226,24 @@ pub async fn serve(
             let handshake =
                 tokio::time::timeout(app.config.limits.header_read_timeout, connecting).await;
             gate.handshakes.fetch_sub(1, Ordering::Relaxed);
+            let refused = |reason| app.metrics.refused_connection(Transport::Quic, reason);
             let connection = match handshake {
                 Ok(Ok(connection)) => connection,
-                Ok(Err(_)) => return app.metrics.refused_handshake("handshake_failed"),
-                Err(_) => return app.metrics.refused_handshake("handshake_timeout"),
+                Ok(Err(_)) => return refused("handshake_failed"),
+                Err(_) => return refused("handshake_timeout"),
             };
-            let _address_slot = match address_slot {
-                Some(slot) => slot,
-                None => match charge_address(&app, source) {
-                    Ok(slot) => slot,
-                    Err(reason) => {
-                        app.metrics.refused_handshake(reason);
+            // A completed handshake proves the address: admit it now.
+            let admitted = match admitted {
+                Some(admitted) => admitted,
+                None => match admit(&app, Transport::Quic, source) {
+                    Ok(admitted) => admitted,
+                    Err(_) => {
                         return connection.close(H3_EXCESSIVE_LOAD.into(), b"address limit");
                     }
                 },
             };
-            gate.connections.fetch_add(1, Ordering::Relaxed);
-            app.open_connections.fetch_add(1, Ordering::Relaxed);
-            let open = app
-                .metrics
-                .connections_open
-                .get_or_create(&ProtocolLabel {
-                    protocol: Protocol::Http3,
-                })
-                .clone();
-            open.inc();
+            let _serving = admitted.serving(&app, Protocol::Http3);
             serve_connection(&app, connection, shutdown).await;
-            open.dec();
-            app.open_connections.fetch_sub(1, Ordering::Relaxed);
-            gate.connections.fetch_sub(1, Ordering::Relaxed);
         });
     }
     endpoint.close(0u32.into(), b"shutting down");
@@ -260,19 +253,6 @@ pub async fn serve(
 /// asks for more than it may.
 const H3_NO_ERROR: u32 = 0x100;
 const H3_EXCESSIVE_LOAD: u32 = 0x107;
-
-/// Charges a new connection from `source` to its address's connection rate
-/// and open-connection cap; the reason (for the metric) when over either.
-fn charge_address(app: &App, source: IpAddr) -> Result<AddressSlot, &'static str> {
-    if app.limits.penalty.holds(source) {
-        return Err("penalty");
-    }
-    let verdict = app.limits.quic_connections.check(&source);
-    if app.rate_verdict("quic_connections", verdict).is_err() {
-        return Err("address_rate");
-    }
-    app.limits.per_address.try_open(source).ok_or("address_cap")
-}
 
 /// Serves one QUIC connection's requests. Like [`super::conn`] for TCP: a
 /// connection with no request in flight is closed after the header-read

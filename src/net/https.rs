@@ -6,18 +6,17 @@
 //! [`super::conn`] closes connections that send no request.
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use http_body_util::Full;
 use hyper::body::Incoming;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::admit::{Transport, admit};
 use super::conn::Conduct;
-use super::metrics::{Protocol, ProtocolLabel};
+use super::metrics::Protocol;
 use super::resolve::{self, ConnInfo};
 use super::{App, tls};
 
@@ -30,7 +29,6 @@ pub async fn serve(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let slots = Arc::new(Semaphore::new(app.config.limits.max_connections));
     let lag_watched = app.limits.main_lag.is_some();
     let mut recheck = tokio::time::interval(super::limits::Lag::PERIOD);
     recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -60,25 +58,8 @@ pub async fn serve(
         // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d: they
         // are IPv4 clients everywhere (pools, bindings, limits).
         let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
-        // Cheapest first: a source serving a penalty, the address's accept
-        // rate, its open connections, then the global cap. A refused socket
-        // is closed before any TLS.
-        let source = app.limits.source(peer.ip());
-        if app.limits.penalty.holds(source) {
-            app.metrics.refused_connection("penalty");
-            continue;
-        }
-        let verdict = app.limits.tcp_accepts.check(&source);
-        if app.rate_verdict("tcp_accepts", verdict).is_err() {
-            app.metrics.refused_connection("address_rate");
-            continue;
-        }
-        let Some(address_slot) = app.limits.per_address.try_open(source) else {
-            app.metrics.refused_connection("address_cap");
-            continue;
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            app.metrics.refused_connection("connection_cap");
+        // Admission (super::admit): a refused socket is closed before any TLS.
+        let Ok(admitted) = admit(&app, Transport::Tcp, app.limits.source(peer.ip())) else {
             continue;
         };
         let _ = stream.set_nodelay(true);
@@ -86,20 +67,19 @@ pub async fn serve(
         let tls = tls.clone();
         let shutdown = shutdown.clone();
         tracker.spawn(async move {
-            let _slots = (slot, address_slot);
+            let refused = |reason| app.metrics.refused_connection(Transport::Tcp, reason);
             let handshake_limit = app.config.limits.header_read_timeout;
             if app.limits.handshakes.is_some() {
                 // A client that offers a ticket this server issued is
                 // returning: it waits in a queue of its own, so a flood of
                 // new handshakes does not hold it up. A client that sends
                 // nothing takes no turn at all.
-                let hello = match tokio::time::timeout(handshake_limit, peek_first_record(&stream))
-                    .await
-                {
-                    Ok(Ok(hello)) => hello,
-                    Ok(Err(_)) => return app.metrics.refused_connection("tls_handshake_failed"),
-                    Err(_) => return app.metrics.refused_connection("tls_handshake_timeout"),
-                };
+                let hello =
+                    match tokio::time::timeout(handshake_limit, peek_first_record(&stream)).await {
+                        Ok(Ok(hello)) => hello,
+                        Ok(Err(_)) => return refused("handshake_failed"),
+                        Err(_) => return refused("handshake_timeout"),
+                    };
                 let returning = tls::offered_ticket(&hello)
                     .is_some_and(|ticket| tls.config().ticketer.decrypt(ticket).is_some());
                 let (pace, queue) = app.limits.handshake_pace(returning);
@@ -107,29 +87,21 @@ pub async fn serve(
                 if let Some(pace) = pace {
                     match pace.reserve(handshake_limit) {
                         Some(wait) => tokio::time::sleep(wait).await,
-                        None => return app.metrics.refused_connection("handshake_rate"),
+                        None => return refused("handshake_rate"),
                     }
                 }
             }
             let stream = match tokio::time::timeout(handshake_limit, tls.accept(stream)).await {
                 Ok(Ok(stream)) => stream,
-                Ok(Err(_)) => return app.metrics.refused_connection("tls_handshake_failed"),
-                Err(_) => return app.metrics.refused_connection("tls_handshake_timeout"),
+                Ok(Err(_)) => return refused("handshake_failed"),
+                Err(_) => return refused("handshake_timeout"),
             };
             let protocol = match stream.get_ref().1.alpn_protocol() {
                 Some(b"h2") => Protocol::Http2,
                 _ => Protocol::Http1,
             };
-            let open = app
-                .metrics
-                .connections_open
-                .get_or_create(&ProtocolLabel { protocol })
-                .clone();
-            open.inc();
-            app.open_connections.fetch_add(1, Ordering::Relaxed);
+            let _serving = admitted.serving(&app, protocol);
             serve_connection(app.clone(), ConnInfo { peer, protocol }, stream, shutdown).await;
-            app.open_connections.fetch_sub(1, Ordering::Relaxed);
-            open.dec();
         });
     }
 }

@@ -49,6 +49,13 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// A refused connection: its transport (`tcp`, `quic`) and why.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RefusedLabels {
+    pub transport: &'static str,
+    pub reason: &'static str,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -60,12 +67,11 @@ pub struct Metrics {
     pub associations_created: Counter,
     pub associations_superseded: Counter,
     pub associations_rebound: Counter,
-    pub connections_refused: Family<ReasonLabels, Counter>,
+    pub connections_refused: Family<RefusedLabels, Counter>,
     pub connections_open: Family<ProtocolLabel, Gauge>,
     pub quic_retries: Counter,
     pub tarpitted: Counter,
     pub limiter_overflow: Family<ReasonLabels, Counter>,
-    pub handshakes_refused: Family<ReasonLabels, Counter>,
     pub index_associations: Gauge,
     pub index_subscribers: Gauge,
     pub index_codes: Gauge,
@@ -164,10 +170,10 @@ impl Metrics {
             "Associations moved to another subscriber (policy rebind)",
             associations_rebound.clone(),
         );
-        let connections_refused = Family::<ReasonLabels, Counter>::default();
+        let connections_refused = Family::<RefusedLabels, Counter>::default();
         registry.register(
             "connections_refused",
-            "Connections closed before serving, by reason",
+            "New connections refused, dropped or failed before serving, by transport (tcp, quic) and reason",
             connections_refused.clone(),
         );
         let connections_open = Family::<ProtocolLabel, Gauge>::default();
@@ -181,12 +187,6 @@ impl Metrics {
             "quic_retries",
             "QUIC Retry packets sent to validate a client address",
             quic_retries.clone(),
-        );
-        let handshakes_refused = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "quic_handshakes_refused",
-            "QUIC connection attempts dropped or failed, by reason",
-            handshakes_refused.clone(),
         );
         let tarpitted = Counter::default();
         registry.register(
@@ -282,7 +282,6 @@ impl Metrics {
             quic_retries,
             tarpitted,
             limiter_overflow,
-            handshakes_refused,
             index_associations,
             index_subscribers,
             index_codes,
@@ -307,15 +306,12 @@ impl Metrics {
             .observe(seconds);
     }
 
-    pub fn refused_connection(&self, reason: &'static str) {
+    pub fn refused_connection(&self, transport: super::admit::Transport, reason: &'static str) {
         self.connections_refused
-            .get_or_create(&ReasonLabels { reason })
-            .inc();
-    }
-
-    pub fn refused_handshake(&self, reason: &'static str) {
-        self.handshakes_refused
-            .get_or_create(&ReasonLabels { reason })
+            .get_or_create(&RefusedLabels {
+                transport: transport.as_str(),
+                reason,
+            })
             .inc();
     }
 

@@ -8,6 +8,7 @@
 //! accepting, lets in-flight requests finish, and closes the log.
 
 pub mod admin;
+pub mod admit;
 pub mod conn;
 pub mod error;
 pub mod h3;
@@ -92,6 +93,8 @@ pub struct Limiters {
     pub quic_lag: Option<Arc<limits::Lag>>,
     /// Sources whose connection was closed for its conduct.
     pub penalty: limits::PenaltyBox,
+    /// `max_connections`: one count over TCP and QUIC together.
+    pub connections: Arc<tokio::sync::Semaphore>,
     /// Tarpit waiters per source (`tarpit_per_source`).
     pub tarpit_sources: Option<Arc<limits::PerAddress>>,
     ipv6_prefix_len: u8,
@@ -125,6 +128,7 @@ impl Limiters {
             main_lag: limits::Lag::new(l.overload_lag).map(Arc::new),
             quic_lag: limits::Lag::new(l.overload_lag).map(Arc::new),
             penalty: limits::PenaltyBox::new(l.penalty, l.limiter_max_keys),
+            connections: Arc::new(tokio::sync::Semaphore::new(l.max_connections)),
             tarpit_sources: (l.tarpit_per_source > 0)
                 .then(|| Arc::new(limits::PerAddress::new(l.tarpit_per_source))),
             ipv6_prefix_len: l.ipv6_prefix_len,

@@ -1,0 +1,112 @@
+//! Admission of a new connection, TCP and QUIC alike, cheapest check first:
+//! the penalty box, the source's connection rate, its open connections,
+//! then the global cap, one count over both transports. Each transport keeps
+//! only what is its own: the ClientHello peek and TLS (`https.rs`), Retry
+//! and address validation (`h3.rs`). Every refusal, admission's or a
+//! transport's, is counted in `connections_refused_total{transport,reason}`.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::OwnedSemaphorePermit;
+
+use super::App;
+use super::limits::AddressSlot;
+use super::metrics::{Protocol, ProtocolLabel};
+
+/// Which listener a connection came to (the metric's `transport` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Quic,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Quic => "quic",
+        }
+    }
+}
+
+/// A connection let in: holds a slot of its source and one of the global
+/// cap; both are freed when it is dropped.
+#[derive(Debug)]
+pub struct Admitted {
+    _address: AddressSlot,
+    _global: OwnedSemaphorePermit,
+}
+
+/// Admits a connection from `source` (a per-source key) to `transport`, or
+/// counts the refusal and says why (the metric's `reason`).
+pub fn admit(app: &App, transport: Transport, source: IpAddr) -> Result<Admitted, &'static str> {
+    let admitted = check(app, transport, source);
+    if let Err(reason) = admitted {
+        app.metrics.refused_connection(transport, reason);
+    }
+    admitted
+}
+
+fn check(app: &App, transport: Transport, source: IpAddr) -> Result<Admitted, &'static str> {
+    if app.limits.penalty.holds(source) {
+        return Err("penalty");
+    }
+    let (rate, name) = match transport {
+        Transport::Tcp => (&app.limits.tcp_accepts, "tcp_accepts"),
+        Transport::Quic => (&app.limits.quic_connections, "quic_connections"),
+    };
+    if app.rate_verdict(name, rate.check(&source)).is_err() {
+        return Err("address_rate");
+    }
+    let address = app
+        .limits
+        .per_address
+        .try_open(source)
+        .ok_or("address_cap")?;
+    let global = app
+        .limits
+        .connections
+        .clone()
+        .try_acquire_owned()
+        .map_err(|_| "connection_cap")?;
+    Ok(Admitted {
+        _address: address,
+        _global: global,
+    })
+}
+
+/// A connection being served: counted in the open-connections load signal
+/// and its protocol's gauge while it lives, with its admission.
+#[derive(Debug)]
+pub struct Serving {
+    app: Arc<App>,
+    gauge: Gauge,
+    _admitted: Admitted,
+}
+
+impl Admitted {
+    pub fn serving(self, app: &Arc<App>, protocol: Protocol) -> Serving {
+        let gauge = app
+            .metrics
+            .connections_open
+            .get_or_create(&ProtocolLabel { protocol })
+            .clone();
+        gauge.inc();
+        app.open_connections.fetch_add(1, Ordering::Relaxed);
+        Serving {
+            app: app.clone(),
+            gauge,
+            _admitted: self,
+        }
+    }
+}
+
+impl Drop for Serving {
+    fn drop(&mut self) {
+        self.gauge.dec();
+        self.app.open_connections.fetch_sub(1, Ordering::Relaxed);
+    }
+}
