@@ -9,7 +9,8 @@ use std::str::FromStr;
 
 use http::{HeaderName, HeaderValue};
 
-use crate::setup::Setup;
+use crate::client::Request;
+use crate::data::Setup;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Class {
@@ -293,12 +294,15 @@ pub enum Via {
 #[derive(Debug, Clone)]
 pub struct Planned {
     pub class: Class,
-    /// Path and query.
-    pub path: String,
-    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// What the client sends.
+    pub request: Request,
     pub via: Via,
     pub expect: Expect,
 }
+
+/// What `--mix` is when not given: every class, legit the largest share.
+pub const DEFAULT_MIX: &str = "legit=50,no-clientid=5,unknown-clientid=10,malformed=5,\
+spoofed-msisdn=10,spoofed-forwarded=10,mismatch=5,first-scan-wifi=5";
 
 pub const RESOLVE_PATH: &str = "/mc/v1/resolve";
 
@@ -426,8 +430,7 @@ impl Planner {
         };
         Planned {
             class,
-            path,
-            headers,
+            request: Request { path, headers },
             via,
             expect,
         }
@@ -478,11 +481,11 @@ impl Rng {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::setup::Subscriber;
+    use crate::data::Subscriber;
 
     fn setup() -> Setup {
         Setup {
-            version: crate::setup::FORMAT_VERSION,
+            version: crate::data::FORMAT_VERSION,
             prefix: "2001000001".into(),
             codes: vec!["2001000001lg-0".into(), "2001000001lg-1".into()],
             subscribers: (0..3)
@@ -519,7 +522,7 @@ mod tests {
         assert!("legit=x".parse::<Mix>().is_err());
         assert!("nope=1".parse::<Mix>().is_err());
         assert!("legit,legit".parse::<Mix>().is_err());
-        let all: Mix = crate::cli::DEFAULT_MIX.parse().unwrap();
+        let all: Mix = DEFAULT_MIX.parse().unwrap();
         assert_eq!(all.classes().count(), Class::ALL.len());
     }
 
@@ -535,39 +538,49 @@ mod tests {
 
     #[test]
     fn every_class_builds_its_request() {
-        let p = planner(crate::cli::DEFAULT_MIX);
+        let p = planner(DEFAULT_MIX);
         let mut rng = Rng::new(1);
         for _ in 0..20 {
             let legit = p.plan_class(Class::Legit, &mut rng, 2);
-            assert!(legit.path.contains("clientid=c"), "{}", legit.path);
+            assert!(
+                legit.request.path.contains("clientid=c"),
+                "{}",
+                legit.request.path
+            );
             if legit.via == Via::Mno {
                 assert!(
-                    legit.path.contains("clientid=c2-"),
+                    legit.request.path.contains("clientid=c2-"),
                     "on-net legit uses home's own clientid"
                 );
             }
         }
         let none = p.plan_class(Class::NoClientid, &mut rng, 0);
-        assert!(!none.path.contains("clientid"));
+        assert!(!none.request.path.contains("clientid"));
         let spoof = p.plan_class(Class::SpoofedMsisdn, &mut rng, 0);
-        assert_eq!(spoof.headers[0].0, "x-msisdn");
+        assert_eq!(spoof.request.headers[0].0, "x-msisdn");
         let fwd = p.plan_class(Class::SpoofedForwarded, &mut rng, 0);
-        assert!(fwd.headers[0].1.to_str().unwrap().starts_with("127.1.0."));
+        assert!(
+            fwd.request.headers[0]
+                .1
+                .to_str()
+                .unwrap()
+                .starts_with("127.1.0.")
+        );
         for _ in 0..100 {
             let m = p.plan_class(Class::Mismatch, &mut rng, 1);
             assert_eq!(m.via, Via::Mno);
             assert!(
-                !m.path.contains("clientid=c1-"),
+                !m.request.path.contains("clientid=c1-"),
                 "stolen from home: {}",
-                m.path
+                m.request.path
             );
             let bad = p.plan_class(Class::Malformed, &mut rng, 0);
             if bad.expect.status == 414 {
-                assert!(bad.path.len() > 2048 + 20);
+                assert!(bad.request.path.len() > 2048 + 20);
             }
         }
         let first = p.plan_class(Class::FirstScanWifi, &mut rng, 0);
-        let id = first.path.rsplit('=').next().unwrap();
+        let id = first.request.path.rsplit('=').next().unwrap();
         assert_eq!(id.len(), 36, "{id}");
     }
 

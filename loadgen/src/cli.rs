@@ -5,15 +5,12 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use clap::{Parser, ValueEnum};
+use clap::Parser;
 use ipnet::IpNet;
 
 use crate::Error;
-use crate::classes::Mix;
-
-/// What `--mix` is when not given: every class, legit the largest share.
-pub const DEFAULT_MIX: &str = "legit=50,no-clientid=5,unknown-clientid=10,malformed=5,\
-spoofed-msisdn=10,spoofed-forwarded=10,mismatch=5,first-scan-wifi=5";
+use crate::classes::{DEFAULT_MIX, Mix};
+pub use crate::client::Protocol;
 
 /// Run time when neither `--duration` nor `--requests` is given.
 pub const DEFAULT_DURATION: Duration = Duration::from_secs(10);
@@ -174,37 +171,6 @@ pub struct Args {
     /// Also report this process's CPU use (the server's, to compare requests per core).
     #[arg(long, value_name = "PID", help_heading = "Output")]
     pub server_pid: Option<u32>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, ValueEnum, serde::Serialize)]
-pub enum Protocol {
-    #[value(name = "h1", alias = "http1", alias = "http1.1")]
-    #[serde(rename = "http1.1")]
-    Http1,
-    #[value(name = "h2", alias = "http2")]
-    #[serde(rename = "http2")]
-    Http2,
-    #[value(name = "h3", alias = "http3")]
-    #[serde(rename = "http3")]
-    Http3,
-}
-
-impl Protocol {
-    pub fn name(self) -> &'static str {
-        match self {
-            Protocol::Http1 => "http1.1",
-            Protocol::Http2 => "http2",
-            Protocol::Http3 => "http3",
-        }
-    }
-
-    /// Requests one connection carries at once.
-    pub fn streams(self, requested: usize) -> usize {
-        match self {
-            Protocol::Http1 => 1,
-            Protocol::Http2 | Protocol::Http3 => requested,
-        }
-    }
 }
 
 impl Args {

@@ -11,6 +11,7 @@ pub mod classes;
 pub mod cli;
 pub mod client;
 pub mod cpu;
+pub mod data;
 pub mod plot;
 pub mod progress;
 pub mod report;
@@ -29,8 +30,8 @@ use http::HeaderName;
 use rustls::pki_types::ServerName;
 
 use crate::classes::{Class, Planner};
-use crate::cli::{Args, Protocol};
-use crate::client::{Client, Target};
+use crate::cli::Args;
+use crate::client::{Client, Protocol, Target};
 use crate::progress::{Bound, RunProgress};
 use crate::report::Report;
 use crate::setup::{Admin, Setup};

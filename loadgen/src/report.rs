@@ -557,7 +557,7 @@ mod tests {
 
     use super::*;
     use crate::classes::{Outcome, Verdict};
-    use crate::cli::Protocol;
+    use crate::client::Protocol;
     use crate::stats::{Live, Phase, Sample};
 
     fn context() -> Context {

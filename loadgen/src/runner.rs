@@ -17,8 +17,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
 
 use crate::classes::{Outcome, Planned, Planner, Rng, Verdict, Via, judge};
-use crate::cli::Protocol;
-use crate::client::{Answer, Client, Failure, Lane};
+use crate::client::{Answer, Client, Failure, Lane, Protocol};
 use crate::stats::{self, Collected, Example, Live, Phase, Sample};
 
 /// How the traffic is shaped and bounded.
@@ -246,12 +245,12 @@ impl Shared {
                 Via::Mno => &set.mno,
             };
             let mut conn = lane.acquire(client).await?;
-            let result = client.send(&mut conn, planned).await;
+            let result = client.send(&mut conn, &planned.request).await;
             lane.release(conn).await;
             result
         } else {
             let mut conn = client.connect(source).await?;
-            let result = client.send(&mut conn, planned).await;
+            let result = client.send(&mut conn, &planned.request).await;
             conn.close();
             result
         }
@@ -266,7 +265,7 @@ fn example(
     outcome: &Outcome,
     result: &Result<Answer, Failure>,
 ) -> Example {
-    let mut request = format!("GET {}", planned.path);
+    let mut request = format!("GET {}", planned.request.path);
     if request.len() > 200 {
         request.truncate(200);
         request.push_str("...");
@@ -288,6 +287,7 @@ fn example(
         source,
         request,
         headers: planned
+            .request
             .headers
             .iter()
             .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap_or("?")))

@@ -9,7 +9,6 @@
 //! waited out as its `Retry-After` says.
 
 use std::net::{IpAddr, SocketAddr};
-use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -20,76 +19,15 @@ use http::{HeaderName, HeaderValue, Method};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
 use indicatif::ProgressBar;
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::Error;
 use crate::classes::{Class, Expect, Planned, Rng, Via, query};
-use crate::client::Client;
-
-/// Bumped when the file layout changes.
-pub const FORMAT_VERSION: u32 = 1;
+use crate::client::{Client, Request};
+pub use crate::data::{FORMAT_VERSION, Setup, Subscriber};
 
 /// How often one association is retried after 429 before giving up.
 const MAX_RATE_LIMITED_RETRIES: u32 = 30;
-
-/// A setup, as saved: enough to run floods against the same server later.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Setup {
-    pub version: u32,
-    pub prefix: String,
-    /// Registered codes, routing prefix included.
-    pub codes: Vec<String>,
-    pub subscribers: Vec<Subscriber>,
-    /// The trusted gateway the associations were made through, if any.
-    pub gateway: Option<IpAddr>,
-    pub created_unix: u64,
-}
-
-/// One subscriber: its MNO address (session-bound), MSISDN, and clientids.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct Subscriber {
-    pub ip: IpAddr,
-    pub msisdn: String,
-    pub clientids: Vec<String>,
-}
-
-impl Setup {
-    pub fn clientid_count(&self) -> usize {
-        self.subscribers.iter().map(|s| s.clientids.len()).sum()
-    }
-
-    pub fn load(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.to_owned(),
-            source,
-        })?;
-        let setup: Setup = serde_json::from_str(&text)
-            .map_err(|e| Error::Setup(format!("{}: not a setup file: {e}", path.display())))?;
-        if setup.version != FORMAT_VERSION {
-            return Err(Error::Setup(format!(
-                "{}: setup format {} (this loadgen reads {FORMAT_VERSION})",
-                path.display(),
-                setup.version
-            )));
-        }
-        if setup.codes.is_empty() || setup.subscribers.iter().all(|s| s.clientids.is_empty()) {
-            return Err(Error::Setup(format!(
-                "{}: no codes or no clientids",
-                path.display()
-            )));
-        }
-        Ok(setup)
-    }
-
-    pub fn save(&self, path: &Path) -> Result<(), Error> {
-        let text = serde_json::to_string_pretty(self).expect("a setup serialises");
-        std::fs::write(path, text + "\n").map_err(|source| Error::Io {
-            path: path.to_owned(),
-            source,
-        })
-    }
-}
 
 /// The admin API: plain HTTP/1.1 with the bearer token, one connection per call.
 #[derive(Debug, Clone)]
@@ -299,8 +237,10 @@ async fn associate(
     for clientid in &subscriber.clientids {
         let planned = Planned {
             class: Class::Legit,
-            path: query(code, Some(clientid)),
-            headers: headers.clone(),
+            request: Request {
+                path: query(code, Some(clientid)),
+                headers: headers.clone(),
+            },
             via: Via::Mno,
             expect: Expect::new(200, "created"),
         };
@@ -314,7 +254,7 @@ async fn associate(
                     .map_err(|e| failed(e.to_string()))?,
             };
             let answer = client
-                .send(&mut open, &planned)
+                .send(&mut open, &planned.request)
                 .await
                 .map_err(|e| failed(e.to_string()))?;
             if open.is_open() {

@@ -12,7 +12,7 @@ use serde::Serialize;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 use crate::classes::{Class, Outcome, Verdict};
-use crate::cli::Protocol;
+use crate::client::Protocol;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Phase {

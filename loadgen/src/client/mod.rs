@@ -2,7 +2,7 @@
 //! chosen source address: HTTP/1.1 and HTTP/2 over TCP+TLS ([`tcp`]),
 //! HTTP/3 over QUIC ([`quic`]).
 //!
-//! A [`Client`] makes connections and sends one planned request on one; a
+//! A [`Client`] makes connections and sends one asked request on one; a
 //! [`Lane`] keeps a keep-alive connection for the tasks that share it. What
 //! to send and whether the answer is right is decided elsewhere.
 
@@ -18,8 +18,47 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 
 use crate::Error;
-use crate::classes::Planned;
-use crate::cli::Protocol;
+
+/// What a client sends: a GET of `path` (path and query) with `headers`.
+/// The client knows nothing of classes or setups: it sends requests.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub path: String,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+}
+
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, serde::Serialize,
+)]
+pub enum Protocol {
+    #[value(name = "h1", alias = "http1", alias = "http1.1")]
+    #[serde(rename = "http1.1")]
+    Http1,
+    #[value(name = "h2", alias = "http2")]
+    #[serde(rename = "http2")]
+    Http2,
+    #[value(name = "h3", alias = "http3")]
+    #[serde(rename = "http3")]
+    Http3,
+}
+
+impl Protocol {
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "http1.1",
+            Protocol::Http2 => "http2",
+            Protocol::Http3 => "http3",
+        }
+    }
+
+    /// Requests one connection carries at once.
+    pub fn streams(self, requested: usize) -> usize {
+        match self {
+            Protocol::Http1 => 1,
+            Protocol::Http2 | Protocol::Http3 => requested,
+        }
+    }
+}
 
 /// Where the public API is.
 #[derive(Debug, Clone)]
@@ -168,12 +207,12 @@ impl Client {
         }
     }
 
-    /// Sends `planned` on `conn` and reads the whole answer.
-    pub async fn send(&self, conn: &mut Conn, planned: &Planned) -> Result<Answer, Failure> {
+    /// Sends `asked` on `conn` and reads the whole answer.
+    pub async fn send(&self, conn: &mut Conn, asked: &Request) -> Result<Answer, Failure> {
         match conn {
-            Conn::H3(h3) => quic::send(h3, &self.target, planned).await,
-            Conn::H1(send) => tcp::send_h1(send, &self.target, planned, self.close_after).await,
-            Conn::H2(send) => tcp::send_h2(send, &self.target, planned).await,
+            Conn::H3(h3) => quic::send(h3, &self.target, asked).await,
+            Conn::H1(send) => tcp::send_h1(send, &self.target, asked, self.close_after).await,
+            Conn::H2(send) => tcp::send_h2(send, &self.target, asked).await,
         }
     }
 
@@ -284,14 +323,14 @@ fn tls_config(
 
 /// The request as hyper and h3 take it. HTTP/1.1 uses the origin form with
 /// `Host`; HTTP/2 and HTTP/3 an absolute URI (`:scheme`, `:authority`).
-fn request(target: &Target, planned: &Planned, absolute: bool) -> http::request::Builder {
+fn request(target: &Target, asked: &Request, absolute: bool) -> http::request::Builder {
     let mut builder = if absolute {
-        http::Request::get(format!("https://{}{}", target.authority, planned.path))
+        http::Request::get(format!("https://{}{}", target.authority, asked.path))
     } else {
-        http::Request::get(planned.path.as_str())
+        http::Request::get(asked.path.as_str())
             .header(http::header::HOST, target.authority.as_str())
     };
-    for (name, value) in &planned.headers {
+    for (name, value) in &asked.headers {
         builder = builder.header(name, value);
     }
     builder

@@ -10,9 +10,8 @@ use std::time::Duration;
 use bytes::{Buf, Bytes, BytesMut};
 use quinn::crypto::rustls::QuicClientConfig;
 
-use super::{Answer, Failure, Target, request, retry_after};
+use super::{Answer, Failure, Request, Target, request, retry_after};
 use crate::Error;
-use crate::classes::Planned;
 
 /// Idle QUIC connections die after this; keep-alives keep lanes open below it.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -114,12 +113,8 @@ impl Endpoints {
     }
 }
 
-pub async fn send(
-    conn: &mut H3Conn,
-    target: &Target,
-    planned: &Planned,
-) -> Result<Answer, Failure> {
-    let request = request(target, planned, true)
+pub async fn send(conn: &mut H3Conn, target: &Target, asked: &Request) -> Result<Answer, Failure> {
+    let request = request(target, asked, true)
         .body(())
         .map_err(Failure::at(Failure::PROTOCOL))?;
     let mut stream = conn

@@ -9,9 +9,8 @@ use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpSocket;
 
-use super::{Answer, Conn, Failure, Target, request, retry_after};
-use crate::classes::Planned;
-use crate::cli::Protocol;
+use super::Protocol;
+use super::{Answer, Conn, Failure, Request, Target, request, retry_after};
 
 /// TCP from `source`, TLS with the protocol's ALPN, then the HTTP handshake.
 pub async fn connect(
@@ -67,10 +66,10 @@ pub async fn connect(
 pub async fn send_h1(
     send: &mut http1::SendRequest<Empty<Bytes>>,
     target: &Target,
-    planned: &Planned,
+    asked: &Request,
     close_after: bool,
 ) -> Result<Answer, Failure> {
-    let mut builder = request(target, planned, false);
+    let mut builder = request(target, asked, false);
     if close_after {
         builder = builder.header(http::header::CONNECTION, "close");
     }
@@ -88,9 +87,9 @@ pub async fn send_h1(
 pub async fn send_h2(
     send: &mut http2::SendRequest<Empty<Bytes>>,
     target: &Target,
-    planned: &Planned,
+    asked: &Request,
 ) -> Result<Answer, Failure> {
-    let request = request(target, planned, true)
+    let request = request(target, asked, true)
         .version(http::Version::HTTP_2)
         .body(Empty::new())
         .map_err(Failure::at(Failure::PROTOCOL))?;
