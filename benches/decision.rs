@@ -116,7 +116,7 @@ fn bench(c: &mut Criterion) {
             .key
             .subscriber_ref(&Msisdn::parse("+447700900002").unwrap());
         app.sessions
-            .bind("127.1.0.2".parse().unwrap(), other, u64::MAX);
+            .bind("127.1.0.2/32".parse().unwrap(), other, u64::MAX);
         let new = NewAssociation {
             clientid: ClientId::parse("bench-app").unwrap(),
             subscriber: owner,
