@@ -1,5 +1,5 @@
 //! The resolution API of DESIGN §4 against a real server on loopback, over
-//! HTTP/1.1 and HTTP/2, with clients bound to MNO-pool (127.1.x.y), WiFi
+//! HTTP/1.1 and HTTP/2 (and its table over HTTP/3 too), with clients bound to MNO-pool (127.1.x.y), WiFi
 //! (127.2.x.y) and gateway (127.3.0.1) addresses.
 
 mod support;
@@ -7,8 +7,6 @@ mod support;
 use reqwest::Method;
 use serde_json::json;
 use support::{CODE, GATEWAY, PREFIX, TARGET, TestServer, metric};
-
-const PROTOCOLS: [&str; 2] = ["http1", "http2"];
 
 fn assert_error(status: u16, body: &serde_json::Value, want_status: u16, want_code: &str) {
     assert_eq!(status, want_status, "{body}");
@@ -20,59 +18,55 @@ fn assert_error(status: u16, body: &serde_json::Value, want_status: u16, want_co
     );
 }
 
+/// DESIGN §4's table, row by row, over HTTP/1.1, HTTP/2 and HTTP/3: one
+/// table, one client type for all three.
 #[tokio::test]
 async fn every_row_of_the_table_in_enforce_mode() {
     let server = TestServer::ready("").await;
-    for protocol in PROTOCOLS {
-        let mno = server.client(protocol, "127.1.0.1");
-        let other_sub = server.client(protocol, "127.1.0.2");
-        let unknown_sub = server.client(protocol, "127.1.0.99");
-        let wifi = server.client(protocol, "127.2.0.1");
+    for protocol in ["http1", "http2", "http3"] {
+        let mno = server.any_client(protocol, "127.1.0.1");
+        let other_sub = server.any_client(protocol, "127.1.0.2");
+        let unknown_sub = server.any_client(protocol, "127.1.0.99");
+        let wifi = server.any_client(protocol, "127.2.0.1");
         let id = format!("app-{protocol}");
+        let scan = format!("code={CODE}&clientid={id}");
 
-        let (s, b) = server.resolve(&mno, "code=zz&clientid=x").await;
+        let (s, b) = mno.resolve("code=zz&clientid=x").await;
         assert_error(s, &b, 400, "INVALID_CODE");
-        let (s, b) = server
-            .resolve(&mno, &format!("code={CODE}&clientid=bad%20id"))
-            .await;
+        let (s, b) = mno.resolve(&format!("code={CODE}&clientid=bad%20id")).await;
         assert_error(s, &b, 400, "INVALID_CLIENTID");
-        let (s, b) = server.resolve(&mno, &format!("code={CODE}")).await;
+        let (s, b) = mno.resolve(&format!("code={CODE}")).await;
         assert_error(s, &b, 401, "CLIENTID_REQUIRED");
-        let (s, b) = server
-            .resolve(&wifi, &format!("code={CODE}&clientid={id}"))
-            .await;
+        let (s, b) = wifi.resolve(&scan).await;
         assert_error(s, &b, 403, "RETRY_ON_MNO_NETWORK");
-        let (s, b) = server
-            .resolve(&unknown_sub, &format!("code={CODE}&clientid={id}"))
-            .await;
+        let (s, b) = unknown_sub.resolve(&scan).await;
         assert_error(s, &b, 403, "SUBSCRIBER_UNKNOWN");
 
         // First scan over the MNO network creates the association.
-        let (s, b) = server
-            .resolve(&mno, &format!("code={CODE}&clientid={id}"))
-            .await;
-        assert_eq!(s, 200, "{b}");
+        let (s, b) = mno.resolve(&scan).await;
+        assert_eq!(s, 200, "{protocol}: {b}");
         assert_eq!(
             b,
             json!({"code": CODE, "type": "url", "target": TARGET, "association": "created"})
         );
-        let (s, b) = server
-            .resolve(&wifi, &format!("code={CODE}&clientid={id}"))
-            .await;
+        let (s, b) = wifi.resolve(&scan).await;
         assert_eq!((s, &b["association"]), (200, &json!("existing")), "{b}");
 
-        let (s, b) = server
-            .resolve(&other_sub, &format!("code={CODE}&clientid={id}"))
-            .await;
+        let (s, b) = other_sub.resolve(&scan).await;
         assert_error(s, &b, 403, "ASSOCIATION_MISMATCH");
-        let (s, b) = server
-            .resolve(&wifi, &format!("code={PREFIX}nope&clientid={id}"))
+        let (s, b) = wifi
+            .resolve(&format!("code={PREFIX}nope&clientid={id}"))
             .await;
         assert_error(s, &b, 404, "CODE_NOT_FOUND");
-        let (s, b) = server
-            .resolve(&wifi, &format!("code=2001000002promo&clientid={id}"))
+        let (s, b) = wifi
+            .resolve(&format!("code=2001000002promo&clientid={id}"))
             .await;
         assert_error(s, &b, 404, "UNKNOWN_PREFIX");
+    }
+    let metrics = server.metrics().await;
+    for protocol in ["http1", "http2", "http3"] {
+        let ok = format!("homecmp_requests_total{{outcome=\"ok\",protocol=\"{protocol}\"}}");
+        assert!(metric(&metrics, &ok) >= 2.0, "{ok}: {metrics}");
     }
 }
 

@@ -164,6 +164,15 @@ impl TestServer {
         (status, body)
     }
 
+    /// A client of any protocol ("http1", "http2" or "http3") from
+    /// `local_ip`, for tests that run the same rows over each.
+    pub fn any_client(&self, protocol: &str, local_ip: &str) -> AnyClient<'_> {
+        match protocol {
+            "http3" => AnyClient::H3(self.h3_client(local_ip)),
+            _ => AnyClient::Tcp(self, self.client(protocol, local_ip)),
+        }
+    }
+
     /// An HTTP/3 client bound to `local_ip`.
     pub fn h3_client(&self, local_ip: &str) -> h3::H3Client {
         h3::H3Client::new(&self.ca_pem(), local_ip, self.public_addr_for(local_ip))
@@ -222,6 +231,25 @@ impl TestServer {
         let (status, body) = self.admin(reqwest::Method::GET, "/metrics", None).await;
         assert_eq!(status, 200);
         body.as_str().unwrap().to_owned()
+    }
+}
+
+/// One client over whichever protocol a test runs: `resolve` GETs the
+/// resolve URL with `query` and returns the status and JSON body.
+pub enum AnyClient<'a> {
+    Tcp(&'a TestServer, reqwest::Client),
+    H3(h3::H3Client),
+}
+
+impl AnyClient<'_> {
+    pub async fn resolve(&self, query: &str) -> (u16, Value) {
+        match self {
+            AnyClient::Tcp(server, client) => server.resolve(client, query).await,
+            AnyClient::H3(client) => client
+                .get(&format!("/mc/v1/resolve?{query}"))
+                .await
+                .expect("an HTTP/3 answer"),
+        }
     }
 }
 
