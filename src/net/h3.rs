@@ -303,10 +303,6 @@ async fn serve_connection(
         let conduct = conduct.clone();
         requests.spawn(async move {
             let _busy = busy;
-            let delay = conduct.delay(&app.config.limits);
-            if !delay.is_zero() {
-                tokio::time::sleep(delay).await;
-            }
             let head_limit = app.config.limits.header_read_timeout;
             let Ok(Ok((request, mut stream))) =
                 tokio::time::timeout(head_limit, resolver.resolve_request()).await
@@ -320,15 +316,8 @@ async fn serve_connection(
                 peer: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
                 protocol: Protocol::Http3,
             };
-            let response = resolve::handle(
-                &app,
-                conn,
-                request.method(),
-                request.uri(),
-                request.headers(),
-            )
-            .await;
-            app.judge(&conduct, conn.peer.ip(), response.status());
+            let (method, uri, headers) = (request.method(), request.uri(), request.headers());
+            let response = resolve::handle_on(&app, conn, &conduct, method, uri, headers).await;
             let (parts, body) = response.into_parts();
             let sent = async {
                 stream

@@ -144,19 +144,8 @@ where
         move |request: hyper::Request<Incoming>| {
             let (app, conduct) = (app.clone(), judged.clone());
             async move {
-                let delay = conduct.delay(&app.config.limits);
-                if !delay.is_zero() {
-                    tokio::time::sleep(delay).await;
-                }
-                let response = resolve::handle(
-                    &app,
-                    conn,
-                    request.method(),
-                    request.uri(),
-                    request.headers(),
-                )
-                .await;
-                app.judge(&conduct, conn.peer.ip(), response.status());
+                let (method, uri, headers) = (request.method(), request.uri(), request.headers());
+                let response = resolve::handle_on(&app, conn, &conduct, method, uri, headers).await;
                 let (mut parts, body) = response.into_parts();
                 if let Some(alt_svc) = &app.alt_svc {
                     parts.headers.insert(http::header::ALT_SVC, alt_svc.clone());

@@ -37,6 +37,26 @@ struct Resolved<'a> {
     association: &'static str,
 }
 
+/// [`handle`] for a connection with a conduct record (`super::conn`): waits
+/// first if the connection has earned a slow-down, then judges the answer.
+/// Both transports serve their requests through this.
+pub async fn handle_on(
+    app: &App,
+    conn: ConnInfo,
+    conduct: &super::conn::Conduct,
+    method: &http::Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+) -> Response<Bytes> {
+    let delay = conduct.delay(&app.config.limits);
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+    let response = handle(app, conn, method, uri, headers).await;
+    app.judge(conduct, conn.peer.ip(), response.status());
+    response
+}
+
 /// Answers any request on the public listener: the resolve route, or a JSON
 /// 404/405. Records the outcome and latency.
 pub async fn handle(
