@@ -307,125 +307,41 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
 /// Starts the server described by `config`; returns once the public
 /// listener accepts (the log has been replayed).
 pub async fn start(config: Config) -> Result<Running, ServeError> {
-    // Owner only: it holds the subscriber key, the admin token and the log.
-    let mut data_dir = std::fs::DirBuilder::new();
-    data_dir.recursive(true);
-    #[cfg(unix)]
-    std::os::unix::fs::DirBuilderExt::mode(&mut data_dir, 0o700);
-    data_dir
-        .create(&config.data_dir)
-        .map_err(|source| ServeError::DataDir {
-            path: config.data_dir.clone(),
-            source,
-        })?;
+    create_private_dir(&config.data_dir)?;
     let secret = match &config.subscriber_secret {
         Some(secret) => *secret.expose(),
         None => deploy::subscriber_secret(&config.data_dir)?,
     };
     let admin_token = Secret::new(deploy::admin_token(&config.admin_token_path())?);
-    let (cert_path, key_path, ca_cert) = match &config.tls {
-        Some((cert, key)) => (cert.clone(), key.clone(), None),
-        None => {
-            let ip = config.listen.ip();
-            let extra = if ip.is_unspecified() {
-                vec![]
-            } else {
-                vec![ip.to_string()]
-            };
-            let generated = deploy::self_signed_tls(&config.data_dir, &extra)?;
-            (generated.cert, generated.key, Some(generated.ca_cert))
-        }
-    };
-    let (certs, key) = tls::load(&cert_path, &key_path)?;
-    let https_tls = tls::server_config(certs.clone(), key.clone_key(), &[b"h2", b"http/1.1"])?;
-
-    let quic_tls = config
-        .http3
-        .enabled
-        .then(|| tls::server_config(certs.clone(), key.clone_key(), &[b"h3"]))
-        .transpose()?;
+    let certificates = load_certificates(&config)?;
     let admin_listener = bind(config.admin_listen).await?;
     let public_listener = bind(config.listen).await?;
-    let admin_addr = admin_listener
-        .local_addr()
-        .map_err(|source| ServeError::Bind {
-            addr: config.admin_listen,
-            source,
-        })?;
-    let public_addr = public_listener
-        .local_addr()
-        .map_err(|source| ServeError::Bind {
-            addr: config.listen,
-            source,
-        })?;
-
+    let admin_addr = local_addr(&admin_listener, config.admin_listen)?;
+    let public_addr = local_addr(&public_listener, config.listen)?;
     // HTTP/3 on the UDP port of the same number.
-    let quic = match quic_tls {
-        Some(quic_tls) => {
-            let quic_config =
-                h3::server_config((*quic_tls).clone(), &config.http3, &config.limits)?;
-            let socket = h3::bind_udp(public_addr).map_err(|source| ServeError::Bind {
-                addr: public_addr,
-                source,
-            })?;
-            let runtime =
-                h3::QuicRuntime::new(config.http3.worker_threads).map_err(h3::H3Error::Runtime)?;
-            // quinn spawns its drivers on, and registers the socket with,
-            // the runtime entered here.
-            let endpoint = {
-                let _entered = runtime.handle().enter();
-                h3::endpoint(socket, quic_config)?
-            };
-            Some((runtime, endpoint))
-        }
+    let quic = match &certificates.quic {
+        Some(quic_tls) => Some(open_quic(&config, quic_tls, public_addr)?),
         None => None,
     };
 
     let shutdown = CancellationToken::new();
     let tracker = TaskTracker::new();
+    // The admin API answers at once, so probes see /readyz go 503 -> 200.
     let admin_state = Arc::new(admin::AdminState {
         token: admin_token.clone(),
         app: Default::default(),
     });
-    let admin_router = admin::router(admin_state.clone());
     tracker.spawn(admin::serve(
         admin_listener,
-        admin_router,
+        admin::router(admin_state.clone()),
         config.limits.clone(),
         config.admin_max_connections,
         shutdown.clone(),
         tracker.clone(),
     ));
 
-    let log_path = config.data_dir.join(crate::LOG_DIR);
-    let store = tokio::task::spawn_blocking(move || Store::open(&log_path))
-        .await
-        .expect("replay task does not panic")?;
-    let counts = store.index().counts();
-    tracing::info!(
-        associations = counts.associations,
-        codes = counts.codes,
-        last_seq = counts.last_seq,
-        "event log replayed"
-    );
-
-    let per_minute = NonZeroU32::new(config.associations_per_minute).unwrap_or(NonZeroU32::MIN);
-    let alt_svc = config
-        .http3
-        .enabled
-        .then(|| HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", public_addr.port())).ok())
-        .flatten();
-    let app = Arc::new(App {
-        sessions: Sessions::default(),
-        key: SubscriberKey::new(&secret),
-        metrics: Metrics::new(),
-        creations: RateLimiter::keyed(Quota::per_minute(per_minute)),
-        alt_svc,
-        open_connections: AtomicUsize::new(0),
-        limits: Limiters::new(&config),
-        store,
-        config,
-    });
+    let store = replay(&config).await?;
+    let app = Arc::new(App::new(config, store, &secret, public_addr));
     admin_state.app.set(app.clone()).expect("set once");
 
     tracker.spawn(housekeeping(app.clone(), shutdown.clone()));
@@ -443,7 +359,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     tracker.spawn(https::serve(
         app.clone(),
         public_listener,
-        tokio_rustls::TlsAcceptor::from(https_tls),
+        tokio_rustls::TlsAcceptor::from(certificates.https),
         shutdown.clone(),
         tracker.clone(),
     ));
@@ -451,12 +367,126 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         public_addr,
         admin_addr,
         admin_token,
-        ca_cert,
+        ca_cert: certificates.ca_cert,
         app,
         shutdown,
         tracker,
         _quic_runtime: quic_runtime,
     })
+}
+
+/// The data dir, owner only: it holds the subscriber key, the admin token
+/// and the log.
+fn create_private_dir(path: &std::path::Path) -> Result<(), ServeError> {
+    let mut dir = std::fs::DirBuilder::new();
+    dir.recursive(true);
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut dir, 0o700);
+    dir.create(path).map_err(|source| ServeError::DataDir {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// The TLS configurations of the listeners, from the configured
+/// certificate or one generated into the data dir (with its CA).
+struct Certificates {
+    https: Arc<rustls::ServerConfig>,
+    quic: Option<Arc<rustls::ServerConfig>>,
+    ca_cert: Option<PathBuf>,
+}
+
+fn load_certificates(config: &Config) -> Result<Certificates, ServeError> {
+    let (cert_path, key_path, ca_cert) = match &config.tls {
+        Some((cert, key)) => (cert.clone(), key.clone(), None),
+        None => {
+            let ip = config.listen.ip();
+            let extra = match ip.is_unspecified() {
+                true => vec![],
+                false => vec![ip.to_string()],
+            };
+            let generated = deploy::self_signed_tls(&config.data_dir, &extra)?;
+            (generated.cert, generated.key, Some(generated.ca_cert))
+        }
+    };
+    let (certs, key) = tls::load(&cert_path, &key_path)?;
+    let https = tls::server_config(certs.clone(), key.clone_key(), &[b"h2", b"http/1.1"])?;
+    let quic = config
+        .http3
+        .enabled
+        .then(|| tls::server_config(certs, key, &[b"h3"]))
+        .transpose()?;
+    Ok(Certificates {
+        https,
+        quic,
+        ca_cert,
+    })
+}
+
+fn local_addr(listener: &TcpListener, configured: SocketAddr) -> Result<SocketAddr, ServeError> {
+    listener.local_addr().map_err(|source| ServeError::Bind {
+        addr: configured,
+        source,
+    })
+}
+
+/// The QUIC endpoint on UDP `addr`, on a runtime of its own.
+fn open_quic(
+    config: &Config,
+    quic_tls: &rustls::ServerConfig,
+    addr: SocketAddr,
+) -> Result<(h3::QuicRuntime, quinn::Endpoint), ServeError> {
+    let quic_config = h3::server_config(quic_tls.clone(), &config.http3, &config.limits)?;
+    let socket = h3::bind_udp(addr).map_err(|source| ServeError::Bind { addr, source })?;
+    let runtime =
+        h3::QuicRuntime::new(config.http3.worker_threads).map_err(h3::H3Error::Runtime)?;
+    // quinn spawns its drivers on, and registers the socket with, the
+    // runtime entered here.
+    let endpoint = {
+        let _entered = runtime.handle().enter();
+        h3::endpoint(socket, quic_config)?
+    };
+    Ok((runtime, endpoint))
+}
+
+/// Opens the log and rebuilds the index from it, off the async threads.
+async fn replay(config: &Config) -> Result<Store, ServeError> {
+    let log_path = config.data_dir.join(crate::LOG_DIR);
+    let store = tokio::task::spawn_blocking(move || Store::open(&log_path))
+        .await
+        .expect("replay task does not panic")?;
+    let counts = store.index().counts();
+    tracing::info!(
+        associations = counts.associations,
+        codes = counts.codes,
+        last_seq = counts.last_seq,
+        "event log replayed"
+    );
+    Ok(store)
+}
+
+impl App {
+    fn new(config: Config, store: Store, secret: &[u8; 32], public_addr: SocketAddr) -> Self {
+        let per_minute = NonZeroU32::new(config.associations_per_minute).unwrap_or(NonZeroU32::MIN);
+        let alt_svc = config
+            .http3
+            .enabled
+            .then(|| {
+                HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", public_addr.port())).ok()
+            })
+            .flatten();
+        App {
+            sessions: Sessions::default(),
+            key: SubscriberKey::new(secret),
+            metrics: Metrics::new(),
+            creations: RateLimiter::keyed(Quota::per_minute(per_minute)),
+            alt_svc,
+            open_connections: AtomicUsize::new(0),
+            limits: Limiters::new(&config),
+            store,
+            config,
+        }
+    }
 }
 
 /// Keeps memory bounded: expired session bindings and idle rate-limiter
