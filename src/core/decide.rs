@@ -3,7 +3,9 @@
 use std::sync::Arc;
 
 use super::model::{Associated, Association, IdentitySource};
-use crate::wire::{ClientIdError, CodeError, IndirectCode, RoutingPrefix, SubscriberRef};
+use crate::wire::{
+    ClientIdError, ClientIdRef, CodeError, IndirectCode, RoutingPrefix, SubscriberRef,
+};
 
 use super::identity::Identity;
 
@@ -157,13 +159,14 @@ pub enum Decision {
 /// The checks of DESIGN §4 after parsing, cheapest first: clientid present and
 /// well-formed, its association, then the association path of §3.
 ///
-/// `clientid` is the raw query value; `association` is the index's answer for
-/// it (`None` when absent or malformed); `identity` is who the network says
+/// `clientid` is the query's, parsed once at the edge (`None` when absent);
+/// `association` is the index's answer for it (`None` when absent or
+/// malformed); `identity` is who the network says
 /// the client is. A created association is never decided here without a
 /// subscriber, and nothing here looks at codes.
 pub fn decide(
     policy: &Policy,
-    clientid: Option<&str>,
+    clientid: Option<Result<ClientIdRef<'_>, ClientIdError>>,
     association: Option<Association>,
     identity: &Identity,
 ) -> Decision {
@@ -190,15 +193,14 @@ pub fn decide(
 
 fn authenticate(
     policy: &Policy,
-    clientid: Option<&str>,
+    clientid: Option<Result<ClientIdRef<'_>, ClientIdError>>,
     association: Option<Association>,
     identity: &Identity,
 ) -> Decision {
-    let Some(clientid) = clientid else {
-        return Decision::Refuse(Refusal::ClientIdRequired);
-    };
-    if let Err(e) = crate::wire::clientid::validate(clientid) {
-        return Decision::Refuse(Refusal::InvalidClientId(e));
+    match clientid {
+        None => return Decision::Refuse(Refusal::ClientIdRequired),
+        Some(Err(e)) => return Decision::Refuse(Refusal::InvalidClientId(e)),
+        Some(Ok(_)) => {}
     }
     match (association, &identity.subscriber) {
         (Some(a), Some((reported, source))) if a.subscriber != *reported => {
@@ -282,6 +284,10 @@ mod tests {
         }
     }
 
+    fn id(text: &str) -> Option<Result<ClientIdRef<'_>, ClientIdError>> {
+        Some(ClientIdRef::parse(text))
+    }
+
     const ENFORCE: AuthMode = AuthMode::Enforce;
     const REJECT: MismatchPolicy = MismatchPolicy::Reject;
 
@@ -294,23 +300,23 @@ mod tests {
             refuse(Refusal::ClientIdRequired)
         );
         assert!(matches!(
-            decide(&p, Some("bad id"), None, &on_mno(Some(1))),
+            decide(&p, id("bad id"), None, &on_mno(Some(1))),
             Decision::Refuse(Refusal::InvalidClientId(_))
         ));
         assert_eq!(
-            decide(&p, Some("c"), None, &wifi()),
+            decide(&p, id("c"), None, &wifi()),
             refuse(Refusal::RetryOnMnoNetwork)
         );
         assert_eq!(
-            decide(&p, Some("c"), None, &on_mno(None)),
+            decide(&p, id("c"), None, &on_mno(None)),
             refuse(Refusal::SubscriberUnknown)
         );
         assert_eq!(
-            decide(&p, Some("c"), assoc(1), &on_mno(Some(2))),
+            decide(&p, id("c"), assoc(1), &on_mno(Some(2))),
             refuse(Refusal::AssociationMismatch)
         );
         assert_eq!(
-            decide(&p, Some("c"), None, &on_mno(Some(1))),
+            decide(&p, id("c"), None, &on_mno(Some(1))),
             Decision::Associate {
                 subscriber: SubscriberRef([1; 32]),
                 source: IdentitySource::SessionBinding,
@@ -320,16 +326,16 @@ mod tests {
         let existing = Decision::Resolve(Permit {
             association: AssociationState::Existing,
         });
-        assert_eq!(decide(&p, Some("c"), assoc(1), &on_mno(Some(1))), existing);
-        assert_eq!(decide(&p, Some("c"), assoc(1), &wifi()), existing);
-        assert_eq!(decide(&p, Some("c"), assoc(1), &on_mno(None)), existing);
+        assert_eq!(decide(&p, id("c"), assoc(1), &on_mno(Some(1))), existing);
+        assert_eq!(decide(&p, id("c"), assoc(1), &wifi()), existing);
+        assert_eq!(decide(&p, id("c"), assoc(1), &on_mno(None)), existing);
     }
 
     #[test]
     fn rebind_policy_moves_on_mismatch() {
         let p = policy(ENFORCE, MismatchPolicy::Rebind);
         assert_eq!(
-            decide(&p, Some("c"), assoc(1), &on_mno(Some(2))),
+            decide(&p, id("c"), assoc(1), &on_mno(Some(2))),
             Decision::Associate {
                 subscriber: SubscriberRef([2; 32]),
                 source: IdentitySource::SessionBinding,
@@ -351,7 +357,7 @@ mod tests {
             }
         );
         assert_eq!(
-            decide(&p, Some("c"), None, &wifi()),
+            decide(&p, id("c"), None, &wifi()),
             Decision::Monitored {
                 would: Refusal::RetryOnMnoNetwork,
                 permit: Permit {
@@ -360,7 +366,7 @@ mod tests {
             }
         );
         assert!(matches!(
-            decide(&p, Some("c"), None, &on_mno(Some(1))),
+            decide(&p, id("c"), None, &on_mno(Some(1))),
             Decision::Associate { .. }
         ));
     }
@@ -379,7 +385,7 @@ mod tests {
     #[test]
     fn resolve_checks_prefix_then_code() {
         let p = policy(ENFORCE, REJECT);
-        let permit = decide(&p, Some("a"), assoc(1), &on_mno(Some(1)));
+        let permit = decide(&p, id("a"), assoc(1), &on_mno(Some(1)));
         let Decision::Resolve(permit) = permit else {
             panic!("{permit:?}")
         };

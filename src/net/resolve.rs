@@ -17,7 +17,7 @@ use super::error::{error_response, json_response, wire_error};
 use super::metrics::Protocol;
 use crate::core::{self, ClientView, Decision, Refusal};
 use crate::store::{Associated, NewAssociation};
-use crate::wire::{ClientId, IndirectCode, Query, QueryError};
+use crate::wire::{ClientIdRef, IndirectCode, Query, QueryError};
 
 pub const PATH: &str = "/mc/v1/resolve";
 
@@ -112,8 +112,10 @@ async fn run_resolution(
             }
         })?;
     let code = IndirectCode::parse(&query.code).map_err(Refusal::InvalidCode)?;
-    let clientid = query.clientid.as_deref();
-    let association = clientid.and_then(|id| app.store.index().association(id));
+    // Parsed once, here: looked up as it is, copied only to associate.
+    let clientid = query.clientid.as_deref().map(ClientIdRef::parse);
+    let valid = clientid.clone().and_then(Result::ok);
+    let association = valid.and_then(|id| app.store.index().association(id.as_str()));
     if let Some(a) = association {
         let verdict = app.limits.requests_per_clientid.check(&a.seq);
         app.rate_verdict("requests_per_clientid", verdict)?;
@@ -129,7 +131,7 @@ async fn run_resolution(
     if association.is_none() && app.config.policy.mode != crate::core::AuthMode::Off {
         app.tarpit(identity.on_mno_network, limited).await?;
     }
-    let permit = match core::decide(&app.config.policy, clientid, association, &identity) {
+    let permit = match core::decide(&app.config.policy, clientid.clone(), association, &identity) {
         Decision::Resolve(permit) => permit,
         Decision::Refuse(refusal) => return Err(refusal),
         Decision::Monitored { would, permit } => {
@@ -147,9 +149,7 @@ async fn run_resolution(
             rebind,
         } => {
             // The core decides Associate only for a present, valid clientid.
-            let id = clientid
-                .and_then(|id| ClientId::parse(id).ok())
-                .ok_or(Refusal::Unavailable)?;
+            let id = valid.ok_or(Refusal::Unavailable)?.to_client_id();
             app.check_creation_rate(&subscriber)?;
             let new = NewAssociation {
                 clientid: id,

@@ -37,6 +37,28 @@ impl ClientId {
     }
 }
 
+/// A clientid checked but not copied: a request's clientid is parsed once,
+/// at the edge, into this; looked up in the index as it is; and copied into
+/// a [`ClientId`] only when an association is made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClientIdRef<'a>(&'a str);
+
+impl<'a> ClientIdRef<'a> {
+    pub fn parse(text: &'a str) -> Result<Self, ClientIdError> {
+        validate(text)?;
+        Ok(Self(text))
+    }
+
+    pub fn as_str(&self) -> &'a str {
+        self.0
+    }
+
+    /// The owned clientid, without checking again.
+    pub fn to_client_id(&self) -> ClientId {
+        ClientId(Arc::from(self.0))
+    }
+}
+
 /// Checks the syntax without allocating: the hot path validates before it
 /// looks the text up in the index.
 pub fn validate(text: &str) -> Result<(), ClientIdError> {

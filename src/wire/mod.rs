@@ -9,7 +9,7 @@ mod code;
 mod msisdn;
 mod query;
 
-pub use clientid::{ClientId, ClientIdError};
+pub use clientid::{ClientId, ClientIdError, ClientIdRef};
 pub use code::{CodeError, IndirectCode, RoutingPrefix};
 pub use msisdn::{Msisdn, MsisdnError, SubscriberKey, SubscriberRef};
 pub use query::{Query, QueryError};
