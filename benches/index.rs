@@ -21,6 +21,8 @@
 // measure memory and nothing else uses it.
 #![allow(unsafe_code)]
 
+mod common;
+
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::{OnceCell, RefCell};
 use std::hint::black_box;
@@ -29,6 +31,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use common::mix;
 use criterion::measurement::WallTime;
 use criterion::{
     BenchmarkGroup, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main,
@@ -180,14 +183,6 @@ fn label(n: usize) -> String {
         n if n % 1_000 == 0 => format!("{}k", n / 1_000),
         n => n.to_string(),
     }
-}
-
-/// splitmix64's finaliser: a bijection on u64 that scatters bits.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 const PRESENT: u64 = 1;

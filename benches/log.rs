@@ -21,12 +21,15 @@
 //! `cargo bench --bench log` takes about 2 minutes. Logs live in temp dirs
 //! under the system temp dir (set `TMPDIR` to bench another disk).
 
+mod common;
+
 use std::hint::black_box;
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Barrier;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use common::mix;
 use criterion::{
     BenchmarkId, Criterion, SamplingMode, Throughput, criterion_group, criterion_main,
 };
@@ -43,14 +46,6 @@ const APPENDERS: [usize; 3] = [1, 16, 64];
 fn full_run() -> bool {
     let args: Vec<String> = std::env::args().collect();
     args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--test" || a == "--list")
-}
-
-/// splitmix64's finaliser.
-fn mix(mut z: u64) -> u64 {
-    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^ (z >> 31)
 }
 
 /// A typical event: a new association with a UUID clientid (distinct per
