@@ -99,19 +99,17 @@ async fn silent_quic_connections_are_closed_and_free_their_slots() {
         let connection = client.open().await.unwrap();
         silent.push((client, connection));
     }
-    let started = Instant::now();
+    // A fifth client, retrying as a real one would when a connection is
+    // dropped or closed for capacity, is served within the timeouts.
     let fifth = server.h3_client("127.1.0.1");
     let query = format!("/mc/v1/resolve?code={CODE}&clientid=after-quiet");
-    let (status, body) = tokio::time::timeout(Duration::from_secs(6), fifth.get(&query))
-        .await
-        .expect("the fifth QUIC client is served within the timeouts")
-        .unwrap();
-    assert_eq!(status, 200, "{body}");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        started.elapsed()
-    );
+    let took = served_within(Duration::from_secs(6), || async {
+        let answer = tokio::time::timeout(Duration::from_secs(3), fifth.get(&query)).await;
+        matches!(answer, Ok(Ok((200, _))))
+    })
+    .await
+    .expect("the fifth QUIC client is served within the timeouts");
+    assert!(took < Duration::from_secs(5), "{took:?}");
     for (_client, connection) in &silent {
         let closed = tokio::time::timeout(Duration::from_secs(2), connection.closed()).await;
         assert!(closed.is_ok(), "a silent QUIC connection is closed");

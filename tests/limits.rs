@@ -362,7 +362,14 @@ async fn max_connections_counts_tcp_and_quic_together() {
         .await
         .unwrap();
     let quic = server.h3_client("127.2.0.121");
-    let _open = quic.open().await.unwrap();
+    let mut open = quic.open().await.unwrap();
+    // Answered: the server has admitted it (a client that was not validated
+    // is admitted once its handshake is done on the server's side too).
+    let (status, _) = open
+        .get(&format!("/mc/v1/resolve?code={CODE}"))
+        .await
+        .unwrap();
+    assert_eq!(status, 401);
     // Two open, one over each transport: a third is refused on either.
     let third = support::raw::tls(&server.ca_pem(), &[b"h2"], "127.2.0.122", addr).await;
     assert!(third.is_err(), "a third connection over TCP was let in");

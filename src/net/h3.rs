@@ -21,7 +21,7 @@
 //! 0-RTT is off: association creation is not idempotent, and a replayed
 //! first scan must not create anything.
 
-use std::net::{SocketAddr, UdpSocket};
+use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -32,7 +32,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::App;
-use super::admit::{Transport, admit};
+use super::admit::{Admitted, Transport, admit};
 use super::conn::{Activity, Conduct};
 use super::metrics::Protocol;
 use super::resolve::{self, ConnInfo};
@@ -139,7 +139,6 @@ pub async fn serve(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let h3 = app.config.http3.clone();
     let gate = Arc::new(Gate::default());
     loop {
         let incoming = tokio::select! {
@@ -149,104 +148,135 @@ pub async fn serve(
                 None => break,
             },
         };
-        let m = &app.metrics;
-        let refused = |reason| m.refused_connection(Transport::Quic, reason);
-        if app.quic_overloaded() {
-            refused("overloaded");
-            incoming.ignore();
-            continue;
-        }
-        // Per-address state and limits only for a validated address (a
-        // Retry token or a NEW_TOKEN token echoed from it): an Initial's
-        // source address is trivially spoofed, and charging it would let an
-        // attacker spend a victim's budget. An unvalidated client is charged
-        // once its handshake completes, which proves the address too.
-        let validated = incoming.remote_address_validated();
         let source = app.limits.source(incoming.remote_address().ip());
-        let admitted = match validated {
-            true => match admit(&app, Transport::Quic, source) {
-                Ok(admitted) => Some(admitted),
-                Err(_) => {
-                    incoming.ignore();
-                    continue;
-                }
-            },
-            false => None,
-        };
-        // A client back with a NEW_TOKEN token this server issued (validated,
-        // and not by a Retry) is returning: it has a queue of its own, as
-        // TLS clients with a ticket do. Tokens are single use.
-        let returning = incoming.remote_address_validated() && incoming.may_retry();
-        let (pace, queue) = app.limits.handshake_pace(returning);
-        if pace.is_some() {
-            m.handshake_turn(queue);
-        }
-        if let Some(pace) = pace
-            && pace.reserve(Duration::ZERO).is_none()
-        {
-            refused("handshake_rate");
-            incoming.ignore();
-            continue;
-        }
-        // No handshake work while the global cap (TCP and QUIC together)
-        // is reached, or too many handshakes are in flight.
         let in_flight = gate.handshakes.load(Ordering::Relaxed);
-        if admitted.is_none() && app.limits.connections.available_permits() == 0 {
-            refused("connection_cap");
-            incoming.ignore();
-            continue;
-        }
-        if in_flight >= h3.max_handshakes {
-            refused("capacity");
-            incoming.ignore();
-            continue;
-        }
-        let must_validate = match h3.retry {
-            RetryPolicy::Always => true,
-            RetryPolicy::UnderLoad => in_flight >= h3.retry_above_handshakes,
-            RetryPolicy::Never => false,
-        };
-        if must_validate && !incoming.remote_address_validated() && incoming.may_retry() {
-            m.quic_retries.inc();
-            let _ = incoming.retry();
-            continue;
-        }
-        let connecting = match incoming.accept() {
-            Ok(connecting) => connecting,
-            Err(_) => {
-                refused("invalid_initial");
+        let admitted = match answer_initial(&app, &incoming, source, in_flight) {
+            Initial::Ignore => {
+                incoming.ignore();
                 continue;
             }
+            Initial::Retry => {
+                app.metrics.quic_retries.inc();
+                let _ = incoming.retry();
+                continue;
+            }
+            Initial::Accept(admitted) => admitted,
+        };
+        let Ok(connecting) = incoming.accept() else {
+            app.metrics
+                .refused_connection(Transport::Quic, "invalid_initial");
+            continue;
         };
         gate.handshakes.fetch_add(1, Ordering::Relaxed);
-        let app = app.clone();
-        let gate = gate.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            let handshake =
-                tokio::time::timeout(app.config.limits.header_read_timeout, connecting).await;
-            gate.handshakes.fetch_sub(1, Ordering::Relaxed);
-            let refused = |reason| app.metrics.refused_connection(Transport::Quic, reason);
-            let connection = match handshake {
-                Ok(Ok(connection)) => connection,
-                Ok(Err(_)) => return refused("handshake_failed"),
-                Err(_) => return refused("handshake_timeout"),
-            };
-            // A completed handshake proves the address: admit it now.
-            let admitted = match admitted {
-                Some(admitted) => admitted,
-                None => match admit(&app, Transport::Quic, source) {
-                    Ok(admitted) => admitted,
-                    Err(_) => {
-                        return connection.close(H3_EXCESSIVE_LOAD.into(), b"address limit");
-                    }
-                },
-            };
-            let _serving = admitted.serving(&app, Protocol::Http3);
-            serve_connection(&app, connection, shutdown).await;
-        });
+        tracker.spawn(handshake_and_serve(
+            app.clone(),
+            gate.clone(),
+            connecting,
+            admitted,
+            source,
+            shutdown.clone(),
+        ));
     }
     endpoint.close(0u32.into(), b"shutting down");
+}
+
+/// What to do with an Initial.
+enum Initial {
+    /// Drop it unanswered (its refusal is counted).
+    Ignore,
+    /// Answer with a stateless Retry: the client must prove its address.
+    Retry,
+    /// Start the handshake; admitted already if its address was validated.
+    Accept(Option<Admitted>),
+}
+
+/// The checks of the module docs, cheapest first, before any handshake
+/// state exists. `in_flight` is the handshakes under way.
+fn answer_initial(
+    app: &App,
+    incoming: &quinn::Incoming,
+    source: IpAddr,
+    in_flight: usize,
+) -> Initial {
+    let h3 = &app.config.http3;
+    let refused = |reason| {
+        app.metrics.refused_connection(Transport::Quic, reason);
+        Initial::Ignore
+    };
+    if app.quic_overloaded() {
+        return refused("overloaded");
+    }
+    // Per-address state and limits only for a validated address (a Retry
+    // token or a NEW_TOKEN token echoed from it): an Initial's source
+    // address is trivially spoofed, and charging it would let an attacker
+    // spend a victim's budget. An unvalidated client is charged once its
+    // handshake completes, which proves the address too.
+    let validated = incoming.remote_address_validated();
+    let admitted = match validated {
+        true => match admit(app, Transport::Quic, source) {
+            Ok(admitted) => Some(admitted),
+            Err(_) => return Initial::Ignore,
+        },
+        false => None,
+    };
+    // A client back with a NEW_TOKEN token this server issued (validated,
+    // and not by a Retry) is returning: it has a queue of its own, as TLS
+    // clients with a ticket do. Tokens are single use.
+    let returning = validated && incoming.may_retry();
+    let (pace, queue) = app.limits.handshake_pace(returning);
+    if let Some(pace) = pace {
+        app.metrics.handshake_turn(queue);
+        if pace.reserve(Duration::ZERO).is_none() {
+            return refused("handshake_rate");
+        }
+    }
+    // No handshake work while the global cap (TCP and QUIC together) is
+    // reached, or too many handshakes are in flight.
+    if admitted.is_none() && app.limits.connections.available_permits() == 0 {
+        return refused("connection_cap");
+    }
+    if in_flight >= h3.max_handshakes {
+        return refused("capacity");
+    }
+    let must_validate = match h3.retry {
+        RetryPolicy::Always => true,
+        RetryPolicy::UnderLoad => in_flight >= h3.retry_above_handshakes,
+        RetryPolicy::Never => false,
+    };
+    if must_validate && !validated && incoming.may_retry() {
+        return Initial::Retry;
+    }
+    Initial::Accept(admitted)
+}
+
+/// Finishes the handshake (within the header-read timeout), admits a
+/// client that was not validated before, and serves the connection.
+async fn handshake_and_serve(
+    app: Arc<App>,
+    gate: Arc<Gate>,
+    connecting: quinn::Connecting,
+    admitted: Option<Admitted>,
+    source: IpAddr,
+    shutdown: CancellationToken,
+) {
+    let handshake = tokio::time::timeout(app.config.limits.header_read_timeout, connecting).await;
+    gate.handshakes.fetch_sub(1, Ordering::Relaxed);
+    let refused = |reason| app.metrics.refused_connection(Transport::Quic, reason);
+    let connection = match handshake {
+        Ok(Ok(connection)) => connection,
+        Ok(Err(_)) => return refused("handshake_failed"),
+        Err(_) => return refused("handshake_timeout"),
+    };
+    // A completed handshake proves the address: admit it now.
+    let admitted = match admitted {
+        Some(admitted) => admitted,
+        None => match admit(&app, Transport::Quic, source) {
+            Ok(admitted) => admitted,
+            Err(_) => return connection.close(H3_EXCESSIVE_LOAD.into(), b"address limit"),
+        },
+    };
+    let _serving = admitted.serving(&app, Protocol::Http3);
+    serve_connection(&app, connection, shutdown).await;
 }
 
 /// HTTP/3's error codes (RFC 9114 §8.1): a clean close, and a peer that
