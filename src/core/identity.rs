@@ -115,9 +115,16 @@ impl PrefixLengths {
     }
 
     /// The lengths in the set, longest first.
-    fn longest_first(&self) -> impl Iterator<Item = u8> + '_ {
-        (0..=128u8).rev().filter(|&len| {
-            self.0[usize::from(len) / 64].load(Ordering::Relaxed) & (1 << (len % 64)) != 0
+    /// Three loads, then only the lengths in use (one or two, usually).
+    fn longest_first(&self) -> impl Iterator<Item = u8> {
+        let words = self.0.each_ref().map(|w| w.load(Ordering::Relaxed));
+        (0..3).rev().flat_map(move |i| {
+            let mut bits = words[i];
+            std::iter::from_fn(move || {
+                let bit = bits.checked_ilog2()?;
+                bits &= !(1 << bit);
+                Some((i * 64 + bit as usize) as u8)
+            })
         })
     }
 }
