@@ -470,14 +470,6 @@ impl PenaltyBox {
         self.until.retain(|_, until| *until > now);
         self.entries.store(self.until.len(), Ordering::Relaxed);
     }
-
-    pub fn len(&self) -> usize {
-        self.until.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.until.is_empty()
-    }
 }
 
 #[cfg(test)]
