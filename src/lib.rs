@@ -4,6 +4,8 @@
 //!
 //! - [`wire`]: parse and validate identifiers (no I/O).
 //! - [`core`]: decide what a request gets (no I/O, takes `now`).
+//!   Both are the `homecmp-core` crate, which cannot depend on tokio or
+//!   RocksDB.
 //! - [`store`]: the event log on RocksDB and the index rebuilt from it.
 //! - [`net`]: HTTPS and HTTP/3 listeners, the admin API.
 //! - [`sre`]: the `homecmp log` commands.
@@ -11,14 +13,17 @@
 //! The `homecmp` binary only parses its command line and calls in here.
 
 pub mod config;
-pub mod core;
 pub mod deploy;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod net;
 pub mod sre;
 pub mod store;
-pub mod wire;
+
+// The rules live in their own crate, `homecmp-core`, that cargo keeps free of
+// tokio and RocksDB; these names keep every path in the server the same.
+pub use homecmp_core as core;
+pub use homecmp_core::wire;
 
 /// Sub-directory of the data dir that holds the RocksDB event log.
 pub const LOG_DIR: &str = "events";

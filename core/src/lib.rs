@@ -1,4 +1,10 @@
-//! The decision core: who gets what, with no I/O.
+//! homecmp-core: the identifiers and the rules of homecmp, with no I/O.
+//!
+//! A crate of its own so that cargo checks what the layering promises: it
+//! depends on neither tokio nor RocksDB nor any socket, as quinn-proto is to
+//! quinn. [`wire`] parses what a request carries; the rest decides.
+//!
+//! The decision core: who gets what.
 //!
 //! Takes a parsed request, what the index knows of its clientid, who the
 //! network says the client is, the policy and (where time matters) `now`, and
@@ -8,6 +14,8 @@
 //! this module makes one. The association rule is [`plan_association`]: the
 //! store carries out its plan. The domain types ([`model`]) live here, below
 //! the store that persists them.
+
+pub mod wire;
 
 mod associate;
 mod decide;

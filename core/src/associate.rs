@@ -3,7 +3,7 @@
 //! make the change. The store locks, plans with [`plan_association`],
 //! appends the events and applies them; it decides nothing itself.
 
-use super::model::{Association, Event, NewAssociation, RevokeReason};
+use crate::model::{Association, Event, NewAssociation, RevokeReason};
 use crate::wire::{ClientId, SubscriberRef};
 
 /// What to do with an association request.
@@ -74,7 +74,7 @@ pub fn plan_association(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::core::model::IdentitySource;
+    use crate::model::IdentitySource;
 
     fn id(text: &str) -> ClientId {
         ClientId::parse(text).unwrap()

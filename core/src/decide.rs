@@ -2,12 +2,12 @@
 
 use std::sync::Arc;
 
-use super::model::{Associated, Association, IdentitySource};
+use crate::model::{Associated, Association, IdentitySource};
 use crate::wire::{
     ClientIdError, ClientIdRef, CodeError, IndirectCode, RoutingPrefix, SubscriberRef,
 };
 
-use super::identity::Identity;
+use crate::identity::Identity;
 
 /// `auth.mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]

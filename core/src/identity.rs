@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use dashmap::DashMap;
 use ipnet::IpNet;
 
-use super::decide::Refusal;
-use super::model::IdentitySource;
+use crate::decide::Refusal;
+use crate::model::IdentitySource;
 use crate::wire::{Msisdn, SubscriberKey, SubscriberRef};
 
 #[derive(Debug, Clone)]
