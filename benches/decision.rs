@@ -9,12 +9,16 @@
 //! here: one client address sends every request, and would be answered 429
 //! (or made to wait) after its burst.
 
+#[path = "../tests/support/config.rs"]
+mod config;
+
 use std::net::SocketAddr;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt;
 use http::{HeaderMap, HeaderValue, Method, Uri};
 
+use config::config_text;
 use homecmp::config::Config;
 use homecmp::net::metrics::Protocol;
 use homecmp::net::resolve::{self, ConnInfo};
@@ -96,9 +100,10 @@ fn cases() -> Vec<Case> {
 fn bench(c: &mut Criterion) {
     let runtime = tokio::runtime::Runtime::new().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let text = format!(
-        "[server]\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\nhttp3 = false\n[admin]\nlisten = \"127.0.0.1:0\"\n[limits]\nrequests_per_address_per_sec = 0\nrequests_per_clientid_per_sec = 0\nunauthenticated_per_sec = 0\n",
-        dir.path().display()
+    let text = config_text(
+        dir.path(),
+        "http3 = false",
+        "[limits]\nrequests_per_address_per_sec = 0\nrequests_per_clientid_per_sec = 0\nunauthenticated_per_sec = 0\n",
     );
     let config = Config::parse(&text, Vec::new()).unwrap();
     let running = runtime.block_on(homecmp::net::start(config)).unwrap();

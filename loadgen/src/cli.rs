@@ -244,6 +244,26 @@ impl Args {
             (d, _) => d,
         }
     }
+
+    /// The protocols asked for, each once, in the order given.
+    pub fn protocols(&self) -> Vec<Protocol> {
+        let mut protocols: Vec<Protocol> = Vec::new();
+        for p in &self.protocol {
+            if !protocols.contains(p) {
+                protocols.push(*p);
+            }
+        }
+        protocols
+    }
+
+    /// The WiFi source addresses the spoofing classes send from.
+    pub fn wifi_sources(&self) -> Vec<IpAddr> {
+        self.wifi_ranges
+            .iter()
+            .flat_map(|net| net.hosts())
+            .take(self.sources)
+            .collect()
+    }
 }
 
 fn pool_size(net: &IpNet) -> u128 {

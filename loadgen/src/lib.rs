@@ -84,36 +84,15 @@ pub async fn run(args: Args) -> Result<RunOutcome, Error> {
         )));
     }
     let ca = client::read_ca(&args.ca)?;
-    let admin = admin(&args).await?;
     let msisdn_header = HeaderName::try_from(args.msisdn_header.as_str()).map_err(|_| {
         Error::Usage(format!(
             "--msisdn-header {:?} is not a header name",
             args.msisdn_header
         ))
     })?;
-
-    let setup = match &args.setup {
-        Some(path) => load_setup(&args, path, admin.as_ref()).await?,
-        None => {
-            let admin = admin.as_ref().ok_or_else(|| {
-                Error::Usage("the setup phase needs the admin API: give --token or --token-file (or --setup FILE)".into())
-            })?;
-            create_setup(&args, &target, &ca, admin, &msisdn_header).await?
-        }
-    };
-    if let Some(path) = &args.save_setup {
-        setup.save(path)?;
-    }
+    let setup = prepare_setup(&args, &target, &ca, &msisdn_header).await?;
     if args.setup_only {
-        println!(
-            "setup: {} codes, {} subscribers, {} associated clientids{}",
-            setup.codes.len(),
-            setup.subscribers.len(),
-            setup.clientid_count(),
-            args.save_setup
-                .as_ref()
-                .map_or(String::new(), |p| format!(", saved to {}", p.display()))
-        );
+        println!("{}", setup_summary(&args, &setup));
         return Ok(RunOutcome {
             exit_code: report::EXIT_OK,
             report: None,
@@ -122,30 +101,109 @@ pub async fn run(args: Args) -> Result<RunOutcome, Error> {
     }
     check_setup_fits(&args, &setup)?;
 
-    let wifi_sources: Vec<IpAddr> = args
-        .wifi_ranges
-        .iter()
-        .flat_map(|net| net.hosts())
-        .take(args.sources)
-        .collect();
-    let mut protocols: Vec<Protocol> = Vec::new();
-    for p in &args.protocol {
-        if !protocols.contains(p) {
-            protocols.push(*p);
+    let protocols = args.protocols();
+    let wifi_sources = args.wifi_sources();
+    let clients = connect(&args, &protocols, &target, &ca)?;
+    let run_info = run_info(&args, &protocols, &wifi_sources, &setup);
+    let plan = runner::RunPlan {
+        protocols,
+        connections: args.connections,
+        streams: args.streams,
+        rate: args.rate,
+        warmup: args.warmup,
+        duration: args.run_duration(),
+        requests: args.requests,
+        keepalive: !args.disable_keepalive,
+        timeout: args.timeout,
+        wifi_sources,
+        interval: args.interval,
+    };
+    let planner = Arc::new(Planner::new(setup, args.mix.clone(), msisdn_header));
+    let (collected, measured) = drive(&args, plan, planner.clone(), clients).await;
+
+    let report = report::build(
+        collected,
+        report::Context {
+            run: run_info,
+            warmup: args.warmup,
+            wall: measured.wall,
+            loadgen_cpu: measured.loadgen_cpu,
+            server_cpu: measured.server_cpu,
+        },
+    );
+    publish(&args, &report)?;
+    Ok(RunOutcome {
+        exit_code: report.verdict.exit_code,
+        report: Some(report),
+        setup: planner.setup().clone(),
+    })
+}
+
+/// The setup phase: a saved setup (re-bound through the admin API when there
+/// is a token) or a new one made through the admin API; saved if asked.
+async fn prepare_setup(
+    args: &Args,
+    target: &Arc<Target>,
+    ca: &[rustls::pki_types::CertificateDer<'static>],
+    msisdn_header: &HeaderName,
+) -> Result<Setup, Error> {
+    let admin = admin(args).await?;
+    let setup = match &args.setup {
+        Some(path) => load_setup(args, path, admin.as_ref()).await?,
+        None => {
+            let admin = admin.as_ref().ok_or_else(|| {
+                Error::Usage("the setup phase needs the admin API: give --token or --token-file (or --setup FILE)".into())
+            })?;
+            create_setup(args, target, ca, admin, msisdn_header).await?
         }
+    };
+    if let Some(path) = &args.save_setup {
+        setup.save(path)?;
     }
+    Ok(setup)
+}
+
+fn setup_summary(args: &Args, setup: &Setup) -> String {
+    format!(
+        "setup: {} codes, {} subscribers, {} associated clientids{}",
+        setup.codes.len(),
+        setup.subscribers.len(),
+        setup.clientid_count(),
+        args.save_setup
+            .as_ref()
+            .map_or(String::new(), |p| format!(", saved to {}", p.display()))
+    )
+}
+
+/// One client (and its connection pool) per protocol.
+fn connect(
+    args: &Args,
+    protocols: &[Protocol],
+    target: &Arc<Target>,
+    ca: &[rustls::pki_types::CertificateDer<'static>],
+) -> Result<BTreeMap<Protocol, Arc<Client>>, Error> {
     let mut clients = BTreeMap::new();
-    for &protocol in &protocols {
+    for &protocol in protocols {
         let client = Client::new(
             protocol,
             target.clone(),
-            &ca,
+            ca,
             !args.no_tls_resumption,
             args.disable_keepalive,
         )?;
         clients.insert(protocol, Arc::new(client));
     }
-    let run_info = report::RunInfo {
+    Ok(clients)
+}
+
+/// What the report says about how the run was set up.
+fn run_info(
+    args: &Args,
+    protocols: &[Protocol],
+    wifi_sources: &[IpAddr],
+    setup: &Setup,
+) -> report::RunInfo {
+    report::RunInfo {
         target: args.url.clone(),
         protocols: protocols.iter().map(|p| p.name()).collect(),
         mode: if args.rate.is_some() {
@@ -172,22 +230,23 @@ pub async fn run(args: Args) -> Result<RunOutcome, Error> {
             .collect(),
         warmup_secs: args.warmup.as_secs_f64(),
         measured_secs: 0.0,
-    };
-    let plan = runner::RunPlan {
-        protocols,
-        connections: args.connections,
-        streams: args.streams,
-        rate: args.rate,
-        warmup: args.warmup,
-        duration: args.run_duration(),
-        requests: args.requests,
-        keepalive: !args.disable_keepalive,
-        timeout: args.timeout,
-        wifi_sources,
-        interval: args.interval,
-    };
-    let planner = Arc::new(Planner::new(setup, args.mix.clone(), msisdn_header));
+    }
+}
 
+/// Wall time and CPU of a run: ours and, with `--server-pid`, the server's.
+struct Measured {
+    wall: std::time::Duration,
+    loadgen_cpu: Option<cpu::CpuTimes>,
+    server_cpu: Option<cpu::CpuTimes>,
+}
+
+/// The traffic phase, with its progress line; Ctrl-C ends it early.
+async fn drive(
+    args: &Args,
+    plan: runner::RunPlan,
+    planner: Arc<Planner>,
+    clients: BTreeMap<Protocol, Arc<Client>>,
+) -> (stats::Collected, Measured) {
     let live = Arc::new(Live::default());
     let stop = Arc::new(AtomicBool::new(false));
     let on_ctrl_c = {
@@ -207,25 +266,21 @@ pub async fn run(args: Args) -> Result<RunOutcome, Error> {
     let cpu_before = cpu::times(None);
     let server_before = args.server_pid.and_then(|pid| cpu::times(Some(pid)));
     let started = Instant::now();
-    let collected = runner::run(plan, planner.clone(), clients, live, stop).await;
-    let wall = started.elapsed();
-    let loadgen_cpu = cpu_before.zip(cpu::times(None)).map(|(a, b)| b.since(&a));
-    let server_cpu = server_before
-        .zip(args.server_pid.and_then(|pid| cpu::times(Some(pid))))
-        .map(|(a, b)| b.since(&a));
+    let collected = runner::run(plan, planner, clients, live, stop).await;
+    let measured = Measured {
+        wall: started.elapsed(),
+        loadgen_cpu: cpu_before.zip(cpu::times(None)).map(|(a, b)| b.since(&a)),
+        server_cpu: server_before
+            .zip(args.server_pid.and_then(|pid| cpu::times(Some(pid))))
+            .map(|(a, b)| b.since(&a)),
+    };
     progress.finish();
     on_ctrl_c.abort();
+    (collected, measured)
+}
 
-    let report = report::build(
-        collected,
-        report::Context {
-            run: run_info,
-            warmup: args.warmup,
-            wall,
-            loadgen_cpu,
-            server_cpu,
-        },
-    );
+/// The report to stdout, the security banner to stderr, and the files asked for.
+fn publish(args: &Args, report: &Report) -> Result<(), Error> {
     print!("{}", report.text());
     if let Some(banner) = report.security_banner() {
         eprint!("{banner}");
@@ -234,13 +289,9 @@ pub async fn run(args: Args) -> Result<RunOutcome, Error> {
         report.write_json(path)?;
     }
     if let Some(path) = &args.plot {
-        plot::write_svg(path, &report)?;
+        plot::write_svg(path, report)?;
     }
-    Ok(RunOutcome {
-        exit_code: report.verdict.exit_code,
-        report: Some(report),
-        setup: planner.setup().clone(),
-    })
+    Ok(())
 }
 
 async fn create_setup(

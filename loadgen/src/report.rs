@@ -319,6 +319,17 @@ impl Report {
     /// The table and summary, for a terminal.
     pub fn text(&self) -> String {
         let mut out = String::new();
+        self.write_heading(&mut out);
+        self.write_table(&mut out);
+        self.write_expected_and_seen(&mut out);
+        self.write_cpu(&mut out);
+        self.write_notes(&mut out);
+        self.write_verdict(&mut out);
+        out
+    }
+
+    /// What was run, how long, and what the warm-up saw.
+    fn write_heading(&self, out: &mut String) {
         let run = &self.run;
         let shape = match run.rate {
             Some(rate) => format!("open loop at {rate} req/s"),
@@ -351,6 +362,10 @@ impl Report {
             self.warmup.security_failures,
             self.warmup.errors
         );
+    }
+
+    /// One line per class, then per protocol, then the total.
+    fn write_table(&self, out: &mut String) {
         let header = format!(
             "{:<18} {:>9} {:>9} {:>6} {:>6} {:>6} {:>6} {:>6} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9}",
             "class",
@@ -371,13 +386,17 @@ impl Report {
         let _ = writeln!(out, "{header}");
         let _ = writeln!(out, "{}", "-".repeat(header.len()));
         for row in &self.classes {
-            line(&mut out, row);
+            line(out, row);
         }
         let _ = writeln!(out, "{}", "-".repeat(header.len()));
         for row in &self.protocols {
-            line(&mut out, row);
+            line(out, row);
         }
-        line(&mut out, &self.total);
+        line(out, &self.total);
+    }
+
+    /// Per class: the answers it expects and those it got.
+    fn write_expected_and_seen(&self, out: &mut String) {
         let _ = writeln!(
             out,
             "\nexpected and seen (status and association or error code)"
@@ -396,6 +415,10 @@ impl Report {
                 .collect();
             let _ = writeln!(out, "  {:<18} seen     {}", "", seen.join(", "));
         }
+    }
+
+    /// CPU time of the loadgen and, when known, of the server.
+    fn write_cpu(&self, out: &mut String) {
         if let Some(me) = &self.cpu.loadgen {
             let _ = writeln!(
                 out,
@@ -410,6 +433,11 @@ impl Report {
                 server.user_secs, server.system_secs, server.cores, server.requests_per_cpu_sec
             );
         }
+    }
+
+    /// What the numbers need said: a short open loop, load protection, lost requests.
+    fn write_notes(&self, out: &mut String) {
+        let run = &self.run;
         if let Some(rate) = run.rate
             && self.total.throughput_rps < rate * 0.95
         {
@@ -454,6 +482,10 @@ impl Report {
                 example.body
             );
         }
+    }
+
+    /// The one-line verdict that matches the exit code.
+    fn write_verdict(&self, out: &mut String) {
         let v = &self.verdict;
         let _ = writeln!(
             out,
@@ -475,7 +507,6 @@ impl Report {
                 _ => "every answer as prescribed".to_owned(),
             }
         );
-        out
     }
 
     /// The loud part: printed to stderr when anything that must be refused was resolved.

@@ -14,6 +14,10 @@ use homecmp_loadgen::cli::Args;
 use homecmp_loadgen::report::{EXIT_OK, EXIT_SECURITY};
 use serde_json::Value;
 
+#[path = "../../tests/support/config.rs"]
+mod config;
+use config::config_text;
+
 const CLASSES: [&str; 8] = [
     "legit",
     "no-clientid",
@@ -28,22 +32,12 @@ const CLASSES: [&str; 8] = [
 /// A server on `data_dir` with association creation unthrottled; `auth` adds
 /// keys to `[auth]`, `extra` whole sections.
 async fn server(data_dir: &Path, auth: &str, extra: &str) -> Running {
-    let text = format!(
-        r#"
-[server]
-data_dir = "{}"
-listen = "127.0.0.1:0"
-routing_prefixes = ["2001000001"]
-[admin]
-listen = "127.0.0.1:0"
-[auth]
-associations_per_minute = 100000
-{auth}
-[limits]
-shutdown_grace_ms = 1000
-{extra}
-"#,
-        data_dir.display()
+    let text = config_text(
+        data_dir,
+        "",
+        &format!(
+            "[auth]\nassociations_per_minute = 100000\n{auth}\n[limits]\nshutdown_grace_ms = 1000\n{extra}\n"
+        ),
     );
     let config = Config::parse(&text, Vec::new()).expect("valid test config");
     net::start(config).await.expect("server starts")

@@ -2,8 +2,9 @@
 //!
 //! Client sockets bind to loopback addresses that play roles: 127.1.x.y is
 //! the MNO subscriber pool, 127.2.x.y is WiFi, 127.3.0.1 a trusted gateway.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
+pub mod config;
 pub mod h3;
 pub mod raw;
 
@@ -14,7 +15,8 @@ use homecmp::config::Config;
 use homecmp::net::{self, Running};
 use serde_json::Value;
 
-pub const PREFIX: &str = "2001000001";
+pub use config::{PREFIX, config_text};
+
 /// The code `ready_server` registers, and where it points.
 pub const CODE: &str = "2001000001promo";
 pub const TARGET: &str = "https://example.org/promo";
@@ -24,32 +26,6 @@ pub struct TestServer {
     pub running: Running,
     pub data_dir: PathBuf,
     _temp: Option<tempfile::TempDir>,
-}
-
-/// The TOML every test server starts from: `server_keys` go into
-/// `[server]`, `extra` (whole sections, `[admin]` among them if it likes)
-/// is appended. Both listeners are on port 0 unless `server_keys` says.
-pub fn config_text(data_dir: &Path, server_keys: &str, extra: &str) -> String {
-    let listen = match server_keys.contains("listen") {
-        true => "",
-        false => "listen = \"127.0.0.1:0\"",
-    };
-    let admin_listen = "[admin]\nlisten = \"127.0.0.1:0\"\n";
-    let extra = match extra.contains("[admin]\n") {
-        true => extra.replacen("[admin]\n", admin_listen, 1),
-        false => format!("{admin_listen}{extra}"),
-    };
-    format!(
-        r#"
-[server]
-data_dir = "{}"
-{listen}
-routing_prefixes = ["{PREFIX}"]
-{server_keys}
-{extra}
-"#,
-        data_dir.display()
-    )
 }
 
 impl TestServer {
