@@ -5,6 +5,7 @@
 //! header-read timeout is dropped; hyper bounds header size and time, and
 //! [`super::conn`] closes connections that send no request.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use http_body_util::Full;
@@ -14,7 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::admit::{Transport, admit};
+use super::admit::{Admitted, Transport, admit};
 use super::conn::Conduct;
 use super::metrics::Protocol;
 use super::resolve::{self, ConnInfo};
@@ -57,53 +58,68 @@ pub async fn serve(
         };
         // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d: they
         // are IPv4 clients everywhere (pools, bindings, limits).
-        let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
         // Admission (super::admit): a refused socket is closed before any TLS.
         let Ok(admitted) = admit(&app, Transport::Tcp, app.limits.source(peer.ip())) else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let app = app.clone();
-        let tls = tls.clone();
-        let shutdown = shutdown.clone();
-        tracker.spawn(async move {
-            let refused = |reason| app.metrics.refused_connection(Transport::Tcp, reason);
-            let handshake_limit = app.config.limits.header_read_timeout;
-            if app.limits.handshakes.is_some() {
-                // A client that offers a ticket this server issued is
-                // returning: it waits in a queue of its own, so a flood of
-                // new handshakes does not hold it up. A client that sends
-                // nothing takes no turn at all.
-                let hello =
-                    match tokio::time::timeout(handshake_limit, peek_first_record(&stream)).await {
-                        Ok(Ok(hello)) => hello,
-                        Ok(Err(_)) => return refused("handshake_failed"),
-                        Err(_) => return refused("handshake_timeout"),
-                    };
-                let returning = tls::offered_ticket(&hello)
-                    .is_some_and(|ticket| tls.config().ticketer.decrypt(ticket).is_some());
-                let (pace, queue) = app.limits.handshake_pace(returning);
-                app.metrics.handshake_turn(queue);
-                if let Some(pace) = pace {
-                    match pace.reserve(handshake_limit) {
-                        Some(wait) => tokio::time::sleep(wait).await,
-                        None => return refused("handshake_rate"),
-                    }
-                }
-            }
-            let stream = match tokio::time::timeout(handshake_limit, tls.accept(stream)).await {
-                Ok(Ok(stream)) => stream,
-                Ok(Err(_)) => return refused("handshake_failed"),
-                Err(_) => return refused("handshake_timeout"),
-            };
-            let protocol = match stream.get_ref().1.alpn_protocol() {
-                Some(b"h2") => Protocol::Http2,
-                _ => Protocol::Http1,
-            };
-            let _serving = admitted.serving(&app, protocol);
-            serve_connection(app.clone(), ConnInfo { peer, protocol }, stream, shutdown).await;
-        });
+        tracker.spawn(handshake_and_serve(
+            app.clone(),
+            tls.clone(),
+            stream,
+            peer,
+            admitted,
+            shutdown.clone(),
+        ));
     }
+}
+
+/// One admitted TCP connection: its turn at the handshake pace (returning
+/// clients in a queue of their own), the TLS handshake within the header
+/// timeout, then HTTP until it ends. Refusals are counted; the `admitted`
+/// guard frees its slots when this returns.
+async fn handshake_and_serve(
+    app: Arc<App>,
+    tls: TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    admitted: Admitted,
+    shutdown: CancellationToken,
+) {
+    let refused = |reason| app.metrics.refused_connection(Transport::Tcp, reason);
+    let handshake_limit = app.config.limits.header_read_timeout;
+    if app.limits.handshakes.is_some() {
+        // A client that offers a ticket this server issued is returning: it
+        // waits in a queue of its own, so a flood of new handshakes does not
+        // hold it up. A client that sends nothing takes no turn at all.
+        let hello = match tokio::time::timeout(handshake_limit, peek_first_record(&stream)).await {
+            Ok(Ok(hello)) => hello,
+            Ok(Err(_)) => return refused("handshake_failed"),
+            Err(_) => return refused("handshake_timeout"),
+        };
+        let returning = tls::offered_ticket(&hello)
+            .is_some_and(|ticket| tls.config().ticketer.decrypt(ticket).is_some());
+        let (pace, queue) = app.limits.handshake_pace(returning);
+        app.metrics.handshake_turn(queue);
+        if let Some(pace) = pace {
+            match pace.reserve(handshake_limit) {
+                Some(wait) => tokio::time::sleep(wait).await,
+                None => return refused("handshake_rate"),
+            }
+        }
+    }
+    let stream = match tokio::time::timeout(handshake_limit, tls.accept(stream)).await {
+        Ok(Ok(stream)) => stream,
+        Ok(Err(_)) => return refused("handshake_failed"),
+        Err(_) => return refused("handshake_timeout"),
+    };
+    let protocol = match stream.get_ref().1.alpn_protocol() {
+        Some(b"h2") => Protocol::Http2,
+        _ => Protocol::Http1,
+    };
+    let _serving = admitted.serving(&app, protocol);
+    serve_connection(app.clone(), ConnInfo { peer, protocol }, stream, shutdown).await;
 }
 
 /// The client's first TLS record, peeked (left in the socket for rustls):
