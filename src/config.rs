@@ -62,6 +62,27 @@ pub struct Config {
     pub admin_max_connections: usize,
     pub limits: Limits,
     pub log_json: bool,
+    /// Cluster mode (`[cluster]` with `nats_urls`): the log is a NATS
+    /// JetStream stream shared by every node. `None`: one node, its own log.
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`: where the shared association stream lives.
+#[derive(Debug, Clone)]
+pub struct ClusterConfig {
+    pub nats_urls: Vec<String>,
+    /// The JetStream stream; its subjects are `<stream>.>`.
+    pub stream: String,
+    /// Copies JetStream keeps of each event (3: one server may fail).
+    pub replicas: usize,
+    /// This node's name in NATS and in message ids; must be unique.
+    pub node: String,
+    /// A NATS `.creds` file (JWT and seed), if the servers want one.
+    pub credentials_file: Option<PathBuf>,
+    /// Root CA (PEM) for NATS over TLS; setting it requires TLS.
+    pub tls_ca_file: Option<PathBuf>,
+    /// How long a change may wait for JetStream's acknowledgement.
+    pub publish_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -168,6 +189,33 @@ struct Raw {
     limits: RawLimits,
     log: RawLog,
     http3: RawHttp3,
+    cluster: RawCluster,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawCluster {
+    nats_urls: Vec<String>,
+    stream: String,
+    replicas: usize,
+    node: String,
+    credentials_file: Option<PathBuf>,
+    tls_ca_file: Option<PathBuf>,
+    publish_timeout_ms: u64,
+}
+
+impl Default for RawCluster {
+    fn default() -> Self {
+        Self {
+            nats_urls: Vec::new(),
+            stream: "HOMECMP".into(),
+            replicas: 3,
+            node: String::new(),
+            credentials_file: None,
+            tls_ca_file: None,
+            publish_timeout_ms: 2000,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -458,6 +506,14 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
             Err(e) => errors.push(format!("server.routing_prefixes: {text:?}: {e}")),
         }
     }
+    let cluster = cluster(raw.cluster, errors);
+    if cluster.is_some() && raw.server.subscriber_secret.is_none() {
+        errors.push(
+            "cluster: every node must key subscribers alike: set server.subscriber_secret \
+             (the same 64 hex digits on every node)"
+                .into(),
+        );
+    }
     let subscriber_secret = raw.server.subscriber_secret.as_deref().and_then(|hex| {
         let secret = parse_secret(hex);
         if secret.is_none() {
@@ -629,7 +685,53 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
             tarpit_per_source: limits.tarpit_per_source,
         },
         log_json: raw.log.json,
+        cluster,
     }
+}
+
+fn cluster(raw: RawCluster, errors: &mut Vec<String>) -> Option<ClusterConfig> {
+    if raw.nats_urls.is_empty() {
+        return None;
+    }
+    let token_ok = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 64
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    };
+    if !token_ok(&raw.stream) {
+        errors.push(format!(
+            "cluster.stream: {:?} must be 1 to 64 of A-Z a-z 0-9 - _",
+            raw.stream
+        ));
+    }
+    if !token_ok(&raw.node) {
+        errors.push(format!(
+            "cluster.node: {:?} must be set, unique per node, 1 to 64 of A-Z a-z 0-9 - _",
+            raw.node
+        ));
+    }
+    if !(1..=5).contains(&raw.replicas) {
+        errors.push(format!(
+            "cluster.replicas: {} must be 1 to 5 (JetStream's limit)",
+            raw.replicas
+        ));
+    }
+    if !(100..=60_000).contains(&raw.publish_timeout_ms) {
+        errors.push(format!(
+            "cluster.publish_timeout_ms: {} must be 100 to 60000",
+            raw.publish_timeout_ms
+        ));
+    }
+    Some(ClusterConfig {
+        nats_urls: raw.nats_urls,
+        stream: raw.stream,
+        replicas: raw.replicas,
+        node: raw.node,
+        credentials_file: raw.credentials_file,
+        tls_ca_file: raw.tls_ca_file,
+        publish_timeout: Duration::from_millis(raw.publish_timeout_ms),
+    })
 }
 
 /// A CIDR, or a bare address as a /32 or /128.

