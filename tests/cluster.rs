@@ -95,8 +95,30 @@ async fn a_change_on_one_node_holds_on_the_others() {
     })
     .await;
     assert_eq!(last_seq(&a), last_seq(&b));
-    a.stop().await;
-    b.stop().await;
+
+    // A new, empty node catches up from sequence 1 before it is ready.
+    let c = node(&nats, &[2], "c").await;
+    assert_eq!(last_seq(&c), last_seq(&a), "caught up when start returns");
+    let log_a: Vec<_> = a
+        .running
+        .app
+        .store
+        .log()
+        .read_from(1)
+        .map(Result::unwrap)
+        .collect();
+    let log_c: Vec<_> = c
+        .running
+        .app
+        .store
+        .log()
+        .read_from(1)
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(log_a, log_c, "the same log, record for record");
+    for n in [a, b, c] {
+        n.stop().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -259,4 +281,138 @@ async fn a_node_cut_from_jetstream_serves_refuses_creations_and_converges() {
     .await;
     a.stop().await;
     c.stop().await;
+}
+
+/// A homecmp node as a child process (`homecmp serve`), for kill -9.
+struct ChildNode {
+    child: std::process::Child,
+    public: String,
+    admin: String,
+    ca: std::path::PathBuf,
+}
+
+impl ChildNode {
+    /// Starts `homecmp serve` and waits for its ready line (blocking).
+    fn start(urls_toml: &str, name: &str, dir: &std::path::Path) -> Self {
+        use std::io::{BufRead, BufReader};
+        let config = dir.join(format!("{name}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "[server]\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\nsubscriber_secret = \"{SECRET}\"\n\
+                 routing_prefixes = [\"{}\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n\
+                 [cluster]\nnats_urls = {}\nnode = \"{name}\"\n",
+                dir.join(name).display(),
+                support::PREFIX,
+                urls_toml
+            ),
+        )
+        .unwrap();
+        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_homecmp"))
+            .args(["serve", "--config"])
+            .arg(&config)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        assert!(line.starts_with("homecmp ready "), "{line:?}");
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|f| f.strip_prefix(&format!("{name}=")))
+                .unwrap()
+                .to_owned()
+        };
+        Self {
+            public: field("public"),
+            admin: field("admin"),
+            ca: field("ca").into(),
+            child,
+        }
+    }
+
+    fn kill_9(mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+
+    fn client(&self, local_ip: &str) -> reqwest::Client {
+        let ca = reqwest::Certificate::from_pem(&std::fs::read(&self.ca).unwrap()).unwrap();
+        reqwest::Client::builder()
+            .tls_certs_only([ca])
+            .local_address(local_ip.parse::<std::net::IpAddr>().unwrap())
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap()
+    }
+
+    async fn resolve_status(&self, client: &reqwest::Client, query: &str) -> u16 {
+        let url = format!("{}/mc/v1/resolve?{query}", self.public);
+        client.get(url).send().await.unwrap().status().as_u16()
+    }
+
+    async fn readyz(&self) -> u16 {
+        let url = format!("{}/readyz", self.admin);
+        reqwest::get(url).await.unwrap().status().as_u16()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_under_load_restarts_and_converges() {
+    let nats = NatsCluster::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(&nats, &[0], "a").await;
+    a.put_code(CODE, TARGET).await;
+    let b_urls = nats.urls_toml(&[1]);
+    let b = ChildNode::start(&b_urls, "b", dir.path());
+
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let load = async {
+        let client = a.client("http1", "127.1.0.1");
+        let mut acknowledged = Vec::new();
+        let until = Instant::now() + Duration::from_secs(15);
+        for i in 0.. {
+            if Instant::now() > until || stop.load(std::sync::atomic::Ordering::Relaxed) {
+                break;
+            }
+            let clientid = format!("load-{i}");
+            let (s, body) = a.resolve(&client, &scan(&clientid)).await;
+            if s == 200 && body["association"] == "created" {
+                acknowledged.push(clientid);
+            }
+        }
+        acknowledged
+    };
+    let kill_and_restart = async {
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        b.kill_9();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // Restarted on the same data dir: it goes on from its local log.
+        let (urls, dir) = (b_urls.clone(), dir.path().to_owned());
+        let started = Instant::now();
+        let b = tokio::task::spawn_blocking(move || ChildNode::start(&urls, "b", &dir))
+            .await
+            .unwrap();
+        eprintln!("B restarted and caught up in {:?}", started.elapsed());
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        b
+    };
+    let (acknowledged, b) = tokio::join!(load, kill_and_restart);
+    assert!(acknowledged.len() > 10, "load ran: {}", acknowledged.len());
+    eprintln!("acknowledged by A: {}", acknowledged.len());
+    assert_eq!(b.readyz().await, 200);
+    let wifi = b.client("127.2.0.1");
+    for clientid in &acknowledged {
+        let query = scan(clientid);
+        eventually("B honours every creation A acknowledged", async || {
+            b.resolve_status(&wifi, &query).await == 200
+        })
+        .await;
+    }
+    b.kill_9();
+    a.stop().await;
 }
