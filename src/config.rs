@@ -825,6 +825,29 @@ mod tests {
     }
 
     #[test]
+    fn cluster_mode_is_off_by_default_and_checked_when_on() {
+        assert!(Config::parse("", no_env()).unwrap().cluster.is_none());
+        let secret = "ab".repeat(32);
+        let on = format!(
+            "[server]\nsubscriber_secret = \"{secret}\"\n\
+             [cluster]\nnats_urls = [\"nats://127.0.0.1:4222\"]\nnode = \"cmp-1\"\n"
+        );
+        let cluster = Config::parse(&on, no_env()).unwrap().cluster.unwrap();
+        assert_eq!((cluster.stream.as_str(), cluster.replicas), ("HOMECMP", 3));
+
+        let bad = "[cluster]\nnats_urls = [\"nats://x\"]\nstream = \"a.b\"\nreplicas = 7\n";
+        let errors = Config::parse(bad, no_env()).unwrap_err().0.join("\n");
+        for key in [
+            "cluster.stream",
+            "cluster.node",
+            "cluster.replicas",
+            "server.subscriber_secret",
+        ] {
+            assert!(errors.contains(key), "{key} missing from:\n{errors}");
+        }
+    }
+
+    #[test]
     fn unknown_keys_and_bad_enums_are_refused() {
         assert!(Config::parse("[server]\nlisten_port = 1", no_env()).is_err());
         assert!(Config::parse("[auth]\nmode = \"lenient\"", no_env()).is_err());
