@@ -848,6 +848,18 @@ mod tests {
     }
 
     #[test]
+    fn the_readme_cluster_example_is_valid() {
+        let readme = include_str!("../README.md");
+        let section = &readme[readme.find("## Cluster mode").unwrap()..];
+        let start = section.find("```toml\n").unwrap() + "```toml\n".len();
+        let block = &section[start..start + section[start..].find("```").unwrap()];
+        let text = block.replace("<the same 64 hex digits on every node>", &"cd".repeat(32));
+        let cluster = Config::parse(&text, no_env()).unwrap().cluster.unwrap();
+        assert_eq!(cluster.nats_urls.len(), 3);
+        assert_eq!(cluster.node, "cmp-1");
+    }
+
+    #[test]
     fn unknown_keys_and_bad_enums_are_refused() {
         assert!(Config::parse("[server]\nlisten_port = 1", no_env()).is_err());
         assert!(Config::parse("[auth]\nmode = \"lenient\"", no_env()).is_err());
