@@ -138,6 +138,14 @@ impl NatsCluster {
         format!("[{}]", urls.join(", "))
     }
 
+    /// Process ids of the servers running now.
+    pub fn pids(&self) -> Vec<u32> {
+        self.servers
+            .iter()
+            .filter_map(|s| s.child.as_ref().map(Child::id))
+            .collect()
+    }
+
     /// kill -9 of server `i`.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut child) = self.servers[i].child.take() {
