@@ -24,11 +24,15 @@ const SECRET: &str = "5ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7e75ec7
 
 /// A node of `nats` on the servers `urls` (indexes), named `name`.
 async fn node(nats: &NatsCluster, urls: &[usize], name: &str) -> TestServer {
+    node_with(nats.urls_toml(urls), name, "").await
+}
+
+/// A node on the NATS URLs `urls_toml`, with `cluster_keys` in `[cluster]`.
+async fn node_with(urls_toml: String, name: &str, cluster_keys: &str) -> TestServer {
     let extra = format!(
-        "[cluster]\nnats_urls = {}\nnode = \"{name}\"\npublish_timeout_ms = 2000\n\
+        "[cluster]\nnats_urls = {urls_toml}\n{cluster_keys}\nnode = \"{name}\"\npublish_timeout_ms = 2000\n\
          [auth]\nassociations_per_minute = 100000\nmax_clientids_per_subscriber = 1000\n\
-         [limits]\nshutdown_grace_ms = 200\nfirst_scans_per_sec = 0\n",
-        nats.urls_toml(urls)
+         [limits]\nshutdown_grace_ms = 200\nfirst_scans_per_sec = 0\n"
     );
     let server =
         TestServer::with_sections(&format!("subscriber_secret = \"{SECRET}\""), &extra).await;
@@ -119,6 +123,40 @@ async fn a_change_on_one_node_holds_on_the_others() {
     for n in [a, b, c] {
         n.stop().await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_reach_nats_over_tls() {
+    let certs = tempfile::tempdir().unwrap();
+    let tls = homecmp::deploy::self_signed_tls(certs.path(), &[]).unwrap();
+    let nats = NatsCluster::start_with(
+        3,
+        &format!(
+            "tls {{\n  cert_file: \"{}\"\n  key_file: \"{}\"\n}}",
+            tls.cert.display(),
+            tls.key.display()
+        ),
+    );
+    let urls = |i: usize| format!("[\"{}\"]", nats.url(i).replace("nats://", "tls://"));
+    let ca = format!("tls_ca_file = \"{}\"", tls.ca_cert.display());
+    let a = node_with(urls(0), "a", &ca).await;
+    let b = node_with(urls(1), "b", &ca).await;
+    a.put_code(CODE, TARGET).await;
+    let (s, body) = a
+        .resolve(&a.client("http1", "127.1.0.1"), &scan("tls-1"))
+        .await;
+    assert_eq!(
+        (s, &body["association"]),
+        (200, &json!("created")),
+        "{body}"
+    );
+    let wifi_b = b.client("http1", "127.2.0.1");
+    eventually("B honours it", async || {
+        b.resolve(&wifi_b, &scan("tls-1")).await.0 == 200
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

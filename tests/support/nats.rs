@@ -49,6 +49,12 @@ impl NatsCluster {
     /// each other to clients (so a client given one URL stays on it: the
     /// tests cut a node from JetStream by killing its one server).
     pub fn start(n: usize) -> Self {
+        Self::start_with(n, "")
+    }
+
+    /// [`NatsCluster::start`] with `extra` appended to every server's
+    /// configuration (a `tls {}` block, say).
+    pub fn start_with(n: usize, extra: &str) -> Self {
         let binary = nats_server_binary();
         let dir = tempfile::tempdir().unwrap();
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
@@ -68,7 +74,7 @@ impl NatsCluster {
                     "server_name: n{i}\nlisten: 127.0.0.1:{client_port}\n\
                      jetstream {{ store_dir: \"{}\" }}\n\
                      cluster {{\n  name: homecmp-test\n  listen: 127.0.0.1:{route_port}\n  \
-                     no_advertise: true\n  routes: [{}]\n}}\n",
+                     no_advertise: true\n  routes: [{}]\n}}\n{extra}\n",
                     store.display(),
                     routes.join(", ")
                 ),
