@@ -8,10 +8,11 @@
 //!   RocksDB.
 //! - [`store`]: the event log on RocksDB and the index rebuilt from it.
 //! - [`net`]: HTTPS and HTTP/3 listeners, the admin API.
-//! - [`sre`]: the `homecmp log` commands.
+//! - [`sre`]: the `homecmp log` commands; [`backup`]: backup, restore, import.
 //!
 //! The `homecmp` binary only parses its command line and calls in here.
 
+pub mod backup;
 pub mod config;
 pub mod deploy;
 #[doc(hidden)]

@@ -6,6 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+use homecmp::backup;
 use homecmp::config::Config;
 use homecmp::sre::{self, Until};
 
@@ -27,8 +28,25 @@ enum Command {
         #[arg(long)]
         log_json: bool,
     },
+    /// Copy a data dir (log, subscriber key, token, TLS) into a new directory,
+    /// beside a running server or not; the copy is replayed before it is done.
+    Backup {
+        #[command(flatten)]
+        dir: DataDir,
+        /// The new directory (must not exist, or be empty).
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Make a backup the data dir of a server (a data dir with no log yet).
+    Restore {
+        /// The backup (a directory `homecmp backup` made).
+        #[arg(long)]
+        from: PathBuf,
+        #[command(flatten)]
+        dir: DataDir,
+    },
     /// Read, check, export and replay the event log (beside a running server);
-    /// repair it (server stopped).
+    /// repair it (server stopped); import an export into a new data dir.
     Log {
         #[command(flatten)]
         dir: DataDir,
@@ -87,6 +105,11 @@ enum LogCommand {
         #[arg(long)]
         json: bool,
     },
+    /// `log export` lines (stdin, or --from FILE) into a data dir with no log.
+    Import {
+        #[arg(long)]
+        from: Option<PathBuf>,
+    },
     /// With the server stopped: copy the log to data_dir/backups/, then cut
     /// it after its last consistent event (or --until SEQ, not past it).
     Repair {
@@ -107,6 +130,12 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config, log_json } => serve(config, log_json),
         Command::Log { dir, command } => run_log(dir, command),
+        Command::Backup { dir, to } => with_data_dir("homecmp backup", dir, |data_dir, out| {
+            backup::backup(data_dir, &to, out).map(drop)
+        }),
+        Command::Restore { from, dir } => with_data_dir("homecmp restore", dir, |data_dir, out| {
+            backup::restore(&from, data_dir, out).map(drop)
+        }),
     }
 }
 
@@ -179,29 +208,55 @@ fn init_tracing(json: bool) {
 }
 
 fn run_log(dir: DataDir, command: LogCommand) -> ExitCode {
+    with_data_dir("homecmp log", dir, |data_dir, out| {
+        log_command(data_dir, command, out)
+    })
+}
+
+/// Runs `command` on the data dir `dir` names, printing to stdout; exit 64
+/// when there is no data dir to name, else what the command says.
+fn with_data_dir(
+    name: &str,
+    dir: DataDir,
+    command: impl FnOnce(&std::path::Path, &mut io::StdoutLock<'static>) -> Result<(), sre::SreError>,
+) -> ExitCode {
     let data_dir = match dir.resolve() {
         Ok(dir) => dir,
         Err(e) => {
-            eprintln!("homecmp log: {e}");
+            eprintln!("{name}: {e}");
             return ExitCode::from(64);
         }
     };
     let mut out = io::stdout().lock();
-    let result = match command {
-        LogCommand::Stats { json } => sre::stats(&data_dir, json, &mut out).map(drop),
-        LogCommand::Verify => sre::verify(&data_dir, &mut out).map(drop),
-        LogCommand::Export { from, to } => sre::export(&data_dir, from, to, &mut out).map(drop),
-        LogCommand::Replay { until, json } => {
-            sre::replay(&data_dir, until, json, &mut out).map(drop)
-        }
-        LogCommand::Repair { until } => sre::repair(&data_dir, until, &mut out).map(drop),
-    };
+    let result = command(&data_dir, &mut out);
     let _ = out.flush();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("homecmp log: {e}");
+            eprintln!("{name}: {e}");
             ExitCode::from(e.exit_code())
         }
+    }
+}
+
+fn log_command(
+    data_dir: &std::path::Path,
+    command: LogCommand,
+    out: &mut io::StdoutLock<'static>,
+) -> Result<(), sre::SreError> {
+    match command {
+        LogCommand::Stats { json } => sre::stats(data_dir, json, out).map(drop),
+        LogCommand::Verify => sre::verify(data_dir, out).map(drop),
+        LogCommand::Export { from, to } => sre::export(data_dir, from, to, out).map(drop),
+        LogCommand::Replay { until, json } => sre::replay(data_dir, until, json, out).map(drop),
+        LogCommand::Repair { until } => sre::repair(data_dir, until, out).map(drop),
+        LogCommand::Import { from } => match from {
+            Some(path) => {
+                let file = std::fs::File::open(&path)
+                    .map_err(|e| sre::SreError::Repair(format!("{}: {e}", path.display())))?;
+                backup::import(data_dir, io::BufReader::new(file), out).map(drop)
+            }
+            None => backup::import(data_dir, io::stdin().lock(), out).map(drop),
+        },
     }
 }

@@ -7,7 +7,7 @@
 use std::net::IpAddr;
 
 use bincode::{Decode, Encode};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::wire::{ClientId, SubscriberRef};
 
@@ -15,7 +15,7 @@ use crate::wire::{ClientId, SubscriberRef};
 pub type Seq = u64;
 
 /// An event with the time it happened.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
 pub struct Record {
     /// Unix time in milliseconds.
     pub at_ms: u64,
@@ -25,7 +25,7 @@ pub struct Record {
 
 /// Every state change of the CMP. Field names are the JSON names of
 /// `homecmp log export` too: keep them stable.
-#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum Event {
     AssociationCreated {
@@ -80,7 +80,7 @@ impl Event {
 }
 
 /// How the subscriber behind a request was identified (DESIGN §3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum IdentitySource {
     /// A client IP -> MSISDN binding fed by the operator.
@@ -89,7 +89,7 @@ pub enum IdentitySource {
     GatewayHeader,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RevokeReason {
     /// Through the admin API.

@@ -141,6 +141,15 @@ impl serde::Serialize for SubscriberRef {
     }
 }
 
+/// From the 64 hex digits it serialises to (`homecmp log import`).
+impl<'de> serde::Deserialize<'de> for SubscriberRef {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+        Self::from_hex(&text)
+            .ok_or_else(|| serde::de::Error::custom("a subscriber is 64 hex digits"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
