@@ -1,6 +1,8 @@
 //! The README's commands, run exactly as printed: the curl walk-through
 //! against `homecmp serve` on its embedded defaults (ports 8443 and 8444 on
-//! loopback, data in ./homecmp-data of a fresh directory).
+//! loopback, data in ./homecmp-data of a fresh directory), then the SRE's
+//! log commands and the backup ones beside that live server, then repair
+//! with the server stopped.
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
@@ -82,4 +84,29 @@ fn the_curl_walkthrough_works_as_printed() {
             .unwrap_or_else(|| panic!("{text} missing from the walk-through's output:\n{out}"));
         rest = &rest[at + text.len()..];
     }
+
+    // `homecmp` on PATH, as an operator has it.
+    let bin_dir = std::path::Path::new(env!("CARGO_BIN_EXE_homecmp"))
+        .parent()
+        .unwrap();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
+    let run_block = |after: &str| {
+        let script = sh_block_after(after);
+        let run = Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &script])
+            .current_dir(dir.path())
+            .env("PATH", &path)
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "{script}\n{run:?}");
+        String::from_utf8_lossy(&run.stdout).into_owned()
+    };
+    let out = run_block("The tools open the log read-only, so they run beside a live server:");
+    assert!(out.contains("association_created"), "{out}");
+    let out = run_block("### Backup, restore, export and import");
+    assert!(out.contains("by copy"), "{out}");
+    assert!(out.contains("imported 2 events"), "{out}");
+    drop(server);
+    let out = run_block("The way out of such a log, with the server stopped:");
+    assert!(out.contains("kept events 1..=1"), "{out}");
 }
