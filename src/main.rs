@@ -110,6 +110,13 @@ enum LogCommand {
         #[arg(long)]
         from: Option<PathBuf>,
     },
+    /// With the server stopped: blank the history of associations and codes
+    /// that ended more than --older-than ago; the state stays the same.
+    Compact {
+        /// Age, such as 90d or 12h.
+        #[arg(long, value_parser = humantime::parse_duration)]
+        older_than: std::time::Duration,
+    },
     /// With the server stopped: copy the log to data_dir/backups/, then cut
     /// it after its last consistent event (or --until SEQ, not past it).
     Repair {
@@ -250,6 +257,7 @@ fn log_command(
         LogCommand::Export { from, to } => sre::export(data_dir, from, to, out).map(drop),
         LogCommand::Replay { until, json } => sre::replay(data_dir, until, json, out).map(drop),
         LogCommand::Repair { until } => sre::repair(data_dir, until, out).map(drop),
+        LogCommand::Compact { older_than } => sre::compact(data_dir, older_than, out).map(drop),
         LogCommand::Import { from } => match from {
             Some(path) => {
                 let file = std::fs::File::open(&path)

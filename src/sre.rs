@@ -325,6 +325,59 @@ pub fn repair(
     })
 }
 
+/// What `log compact` did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Compacted {
+    pub rewritten: store::history::Rewritten,
+    pub disk_before: u64,
+    pub disk_after: u64,
+}
+
+/// `log compact`: with the server stopped, blanks the records of
+/// associations and code registrations that ended before `now - older_than`
+/// (the log stays contiguous, the state stays the same; see
+/// `core::plan_redaction`), then compacts RocksDB so the space is freed.
+/// Refuses a log that does not replay: repair it first.
+pub fn compact(
+    data_dir: &Path,
+    older_than: Duration,
+    out: &mut impl Write,
+) -> Result<Compacted, SreError> {
+    let path = data_dir.join(crate::LOG_DIR);
+    if !path.join("CURRENT").is_file() {
+        return Err(SreError::Open(LogError::Missing {
+            path: path.display().to_string(),
+        }));
+    }
+    let log = EventLog::open_for_repair(&path).map_err(|e| {
+        SreError::Repair(format!("{e} (is a server still running on this data dir?)"))
+    })?;
+    let index = Index::new();
+    store::replay(&log, &index, |_, _| true).map_err(SreError::Check)?;
+    let cutoff = crate::net::now_ms().saturating_sub(older_than.as_millis() as u64);
+    let disk_before = log.disk_bytes();
+    let rewritten = store::history::rewrite(
+        &log,
+        index.last_seq(),
+        crate::core::Doom::EndedBefore(cutoff),
+    )
+    .map_err(SreError::Check)?;
+    let disk_after = log.disk_bytes();
+    writeln!(
+        out,
+        "blanked {} of {} records (associations and codes that ended before {}); \
+         {disk_before} bytes on disk before, {disk_after} after",
+        rewritten.records,
+        rewritten.scanned,
+        rfc3339(cutoff)
+    )?;
+    Ok(Compacted {
+        rewritten,
+        disk_before,
+        disk_after,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -171,6 +171,13 @@ impl Sessions {
         self.bindings.remove(&canonical_net(network)).is_some()
     }
 
+    /// Drops every binding to `subscriber` (erasure); returns how many.
+    pub fn unbind_subscriber(&self, subscriber: &SubscriberRef) -> usize {
+        let before = self.bindings.len();
+        self.bindings.retain(|_, b| b.subscriber != *subscriber);
+        before.saturating_sub(self.bindings.len())
+    }
+
     pub fn lookup(&self, addr: IpAddr, now_ms: u64) -> Option<SubscriberRef> {
         self.find(addr, now_ms).map(|bound| bound.subscriber)
     }

@@ -21,6 +21,7 @@ mod associate;
 mod decide;
 mod identity;
 pub mod model;
+mod redact;
 
 pub use associate::{Plan, plan_association};
 pub use decide::{
@@ -31,5 +32,7 @@ pub use identity::{
     Bound, ClientView, Identity, MnoPolicy, Sessions, canonical_net, identify, limit_address,
 };
 pub use model::{
-    Associated, Association, Event, IdentitySource, NewAssociation, Record, RevokeReason, Seq,
+    Associated, Association, Event, IdentitySource, NewAssociation, Record, RedactReason,
+    RevokeReason, Seq,
 };
+pub use redact::{Doom, Lifetimes, plan_redaction};

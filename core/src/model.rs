@@ -54,6 +54,12 @@ pub enum Event {
     CodeRemoved {
         code: String,
     },
+    /// What stands where an event was removed from history (subscriber
+    /// erasure, retention): the sequence number and time stay, the log stays
+    /// contiguous, and replay skips it. Nothing of the event is left.
+    Redacted {
+        reason: RedactReason,
+    },
 }
 
 impl Event {
@@ -65,6 +71,7 @@ impl Event {
             Event::AssociationRebound { .. } => "association_rebound",
             Event::CodeRegistered { .. } => "code_registered",
             Event::CodeRemoved { .. } => "code_removed",
+            Event::Redacted { .. } => "redacted",
         }
     }
 
@@ -74,7 +81,9 @@ impl Event {
             Event::AssociationCreated { clientid, .. }
             | Event::AssociationRevoked { clientid, .. }
             | Event::AssociationRebound { clientid, .. } => Some(clientid),
-            Event::CodeRegistered { .. } | Event::CodeRemoved { .. } => None,
+            Event::CodeRegistered { .. } | Event::CodeRemoved { .. } | Event::Redacted { .. } => {
+                None
+            }
         }
     }
 }
@@ -96,6 +105,21 @@ pub enum RevokeReason {
     Admin,
     /// Replaced by a newer clientid of the same subscriber at the cap.
     Superseded,
+    /// The subscriber was erased (`DELETE /admin/v1/subscribers/...`).
+    Erased,
+    /// The clientid moved to another subscriber whose record was since
+    /// erased from history (what a rebind becomes when its `to` is erased).
+    Moved,
+}
+
+/// Why an event was removed from history.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RedactReason {
+    /// Its subscriber was erased.
+    Erased,
+    /// It ended before the retention cutoff (`homecmp log compact`).
+    Retention,
 }
 
 /// What the index knows of one clientid.

@@ -22,7 +22,7 @@ use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Reque
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{delete, get};
 use bytes::Bytes;
 use ipnet::IpNet;
 use serde::Deserialize;
@@ -57,6 +57,7 @@ pub fn router(state: Arc<AdminState>) -> axum::Router {
             "/admin/v1/associations/{clientid}",
             get(get_association).delete(delete_association),
         )
+        .route("/admin/v1/subscribers/{msisdn}", delete(delete_subscriber))
         .route(
             "/admin/v1/sessions/{*ip}",
             get(get_session).put(put_session).delete(delete_session),
@@ -429,6 +430,34 @@ async fn delete_association(Ready(app): Ready, Param(clientid): Param) -> Answer
         .map_err(unavailable)?
         .ok_or_else(no_association)?;
     Ok(Json(json!({"clientid": clientid.as_str(), "revoked": true})).into_response())
+}
+
+/// Erasure (GDPR Art. 17): the subscriber's session bindings dropped, its
+/// associations revoked (reason `erased`), and its history rewritten so
+/// that nothing in the log links it to a clientid or a client address.
+async fn delete_subscriber(Ready(app): Ready, Param(msisdn): Param) -> Answer {
+    let msisdn = Msisdn::parse(&msisdn)
+        .map_err(|e| AdminError::InvalidMsisdn(e.to_string()).into_response())?;
+    let subscriber = app.key.subscriber_ref(&msisdn);
+    let sessions = app.sessions.unbind_subscriber(&subscriber);
+    let (revoked, rewritten) = app
+        .store
+        .erase_subscriber(subscriber, super::now_ms())
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::Cluster(crate::store::cluster::ClusterError::Mismatch(_)) => {
+                AdminError::NotInClusterMode.into_response()
+            }
+            e => unavailable(e),
+        })?;
+    Ok(Json(json!({
+        "subscriber": subscriber.to_hex(),
+        "erased": true,
+        "sessions_unbound": sessions,
+        "associations_revoked": revoked.len(),
+        "records_rewritten": rewritten.records,
+    }))
+    .into_response())
 }
 
 #[derive(Deserialize)]

@@ -87,6 +87,10 @@ pub enum AdminError {
     NotReady,
     #[error("the event log refuses writes after a disk error; restart once the disk is fixed")]
     LogUnavailable,
+    #[error(
+        "erasure rewrites the local log; in cluster mode the JetStream stream is the source of truth and cannot be rewritten"
+    )]
+    NotInClusterMode,
     #[error("the event log refused the write; see the server log")]
     Unavailable,
     #[error("no such admin resource")]
@@ -130,6 +134,7 @@ impl AdminError {
             AdminError::Unauthorized => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
             AdminError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "NOT_READY"),
             AdminError::LogUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "LOG_UNAVAILABLE"),
+            AdminError::NotInClusterMode => (StatusCode::CONFLICT, "NOT_IN_CLUSTER_MODE"),
             AdminError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             AdminError::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
             AdminError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),

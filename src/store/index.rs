@@ -153,6 +153,8 @@ impl Index {
                     return Err(fail(format!("code {code} is not registered")));
                 }
             }
+            // History removed without changing the state: nothing to do.
+            Event::Redacted { .. } => {}
         }
         self.last_seq.fetch_max(seq, Ordering::AcqRel);
         Ok(())

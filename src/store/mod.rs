@@ -20,6 +20,7 @@
 
 pub mod cluster;
 pub mod event;
+pub mod history;
 pub mod index;
 pub mod log;
 
@@ -161,17 +162,69 @@ impl Store {
         clientid: &ClientId,
         now_ms: u64,
     ) -> Result<Option<Association>, StoreError> {
+        self.revoke_for(clientid, None, RevokeReason::Admin, now_ms)
+            .await
+    }
+
+    /// Erases a subscriber (GDPR Art. 17): revokes each of its associations
+    /// (reason `erased`), then rewrites history so that no record links it
+    /// to a clientid or a client address ([`history::rewrite`]). Returns the
+    /// clientids revoked and what the rewrite did. Not in cluster mode: the
+    /// shared stream cannot be rewritten.
+    pub async fn erase_subscriber(
+        &self,
+        subscriber: SubscriberRef,
+        now_ms: u64,
+    ) -> Result<(Vec<ClientId>, history::Rewritten), StoreError> {
+        if self.cluster().is_some() {
+            return Err(ClusterError::Mismatch(
+                "erasure rewrites the local log; in cluster mode the JetStream stream is the \
+                 source of truth and cannot be rewritten"
+                    .into(),
+            )
+            .into());
+        }
+        let mut revoked = Vec::new();
+        for clientid in self.index().clientids_of(&subscriber) {
+            let owner = Some(subscriber);
+            let erased = self.revoke_for(&clientid, owner, RevokeReason::Erased, now_ms);
+            if erased.await?.is_some() {
+                revoked.push(clientid);
+            }
+        }
+        // On a blocking thread, and finished even if the caller goes away.
+        let log = self.log().clone();
+        let rewritten = tokio::task::spawn_blocking(move || {
+            let last = log.last_seq();
+            history::rewrite(&log, last, crate::core::Doom::Subscriber(subscriber))
+        })
+        .await
+        .expect("the rewrite does not panic")?;
+        Ok((revoked, rewritten))
+    }
+
+    /// Revokes the association of `clientid`, if it has one and (with
+    /// `owner`) that subscriber holds it.
+    async fn revoke_for(
+        &self,
+        clientid: &ClientId,
+        owner: Option<SubscriberRef>,
+        reason: RevokeReason,
+        now_ms: u64,
+    ) -> Result<Option<Association>, StoreError> {
         if let Some(link) = self.cluster() {
-            return self.revoke_replicated(link, clientid, now_ms).await;
+            return self
+                .revoke_replicated(link, clientid, owner, reason, now_ms)
+                .await;
         }
         let (guards, current) = self.lock_with_owner(clientid.as_str(), None).await;
-        let Some(current) = current else {
+        let Some(current) = current.filter(|a| owner.is_none_or(|o| a.subscriber == o)) else {
             return Ok(None);
         };
         let event = Event::AssociationRevoked {
             clientid: clientid.as_str().to_owned(),
             subscriber: current.subscriber,
-            reason: RevokeReason::Admin,
+            reason,
         };
         self.commit(vec![event], now_ms, guards).await?;
         Ok(Some(current))
@@ -369,19 +422,21 @@ impl Store {
         &self,
         link: &Link,
         clientid: &ClientId,
+        owner: Option<SubscriberRef>,
+        reason: RevokeReason,
         now_ms: u64,
     ) -> Result<Option<Association>, StoreError> {
         let subject = link.clientid_subject(clientid.as_str());
         for _ in 0..cluster::ATTEMPTS {
             let last = link.catch_up_on(&subject).await?;
             let (guards, current) = self.lock_with_owner(clientid.as_str(), None).await;
-            let Some(current) = current else {
+            let Some(current) = current.filter(|a| owner.is_none_or(|o| a.subscriber == o)) else {
                 return Ok(None);
             };
             let event = Event::AssociationRevoked {
                 clientid: clientid.as_str().to_owned(),
                 subscriber: current.subscriber,
-                reason: RevokeReason::Admin,
+                reason,
             };
             let published = link
                 .publish_all(vec![Publish {

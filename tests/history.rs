@@ -1,0 +1,254 @@
+//! History rewritten without changing the state, against a real server and
+//! its RocksDB files. Subscriber erasure (GDPR Art. 17): after `DELETE
+//! /admin/v1/subscribers/...` no byte of the data dir and no line of an
+//! export links the subscriber to its old clientids or client address;
+//! everyone else's state is as before, `log verify` passes and a restarted
+//! server agrees. Retention: `homecmp log compact --older-than` blanks what
+//! ended before the cutoff, keeps the state, and frees disk space.
+
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+
+use homecmp::store::{Event, EventLog, IdentitySource, Record, RevokeReason};
+use homecmp::wire::SubscriberRef;
+use reqwest::Method;
+use support::{CODE, TARGET, TestServer};
+
+const S: &str = "+447700900001";
+const T: &str = "+447700900002";
+const EXTRA: &str = "[auth]\non_mismatch = \"rebind\"\nassociations_per_minute = 100000\n\
+                     max_clientids_per_subscriber = 1000\n[limits]\nfirst_scans_per_sec = 0\n\
+                     shutdown_grace_ms = 200\n";
+
+/// Every file under `dir`, concatenated: what a disk image would show.
+fn all_bytes(dir: &Path) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let entry = entry.unwrap();
+        if entry.file_type().unwrap().is_dir() {
+            bytes.extend(all_bytes(&entry.path()));
+        } else {
+            bytes.extend(std::fs::read(entry.path()).unwrap());
+        }
+    }
+    bytes
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+fn export(data: &Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_homecmp"))
+        .args(["log", "export", "--data-dir"])
+        .arg(data)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_subscriber_leaves_nothing_that_links_it_to_its_clientids() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = TestServer::in_dir(&data, EXTRA).await;
+    server.put_code(CODE, TARGET).await;
+    server.bind_session("127.1.0.1", S).await;
+    server.bind_session("127.1.0.2", T).await;
+    let s_client = server.client("http1", "127.1.0.1");
+    let t_client = server.client("http1", "127.1.0.2");
+    let wifi = server.client("http1", "127.2.0.1");
+    let scan = |id: &str| format!("code={CODE}&clientid={id}");
+    let unique = |name: &str| format!("{name}-{}", uuid::Uuid::new_v4());
+    let (s1, s2, s3, t1, t2) = (
+        unique("s1"),
+        unique("s2"),
+        unique("s3"),
+        unique("t1"),
+        unique("t2"),
+    );
+    for id in [&s1, &s2, &s3] {
+        assert_eq!(server.resolve(&s_client, &scan(id)).await.0, 200);
+    }
+    for id in [&t1, &t2] {
+        assert_eq!(server.resolve(&t_client, &scan(id)).await.0, 200);
+    }
+    // s3 moves from S to T, t2 from T to S (on_mismatch = "rebind").
+    assert_eq!(server.resolve(&t_client, &scan(&s3)).await.0, 200);
+    assert_eq!(server.resolve(&s_client, &scan(&t2)).await.0, 200);
+    // The scan below can see what it looks for: before erasure, it is there.
+    assert!(contains(&all_bytes(&data), s1.as_bytes()));
+
+    let (status, body) = server
+        .admin(Method::DELETE, &format!("/admin/v1/subscribers/{S}"), None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["associations_revoked"], 3, "{body}"); // s1, s2, t2
+    assert_eq!(body["sessions_unbound"], 1, "{body}");
+    let s_ref = body["subscriber"].as_str().unwrap().to_owned();
+
+    // Everyone else as before; S's clientids are gone.
+    assert_eq!(server.resolve(&wifi, &scan(&t1)).await.0, 200);
+    assert_eq!(server.resolve(&wifi, &scan(&s3)).await.0, 200);
+    for id in [&s1, &s2, &t2] {
+        assert_eq!(server.resolve(&wifi, &scan(id)).await.0, 403, "{id}");
+    }
+    // And S, scanning again from its old address, is no longer known there.
+    assert_eq!(server.resolve(&s_client, &scan(&s1)).await.0, 403);
+
+    // No byte of the data dir links S to anything: not its keyed hash (hex
+    // or raw), not the clientids only it had.
+    let bytes = all_bytes(&data);
+    let raw_ref: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&s_ref[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    assert!(
+        !contains(&bytes, &raw_ref),
+        "S's keyed hash is still on disk"
+    );
+    assert!(!contains(&bytes, s_ref.as_bytes()));
+    for id in [&s1, &s2] {
+        assert!(!contains(&bytes, id.as_bytes()), "{id} is still on disk");
+    }
+    // Nor any record: no event names S or its address 127.1.0.1.
+    let log = EventLog::open_read_only(&data.join("events")).unwrap();
+    for item in log.read_from(1) {
+        let (seq, record) = item.unwrap();
+        let text = format!("{:?}", record.event);
+        assert!(!text.contains(&s_ref[..16]), "event {seq}: {text}");
+        assert!(!text.contains("127.1.0.1"), "event {seq}: {text}");
+        if let Event::AssociationRevoked { reason, .. } = record.event {
+            assert_ne!(
+                format!("{reason:?}"),
+                "Erased",
+                "erasure revocations are blanked too"
+            );
+        }
+    }
+    drop(log);
+    let exported = export(&data);
+    assert!(!exported.contains(&s_ref) && !exported.contains(&s1) && !exported.contains(&s2));
+    assert!(exported.contains("\"kind\":\"redacted\""), "{exported}");
+
+    // The log still verifies, and a restarted server has the same state.
+    let verify = Command::new(env!("CARGO_BIN_EXE_homecmp"))
+        .args(["log", "verify", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{verify:?}");
+    let before = server.running.app.store.index().counts();
+    server.stop().await;
+    let server = TestServer::in_dir(&data, EXTRA).await;
+    assert_eq!(server.running.app.store.index().counts(), before);
+    let index = server.running.app.store.index();
+    assert!(index.association(&s3).is_some() && index.association(&t1).is_some());
+    assert!(index.association(&s1).is_none() && index.association(&t2).is_none());
+    server.stop().await;
+}
+
+fn homecmp_log(args: &[&str], data: &Path) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_homecmp"))
+        .arg("log")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    (out.status.success(), text)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_blanks_old_ended_history_keeps_the_state_and_frees_disk() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let now = homecmp::net::now_ms();
+    let old = now - 40 * 24 * 3600 * 1000;
+    // A log as `log export` writes it, imported (no HTTP, no fsync each):
+    // 12,000 associations of as many subscribers, with UUID clientids;
+    // 11,600 ended 40 days ago, 200 ended today, 200 still live.
+    let mut lines = Vec::new();
+    let mut seq = 0;
+    let mut line = |at_ms: u64, event: Event| {
+        seq += 1;
+        let record = Record { at_ms, event };
+        let mut value = serde_json::to_value(&record).unwrap();
+        value["seq"] = seq.into();
+        lines.push(value.to_string());
+    };
+    for i in 0..12_000u32 {
+        let clientid = uuid::Uuid::new_v4().to_string();
+        let random = || uuid::Uuid::new_v4().simple().to_string();
+        let subscriber = SubscriberRef::from_hex(&(random() + &random())).unwrap();
+        line(
+            old,
+            Event::AssociationCreated {
+                clientid: clientid.clone(),
+                subscriber,
+                source: IdentitySource::SessionBinding,
+                client_addr: "127.1.0.9".parse().unwrap(),
+            },
+        );
+        let ended_at = match i {
+            0..11_600 => old + 1,
+            11_600..11_800 => now,
+            _ => continue,
+        };
+        line(
+            ended_at,
+            Event::AssociationRevoked {
+                clientid,
+                subscriber,
+                reason: RevokeReason::Admin,
+            },
+        );
+    }
+    let file = dir.path().join("history.jsonl");
+    std::fs::write(&file, lines.join("\n")).unwrap();
+    let (ok, out) = homecmp_log(&["import", "--from", file.to_str().unwrap()], &data);
+    assert!(ok, "{out}");
+    let (ok, state_before) = homecmp_log(&["replay", "--json"], &data);
+    assert!(ok, "{state_before}");
+
+    // Nothing ended 60 days ago: nothing to blank.
+    let (ok, out) = homecmp_log(&["compact", "--older-than", "60d"], &data);
+    assert!(ok && out.starts_with("blanked 0 of 23800 records"), "{out}");
+    let (ok, out) = homecmp_log(&["compact", "--older-than", "30d"], &data);
+    assert!(
+        ok && out.starts_with("blanked 23200 of 23800 records"),
+        "{out}"
+    );
+    let bytes = |text: &str, word: &str| -> u64 {
+        let at = text.find(word).unwrap();
+        text[..at]
+            .split_whitespace()
+            .last()
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (before, after) = (bytes(&out, "bytes on disk before"), bytes(&out, "after"));
+    assert!(
+        after * 2 < before,
+        "disk space freed: {before} -> {after} bytes"
+    );
+    eprintln!("log compact: {before} -> {after} bytes on disk");
+
+    let (ok, state_after) = homecmp_log(&["replay", "--json"], &data);
+    assert!(ok);
+    assert_eq!(state_after, state_before, "the same state");
+    let (ok, out) = homecmp_log(&["verify"], &data);
+    assert!(ok, "{out}");
+    let log = EventLog::open_read_only(&data.join("events")).unwrap();
+    assert_eq!(log.last_seq(), 23800, "the log stays contiguous");
+    let kept = log
+        .read_from(1)
+        .filter(|item| !matches!(item.as_ref().unwrap().1.event, Event::Redacted { .. }))
+        .count();
+    assert_eq!(kept, 600, "200 live, 200 ended today, and their creations");
+}
