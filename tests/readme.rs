@@ -107,6 +107,8 @@ fn the_curl_walkthrough_works_as_printed() {
     assert!(out.contains("by copy"), "{out}");
     assert!(out.contains("imported 2 events"), "{out}");
     drop(server);
+    let out = run_block("Retention, with the server stopped (it needs the log for writing):");
+    assert!(out.starts_with("blanked 0 of 2 records"), "{out}");
     let out = run_block("The way out of such a log, with the server stopped:");
     assert!(out.contains("kept events 1..=1"), "{out}");
 }
