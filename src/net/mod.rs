@@ -297,6 +297,11 @@ impl Running {
         {
             tracing::warn!("shutdown grace over; closing remaining connections");
         }
+        // The next start loads this and replays only what comes after it.
+        match self.app.store.write_snapshot().await {
+            Ok(seq) => tracing::info!(seq, "index snapshot written"),
+            Err(e) => tracing::warn!(error = %e, "index snapshot not written"),
+        }
     }
 }
 
@@ -458,7 +463,9 @@ fn open_quic(
 /// Opens the log and rebuilds the index from it, off the async threads.
 async fn replay(config: &Config) -> Result<Store, ServeError> {
     let log_path = config.data_dir.join(crate::LOG_DIR);
-    let store = tokio::task::spawn_blocking(move || Store::open(&log_path))
+    let snapshot = crate::store::snapshot::path(&config.data_dir);
+    let started = std::time::Instant::now();
+    let (store, how) = tokio::task::spawn_blocking(move || Store::open_from(&log_path, &snapshot))
         .await
         .expect("replay task does not panic")?;
     let counts = store.index().counts();
@@ -466,7 +473,10 @@ async fn replay(config: &Config) -> Result<Store, ServeError> {
         associations = counts.associations,
         codes = counts.codes,
         last_seq = counts.last_seq,
-        "event log replayed"
+        snapshot_seq = how.snapshot_seq,
+        replayed = how.replayed,
+        millis = started.elapsed().as_millis() as u64,
+        "index rebuilt"
     );
     Ok(store)
 }

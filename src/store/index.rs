@@ -40,6 +40,15 @@ pub struct Index {
     last_seq: AtomicU64,
 }
 
+/// The whole state, as [`Index::parts`] gives it.
+#[derive(Debug, Default)]
+pub struct Parts {
+    /// Oldest association first.
+    pub associations: Vec<(ClientId, Association)>,
+    pub codes: Vec<(String, CodeEntry)>,
+    pub last_seq: Seq,
+}
+
 /// Counts for summaries and metrics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Counts {
@@ -158,6 +167,46 @@ impl Index {
         }
         self.last_seq.fetch_max(seq, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// Everything the index holds, for a snapshot: associations oldest
+    /// first (the order that rebuilds each subscriber's list), codes, and
+    /// the last sequence applied. Consistent only while nothing applies.
+    pub fn parts(&self) -> Parts {
+        let mut associations: Vec<(ClientId, Association)> = self
+            .associations
+            .iter()
+            .map(|entry| (entry.key().clone(), *entry.value()))
+            .collect();
+        associations.sort_unstable_by_key(|(_, a)| a.seq);
+        let codes = self
+            .codes
+            .iter()
+            .map(|entry| (entry.key().to_string(), entry.value().clone()))
+            .collect();
+        Parts {
+            associations,
+            codes,
+            last_seq: self.last_seq(),
+        }
+    }
+
+    /// The index `parts` describe (the inverse of [`Index::parts`]).
+    pub fn from_parts(parts: Parts) -> Self {
+        let index = Self::new();
+        for (clientid, association) in parts.associations {
+            index
+                .subscribers
+                .entry(association.subscriber)
+                .or_default()
+                .push(clientid.clone());
+            index.associations.insert(clientid, association);
+        }
+        for (code, entry) in parts.codes {
+            index.codes.insert(code.into_boxed_str(), entry);
+        }
+        index.last_seq.store(parts.last_seq, Ordering::Release);
+        index
     }
 
     fn expect_owner(&self, clientid: &str, subscriber: &SubscriberRef) -> Result<(), String> {

@@ -238,6 +238,37 @@ impl EventLog {
         self.append_with(records, Some(Box::new(on_durable))).await
     }
 
+    /// Runs `f` on the writer thread between two group commits, with every
+    /// record handed over before it applied and none after it: the index
+    /// does not change while `f` runs (appends wait). Not on a poisoned log.
+    pub async fn between_batches<R: Send + 'static>(
+        &self,
+        f: impl FnOnce() -> R + Send + 'static,
+    ) -> Result<R, LogError> {
+        let queue = self.shared.queue.as_ref().ok_or(LogError::Closed)?;
+        let (result, ran) = oneshot::channel();
+        let (done, answer) = oneshot::channel();
+        let on_durable: OnDurable = Box::new(move |_| {
+            let _ = result.send(f());
+            Ok(())
+        });
+        queue
+            .send(Pending {
+                records: Vec::new(),
+                on_durable: Some(on_durable),
+                done,
+            })
+            .await
+            .map_err(|_| LogError::Closed)?;
+        answer.await.map_err(|_| LogError::Closed)??;
+        ran.await.map_err(|_| LogError::Closed)
+    }
+
+    /// The RocksDB handle, shared (for work handed to the writer thread).
+    pub(crate) fn db(&self) -> Arc<DB> {
+        self.shared.db.clone()
+    }
+
     async fn append_with(
         &self,
         records: Vec<Record>,

@@ -23,6 +23,7 @@ pub mod event;
 pub mod history;
 pub mod index;
 pub mod log;
+pub mod snapshot;
 
 use std::hash::{BuildHasher, Hash, RandomState};
 use std::path::Path;
@@ -67,6 +68,19 @@ struct Inner {
     hasher: RandomState,
     /// Cluster mode: changes go through the shared stream (see [`cluster`]).
     cluster: OnceLock<Arc<Link>>,
+    /// Where this store's index snapshot lives, when it keeps one.
+    snapshot: Option<std::path::PathBuf>,
+}
+
+/// How [`Store::open_from`] rebuilt the index.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Started {
+    /// The sequence the snapshot reflected, if one was used.
+    pub snapshot_seq: Option<Seq>,
+    /// Events replayed from the log (after the snapshot, or all).
+    pub replayed: u64,
+    /// Why a snapshot that was there was not used.
+    pub snapshot_refused: Option<String>,
 }
 
 /// How a replay ended, for summaries.
@@ -84,15 +98,67 @@ impl Store {
         let log = EventLog::open(path)?;
         let index = Index::new();
         replay(&log, &index, |_, _| true)?;
-        Ok(Self {
+        Ok(Self::new(log, index, None))
+    }
+
+    /// Opens the log at `path` and rebuilds the index from the snapshot at
+    /// `snapshot` (see [`snapshot`]) plus the events after it, or, when
+    /// there is none or it does not match the log, from the whole log.
+    /// [`Store::write_snapshot`] keeps the file up to date.
+    pub fn open_from(path: &Path, snapshot: &Path) -> Result<(Self, Started), StoreError> {
+        let log = EventLog::open(path)?;
+        let (index, snapshot_refused) = match snapshot::load(snapshot, &log) {
+            Ok(index) => (index, None),
+            Err(snapshot::SnapshotError::Missing) => (Index::new(), None),
+            Err(e) => {
+                tracing::warn!(error = %e, file = %snapshot.display(), "index snapshot not used: replaying the whole log");
+                (Index::new(), Some(e.to_string()))
+            }
+        };
+        let from = index.last_seq();
+        let mut replayed = 0;
+        for item in log.read_range(from + 1, Seq::MAX) {
+            let (seq, record) = item?;
+            index.apply(seq, &record)?;
+            replayed += 1;
+        }
+        let started = Started {
+            snapshot_seq: (from > 0).then_some(from),
+            replayed,
+            snapshot_refused,
+        };
+        Ok((Self::new(log, index, Some(snapshot.to_owned())), started))
+    }
+
+    fn new(log: EventLog, index: Index, snapshot: Option<std::path::PathBuf>) -> Self {
+        Self {
             inner: Arc::new(Inner {
                 log,
                 index: Arc::new(index),
                 stripes: (0..STRIPES).map(|_| Arc::new(Mutex::new(()))).collect(),
                 hasher: RandomState::new(),
                 cluster: OnceLock::new(),
+                snapshot,
             }),
-        })
+        }
+    }
+
+    /// Writes the index snapshot (a store opened with [`Store::open_from`]),
+    /// on the log's writer thread between two commits; returns the sequence
+    /// it reflects. Appends wait meanwhile: for shutdown, not for a busy
+    /// moment.
+    pub async fn write_snapshot(&self) -> Result<Option<Seq>, StoreError> {
+        let Some(file) = self.inner.snapshot.clone() else {
+            return Ok(None);
+        };
+        let (index, db) = (self.inner.index.clone(), self.log().db());
+        let written = self
+            .log()
+            .between_batches(move || snapshot::write(&index, &db, &file))
+            .await?;
+        written
+            .map(Some)
+            .map_err(|e| StoreError::Log(LogError::Write(e.to_string())))
     }
 
     pub fn index(&self) -> &Index {
@@ -200,6 +266,18 @@ impl Store {
         })
         .await
         .expect("the rewrite does not panic")?;
+        // A snapshot written before holds the subscriber's associations.
+        if let Some(file) = &self.inner.snapshot {
+            match std::fs::remove_file(file) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(StoreError::Log(LogError::Write(format!(
+                        "cannot remove {}: {e}",
+                        file.display()
+                    ))));
+                }
+                _ => {}
+            }
+        }
         Ok((revoked, rewritten))
     }
 

@@ -1,0 +1,176 @@
+//! Index snapshots against a real server's data dir: a graceful stop writes
+//! one; the next start loads it and replays only the events after it, to
+//! the same state as a full replay; a damaged, foreign or outdated snapshot
+//! is refused (named) and the whole log replayed; erasure removes it.
+
+mod support;
+
+use std::path::Path;
+
+use homecmp::store::{Store, index::Parts, snapshot};
+use reqwest::Method;
+use support::{CODE, TARGET, TestServer};
+
+const EXTRA: &str = "[auth]\nassociations_per_minute = 100000\nmax_clientids_per_subscriber = 1000\n\
+                     [limits]\nfirst_scans_per_sec = 0\nshutdown_grace_ms = 200\n";
+
+/// A comparable picture of an index: associations oldest first, codes sorted.
+fn state(parts: Parts) -> (Vec<String>, Vec<String>, u64) {
+    let associations = parts
+        .associations
+        .iter()
+        .map(|(id, a)| format!("{id} {:?} {} {}", a.subscriber, a.since_ms, a.seq))
+        .collect();
+    let mut codes: Vec<String> = parts
+        .codes
+        .iter()
+        .map(|(code, e)| format!("{code} {} {}", e.target, e.seq))
+        .collect();
+    codes.sort();
+    (associations, codes, parts.last_seq)
+}
+
+fn full_replay(data: &Path) -> (Vec<String>, Vec<String>, u64) {
+    let store = Store::open(&data.join("events")).unwrap();
+    state(store.index().parts())
+}
+
+fn open_from(data: &Path) -> (homecmp::store::Started, (Vec<String>, Vec<String>, u64)) {
+    let (store, started) = Store::open_from(&data.join("events"), &snapshot::path(data)).unwrap();
+    (started, state(store.index().parts()))
+}
+
+async fn scans(server: &TestServer, ip: &str, ids: std::ops::Range<u32>) {
+    let client = server.client("http1", ip);
+    for i in ids {
+        let (s, b) = server
+            .resolve(&client, &format!("code={CODE}&clientid=app-{i}"))
+            .await;
+        assert_eq!(s, 200, "{b}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_loads_the_snapshot_and_replays_only_what_follows() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = TestServer::in_dir(&data, EXTRA).await;
+    server.put_code(CODE, TARGET).await;
+    server.bind_session("127.1.0.1", "+447700900001").await;
+    scans(&server, "127.1.0.1", 0..20).await;
+    server.stop().await;
+    let file = snapshot::path(&data);
+    assert!(file.is_file(), "a graceful stop writes the snapshot");
+
+    let (started, from_snapshot) = open_from(&data);
+    assert_eq!(started.snapshot_seq, Some(21));
+    assert_eq!(started.replayed, 0);
+    assert_eq!(from_snapshot, full_replay(&data));
+
+    // An older snapshot (a crash after more events): the tail is replayed.
+    let old = std::fs::read(&file).unwrap();
+    let server = TestServer::in_dir(&data, EXTRA).await;
+    server.bind_session("127.1.0.1", "+447700900001").await;
+    scans(&server, "127.1.0.1", 20..30).await;
+    let (s, _) = server
+        .admin(Method::DELETE, "/admin/v1/associations/app-3", None)
+        .await;
+    assert_eq!(s, 200);
+    server.stop().await;
+    std::fs::write(&file, &old).unwrap();
+    let (started, from_snapshot) = open_from(&data);
+    assert_eq!(started.snapshot_seq, Some(21));
+    assert_eq!(started.replayed, 11);
+    assert_eq!(from_snapshot, full_replay(&data));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_foreign_or_outdated_snapshot_is_refused_and_the_log_replayed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let other = dir.path().join("other");
+    for (d, n) in [(&data, 12), (&other, 5)] {
+        let server = TestServer::in_dir(d, EXTRA).await;
+        server.put_code(CODE, TARGET).await;
+        server.bind_session("127.1.0.1", "+447700900001").await;
+        scans(&server, "127.1.0.1", 0..n).await;
+        server.stop().await;
+    }
+    let file = snapshot::path(&data);
+    let good = std::fs::read(&file).unwrap();
+    let expected = full_replay(&data);
+    let mut cases: Vec<(&str, Vec<u8>)> = Vec::new();
+    let mut flipped = good.clone();
+    let middle = flipped.len() / 2;
+    flipped[middle] ^= 0x40;
+    cases.push(("checksum mismatch", flipped));
+    cases.push(("checksum mismatch", good[..good.len() / 3].to_vec()));
+    let garbage = b"something else entirely".repeat(3);
+    cases.push(("not a homecmp index snapshot", garbage));
+    cases.push((
+        "does not match the log",
+        std::fs::read(snapshot::path(&other)).unwrap(),
+    ));
+    for (why, bytes) in cases {
+        std::fs::write(&file, &bytes).unwrap();
+        let (started, from_log) = open_from(&data);
+        let refused = started.snapshot_refused.unwrap_or_default();
+        assert!(refused.contains(why), "{why}: {refused}");
+        assert_eq!(started.snapshot_seq, None);
+        assert_eq!(started.replayed, 13);
+        assert_eq!(from_log, expected);
+    }
+    // A log cut below the snapshot (log repair --until): refused too.
+    std::fs::write(&file, &good).unwrap();
+    let repair = std::process::Command::new(env!("CARGO_BIN_EXE_homecmp"))
+        .args(["log", "repair", "--until", "5", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(repair.status.success(), "{repair:?}");
+    let (started, from_log) = open_from(&data);
+    assert!(
+        started
+            .snapshot_refused
+            .unwrap()
+            .contains("the log ends at 5")
+    );
+    assert_eq!(from_log, full_replay(&data));
+    assert_eq!(from_log.0.len(), 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erasure_removes_the_snapshot_that_holds_the_subscriber() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = TestServer::in_dir(&data, EXTRA).await;
+    server.put_code(CODE, TARGET).await;
+    server.bind_session("127.1.0.1", "+447700900001").await;
+    let clientid = format!("erased-{}", uuid::Uuid::new_v4());
+    let client = server.client("http1", "127.1.0.1");
+    let (s, _) = server
+        .resolve(&client, &format!("code={CODE}&clientid={clientid}"))
+        .await;
+    assert_eq!(s, 200);
+    server.stop().await;
+    let file = snapshot::path(&data);
+    let held = std::fs::read(&file).unwrap();
+    assert!(
+        held.windows(clientid.len())
+            .any(|w| w == clientid.as_bytes())
+    );
+
+    let server = TestServer::in_dir(&data, EXTRA).await;
+    let (s, body) = server
+        .admin(Method::DELETE, "/admin/v1/subscribers/+447700900001", None)
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert!(!file.exists(), "the old snapshot is gone with the erasure");
+    server.stop().await;
+    let fresh = std::fs::read(&file).unwrap();
+    assert!(
+        !fresh
+            .windows(clientid.len())
+            .any(|w| w == clientid.as_bytes())
+    );
+}
