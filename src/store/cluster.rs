@@ -13,7 +13,8 @@
 //! Each event goes to the subject of the key it changes: `<stream>.c.<h>`
 //! for a clientid, `<stream>.k.<h>` for a code (`h`: a hash of the key, so
 //! any clientid makes a valid subject). A change is planned on the local
-//! index once it has applied everything the stream holds for that subject,
+//! index once it has applied everything the stream holds for that subject
+//! (its last sequence read from the stream leader),
 //! and published with `Nats-Expected-Last-Subject-Sequence`: JetStream
 //! refuses it if another node wrote the subject in between. The loser
 //! catches up and plans again, and now finds what the winner made
@@ -45,6 +46,10 @@ pub const ATTEMPTS: usize = 8;
 /// Messages the follower appends to the local log in one batch (one fsync).
 const FOLLOW_BATCH: usize = 512;
 
+/// How long the follower waits for a message before it checks that it is
+/// not stuck (every fifth time also against the stream's last sequence).
+const STALL_CHECK: Duration = Duration::from_secs(1);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     /// Not reachable, not acknowledged in time, or not caught up in time.
@@ -71,6 +76,8 @@ pub struct Publish {
 pub struct Link {
     client: async_nats::Client,
     js: jetstream::Context,
+    /// The stream, without its info (no round trip to get it).
+    handle: stream::Stream<()>,
     stream: String,
     node: String,
     publish_timeout: Duration,
@@ -80,6 +87,9 @@ pub struct Link {
     nonce: u64,
     next_id: AtomicU64,
     conflicts: AtomicU64,
+    /// The highest sequence JetStream acknowledged to this node: the
+    /// follower, once idle, must have reached it (else it is stuck).
+    acknowledged: Arc<AtomicU64>,
 }
 
 impl Link {
@@ -130,14 +140,21 @@ impl Link {
         check_prefix(&stream, store, target).await?;
 
         let (applied_tx, applied) = watch::channel(store.log().last_seq());
+        let acknowledged = Arc::new(AtomicU64::new(0));
         tokio::spawn(follow(
             store.clone(),
             js.clone(),
             config.stream.clone(),
             applied_tx,
+            acknowledged.clone(),
         ));
+        let handle = js
+            .get_stream_no_info(&config.stream)
+            .await
+            .map_err(|e| unavailable("stream", &e))?;
         let link = Arc::new(Self {
             client,
+            handle,
             js,
             stream: config.stream.clone(),
             node: config.node.clone(),
@@ -146,6 +163,7 @@ impl Link {
             nonce: rand_nonce(),
             next_id: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
+            acknowledged,
         });
         let mut applied = link.applied.clone();
         let _ = applied.wait_for(|&seq| seq >= target).await;
@@ -186,14 +204,12 @@ impl Link {
         Ok(last)
     }
 
+    /// Read from the stream leader (a replica could answer an older
+    /// sequence, and every publish expecting it would then be refused).
     async fn last_on(&self, subject: &str) -> Result<Seq, ClusterError> {
-        let stream = tokio::time::timeout(self.publish_timeout, self.js.get_stream(&self.stream))
-            .await
-            .map_err(|_| ClusterError::Unavailable("stream lookup timed out".into()))?
-            .map_err(|e| ClusterError::Unavailable(format!("stream lookup: {e}")))?;
         let last = tokio::time::timeout(
             self.publish_timeout,
-            stream.get_last_raw_message_by_subject(subject),
+            self.handle.get_last_raw_message_by_subject(subject),
         )
         .await
         .map_err(|_| ClusterError::Unavailable("last message lookup timed out".into()))?;
@@ -253,8 +269,16 @@ impl Link {
                     .await
             };
             match tokio::time::timeout(self.publish_timeout, sent).await {
-                Ok(Ok(ack)) => return Ok(ack.sequence),
-                Ok(Err(e)) if e.kind() == context::PublishErrorKind::WrongLastSequence => {
+                Ok(Ok(ack)) => {
+                    self.acknowledged.fetch_max(ack.sequence, Ordering::Relaxed);
+                    return Ok(ack.sequence);
+                }
+                // 10071, or 10164 (the same check made before replication
+                // in a clustered stream), which async-nats reports as Other.
+                Ok(Err(e))
+                    if e.kind() == context::PublishErrorKind::WrongLastSequence
+                        || e.to_string().contains("wrong last sequence") =>
+                {
                     self.conflicts.fetch_add(1, Ordering::Relaxed);
                     return Err(ClusterError::Conflict);
                 }
@@ -341,10 +365,16 @@ async fn check_prefix(
 /// lives: each batch of messages is appended to the local log and applied
 /// to the index, then announced on `applied`. Any error (a lost connection,
 /// a gap) starts a new consumer from where the local log ends.
-async fn follow(store: Store, js: jetstream::Context, name: String, applied: watch::Sender<Seq>) {
+async fn follow(
+    store: Store,
+    js: jetstream::Context,
+    name: String,
+    applied: watch::Sender<Seq>,
+    acknowledged: Arc<AtomicU64>,
+) {
     loop {
         let from = store.log().last_seq() + 1;
-        match follow_from(&store, &js, &name, from, &applied).await {
+        match follow_from(&store, &js, &name, from, &applied, &acknowledged).await {
             Ok(()) => tracing::warn!(from, "cluster stream consumer ended; starting again"),
             Err(FollowError::Fatal(e)) => {
                 tracing::error!(error = %e, "cannot apply the cluster stream; this node stops following it");
@@ -369,6 +399,7 @@ async fn follow_from(
     name: &str,
     from: Seq,
     applied: &watch::Sender<Seq>,
+    acknowledged: &AtomicU64,
 ) -> Result<(), FollowError> {
     let retry = |what: &str, e: &dyn std::fmt::Display| FollowError::Retry(format!("{what}: {e}"));
     let stream = js.get_stream(name).await.map_err(|e| retry("stream", &e))?;
@@ -386,7 +417,35 @@ async fn follow_from(
         .await
         .map_err(|e| retry("messages", &e))?
         .ready_chunks(FOLLOW_BATCH);
-    while let Some(batch) = batches.next().await {
+    let mut idle_checks = 0u32;
+    loop {
+        // A consumer can stall without an error (its server died, say):
+        // idle while this node knows of later events, or while the stream
+        // has more, it is replaced.
+        let batch = match tokio::time::timeout(STALL_CHECK, batches.next()).await {
+            Ok(Some(batch)) => batch,
+            Ok(None) => return Ok(()),
+            Err(_) => {
+                let at = store.log().last_seq();
+                if acknowledged.load(Ordering::Relaxed) > at {
+                    return Err(FollowError::Retry(format!(
+                        "stalled at {at} behind this node's own writes"
+                    )));
+                }
+                idle_checks += 1;
+                if idle_checks % 5 == 0 {
+                    let last = stream.get_info().await.map(|i| i.state.last_sequence);
+                    if last.as_ref().is_ok_and(|&last| last > at) {
+                        return Err(FollowError::Retry(format!(
+                            "stalled at {at}, the stream is at {}",
+                            last.unwrap_or(0)
+                        )));
+                    }
+                }
+                continue;
+            }
+        };
+        idle_checks = 0;
         let mut next = store.log().last_seq() + 1;
         let mut records = Vec::with_capacity(batch.len());
         for message in batch {
@@ -418,7 +477,6 @@ async fn follow_from(
             .map_err(|e| FollowError::Fatal(e.to_string()))?;
         applied.send_replace(last);
     }
-    Ok(())
 }
 
 /// 24 hex digits of SHA-256: a subject token for any key, the same on
