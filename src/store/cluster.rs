@@ -433,7 +433,7 @@ async fn follow_from(
                     )));
                 }
                 idle_checks += 1;
-                if idle_checks % 5 == 0 {
+                if idle_checks.is_multiple_of(5) {
                     let last = stream.get_info().await.map(|i| i.state.last_sequence);
                     if last.as_ref().is_ok_and(|&last| last > at) {
                         return Err(FollowError::Retry(format!(
