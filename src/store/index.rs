@@ -47,6 +47,8 @@ pub struct Parts {
     pub associations: Vec<(ClientId, Association)>,
     pub codes: Vec<(String, CodeEntry)>,
     pub last_seq: Seq,
+    /// How many subscribers, when known (sizes their map up front).
+    pub subscribers: Option<usize>,
 }
 
 /// Counts for summaries and metrics.
@@ -188,24 +190,37 @@ impl Index {
             associations,
             codes,
             last_seq: self.last_seq(),
+            subscribers: Some(self.subscribers.len()),
         }
     }
 
-    /// The index `parts` describe (the inverse of [`Index::parts`]).
+    /// The index `parts` describe (the inverse of [`Index::parts`]): the
+    /// maps sized up front, the association map and the subscriber lists
+    /// filled on two threads.
     pub fn from_parts(parts: Parts) -> Self {
-        let index = Self::new();
-        for (clientid, association) in parts.associations {
-            index
-                .subscribers
-                .entry(association.subscriber)
-                .or_default()
-                .push(clientid.clone());
-            index.associations.insert(clientid, association);
-        }
-        for (code, entry) in parts.codes {
-            index.codes.insert(code.into_boxed_str(), entry);
-        }
-        index.last_seq.store(parts.last_seq, Ordering::Release);
+        let index = Self {
+            associations: DashMap::with_capacity(parts.associations.len()),
+            subscribers: DashMap::with_capacity(parts.subscribers.unwrap_or(0)),
+            codes: DashMap::with_capacity(parts.codes.len()),
+            last_seq: AtomicU64::new(parts.last_seq),
+        };
+        std::thread::scope(|scope| {
+            scope.spawn(|| {
+                for (clientid, association) in &parts.associations {
+                    index.associations.insert(clientid.clone(), *association);
+                }
+            });
+            for (clientid, association) in &parts.associations {
+                index
+                    .subscribers
+                    .entry(association.subscriber)
+                    .or_default()
+                    .push(clientid.clone());
+            }
+            for (code, entry) in &parts.codes {
+                index.codes.insert(code.as_str().into(), entry.clone());
+            }
+        });
         index
     }
 

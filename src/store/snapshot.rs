@@ -145,6 +145,7 @@ pub fn load(file: &Path, log: &EventLog) -> Result<Index, SnapshotError> {
             body.last_seq
         )));
     }
+    let subscribers = body.subscribers.len();
     let mut associations = Vec::with_capacity(body.associations.len());
     for (clientid, position, since_ms, seq) in body.associations {
         let clientid = ClientId::parse(&clientid).map_err(|e| damaged(&e.to_string()))?;
@@ -178,5 +179,6 @@ pub fn load(file: &Path, log: &EventLog) -> Result<Index, SnapshotError> {
         associations,
         codes,
         last_seq: body.last_seq,
+        subscribers: Some(subscribers),
     }))
 }

@@ -1,0 +1,184 @@
+//! Start-up and memory at scale: a log of N associations (written straight
+//! into RocksDB, not through HTTP), then, each in a fresh process so that
+//! resident memory is its own:
+//!
+//! - `full`: today's start, a replay of the whole log (then it writes the
+//!   index snapshot, timed apart);
+//! - `snapshot`: a start from that snapshot (no events after it);
+//! - `hashmap`: a plain `HashMap<[u8; 16], u64>` of N entries, the
+//!   baseline for memory per association.
+//!
+//! `cargo bench --bench startup [-- N...]` (default 1000000). Prints wall
+//! time to a ready index and resident-memory growth per association.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use homecmp::store::event::{encode_key, encode_value};
+use homecmp::store::{Event, IdentitySource, Record, Store, snapshot};
+use homecmp::wire::SubscriberRef;
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// splitmix64: reproducible ids without a random crate.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+/// N associations, two per subscriber, UUID-shaped clientids.
+fn generate(events: &Path, n: u64) {
+    let db = rocksdb::DB::open(&homecmp::store::log::db_options(), events).unwrap();
+    let mut batch = rocksdb::WriteBatch::default();
+    for i in 0..n {
+        let (a, b) = (mix(i), mix(i ^ 0x5555));
+        let clientid = format!(
+            "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
+            a >> 32,
+            (a >> 16) & 0xffff,
+            a & 0xfff,
+            b >> 52,
+            b & 0xffff_ffff_ffff
+        );
+        let s = mix(i / 2);
+        let mut subscriber = [0u8; 32];
+        for (k, chunk) in subscriber.chunks_mut(8).enumerate() {
+            chunk.copy_from_slice(&mix(s ^ k as u64).to_le_bytes());
+        }
+        let record = Record {
+            at_ms: 1_780_000_000_000 + i,
+            event: Event::AssociationCreated {
+                clientid,
+                subscriber: SubscriberRef(subscriber),
+                source: IdentitySource::SessionBinding,
+                client_addr: std::net::IpAddr::from([127, 1, (i >> 8) as u8, i as u8]),
+            },
+        };
+        batch.put(encode_key(i + 1), encode_value(&record));
+        if batch.len() >= 50_000 {
+            db.write(std::mem::take(&mut batch)).unwrap();
+        }
+    }
+    db.write(batch).unwrap();
+    db.flush().unwrap();
+    db.compact_range::<&[u8], &[u8]>(None, None);
+}
+
+/// One phase in this process; prints `ms rss_kib count [extra_ms]`.
+fn phase(name: &str, arg: &str) {
+    let before = rss_kib();
+    let started = Instant::now();
+    match name {
+        "hashmap" => {
+            let n: u64 = arg.parse().unwrap();
+            let mut map = std::collections::HashMap::with_capacity(0);
+            for i in 0..n {
+                let mut key = [0u8; 16];
+                key[..8].copy_from_slice(&mix(i).to_le_bytes());
+                key[8..].copy_from_slice(&mix(!i).to_le_bytes());
+                map.insert(key, i);
+            }
+            let ms = started.elapsed().as_millis();
+            println!("{ms} {} {}", rss_kib() - before, map.len());
+        }
+        "full" | "snapshot" => {
+            let dir = Path::new(arg);
+            let (store, started_how) =
+                Store::open_from(&dir.join("events"), &snapshot::path(dir)).unwrap();
+            let ms = started.elapsed().as_millis();
+            let grown = rss_kib() - before;
+            let count = store.index().counts().associations;
+            assert_eq!(started_how.snapshot_seq.is_some(), name == "snapshot");
+            let extra = match name {
+                "full" => {
+                    let runtime = tokio::runtime::Runtime::new().unwrap();
+                    let t = Instant::now();
+                    runtime.block_on(store.write_snapshot()).unwrap();
+                    t.elapsed().as_millis()
+                }
+                _ => 0,
+            };
+            println!("{ms} {grown} {count} {extra}");
+        }
+        other => panic!("unknown phase {other}"),
+    }
+}
+
+fn run_phase(name: &str, arg: &str) -> Vec<u64> {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env("HOMECMP_STARTUP_PHASE", name)
+        .env("HOMECMP_STARTUP_ARG", arg)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{name}: {out:?}");
+    String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .last()
+        .unwrap()
+        .split_whitespace()
+        .map(|w| w.parse().unwrap())
+        .collect()
+}
+
+fn main() {
+    if let (Ok(name), Ok(arg)) = (
+        std::env::var("HOMECMP_STARTUP_PHASE"),
+        std::env::var("HOMECMP_STARTUP_ARG"),
+    ) {
+        return phase(&name, &arg);
+    }
+    let sizes: Vec<u64> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let sizes = if sizes.is_empty() {
+        vec![1_000_000]
+    } else {
+        sizes
+    };
+    println!(
+        "{:>11} {:>9} {:>9} {:>8} {:>9} {:>13} {:>13} {:>13}",
+        "assocs",
+        "full s",
+        "snap s",
+        "ratio",
+        "write s",
+        "B/assoc full",
+        "B/assoc snap",
+        "B/HashMap"
+    );
+    for n in sizes {
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
+        generate(&dir.path().join("events"), n);
+        let arg = dir.path().to_str().unwrap();
+        let full = run_phase("full", arg);
+        let snap = run_phase("snapshot", arg);
+        let map = run_phase("hashmap", &n.to_string());
+        assert_eq!((full[2], snap[2]), (n, n));
+        let per = |kib: u64| (kib * 1024) as f64 / n as f64;
+        println!(
+            "{:>11} {:>9.2} {:>9.2} {:>7.1}x {:>9.2} {:>13.0} {:>13.0} {:>13.0}",
+            n,
+            full[0] as f64 / 1000.0,
+            snap[0] as f64 / 1000.0,
+            full[0] as f64 / snap[0].max(1) as f64,
+            full[3] as f64 / 1000.0,
+            per(full[1]),
+            per(snap[1]),
+            per(map[1]),
+        );
+    }
+}
