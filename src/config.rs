@@ -79,6 +79,9 @@ pub struct ClusterConfig {
     pub node: String,
     /// A NATS `.creds` file (JWT and seed), if the servers want one.
     pub credentials_file: Option<PathBuf>,
+    /// A file holding an NKey user seed (`SU...`), for servers that
+    /// authenticate users by NKey.
+    pub nkey_seed_file: Option<PathBuf>,
     /// Root CA (PEM) for NATS over TLS; setting it requires TLS.
     pub tls_ca_file: Option<PathBuf>,
     /// How long a change may wait for JetStream's acknowledgement.
@@ -200,6 +203,7 @@ struct RawCluster {
     replicas: usize,
     node: String,
     credentials_file: Option<PathBuf>,
+    nkey_seed_file: Option<PathBuf>,
     tls_ca_file: Option<PathBuf>,
     publish_timeout_ms: u64,
 }
@@ -212,6 +216,7 @@ impl Default for RawCluster {
             replicas: 3,
             node: String::new(),
             credentials_file: None,
+            nkey_seed_file: None,
             tls_ca_file: None,
             publish_timeout_ms: 2000,
         }
@@ -729,6 +734,7 @@ fn cluster(raw: RawCluster, errors: &mut Vec<String>) -> Option<ClusterConfig> {
         replicas: raw.replicas,
         node: raw.node,
         credentials_file: raw.credentials_file,
+        nkey_seed_file: raw.nkey_seed_file,
         tls_ca_file: raw.tls_ca_file,
         publish_timeout: Duration::from_millis(raw.publish_timeout_ms),
     })

@@ -160,6 +160,35 @@ async fn nodes_reach_nats_over_tls() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_authenticate_to_nats_with_an_nkey() {
+    let user = nkeys::KeyPair::new_user();
+    let nats = NatsCluster::start_with(
+        3,
+        &format!(
+            "authorization {{ users = [ {{ nkey: \"{}\" }} ] }}",
+            user.public_key()
+        ),
+    );
+    // The servers do refuse a client without it.
+    assert!(async_nats::connect(nats.url(0)).await.is_err());
+    let dir = tempfile::tempdir().unwrap();
+    let seed = dir.path().join("nats.nk");
+    std::fs::write(&seed, user.seed().unwrap()).unwrap();
+    let keys = format!("nkey_seed_file = \"{}\"", seed.display());
+    let a = node_with(nats.urls_toml(&[0]), "a", &keys).await;
+    a.put_code(CODE, TARGET).await;
+    let (s, body) = a
+        .resolve(&a.client("http1", "127.1.0.1"), &scan("nk-1"))
+        .await;
+    assert_eq!(
+        (s, &body["association"]),
+        (200, &json!("created")),
+        "{body}"
+    );
+    a.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_first_scans_on_every_node_make_one_association() {
     let nats = NatsCluster::start(3);
     let nodes = [

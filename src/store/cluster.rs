@@ -104,6 +104,11 @@ impl Link {
             .name(format!("homecmp-{}", config.node))
             .retry_on_initial_connect()
             .max_reconnects(None);
+        if let Some(path) = &config.nkey_seed_file {
+            let seed = std::fs::read_to_string(path)
+                .map_err(|e| unavailable(&format!("nkey_seed_file {}", path.display()), &e))?;
+            options = options.nkey(seed.trim().to_owned());
+        }
         if let Some(path) = &config.credentials_file {
             options = options
                 .credentials_file(path)
@@ -131,6 +136,7 @@ impl Link {
                 }
             }
         };
+        check_server_version(&client.server_info().version)?;
         let target = stream
             .info()
             .await
@@ -298,6 +304,24 @@ impl Link {
             true => Ok(()),
             false => Err(ClusterError::Unavailable("not connected to NATS".into())),
         }
+    }
+}
+
+/// Cluster mode relies on `Nats-Expected-Last-Subject-Sequence`, which
+/// nats-server checks reliably in a clustered stream from 2.11 on (2.9's
+/// leader-only pre-check let concurrent writes through; see the README).
+fn check_server_version(version: &str) -> Result<(), ClusterError> {
+    let mut parts = version
+        .trim_start_matches('v')
+        .split(['.', '-'])
+        .map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    match (major, minor) >= (2, 11) {
+        true => Ok(()),
+        false => Err(ClusterError::Mismatch(format!(
+            "nats-server {version} is older than 2.11, whose optimistic concurrency \
+             cluster mode relies on"
+        ))),
     }
 }
 
@@ -498,6 +522,16 @@ fn rand_nonce() -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nats_server_older_than_2_11_is_refused() {
+        assert!(check_server_version("2.15.1").is_ok());
+        assert!(check_server_version("2.11.0-RC.1").is_ok());
+        assert!(check_server_version("3.0.0").is_ok());
+        for old in ["2.9.10", "2.10.24", "", "garbage"] {
+            assert!(check_server_version(old).is_err(), "{old}");
+        }
+    }
 
     #[test]
     fn subjects_are_tokens_whatever_the_key() {
