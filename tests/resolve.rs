@@ -429,3 +429,48 @@ async fn unknown_routes_and_methods_get_json_errors_and_alt_svc() {
         .unwrap();
     assert_eq!(response.status(), 414);
 }
+
+/// curl as a browser (its Accept) or an app: status, Location, body.
+fn curl(server: &TestServer, from: &str, accept: &str, query: &str) -> (String, String, String) {
+    let ca = server.running.ca_cert.as_ref().expect("generated CA");
+    let out = std::process::Command::new("curl")
+        .args(["-s", "--max-time", "10", "--interface", from, "--cacert"])
+        .arg(ca)
+        .args(["-H", &format!("Accept: {accept}")])
+        .args(["-w", "\n%{http_code} %{redirect_url}"])
+        .arg(server.url(query).replace("localhost", "127.0.0.1"))
+        .output()
+        .expect("curl runs (scripts/dev installs it)");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let (body, last) = text.rsplit_once('\n').unwrap();
+    let (status, location) = last.split_once(' ').unwrap();
+    (status.to_owned(), location.to_owned(), body.to_owned())
+}
+
+// curl blocks its thread: the server needs the other one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_is_redirected_to_the_target_after_the_same_checks() {
+    let server = TestServer::ready("").await;
+    let browser = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+    let scan = format!("code={CODE}&clientid=browser-app");
+    // Not yet associated, from WiFi: the same refusal as for an app.
+    let (status, location, body) = curl(&server, "127.2.0.1", browser, &scan);
+    assert_eq!((status.as_str(), location.as_str()), ("403", ""), "{body}");
+    assert!(body.contains("RETRY_ON_MNO_NETWORK"), "{body}");
+    // First scan over the MNO network: associated, and sent to the target.
+    let (status, location, body) = curl(&server, "127.1.0.1", browser, &scan);
+    assert_eq!(
+        (status.as_str(), location.as_str()),
+        ("302", TARGET),
+        "{body}"
+    );
+    assert_eq!(body, "");
+    // An app keeps getting JSON.
+    let (status, _, body) = curl(&server, "127.2.0.1", "application/json", &scan);
+    assert_eq!(status, "200");
+    let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["association"], "existing");
+    let (status, _, _) = curl(&server, "127.2.0.1", "*/*", &scan);
+    assert_eq!(status, "200");
+    server.stop().await;
+}

@@ -199,6 +199,11 @@ async fn run_resolution(
     let target = core::resolve(&app.config.policy, &permit, &code, |code| {
         index.code(code).map(|entry| entry.target)
     })?;
+    if prefers_html(headers)
+        && let Ok(location) = http::HeaderValue::from_str(&target)
+    {
+        return Ok(redirect(location));
+    }
     let body = Resolved {
         code: code.as_str(),
         kind: "url",
@@ -209,4 +214,86 @@ async fn run_resolution(
         StatusCode::OK,
         serde_json::to_vec(&body).expect("serialisable"),
     ))
+}
+
+/// A browser (it asks for `text/html` above any JSON) is sent to the
+/// target; the decision before it is the same as for an app.
+fn redirect(location: http::HeaderValue) -> Response<Bytes> {
+    let mut response = Response::new(Bytes::new());
+    *response.status_mut() = StatusCode::FOUND;
+    let headers = response.headers_mut();
+    headers.insert(http::header::LOCATION, location);
+    headers.insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-store"),
+    );
+    headers.insert(http::header::VARY, http::HeaderValue::from_static("accept"));
+    response
+}
+
+/// Whether `Accept` prefers `text/html` to JSON: `text/html` with a quality
+/// above that of `application/json` (or `application/*`, `*/*`, whichever
+/// names JSON most closely). A tie, no `Accept`, or `*/*` alone is JSON:
+/// apps keep getting what DESIGN §4 promises.
+fn prefers_html(headers: &HeaderMap) -> bool {
+    let mut html: Option<f32> = None;
+    let mut json: (u8, f32) = (0, 0.0); // (specificity, quality)
+    for value in headers.get_all(http::header::ACCEPT) {
+        let Ok(value) = value.to_str() else {
+            continue;
+        };
+        for range in value.split(',') {
+            let mut parts = range.split(';');
+            let kind = parts.next().unwrap_or("").trim().to_ascii_lowercase();
+            let quality = parts
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .find_map(|q| q.trim().parse::<f32>().ok())
+                .unwrap_or(1.0);
+            let json_specificity = match kind.as_str() {
+                "application/json" => 3,
+                "application/*" => 2,
+                "*/*" => 1,
+                "text/html" => {
+                    html = Some(html.map_or(quality, |h| h.max(quality)));
+                    0
+                }
+                _ => 0,
+            };
+            if json_specificity > json.0 {
+                json = (json_specificity, quality);
+            }
+        }
+    }
+    html.is_some_and(|h| h > 0.0 && h > json.1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::ACCEPT, value.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn browsers_prefer_html_and_apps_json() {
+        let firefox = "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8";
+        let chrome = "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,\
+                      image/webp,image/apng,*/*;q=0.8,application/signed-exchange;v=b3;q=0.7";
+        assert!(prefers_html(&accept(firefox)));
+        assert!(prefers_html(&accept(chrome)));
+        for app in [
+            "application/json",
+            "*/*",
+            "application/json, text/html",
+            "text/html;q=0.5, application/json",
+            "text/html;q=0",
+            "text/plain",
+        ] {
+            assert!(!prefers_html(&accept(app)), "{app}");
+        }
+        assert!(!prefers_html(&HeaderMap::new()));
+    }
 }
