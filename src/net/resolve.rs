@@ -296,4 +296,18 @@ mod tests {
         }
         assert!(!prefers_html(&HeaderMap::new()));
     }
+
+    proptest::proptest! {
+        /// Any header a client can send, in any number: an answer, no panic.
+        #[test]
+        fn any_accept_header_gets_an_answer(values in proptest::collection::vec("[ -~]{0,80}", 0..4)) {
+            let mut headers = HeaderMap::new();
+            for value in &values {
+                if let Ok(value) = http::HeaderValue::from_str(value) {
+                    headers.append(http::header::ACCEPT, value);
+                }
+            }
+            let _ = prefers_html(&headers);
+        }
+    }
 }
