@@ -120,6 +120,13 @@ async fn a_change_on_one_node_holds_on_the_others() {
         .map(Result::unwrap)
         .collect();
     assert_eq!(log_a, log_c, "the same log, record for record");
+    // The SRE's tools work on a node's copy as on a single node's log.
+    let verify = std::process::Command::new(env!("CARGO_BIN_EXE_homecmp"))
+        .args(["log", "verify", "--data-dir"])
+        .arg(&c.data_dir)
+        .output()
+        .unwrap();
+    assert!(verify.status.success(), "{verify:?}");
     for n in [a, b, c] {
         n.stop().await;
     }
