@@ -18,6 +18,8 @@ use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, context, stream};
 
+mod common;
+
 #[path = "../tests/support/nats.rs"]
 #[allow(dead_code)]
 mod nats;
@@ -32,8 +34,8 @@ enum Layout {
 
 impl Layout {
     fn subject(self, stream: &str, clientid: u64) -> String {
-        // splitmix-style mixing: a stand-in for the hash of the clientid.
-        let hash = clientid.wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(29);
+        // A stand-in for the hash of the clientid.
+        let hash = common::mix(clientid);
         match self {
             Layout::PerClientid => format!("{stream}.c.{hash:016x}"),
             Layout::Buckets(n) => format!("{stream}.b.{}", hash % n),
@@ -46,17 +48,6 @@ impl Layout {
             Layout::Buckets(n) => format!("{n} hash buckets"),
         }
     }
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 async fn create(
@@ -82,7 +73,11 @@ async fn create(
             .await
         {
             Ok(_) => return,
-            Err(e) if e.kind() == context::PublishErrorKind::WrongLastSequence => {
+            // 10071, or 10164 (checked before replication), as in the server.
+            Err(e)
+                if e.kind() == context::PublishErrorKind::WrongLastSequence
+                    || e.to_string().contains("wrong last sequence") =>
+            {
                 conflicts.fetch_add(1, Ordering::Relaxed);
             }
             Err(e) => panic!("publish: {e}"),
@@ -107,7 +102,7 @@ async fn run(cluster: &nats::NatsCluster, layout: Layout, name: &str, creations:
         }
     };
     let pids = cluster.pids();
-    let rss_before: u64 = pids.iter().map(|&p| rss_kib(p)).sum();
+    let rss_before: u64 = pids.iter().map(|&p| common::rss_kib(&p.to_string())).sum();
     let next = Arc::new(AtomicU64::new(0));
     let conflicts = Arc::new(AtomicU64::new(0));
     // ~the size of an association_created record.
@@ -140,7 +135,7 @@ async fn run(cluster: &nats::NatsCluster, layout: Layout, name: &str, creations:
     }
     let secs = started.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let rss_after: u64 = pids.iter().map(|&p| rss_kib(p)).sum();
+    let rss_after: u64 = pids.iter().map(|&p| common::rss_kib(&p.to_string())).sum();
     println!(
         "{:<22} {:>9.0} creations/s  {:>7} races lost  {:>8.0} B of server RSS per event (3 servers)",
         layout.name(),
@@ -152,7 +147,10 @@ async fn run(cluster: &nats::NatsCluster, layout: Layout, name: &str, creations:
 
 fn main() {
     let mut args = std::env::args().skip(1).filter(|a| !a.starts_with("--"));
-    let creations: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(50_000);
+    // `cargo bench --benches -- --test` (criterion's smoke run): small.
+    let smoke = std::env::args().any(|a| a == "--test");
+    let default = if smoke { 2_000 } else { 50_000 };
+    let creations: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(default);
     let buckets: u64 = args.next().and_then(|a| a.parse().ok()).unwrap_or(1024);
     let runtime = tokio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {

@@ -11,6 +11,8 @@
 //! `cargo bench --bench startup [-- N...]` (default 1000000). Prints wall
 //! time to a ready index and resident-memory growth per association.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
@@ -19,23 +21,10 @@ use homecmp::store::event::{encode_key, encode_value};
 use homecmp::store::{Event, IdentitySource, Record, Store, snapshot};
 use homecmp::wire::SubscriberRef;
 
-fn rss_kib() -> u64 {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
+use common::{mix, rss_kib};
 
-/// splitmix64: reproducible ids without a random crate.
-fn mix(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    x ^ (x >> 31)
+fn rss() -> u64 {
+    rss_kib("self")
 }
 
 /// N associations, two per subscriber, UUID-shaped clientids.
@@ -78,7 +67,7 @@ fn generate(events: &Path, n: u64) {
 
 /// One phase in this process; prints `ms rss_kib count [extra_ms]`.
 fn phase(name: &str, arg: &str) {
-    let before = rss_kib();
+    let before = rss();
     let started = Instant::now();
     match name {
         "hashmap" => {
@@ -91,14 +80,14 @@ fn phase(name: &str, arg: &str) {
                 map.insert(key, i);
             }
             let ms = started.elapsed().as_millis();
-            println!("{ms} {} {}", rss_kib() - before, map.len());
+            println!("{ms} {} {}", rss() - before, map.len());
         }
         "full" | "snapshot" => {
             let dir = Path::new(arg);
             let (store, started_how) =
                 Store::open_from(&dir.join("events"), &snapshot::path(dir)).unwrap();
             let ms = started.elapsed().as_millis();
-            let grown = rss_kib() - before;
+            let grown = rss() - before;
             let count = store.index().counts().associations;
             assert_eq!(started_how.snapshot_seq.is_some(), name == "snapshot");
             let extra = match name {
@@ -144,10 +133,12 @@ fn main() {
         .skip(1)
         .filter_map(|a| a.parse().ok())
         .collect();
-    let sizes = if sizes.is_empty() {
-        vec![1_000_000]
-    } else {
-        sizes
+    // `cargo bench --benches -- --test` (criterion's smoke run): small.
+    let smoke = std::env::args().any(|a| a == "--test");
+    let sizes = match (sizes.is_empty(), smoke) {
+        (false, _) => sizes,
+        (true, true) => vec![20_000],
+        (true, false) => vec![1_000_000],
     };
     println!(
         "{:>11} {:>9} {:>9} {:>8} {:>9} {:>13} {:>13} {:>13}",

@@ -75,6 +75,19 @@ impl std::str::FromStr for Until {
     }
 }
 
+/// The log for writing, as `repair` and `compact` need it: refused while a
+/// server holds it.
+fn open_for_writing(data_dir: &Path) -> Result<EventLog, SreError> {
+    let path = data_dir.join(crate::LOG_DIR);
+    if !path.join("CURRENT").is_file() {
+        return Err(SreError::Open(LogError::Missing {
+            path: path.display().to_string(),
+        }));
+    }
+    EventLog::open_for_repair(&path)
+        .map_err(|e| SreError::Repair(format!("{e} (is a server still running on this data dir?)")))
+}
+
 fn open(data_dir: &Path) -> Result<EventLog, SreError> {
     EventLog::open_read_only(&data_dir.join(crate::LOG_DIR)).map_err(SreError::Open)
 }
@@ -242,15 +255,7 @@ pub fn repair(
     until: Option<Seq>,
     out: &mut impl Write,
 ) -> Result<Repaired, SreError> {
-    let path = data_dir.join(crate::LOG_DIR);
-    if !path.join("CURRENT").is_file() {
-        return Err(SreError::Open(LogError::Missing {
-            path: path.display().to_string(),
-        }));
-    }
-    let log = EventLog::open_for_repair(&path).map_err(|e| {
-        SreError::Repair(format!("{e} (is a server still running on this data dir?)"))
-    })?;
+    let log = open_for_writing(data_dir)?;
     let index = Index::new();
     let first_error = store::replay(&log, &index, |_, _| true)
         .err()
@@ -343,15 +348,7 @@ pub fn compact(
     older_than: Duration,
     out: &mut impl Write,
 ) -> Result<Compacted, SreError> {
-    let path = data_dir.join(crate::LOG_DIR);
-    if !path.join("CURRENT").is_file() {
-        return Err(SreError::Open(LogError::Missing {
-            path: path.display().to_string(),
-        }));
-    }
-    let log = EventLog::open_for_repair(&path).map_err(|e| {
-        SreError::Repair(format!("{e} (is a server still running on this data dir?)"))
-    })?;
+    let log = open_for_writing(data_dir)?;
     let index = Index::new();
     store::replay(&log, &index, |_, _| true).map_err(SreError::Check)?;
     let cutoff = crate::net::now_ms().saturating_sub(older_than.as_millis() as u64);

@@ -71,6 +71,16 @@ pub struct Publish {
     pub record: Record,
 }
 
+impl Publish {
+    pub fn new(subject: String, expected: Seq, at_ms: u64, event: super::Event) -> Self {
+        Self {
+            subject,
+            expected,
+            record: Record { at_ms, event },
+        }
+    }
+}
+
 /// A node's connection to the shared stream.
 #[derive(Debug)]
 pub struct Link {

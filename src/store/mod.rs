@@ -466,32 +466,20 @@ impl Store {
                             self.index().association(id).map_or(0, |a| a.seq),
                         ),
                     };
-                    Publish {
-                        subject,
-                        expected,
-                        record: Record {
-                            at_ms: now_ms,
-                            event,
-                        },
-                    }
+                    Publish::new(subject, expected, now_ms, event)
                 })
                 .collect();
-            let published = link.publish_all(publishes).await;
-            drop(guards);
-            match published {
-                Ok(seq) => {
-                    return Ok(match rebound_from {
-                        None => Associated::Created { seq, superseded },
-                        Some(from) => Associated::Rebound {
-                            seq,
-                            from,
-                            superseded,
-                        },
-                    });
-                }
-                Err(ClusterError::Conflict) => continue,
-                Err(e) => return Err(e.into()),
-            }
+            let Some(seq) = publish_planned(link, publishes, guards).await? else {
+                continue;
+            };
+            return Ok(match rebound_from {
+                None => Associated::Created { seq, superseded },
+                Some(from) => Associated::Rebound {
+                    seq,
+                    from,
+                    superseded,
+                },
+            });
         }
         Err(lost_every_race())
     }
@@ -516,21 +504,9 @@ impl Store {
                 subscriber: current.subscriber,
                 reason,
             };
-            let published = link
-                .publish_all(vec![Publish {
-                    subject: subject.clone(),
-                    expected: last,
-                    record: Record {
-                        at_ms: now_ms,
-                        event,
-                    },
-                }])
-                .await;
-            drop(guards);
-            match published {
-                Ok(_) => return Ok(Some(current)),
-                Err(ClusterError::Conflict) => continue,
-                Err(e) => return Err(e.into()),
+            let publish = vec![Publish::new(subject.clone(), last, now_ms, event)];
+            if publish_planned(link, publish, guards).await?.is_some() {
+                return Ok(Some(current));
             }
         }
         Err(lost_every_race())
@@ -552,21 +528,9 @@ impl Store {
             if matches!(event, Event::CodeRemoved { .. }) && self.index().code(code).is_none() {
                 return Ok(None);
             }
-            let published = link
-                .publish_all(vec![Publish {
-                    subject: subject.clone(),
-                    expected: last,
-                    record: Record {
-                        at_ms: now_ms,
-                        event: event.clone(),
-                    },
-                }])
-                .await;
-            drop(guards);
-            match published {
-                Ok(seq) => return Ok(Some(seq)),
-                Err(ClusterError::Conflict) => continue,
-                Err(e) => return Err(e.into()),
+            let publish = vec![Publish::new(subject.clone(), last, now_ms, event.clone())];
+            if let Some(seq) = publish_planned(link, publish, guards).await? {
+                return Ok(Some(seq));
             }
         }
         Err(lost_every_race())
@@ -587,6 +551,23 @@ impl Store {
             guards.push(self.inner.stripes[i].clone().lock_owned().await);
         }
         guards
+    }
+}
+
+/// Publishes a planned change (see [`Link::publish_all`]) and then lets go
+/// of the stripes it was planned under: `Some(seq)` of its last event once
+/// applied here, `None` when another node changed a key first (plan again).
+async fn publish_planned(
+    link: &Link,
+    events: Vec<Publish>,
+    guards: Vec<OwnedMutexGuard<()>>,
+) -> Result<Option<Seq>, StoreError> {
+    let published = link.publish_all(events).await;
+    drop(guards);
+    match published {
+        Ok(seq) => Ok(Some(seq)),
+        Err(ClusterError::Conflict) => Ok(None),
+        Err(e) => Err(e.into()),
     }
 }
 
