@@ -440,16 +440,21 @@ async fn delete_subscriber(Ready(app): Ready, Param(msisdn): Param) -> Answer {
         .map_err(|e| AdminError::InvalidMsisdn(e.to_string()).into_response())?;
     let subscriber = app.key.subscriber_ref(&msisdn);
     let sessions = app.sessions.unbind_subscriber(&subscriber);
-    let (revoked, rewritten) = app
-        .store
-        .erase_subscriber(subscriber, super::now_ms())
-        .await
-        .map_err(|e| match e {
-            crate::store::StoreError::Cluster(crate::store::cluster::ClusterError::Mismatch(_)) => {
-                AdminError::NotInClusterMode.into_response()
-            }
-            e => unavailable(e),
-        })?;
+    // Its own task: a client that goes away mid-erasure (a reset, a closed
+    // socket) does not leave the history half rewritten.
+    let store = app.store.clone();
+    let erasure =
+        tokio::spawn(async move { store.erase_subscriber(subscriber, super::now_ms()).await });
+    let (revoked, rewritten) =
+        erasure
+            .await
+            .expect("erasure does not panic")
+            .map_err(|e| match e {
+                crate::store::StoreError::Cluster(
+                    crate::store::cluster::ClusterError::Mismatch(_),
+                ) => AdminError::NotInClusterMode.into_response(),
+                e => unavailable(e),
+            })?;
     Ok(Json(json!({
         "subscriber": subscriber.to_hex(),
         "erased": true,

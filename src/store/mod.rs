@@ -116,12 +116,7 @@ impl Store {
             }
         };
         let from = index.last_seq();
-        let mut replayed = 0;
-        for item in log.read_range(from + 1, Seq::MAX) {
-            let (seq, record) = item?;
-            index.apply(seq, &record)?;
-            replayed += 1;
-        }
+        let replayed = replay(&log, &index, |_, _| true)?.events;
         let started = Started {
             snapshot_seq: (from > 0).then_some(from),
             replayed,
@@ -296,13 +291,8 @@ impl Store {
                 .await;
         }
         let (guards, current) = self.lock_with_owner(clientid.as_str(), None).await;
-        let Some(current) = current.filter(|a| owner.is_none_or(|o| a.subscriber == o)) else {
+        let Some((current, event)) = revocation(clientid, current, owner, reason) else {
             return Ok(None);
-        };
-        let event = Event::AssociationRevoked {
-            clientid: clientid.as_str().to_owned(),
-            subscriber: current.subscriber,
-            reason,
         };
         self.commit(vec![event], now_ms, guards).await?;
         Ok(Some(current))
@@ -496,13 +486,8 @@ impl Store {
         for _ in 0..cluster::ATTEMPTS {
             let last = link.catch_up_on(&subject).await?;
             let (guards, current) = self.lock_with_owner(clientid.as_str(), None).await;
-            let Some(current) = current.filter(|a| owner.is_none_or(|o| a.subscriber == o)) else {
+            let Some((current, event)) = revocation(clientid, current, owner, reason) else {
                 return Ok(None);
-            };
-            let event = Event::AssociationRevoked {
-                clientid: clientid.as_str().to_owned(),
-                subscriber: current.subscriber,
-                reason,
             };
             let publish = vec![Publish::new(subject.clone(), last, now_ms, event)];
             if publish_planned(link, publish, guards).await?.is_some() {
@@ -554,6 +539,23 @@ impl Store {
     }
 }
 
+/// The event that revokes `current`, the association of `clientid`, if
+/// there is one and (with `owner`) that subscriber holds it.
+fn revocation(
+    clientid: &ClientId,
+    current: Option<Association>,
+    owner: Option<SubscriberRef>,
+    reason: RevokeReason,
+) -> Option<(Association, Event)> {
+    let current = current.filter(|a| owner.is_none_or(|o| a.subscriber == o))?;
+    let event = Event::AssociationRevoked {
+        clientid: clientid.as_str().to_owned(),
+        subscriber: current.subscriber,
+        reason,
+    };
+    Some((current, event))
+}
+
 /// Publishes a planned change (see [`Link::publish_all`]) and then lets go
 /// of the stripes it was planned under: `Some(seq)` of its last event once
 /// applied here, `None` when another node changed a key first (plan again).
@@ -579,9 +581,10 @@ fn lost_every_race() -> StoreError {
     .into()
 }
 
-/// Applies the log's events in order to `index` while `keep(seq, record)`
-/// says so. Stops with an error at the first record that does not read back
-/// or does not apply.
+/// Applies the log's events after the index's last one (all of them for a
+/// new index; the tail for one loaded from a snapshot) in order to `index`
+/// while `keep(seq, record)` says so. Stops with an error at the first
+/// record that does not read back or does not apply.
 pub fn replay(
     log: &EventLog,
     index: &Index,
@@ -599,7 +602,7 @@ pub fn replay_until(
     mut keep: impl FnMut(Seq, &Record) -> bool,
 ) -> Result<Replayed, StoreError> {
     let mut events = 0;
-    for item in log.read_range(0, last) {
+    for item in log.read_range(index.last_seq() + 1, last) {
         let (seq, record) = item?;
         if !keep(seq, &record) {
             break;
