@@ -20,17 +20,12 @@ use support::{CODE, TARGET, TestServer};
 const EXTRA: &str = "[auth]\nassociations_per_minute = 1000000\nmax_clientids_per_subscriber = 100000\n\
                      [limits]\nfirst_scans_per_sec = 0\nshutdown_grace_ms = 200\n";
 
-/// `homecmp <args...>` where each `None` is replaced by the next path.
-fn run(args: &[Option<&str>], paths: &[&Path]) -> Output {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_homecmp"));
-    let mut paths = paths.iter();
-    for arg in args {
-        match arg {
-            Some(text) => command.arg(text),
-            None => command.arg(paths.next().expect("a path for each None")),
-        };
-    }
-    command.output().expect("run homecmp")
+/// `homecmp <args...>`, as an operator types it.
+fn homecmp(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_homecmp"))
+        .args(args.iter().map(|a| a.as_ref()))
+        .output()
+        .expect("run homecmp")
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -85,12 +80,7 @@ async fn a_backup_under_load_restores_every_association_acknowledged_before_it()
     let backup_dir = dir.path().join("backup");
     let output = tokio::task::spawn_blocking({
         let (data, backup_dir) = (data.clone(), backup_dir.clone());
-        move || {
-            run(
-                &[Some("backup"), Some("--data-dir"), None, Some("--to"), None],
-                &[&data, &backup_dir],
-            )
-        }
+        move || homecmp(&[&"backup", &"--data-dir", &data, &"--to", &backup_dir])
     })
     .await
     .unwrap();
@@ -112,42 +102,24 @@ async fn a_backup_under_load_restores_every_association_acknowledged_before_it()
     );
 
     let restored = dir.path().join("restored");
-    let output = run(
-        &[
-            Some("restore"),
-            Some("--from"),
-            None,
-            Some("--data-dir"),
-            None,
-        ],
-        &[&backup_dir, &restored],
-    );
+    let output = homecmp(&[&"restore", &"--from", &backup_dir, &"--data-dir", &restored]);
     assert_success(&output);
-    let output = run(
-        &[Some("log"), Some("verify"), Some("--data-dir"), None],
-        &[&restored],
-    );
+    let output = homecmp(&[&"log", &"verify", &"--data-dir", &restored]);
     assert_success(&output);
     // A second restore into the same dir is refused, and changes nothing.
-    let again = run(
-        &[
-            Some("restore"),
-            Some("--from"),
-            None,
-            Some("--data-dir"),
-            None,
-        ],
-        &[&backup_dir, &restored],
-    );
+    let again = homecmp(&[&"restore", &"--from", &backup_dir, &"--data-dir", &restored]);
     assert!(!again.status.success());
     assert!(text(&again.stderr).contains("already has an event log"));
 
     Arc::into_inner(server).expect("load done").stop().await;
     // The server stopped: the backup is a RocksDB checkpoint.
-    let output = run(
-        &[Some("backup"), Some("--data-dir"), None, Some("--to"), None],
-        &[&data, &dir.path().join("backup-stopped")],
-    );
+    let output = homecmp(&[
+        &"backup",
+        &"--data-dir",
+        &data,
+        &"--to",
+        &dir.path().join("backup-stopped"),
+    ]);
     assert_success(&output);
     assert!(text(&output.stdout).contains(" by checkpoint "));
 
@@ -194,26 +166,20 @@ async fn an_export_imported_into_an_empty_data_dir_is_the_same_log() {
     assert_eq!(s, 200);
     server.stop().await;
 
-    let export = run(
-        &[Some("log"), Some("export"), Some("--data-dir"), None],
-        &[&data],
-    );
+    let export = homecmp(&[&"log", &"export", &"--data-dir", &data]);
     assert_success(&export);
     let file = dir.path().join("export.jsonl");
     std::fs::write(&file, &export.stdout).unwrap();
 
     let imported = dir.path().join("imported");
-    let output = run(
-        &[
-            Some("log"),
-            Some("import"),
-            Some("--data-dir"),
-            None,
-            Some("--from"),
-            None,
-        ],
-        &[&imported, &file],
-    );
+    let output = homecmp(&[
+        &"log",
+        &"import",
+        &"--data-dir",
+        &imported,
+        &"--from",
+        &file,
+    ]);
     assert_success(&output);
     assert_eq!(
         records(&imported),
@@ -221,33 +187,21 @@ async fn an_export_imported_into_an_empty_data_dir_is_the_same_log() {
         "the same log, record for record"
     );
     let replay = |d: &Path| {
-        let out = run(
-            &[
-                Some("log"),
-                Some("replay"),
-                Some("--json"),
-                Some("--data-dir"),
-                None,
-            ],
-            &[d],
-        );
+        let out = homecmp(&[&"log", &"replay", &"--json", &"--data-dir", &d]);
         assert_success(&out);
         out.stdout
     };
     assert_eq!(replay(&imported), replay(&data), "the same state");
 
     // Into a data dir that has a log: refused.
-    let again = run(
-        &[
-            Some("log"),
-            Some("import"),
-            Some("--data-dir"),
-            None,
-            Some("--from"),
-            None,
-        ],
-        &[&imported, &file],
-    );
+    let again = homecmp(&[
+        &"log",
+        &"import",
+        &"--data-dir",
+        &imported,
+        &"--from",
+        &file,
+    ]);
     assert!(!again.status.success());
     assert!(text(&again.stderr).contains("already has an event log"));
 
@@ -260,17 +214,7 @@ async fn an_export_imported_into_an_empty_data_dir_is_the_same_log() {
     swapped.swap(1, 2);
     std::fs::write(&file, swapped.join("\n")).unwrap();
     let bad = dir.path().join("bad");
-    let output = run(
-        &[
-            Some("log"),
-            Some("import"),
-            Some("--data-dir"),
-            None,
-            Some("--from"),
-            None,
-        ],
-        &[&bad, &file],
-    );
+    let output = homecmp(&[&"log", &"import", &"--data-dir", &bad, &"--from", &file]);
     assert!(!output.status.success());
     assert!(
         text(&output.stderr).contains("line 2: sequence 3 where 2 comes next"),
@@ -291,17 +235,7 @@ async fn an_export_imported_into_an_empty_data_dir_is_the_same_log() {
     );
     twice.push(&repeated);
     std::fs::write(&file, twice.join("\n")).unwrap();
-    let output = run(
-        &[
-            Some("log"),
-            Some("import"),
-            Some("--data-dir"),
-            None,
-            Some("--from"),
-            None,
-        ],
-        &[&bad, &file],
-    );
+    let output = homecmp(&[&"log", &"import", &"--data-dir", &bad, &"--from", &file]);
     assert!(!output.status.success());
     assert!(
         text(&output.stderr).contains("does not apply"),

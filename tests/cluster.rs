@@ -50,6 +50,18 @@ async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
     }
 }
 
+/// A first scan of `clientid` on `node` from `ip` (an MNO address): created.
+async fn first_scan_creates(node: &TestServer, protocol: &str, ip: &str, clientid: &str) {
+    let (s, body) = node
+        .resolve(&node.client(protocol, ip), &scan(clientid))
+        .await;
+    assert_eq!(
+        (s, &body["association"]),
+        (200, &json!("created")),
+        "{body}"
+    );
+}
+
 fn scan(clientid: &str) -> String {
     format!("code={CODE}&clientid={clientid}")
 }
@@ -74,14 +86,7 @@ async fn a_change_on_one_node_holds_on_the_others() {
     let b = node(&nats, &[1], "b").await;
     a.put_code(CODE, TARGET).await;
 
-    let (s, body) = a
-        .resolve(&a.client("http2", "127.1.0.1"), &scan("app-1"))
-        .await;
-    assert_eq!(
-        (s, &body["association"]),
-        (200, &json!("created")),
-        "{body}"
-    );
+    first_scan_creates(&a, "http2", "127.1.0.1", "app-1").await;
     // Acknowledged by A: A has applied it; B follows the stream.
     let wifi_b = b.client("http2", "127.2.0.1");
     eventually("B honours A's association", async || {
@@ -149,14 +154,7 @@ async fn nodes_reach_nats_over_tls() {
     let a = node_with(urls(0), "a", &ca).await;
     let b = node_with(urls(1), "b", &ca).await;
     a.put_code(CODE, TARGET).await;
-    let (s, body) = a
-        .resolve(&a.client("http1", "127.1.0.1"), &scan("tls-1"))
-        .await;
-    assert_eq!(
-        (s, &body["association"]),
-        (200, &json!("created")),
-        "{body}"
-    );
+    first_scan_creates(&a, "http1", "127.1.0.1", "tls-1").await;
     let wifi_b = b.client("http1", "127.2.0.1");
     eventually("B honours it", async || {
         b.resolve(&wifi_b, &scan("tls-1")).await.0 == 200
@@ -184,14 +182,7 @@ async fn nodes_authenticate_to_nats_with_an_nkey() {
     let keys = format!("nkey_seed_file = \"{}\"", seed.display());
     let a = node_with(nats.urls_toml(&[0]), "a", &keys).await;
     a.put_code(CODE, TARGET).await;
-    let (s, body) = a
-        .resolve(&a.client("http1", "127.1.0.1"), &scan("nk-1"))
-        .await;
-    assert_eq!(
-        (s, &body["association"]),
-        (200, &json!("created")),
-        "{body}"
-    );
+    first_scan_creates(&a, "http1", "127.1.0.1", "nk-1").await;
     a.stop().await;
 }
 
@@ -268,14 +259,7 @@ async fn a_node_cut_from_jetstream_serves_refuses_creations_and_converges() {
     let a = node(&nats, &[0], "a").await;
     let c = node(&nats, &[2], "c").await;
     a.put_code(CODE, TARGET).await;
-    let (s, body) = a
-        .resolve(&a.client("http1", "127.1.0.1"), &scan("before"))
-        .await;
-    assert_eq!(
-        (s, &body["association"]),
-        (200, &json!("created")),
-        "{body}"
-    );
+    first_scan_creates(&a, "http1", "127.1.0.1", "before").await;
     let wifi_c = c.client("http1", "127.2.0.1");
     eventually("C has it", async || {
         c.resolve(&wifi_c, &scan("before")).await.0 == 200
@@ -381,7 +365,6 @@ impl Drop for ChildNode {
 impl ChildNode {
     /// Starts `homecmp serve` and waits for its ready line (blocking).
     fn start(urls_toml: &str, name: &str, dir: &std::path::Path) -> Self {
-        use std::io::{BufRead, BufReader};
         let config = dir.join(format!("{name}.toml"));
         std::fs::write(
             &config,
@@ -395,28 +378,16 @@ impl ChildNode {
             ),
         )
         .unwrap();
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_homecmp"))
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_homecmp"));
+        command
             .args(["serve", "--config"])
             .arg(&config)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap())
-            .spawn()
-            .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        assert!(line.starts_with("homecmp ready "), "{line:?}");
-        let field = |name: &str| {
-            line.split_whitespace()
-                .find_map(|f| f.strip_prefix(&format!("{name}=")))
-                .unwrap()
-                .to_owned()
-        };
+            .stderr(std::fs::File::create(dir.join(format!("{name}.log"))).unwrap());
+        let (child, ready) = support::binary::spawn_ready(command);
         Self {
-            public: field("public"),
-            admin: field("admin"),
-            ca: field("ca").into(),
+            public: ready.public,
+            admin: ready.admin,
+            ca: ready.ca.into(),
             child,
         }
     }

@@ -2,12 +2,13 @@
 //! line, SIGTERM drain, kill -9 durability, exit codes, and no MSISDN in
 //! clear anywhere it writes.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
+
+mod support;
 
 const BIN: &str = env!("CARGO_BIN_EXE_homecmp");
 const CODE: &str = "2001000001promo";
@@ -36,37 +37,22 @@ fn write_config(dir: &Path) -> PathBuf {
 fn start(dir: &Path, log_name: &str) -> Server {
     let config = write_config(dir);
     let stderr_log = dir.join(log_name);
-    let mut child = Command::new(BIN)
+    let mut command = Command::new(BIN);
+    command
         .args(["serve", "--config"])
         .arg(&config)
         .env("RUST_LOG", "debug")
         .env_remove("HOMECMP_ADMIN_TOKEN")
-        .stdout(Stdio::piped())
-        .stderr(std::fs::File::create(&stderr_log).unwrap())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    assert!(
-        line.starts_with("homecmp ready "),
-        "unexpected first line {line:?}"
-    );
-    let field = |name: &str| {
-        line.split_whitespace()
-            .find_map(|f| f.strip_prefix(&format!("{name}=")))
-            .unwrap()
-            .to_owned()
-    };
-    let token = std::fs::read_to_string(field("token_file"))
+        .stderr(std::fs::File::create(&stderr_log).unwrap());
+    let (child, ready) = support::binary::spawn_ready(command);
+    let token = std::fs::read_to_string(&ready.token_file)
         .unwrap()
         .trim()
         .to_owned();
     Server {
-        public: field("public"),
-        admin: field("admin"),
-        ca: PathBuf::from(field("ca")),
+        public: ready.public,
+        admin: ready.admin,
+        ca: PathBuf::from(ready.ca),
         token,
         child,
         stderr_log,

@@ -4,6 +4,7 @@
 //! the MNO subscriber pool, 127.2.x.y is WiFi, 127.3.0.1 a trusted gateway.
 #![allow(dead_code, unused_imports)]
 
+pub mod binary;
 pub mod config;
 pub mod h3;
 pub mod nats;
