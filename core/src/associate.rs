@@ -96,7 +96,6 @@ mod tests {
     fn standing(subscriber: u8) -> Option<Association> {
         Some(Association {
             subscriber: sub(subscriber),
-            since_ms: 5,
             seq: 7,
         })
     }

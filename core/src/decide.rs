@@ -261,7 +261,6 @@ mod tests {
     fn assoc(sub: u8) -> Option<Association> {
         Some(Association {
             subscriber: SubscriberRef([sub; 32]),
-            since_ms: 0,
             seq: 1,
         })
     }

@@ -126,9 +126,8 @@ pub enum RedactReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Association {
     pub subscriber: SubscriberRef,
-    /// Unix milliseconds of the event that made it (creation or rebind).
-    pub since_ms: u64,
-    /// Sequence number of that event.
+    /// Sequence number of the event that made it (creation or rebind); the
+    /// log has its time.
     pub seq: Seq,
 }
 

@@ -413,10 +413,16 @@ async fn get_association(Ready(app): Ready, Param(clientid): Param) -> Answer {
         .index()
         .association(clientid.as_str())
         .ok_or_else(no_association)?;
+    // The index keeps the sequence; the time is in the log's record there.
+    let since_ms = match app.store.log().read_range(a.seq, a.seq).next() {
+        Some(Ok((_, record))) => record.at_ms,
+        Some(Err(e)) => return Err(unavailable(e)),
+        None => return Err(unavailable(format!("event {} is not in the log", a.seq))),
+    };
     Ok(Json(json!({
         "clientid": clientid.as_str(),
         "subscriber": a.subscriber.to_hex(),
-        "since": crate::sre::rfc3339(a.since_ms),
+        "since": crate::sre::rfc3339(since_ms),
         "seq": a.seq,
     }))
     .into_response())

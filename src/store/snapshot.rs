@@ -4,42 +4,43 @@
 //! A snapshot is one file, `data_dir/index.snapshot`, written at a graceful
 //! shutdown on the log's writer thread (between two group commits, so the
 //! index it copies is not changing), to a temporary file, fsync'd, then
-//! renamed over the old one. Layout: the magic `HCMPIDX1`, then the bincode
-//! encoding of [`Body`], then the SHA-256 of everything before it. The body
-//! names the last sequence it reflects and the SHA-256 of that record's
-//! bytes in the log: a snapshot is used only if its checksum holds and the
-//! log still has that very record there (a repaired, replaced or rewritten
-//! log fails the check). Anything else is a full replay, logged as a
-//! warning with the reason.
+//! renamed over the old one. Anything that does not check out below is a
+//! full replay, logged as a warning with the reason.
+//!
+//! # Layout (version 2), all integers little-endian
+//!
+//! - the magic `HCMPIDX2`;
+//! - the SHA-256 of the log's value at the last sequence the snapshot
+//!   reflects (zeros when none): a snapshot is used only if the log still
+//!   has that very record there, so a repaired, replaced or rewritten log
+//!   fails the check;
+//! - the index ([`Index::dump`]): that last sequence (`u64`); the
+//!   association slab, then the subscriber slab, each as 64 shards of a
+//!   `u32` count and that many fixed-size entries (associations 32 bytes:
+//!   clientid key 16, sequence 8, subscriber slot 4, next slot 4;
+//!   subscribers 36: subscriber 32, oldest slot 4; a slot is shard << 26 |
+//!   position, `u32::MAX` for none, a free entry has none); the names of
+//!   clientids that are not UUIDs (`u64` count, then key 16 and text); the
+//!   codes (`u64` count, then code, target, sequence `u64`); texts are a
+//!   `u32` length and UTF-8;
+//! - the SHA-256 of everything before it.
+//!
+//! The entries are the index's own memory layout, so a load reads them
+//! as they are and only rebuilds the hash tables over them.
 
 use std::fs;
-use std::io::Write;
+use std::io::{self, BufReader, BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
 use aws_lc_rs::digest;
-use bincode::{Decode, Encode};
 
 use super::event::encode_key;
-use super::index::{CodeEntry, Index, Parts};
-use super::{Association, EventLog, Seq};
-use crate::wire::{ClientId, SubscriberRef};
+use super::index::Index;
+use super::{EventLog, Seq};
 
 /// File name under the data dir.
 pub const FILE: &str = "index.snapshot";
-const MAGIC: &[u8; 8] = b"HCMPIDX1";
-
-#[derive(Debug, Encode, Decode)]
-struct Body {
-    last_seq: Seq,
-    /// SHA-256 of the log's value at `last_seq` (zeros when 0).
-    last_record: [u8; 32],
-    /// Every subscriber once; associations refer to them by position.
-    subscribers: Vec<[u8; 32]>,
-    /// (clientid, subscriber position, since_ms, seq), oldest first.
-    associations: Vec<(String, u32, u64, Seq)>,
-    /// (code, target, seq).
-    codes: Vec<(String, String, Seq)>,
-}
+const MAGIC: &[u8; 8] = b"HCMPIDX2";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {
@@ -69,116 +70,97 @@ fn record_hash(db: &rocksdb::DB, seq: Seq) -> Result<[u8; 32], SnapshotError> {
     Ok(hash.as_ref().try_into().expect("32 bytes"))
 }
 
+/// A writer or reader that hashes what goes through it.
+struct Hashing<T> {
+    inner: T,
+    hash: digest::Context,
+}
+
+impl<T> Hashing<T> {
+    fn new(inner: T) -> Self {
+        Self {
+            inner,
+            hash: digest::Context::new(&digest::SHA256),
+        }
+    }
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
+        let written = self.inner.write(bytes)?;
+        self.hash.update(&bytes[..written]);
+        Ok(written)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, bytes: &mut [u8]) -> io::Result<usize> {
+        let read = self.inner.read(bytes)?;
+        self.hash.update(&bytes[..read]);
+        Ok(read)
+    }
+}
+
 /// Writes `index` (which must not change meanwhile) as the snapshot at
 /// `file`; returns the sequence number it reflects.
 pub fn write(index: &Index, db: &rocksdb::DB, file: &Path) -> Result<Seq, SnapshotError> {
-    let parts = index.parts();
-    let mut positions = std::collections::HashMap::new();
-    let mut subscribers = Vec::new();
-    let associations = parts
-        .associations
-        .iter()
-        .map(|(clientid, a)| {
-            let position = *positions.entry(a.subscriber).or_insert_with(|| {
-                subscribers.push(a.subscriber.0);
-                (subscribers.len() - 1) as u32
-            });
-            (clientid.as_str().to_owned(), position, a.since_ms, a.seq)
-        })
-        .collect();
-    let body = Body {
-        last_seq: parts.last_seq,
-        last_record: record_hash(db, parts.last_seq)?,
-        subscribers,
-        associations,
-        codes: parts
-            .codes
-            .into_iter()
-            .map(|(code, entry)| (code, entry.target.to_string(), entry.seq))
-            .collect(),
-    };
-    let mut bytes = MAGIC.to_vec();
-    bincode::encode_into_std_write(&body, &mut bytes, bincode::config::standard())
-        .map_err(|e| SnapshotError::Damaged(e.to_string()))?;
-    let hash = digest::digest(&digest::SHA256, &bytes);
-    bytes.extend_from_slice(hash.as_ref());
+    let last_seq = index.last_seq();
     let temp = file.with_extension("snapshot.tmp");
-    let mut out = fs::File::create(&temp)?;
-    out.write_all(&bytes)?;
-    out.sync_all()?;
+    let mut out = Hashing::new(BufWriter::with_capacity(1 << 20, fs::File::create(&temp)?));
+    out.write_all(MAGIC)?;
+    out.write_all(&record_hash(db, last_seq)?)?;
+    index.dump(&mut out)?;
+    let hash = out.hash.finish();
+    let mut file_out = out.inner.into_inner().map_err(|e| e.into_error())?;
+    file_out.write_all(hash.as_ref())?;
+    file_out.sync_all()?;
     fs::rename(&temp, file)?;
     if let Some(dir) = file.parent() {
         fs::File::open(dir)?.sync_all()?;
     }
-    Ok(parts.last_seq)
+    Ok(last_seq)
 }
 
 /// The index the snapshot at `file` holds, if it is whole and matches
 /// `log`; the caller replays the events after its `last_seq()`.
 pub fn load(file: &Path, log: &EventLog) -> Result<Index, SnapshotError> {
-    let bytes = match fs::read(file) {
-        Ok(bytes) => bytes,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(SnapshotError::Missing),
+    let opened = match fs::File::open(file) {
+        Ok(opened) => opened,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(SnapshotError::Missing),
         Err(e) => return Err(e.into()),
     };
-    let damaged = |what: &str| SnapshotError::Damaged(what.to_owned());
-    if bytes.len() < MAGIC.len() + 32 || &bytes[..MAGIC.len()] != MAGIC {
-        return Err(damaged("not a homecmp index snapshot"));
+    let damaged = |what: String| SnapshotError::Damaged(what);
+    let mut input = Hashing::new(BufReader::with_capacity(1 << 20, opened));
+    let mut head = [0u8; 40];
+    input
+        .read_exact(&mut head)
+        .map_err(|_| damaged("not a homecmp index snapshot".into()))?;
+    if &head[..8] != MAGIC {
+        return Err(damaged(
+            "not a homecmp index snapshot (or an older version)".into(),
+        ));
     }
-    let (content, checksum) = bytes.split_at(bytes.len() - 32);
-    if digest::digest(&digest::SHA256, content).as_ref() != checksum {
-        return Err(damaged("checksum mismatch"));
+    let index = Index::undump(&mut input).map_err(|e| damaged(format!("unreadable ({e})")))?;
+    let hash = input.hash.finish();
+    let mut rest = Vec::new();
+    input.inner.read_to_end(&mut rest)?;
+    if rest != hash.as_ref() {
+        return Err(damaged("checksum mismatch".into()));
     }
-    let (body, _): (Body, usize) =
-        bincode::decode_from_slice(&content[MAGIC.len()..], bincode::config::standard())
-            .map_err(|e| SnapshotError::Damaged(e.to_string()))?;
-    if body.last_seq > log.last_seq() {
+    let last_seq = index.last_seq();
+    if last_seq > log.last_seq() {
         return Err(SnapshotError::Mismatch(format!(
-            "it reflects event {} and the log ends at {}",
-            body.last_seq,
+            "it reflects event {last_seq} and the log ends at {}",
             log.last_seq()
         )));
     }
-    if record_hash(log.raw(), body.last_seq)? != body.last_record {
+    if record_hash(log.raw(), last_seq)? != head[8..] {
         return Err(SnapshotError::Mismatch(format!(
-            "event {} in the log is not the one it saw",
-            body.last_seq
+            "event {last_seq} in the log is not the one it saw"
         )));
     }
-    let subscribers = body.subscribers.len();
-    let mut associations = Vec::with_capacity(body.associations.len());
-    for (clientid, position, since_ms, seq) in body.associations {
-        let clientid = ClientId::parse(&clientid).map_err(|e| damaged(&e.to_string()))?;
-        let subscriber = *body
-            .subscribers
-            .get(position as usize)
-            .ok_or_else(|| damaged("subscriber out of range"))?;
-        associations.push((
-            clientid,
-            Association {
-                subscriber: SubscriberRef(subscriber),
-                since_ms,
-                seq,
-            },
-        ));
-    }
-    let codes = body
-        .codes
-        .into_iter()
-        .map(|(code, target, seq)| {
-            (
-                code,
-                CodeEntry {
-                    target: target.into(),
-                    seq,
-                },
-            )
-        })
-        .collect();
-    Ok(Index::from_parts(Parts {
-        associations,
-        codes,
-        last_seq: body.last_seq,
-        subscribers: Some(subscribers),
-    }))
+    Ok(index)
 }

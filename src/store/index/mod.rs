@@ -1,0 +1,763 @@
+//! The in-memory state rebuilt from the log: associations, subscribers, codes.
+//!
+//! Owns no I/O: it only applies events that the log has already made durable,
+//! in sequence order. A lookup is one hash and one shard read lock, O(1),
+//! never a global lock.
+//!
+//! Built for 100M associations in RAM (`benches/startup.rs` measures it): an
+//! association is a 32-byte entry (clientid key, sequence, subscriber slot,
+//! next clientid of the same subscriber) in a [`slab::Slab`], keyed by the
+//! clientid's 16 bytes ([`key::ClientKey`]); each subscriber is stored once,
+//! 36 bytes, with the slot of its oldest association, and its associations
+//! form a list oldest first. What the index does not keep (when an
+//! association was made) is in the log at the association's sequence.
+//!
+//! Writers are serialised by `changes` (the log's writer thread is the only
+//! one in practice); the lists are read under it too. A lookup reads its
+//! association and, with that shard still read-locked, its subscriber: a
+//! writer removes an association before it frees its subscriber, so a
+//! lookup never sees a subscriber slot reused by another.
+
+mod key;
+mod slab;
+
+use std::io::{self, Read, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use dashmap::DashMap;
+
+pub use crate::core::model::Association;
+pub use key::ClientKey;
+
+use super::event::{Event, Record, Seq};
+use crate::wire::{ClientId, IndirectCode, SubscriberRef};
+use slab::{Entry, NONE, Slab, Slot};
+
+/// A subscriber's `oldest` while it has no association: only inside one
+/// change, between making it and adding its first, or between removing its
+/// last and forgetting it. Not [`NONE`], which marks a free entry.
+const EMPTY: Slot = NONE - 1;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CodeEntry {
+    pub target: Arc<str>,
+    pub seq: Seq,
+}
+
+/// An event that does not fit the state it is applied to: the log is
+/// inconsistent and replay stops there.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("event {seq} ({kind}) does not apply: {reason}")]
+pub struct ApplyError {
+    pub seq: Seq,
+    pub kind: &'static str,
+    pub reason: String,
+}
+
+/// One association.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Held {
+    clientid: ClientKey,
+    seq: Seq,
+    subscriber: Slot,
+    /// The subscriber's next newer association.
+    next: Slot,
+}
+
+impl Entry for Held {
+    type Key = ClientKey;
+    const SIZE: usize = 32;
+    const FREE: Self = Held {
+        clientid: ClientKey([0; 16]),
+        seq: 0,
+        subscriber: NONE,
+        next: NONE,
+    };
+    fn key(&self) -> ClientKey {
+        self.clientid
+    }
+    fn is_free(&self) -> bool {
+        self.subscriber == NONE
+    }
+    fn spread(key: &ClientKey) -> u64 {
+        key.spread()
+    }
+    fn encode(&self, out: &mut [u8]) {
+        out[..16].copy_from_slice(&self.clientid.0);
+        out[16..24].copy_from_slice(&self.seq.to_le_bytes());
+        out[24..28].copy_from_slice(&self.subscriber.to_le_bytes());
+        out[28..32].copy_from_slice(&self.next.to_le_bytes());
+    }
+    fn decode(bytes: &[u8]) -> Self {
+        Held {
+            clientid: ClientKey(bytes[..16].try_into().expect("16 bytes")),
+            seq: u64::from_le_bytes(bytes[16..24].try_into().expect("8 bytes")),
+            subscriber: u32::from_le_bytes(bytes[24..28].try_into().expect("4 bytes")),
+            next: u32::from_le_bytes(bytes[28..32].try_into().expect("4 bytes")),
+        }
+    }
+}
+
+/// One subscriber with at least one association.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Holder {
+    subscriber: [u8; 32],
+    oldest: Slot,
+}
+
+impl Entry for Holder {
+    type Key = [u8; 32];
+    const SIZE: usize = 36;
+    const FREE: Self = Holder {
+        subscriber: [0; 32],
+        oldest: NONE,
+    };
+    fn key(&self) -> [u8; 32] {
+        self.subscriber
+    }
+    fn is_free(&self) -> bool {
+        self.oldest == NONE
+    }
+    fn spread(key: &[u8; 32]) -> u64 {
+        key::fixed_mix(u64::from_le_bytes(key[..8].try_into().expect("8 bytes")))
+    }
+    fn encode(&self, out: &mut [u8]) {
+        out[..32].copy_from_slice(&self.subscriber);
+        out[32..36].copy_from_slice(&self.oldest.to_le_bytes());
+    }
+    fn decode(bytes: &[u8]) -> Self {
+        Holder {
+            subscriber: bytes[..32].try_into().expect("32 bytes"),
+            oldest: u32::from_le_bytes(bytes[32..36].try_into().expect("4 bytes")),
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Index {
+    associations: Slab<Held>,
+    subscribers: Slab<Holder>,
+    /// The text of clientids that are not canonical UUIDs.
+    names: DashMap<ClientKey, Box<str>>,
+    codes: DashMap<Box<str>, CodeEntry>,
+    /// Held by every change and by every read of a subscriber's list.
+    changes: Mutex<()>,
+    last_seq: AtomicU64,
+}
+
+/// Everything the index holds, in a comparable order (see
+/// [`Index::contents`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Contents {
+    /// Oldest association first.
+    pub associations: Vec<(ClientId, Association)>,
+    /// Each subscriber's clientids oldest first, subscribers in order.
+    pub lists: Vec<(SubscriberRef, Vec<ClientId>)>,
+    /// By code.
+    pub codes: Vec<(String, CodeEntry)>,
+    pub last_seq: Seq,
+}
+
+/// Counts for summaries and metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+pub struct Counts {
+    pub associations: usize,
+    pub subscribers: usize,
+    pub codes: usize,
+    pub last_seq: Seq,
+}
+
+impl Index {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The association of `clientid`, if any. The hot path: no allocation.
+    pub fn association(&self, clientid: &str) -> Option<Association> {
+        let key = ClientKey::of(clientid);
+        if !key.is_uuid() && self.names.get(&key).is_none_or(|name| **name != *clientid) {
+            return None;
+        }
+        self.associations.with(&key, |_, held| Association {
+            subscriber: SubscriberRef(self.subscribers.at(held.subscriber).subscriber),
+            seq: held.seq,
+        })
+    }
+
+    /// The subscriber's clientids, oldest first.
+    pub fn clientids_of(&self, subscriber: &SubscriberRef) -> Vec<ClientId> {
+        let _changes = self.lock_changes();
+        let Some((_, holder)) = self.subscribers.get(&subscriber.0) else {
+            return Vec::new();
+        };
+        self.list(holder.oldest)
+            .into_iter()
+            .map(|(_, held)| self.clientid_text(&held.clientid))
+            .collect()
+    }
+
+    pub fn code(&self, code: &IndirectCode) -> Option<CodeEntry> {
+        self.codes.get(code.as_str()).map(|entry| entry.clone())
+    }
+
+    pub fn counts(&self) -> Counts {
+        Counts {
+            associations: self.associations.len(),
+            subscribers: self.subscribers.len(),
+            codes: self.codes.len(),
+            last_seq: self.last_seq(),
+        }
+    }
+
+    /// Sequence number of the last event applied.
+    pub fn last_seq(&self) -> Seq {
+        self.last_seq.load(Ordering::Acquire)
+    }
+
+    /// Applies one durable event. Events must come in sequence order. An
+    /// event that does not apply changes nothing.
+    pub fn apply(&self, seq: Seq, record: &Record) -> Result<(), ApplyError> {
+        let fail = |reason: String| ApplyError {
+            seq,
+            kind: record.event.kind(),
+            reason,
+        };
+        let _changes = self.lock_changes();
+        match &record.event {
+            Event::AssociationCreated {
+                clientid,
+                subscriber,
+                ..
+            } => {
+                ClientId::parse(clientid).map_err(|e| fail(e.to_string()))?;
+                if self.association(clientid).is_some() {
+                    return Err(fail(format!("clientid {clientid} is already associated")));
+                }
+                let key = ClientKey::of(clientid);
+                if !key.is_uuid() && self.names.contains_key(&key) {
+                    return Err(fail(format!("clientid {clientid} collides with another")));
+                }
+                self.add(key, seq, subscriber)
+                    .map_err(|e| fail(e.to_string()))?;
+                if !key.is_uuid() {
+                    self.names.insert(key, clientid.as_str().into());
+                }
+            }
+            Event::AssociationRevoked {
+                clientid,
+                subscriber,
+                ..
+            } => {
+                let (key, held) = self.expect_owner(clientid, subscriber).map_err(fail)?;
+                self.unlink(&held);
+                self.associations.remove(&key);
+                self.names.remove(&key);
+                self.forget_if_empty(held.subscriber);
+            }
+            Event::AssociationRebound {
+                clientid, from, to, ..
+            } => {
+                let (key, held) = self.expect_owner(clientid, from).map_err(fail)?;
+                let to = self.holder(to).map_err(|e| fail(e.to_string()))?;
+                self.unlink(&held);
+                let slot = self
+                    .associations
+                    .get(&key)
+                    .map(|(slot, _)| slot)
+                    .expect("checked above");
+                self.associations.update(slot, |entry| {
+                    *entry = Held {
+                        seq,
+                        subscriber: to,
+                        next: NONE,
+                        ..*entry
+                    }
+                });
+                self.append(to, slot);
+                self.forget_if_empty(held.subscriber);
+            }
+            Event::CodeRegistered { code, target } => {
+                let code = IndirectCode::parse(code).map_err(|e| fail(e.to_string()))?;
+                self.codes.insert(
+                    code.as_str().into(),
+                    CodeEntry {
+                        target: target.as_str().into(),
+                        seq,
+                    },
+                );
+            }
+            Event::CodeRemoved { code } => {
+                if self.codes.remove(code.as_str()).is_none() {
+                    return Err(fail(format!("code {code} is not registered")));
+                }
+            }
+            // History removed without changing the state: nothing to do.
+            Event::Redacted { .. } => {}
+        }
+        self.last_seq.fetch_max(seq, Ordering::AcqRel);
+        Ok(())
+    }
+
+    fn lock_changes(&self) -> MutexGuard<'_, ()> {
+        self.changes
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn clientid_text(&self, key: &ClientKey) -> ClientId {
+        let text = match key.is_uuid() {
+            true => key.uuid_text(),
+            false => self
+                .names
+                .get(key)
+                .map(|name| name.to_string())
+                .expect("a named clientid keeps its name"),
+        };
+        ClientId::parse(&text).expect("the index holds valid clientids")
+    }
+
+    /// The subscriber's slot, made if it has none.
+    fn holder(&self, subscriber: &SubscriberRef) -> Result<Slot, slab::Full> {
+        match self.subscribers.get(&subscriber.0) {
+            Some((slot, _)) => Ok(slot),
+            None => self.subscribers.insert(Holder {
+                subscriber: subscriber.0,
+                // Not free: a new subscriber gets its first association next.
+                oldest: EMPTY,
+            }),
+        }
+    }
+
+    /// Adds a new association at the end of its subscriber's list.
+    fn add(
+        &self,
+        clientid: ClientKey,
+        seq: Seq,
+        subscriber: &SubscriberRef,
+    ) -> Result<(), slab::Full> {
+        let to = self.holder(subscriber)?;
+        let held = Held {
+            clientid,
+            seq,
+            subscriber: to,
+            next: NONE,
+        };
+        match self.associations.insert(held) {
+            Ok(slot) => {
+                self.append(to, slot);
+                Ok(())
+            }
+            Err(full) => {
+                self.forget_if_empty(to);
+                Err(full)
+            }
+        }
+    }
+
+    /// The association entries of a list, from `first` on.
+    fn list(&self, first: Slot) -> Vec<(Slot, Held)> {
+        let mut items = Vec::new();
+        let mut at = first;
+        while at < EMPTY {
+            let held = self.associations.at(at);
+            items.push((at, held));
+            at = held.next;
+        }
+        items
+    }
+
+    fn append(&self, subscriber: Slot, slot: Slot) {
+        let oldest = self.subscribers.at(subscriber).oldest;
+        match self.list(oldest).last() {
+            Some(&(last, _)) => self.associations.update(last, |held| held.next = slot),
+            None => self
+                .subscribers
+                .update(subscriber, |holder| holder.oldest = slot),
+        }
+    }
+
+    /// Takes `held` out of its subscriber's list.
+    fn unlink(&self, held: &Held) {
+        let key = held.clientid;
+        let items = self.list(self.subscribers.at(held.subscriber).oldest);
+        let at = items
+            .iter()
+            .position(|(_, item)| item.clientid == key)
+            .expect("an association is in its subscriber's list");
+        let next = match items.get(at + 1) {
+            Some(&(slot, _)) => slot,
+            // Keep the subscriber from looking free until it is forgotten.
+            None if at == 0 => EMPTY,
+            None => NONE,
+        };
+        match at {
+            0 => self
+                .subscribers
+                .update(held.subscriber, |holder| holder.oldest = next),
+            _ => self
+                .associations
+                .update(items[at - 1].0, |item| item.next = next),
+        }
+    }
+
+    fn forget_if_empty(&self, subscriber: Slot) {
+        let holder = self.subscribers.at(subscriber);
+        if holder.oldest == EMPTY {
+            self.subscribers.remove(&holder.subscriber);
+        }
+    }
+
+    fn expect_owner(
+        &self,
+        clientid: &str,
+        subscriber: &SubscriberRef,
+    ) -> Result<(ClientKey, Held), String> {
+        let key = ClientKey::of(clientid);
+        match self.association(clientid) {
+            Some(a) if a.subscriber == *subscriber => {
+                let (_, held) = self.associations.get(&key).expect("just found");
+                Ok((key, held))
+            }
+            Some(_) => Err(format!("clientid {clientid} belongs to another subscriber")),
+            None => Err(format!("clientid {clientid} is not associated")),
+        }
+    }
+
+    /// The whole state, for comparisons and tools: a copy, made under the
+    /// change lock.
+    pub fn contents(&self) -> Contents {
+        let _changes = self.lock_changes();
+        let mut associations = Vec::with_capacity(self.associations.len());
+        let _ = self.associations.try_each(|held| {
+            let subscriber = SubscriberRef(self.subscribers.at(held.subscriber).subscriber);
+            let association = Association {
+                subscriber,
+                seq: held.seq,
+            };
+            associations.push((self.clientid_text(&held.clientid), association));
+            Ok::<_, ()>(())
+        });
+        associations.sort_unstable_by_key(|(_, a)| a.seq);
+        let mut lists = Vec::with_capacity(self.subscribers.len());
+        let _ = self.subscribers.try_each(|holder| {
+            let ids = self.list(holder.oldest);
+            let ids = ids
+                .iter()
+                .map(|(_, held)| self.clientid_text(&held.clientid));
+            lists.push((SubscriberRef(holder.subscriber), ids.collect()));
+            Ok::<_, ()>(())
+        });
+        lists.sort_unstable_by_key(|(subscriber, _)| subscriber.0);
+        let mut codes: Vec<(String, CodeEntry)> = self
+            .codes
+            .iter()
+            .map(|entry| (entry.key().to_string(), entry.value().clone()))
+            .collect();
+        codes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        Contents {
+            associations,
+            lists,
+            codes,
+            last_seq: self.last_seq(),
+        }
+    }
+
+    /// Writes the whole state (see `snapshot` for the layout). Nothing may
+    /// change meanwhile.
+    pub fn dump(&self, out: &mut impl Write) -> io::Result<()> {
+        out.write_all(&self.last_seq().to_le_bytes())?;
+        self.associations.dump(out)?;
+        self.subscribers.dump(out)?;
+        write_count(out, self.names.len())?;
+        for name in self.names.iter() {
+            out.write_all(&name.key().0)?;
+            write_text(out, name.value())?;
+        }
+        write_count(out, self.codes.len())?;
+        for code in self.codes.iter() {
+            write_text(out, code.key())?;
+            write_text(out, &code.value().target)?;
+            out.write_all(&code.value().seq.to_le_bytes())?;
+        }
+        Ok(())
+    }
+
+    /// The index [`Index::dump`] wrote, checked for slots that point
+    /// nowhere.
+    pub fn undump(input: &mut impl Read) -> io::Result<Self> {
+        let last_seq = read_u64(input)?;
+        let associations = Slab::<Held>::undump(input)?;
+        let subscribers = Slab::<Holder>::undump(input)?;
+        let names = DashMap::new();
+        for _ in 0..read_u64(input)? {
+            let mut key = [0; 16];
+            input.read_exact(&mut key)?;
+            names.insert(ClientKey(key), read_text(input)?.into());
+        }
+        let codes = DashMap::new();
+        for _ in 0..read_u64(input)? {
+            let code = read_text(input)?;
+            let target = read_text(input)?;
+            let seq = read_u64(input)?;
+            codes.insert(
+                code.into(),
+                CodeEntry {
+                    target: target.into(),
+                    seq,
+                },
+            );
+        }
+        let index = Self {
+            associations,
+            subscribers,
+            names,
+            codes,
+            changes: Mutex::new(()),
+            last_seq: AtomicU64::new(last_seq),
+        };
+        index.check_slots()?;
+        Ok(index)
+    }
+
+    /// Every live entry's slots name entries that exist.
+    fn check_slots(&self) -> io::Result<()> {
+        let bad = || {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "a slot points outside the index",
+            )
+        };
+        self.associations.try_each(|held| {
+            (self.subscribers.holds(held.subscriber) && self.associations.holds(held.next))
+                .then_some(())
+                .ok_or_else(bad)
+        })?;
+        self.subscribers.try_each(|holder| {
+            self.associations
+                .holds(holder.oldest)
+                .then_some(())
+                .ok_or_else(bad)
+        })
+    }
+}
+
+fn write_count(out: &mut impl Write, count: usize) -> io::Result<()> {
+    out.write_all(&(count as u64).to_le_bytes())
+}
+
+fn write_text(out: &mut impl Write, text: &str) -> io::Result<()> {
+    out.write_all(&(text.len() as u32).to_le_bytes())?;
+    out.write_all(text.as_bytes())
+}
+
+fn read_u64(input: &mut impl Read) -> io::Result<u64> {
+    let mut bytes = [0; 8];
+    input.read_exact(&mut bytes)?;
+    Ok(u64::from_le_bytes(bytes))
+}
+
+fn read_text(input: &mut impl Read) -> io::Result<String> {
+    let mut len = [0; 4];
+    input.read_exact(&mut len)?;
+    let len = u32::from_le_bytes(len) as usize;
+    if len > 1 << 20 {
+        return Err(io::Error::new(io::ErrorKind::InvalidData, "text too long"));
+    }
+    let mut bytes = vec![0; len];
+    input.read_exact(&mut bytes)?;
+    String::from_utf8(bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::event::{IdentitySource, RevokeReason};
+
+    fn created(clientid: &str, sub: u8) -> Record {
+        Record {
+            at_ms: 1000,
+            event: Event::AssociationCreated {
+                clientid: clientid.into(),
+                subscriber: SubscriberRef([sub; 32]),
+                source: IdentitySource::SessionBinding,
+                client_addr: "127.1.0.1".parse().unwrap(),
+            },
+        }
+    }
+
+    fn revoked(clientid: &str, sub: u8) -> Record {
+        Record {
+            at_ms: 2000,
+            event: Event::AssociationRevoked {
+                clientid: clientid.into(),
+                subscriber: SubscriberRef([sub; 32]),
+                reason: RevokeReason::Admin,
+            },
+        }
+    }
+
+    #[test]
+    fn create_revoke_and_rebind() {
+        let index = Index::new();
+        index.apply(1, &created("a", 1)).unwrap();
+        index.apply(2, &created("b", 1)).unwrap();
+        let a = index.association("a").unwrap();
+        assert_eq!((a.subscriber, a.seq), (SubscriberRef([1; 32]), 1));
+        assert_eq!(index.clientids_of(&SubscriberRef([1; 32])).len(), 2);
+        index.apply(3, &revoked("a", 1)).unwrap();
+        assert_eq!(index.association("a"), None);
+        let rebound = Record {
+            at_ms: 3000,
+            event: Event::AssociationRebound {
+                clientid: "b".into(),
+                from: SubscriberRef([1; 32]),
+                to: SubscriberRef([2; 32]),
+                source: IdentitySource::GatewayHeader,
+                client_addr: "127.1.0.2".parse().unwrap(),
+            },
+        };
+        index.apply(4, &rebound).unwrap();
+        assert_eq!(
+            index.association("b").unwrap().subscriber,
+            SubscriberRef([2; 32])
+        );
+        assert_eq!(
+            index.counts(),
+            Counts {
+                associations: 1,
+                subscribers: 1,
+                codes: 0,
+                last_seq: 4
+            }
+        );
+    }
+
+    #[test]
+    fn inconsistent_events_are_refused() {
+        let index = Index::new();
+        index.apply(1, &created("a", 1)).unwrap();
+        let err = index.apply(2, &created("a", 2)).unwrap_err();
+        assert_eq!((err.seq, err.kind), (2, "association_created"));
+        assert!(index.apply(2, &revoked("a", 2)).is_err());
+        assert!(index.apply(2, &revoked("zz", 1)).is_err());
+        assert!(index.apply(2, &created("bad id!", 1)).is_err());
+        let removed = Record {
+            at_ms: 0,
+            event: Event::CodeRemoved {
+                code: "2001000001x".into(),
+            },
+        };
+        assert!(index.apply(2, &removed).is_err());
+    }
+
+    /// What the index must hold after a sequence of changes: each
+    /// subscriber's clientids oldest first.
+    #[derive(Default)]
+    struct Model {
+        lists: std::collections::BTreeMap<[u8; 32], Vec<String>>,
+    }
+
+    impl Model {
+        fn owner(&self, clientid: &str) -> Option<u8> {
+            let mut owners = self
+                .lists
+                .iter()
+                .filter(|(_, ids)| ids.iter().any(|id| id == clientid));
+            owners.next().map(|(sub, _)| sub[0])
+        }
+    }
+
+    /// Clientid `i` of a small set, half UUIDs and half names.
+    fn some_clientid(i: u8) -> String {
+        match i % 2 {
+            0 => format!("named-{i}"),
+            _ => uuid::Uuid::new_v5(&uuid::Uuid::NAMESPACE_OID, &[i]).to_string(),
+        }
+    }
+
+    proptest::proptest! {
+        /// Random creations, revocations and rebinds keep the lists, the
+        /// lookups and a dumped copy equal to the model.
+        #[test]
+        fn changes_keep_the_lists_and_a_dump_equal_to_a_model(
+            steps in proptest::collection::vec((0u8..24, 1u8..6), 1..200)
+        ) {
+            let index = Index::new();
+            let mut model = Model::default();
+            for (seq, (i, sub)) in steps.into_iter().enumerate() {
+                let seq = seq as u64 + 1;
+                let clientid = some_clientid(i);
+                let record = match model.owner(&clientid) {
+                    None => created(&clientid, sub),
+                    Some(owner) if owner == sub => revoked(&clientid, sub),
+                    Some(owner) => Record {
+                        at_ms: seq,
+                        event: Event::AssociationRebound {
+                            clientid: clientid.clone(),
+                            from: SubscriberRef([owner; 32]),
+                            to: SubscriberRef([sub; 32]),
+                            source: IdentitySource::GatewayHeader,
+                            client_addr: "127.1.0.2".parse().unwrap(),
+                        },
+                    },
+                };
+                index.apply(seq, &record).unwrap();
+                if let Some(owner) = model.owner(&clientid) {
+                    let ids = model.lists.get_mut(&[owner; 32]).unwrap();
+                    ids.retain(|id| *id != clientid);
+                    if ids.is_empty() {
+                        model.lists.remove(&[owner; 32]);
+                    }
+                }
+                if !matches!(record.event, Event::AssociationRevoked { .. }) {
+                    model.lists.entry([sub; 32]).or_default().push(clientid.clone());
+                }
+                proptest::prop_assert_eq!(index.association(&clientid).map(|a| a.subscriber.0[0]), model.owner(&clientid));
+            }
+            let contents = index.contents();
+            let lists: Vec<(SubscriberRef, Vec<String>)> = contents
+                .lists
+                .iter()
+                .map(|(sub, ids)| (*sub, ids.iter().map(|id| id.as_str().to_owned()).collect()))
+                .collect();
+            let expected: Vec<(SubscriberRef, Vec<String>)> = model
+                .lists
+                .iter()
+                .map(|(sub, ids)| (SubscriberRef(*sub), ids.clone()))
+                .collect();
+            proptest::prop_assert_eq!(lists, expected);
+            let counts = index.counts();
+            proptest::prop_assert_eq!((counts.associations, counts.subscribers), (contents.associations.len(), model.lists.len()));
+            let mut bytes = Vec::new();
+            index.dump(&mut bytes).unwrap();
+            let copy = Index::undump(&mut bytes.as_slice()).unwrap();
+            proptest::prop_assert_eq!(copy.contents(), contents.clone());
+            proptest::prop_assert_eq!(copy.counts(), counts);
+            // The copy keeps changing like the original.
+            for (n, (clientid, a)) in contents.associations.iter().enumerate() {
+                let seq = contents.last_seq + 1 + n as u64;
+                copy.apply(seq, &revoked(clientid.as_str(), a.subscriber.0[0])).unwrap();
+            }
+            let emptied = copy.counts();
+            proptest::prop_assert_eq!((emptied.associations, emptied.subscribers), (0, 0));
+        }
+    }
+
+    #[test]
+    fn codes_are_canonical() {
+        let index = Index::new();
+        let registered = Record {
+            at_ms: 0,
+            event: Event::CodeRegistered {
+                code: "6001900107f52810d5abc".into(),
+                target: "https://example.org/x".into(),
+            },
+        };
+        index.apply(1, &registered).unwrap();
+        let code = IndirectCode::parse("6001900107F52810D5abc").unwrap();
+        assert_eq!(&*index.code(&code).unwrap().target, "https://example.org/x");
+        let other_case = IndirectCode::parse("6001900107F52810D5ABC").unwrap();
+        assert_eq!(index.code(&other_case), None);
+    }
+}
