@@ -205,6 +205,8 @@ impl<E: Entry> Slab<E> {
     /// The slab [`Slab::dump`] wrote. The hash tables are rebuilt on two
     /// threads once every shard is read.
     pub fn undump(input: &mut impl Read) -> io::Result<Self> {
+        const CHUNK: usize = 1 << 14;
+        let mut buffer = Vec::new();
         let mut shards = Vec::with_capacity(SHARDS);
         for _ in 0..SHARDS {
             let mut count = [0; 4];
@@ -216,14 +218,18 @@ impl<E: Entry> Slab<E> {
                     "shard too large",
                 ));
             }
-            // Grown as bytes arrive: a damaged count cannot allocate more
+            // Read in chunks through one buffer: no copy of a whole shard
+            // in memory, and a damaged count cannot reserve much more
             // than the file holds.
-            let wanted = (count * E::SIZE) as u64;
-            let mut bytes = Vec::with_capacity(wanted.min(1 << 26) as usize);
-            if input.by_ref().take(wanted).read_to_end(&mut bytes)? as u64 != wanted {
-                return Err(io::ErrorKind::UnexpectedEof.into());
+            let mut entries = Vec::with_capacity(count.min(1 << 22));
+            let mut left = count;
+            while left > 0 {
+                let chunk = left.min(CHUNK);
+                buffer.resize(chunk * E::SIZE, 0);
+                input.read_exact(&mut buffer)?;
+                entries.extend(buffer.chunks_exact(E::SIZE).map(E::decode));
+                left -= chunk;
             }
-            let entries: Vec<E> = bytes.chunks_exact(E::SIZE).map(E::decode).collect();
             shards.push(entries);
         }
         let slab = Self::default();
