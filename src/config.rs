@@ -65,6 +65,23 @@ pub struct Config {
     /// Cluster mode (`[cluster]` with `nats_urls`): the log is a NATS
     /// JetStream stream shared by every node. `None`: one node, its own log.
     pub cluster: Option<ClusterConfig>,
+    /// `[radius]` with `listen`: a RADIUS Accounting server feeding session
+    /// bindings (see `crate::radius`). `None`: off.
+    pub radius: Option<RadiusConfig>,
+}
+
+/// `[radius]`: where the packet gateways send accounting, and with what.
+#[derive(Debug, Clone)]
+pub struct RadiusConfig {
+    pub listen: SocketAddr,
+    /// Client networks (a gateway's address or CIDR) and the file holding
+    /// each one's shared secret; the longest match applies.
+    pub clients: Vec<(IpNet, PathBuf)>,
+    pub msisdn_attribute: crate::radius::packet::MsisdnAttribute,
+    /// A binding lives this long after its Start or last Interim.
+    pub binding_ttl: Duration,
+    /// Session bindings held at most; Starts past it are not answered.
+    pub max_bindings: usize,
 }
 
 /// `[cluster]`: where the shared association stream lives.
@@ -193,6 +210,36 @@ struct Raw {
     log: RawLog,
     http3: RawHttp3,
     cluster: RawCluster,
+    radius: RawRadius,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawRadius {
+    listen: String,
+    clients: Vec<RawRadiusClient>,
+    msisdn_attribute: String,
+    binding_ttl_secs: u64,
+    max_bindings: usize,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRadiusClient {
+    network: String,
+    secret_file: PathBuf,
+}
+
+impl Default for RawRadius {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            clients: Vec::new(),
+            msisdn_attribute: "calling-station-id".into(),
+            binding_ttl_secs: 2 * 3600,
+            max_bindings: 4_000_000,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -512,6 +559,7 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
         }
     }
     let cluster = cluster(raw.cluster, errors);
+    let radius = radius(raw.radius, errors);
     if cluster.is_some() && raw.server.subscriber_secret.is_none() {
         errors.push(
             "cluster: every node must key subscribers alike: set server.subscriber_secret \
@@ -691,7 +739,60 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
         },
         log_json: raw.log.json,
         cluster,
+        radius,
     }
+}
+
+fn radius(raw: RawRadius, errors: &mut Vec<String>) -> Option<RadiusConfig> {
+    if raw.listen.is_empty() {
+        return None;
+    }
+    let listen = raw.listen.parse().unwrap_or_else(|_| {
+        errors.push(format!(
+            "radius.listen: {:?} is not an address:port",
+            raw.listen
+        ));
+        SocketAddr::from(([127, 0, 0, 1], 0))
+    });
+    if raw.clients.is_empty() {
+        errors.push(
+            "radius.clients: list the gateways ([[radius.clients]] network, secret_file)".into(),
+        );
+    }
+    let mut clients = Vec::new();
+    for client in raw.clients {
+        match client
+            .network
+            .parse::<IpNet>()
+            .or_else(|_| client.network.parse::<std::net::IpAddr>().map(IpNet::from))
+        {
+            Ok(network) => clients.push((network.trunc(), client.secret_file)),
+            Err(_) => errors.push(format!(
+                "radius.clients.network: {:?} is not an address or CIDR",
+                client.network
+            )),
+        }
+    }
+    let msisdn_attribute = raw.msisdn_attribute.parse().unwrap_or_else(|e| {
+        errors.push(format!("radius.msisdn_attribute: {e}"));
+        crate::radius::packet::MsisdnAttribute::CallingStationId
+    });
+    if !(1..=30 * 24 * 3600).contains(&raw.binding_ttl_secs) {
+        errors.push(format!(
+            "radius.binding_ttl_secs: {} must be 1 to 2592000 (30 days)",
+            raw.binding_ttl_secs
+        ));
+    }
+    if raw.max_bindings == 0 {
+        errors.push("radius.max_bindings: must be at least 1".into());
+    }
+    Some(RadiusConfig {
+        listen,
+        clients,
+        msisdn_attribute,
+        binding_ttl: Duration::from_secs(raw.binding_ttl_secs),
+        max_bindings: raw.max_bindings,
+    })
 }
 
 fn cluster(raw: RawCluster, errors: &mut Vec<String>) -> Option<ClusterConfig> {

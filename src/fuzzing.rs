@@ -23,6 +23,8 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("event", event),
     ("client_hello", client_hello),
     ("enrichment", enrichment),
+    ("radius", radius),
+    ("snapshot", snapshot),
 ];
 
 fn text(data: &[u8]) -> Option<&str> {
@@ -144,4 +146,38 @@ pub fn enrichment(data: &[u8]) {
         assert_eq!(identity.client_addr, peer);
         assert!(identity.subscriber.is_none());
     }
+}
+
+/// A RADIUS datagram from a known client: read, checked against a secret,
+/// its attributes read every way the server reads them; the answer to any
+/// request that reads is one its sender accepts.
+pub fn radius(data: &[u8]) {
+    use crate::radius::packet::{Header, MsisdnAttribute, is_response_to};
+    const SECRET: &[u8] = b"fuzzing-secret";
+    let Ok(header) = Header::read(data) else {
+        return;
+    };
+    let _ = header.verify(SECRET);
+    if let Ok(request) = header.attributes() {
+        let _ = (request.status(), request.session_id(), request.networks());
+        for from in [
+            MsisdnAttribute::CallingStationId,
+            MsisdnAttribute::UserName,
+            MsisdnAttribute::Vendor {
+                vendor: 10415,
+                kind: 7,
+            },
+        ] {
+            let _ = request.msisdn(from);
+        }
+    }
+    let answer = header.response(SECRET);
+    assert!(is_response_to(&answer, header.packet, SECRET));
+}
+
+/// The body of an index snapshot (after its magic and log hash): read
+/// back or refused, never a panic, and never more memory than a few
+/// chunks past what the input holds.
+pub fn snapshot(data: &[u8]) {
+    let _ = crate::store::Index::undump(&mut &data[..]);
 }

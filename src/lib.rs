@@ -18,6 +18,7 @@ pub mod deploy;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod net;
+pub mod radius;
 pub mod sre;
 pub mod store;
 

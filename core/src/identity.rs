@@ -102,6 +102,9 @@ pub struct Sessions {
 struct Binding {
     subscriber: SubscriberRef,
     expires_ms: u64,
+    /// The accounting session that made it (a hash of the gateway and its
+    /// session id); 0 for the admin API's.
+    session: u64,
 }
 
 /// A set of prefix lengths 0..=128 as bits; only ever grows.
@@ -152,23 +155,62 @@ pub fn canonical_net(net: IpNet) -> IpNet {
 impl Sessions {
     /// Binds `network` (an address is a /32 or /128) to `subscriber`.
     pub fn bind(&self, network: IpNet, subscriber: SubscriberRef, expires_ms: u64) {
+        self.bind_session(network, subscriber, expires_ms, 0, None);
+    }
+
+    /// Binds `network` for an accounting `session` (not 0). With
+    /// `unless_live_at: Some(now)` (an Interim), a binding of another
+    /// session still live at `now` stays as it is: a late Interim does not
+    /// take an address back. `None` (a Start) binds whatever was there.
+    pub fn bind_session(
+        &self,
+        network: IpNet,
+        subscriber: SubscriberRef,
+        expires_ms: u64,
+        session: u64,
+        unless_live_at: Option<u64>,
+    ) {
         let network = canonical_net(network);
         match network {
             IpNet::V4(_) => self.v4_lengths.insert(network.prefix_len()),
             IpNet::V6(_) => self.v6_lengths.insert(network.prefix_len()),
         }
-        self.bindings.insert(
-            network,
-            Binding {
-                subscriber,
-                expires_ms,
-            },
-        );
+        let binding = Binding {
+            subscriber,
+            expires_ms,
+            session,
+        };
+        match self.bindings.entry(network) {
+            dashmap::Entry::Occupied(mut held)
+                if unless_live_at.is_none_or(|now_ms| {
+                    held.get().session == session || held.get().expires_ms <= now_ms
+                }) =>
+            {
+                held.insert(binding);
+            }
+            dashmap::Entry::Occupied(_) => {}
+            dashmap::Entry::Vacant(free) => {
+                free.insert(binding);
+            }
+        }
     }
 
     /// `true` if there was a binding for exactly `network`.
     pub fn unbind(&self, network: IpNet) -> bool {
         self.bindings.remove(&canonical_net(network)).is_some()
+    }
+
+    /// Removes the binding of exactly `network` if `session` made it;
+    /// `true` if it did.
+    pub fn unbind_session(&self, network: IpNet, session: u64) -> bool {
+        self.bindings
+            .remove_if(&canonical_net(network), |_, b| b.session == session)
+            .is_some()
+    }
+
+    /// Whether exactly `network` has a binding (live or not yet swept).
+    pub fn is_bound(&self, network: IpNet) -> bool {
+        self.bindings.contains_key(&canonical_net(network))
     }
 
     /// Drops every binding to `subscriber` (erasure); returns how many.

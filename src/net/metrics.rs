@@ -92,6 +92,15 @@ pub struct Metrics {
     pub handshake_turns: Family<QueueLabel, Counter>,
     /// Connections that earned a slow-down or a close by their conduct.
     pub abusive_connections: Family<StepLabel, Counter>,
+    pub radius_packets: Family<RadiusLabels, Counter>,
+}
+
+/// What became of a RADIUS datagram (`applied`, `ignored`, `duplicate`,
+/// `dropped`, `unanswered`) and why (the status type, or the reason).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct RadiusLabels {
+    pub outcome: &'static str,
+    pub reason: &'static str,
 }
 
 /// The handshake pace's queue: `new` or `returning` (offers a valid ticket).
@@ -284,6 +293,12 @@ impl Metrics {
             "Connections on a run of refused requests, by what they earned: slowed (each next request waits), closed (and the source refused new connections for limits.penalty_secs)",
             abusive_connections.clone(),
         );
+        let radius_packets = Family::<RadiusLabels, Counter>::default();
+        registry.register(
+            "radius_packets",
+            "RADIUS accounting datagrams by outcome (applied, ignored: answered but unusable, duplicate: answered from the reply cache, dropped: unknown client, bad authenticator or not accounting, unanswered: max_bindings held) and reason",
+            radius_packets.clone(),
+        );
         Self {
             registry,
             requests,
@@ -312,7 +327,14 @@ impl Metrics {
             accept_pauses,
             handshake_turns,
             abusive_connections,
+            radius_packets,
         }
+    }
+
+    pub fn radius(&self, outcome: &'static str, reason: &'static str) {
+        self.radius_packets
+            .get_or_create(&RadiusLabels { outcome, reason })
+            .inc();
     }
 
     pub fn request(&self, protocol: Protocol, outcome: &'static str, seconds: f64) {

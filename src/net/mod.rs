@@ -267,6 +267,8 @@ pub enum ServeError {
     Store(#[from] StoreError),
     #[error("cannot join the cluster: {0}")]
     Cluster(#[from] crate::store::cluster::ClusterError),
+    #[error(transparent)]
+    Radius(#[from] crate::radius::RadiusError),
 }
 
 /// A started server.
@@ -274,6 +276,8 @@ pub enum ServeError {
 pub struct Running {
     pub public_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The RADIUS accounting socket, when `[radius]` is on.
+    pub radius_addr: Option<SocketAddr>,
     pub admin_token: Secret<String>,
     /// The CA to trust when the certificate was generated (no `tls_cert`).
     pub ca_cert: Option<PathBuf>,
@@ -352,8 +356,28 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         // Caught up with the shared stream before serving (readyz 503 until then).
         store.attach(crate::store::cluster::Link::join(cluster, &store).await?);
     }
+    let radius = match &config.radius {
+        Some(radius) => {
+            let clients = crate::radius::clients(radius)?;
+            Some((crate::radius::bind(radius.listen).await?, clients))
+        }
+        None => None,
+    };
     let app = Arc::new(App::new(config, store, &secret, public_addr));
     admin_state.app.set(app.clone()).expect("set once");
+    let radius_addr = match radius {
+        Some((socket, clients)) => {
+            let addr = socket.local_addr().ok();
+            tracker.spawn(crate::radius::serve(
+                app.clone(),
+                socket,
+                clients,
+                shutdown.clone(),
+            ));
+            addr
+        }
+        None => None,
+    };
 
     tracker.spawn(housekeeping(app.clone(), shutdown.clone()));
     if let Some(lag) = app.limits.main_lag.clone() {
@@ -377,6 +401,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     Ok(Running {
         public_addr,
         admin_addr,
+        radius_addr,
         admin_token,
         ca_cert: certificates.ca_cert,
         app,

@@ -1,0 +1,330 @@
+//! The operator's own identity feed: a RADIUS Accounting server (RFC 2866)
+//! that the packet gateway (PGW, GGSN, BNG) sends its session records to.
+//! A Start or Interim-Update binds the session's address (Framed-IP-Address,
+//! and Framed-IPv6-Prefix as a prefix) to the subscriber whose MSISDN it
+//! carries; a Stop unbinds it, but only if the binding is still that
+//! session's, so a late Stop cannot clear an address already handed to the
+//! next subscriber. Bindings expire when no Interim refreshes them within
+//! `radius.binding_ttl_secs`.
+//!
+//! Owns the UDP socket, the per-client secrets and the reply cache; the
+//! bindings are the same [`Sessions`](crate::core::Sessions) table the admin
+//! API feeds. Nothing here is durable: the gateway re-sends, as it does for
+//! any accounting server.
+//!
+//! Each datagram is handled to the end (checked, applied, its answer
+//! cached) with no `.await` in between; only then is the answer sent. A
+//! shutdown between the two loses an answer, never a binding: the gateway
+//! re-sends and the reply cache answers.
+//!
+//! What a datagram gets:
+//! - from an address outside every `[[radius.clients]]` network, not an
+//!   Accounting-Request, or with a Request Authenticator that the client's
+//!   secret does not give: dropped, counted (`radius_packets{outcome =
+//!   "dropped"}`); nothing is allocated for it;
+//! - a re-sent request (same source, Identifier and authenticator within
+//!   `REPLY_TTL`): the first answer again, nothing applied twice;
+//! - a request that can never be applied (no address, no or a bad MSISDN,
+//!   an address outside the MNO pools): answered, so the gateway stops
+//!   re-sending it, and counted as `ignored` with the reason;
+//! - a Start or Interim while `max_bindings` are held: not answered, so the
+//!   gateway re-sends it later (or fails over).
+
+pub mod packet;
+
+use std::collections::{HashMap, VecDeque};
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ipnet::IpNet;
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{RadiusConfig, Secret};
+use crate::net::{App, now_ms};
+use crate::wire::Msisdn;
+use packet::{Header, PacketError, Request, Status};
+
+/// How long an answer is kept for re-sent requests (RFC 5080 §2.2.2 asks
+/// for at least the client's retransmission window).
+const REPLY_TTL: Duration = Duration::from_secs(30);
+/// Answers kept at most; the oldest go first.
+const REPLY_CACHE: usize = 65_536;
+
+/// A configured client network and its shared secret.
+#[derive(Debug)]
+pub struct Client {
+    pub network: IpNet,
+    secret: Secret<Vec<u8>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RadiusError {
+    #[error("radius secret file {path}: {source}")]
+    Secret {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("radius secret file {0} is empty")]
+    EmptySecret(PathBuf),
+    #[error("cannot listen for RADIUS on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// The clients of `config`, their secrets read from their files (one line;
+/// surrounding whitespace is not part of it).
+pub fn clients(config: &RadiusConfig) -> Result<Vec<Client>, RadiusError> {
+    config
+        .clients
+        .iter()
+        .map(|(network, path)| {
+            let text = std::fs::read_to_string(path).map_err(|source| RadiusError::Secret {
+                path: path.clone(),
+                source,
+            })?;
+            let secret = text.trim();
+            if secret.is_empty() {
+                return Err(RadiusError::EmptySecret(path.clone()));
+            }
+            Ok(Client {
+                network: *network,
+                secret: Secret::new(secret.as_bytes().to_vec()),
+            })
+        })
+        .collect()
+}
+
+pub async fn bind(addr: SocketAddr) -> Result<UdpSocket, RadiusError> {
+    UdpSocket::bind(addr)
+        .await
+        .map_err(|source| RadiusError::Bind { addr, source })
+}
+
+/// Serves accounting on `socket` until `shutdown`.
+pub async fn serve(
+    app: Arc<App>,
+    socket: UdpSocket,
+    clients: Vec<Client>,
+    shutdown: CancellationToken,
+) {
+    let mut server = Server {
+        app,
+        clients,
+        replies: Replies::default(),
+    };
+    let mut buffer = vec![0u8; packet::MAX_PACKET];
+    loop {
+        let (len, from) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            received = socket.recv_from(&mut buffer) => match received {
+                Ok(received) => received,
+                // ICMP errors from earlier sends surface here; keep serving.
+                Err(_) => continue,
+            },
+        };
+        if let Some(answer) = server.handle(&buffer[..len], from, now_ms()) {
+            let _ = socket.send_to(&answer, from).await;
+        }
+    }
+}
+
+struct Server {
+    app: Arc<App>,
+    clients: Vec<Client>,
+    replies: Replies,
+}
+
+/// What became of a datagram, for the counter.
+enum Outcome {
+    Applied(&'static str),
+    Ignored(&'static str),
+    Duplicate,
+    Dropped(&'static str),
+    Full,
+}
+
+impl Server {
+    fn handle(&mut self, datagram: &[u8], from: SocketAddr, now_ms: u64) -> Option<Arc<[u8]>> {
+        let (outcome, answer) = self.answer(datagram, from, now_ms);
+        let (outcome, reason) = match outcome {
+            Outcome::Applied(status) => ("applied", status),
+            Outcome::Ignored(reason) => ("ignored", reason),
+            Outcome::Duplicate => ("duplicate", "resent"),
+            Outcome::Dropped(reason) => ("dropped", reason),
+            Outcome::Full => ("unanswered", "max_bindings"),
+        };
+        self.app.metrics.radius(outcome, reason);
+        answer
+    }
+
+    fn answer(
+        &mut self,
+        datagram: &[u8],
+        from: SocketAddr,
+        now_ms: u64,
+    ) -> (Outcome, Option<Arc<[u8]>>) {
+        let source = from.ip().to_canonical();
+        // The longest configured network that holds the source.
+        let Some(client) = self
+            .clients
+            .iter()
+            .filter(|c| c.network.contains(&source))
+            .max_by_key(|c| c.network.prefix_len())
+        else {
+            return (Outcome::Dropped("unknown_client"), None);
+        };
+        let secret = client.secret.expose().as_slice();
+        let header = match Header::read(datagram).and_then(|h| h.verify(secret).map(|()| h)) {
+            Ok(header) => header,
+            Err(e) => return (Outcome::Dropped(e.label()), None),
+        };
+        let key = (from, header.identifier, header.authenticator);
+        if let Some(answer) = self.replies.get(&key, now_ms) {
+            return (Outcome::Duplicate, Some(answer));
+        }
+        let outcome = match header.attributes() {
+            Ok(request) => self.apply(&request, source, now_ms),
+            Err(e) => Outcome::Ignored(PacketError::label(e)),
+        };
+        if matches!(outcome, Outcome::Full) {
+            return (outcome, None);
+        }
+        let answer: Arc<[u8]> = header.response(secret).into();
+        self.replies.insert(key, answer.clone(), now_ms);
+        (outcome, Some(answer))
+    }
+
+    fn apply(&self, request: &Request<'_>, nas: std::net::IpAddr, now_ms: u64) -> Outcome {
+        let Some(status) = request.status() else {
+            return Outcome::Ignored("no_status_type");
+        };
+        if matches!(
+            status,
+            Status::AccountingOn | Status::AccountingOff | Status::Other(_)
+        ) {
+            // Bindings of a rebooted gateway expire on their own.
+            return Outcome::Applied("other");
+        }
+        let networks = request.networks();
+        if networks.is_empty() {
+            return Outcome::Ignored("no_address");
+        }
+        let config = &self.app.config;
+        if !networks.iter().all(|n| config.mno.is_mno_network(n)) {
+            return Outcome::Ignored("not_mno_address");
+        }
+        let session = session_tag(nas, request.session_id().unwrap_or_default());
+        let sessions = &self.app.sessions;
+        if status == Status::Stop {
+            for network in networks {
+                sessions.unbind_session(network, session);
+            }
+            return Outcome::Applied("stop");
+        }
+        let radius = config.radius.as_ref().expect("serving RADIUS");
+        let Some(msisdn) = request
+            .msisdn(radius.msisdn_attribute)
+            .and_then(|raw| std::str::from_utf8(raw).ok())
+            .and_then(|text| Msisdn::parse(text).ok())
+        else {
+            return Outcome::Ignored("bad_msisdn");
+        };
+        let new = networks.iter().filter(|n| !sessions.is_bound(**n)).count();
+        if sessions.len() + new > radius.max_bindings {
+            return Outcome::Full;
+        }
+        let subscriber = self.app.key.subscriber_ref(&msisdn);
+        let expires_ms = now_ms.saturating_add(radius.binding_ttl.as_millis() as u64);
+        // An Interim refreshes its own session's binding (or makes it, if
+        // it was lost); it never takes an address from another session.
+        let unless_live_at = (status != Status::Start).then_some(now_ms);
+        for network in networks {
+            sessions.bind_session(network, subscriber, expires_ms, session, unless_live_at);
+        }
+        Outcome::Applied(match status {
+            Status::Start => "start",
+            _ => "interim",
+        })
+    }
+}
+
+/// A session as bindings remember it: the gateway and its Acct-Session-Id,
+/// hashed (never 0, which marks bindings made through the admin API).
+fn session_tag(nas: std::net::IpAddr, session_id: &[u8]) -> u64 {
+    let mut hasher = DefaultHasher::new();
+    (nas, session_id).hash(&mut hasher);
+    hasher.finish().max(1)
+}
+
+type ReplyKey = (SocketAddr, u8, [u8; 16]);
+
+/// Answers by request, for re-sent requests: at most `REPLY_CACHE`, each
+/// for `REPLY_TTL`.
+#[derive(Default)]
+struct Replies {
+    answers: HashMap<ReplyKey, (Arc<[u8]>, u64)>,
+    order: VecDeque<ReplyKey>,
+}
+
+impl Replies {
+    fn get(&self, key: &ReplyKey, now_ms: u64) -> Option<Arc<[u8]>> {
+        let (answer, at_ms) = self.answers.get(key)?;
+        (now_ms.saturating_sub(*at_ms) < REPLY_TTL.as_millis() as u64).then(|| answer.clone())
+    }
+
+    fn insert(&mut self, key: ReplyKey, answer: Arc<[u8]>, now_ms: u64) {
+        while self.order.len() >= REPLY_CACHE
+            || self.order.front().is_some_and(|oldest| {
+                self.answers.get(oldest).is_none_or(|(_, at)| {
+                    now_ms.saturating_sub(*at) >= REPLY_TTL.as_millis() as u64
+                })
+            })
+        {
+            let Some(oldest) = self.order.pop_front() else {
+                break;
+            };
+            self.answers.remove(&oldest);
+        }
+        if self.answers.insert(key, (answer, now_ms)).is_none() {
+            self.order.push_back(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_reply_cache_is_bounded_and_forgets_old_answers() {
+        let mut replies = Replies::default();
+        let from: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let answer: Arc<[u8]> = Arc::from(&b"x"[..]);
+        for i in 0..REPLY_CACHE + 10 {
+            let key = (from, i as u8, (i as u128).to_le_bytes());
+            replies.insert(key, answer.clone(), 1000);
+        }
+        assert_eq!(replies.answers.len(), REPLY_CACHE);
+        assert_eq!(replies.order.len(), REPLY_CACHE);
+        let last = REPLY_CACHE + 9;
+        let key = (from, last as u8, (last as u128).to_le_bytes());
+        assert!(replies.get(&key, 1000).is_some());
+        assert!(
+            replies
+                .get(&key, 1000 + REPLY_TTL.as_millis() as u64)
+                .is_none()
+        );
+        replies.insert(
+            (from, 0, [9; 16]),
+            answer,
+            1000 + REPLY_TTL.as_millis() as u64,
+        );
+        assert_eq!(replies.answers.len(), 1, "expired answers go first");
+    }
+}
