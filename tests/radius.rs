@@ -271,7 +271,8 @@ async fn resends_late_stops_and_strangers_change_nothing() {
         ("ignored", "not_mno_address", 1.0),
         ("ignored", "bad_msisdn", 1.0),
     ] {
-        let line = format!(r#"homecmp_radius_packets_total{{outcome="{outcome}",reason="{reason}"}}"#);
+        let line =
+            format!(r#"homecmp_radius_packets_total{{outcome="{outcome}",reason="{reason}"}}"#);
         assert!(metric(&metrics, &line) >= at_least, "{line}\n{metrics}");
     }
     server.stop().await;
