@@ -955,6 +955,32 @@ mod tests {
     }
 
     #[test]
+    fn radius_is_off_by_default_and_checked_when_on() {
+        assert!(Config::parse("", no_env()).unwrap().radius.is_none());
+        let on = "[radius]\nlisten = \"0.0.0.0:1813\"\nmsisdn_attribute = \"vendor:10415:7\"\n\
+                  [[radius.clients]]\nnetwork = \"10.20.0.7\"\nsecret_file = \"/s\"\n\
+                  [[radius.clients]]\nnetwork = \"10.20.0.0/16\"\nsecret_file = \"/t\"\n";
+        let radius = Config::parse(on, no_env()).unwrap().radius.unwrap();
+        assert_eq!(radius.clients[0].0, "10.20.0.7/32".parse::<IpNet>().unwrap());
+        assert_eq!(radius.binding_ttl, Duration::from_secs(7200));
+        let bad = "[radius]\nlisten = \"1813\"\nmsisdn_attribute = \"imsi\"\n\
+                   binding_ttl_secs = 0\nmax_bindings = 0\n\
+                   [[radius.clients]]\nnetwork = \"10.20.0.0/33\"\nsecret_file = \"/s\"\n";
+        let errors = Config::parse(bad, no_env()).unwrap_err().0;
+        for key in [
+            "radius.listen",
+            "radius.msisdn_attribute",
+            "radius.binding_ttl_secs",
+            "radius.max_bindings",
+            "radius.clients.network",
+        ] {
+            assert!(errors.iter().any(|e| e.starts_with(key)), "{key}: {errors:#?}");
+        }
+        let no_clients = Config::parse("[radius]\nlisten = \"127.0.0.1:1813\"", no_env());
+        assert!(no_clients.unwrap_err().0[0].starts_with("radius.clients"));
+    }
+
+    #[test]
     fn the_readme_cluster_example_is_valid() {
         let readme = include_str!("../README.md");
         let section = &readme[readme.find("## Cluster mode").unwrap()..];

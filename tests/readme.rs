@@ -11,13 +11,18 @@ const README: &str = include_str!("../README.md");
 
 /// The first ```sh block after the line `heading`.
 fn sh_block_after(heading: &str) -> String {
+    block_after(heading, "sh")
+}
+
+/// The first ```lang block after the line `heading`.
+fn block_after(heading: &str, lang: &str) -> String {
     let section = README
         .split_once(&format!("\n{heading}\n"))
         .unwrap_or_else(|| panic!("README has no {heading:?}"))
         .1;
     let block = section
-        .split_once("```sh\n")
-        .expect("a sh block")
+        .split_once(&format!("```{lang}\n"))
+        .unwrap_or_else(|| panic!("a {lang} block after {heading:?}"))
         .1
         .split_once("\n```")
         .expect("the block ends")
@@ -111,4 +116,42 @@ fn the_curl_walkthrough_works_as_printed() {
     assert!(out.starts_with("blanked 0 of 2 records"), "{out}");
     let out = run_block("The way out of such a log, with the server stopped:");
     assert!(out.contains("kept events 1..=1"), "{out}");
+}
+
+#[test]
+fn the_radius_demo_works_as_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let try_it = "**Try it on loopback** with Debian's `radclient` (package freeradius-utils).";
+    std::fs::write(dir.path().join("radius-demo.toml"), block_after(try_it, "toml")).unwrap();
+    std::fs::write(dir.path().join("pgw.secret"), "readme-demo-secret\n").unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_homecmp"));
+    command
+        .args(["serve", "--config", "radius-demo.toml"])
+        .current_dir(dir.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    for (name, _) in std::env::vars() {
+        if name.starts_with("HOMECMP") {
+            command.env_remove(name);
+        }
+    }
+    let mut server = Killed(command.spawn().unwrap());
+    let mut ready = String::new();
+    BufReader::new(server.0.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    assert!(
+        ready.starts_with("homecmp ready public=https://127.0.0.1:9443"),
+        "are 9443, 9444 and UDP 1813 free? {ready:?}"
+    );
+    let script = block_after(try_it, "sh");
+    let run = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", &script])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{script}\n{run:?}");
+    assert!(out.contains("Received Accounting-Response"), "{out}");
+    assert!(out.contains(r#""network":"127.1.0.7/32""#), "{out}");
 }
