@@ -961,7 +961,10 @@ mod tests {
                   [[radius.clients]]\nnetwork = \"10.20.0.7\"\nsecret_file = \"/s\"\n\
                   [[radius.clients]]\nnetwork = \"10.20.0.0/16\"\nsecret_file = \"/t\"\n";
         let radius = Config::parse(on, no_env()).unwrap().radius.unwrap();
-        assert_eq!(radius.clients[0].0, "10.20.0.7/32".parse::<IpNet>().unwrap());
+        assert_eq!(
+            radius.clients[0].0,
+            "10.20.0.7/32".parse::<IpNet>().unwrap()
+        );
         assert_eq!(radius.binding_ttl, Duration::from_secs(7200));
         let bad = "[radius]\nlisten = \"1813\"\nmsisdn_attribute = \"imsi\"\n\
                    binding_ttl_secs = 0\nmax_bindings = 0\n\
@@ -974,7 +977,10 @@ mod tests {
             "radius.max_bindings",
             "radius.clients.network",
         ] {
-            assert!(errors.iter().any(|e| e.starts_with(key)), "{key}: {errors:#?}");
+            assert!(
+                errors.iter().any(|e| e.starts_with(key)),
+                "{key}: {errors:#?}"
+            );
         }
         let no_clients = Config::parse("[radius]\nlisten = \"127.0.0.1:1813\"", no_env());
         assert!(no_clients.unwrap_err().0[0].starts_with("radius.clients"));

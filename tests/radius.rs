@@ -17,7 +17,9 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use homecmp::radius::packet::{Status, accounting_request, is_response_to, session_attributes};
+use homecmp::radius::packet::{
+    self, Status, accounting_request, is_response_to, session_attributes,
+};
 use reqwest::Method;
 use support::{CODE, TARGET, TestServer, metric};
 use tokio::net::UdpSocket;
@@ -322,5 +324,35 @@ async fn a_flood_of_starts_from_many_gateways_stays_within_max_bindings() {
     assert_eq!(metric(&metrics, "homecmp_sessions "), 300.0, "{metrics}");
     let unanswered = r#"homecmp_radius_packets_total{outcome="unanswered",reason="max_bindings"}"#;
     assert_eq!(metric(&metrics, unanswered), 200.0);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_ipv6_prefix_is_bound_as_a_prefix() {
+    let (server, _dir) = server("[mno]\nnetworks = [\"127.1.0.0/16\", \"2001:db8::/32\"]").await;
+    let gateway = Gateway::new(&server, "127.4.0.3").await;
+    // Framed-IPv6-Prefix (RFC 3162): reserved, length, the prefix bits.
+    let prefix = [0u8, 64, 0x20, 0x01, 0x0d, 0xb8, 0, 7, 0, 9];
+    let attributes: [(u8, &[u8]); 4] = [
+        (packet::attr::ACCT_STATUS_TYPE, &1u32.to_be_bytes()),
+        (packet::attr::FRAMED_IPV6_PREFIX, &prefix),
+        (packet::attr::CALLING_STATION_ID, b"447700900030"),
+        (packet::attr::ACCT_SESSION_ID, b"v6-1"),
+    ];
+    let request = accounting_request(9, &attributes, GATEWAY_SECRET.as_bytes());
+    let answer = gateway.send(&request).await.expect("answered");
+    assert!(is_response_to(&answer, &request, GATEWAY_SECRET.as_bytes()));
+    // Any address of the /64 is the subscriber's; the next /64 is not.
+    let (status, body) = server
+        .admin(Method::GET, "/admin/v1/sessions/2001:db8:7:9::abcd", None)
+        .await;
+    assert_eq!(
+        (status, body["network"].as_str()),
+        (200, Some("2001:db8:7:9::/64"))
+    );
+    let (status, _) = server
+        .admin(Method::GET, "/admin/v1/sessions/2001:db8:7:a::1", None)
+        .await;
+    assert_eq!(status, 404);
     server.stop().await;
 }

@@ -122,7 +122,11 @@ fn the_curl_walkthrough_works_as_printed() {
 fn the_radius_demo_works_as_printed() {
     let dir = tempfile::tempdir().unwrap();
     let try_it = "**Try it on loopback** with Debian's `radclient` (package freeradius-utils).";
-    std::fs::write(dir.path().join("radius-demo.toml"), block_after(try_it, "toml")).unwrap();
+    std::fs::write(
+        dir.path().join("radius-demo.toml"),
+        block_after(try_it, "toml"),
+    )
+    .unwrap();
     std::fs::write(dir.path().join("pgw.secret"), "readme-demo-secret\n").unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_homecmp"));
     command
