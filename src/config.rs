@@ -68,6 +68,33 @@ pub struct Config {
     /// `[radius]` with `listen`: a RADIUS Accounting server feeding session
     /// bindings (see `crate::radius`). `None`: off.
     pub radius: Option<RadiusConfig>,
+    /// `[federation]`: peer CMPs this one forwards to, and the mutual-TLS
+    /// listener they call (see `crate::federation`). `None`: neither.
+    pub federation: Option<FederationConfig>,
+}
+
+/// `[federation]` (§9.3.2): security between two CMPs.
+#[derive(Debug, Clone)]
+pub struct FederationConfig {
+    /// Where peer CMPs call this one (mutual TLS); `None`: nobody can.
+    pub listen: Option<SocketAddr>,
+    /// This CMP's federation certificate chain and key: its server
+    /// certificate on `listen` and its client certificate towards peers.
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// The community CA(s), PEM: a peer is trusted, as a server and as a
+    /// client, only with a certificate issued by one of them.
+    pub ca_file: PathBuf,
+    /// Routing prefix -> the peer CMP's federation URL.
+    pub peers: Vec<(RoutingPrefix, String)>,
+    /// A forwarded request's whole budget: connect, TLS, answer.
+    pub timeout: Duration,
+    pub max_in_flight_per_peer: usize,
+    /// Consecutive failures that open a peer's circuit, and for how long.
+    pub failures_to_open: u32,
+    pub open_for: Duration,
+    /// Requests one peer (by address) may send to `listen` per second.
+    pub requests_per_peer_per_sec: u32,
 }
 
 /// `[radius]`: where the packet gateways send accounting, and with what.
@@ -211,6 +238,46 @@ struct Raw {
     http3: RawHttp3,
     cluster: RawCluster,
     radius: RawRadius,
+    federation: RawFederation,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct RawFederation {
+    listen: String,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    peers: Vec<RawPeer>,
+    timeout_ms: u64,
+    max_in_flight_per_peer: usize,
+    failures_to_open: u32,
+    open_ms: u64,
+    requests_per_peer_per_sec: u32,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPeer {
+    prefix: String,
+    url: String,
+}
+
+impl Default for RawFederation {
+    fn default() -> Self {
+        Self {
+            listen: String::new(),
+            cert_file: None,
+            key_file: None,
+            ca_file: None,
+            peers: Vec::new(),
+            timeout_ms: 1500,
+            max_in_flight_per_peer: 256,
+            failures_to_open: 5,
+            open_ms: 5000,
+            requests_per_peer_per_sec: 5000,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -560,6 +627,7 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
     }
     let cluster = cluster(raw.cluster, errors);
     let radius = radius(raw.radius, errors);
+    let federation = federation(raw.federation, &routing_prefixes, errors);
     if cluster.is_some() && raw.server.subscriber_secret.is_none() {
         errors.push(
             "cluster: every node must key subscribers alike: set server.subscriber_secret \
@@ -692,6 +760,10 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
         policy: Policy {
             mode: auth.mode,
             on_mismatch: auth.on_mismatch,
+            federated_prefixes: federation
+                .iter()
+                .flat_map(|f| f.peers.iter().map(|(prefix, _)| prefix.clone()))
+                .collect(),
             routing_prefixes,
         },
         max_clientids_per_subscriber: auth.max_clientids_per_subscriber,
@@ -740,7 +812,82 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
         log_json: raw.log.json,
         cluster,
         radius,
+        federation,
     }
+}
+
+fn federation(
+    raw: RawFederation,
+    own: &[RoutingPrefix],
+    errors: &mut Vec<String>,
+) -> Option<FederationConfig> {
+    if raw.listen.is_empty() && raw.peers.is_empty() {
+        return None;
+    }
+    let listen = (!raw.listen.is_empty()).then(|| {
+        raw.listen.parse().unwrap_or_else(|_| {
+            errors.push(format!(
+                "federation.listen: {:?} is not an address:port",
+                raw.listen
+            ));
+            SocketAddr::from(([127, 0, 0, 1], 0))
+        })
+    });
+    let mut file = |key: &str, path: Option<PathBuf>| {
+        path.unwrap_or_else(|| {
+            errors.push(format!(
+                "federation.{key}: required (this CMP's federation certificate, its key, the community CA)"
+            ));
+            PathBuf::new()
+        })
+    };
+    let cert_file = file("cert_file", raw.cert_file);
+    let key_file = file("key_file", raw.key_file);
+    let ca_file = file("ca_file", raw.ca_file);
+    let mut peers: Vec<(RoutingPrefix, String)> = Vec::new();
+    for peer in raw.peers {
+        let prefix = match RoutingPrefix::parse(&peer.prefix) {
+            Ok(prefix) => prefix,
+            Err(e) => {
+                errors.push(format!("federation.peers.prefix: {:?}: {e}", peer.prefix));
+                continue;
+            }
+        };
+        if own.contains(&prefix) || peers.iter().any(|(p, _)| *p == prefix) {
+            errors.push(format!(
+                "federation.peers.prefix: {:?} is this CMP's or listed twice",
+                peer.prefix
+            ));
+        }
+        if !peer.url.starts_with("https://") || peer.url.parse::<http::Uri>().is_err() {
+            errors.push(format!(
+                "federation.peers.url: {:?} is not an https:// URL",
+                peer.url
+            ));
+        }
+        peers.push((prefix, peer.url.trim_end_matches('/').to_owned()));
+    }
+    if !(100..=60_000).contains(&raw.timeout_ms) {
+        errors.push(format!(
+            "federation.timeout_ms: {} must be 100 to 60000",
+            raw.timeout_ms
+        ));
+    }
+    if raw.max_in_flight_per_peer == 0 || raw.failures_to_open == 0 {
+        errors.push("federation.max_in_flight_per_peer and failures_to_open: at least 1".into());
+    }
+    Some(FederationConfig {
+        listen,
+        cert_file,
+        key_file,
+        ca_file,
+        peers,
+        timeout: Duration::from_millis(raw.timeout_ms),
+        max_in_flight_per_peer: raw.max_in_flight_per_peer,
+        failures_to_open: raw.failures_to_open,
+        open_for: Duration::from_millis(raw.open_ms),
+        requests_per_peer_per_sec: raw.requests_per_peer_per_sec,
+    })
 }
 
 fn radius(raw: RawRadius, errors: &mut Vec<String>) -> Option<RadiusConfig> {
@@ -984,6 +1131,33 @@ mod tests {
         }
         let no_clients = Config::parse("[radius]\nlisten = \"127.0.0.1:1813\"", no_env());
         assert!(no_clients.unwrap_err().0[0].starts_with("radius.clients"));
+    }
+
+    #[test]
+    fn federation_is_off_by_default_and_checked_when_on() {
+        let off = Config::parse("", no_env()).unwrap();
+        assert!(off.federation.is_none() && off.policy.federated_prefixes.is_empty());
+        let on = "[federation]\ncert_file = \"/c\"\nkey_file = \"/k\"\nca_file = \"/ca\"\n\
+                  [[federation.peers]]\nprefix = \"2001000002\"\nurl = \"https://b.example:8445/\"\n";
+        let config = Config::parse(on, no_env()).unwrap();
+        let federation = config.federation.unwrap();
+        assert_eq!(federation.peers[0].1, "https://b.example:8445");
+        assert_eq!(federation.listen, None);
+        assert_eq!(config.policy.federated_prefixes[0].as_str(), "2001000002");
+        let bad = "[federation]\nlisten = \"8445\"\ntimeout_ms = 5\n\
+                   [[federation.peers]]\nprefix = \"2001000001\"\nurl = \"http://b\"\n";
+        let errors = Config::parse(bad, no_env()).unwrap_err().0;
+        for key in [
+            "federation.listen",
+            "federation.cert_file",
+            "federation.key_file",
+            "federation.ca_file",
+            "federation.peers.prefix",
+            "federation.peers.url",
+            "federation.timeout_ms",
+        ] {
+            assert!(errors.iter().any(|e| e.starts_with(key)), "{key}: {errors:#?}");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@
 pub mod backup;
 pub mod config;
 pub mod deploy;
+pub mod federation;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod net;

@@ -37,6 +37,9 @@ pub struct Policy {
     pub mode: AuthMode,
     pub on_mismatch: MismatchPolicy,
     pub routing_prefixes: Vec<RoutingPrefix>,
+    /// Prefixes of peer CMPs this one forwards authenticated requests to
+    /// (`[federation]`, §9.3.2).
+    pub federated_prefixes: Vec<RoutingPrefix>,
 }
 
 /// Every way a request is refused. The wire status of each is decided in one
@@ -59,6 +62,10 @@ pub enum Refusal {
     CodeNotFound,
     #[error("the code belongs to another CMP")]
     UnknownPrefix,
+    /// The peer CMP that owns the code's prefix did not answer in time, is
+    /// failing, or has too many requests in flight.
+    #[error("the CMP that owns this code is not reachable; retry later")]
+    UpstreamUnavailable,
     #[error("too many requests; retry after {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
     #[error("the server is overloaded; retry later")]
@@ -226,24 +233,37 @@ fn authenticate(
     }
 }
 
-/// After authentication: the routing prefix (`UNKNOWN_PREFIX`) and the code
-/// (`CODE_NOT_FOUND`). Needs a [`Permit`]: an unauthenticated request cannot
-/// learn whether a code exists.
+/// Where a code is resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resolution {
+    /// Here: the target.
+    Local(Arc<str>),
+    /// At the peer CMP that owns its prefix (the caller forwards it).
+    Peer,
+}
+
+/// After authentication: the routing prefix (`UNKNOWN_PREFIX`, or a peer
+/// CMP's) and the code (`CODE_NOT_FOUND`). Needs a [`Permit`]: an
+/// unauthenticated request cannot learn whether a code exists, and is never
+/// forwarded to a peer.
 /// `lookup` is the code store (the index, for the transports).
 pub fn resolve(
     policy: &Policy,
     _permit: &Permit,
     code: &IndirectCode,
     lookup: impl FnOnce(&IndirectCode) -> Option<Arc<str>>,
-) -> Result<Arc<str>, Refusal> {
-    if !policy
-        .routing_prefixes
-        .iter()
-        .any(|p| p.as_str() == code.prefix())
-    {
-        return Err(Refusal::UnknownPrefix);
+) -> Result<Resolution, Refusal> {
+    let owned_by =
+        |prefixes: &[RoutingPrefix]| prefixes.iter().any(|p| p.as_str() == code.prefix());
+    if owned_by(&policy.routing_prefixes) {
+        return lookup(code)
+            .map(Resolution::Local)
+            .ok_or(Refusal::CodeNotFound);
     }
-    lookup(code).ok_or(Refusal::CodeNotFound)
+    match owned_by(&policy.federated_prefixes) {
+        true => Ok(Resolution::Peer),
+        false => Err(Refusal::UnknownPrefix),
+    }
 }
 
 #[cfg(test)]
@@ -255,6 +275,7 @@ mod tests {
             mode,
             on_mismatch,
             routing_prefixes: vec![RoutingPrefix::parse("2001000001").unwrap()],
+            federated_prefixes: vec![],
         }
     }
 
@@ -393,8 +414,8 @@ mod tests {
         };
         let code = |t| IndirectCode::parse(t).unwrap();
         assert_eq!(
-            resolve(&p, &permit, &code("2001000001abc"), store).as_deref(),
-            Ok("https://example.org/")
+            resolve(&p, &permit, &code("2001000001abc"), store),
+            Ok(Resolution::Local("https://example.org/".into()))
         );
         assert_eq!(
             resolve(&p, &permit, &code("2001000001abd"), store),
@@ -402,6 +423,18 @@ mod tests {
         );
         assert_eq!(
             resolve(&p, &permit, &code("2001000002abc"), store),
+            Err(Refusal::UnknownPrefix)
+        );
+        let federated = Policy {
+            federated_prefixes: vec![RoutingPrefix::parse("2001000002").unwrap()],
+            ..p
+        };
+        assert_eq!(
+            resolve(&federated, &permit, &code("2001000002abc"), store),
+            Ok(Resolution::Peer)
+        );
+        assert_eq!(
+            resolve(&federated, &permit, &code("2001000003abc"), store),
             Err(Refusal::UnknownPrefix)
         );
     }

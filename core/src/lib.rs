@@ -25,8 +25,8 @@ mod redact;
 
 pub use associate::{Plan, plan_association};
 pub use decide::{
-    AssociationState, AuthMode, Decision, MismatchPolicy, Permit, Policy, Refusal, decide,
-    permit_after, resolve,
+    AssociationState, AuthMode, Decision, MismatchPolicy, Permit, Policy, Refusal, Resolution,
+    decide, permit_after, resolve,
 };
 pub use identity::{
     Bound, ClientView, Identity, MnoPolicy, Sessions, canonical_net, identify, limit_address,

@@ -33,6 +33,7 @@ pub fn wire_error(refusal: &Refusal) -> (StatusCode, &'static str) {
         Refusal::AssociationMismatch => (StatusCode::FORBIDDEN, "ASSOCIATION_MISMATCH"),
         Refusal::CodeNotFound => (StatusCode::NOT_FOUND, "CODE_NOT_FOUND"),
         Refusal::UnknownPrefix => (StatusCode::NOT_FOUND, "UNKNOWN_PREFIX"),
+        Refusal::UpstreamUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "UPSTREAM_UNAVAILABLE"),
         Refusal::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
         Refusal::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED"),
         Refusal::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
@@ -47,7 +48,7 @@ pub fn wire_error(refusal: &Refusal) -> (StatusCode, &'static str) {
 pub fn retry_after(refusal: &Refusal) -> Option<u64> {
     match refusal {
         Refusal::RateLimited { retry_after_secs } => Some(*retry_after_secs),
-        Refusal::Overloaded | Refusal::Unavailable => Some(1),
+        Refusal::Overloaded | Refusal::Unavailable | Refusal::UpstreamUnavailable => Some(1),
         _ => None,
     }
 }

@@ -93,10 +93,12 @@ pub struct Metrics {
     /// Connections that earned a slow-down or a close by their conduct.
     pub abusive_connections: Family<StepLabel, Counter>,
     pub radius_packets: Family<RadiusLabels, Counter>,
+    pub federation: Family<RadiusLabels, Counter>,
 }
 
 /// What became of a RADIUS datagram (`applied`, `ignored`, `duplicate`,
-/// `dropped`, `unanswered`) and why (the status type, or the reason).
+/// `dropped`, `unanswered`) and why (the status type, or the reason); the
+/// same pair for federation requests.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct RadiusLabels {
     pub outcome: &'static str,
@@ -299,6 +301,12 @@ impl Metrics {
             "RADIUS accounting datagrams by outcome (applied, ignored: answered but unusable, duplicate: answered from the reply cache, dropped: unknown client, bad authenticator or not accounting, unanswered: max_bindings held) and reason",
             radius_packets.clone(),
         );
+        let federation = Family::<RadiusLabels, Counter>::default();
+        registry.register(
+            "federation",
+            "Federation (§9.3.2): forwarded to a peer CMP (outcome forwarded: resolved, not_found, busy, circuit_open, failed), answered to a peer (outcome answered, by result) peer connections taken (outcome connected) and refused (outcome refused: handshake, connections)",
+            federation.clone(),
+        );
         Self {
             registry,
             requests,
@@ -328,7 +336,14 @@ impl Metrics {
             handshake_turns,
             abusive_connections,
             radius_packets,
+            federation,
         }
+    }
+
+    pub fn federation(&self, outcome: &'static str, reason: &'static str) {
+        self.federation
+            .get_or_create(&RadiusLabels { outcome, reason })
+            .inc();
     }
 
     pub fn radius(&self, outcome: &'static str, reason: &'static str) {

@@ -62,6 +62,8 @@ pub struct App {
     /// shedding unauthenticated requests.
     pub open_connections: AtomicUsize,
     pub limits: Limiters,
+    /// Peer CMPs to forward to (`[federation]` peers).
+    pub peers: Option<crate::federation::Peers>,
 }
 
 /// The keyed limits of `[limits]`, cheapest first.
@@ -269,6 +271,8 @@ pub enum ServeError {
     Cluster(#[from] crate::store::cluster::ClusterError),
     #[error(transparent)]
     Radius(#[from] crate::radius::RadiusError),
+    #[error(transparent)]
+    Federation(#[from] crate::federation::FederationError),
 }
 
 /// A started server.
@@ -278,6 +282,8 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     /// The RADIUS accounting socket, when `[radius]` is on.
     pub radius_addr: Option<SocketAddr>,
+    /// The federation listener, when `federation.listen` is set.
+    pub federation_addr: Option<SocketAddr>,
     pub admin_token: Secret<String>,
     /// The CA to trust when the certificate was generated (no `tls_cert`).
     pub ca_cert: Option<PathBuf>,
@@ -363,8 +369,40 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         }
         None => None,
     };
-    let app = Arc::new(App::new(config, store, &secret, public_addr));
+    let (peers, federation) = match &config.federation {
+        Some(federation) => {
+            let peers = (!federation.peers.is_empty())
+                .then(|| crate::federation::Peers::new(federation))
+                .transpose()?;
+            let listener = match federation.listen {
+                Some(addr) => {
+                    let (certs, key) = tls::load(&federation.cert_file, &federation.key_file)?;
+                    let roots = tls::roots(&federation.ca_file)?;
+                    let tls = tls::mutual_server_config(certs, key, roots)?;
+                    Some((bind(addr).await?, tokio_rustls::TlsAcceptor::from(tls)))
+                }
+                None => None,
+            };
+            (peers, listener)
+        }
+        None => (None, None),
+    };
+    let app = Arc::new(App::new(config, store, &secret, public_addr, peers));
     admin_state.app.set(app.clone()).expect("set once");
+    let federation_addr = match federation {
+        Some((listener, acceptor)) => {
+            let addr = listener.local_addr().ok();
+            tracker.spawn(crate::federation::serve(
+                app.clone(),
+                listener,
+                acceptor,
+                shutdown.clone(),
+                tracker.clone(),
+            ));
+            addr
+        }
+        None => None,
+    };
     let radius_addr = match radius {
         Some((socket, clients)) => {
             let addr = socket.local_addr().ok();
@@ -402,6 +440,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         public_addr,
         admin_addr,
         radius_addr,
+        federation_addr,
         admin_token,
         ca_cert: certificates.ca_cert,
         app,
@@ -507,7 +546,13 @@ async fn replay(config: &Config) -> Result<Store, ServeError> {
 }
 
 impl App {
-    fn new(config: Config, store: Store, secret: &[u8; 32], public_addr: SocketAddr) -> Self {
+    fn new(
+        config: Config,
+        store: Store,
+        secret: &[u8; 32],
+        public_addr: SocketAddr,
+        peers: Option<crate::federation::Peers>,
+    ) -> Self {
         let per_minute = NonZeroU32::new(config.associations_per_minute).unwrap_or(NonZeroU32::MIN);
         let alt_svc = config
             .http3
@@ -524,6 +569,7 @@ impl App {
             alt_svc,
             open_connections: AtomicUsize::new(0),
             limits: Limiters::new(&config),
+            peers,
             store,
             config,
         }

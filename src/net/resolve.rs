@@ -196,9 +196,18 @@ async fn run_resolution(
         }
     };
     let index = app.store.index();
-    let target = core::resolve(&app.config.policy, &permit, &code, |code| {
+    let resolution = core::resolve(&app.config.policy, &permit, &code, |code| {
         index.code(code).map(|entry| entry.target)
     })?;
+    let target = match resolution {
+        core::Resolution::Local(target) => target,
+        core::Resolution::Peer => {
+            let peers = app.peers.as_ref().ok_or(Refusal::UnknownPrefix)?;
+            let (outcome, target) = peers.resolve(&permit, &code).await;
+            app.metrics.federation("forwarded", outcome.label());
+            target?
+        }
+    };
     if prefers_html(headers)
         && let Ok(location) = http::HeaderValue::from_str(&target)
     {

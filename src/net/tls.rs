@@ -57,6 +57,60 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
+/// The certificates of a PEM file as trust anchors (a community CA).
+pub fn roots(ca: &Path) -> Result<Arc<rustls::RootCertStore>, TlsError> {
+    let pem_err = |reason: String| TlsError::Pem {
+        path: ca.display().to_string(),
+        reason,
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| pem_err(e.to_string()))? {
+        roots
+            .add(cert.map_err(|e| pem_err(e.to_string()))?)
+            .map_err(|e| pem_err(e.to_string()))?;
+    }
+    if roots.is_empty() {
+        return Err(pem_err("no certificate in file".into()));
+    }
+    Ok(Arc::new(roots))
+}
+
+/// A server config that requires a client certificate issued by `roots`
+/// (TLS 1.3 only, HTTP/2 and HTTP/1.1): the federation listener's.
+pub fn mutual_server_config(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    roots: Arc<rustls::RootCertStore>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = Arc::new(aws_lc_rs::default_provider());
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+            .build()
+            .map_err(|e| TlsError::Rustls(rustls::Error::General(e.to_string())))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// A client config that presents `certs` and trusts only `roots` (TLS 1.3
+/// only, HTTP/2 first): towards peer CMPs.
+pub fn client_config(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    roots: Arc<rustls::RootCertStore>,
+) -> Result<rustls::ClientConfig, TlsError> {
+    let provider = Arc::new(aws_lc_rs::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(certs, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(config)
+}
+
 /// The session ticket a client offers to resume with, from its first TLS
 /// record (the ClientHello): the first pre-shared-key identity (TLS 1.3)
 /// or a non-empty session-ticket extension (TLS 1.2). `None` for anything

@@ -15,6 +15,10 @@ pub fn config_text(data_dir: &Path, server_keys: &str, extra: &str) -> String {
         true => "",
         false => "listen = \"127.0.0.1:0\"",
     };
+    let prefixes = match server_keys.contains("routing_prefixes") {
+        true => String::new(),
+        false => format!("routing_prefixes = [\"{PREFIX}\"]"),
+    };
     let admin_listen = "[admin]\nlisten = \"127.0.0.1:0\"\n";
     let extra = match extra.contains("[admin]\n") {
         true => extra.replacen("[admin]\n", admin_listen, 1),
@@ -25,7 +29,7 @@ pub fn config_text(data_dir: &Path, server_keys: &str, extra: &str) -> String {
 [server]
 data_dir = "{}"
 {listen}
-routing_prefixes = ["{PREFIX}"]
+{prefixes}
 {server_keys}
 {extra}
 "#,
