@@ -1156,7 +1156,10 @@ mod tests {
             "federation.peers.url",
             "federation.timeout_ms",
         ] {
-            assert!(errors.iter().any(|e| e.starts_with(key)), "{key}: {errors:#?}");
+            assert!(
+                errors.iter().any(|e| e.starts_with(key)),
+                "{key}: {errors:#?}"
+            );
         }
     }
 

@@ -13,6 +13,7 @@
 //! The `homecmp` binary only parses its command line and calls in here.
 
 pub mod backup;
+pub mod codes;
 pub mod config;
 pub mod deploy;
 pub mod federation;

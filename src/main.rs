@@ -45,6 +45,11 @@ enum Command {
         #[command(flatten)]
         dir: DataDir,
     },
+    /// Bulk import and export of codes, through the running server.
+    Codes {
+        #[command(subcommand)]
+        command: CodesCommand,
+    },
     /// Read, check, export and replay the event log (beside a running server);
     /// repair it (server stopped); import an export into a new data dir.
     Log {
@@ -77,6 +82,40 @@ impl DataDir {
         };
         config.map(|c| c.data_dir).map_err(|e| e.to_string())
     }
+}
+
+/// Where the admin API is, for commands that talk to a running server.
+#[derive(clap::Args, Debug)]
+struct AdminApi {
+    /// The admin API's base URL.
+    #[arg(long, default_value = "http://127.0.0.1:8444")]
+    admin: String,
+    /// The file holding the admin token.
+    #[arg(long, default_value = "homecmp-data/admin.token")]
+    token_file: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+enum CodesCommand {
+    /// Register the codes of an NDJSON or CSV file (one row a line) through
+    /// the running server's admin API; prints its report, exit 1 if a row
+    /// was refused.
+    Import {
+        file: PathBuf,
+        /// Check every row, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// The file is CSV (code,target), not NDJSON.
+        #[arg(long)]
+        csv: bool,
+        #[command(flatten)]
+        api: AdminApi,
+    },
+    /// Every code as NDJSON on stdout (what `codes import` takes back).
+    Export {
+        #[command(flatten)]
+        api: AdminApi,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -143,6 +182,65 @@ fn main() -> ExitCode {
         Command::Restore { from, dir } => with_data_dir("homecmp restore", dir, |data_dir, out| {
             backup::restore(&from, data_dir, out).map(drop)
         }),
+        Command::Codes { command } => run_codes(command),
+    }
+}
+
+/// `homecmp codes`: a client of the admin API.
+fn run_codes(command: CodesCommand) -> ExitCode {
+    let runtime = tokio::runtime::Runtime::new().expect("start the tokio runtime");
+    let outcome = runtime.block_on(async {
+        let (api, request) = match command {
+            CodesCommand::Import {
+                file,
+                dry_run,
+                csv,
+                api,
+            } => {
+                let body = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+                let url = format!("{}/admin/v1/codes:import?dry_run={dry_run}", api.admin);
+                let content_type = if csv {
+                    "text/csv"
+                } else {
+                    "application/x-ndjson"
+                };
+                let request = reqwest::Client::new()
+                    .post(url)
+                    .header("content-type", content_type)
+                    .body(body);
+                (api, request)
+            }
+            CodesCommand::Export { api } => {
+                let url = format!("{}/admin/v1/codes:export", api.admin);
+                (api, reqwest::Client::new().get(url))
+            }
+        };
+        let token = std::fs::read_to_string(&api.token_file)
+            .map_err(|e| format!("{}: {e}", api.token_file.display()))?;
+        let response = request
+            .bearer_auth(token.trim())
+            .send()
+            .await
+            .map_err(|e| format!("{}: {e}", api.admin))?;
+        let status = response.status();
+        let text = response.text().await.map_err(|e| e.to_string())?;
+        Ok::<_, String>((status, text))
+    });
+    match outcome {
+        Ok((status, text)) => {
+            print!("{text}");
+            if !text.ends_with('\n') {
+                println!();
+            }
+            match status.is_success() {
+                true => ExitCode::SUCCESS,
+                false => ExitCode::from(1),
+            }
+        }
+        Err(e) => {
+            eprintln!("homecmp codes: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

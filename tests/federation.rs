@@ -121,7 +121,11 @@ async fn an_associated_mcc_resolves_a_peers_code_through_its_home_cmp() {
     );
     assert_eq!(answered_by_b(&pair).await, 2.0);
     let connected = r#"homecmp_federation_total{outcome="connected",reason="mutual_tls"}"#;
-    assert_eq!(metric(&pair.b.metrics().await, connected), 1.0, "one reused connection");
+    assert_eq!(
+        metric(&pair.b.metrics().await, connected),
+        1.0,
+        "one reused connection"
+    );
     // B's codes that do not exist, and B's answer relayed as such.
     let (status, body) = resolve(&pair.a, "127.2.0.1", "2001000002missing", "mcc-fed-1").await;
     assert_eq!(

@@ -24,6 +24,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
 use bytes::Bytes;
+use futures_util::StreamExt;
 use ipnet::IpNet;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
@@ -53,6 +54,8 @@ pub fn router(state: Arc<AdminState>) -> axum::Router {
             "/admin/v1/codes/{code}",
             get(get_code).put(put_code).delete(delete_code),
         )
+        .route("/admin/v1/codes:import", axum::routing::post(import_codes))
+        .route("/admin/v1/codes:export", get(export_codes))
         .route(
             "/admin/v1/associations/{clientid}",
             get(get_association).delete(delete_association),
@@ -342,7 +345,7 @@ struct CodeBody {
 /// Longest accepted target URL.
 const MAX_TARGET_LEN: usize = 2048;
 
-fn valid_target(target: &str) -> bool {
+pub(crate) fn valid_target(target: &str) -> bool {
     (target.starts_with("https://") || target.starts_with("http://"))
         && target.len() <= MAX_TARGET_LEN
         && target.len() > "https://".len()
@@ -374,6 +377,70 @@ async fn put_code(
         .await
         .map_err(unavailable)?;
     Ok(Json(json!({"code": code.as_str(), "target": target, "seq": seq})).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ImportQuery {
+    #[serde(default)]
+    dry_run: bool,
+}
+
+/// Bulk import (see [`crate::codes`]): the body streams through, batch by
+/// batch. 200 when every row was taken, 422 with the same report when some
+/// were not (the report says which batches were written).
+async fn import_codes(
+    Ready(app): Ready,
+    query: Result<axum::extract::Query<ImportQuery>, axum::extract::rejection::QueryRejection>,
+    request: Request,
+) -> Answer {
+    let axum::extract::Query(ImportQuery { dry_run }) = query.map_err(|e| {
+        AdminError::InvalidBody(format!("{}; expected ?dry_run=true|false", e.body_text()))
+            .into_response()
+    })?;
+    let content_type = request
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok());
+    let format = crate::codes::Format::from_content_type(content_type);
+    let body = request
+        .into_body()
+        .into_data_stream()
+        .map(|chunk| chunk.map_err(|e| e.to_string()));
+    // Its own task: a client that goes away mid-import leaves whole
+    // batches written, never half of one.
+    let app = app.clone();
+    let import =
+        tokio::spawn(async move { crate::codes::import(&app, body, format, dry_run).await });
+    let report = import
+        .await
+        .expect("import does not panic")
+        .map_err(|e| match e {
+            crate::codes::ImportError::Store(crate::store::StoreError::Cluster(
+                crate::store::cluster::ClusterError::Mismatch(_),
+            )) => AdminError::NotInClusterMode.into_response(),
+            e => unavailable(e),
+        })?;
+    let status = match report.errors_total {
+        0 => StatusCode::OK,
+        _ => StatusCode::UNPROCESSABLE_ENTITY,
+    };
+    Ok((status, Json(report)).into_response())
+}
+
+/// Every code as NDJSON, by code: what the import takes back.
+async fn export_codes(Ready(app): Ready) -> Answer {
+    let lines = crate::codes::export_lines(&app);
+    let chunks: Vec<Result<Bytes, std::io::Error>> = lines
+        .chunks(1000)
+        .map(|chunk| {
+            let mut text = chunk.join("\n");
+            text.push('\n');
+            Ok(Bytes::from(text))
+        })
+        .collect();
+    let body = axum::body::Body::from_stream(futures_util::stream::iter(chunks));
+    Ok(([(http::header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
 
 async fn get_code(Ready(app): Ready, Param(code): Param) -> Answer {

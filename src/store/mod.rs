@@ -299,6 +299,35 @@ impl Store {
     }
 
     /// Registers or replaces a code; returns the event's sequence number.
+    /// Registers many codes in one durable append: all of them or none.
+    /// Not in cluster mode, where a stream takes one change per message
+    /// (`ClusterError::Mismatch`).
+    pub async fn register_codes(
+        &self,
+        codes: Vec<(IndirectCode, String)>,
+        now_ms: u64,
+    ) -> Result<Seq, StoreError> {
+        if self.cluster().is_some() {
+            return Err(ClusterError::Mismatch(
+                "bulk code import writes one batch to the local log: not in cluster mode".into(),
+            )
+            .into());
+        }
+        let stripes: Vec<usize> = codes
+            .iter()
+            .map(|(code, _)| self.stripe(code.as_str()))
+            .collect();
+        let guards = self.lock(&stripes).await;
+        let events = codes
+            .into_iter()
+            .map(|(code, target)| Event::CodeRegistered {
+                code: code.as_str().to_owned(),
+                target,
+            })
+            .collect();
+        self.commit(events, now_ms, guards).await
+    }
+
     pub async fn register_code(
         &self,
         code: &IndirectCode,

@@ -449,18 +449,23 @@ impl Index {
             Ok::<_, ()>(())
         });
         lists.sort_unstable_by_key(|(subscriber, _)| subscriber.0);
+        Contents {
+            associations,
+            lists,
+            codes: self.contents_codes(),
+            last_seq: self.last_seq(),
+        }
+    }
+
+    /// Every code and its entry, by code.
+    pub fn contents_codes(&self) -> Vec<(String, CodeEntry)> {
         let mut codes: Vec<(String, CodeEntry)> = self
             .codes
             .iter()
             .map(|entry| (entry.key().to_string(), entry.value().clone()))
             .collect();
         codes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        Contents {
-            associations,
-            lists,
-            codes,
-            last_seq: self.last_seq(),
-        }
+        codes
     }
 
     /// Writes the whole state (see `snapshot` for the layout). Nothing may

@@ -1,0 +1,315 @@
+//! Codes at scale: bulk import and export (`POST /admin/v1/codes:import`,
+//! `GET /admin/v1/codes:export`, `homecmp codes import|export`).
+//!
+//! An import is a stream of rows, one per line: NDJSON objects
+//! `{"code": "...", "target": "https://..."}`, or CSV `code,target` (a
+//! first line `code,target` is a header; fields may be quoted). Rows are
+//! read as the body arrives and taken in batches of [`BATCH`]: a batch
+//! whose rows are all valid is written as one durable append (one fsync,
+//! all or nothing), a batch with a bad row is not written at all, and every
+//! bad row is reported with its line number. With `dry_run` nothing is
+//! written. The export is NDJSON `{"code", "target", "seq"}` by code, which
+//! the import takes back as it is.
+
+use bytes::Bytes;
+use futures_util::{Stream, StreamExt};
+use serde::{Deserialize, Serialize};
+
+use crate::net::App;
+use crate::store::StoreError;
+use crate::wire::IndirectCode;
+
+/// Rows per batch: the unit that is written whole or not at all.
+pub const BATCH: usize = 10_000;
+/// Longest line read; a longer one is a bad row.
+pub const MAX_LINE: usize = 8192;
+/// Errors listed in a report (all are counted).
+const MAX_LISTED: usize = 1000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Format {
+    Ndjson,
+    Csv,
+}
+
+impl Format {
+    /// From a request's `Content-Type`: `text/csv` is CSV, anything else
+    /// NDJSON.
+    pub fn from_content_type(content_type: Option<&str>) -> Self {
+        match content_type.is_some_and(|t| t.trim().starts_with("text/csv")) {
+            true => Format::Csv,
+            false => Format::Ndjson,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Row {
+    code: String,
+    target: String,
+    /// Present in exports; ignored on import (the log assigns sequences).
+    #[serde(default)]
+    #[allow(dead_code)]
+    seq: Option<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct RowError {
+    pub line: u64,
+    pub error: String,
+}
+
+/// What an import did.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Report {
+    pub dry_run: bool,
+    /// Rows read (blank lines and a CSV header are not rows).
+    pub rows: u64,
+    /// Rows written (0 on a dry run).
+    pub applied: u64,
+    /// Valid rows not written because their batch had a bad row.
+    pub skipped: u64,
+    pub batches_applied: u64,
+    pub batches_rejected: u64,
+    pub errors_total: u64,
+    /// The first 1000 bad rows.
+    pub errors: Vec<RowError>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImportError {
+    #[error("the request body broke off: {0}")]
+    Body(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// One row: the code (canonical, a prefix this CMP owns) and its target.
+pub fn parse_row(app: &App, format: Format, line: &str) -> Result<(IndirectCode, String), String> {
+    let (code, target) = match format {
+        Format::Ndjson => {
+            let row: Row =
+                serde_json::from_str(line).map_err(|e| format!("not a code row: {e}"))?;
+            (row.code, row.target)
+        }
+        Format::Csv => {
+            let mut reader = csv::ReaderBuilder::new()
+                .has_headers(false)
+                .from_reader(line.as_bytes());
+            let record = reader
+                .records()
+                .next()
+                .ok_or("an empty row")?
+                .map_err(|e| format!("not a CSV row: {e}"))?;
+            match (record.get(0), record.get(1), record.len()) {
+                (Some(code), Some(target), 2) => (code.to_owned(), target.to_owned()),
+                _ => {
+                    return Err(format!(
+                        "expected 2 fields (code,target), found {}",
+                        record.len()
+                    ));
+                }
+            }
+        }
+    };
+    let code = IndirectCode::parse(code.trim()).map_err(|e| format!("code {code:?}: {e}"))?;
+    let owned = app
+        .config
+        .policy
+        .routing_prefixes
+        .iter()
+        .any(|p| p.as_str() == code.prefix());
+    if !owned {
+        return Err(format!(
+            "code {}: its routing prefix is not this CMP's",
+            code.as_str()
+        ));
+    }
+    let target = target.trim().to_owned();
+    if !crate::net::admin::valid_target(&target) {
+        return Err(format!(
+            "target {target:?}: not an http(s) URL of at most 2048 characters"
+        ));
+    }
+    Ok((code, target))
+}
+
+/// Reads `body` and imports it (see the module docs).
+pub async fn import(
+    app: &App,
+    body: impl Stream<Item = Result<Bytes, String>>,
+    format: Format,
+    dry_run: bool,
+) -> Result<Report, ImportError> {
+    let mut report = Report {
+        dry_run,
+        ..Report::default()
+    };
+    let mut lines = Lines::default();
+    let mut batch = Batch::default();
+    futures_util::pin_mut!(body);
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.map_err(ImportError::Body)?;
+        for (number, line) in lines.feed(&chunk) {
+            batch.take(app, format, number, line, &mut report);
+            if batch.rows == BATCH {
+                batch.finish(app, dry_run, &mut report).await?;
+            }
+        }
+    }
+    if let Some((number, line)) = lines.finish() {
+        batch.take(app, format, number, line, &mut report);
+    }
+    batch.finish(app, dry_run, &mut report).await?;
+    Ok(report)
+}
+
+/// The rows of one batch.
+#[derive(Default)]
+struct Batch {
+    rows: usize,
+    valid: Vec<(IndirectCode, String)>,
+    bad: bool,
+}
+
+impl Batch {
+    fn take(
+        &mut self,
+        app: &App,
+        format: Format,
+        number: u64,
+        line: Result<String, String>,
+        report: &mut Report,
+    ) {
+        let line = match line {
+            Ok(line) => line,
+            Err(e) => return self.bad_row(number, e, report),
+        };
+        let text = line.trim();
+        let header =
+            format == Format::Csv && number == 1 && text.eq_ignore_ascii_case("code,target");
+        if text.is_empty() || header {
+            return;
+        }
+        report.rows += 1;
+        self.rows += 1;
+        match parse_row(app, format, text) {
+            Ok(row) => self.valid.push(row),
+            Err(e) => self.bad_row(number, e, report),
+        }
+    }
+
+    fn bad_row(&mut self, line: u64, error: String, report: &mut Report) {
+        self.bad = true;
+        report.errors_total += 1;
+        if report.errors.len() < MAX_LISTED {
+            report.errors.push(RowError { line, error });
+        }
+    }
+
+    async fn finish(
+        &mut self,
+        app: &App,
+        dry_run: bool,
+        report: &mut Report,
+    ) -> Result<(), ImportError> {
+        let batch = std::mem::take(self);
+        if batch.rows == 0 && !batch.bad {
+            return Ok(());
+        }
+        if batch.bad {
+            report.batches_rejected += 1;
+            report.skipped += batch.valid.len() as u64;
+            return Ok(());
+        }
+        if !dry_run {
+            app.store
+                .register_codes(batch.valid.clone(), crate::net::now_ms())
+                .await?;
+            report.applied += batch.valid.len() as u64;
+        }
+        report.batches_applied += 1;
+        Ok(())
+    }
+}
+
+/// Splits a byte stream into numbered lines (1-based); a line longer than
+/// [`MAX_LINE`] or not UTF-8 is an `Err`.
+#[derive(Default)]
+struct Lines {
+    partial: Vec<u8>,
+    number: u64,
+    too_long: bool,
+}
+
+impl Lines {
+    fn feed(&mut self, mut chunk: &[u8]) -> Vec<(u64, Result<String, String>)> {
+        let mut out = Vec::new();
+        while let Some(end) = chunk.iter().position(|&b| b == b'\n') {
+            self.push(&chunk[..end]);
+            out.push(self.take());
+            chunk = &chunk[end + 1..];
+        }
+        self.push(chunk);
+        out
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        if self.partial.len() + bytes.len() > MAX_LINE {
+            self.too_long = true;
+        } else {
+            self.partial.extend_from_slice(bytes);
+        }
+    }
+
+    fn take(&mut self) -> (u64, Result<String, String>) {
+        self.number += 1;
+        let bytes = std::mem::take(&mut self.partial);
+        let line = match std::mem::take(&mut self.too_long) {
+            true => Err(format!("longer than {MAX_LINE} bytes")),
+            false => String::from_utf8(bytes).map_err(|_| "not UTF-8".to_owned()),
+        };
+        (self.number, line)
+    }
+
+    fn finish(mut self) -> Option<(u64, Result<String, String>)> {
+        (!self.partial.is_empty() || self.too_long).then(|| self.take())
+    }
+}
+
+/// Every code as export lines, by code.
+pub fn export_lines(app: &App) -> Vec<String> {
+    app.store
+        .index()
+        .contents_codes()
+        .into_iter()
+        .map(|(code, entry)| {
+            serde_json::json!({"code": code, "target": &*entry.target, "seq": entry.seq})
+                .to_string()
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_are_numbered_across_chunks_and_long_ones_refused() {
+        let mut lines = Lines::default();
+        let mut got = lines.feed(b"a\nb");
+        got.extend(lines.feed(b"c\n\n"));
+        got.extend(lines.feed(&vec![b'x'; MAX_LINE + 1]));
+        got.extend(lines.feed(b"\nlast"));
+        got.extend(lines.finish());
+        let shown: Vec<(u64, Result<String, String>)> = got;
+        assert_eq!(shown[0], (1, Ok("a".into())));
+        assert_eq!(shown[1], (2, Ok("bc".into())));
+        assert_eq!(shown[2], (3, Ok("".into())));
+        assert_eq!(shown[3].0, 4);
+        assert!(shown[3].1.is_err());
+        assert_eq!(shown[4], (5, Ok("last".into())));
+        assert_eq!(shown.len(), 5);
+    }
+}

@@ -1,0 +1,266 @@
+//! Bulk code import and export against the real server (admin API and the
+//! `homecmp codes` CLI): batches written whole or not at all, every bad row
+//! named by its line, dry runs write nothing, a client that breaks off
+//! leaves only whole batches, and an export imports back to the same codes.
+
+mod support;
+
+use std::io::Write;
+use std::process::Command;
+
+use reqwest::Method;
+use serde_json::Value;
+use support::TestServer;
+use tokio::io::AsyncWriteExt;
+
+fn ndjson(range: std::ops::Range<u32>) -> String {
+    range
+        .map(|i| {
+            format!("{{\"code\":\"2001000001bulk{i}\",\"target\":\"https://example.org/{i}\"}}\n")
+        })
+        .collect()
+}
+
+async fn import(
+    server: &TestServer,
+    body: String,
+    query: &str,
+    content_type: &str,
+) -> (u16, Value) {
+    let url = format!(
+        "http://{}/admin/v1/codes:import{query}",
+        server.running.admin_addr
+    );
+    let response = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(server.running.admin_token.expose())
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap())
+}
+
+async fn code_exists(server: &TestServer, code: &str) -> bool {
+    let (status, _) = server
+        .admin(Method::GET, &format!("/admin/v1/codes/{code}"), None)
+        .await;
+    status == 200
+}
+
+async fn codes_held(server: &TestServer) -> usize {
+    let url = format!("http://{}/admin/v1/codes:export", server.running.admin_addr);
+    let text = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(server.running.admin_token.expose())
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines().count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_row_rejects_its_batch_only_and_is_named_by_line() {
+    let server = TestServer::start().await;
+    let mut body = ndjson(0..25_000);
+    // Line 12,345 (in the second batch of 10,000) is not a code of ours.
+    let bad = "{\"code\":\"2001000009x\",\"target\":\"https://example.org/x\"}";
+    let mut lines: Vec<&str> = body.lines().collect();
+    lines[12_344] = bad;
+    body = lines.join("\n");
+
+    let last_seq = |metrics: String| support::metric(&metrics, "homecmp_log_last_sequence ");
+    server.put_code(support::CODE, support::TARGET).await;
+    let before = last_seq(server.metrics().await);
+    assert_eq!(before, 1.0);
+    let (status, report) = import(
+        &server,
+        body.clone(),
+        "?dry_run=true",
+        "application/x-ndjson",
+    )
+    .await;
+    assert_eq!(status, 422, "{report}");
+    assert_eq!(
+        (report["applied"].as_u64(), report["dry_run"].as_bool()),
+        (Some(0), Some(true))
+    );
+    assert_eq!(
+        last_seq(server.metrics().await),
+        before,
+        "a dry run writes nothing"
+    );
+
+    let (status, report) = import(&server, body, "", "application/x-ndjson").await;
+    assert_eq!(status, 422, "{report}");
+    assert_eq!(report["rows"], 25_000);
+    assert_eq!(report["applied"], 15_000);
+    assert_eq!(report["skipped"], 9_999);
+    assert_eq!(
+        (
+            report["batches_applied"].as_u64(),
+            report["batches_rejected"].as_u64()
+        ),
+        (Some(2), Some(1))
+    );
+    assert_eq!(report["errors"][0]["line"], 12_345);
+    assert!(
+        report["errors"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("routing prefix"),
+        "{report}"
+    );
+    assert!(code_exists(&server, "2001000001bulk9999").await);
+    assert!(
+        !code_exists(&server, "2001000001bulk10000").await,
+        "its batch was not written"
+    );
+    assert!(code_exists(&server, "2001000001bulk24999").await);
+    assert_eq!(codes_held(&server).await, 15_001);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn csv_rows_are_read_and_each_bad_one_reported() {
+    let server = TestServer::start().await;
+    let body = "code,target\n\
+                2001000001a,https://example.org/a\n\
+                2001000001b,\"https://example.org/b?x=1,2\"\n\
+                \n\
+                2001000001c\n\
+                2001000001!,https://example.org/d\n\
+                2001000001e,ftp://example.org/e\n";
+    let (status, report) = import(&server, body.into(), "", "text/csv").await;
+    assert_eq!(status, 422, "{report}");
+    let lines: Vec<u64> = report["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["line"].as_u64().unwrap())
+        .collect();
+    assert_eq!(lines, [5, 6, 7]);
+    assert_eq!(
+        report["applied"], 0,
+        "one batch, with bad rows: nothing written"
+    );
+    let good = "code,target\n2001000001a,https://example.org/a\n2001000001b,\"https://example.org/b?x=1,2\"\n";
+    let (status, report) = import(&server, good.into(), "", "text/csv").await;
+    assert_eq!(
+        (status, report["applied"].as_u64()),
+        (200, Some(2)),
+        "{report}"
+    );
+    let (_, b) = server
+        .admin(Method::GET, "/admin/v1/codes/2001000001b", None)
+        .await;
+    assert_eq!(b["target"], "https://example.org/b?x=1,2");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_breaks_off_leaves_whole_batches() {
+    let server = TestServer::start().await;
+    let lines = ndjson(0..15_000);
+    let mut socket = tokio::net::TcpStream::connect(server.running.admin_addr)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /admin/v1/codes:import HTTP/1.1\r\nhost: admin\r\nauthorization: Bearer {}\r\n\
+         content-type: application/x-ndjson\r\ncontent-length: {}\r\n\r\n",
+        server.running.admin_token.expose(),
+        lines.len() * 2
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(lines.as_bytes()).await.unwrap();
+    socket.flush().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    drop(socket);
+    // The first batch is written whole; the 5,000 rows after it are not.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while codes_held(&server).await != 10_000 && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(codes_held(&server).await, 10_000);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_exports_what_it_imports() {
+    let a = TestServer::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("codes.ndjson");
+    std::fs::File::create(&file)
+        .unwrap()
+        .write_all(ndjson(0..3000).as_bytes())
+        .unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, a.running.admin_token.expose()).unwrap();
+    let homecmp = |args: &[&str], admin: &std::net::SocketAddr, token: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_homecmp"))
+            .args(args)
+            .arg(format!("--admin=http://{admin}"))
+            .arg(format!("--token-file={}", token.display()))
+            .output()
+            .unwrap()
+    };
+    let file_arg = file.to_str().unwrap();
+    let run = homecmp(
+        &["codes", "import", file_arg],
+        &a.running.admin_addr,
+        &token,
+    );
+    assert!(run.status.success(), "{run:?}");
+    let report: Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(report["applied"], 3000);
+    let exported = homecmp(&["codes", "export"], &a.running.admin_addr, &token);
+    assert!(exported.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&exported.stdout).lines().count(),
+        3000
+    );
+
+    // Into another server: the same codes and targets.
+    let b = TestServer::start().await;
+    let b_token = dir.path().join("b-token");
+    std::fs::write(&b_token, b.running.admin_token.expose()).unwrap();
+    let export_file = dir.path().join("export.ndjson");
+    std::fs::write(&export_file, &exported.stdout).unwrap();
+    let run = homecmp(
+        &["codes", "import", export_file.to_str().unwrap()],
+        &b.running.admin_addr,
+        &b_token,
+    );
+    assert!(run.status.success(), "{run:?}");
+    let again = homecmp(&["codes", "export"], &b.running.admin_addr, &b_token);
+    let strip_seq = |out: &[u8]| -> Vec<(String, String)> {
+        String::from_utf8_lossy(out)
+            .lines()
+            .map(|l| {
+                let v: Value = serde_json::from_str(l).unwrap();
+                (
+                    v["code"].as_str().unwrap().to_owned(),
+                    v["target"].as_str().unwrap().to_owned(),
+                )
+            })
+            .collect()
+    };
+    assert_eq!(strip_seq(&again.stdout), strip_seq(&exported.stdout));
+    // A bad file: exit 1 with the report.
+    std::fs::write(&file, "{\"code\":\"nope\"}\n").unwrap();
+    let run = homecmp(
+        &["codes", "import", file_arg, "--dry-run"],
+        &a.running.admin_addr,
+        &token,
+    );
+    assert_eq!(run.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&run.stdout).contains("\"line\":1"));
+    a.stop().await;
+    b.stop().await;
+}
