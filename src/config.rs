@@ -44,6 +44,9 @@ pub const ENV_PREFIX: &str = "HOMECMP__";
 pub struct Config {
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
+    /// Resolutions per code are counted in memory and written to the log
+    /// (`scans_counted`) this often.
+    pub scan_stats_flush: Duration,
     pub http3: Http3Config,
     /// Both or neither: neither means a self-signed certificate in data_dir.
     pub tls: Option<(PathBuf, PathBuf)>,
@@ -371,6 +374,7 @@ struct RawServer {
     tls_key: Option<PathBuf>,
     routing_prefixes: Vec<String>,
     subscriber_secret: Option<String>,
+    scan_stats_flush_secs: u64,
 }
 
 impl Default for RawServer {
@@ -383,6 +387,7 @@ impl Default for RawServer {
             tls_key: None,
             routing_prefixes: vec!["2001000001".into()],
             subscriber_secret: None,
+            scan_stats_flush_secs: 10,
         }
     }
 }
@@ -627,6 +632,12 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
     }
     let cluster = cluster(raw.cluster, errors);
     let radius = radius(raw.radius, errors);
+    if !(1..=3600).contains(&raw.server.scan_stats_flush_secs) {
+        errors.push(format!(
+            "server.scan_stats_flush_secs: {} must be 1 to 3600",
+            raw.server.scan_stats_flush_secs
+        ));
+    }
     let federation = federation(raw.federation, &routing_prefixes, errors);
     if cluster.is_some() && raw.server.subscriber_secret.is_none() {
         errors.push(
@@ -745,6 +756,7 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
         }
     }
     Config {
+        scan_stats_flush: Duration::from_secs(raw.server.scan_stats_flush_secs),
         data_dir: raw.server.data_dir,
         listen,
         http3: Http3Config {

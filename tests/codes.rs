@@ -264,3 +264,100 @@ async fn the_cli_exports_what_it_imports() {
     a.stop().await;
     b.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resolutions_are_counted_per_code_written_and_kept_across_restarts() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let extra = "[limits]\nfirst_scans_per_sec = 0\nshutdown_grace_ms = 200\n";
+    let server = TestServer::in_dir(&data, extra).await;
+    server.put_code(support::CODE, support::TARGET).await;
+    server.bind_session("127.1.0.1", "+447700900001").await;
+    let query = format!("code={}&clientid=stats-1", support::CODE);
+    let (status, _) = server
+        .any_client("http1", "127.1.0.1")
+        .resolve(&query)
+        .await;
+    assert_eq!(status, 200);
+    for (protocol, times) in [("http2", 3), ("http3", 2)] {
+        let client = server.any_client(protocol, "127.2.0.1");
+        for _ in 0..times {
+            assert_eq!(client.resolve(&query).await.0, 200);
+        }
+    }
+    // Refused requests are not resolutions.
+    let stranger = server.any_client("http1", "127.2.0.9");
+    let refused = format!("code={}&clientid=nobody", support::CODE);
+    assert_eq!(stranger.resolve(&refused).await.0, 403);
+    let expected = serde_json::json!({
+        "code": support::CODE,
+        "resolutions": 6,
+        "http1": {"associated": 0, "first_scan": 1},
+        "http2": {"associated": 3, "first_scan": 0},
+        "http3": {"associated": 2, "first_scan": 0},
+    });
+    let path = format!("/admin/v1/codes/{}/stats", support::CODE);
+    let (status, stats) = server.admin(Method::GET, &path, None).await;
+    assert_eq!((status, &stats), (200, &expected));
+    // A new target keeps the counts; a graceful stop writes them.
+    server
+        .put_code(support::CODE, "https://example.org/new")
+        .await;
+    server.stop().await;
+
+    let export = Command::new(env!("CARGO_BIN_EXE_homecmp"))
+        .args(["log", "export", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    let export = String::from_utf8_lossy(&export.stdout);
+    let counted: Vec<Value> = export
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| e["kind"] == "scans_counted")
+        .collect();
+    assert_eq!(counted.len(), 1, "{export}");
+    assert_eq!(counted[0]["codes"][0]["http2"]["associated"], 3);
+
+    // After a start from the snapshot, and after a full replay.
+    for snapshot in [true, false] {
+        if !snapshot {
+            std::fs::remove_file(homecmp::store::snapshot::path(&data)).unwrap();
+        }
+        let server = TestServer::in_dir(&data, extra).await;
+        let (_, stats) = server.admin(Method::GET, &path, None).await;
+        assert_eq!(stats, expected, "snapshot: {snapshot}");
+        server.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_are_written_every_flush_period_without_a_stop() {
+    let server = TestServer::with_sections("scan_stats_flush_secs = 1", "").await;
+    server.put_code(support::CODE, support::TARGET).await;
+    server.bind_session("127.1.0.1", "+447700900001").await;
+    let query = format!("code={}&clientid=flushed", support::CODE);
+    assert_eq!(
+        server
+            .any_client("http1", "127.1.0.1")
+            .resolve(&query)
+            .await
+            .0,
+        200
+    );
+    let last_seq = |m: String| support::metric(&m, "homecmp_log_last_sequence ");
+    let before = last_seq(server.metrics().await);
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(
+        last_seq(server.metrics().await),
+        before + 1.0,
+        "one scans_counted event"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(
+        last_seq(server.metrics().await),
+        before + 1.0,
+        "nothing new, nothing written"
+    );
+    server.stop().await;
+}

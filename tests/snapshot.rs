@@ -61,7 +61,8 @@ async fn a_restart_loads_the_snapshot_and_replays_only_what_follows() {
     assert!(file.is_file(), "a graceful stop writes the snapshot");
 
     let (started, from_snapshot) = open_from(&data);
-    assert_eq!(started.snapshot_seq, Some(21));
+    // 21 changes, then the resolution counts written at the stop.
+    assert_eq!(started.snapshot_seq, Some(22));
     assert_eq!(started.replayed, 0);
     assert_eq!(from_snapshot, full_replay(&data));
 
@@ -80,14 +81,14 @@ async fn a_restart_loads_the_snapshot_and_replays_only_what_follows() {
     server.stop().await;
     // A snapshot with freed entries and two subscribers' lists.
     let (started, from_snapshot) = open_from(&data);
-    assert_eq!((started.snapshot_seq, started.replayed), (Some(33), 0));
+    assert_eq!((started.snapshot_seq, started.replayed), (Some(35), 0));
     assert_eq!(from_snapshot, full_replay(&data));
     assert_eq!(from_snapshot.lists.len(), 2);
 
     std::fs::write(&file, &old).unwrap();
     let (started, from_snapshot) = open_from(&data);
-    assert_eq!(started.snapshot_seq, Some(21));
-    assert_eq!(started.replayed, 12);
+    assert_eq!(started.snapshot_seq, Some(22));
+    assert_eq!(started.replayed, 13);
     assert_eq!(from_snapshot, full_replay(&data));
 }
 
@@ -110,7 +111,8 @@ async fn a_damaged_foreign_or_outdated_snapshot_is_refused_and_the_log_replayed(
     let mut flipped = good.clone();
     let middle = flipped.len() / 2;
     flipped[middle] ^= 0x40;
-    cases.push(("checksum mismatch", flipped));
+    // Damage is found by the checksum, or earlier by a parse that fails.
+    cases.push(("the snapshot is damaged", flipped));
     cases.push(("damaged", good[..good.len() / 3].to_vec()));
     let garbage = b"something else entirely".repeat(3);
     cases.push(("not a homecmp index snapshot", garbage));
@@ -124,7 +126,10 @@ async fn a_damaged_foreign_or_outdated_snapshot_is_refused_and_the_log_replayed(
         let refused = started.snapshot_refused.unwrap_or_default();
         assert!(refused.contains(why), "{why}: {refused}");
         assert_eq!(started.snapshot_seq, None);
-        assert_eq!(started.replayed, 13);
+        assert_eq!(
+            started.replayed, 14,
+            "13 changes and the counts written at the stop"
+        );
         assert_eq!(from_log, expected);
     }
     // A log cut below the snapshot (log repair --until): refused too.

@@ -33,6 +33,6 @@ pub use identity::{
 };
 pub use model::{
     Associated, Association, Event, IdentitySource, NewAssociation, Record, RedactReason,
-    RevokeReason, Seq,
+    RevokeReason, ScanCount, ScanPair, Seq,
 };
 pub use redact::{Doom, Lifetimes, plan_redaction};

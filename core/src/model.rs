@@ -60,6 +60,57 @@ pub enum Event {
     Redacted {
         reason: RedactReason,
     },
+    /// Resolutions per code since the previous such event (the server
+    /// counts in memory and writes them every `codes.stats_flush_secs`).
+    ScansCounted {
+        codes: Vec<ScanCount>,
+    },
+}
+
+/// Resolutions of one code, by protocol and by whether the request had an
+/// association already (`associated`: `existing`, or `none` in auth modes
+/// monitor and off) or made it (`first_scan`: `created`).
+#[derive(Debug, Clone, PartialEq, Eq, Default, Encode, Decode, Serialize, Deserialize)]
+pub struct ScanCount {
+    pub code: String,
+    pub http1: ScanPair,
+    pub http2: ScanPair,
+    pub http3: ScanPair,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Encode, Decode, Serialize, Deserialize)]
+pub struct ScanPair {
+    pub associated: u64,
+    pub first_scan: u64,
+}
+
+impl ScanCount {
+    /// The six counts, in the order http1, http2, http3 x associated,
+    /// first scan (the index's slot order).
+    pub fn slots(&self) -> [u64; 6] {
+        let [a, b, c] = [self.http1, self.http2, self.http3];
+        [
+            a.associated,
+            a.first_scan,
+            b.associated,
+            b.first_scan,
+            c.associated,
+            c.first_scan,
+        ]
+    }
+
+    pub fn from_slots(code: String, s: [u64; 6]) -> Self {
+        let pair = |i: usize| ScanPair {
+            associated: s[i],
+            first_scan: s[i + 1],
+        };
+        Self {
+            code,
+            http1: pair(0),
+            http2: pair(2),
+            http3: pair(4),
+        }
+    }
 }
 
 impl Event {
@@ -72,6 +123,7 @@ impl Event {
             Event::CodeRegistered { .. } => "code_registered",
             Event::CodeRemoved { .. } => "code_removed",
             Event::Redacted { .. } => "redacted",
+            Event::ScansCounted { .. } => "scans_counted",
         }
     }
 
@@ -81,9 +133,10 @@ impl Event {
             Event::AssociationCreated { clientid, .. }
             | Event::AssociationRevoked { clientid, .. }
             | Event::AssociationRebound { clientid, .. } => Some(clientid),
-            Event::CodeRegistered { .. } | Event::CodeRemoved { .. } | Event::Redacted { .. } => {
-                None
-            }
+            Event::CodeRegistered { .. }
+            | Event::CodeRemoved { .. }
+            | Event::Redacted { .. }
+            | Event::ScansCounted { .. } => None,
         }
     }
 }

@@ -85,7 +85,8 @@ impl Lifetimes {
                 self.live_codes.insert(code.clone(), seq);
             }
             Event::CodeRemoved { code } => self.end_code(code, seq, at),
-            Event::Redacted { .. } => {}
+            // Counts name codes only: no subscriber, nothing that ends.
+            Event::Redacted { .. } | Event::ScansCounted { .. } => {}
         }
     }
 
@@ -171,7 +172,7 @@ impl Lifetimes {
                 }),
                 (false, false) => None,
             },
-            Event::Redacted { .. } => None,
+            Event::Redacted { .. } | Event::ScansCounted { .. } => None,
         }
     }
 }
@@ -286,7 +287,7 @@ mod tests {
                         .remove(code)
                         .ok_or(format!("{seq}: {code} not registered"))?;
                 }
-                Event::Redacted { .. } => {}
+                Event::Redacted { .. } | Event::ScansCounted { .. } => {}
             }
         }
         Ok((owners, codes))

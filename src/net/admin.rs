@@ -54,6 +54,7 @@ pub fn router(state: Arc<AdminState>) -> axum::Router {
             "/admin/v1/codes/{code}",
             get(get_code).put(put_code).delete(delete_code),
         )
+        .route("/admin/v1/codes/{code}/stats", get(code_stats))
         .route("/admin/v1/codes:import", axum::routing::post(import_codes))
         .route("/admin/v1/codes:export", get(export_codes))
         .route(
@@ -441,6 +442,27 @@ async fn export_codes(Ready(app): Ready) -> Answer {
         .collect();
     let body = axum::body::Body::from_stream(futures_util::stream::iter(chunks));
     Ok(([(http::header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+}
+
+/// Resolutions of a code, by protocol and kind: those written to the log
+/// and those counted since (written within `server.scan_stats_flush_secs`).
+async fn code_stats(Ready(app): Ready, Param(code): Param) -> Answer {
+    let code = parse_code(&code)?;
+    let scans = app
+        .store
+        .index()
+        .code_scans(&code)
+        .ok_or_else(|| AdminError::CodeNotFound.into_response())?;
+    let count = crate::core::model::ScanCount::from_slots(code.as_str().to_owned(), scans);
+    let total: u64 = scans.iter().sum();
+    Ok(Json(json!({
+        "code": count.code,
+        "resolutions": total,
+        "http1": count.http1,
+        "http2": count.http2,
+        "http3": count.http3,
+    }))
+    .into_response())
 }
 
 async fn get_code(Ready(app): Ready, Param(code): Param) -> Answer {

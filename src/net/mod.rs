@@ -307,6 +307,7 @@ impl Running {
         {
             tracing::warn!("shutdown grace over; closing remaining connections");
         }
+        write_scan_counts(&self.app).await;
         // The next start loads this and replays only what comes after it.
         match self.app.store.write_snapshot().await {
             Ok(seq) => tracing::info!(seq, "index snapshot written"),
@@ -418,6 +419,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     };
 
     tracker.spawn(housekeeping(app.clone(), shutdown.clone()));
+    tracker.spawn(flush_scan_counts(app.clone(), shutdown.clone()));
     if let Some(lag) = app.limits.main_lag.clone() {
         tracker.spawn(lag.probe(shutdown.clone()));
     }
@@ -573,6 +575,37 @@ impl App {
             store,
             config,
         }
+    }
+}
+
+/// Writes the resolution counts per code every `server.scan_stats_flush_secs`,
+/// so that no request writes to disk for them.
+async fn flush_scan_counts(app: Arc<App>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(app.config.scan_stats_flush);
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        write_scan_counts(&app).await;
+    }
+}
+
+/// Takes the counts not yet written and writes them (a failed write loses
+/// them, and says so: they are statistics, not state).
+async fn write_scan_counts(app: &App) {
+    let counts = app.store.index().take_pending_scans();
+    if counts.is_empty() {
+        return;
+    }
+    let writer = app
+        .config
+        .cluster
+        .as_ref()
+        .map_or("local", |c| c.node.as_str());
+    if let Err(e) = app.store.record_scans(counts, writer, now_ms()).await {
+        tracing::warn!(error = %e, "resolution counts not written");
     }
 }
 

@@ -196,8 +196,15 @@ async fn run_resolution(
         }
     };
     let index = app.store.index();
+    let protocol = match conn.protocol {
+        Protocol::Http1 => 0,
+        Protocol::Http2 => 1,
+        Protocol::Http3 => 2,
+    };
+    let first_scan = permit.association() == core::AssociationState::Created;
+    let slot = crate::store::index::scan_slot(protocol, first_scan);
     let resolution = core::resolve(&app.config.policy, &permit, &code, |code| {
-        index.code(code).map(|entry| entry.target)
+        index.code_scanned(code, slot)
     })?;
     let target = match resolution {
         core::Resolution::Local(target) => target,

@@ -299,6 +299,30 @@ impl Store {
     }
 
     /// Registers or replaces a code; returns the event's sequence number.
+    /// Writes resolution counts (`scans_counted`). In cluster mode through
+    /// the stream, on the subject of `writer` (this node's name: one writer
+    /// per subject, so no race).
+    pub async fn record_scans(
+        &self,
+        codes: Vec<crate::core::model::ScanCount>,
+        writer: &str,
+        now_ms: u64,
+    ) -> Result<Seq, StoreError> {
+        let event = Event::ScansCounted { codes };
+        let Some(link) = self.cluster() else {
+            return self.commit(vec![event], now_ms, Vec::new()).await;
+        };
+        let subject = link.code_subject(&format!("scans of {writer}"));
+        for _ in 0..cluster::ATTEMPTS {
+            let last = link.catch_up_on(&subject).await?;
+            let publish = vec![Publish::new(subject.clone(), last, now_ms, event.clone())];
+            if let Some(seq) = publish_planned(link, publish, Vec::new()).await? {
+                return Ok(seq);
+            }
+        }
+        Err(lost_every_race())
+    }
+
     /// Registers many codes in one durable append: all of them or none.
     /// Not in cluster mode, where a stream takes one change per message
     /// (`ClusterError::Mismatch`).

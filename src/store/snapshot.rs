@@ -7,9 +7,9 @@
 //! renamed over the old one. Anything that does not check out below is a
 //! full replay, logged as a warning with the reason.
 //!
-//! # Layout (version 2), all integers little-endian
+//! # Layout (version 3), all integers little-endian
 //!
-//! - the magic `HCMPIDX2`;
+//! - the magic `HCMPIDX3`;
 //! - the SHA-256 of the log's value at the last sequence the snapshot
 //!   reflects (zeros when none): a snapshot is used only if the log still
 //!   has that very record there, so a repaired, replaced or rewritten log
@@ -21,7 +21,8 @@
 //!   subscribers 36: subscriber 32, oldest slot 4; a slot is shard << 26 |
 //!   position, `u32::MAX` for none, a free entry has none); the names of
 //!   clientids that are not UUIDs (`u64` count, then key 16 and text); the
-//!   codes (`u64` count, then code, target, sequence `u64`); texts are a
+//!   codes (`u64` count, then code, target, sequence `u64` and the six
+//!   resolution counts, `u64` each); texts are a
 //!   `u32` length and UTF-8;
 //! - the SHA-256 of everything before it.
 //!
@@ -40,7 +41,7 @@ use super::{EventLog, Seq};
 
 /// File name under the data dir.
 pub const FILE: &str = "index.snapshot";
-const MAGIC: &[u8; 8] = b"HCMPIDX2";
+const MAGIC: &[u8; 8] = b"HCMPIDX3";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {

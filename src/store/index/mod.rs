@@ -22,7 +22,7 @@ mod key;
 mod slab;
 
 use std::io::{self, Read, Write};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use dashmap::DashMap;
@@ -43,6 +43,35 @@ const EMPTY: Slot = NONE - 1;
 pub struct CodeEntry {
     pub target: Arc<str>,
     pub seq: Seq,
+    /// Resolutions written to the log (`scans_counted` events), by slot
+    /// ([`scan_slot`]).
+    pub scans: [u64; SCAN_SLOTS],
+}
+
+/// Counts kept per code: 3 protocols x (associated, first scan).
+pub const SCAN_SLOTS: usize = 6;
+
+/// The slot of a resolution over `protocol` (0: HTTP/1.1, 1: HTTP/2, 2:
+/// HTTP/3) that made its association (`first_scan`) or had one.
+pub fn scan_slot(protocol: usize, first_scan: bool) -> usize {
+    protocol * 2 + usize::from(first_scan)
+}
+
+/// A code as the index holds it: what the log says, and the resolutions
+/// counted since the last `scans_counted` event.
+#[derive(Debug)]
+struct CodeSlot {
+    entry: CodeEntry,
+    pending: [AtomicU32; SCAN_SLOTS],
+}
+
+impl CodeSlot {
+    fn new(entry: CodeEntry) -> Self {
+        Self {
+            entry,
+            pending: Default::default(),
+        }
+    }
 }
 
 /// An event that does not fit the state it is applied to: the log is
@@ -140,7 +169,7 @@ pub struct Index {
     subscribers: Slab<Holder>,
     /// The text of clientids that are not canonical UUIDs.
     names: DashMap<ClientKey, Box<str>>,
-    codes: DashMap<Box<str>, CodeEntry>,
+    codes: DashMap<Box<str>, CodeSlot>,
     /// Held by every change and by every read of a subscriber's list.
     changes: Mutex<()>,
     last_seq: AtomicU64,
@@ -198,7 +227,41 @@ impl Index {
     }
 
     pub fn code(&self, code: &IndirectCode) -> Option<CodeEntry> {
-        self.codes.get(code.as_str()).map(|entry| entry.clone())
+        self.codes.get(code.as_str()).map(|slot| slot.entry.clone())
+    }
+
+    /// The target of `code`, counting one resolution in `slot`: the hot
+    /// path's lookup (one map read and one relaxed add).
+    pub fn code_scanned(&self, code: &IndirectCode, slot: usize) -> Option<Arc<str>> {
+        let held = self.codes.get(code.as_str())?;
+        held.pending[slot].fetch_add(1, Ordering::Relaxed);
+        Some(held.entry.target.clone())
+    }
+
+    /// Every resolution of `code`: written and not yet written.
+    pub fn code_scans(&self, code: &IndirectCode) -> Option<[u64; SCAN_SLOTS]> {
+        let held = self.codes.get(code.as_str())?;
+        Some(std::array::from_fn(|i| {
+            held.entry.scans[i] + u64::from(held.pending[i].load(Ordering::Relaxed))
+        }))
+    }
+
+    /// Takes the counts not yet written (they are then zero here, until
+    /// the event that carries them is applied to `scans`).
+    pub fn take_pending_scans(&self) -> Vec<crate::core::model::ScanCount> {
+        let mut counts = Vec::new();
+        for held in self.codes.iter() {
+            if held.pending.iter().all(|c| c.load(Ordering::Relaxed) == 0) {
+                continue;
+            }
+            let slots =
+                std::array::from_fn(|i| u64::from(held.pending[i].swap(0, Ordering::Relaxed)));
+            counts.push(crate::core::model::ScanCount::from_slots(
+                held.key().to_string(),
+                slots,
+            ));
+        }
+        counts
     }
 
     pub fn counts(&self) -> Counts {
@@ -279,13 +342,32 @@ impl Index {
             }
             Event::CodeRegistered { code, target } => {
                 let code = IndirectCode::parse(code).map_err(|e| fail(e.to_string()))?;
-                self.codes.insert(
-                    code.as_str().into(),
-                    CodeEntry {
-                        target: target.as_str().into(),
-                        seq,
-                    },
-                );
+                // A new target keeps the code's counts.
+                match self.codes.get_mut(code.as_str()) {
+                    Some(mut held) => {
+                        held.entry.target = target.as_str().into();
+                        held.entry.seq = seq;
+                    }
+                    None => {
+                        let entry = CodeEntry {
+                            target: target.as_str().into(),
+                            seq,
+                            scans: [0; SCAN_SLOTS],
+                        };
+                        self.codes
+                            .insert(code.as_str().into(), CodeSlot::new(entry));
+                    }
+                }
+            }
+            Event::ScansCounted { codes } => {
+                // Counts of a code removed since are of no code any more.
+                for count in codes {
+                    if let Some(mut held) = self.codes.get_mut(count.code.as_str()) {
+                        for (total, add) in held.entry.scans.iter_mut().zip(count.slots()) {
+                            *total = total.saturating_add(add);
+                        }
+                    }
+                }
             }
             Event::CodeRemoved { code } => {
                 if self.codes.remove(code.as_str()).is_none() {
@@ -462,7 +544,7 @@ impl Index {
         let mut codes: Vec<(String, CodeEntry)> = self
             .codes
             .iter()
-            .map(|entry| (entry.key().to_string(), entry.value().clone()))
+            .map(|held| (held.key().to_string(), held.value().entry.clone()))
             .collect();
         codes.sort_unstable_by(|a, b| a.0.cmp(&b.0));
         codes
@@ -481,9 +563,13 @@ impl Index {
         }
         write_count(out, self.codes.len())?;
         for code in self.codes.iter() {
+            let entry = &code.value().entry;
             write_text(out, code.key())?;
-            write_text(out, &code.value().target)?;
-            out.write_all(&code.value().seq.to_le_bytes())?;
+            write_text(out, &entry.target)?;
+            out.write_all(&entry.seq.to_le_bytes())?;
+            for count in entry.scans {
+                out.write_all(&count.to_le_bytes())?;
+            }
         }
         Ok(())
     }
@@ -505,13 +591,16 @@ impl Index {
             let code = read_text(input)?;
             let target = read_text(input)?;
             let seq = read_u64(input)?;
-            codes.insert(
-                code.into(),
-                CodeEntry {
-                    target: target.into(),
-                    seq,
-                },
-            );
+            let mut scans = [0; SCAN_SLOTS];
+            for count in &mut scans {
+                *count = read_u64(input)?;
+            }
+            let entry = CodeEntry {
+                target: target.into(),
+                seq,
+                scans,
+            };
+            codes.insert(code.into(), CodeSlot::new(entry));
         }
         let index = Self {
             associations,
