@@ -90,6 +90,11 @@ pub struct FederationConfig {
     pub ca_file: PathBuf,
     /// Routing prefix -> the peer CMP's federation URL.
     pub peers: Vec<(RoutingPrefix, String)>,
+    /// The community's registry (MCR), asked for the CMP of a prefix that
+    /// is neither this CMP's nor in `peers`.
+    pub mcr_url: Option<String>,
+    /// How long an MCR answer (a CMP, or none) is kept.
+    pub mcr_cache: Duration,
     /// A forwarded request's whole budget: connect, TLS, answer.
     pub timeout: Duration,
     pub max_in_flight_per_peer: usize,
@@ -252,6 +257,8 @@ struct RawFederation {
     key_file: Option<PathBuf>,
     ca_file: Option<PathBuf>,
     peers: Vec<RawPeer>,
+    mcr_url: String,
+    mcr_cache_secs: u64,
     timeout_ms: u64,
     max_in_flight_per_peer: usize,
     failures_to_open: u32,
@@ -274,6 +281,8 @@ impl Default for RawFederation {
             key_file: None,
             ca_file: None,
             peers: Vec::new(),
+            mcr_url: String::new(),
+            mcr_cache_secs: 300,
             timeout_ms: 1500,
             max_in_flight_per_peer: 256,
             failures_to_open: 5,
@@ -776,6 +785,7 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
                 .iter()
                 .flat_map(|f| f.peers.iter().map(|(prefix, _)| prefix.clone()))
                 .collect(),
+            peer_registry: federation.as_ref().is_some_and(|f| f.mcr_url.is_some()),
             routing_prefixes,
         },
         max_clientids_per_subscriber: auth.max_clientids_per_subscriber,
@@ -833,7 +843,7 @@ fn federation(
     own: &[RoutingPrefix],
     errors: &mut Vec<String>,
 ) -> Option<FederationConfig> {
-    if raw.listen.is_empty() && raw.peers.is_empty() {
+    if raw.listen.is_empty() && raw.peers.is_empty() && raw.mcr_url.is_empty() {
         return None;
     }
     let listen = (!raw.listen.is_empty()).then(|| {
@@ -888,12 +898,23 @@ fn federation(
     if raw.max_in_flight_per_peer == 0 || raw.failures_to_open == 0 {
         errors.push("federation.max_in_flight_per_peer and failures_to_open: at least 1".into());
     }
+    let mcr_url = (!raw.mcr_url.is_empty()).then(|| {
+        if !raw.mcr_url.starts_with("https://") || raw.mcr_url.parse::<http::Uri>().is_err() {
+            errors.push(format!(
+                "federation.mcr_url: {:?} is not an https:// URL",
+                raw.mcr_url
+            ));
+        }
+        raw.mcr_url.trim_end_matches('/').to_owned()
+    });
     Some(FederationConfig {
         listen,
         cert_file,
         key_file,
         ca_file,
         peers,
+        mcr_url,
+        mcr_cache: Duration::from_secs(raw.mcr_cache_secs),
         timeout: Duration::from_millis(raw.timeout_ms),
         max_in_flight_per_peer: raw.max_in_flight_per_peer,
         failures_to_open: raw.failures_to_open,

@@ -255,3 +255,104 @@ async fn with_the_peer_down_its_codes_fail_fast_and_ours_still_resolve() {
     assert!(metric(&metrics, open) >= 3.0, "{metrics}");
     a.stop().await;
 }
+
+/// A community registry (MCR) on loopback: `GET /mcr/v1/prefixes/{prefix}`
+/// names the CMP of the prefixes in `owners`, 404 for others; counts the
+/// questions.
+async fn registry(
+    dir: &Path,
+    owners: Vec<(String, String)>,
+) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    let (_, cert, key) = pki(dir, "mcr");
+    let (certs, key) = homecmp::net::tls::load(&cert, &key).unwrap();
+    let tls = homecmp::net::tls::server_config(certs, key, &[b"h2", b"http/1.1"]).unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("https://{}", listener.local_addr().unwrap());
+    let asked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = asked.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let Ok(tls) = acceptor.accept(tcp).await else {
+                continue;
+            };
+            let (owners, counter) = (owners.clone(), counter.clone());
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |request: hyper::Request<hyper::body::Incoming>| {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        let prefix = request
+                            .uri()
+                            .path()
+                            .trim_start_matches("/mcr/v1/prefixes/")
+                            .to_owned();
+                        let owner = owners.iter().find(|(p, _)| *p == prefix);
+                        let (status, body) = match owner {
+                            Some((_, url)) => (200, serde_json::json!({"url": url}).to_string()),
+                            None => (404, "{}".to_owned()),
+                        };
+                        let response = hyper::Response::builder()
+                            .status(status)
+                            .body(http_body_util::Full::new(bytes::Bytes::from(body)))
+                            .unwrap();
+                        async move { Ok::<_, std::convert::Infallible>(response) }
+                    },
+                );
+                let builder = hyper_util::server::conn::auto::Builder::new(
+                    hyper_util::rt::TokioExecutor::new(),
+                );
+                let _ = builder
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                    .await;
+            });
+        }
+    });
+    (url, asked)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_community_registry_names_the_cmp_of_an_unlisted_prefix() {
+    let Pair { a, b, dir } = pair("").await;
+    let b_url = format!(
+        "https://127.0.0.1:{}",
+        b.running.federation_addr.unwrap().port()
+    );
+    let (mcr_url, asked) = registry(dir.path(), vec![("2001000002".into(), b_url)]).await;
+    // A third CMP like A, but with no peer listed: only the registry.
+    let roots = dir.path().join("b-and-mcr-ca.pem");
+    let mut pem = std::fs::read(dir.path().join("b-ca.pem")).unwrap();
+    pem.extend(std::fs::read(dir.path().join("mcr-ca.pem")).unwrap());
+    std::fs::write(&roots, pem).unwrap();
+    let federation = format!(
+        "{OPEN}[federation]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n\
+         mcr_url = \"{mcr_url}\"\n",
+        dir.path().join("a-cert.pem").display(),
+        dir.path().join("a-key.pem").display(),
+        roots.display()
+    );
+    let c = TestServer::ready(&federation).await;
+    for _ in 0..3 {
+        let (status, body) = resolve(&c, "127.1.0.1", B_CODE, "mcc-mcr").await;
+        assert_eq!(
+            (status, body["target"].as_str()),
+            (200, Some(B_TARGET)),
+            "{body}"
+        );
+    }
+    for _ in 0..2 {
+        let (status, body) = resolve(&c, "127.1.0.1", "2001000003x", "mcc-mcr").await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (404, Some("UNKNOWN_PREFIX"))
+        );
+    }
+    let asked = asked.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!(asked, 2, "one question per prefix, then the kept answer");
+    // Its own codes never wait on the registry.
+    let (status, _) = resolve(&c, "127.2.0.1", CODE, "mcc-mcr").await;
+    assert_eq!(status, 200);
+    for server in [a, b, c] {
+        server.stop().await;
+    }
+}

@@ -40,6 +40,9 @@ pub struct Policy {
     /// Prefixes of peer CMPs this one forwards authenticated requests to
     /// (`[federation]`, §9.3.2).
     pub federated_prefixes: Vec<RoutingPrefix>,
+    /// The community has a registry (MCR) that names the CMP of any other
+    /// prefix: every prefix not this CMP's may be a peer's.
+    pub peer_registry: bool,
 }
 
 /// Every way a request is refused. The wire status of each is decided in one
@@ -260,7 +263,7 @@ pub fn resolve(
             .map(Resolution::Local)
             .ok_or(Refusal::CodeNotFound);
     }
-    match owned_by(&policy.federated_prefixes) {
+    match policy.peer_registry || owned_by(&policy.federated_prefixes) {
         true => Ok(Resolution::Peer),
         false => Err(Refusal::UnknownPrefix),
     }
@@ -276,6 +279,7 @@ mod tests {
             on_mismatch,
             routing_prefixes: vec![RoutingPrefix::parse("2001000001").unwrap()],
             federated_prefixes: vec![],
+            peer_registry: false,
         }
     }
 
@@ -436,6 +440,14 @@ mod tests {
         assert_eq!(
             resolve(&federated, &permit, &code("2001000003abc"), store),
             Err(Refusal::UnknownPrefix)
+        );
+        let registry = Policy {
+            peer_registry: true,
+            ..federated
+        };
+        assert_eq!(
+            resolve(&registry, &permit, &code("2001000003abc"), store),
+            Ok(Resolution::Peer)
         );
     }
 

@@ -16,6 +16,11 @@
 //! hash or client address. A peer answers with the code's target, which
 //! this CMP relays to the MCC.
 //!
+//! A prefix that is neither this CMP's nor a configured peer's is looked up
+//! in the community's registry (MCR, `federation.mcr_url`:
+//! `GET /mcr/v1/prefixes/{prefix}` answers `{"url": "https://..."}` or 404),
+//! and the answer kept for `mcr_cache_secs`.
+//!
 //! Owns the peer client (one pooled HTTP/2 client, per-peer in-flight cap
 //! and circuit breaker) and the federation listener; the decision that a
 //! code belongs to a peer is the core's ([`crate::core::resolve`]).
@@ -50,7 +55,31 @@ pub enum FederationError {
 #[derive(Debug)]
 pub struct Peers {
     client: reqwest::Client,
-    peers: Vec<Peer>,
+    peers: Vec<Arc<Peer>>,
+    registry: Option<Registry>,
+    max_in_flight: usize,
+    failures_to_open: u32,
+    open_for: Duration,
+}
+
+/// The community's registry (MCR) and what it said, per prefix, for
+/// `cache_ms`: a CMP, or none. It is asked with the same mutual TLS as a
+/// peer, and a CMP it names is still called only if its certificate is
+/// the community's, so a wrong answer cannot send a request outside it.
+#[derive(Debug)]
+struct Registry {
+    url: String,
+    cache_ms: u64,
+    known: dashmap::DashMap<String, (Option<Arc<Peer>>, u64)>,
+}
+
+/// Prefixes whose registry answer is kept at most (then all are forgotten).
+const REGISTRY_CACHE: usize = 10_000;
+
+/// The registry's answer for a prefix.
+#[derive(serde::Deserialize)]
+struct RegistryAnswer {
+    url: String,
 }
 
 #[derive(Debug)]
@@ -69,6 +98,9 @@ pub enum Outcome {
     Busy,
     Open,
     Failed,
+    /// Neither a configured peer nor the registry knows the prefix.
+    Unowned,
+    RegistryFailed,
 }
 
 impl Outcome {
@@ -79,6 +111,8 @@ impl Outcome {
             Outcome::Busy => "busy",
             Outcome::Open => "circuit_open",
             Outcome::Failed => "failed",
+            Outcome::Unowned => "unknown_prefix",
+            Outcome::RegistryFailed => "registry_failed",
         }
     }
 }
@@ -102,17 +136,76 @@ impl Peers {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .map_err(|e| FederationError::Client(e.to_string()))?;
-        let peers = config
+        let mut peers = Self {
+            client,
+            peers: Vec::new(),
+            registry: config.mcr_url.as_ref().map(|url| Registry {
+                url: url.clone(),
+                cache_ms: config.mcr_cache.as_millis() as u64,
+                known: Default::default(),
+            }),
+            max_in_flight: config.max_in_flight_per_peer,
+            failures_to_open: config.failures_to_open,
+            open_for: config.open_for,
+        };
+        peers.peers = config
             .peers
             .iter()
-            .map(|(prefix, url)| Peer {
-                prefix: prefix.as_str().to_owned(),
-                url: url.clone(),
-                in_flight: Semaphore::new(config.max_in_flight_per_peer),
-                breaker: Breaker::new(config.failures_to_open, config.open_for),
-            })
+            .map(|(prefix, url)| peers.peer(prefix.as_str(), url))
             .collect();
-        Ok(Self { client, peers })
+        Ok(peers)
+    }
+
+    fn peer(&self, prefix: &str, url: &str) -> Arc<Peer> {
+        Arc::new(Peer {
+            prefix: prefix.to_owned(),
+            url: url.to_owned(),
+            in_flight: Semaphore::new(self.max_in_flight),
+            breaker: Breaker::new(self.failures_to_open, self.open_for),
+        })
+    }
+
+    /// The CMP that owns `prefix`: configured, or named by the registry.
+    async fn owner(&self, prefix: &str) -> Result<Arc<Peer>, (Outcome, Refusal)> {
+        if let Some(peer) = self.peers.iter().find(|p| p.prefix == prefix) {
+            return Ok(peer.clone());
+        }
+        let unowned = (Outcome::Unowned, Refusal::UnknownPrefix);
+        let Some(registry) = &self.registry else {
+            return Err(unowned);
+        };
+        let now = now_ms();
+        if let Some(known) = registry.known.get(prefix)
+            && known.1 > now
+        {
+            return known.0.clone().ok_or(unowned);
+        }
+        let failed = (Outcome::RegistryFailed, Refusal::UpstreamUnavailable);
+        let url = format!("{}/mcr/v1/prefixes/{prefix}", registry.url);
+        let response = self
+            .client
+            .get(url)
+            .send()
+            .await
+            .map_err(|_| failed.clone())?;
+        let owner = match response.status().as_u16() {
+            200 => {
+                let answer: RegistryAnswer = response.json().await.map_err(|_| failed.clone())?;
+                if !answer.url.starts_with("https://") || answer.url.parse::<http::Uri>().is_err() {
+                    return Err(failed);
+                }
+                Some(self.peer(prefix, answer.url.trim_end_matches('/')))
+            }
+            404 => None,
+            _ => return Err(failed),
+        };
+        if registry.known.len() >= REGISTRY_CACHE {
+            registry.known.clear();
+        }
+        registry
+            .known
+            .insert(prefix.to_owned(), (owner.clone(), now + registry.cache_ms));
+        owner.ok_or(unowned)
     }
 
     /// Resolves `code` at the peer that owns its prefix. The [`Permit`]
@@ -122,8 +215,9 @@ impl Peers {
         _permit: &Permit,
         code: &IndirectCode,
     ) -> (Outcome, Result<Arc<str>, Refusal>) {
-        let Some(peer) = self.peers.iter().find(|p| p.prefix == code.prefix()) else {
-            return (Outcome::Failed, Err(Refusal::UnknownPrefix));
+        let peer = match self.owner(code.prefix()).await {
+            Ok(peer) => peer,
+            Err((outcome, refusal)) => return (outcome, Err(refusal)),
         };
         if !peer.breaker.allows(now_ms()) {
             return (Outcome::Open, Err(Refusal::UpstreamUnavailable));

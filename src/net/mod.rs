@@ -372,7 +372,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     };
     let (peers, federation) = match &config.federation {
         Some(federation) => {
-            let peers = (!federation.peers.is_empty())
+            let peers = (!federation.peers.is_empty() || federation.mcr_url.is_some())
                 .then(|| crate::federation::Peers::new(federation))
                 .transpose()?;
             let listener = match federation.listen {
