@@ -114,13 +114,7 @@ pub fn parse_row(app: &App, format: Format, line: &str) -> Result<(IndirectCode,
         }
     };
     let code = IndirectCode::parse(code.trim()).map_err(|e| format!("code {code:?}: {e}"))?;
-    let owned = app
-        .config
-        .policy
-        .routing_prefixes
-        .iter()
-        .any(|p| p.as_str() == code.prefix());
-    if !owned {
+    if !app.config.policy.owns(&code) {
         return Err(format!(
             "code {}: its routing prefix is not this CMP's",
             code.as_str()

@@ -40,13 +40,13 @@ impl Drop for Killed {
     }
 }
 
-#[test]
-fn the_curl_walkthrough_works_as_printed() {
-    let dir = tempfile::tempdir().unwrap();
+/// `homecmp <args>` started in `dir` with no HOMECMP_* environment; its
+/// first line (the ready line) once it is serving.
+fn serve_in(dir: &std::path::Path, args: &[&str]) -> (Killed, String) {
     let mut command = Command::new(env!("CARGO_BIN_EXE_homecmp"));
     command
-        .arg("serve")
-        .current_dir(dir.path())
+        .args(args)
+        .current_dir(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null());
     for (name, _) in std::env::vars() {
@@ -59,6 +59,13 @@ fn the_curl_walkthrough_works_as_printed() {
     BufReader::new(server.0.stdout.take().unwrap())
         .read_line(&mut ready)
         .unwrap();
+    (server, ready)
+}
+
+#[test]
+fn the_curl_walkthrough_works_as_printed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (server, ready) = serve_in(dir.path(), &["serve"]);
     assert!(
         ready
             .starts_with("homecmp ready public=https://127.0.0.1:8443 admin=http://127.0.0.1:8444"),
@@ -128,22 +135,7 @@ fn the_radius_demo_works_as_printed() {
     )
     .unwrap();
     std::fs::write(dir.path().join("pgw.secret"), "readme-demo-secret\n").unwrap();
-    let mut command = Command::new(env!("CARGO_BIN_EXE_homecmp"));
-    command
-        .args(["serve", "--config", "radius-demo.toml"])
-        .current_dir(dir.path())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null());
-    for (name, _) in std::env::vars() {
-        if name.starts_with("HOMECMP") {
-            command.env_remove(name);
-        }
-    }
-    let mut server = Killed(command.spawn().unwrap());
-    let mut ready = String::new();
-    BufReader::new(server.0.stdout.take().unwrap())
-        .read_line(&mut ready)
-        .unwrap();
+    let (_server, ready) = serve_in(dir.path(), &["serve", "--config", "radius-demo.toml"]);
     assert!(
         ready.starts_with("homecmp ready public=https://127.0.0.1:9443"),
         "are 9443, 9444 and UDP 1813 free? {ready:?}"

@@ -45,6 +45,15 @@ pub struct Policy {
     pub peer_registry: bool,
 }
 
+impl Policy {
+    /// Whether `code` is under one of this CMP's routing prefixes.
+    pub fn owns(&self, code: &IndirectCode) -> bool {
+        self.routing_prefixes
+            .iter()
+            .any(|p| p.as_str() == code.prefix())
+    }
+}
+
 /// Every way a request is refused. The wire status of each is decided in one
 /// place, `net::error::wire_error`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -119,13 +119,7 @@ fn answer(
         Ok(code) => code,
         Err(e) => return refused(Refusal::InvalidCode(e), "malformed"),
     };
-    let owned = app
-        .config
-        .policy
-        .routing_prefixes
-        .iter()
-        .any(|p| p.as_str() == code.prefix());
-    if !owned {
+    if !app.config.policy.owns(&code) {
         return refused(Refusal::UnknownPrefix, "unknown_prefix");
     }
     let Some(entry) = app.store.index().code(&code) else {

@@ -360,13 +360,7 @@ async fn put_code(
 ) -> Answer {
     let code = parse_code(&code)?;
     let CodeBody { target } = body(json, r#"{"target": "https://..."}"#)?;
-    if !app
-        .config
-        .policy
-        .routing_prefixes
-        .iter()
-        .any(|p| p.as_str() == code.prefix())
-    {
+    if !app.config.policy.owns(&code) {
         return Err(AdminError::UnknownPrefix.into_response());
     }
     if !valid_target(&target) {
