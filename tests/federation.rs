@@ -289,6 +289,8 @@ async fn registry(
                             .to_owned();
                         let owner = owners.iter().find(|(p, _)| *p == prefix);
                         let (status, body) = match owner {
+                            // A registry gone wrong: an answer far too large.
+                            Some((_, url)) if url == "BIG" => (200, "x".repeat(1 << 20)),
                             Some((_, url)) => (200, serde_json::json!({"url": url}).to_string()),
                             None => (404, "{}".to_owned()),
                         };
@@ -318,7 +320,11 @@ async fn the_community_registry_names_the_cmp_of_an_unlisted_prefix() {
         "https://127.0.0.1:{}",
         b.running.federation_addr.unwrap().port()
     );
-    let (mcr_url, asked) = registry(dir.path(), vec![("2001000002".into(), b_url)]).await;
+    let owners = vec![
+        ("2001000002".into(), b_url),
+        ("2001000004".into(), "BIG".into()),
+    ];
+    let (mcr_url, asked) = registry(dir.path(), owners).await;
     // A third CMP like A, but with no peer listed: only the registry.
     let roots = dir.path().join("b-and-mcr-ca.pem");
     let mut pem = std::fs::read(dir.path().join("b-ca.pem")).unwrap();
@@ -349,6 +355,12 @@ async fn the_community_registry_names_the_cmp_of_an_unlisted_prefix() {
     }
     let asked = asked.load(std::sync::atomic::Ordering::SeqCst);
     assert_eq!(asked, 2, "one question per prefix, then the kept answer");
+    // An answer too large to be one is a failure, not read whole.
+    let (status, body) = resolve(&c, "127.1.0.1", "2001000004x", "mcc-mcr").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("UPSTREAM_UNAVAILABLE"))
+    );
     // Its own codes never wait on the registry.
     let (status, _) = resolve(&c, "127.2.0.1", CODE, "mcc-mcr").await;
     assert_eq!(status, 200);

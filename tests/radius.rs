@@ -203,10 +203,13 @@ async fn resends_late_stops_and_strangers_change_nothing() {
         .record(Status::Stop, ip, "+447700900010", "a-1")
         .await;
     assert_eq!(gateway.send(&start).await.unwrap(), first_answer);
+    // The same gateway re-sending from another port: the same answer.
+    let other_port = Gateway::new(&server, "127.4.0.1").await;
+    assert_eq!(other_port.send(&start).await.unwrap(), first_answer);
     assert_eq!(bound_subscriber(&server, ip).await, None);
     let metrics = server.metrics().await;
     let resent = r#"homecmp_radius_packets_total{outcome="duplicate",reason="resent"}"#;
-    assert_eq!(metric(&metrics, resent), 2.0, "{metrics}");
+    assert_eq!(metric(&metrics, resent), 3.0, "{metrics}");
 
     // The address goes to another subscriber's session; the first
     // session's late Interim and Stop leave it there.

@@ -73,6 +73,9 @@ struct Registry {
     known: dashmap::DashMap<String, (Option<Arc<Peer>>, u64)>,
 }
 
+/// Largest answer read from a peer or the registry, bytes.
+const MAX_ANSWER: usize = 16 * 1024;
+
 /// Prefixes whose registry answer is kept at most (then all are forgotten).
 const REGISTRY_CACHE: usize = 10_000;
 
@@ -165,6 +168,21 @@ impl Peers {
         })
     }
 
+    /// A GET's status and body, if it answers within the timeout with at
+    /// most [`MAX_ANSWER`] bytes (a larger answer is never read whole).
+    async fn get_small(&self, url: String) -> Option<(u16, Vec<u8>)> {
+        let mut response = self.client.get(url).send().await.ok()?;
+        let status = response.status().as_u16();
+        let mut body = Vec::new();
+        while let Some(chunk) = response.chunk().await.ok()? {
+            if body.len() + chunk.len() > MAX_ANSWER {
+                return None;
+            }
+            body.extend_from_slice(&chunk);
+        }
+        Some((status, body))
+    }
+
     /// The CMP that owns `prefix`: configured, or named by the registry.
     async fn owner(&self, prefix: &str) -> Result<Arc<Peer>, (Outcome, Refusal)> {
         if let Some(peer) = self.peers.iter().find(|p| p.prefix == prefix) {
@@ -182,15 +200,11 @@ impl Peers {
         }
         let failed = (Outcome::RegistryFailed, Refusal::UpstreamUnavailable);
         let url = format!("{}/mcr/v1/prefixes/{prefix}", registry.url);
-        let response = self
-            .client
-            .get(url)
-            .send()
-            .await
-            .map_err(|_| failed.clone())?;
-        let owner = match response.status().as_u16() {
+        let (status, body) = self.get_small(url).await.ok_or(failed.clone())?;
+        let owner = match status {
             200 => {
-                let answer: RegistryAnswer = response.json().await.map_err(|_| failed.clone())?;
+                let answer: RegistryAnswer =
+                    serde_json::from_slice(&body).map_err(|_| failed.clone())?;
                 if !answer.url.starts_with("https://") || answer.url.parse::<http::Uri>().is_err() {
                     return Err(failed);
                 }
@@ -226,23 +240,22 @@ impl Peers {
             return (Outcome::Busy, Err(Refusal::UpstreamUnavailable));
         };
         let url = format!("{}{RESOLVE_PATH}?code={}", peer.url, code.as_str());
-        let answer = async {
-            let response = self.client.get(url).send().await.ok()?;
-            let status = response.status();
-            let body = response.bytes().await.ok()?;
-            Some((status, body))
-        };
-        let (outcome, result) = match answer.await {
-            Some((status, body)) if status == 200 => {
-                match serde_json::from_slice::<PeerAnswer>(&body) {
-                    Ok(answer) if is_target(&answer.target) => {
-                        (Outcome::Resolved, Ok(Arc::from(answer.target)))
-                    }
-                    _ => (Outcome::Failed, Err(Refusal::UpstreamUnavailable)),
+        let (outcome, result) = match self.get_small(url).await {
+            Some((200, body)) => match serde_json::from_slice::<PeerAnswer>(&body) {
+                Ok(answer) if is_target(&answer.target) => {
+                    (Outcome::Resolved, Ok(Arc::from(answer.target)))
+                }
+                _ => (Outcome::Failed, Err(Refusal::UpstreamUnavailable)),
+            },
+            // The peer is up and says so: not a failure of the link.
+            Some((404, body)) => {
+                let unowned = serde_json::from_slice::<serde_json::Value>(&body)
+                    .is_ok_and(|error| error["code"] == "UNKNOWN_PREFIX");
+                match unowned {
+                    true => (Outcome::Unowned, Err(Refusal::UnknownPrefix)),
+                    false => (Outcome::NotFound, Err(Refusal::CodeNotFound)),
                 }
             }
-            // The peer is up and says so: not a failure of the link.
-            Some((status, _)) if status == 404 => (Outcome::NotFound, Err(Refusal::CodeNotFound)),
             _ => (Outcome::Failed, Err(Refusal::UpstreamUnavailable)),
         };
         peer.breaker

@@ -22,8 +22,9 @@
 //!   Accounting-Request, or with a Request Authenticator that the client's
 //!   secret does not give: dropped, counted (`radius_packets{outcome =
 //!   "dropped"}`); nothing is allocated for it;
-//! - a re-sent request (same source, Identifier and authenticator within
-//!   `REPLY_TTL`): the first answer again, nothing applied twice;
+//! - a re-sent request (same gateway address, Identifier and authenticator
+//!   within `REPLY_TTL`, from whichever port): the first answer again,
+//!   nothing applied twice;
 //! - a request that can never be applied (no address, no or a bad MSISDN,
 //!   an address outside the MNO pools): answered, so the gateway stops
 //!   re-sending it, and counted as `ignored` with the reason;
@@ -184,7 +185,7 @@ impl Server {
             Ok(header) => header,
             Err(e) => return (Outcome::Dropped(e.label()), None),
         };
-        let key = (from, header.identifier, header.authenticator);
+        let key = (source, header.identifier, header.authenticator);
         if let Some(answer) = self.replies.get(&key, now_ms) {
             return (Outcome::Duplicate, Some(answer));
         }
@@ -262,7 +263,9 @@ fn session_tag(nas: std::net::IpAddr, session_id: &[u8]) -> u64 {
     hasher.finish().max(1)
 }
 
-type ReplyKey = (SocketAddr, u8, [u8; 16]);
+/// The gateway (its address: some re-send from another port), the
+/// Identifier and the Request Authenticator.
+type ReplyKey = (std::net::IpAddr, u8, [u8; 16]);
 
 /// Answers by request, for re-sent requests: at most `REPLY_CACHE`, each
 /// for `REPLY_TTL`.
@@ -304,7 +307,7 @@ mod tests {
     #[test]
     fn the_reply_cache_is_bounded_and_forgets_old_answers() {
         let mut replies = Replies::default();
-        let from: SocketAddr = "127.0.0.1:1".parse().unwrap();
+        let from: std::net::IpAddr = "127.0.0.1".parse().unwrap();
         let answer: Arc<[u8]> = Arc::from(&b"x"[..]);
         for i in 0..REPLY_CACHE + 10 {
             let key = (from, i as u8, (i as u128).to_le_bytes());
