@@ -86,7 +86,11 @@ pub enum ImportError {
 }
 
 /// One row: the code (canonical, a prefix this CMP owns) and its target.
-pub fn parse_row(app: &App, format: Format, line: &str) -> Result<(IndirectCode, String), String> {
+pub fn parse_row(
+    policy: &crate::core::Policy,
+    format: Format,
+    line: &str,
+) -> Result<(IndirectCode, String), String> {
     let (code, target) = match format {
         Format::Ndjson => {
             let row: Row =
@@ -114,7 +118,7 @@ pub fn parse_row(app: &App, format: Format, line: &str) -> Result<(IndirectCode,
         }
     };
     let code = IndirectCode::parse(code.trim()).map_err(|e| format!("code {code:?}: {e}"))?;
-    if !app.config.policy.owns(&code) {
+    if !policy.owns(&code) {
         return Err(format!(
             "code {}: its routing prefix is not this CMP's",
             code.as_str()
@@ -188,7 +192,7 @@ impl Batch {
         }
         report.rows += 1;
         self.rows += 1;
-        match parse_row(app, format, text) {
+        match parse_row(&app.config.policy, format, text) {
             Ok(row) => self.valid.push(row),
             Err(e) => self.bad_row(number, e, report),
         }

@@ -25,6 +25,7 @@ pub const TARGETS: &[(&str, Harness)] = &[
     ("enrichment", enrichment),
     ("radius", radius),
     ("snapshot", snapshot),
+    ("code_row", code_row),
 ];
 
 fn text(data: &[u8]) -> Option<&str> {
@@ -180,4 +181,24 @@ pub fn radius(data: &[u8]) {
 /// chunks past what the input holds.
 pub fn snapshot(data: &[u8]) {
     let _ = crate::store::Index::undump(&mut &data[..]);
+}
+
+/// A row of a bulk code import, NDJSON and CSV: refused with a message or
+/// read into a code this CMP owns and a target that the row gives back.
+pub fn code_row(data: &[u8]) {
+    use crate::codes::{Format, parse_row};
+    let Some(line) = text(data) else { return };
+    let policy = crate::core::Policy {
+        mode: crate::core::AuthMode::Enforce,
+        on_mismatch: crate::core::MismatchPolicy::Reject,
+        routing_prefixes: vec![crate::wire::RoutingPrefix::parse("2001000001").expect("valid")],
+        federated_prefixes: vec![],
+        peer_registry: false,
+    };
+    for format in [Format::Ndjson, Format::Csv] {
+        if let Ok((code, target)) = parse_row(&policy, format, line) {
+            assert!(policy.owns(&code), "{line:?}");
+            assert!(crate::net::admin::valid_target(&target), "{line:?}");
+        }
+    }
 }
