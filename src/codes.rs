@@ -49,9 +49,8 @@ struct Row {
     code: String,
     target: String,
     /// Present in exports; ignored on import (the log assigns sequences).
-    #[serde(default)]
-    #[allow(dead_code)]
-    seq: Option<u64>,
+    #[serde(default, rename = "seq")]
+    _seq: Option<u64>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]

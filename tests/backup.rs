@@ -212,16 +212,19 @@ async fn an_export_imported_into_an_empty_data_dir_is_the_same_log() {
         .collect();
     let mut swapped = lines.clone();
     swapped.swap(1, 2);
-    std::fs::write(&file, swapped.join("\n")).unwrap();
     let bad = dir.path().join("bad");
-    let output = homecmp(&[&"log", &"import", &"--data-dir", &bad, &"--from", &file]);
-    assert!(!output.status.success());
-    assert!(
-        text(&output.stderr).contains("line 2: sequence 3 where 2 comes next"),
-        "{}",
-        text(&output.stderr)
-    );
-    assert!(!bad.join("events").exists());
+    let refused = |lines: &[&str], why: &str| {
+        std::fs::write(&file, lines.join("\n")).unwrap();
+        let output = homecmp(&[&"log", &"import", &"--data-dir", &bad, &"--from", &file]);
+        assert!(!output.status.success());
+        assert!(
+            text(&output.stderr).contains(why),
+            "{}",
+            text(&output.stderr)
+        );
+        assert!(!bad.join("events").exists());
+    };
+    refused(&swapped, "line 2: sequence 3 where 2 comes next");
     // An event that does not apply (app-2 revoked twice): refused too.
     let mut twice: Vec<&str> = lines.clone();
     let revoke = lines
@@ -234,13 +237,5 @@ async fn an_export_imported_into_an_empty_data_dir_is_the_same_log() {
         1,
     );
     twice.push(&repeated);
-    std::fs::write(&file, twice.join("\n")).unwrap();
-    let output = homecmp(&[&"log", &"import", &"--data-dir", &bad, &"--from", &file]);
-    assert!(!output.status.success());
-    assert!(
-        text(&output.stderr).contains("does not apply"),
-        "{}",
-        text(&output.stderr)
-    );
-    assert!(!bad.join("events").exists());
+    refused(&twice, "does not apply");
 }

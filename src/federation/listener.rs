@@ -41,30 +41,15 @@ pub async fn serve(
         federation.requests_per_peer_per_sec,
         app.config.limits.limiter_max_keys,
     ));
-    let connections = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    loop {
-        let (tcp, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(_) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(slot) = connections.clone().try_acquire_owned() else {
-            app.metrics.federation("refused", "connections");
-            continue;
-        };
+    let full = || app.metrics.federation("refused", "connections");
+    let serve = |tcp, peer: SocketAddr| {
         let (app, acceptor, rate, shutdown) = (
             app.clone(),
             acceptor.clone(),
             rate.clone(),
             shutdown.clone(),
         );
-        tracker.spawn(async move {
-            let _slot = slot;
+        async move {
             let handshake = acceptor.accept(tcp);
             let tls = match tokio::time::timeout(app.config.limits.header_read_timeout, handshake)
                 .await
@@ -85,8 +70,17 @@ pub async fn serve(
                 }
             })
             .await;
-        });
-    }
+        }
+    };
+    let connections = crate::net::conn::accept(
+        listener,
+        MAX_CONNECTIONS,
+        shutdown.clone(),
+        tracker,
+        full,
+        serve,
+    );
+    connections.await;
 }
 
 fn answer(

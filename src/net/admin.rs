@@ -89,30 +89,17 @@ pub async fn serve(
     shutdown: tokio_util::sync::CancellationToken,
     tracker: tokio_util::task::TaskTracker,
 ) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let limits = Arc::new(limits);
-    loop {
-        let stream = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "admin accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            tracing::warn!(
-                max_connections,
-                "admin connection cap reached; closing a new one"
-            );
-            continue;
-        };
-        let (router, limits, shutdown) = (router.clone(), limits.clone(), shutdown.clone());
-        tracker.spawn(async move {
-            let _slot = slot;
+    let full = || {
+        tracing::warn!(
+            max_connections,
+            "admin connection cap reached; closing a new one"
+        )
+    };
+    let stop = shutdown.clone();
+    let serve = move |stream, _peer| {
+        let (router, limits, shutdown) = (router.clone(), limits.clone(), stop.clone());
+        async move {
             // Operators' tools: no conduct rule (a token is needed anyway).
             let conduct = super::conn::Conduct::new();
             super::conn::serve(stream, &limits, shutdown, conduct, move |request| {
@@ -126,8 +113,9 @@ pub async fn serve(
                 }
             })
             .await;
-        });
-    }
+        }
+    };
+    super::conn::accept(listener, max_connections, shutdown, tracker, full, serve).await;
 }
 
 async fn require_token(

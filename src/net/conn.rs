@@ -171,6 +171,46 @@ impl Conduct {
     }
 }
 
+/// Accepts TCP connections on `listener` until `shutdown`, at most
+/// `max_connections` at once: past it a new one is closed at once (after
+/// `full()`); each other is handed to `serve` in a task of `tracker`.
+/// The accept loop of the admin and federation listeners.
+pub async fn accept<F, Fut>(
+    listener: tokio::net::TcpListener,
+    max_connections: usize,
+    shutdown: CancellationToken,
+    tracker: tokio_util::task::TaskTracker,
+    full: impl Fn(),
+    serve: F,
+) where
+    F: Fn(tokio::net::TcpStream, std::net::SocketAddr) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            full();
+            continue;
+        };
+        let connection = serve(stream, peer);
+        tracker.spawn(async move {
+            let _slot = slot;
+            connection.await;
+        });
+    }
+}
+
 /// Serves HTTP/1.1 or HTTP/2 (whichever the client speaks) on `io` with
 /// `handle`, until the client leaves, the connection has been quiet too
 /// long (see the module docs), `close` is cancelled (it earned it), or

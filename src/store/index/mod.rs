@@ -204,10 +204,7 @@ impl Index {
 
     /// The association of `clientid`, if any. The hot path: no allocation.
     pub fn association(&self, clientid: &str) -> Option<Association> {
-        let key = ClientKey::of(clientid);
-        if !key.is_uuid() && self.names.get(&key).is_none_or(|name| **name != *clientid) {
-            return None;
-        }
+        let key = self.known_key(clientid)?;
         self.associations.with(&key, |_, held| Association {
             subscriber: SubscriberRef(self.subscribers.at(held.subscriber).subscriber),
             seq: held.seq,
@@ -294,12 +291,12 @@ impl Index {
                 ..
             } => {
                 ClientId::parse(clientid).map_err(|e| fail(e.to_string()))?;
-                if self.association(clientid).is_some() {
-                    return Err(fail(format!("clientid {clientid} is already associated")));
-                }
                 let key = ClientKey::of(clientid);
-                if !key.is_uuid() && self.names.contains_key(&key) {
-                    return Err(fail(format!("clientid {clientid} collides with another")));
+                if self.associations.get(&key).is_some() {
+                    return Err(fail(match self.known_key(clientid) {
+                        Some(_) => format!("clientid {clientid} is already associated"),
+                        None => format!("clientid {clientid} collides with another"),
+                    }));
                 }
                 self.add(key, seq, subscriber)
                     .map_err(|e| fail(e.to_string()))?;
@@ -495,15 +492,26 @@ impl Index {
         clientid: &str,
         subscriber: &SubscriberRef,
     ) -> Result<(ClientKey, Held), String> {
-        let key = ClientKey::of(clientid);
-        match self.association(clientid) {
-            Some(a) if a.subscriber == *subscriber => {
-                let (_, held) = self.associations.get(&key).expect("just found");
+        let found = self
+            .known_key(clientid)
+            .and_then(|key| Some((key, self.associations.get(&key)?.1)));
+        match found {
+            Some((key, held))
+                if self.subscribers.at(held.subscriber).subscriber == subscriber.0 =>
+            {
                 Ok((key, held))
             }
             Some(_) => Err(format!("clientid {clientid} belongs to another subscriber")),
             None => Err(format!("clientid {clientid} is not associated")),
         }
+    }
+
+    /// The key of `clientid` if the index may hold it: a UUID's, or one
+    /// whose name it keeps (names are kept exactly while associated).
+    fn known_key(&self, clientid: &str) -> Option<ClientKey> {
+        let key = ClientKey::of(clientid);
+        let known = key.is_uuid() || self.names.get(&key).is_some_and(|name| **name == *clientid);
+        known.then_some(key)
     }
 
     /// The whole state, for comparisons and tools: a copy, made under the
