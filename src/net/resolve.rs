@@ -50,7 +50,9 @@ pub async fn handle_on(
 ) -> Response<Bytes> {
     let delay = conduct.delay(&app.config.limits);
     if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
+        // Boxed, as every rare wait below: the common path's future stays
+        // small, and it is moved into a task for every HTTP/2 stream.
+        Box::pin(tokio::time::sleep(delay)).await;
     }
     let response = handle(app, conn, method, uri, headers).await;
     app.judge(conduct, conn.peer.ip(), response.status());
@@ -129,7 +131,7 @@ async fn run_resolution(
         app.metrics.spoof_attempts.inc();
     }
     if association.is_none() && app.config.policy.mode != crate::core::AuthMode::Off {
-        app.tarpit(identity.on_mno_network, limited).await?;
+        Box::pin(app.tarpit(identity.on_mno_network, limited)).await?;
     }
     let permit = match core::decide(&app.config.policy, clientid.clone(), association, &identity) {
         Decision::Resolve(permit) => permit,
@@ -158,9 +160,7 @@ async fn run_resolution(
                 client_addr: identity.client_addr,
             };
             let cap = app.config.max_clientids_per_subscriber;
-            let done = app
-                .store
-                .associate(new, rebind, cap, now_ms)
+            let done = Box::pin(app.store.associate(new, rebind, cap, now_ms))
                 .await
                 .map_err(|e| {
                     tracing::error!(error = %e, "association not stored");
@@ -210,7 +210,7 @@ async fn run_resolution(
         core::Resolution::Local(target) => target,
         core::Resolution::Peer => {
             let peers = app.peers.as_ref().ok_or(Refusal::UnknownPrefix)?;
-            let (outcome, target) = peers.resolve(&permit, &code).await;
+            let (outcome, target) = Box::pin(peers.resolve(&permit, &code)).await;
             app.metrics.federation("forwarded", outcome.label());
             target?
         }
