@@ -26,12 +26,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::coalesce::{Coalesced, Turns};
 use crate::config::Limits;
 
 /// Requests in flight on one connection, and since when it has had none.
@@ -211,6 +212,30 @@ pub async fn accept<F, Fut>(
     }
 }
 
+/// hyper's executor for HTTP/2 streams: a stream's future is first polled
+/// right here, on the connection's own task, and becomes a task of its own
+/// only if it has to wait (a slowed or tarpitted request, a first scan's
+/// durable write, a peer). Most resolves answer on that first poll: no task
+/// to allocate, schedule and wake per stream, and the answers to one read's
+/// streams leave in one write.
+#[derive(Debug, Clone, Copy)]
+pub struct FirstPollInline;
+
+impl<F> hyper::rt::Executor<F> for FirstPollInline
+where
+    F: Future<Output = ()> + Send + 'static,
+{
+    fn execute(&self, future: F) {
+        let mut future = Box::pin(future);
+        // Polled again, with a real waker, as soon as it is spawned: a
+        // future registers the waker of its latest poll.
+        let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+        if future.as_mut().poll(&mut cx).is_pending() {
+            tokio::spawn(future);
+        }
+    }
+}
+
 /// Serves HTTP/1.1 or HTTP/2 (whichever the client speaks) on `io` with
 /// `handle`, until the client leaves, the connection has been quiet too
 /// long (see the module docs), `close` is cancelled (it earned it), or
@@ -229,7 +254,7 @@ pub async fn serve<I, F, Fut, B>(
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let mut builder = auto::Builder::new(FirstPollInline);
     builder
         .http1()
         .timer(TokioTimer::new())
@@ -254,12 +279,15 @@ pub async fn serve<I, F, Fut, B>(
             Ok::<_, Infallible>(response)
         }
     });
-    let connection = builder.serve_connection(TokioIo::new(io), service);
+    // Answers leave once per turn of this task (see super::coalesce).
+    let turns = Turns::default();
+    let connection =
+        builder.serve_connection(TokioIo::new(Coalesced::new(io, turns.clone())), service);
     tokio::pin!(connection);
     // How long to wait for in-flight requests once closing: a quiet
     // connection has none, so only its GOAWAY to flush.
     let drain = tokio::select! {
-        _ = connection.as_mut() => return,
+        _ = std::future::poll_fn(|cx| turns.poll(&mut connection.as_mut(), cx)) => return,
         _ = shutdown.cancelled() => limits.idle_timeout,
         _ = watched.quiet_for(limits.header_read_timeout, limits.idle_timeout) => {
             limits.header_read_timeout
@@ -268,7 +296,8 @@ pub async fn serve<I, F, Fut, B>(
         _ = conduct.closed() => Duration::ZERO,
     };
     connection.as_mut().graceful_shutdown();
-    let _ = tokio::time::timeout(drain, connection).await;
+    let draining = std::future::poll_fn(|cx| turns.poll(&mut connection.as_mut(), cx));
+    let _ = tokio::time::timeout(drain, draining).await;
 }
 
 #[cfg(test)]
@@ -309,6 +338,28 @@ mod tests {
             refuse();
         }
         assert_eq!(conduct.delay(&limits), LONGEST_SLOWDOWN);
+    }
+
+    #[tokio::test]
+    async fn a_stream_answers_inline_or_waits_in_a_task_of_its_own() {
+        use hyper::rt::Executor;
+        let (answered, mut at_once) = tokio::sync::oneshot::channel();
+        FirstPollInline.execute(async move {
+            let _ = answered.send(());
+        });
+        assert!(at_once.try_recv().is_ok(), "a ready future ran inline");
+
+        let (go, wait) = tokio::sync::oneshot::channel::<()>();
+        let (answered, later) = tokio::sync::oneshot::channel();
+        FirstPollInline.execute(async move {
+            let _ = wait.await;
+            let _ = answered.send(());
+        });
+        go.send(()).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), later)
+            .await
+            .expect("a waiting future is woken in its own task")
+            .unwrap();
     }
 
     #[tokio::test]

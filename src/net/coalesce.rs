@@ -1,0 +1,293 @@
+//! One write per turn of a connection's task, not one per answer.
+//!
+//! hyper's HTTP/2 server flushes after every stream it accepts: ten
+//! requests that arrive in one read leave as ten TLS records in ten system
+//! calls, and on loopback each call also pays the receiver's TCP work. A
+//! [`Coalesced`] stream keeps what is written during one poll of the
+//! connection's task (its [`Turns`]) and sends it at the first flush of the
+//! next turn: the first flush of a turn asks for that next turn at once
+//! (wakes the task) and reports itself pending, so hyper goes on accepting
+//! and answering the streams it has already read. The next turn writes
+//! everything in one record and one call.
+//!
+//! An answer waits one extra poll of its own task, never for other input:
+//! the wake is immediate. Past [`HIGH_WATER`] bytes a write goes through at
+//! once, and a read or a shutdown first writes what an earlier turn left.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::task::{Context, Poll, ready};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// Past this many bytes waiting, a write first sends them.
+const HIGH_WATER: usize = 64 * 1024;
+
+/// The turns (polls) of one connection's task, counted by [`Turns::poll`].
+#[derive(Debug, Clone, Default)]
+pub struct Turns(Arc<AtomicU64>);
+
+impl Turns {
+    /// Polls `future` as one turn.
+    pub fn poll<F: Future + Unpin>(&self, future: &mut F, cx: &mut Context<'_>) -> Poll<F::Output> {
+        self.0.fetch_add(1, Ordering::Relaxed);
+        Pin::new(future).poll(cx)
+    }
+
+    fn now(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+/// `io` with its writes held to the next turn (see the module docs).
+#[derive(Debug)]
+pub struct Coalesced<I> {
+    io: I,
+    turns: Turns,
+    out: Vec<u8>,
+    /// How much of `out` is already written to `io`.
+    sent: usize,
+    /// The turn in which a flush was put off, if one is.
+    put_off_in: Option<u64>,
+}
+
+impl<I: AsyncWrite + Unpin> Coalesced<I> {
+    pub fn new(io: I, turns: Turns) -> Self {
+        Self {
+            io,
+            turns,
+            out: Vec::new(),
+            sent: 0,
+            put_off_in: None,
+        }
+    }
+
+    /// Writes everything waiting to `io`.
+    fn send(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while self.sent < self.out.len() {
+            let n = ready!(Pin::new(&mut self.io).poll_write(cx, &self.out[self.sent..]))?;
+            if n == 0 {
+                return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+            }
+            self.sent += n;
+        }
+        self.out.clear();
+        self.sent = 0;
+        self.put_off_in = None;
+        Poll::Ready(Ok(()))
+    }
+
+    /// Whether a flush was put off in an earlier turn than this one.
+    fn overdue(&self) -> bool {
+        self.put_off_in.is_some_and(|turn| turn != self.turns.now())
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for Coalesced<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        if self.out.len() >= HIGH_WATER {
+            ready!(self.send(cx))?;
+        }
+        self.out.extend_from_slice(buf);
+        Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        if self.out.len() >= HIGH_WATER {
+            ready!(self.send(cx))?;
+        }
+        let mut n = 0;
+        for buf in bufs {
+            self.out.extend_from_slice(buf);
+            n += buf.len();
+        }
+        Poll::Ready(Ok(n))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.out.is_empty() {
+            return Pin::new(&mut self.io).poll_flush(cx);
+        }
+        match self.put_off_in {
+            // The first flush of a turn: the next turn sends.
+            None => {
+                self.put_off_in = Some(self.turns.now());
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            // The next turn is already asked for.
+            Some(_) if !self.overdue() => return Poll::Pending,
+            Some(_) => {}
+        }
+        ready!(self.send(cx))?;
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        ready!(self.send(cx))?;
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for Coalesced<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        // What an earlier turn left goes first, whoever polls next. A
+        // socket that cannot take it now wakes this task when it can.
+        if self.overdue() {
+            match self.send(cx) {
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) | Poll::Pending => {}
+            }
+        }
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Records each write it is given.
+    #[derive(Default)]
+    struct Writes(Vec<Vec<u8>>);
+
+    impl AsyncWrite for Writes {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            self.0.push(buf.to_vec());
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// One turn of a task: runs `body` as one poll with a waker that
+    /// records being woken; returns what it returned and whether it woke.
+    fn turn<T>(
+        turns: &Turns,
+        mut body: impl FnMut(&mut Context<'_>) -> Poll<T> + Unpin,
+    ) -> (Poll<T>, bool) {
+        struct Flag(std::sync::atomic::AtomicBool);
+        impl std::task::Wake for Flag {
+            fn wake(self: Arc<Self>) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let flag = Arc::new(Flag(Default::default()));
+        let waker = std::task::Waker::from(flag.clone());
+        let mut future = std::future::poll_fn(&mut body);
+        let poll = turns.poll(&mut future, &mut Context::from_waker(&waker));
+        (poll, flag.0.load(Ordering::Relaxed))
+    }
+
+    fn write(io: &mut Coalesced<Writes>, cx: &mut Context<'_>, text: &[u8]) {
+        let n = Pin::new(&mut *io).poll_write(cx, text);
+        assert!(matches!(n, Poll::Ready(Ok(n)) if n == text.len()));
+    }
+
+    #[test]
+    fn answers_flushed_in_one_turn_leave_in_one_write_at_the_next() {
+        let turns = Turns::default();
+        let mut io = Coalesced::new(Writes::default(), turns.clone());
+        // Turn 1: three answers, each written and flushed, as hyper's
+        // HTTP/2 server does: each flush is put off, the task woken.
+        let (flushed, woken) = turn(&turns, |cx| {
+            let mut flushes = Vec::new();
+            for answer in [&b"one,"[..], b"two,", b"three"] {
+                write(&mut io, cx, answer);
+                flushes.push(Pin::new(&mut io).poll_flush(cx).is_pending());
+            }
+            Poll::Ready(flushes)
+        });
+        assert_eq!(flushed, Poll::Ready(vec![true; 3]));
+        assert!(woken, "the first put-off flush asks for the next turn");
+        assert!(io.io.0.is_empty(), "nothing written in the turn itself");
+        // Turn 2: the first flush sends them all, in order, in one write.
+        let (flushed, woken) = turn(&turns, |cx| Pin::new(&mut io).poll_flush(cx));
+        assert!(matches!(flushed, Poll::Ready(Ok(()))) && !woken);
+        assert_eq!(io.io.0, vec![b"one,two,three".to_vec()]);
+        // Nothing waiting: a flush is a flush.
+        let (flushed, woken) = turn(&turns, |cx| Pin::new(&mut io).poll_flush(cx));
+        assert!(matches!(flushed, Poll::Ready(Ok(()))) && !woken);
+    }
+
+    #[test]
+    fn a_read_or_a_shutdown_sends_what_an_earlier_turn_left() {
+        let turns = Turns::default();
+        let (near, mut far) = tokio::io::duplex(1024);
+        let mut io = Coalesced::new(near, turns.clone());
+        let (flushed, _) = turn(&turns, |cx| {
+            assert!(Pin::new(&mut io).poll_write(cx, b"answer").is_ready());
+            Pin::new(&mut io).poll_flush(cx)
+        });
+        assert!(flushed.is_pending());
+        // The next turn only reads (nothing to read yet): the answer goes.
+        let mut buf = [0; 16];
+        let (read, _) = turn(&turns, |cx| {
+            Pin::new(&mut io).poll_read(cx, &mut ReadBuf::new(&mut buf))
+        });
+        assert!(read.is_pending());
+        let mut got = [0; 6];
+        let (got_it, _) = turn(&turns, |cx| {
+            Pin::new(&mut far).poll_read(cx, &mut ReadBuf::new(&mut got))
+        });
+        assert!(matches!(got_it, Poll::Ready(Ok(()))));
+        assert_eq!(&got, b"answer");
+        // A shutdown sends first, even within the same turn.
+        let (shut, _) = turn(&turns, |cx| {
+            assert!(Pin::new(&mut io).poll_write(cx, b"bye").is_ready());
+            Pin::new(&mut io).poll_shutdown(cx)
+        });
+        assert!(matches!(shut, Poll::Ready(Ok(()))));
+        let (bye, _) = turn(&turns, |cx| {
+            let mut bye = [0; 3];
+            let mut buf = ReadBuf::new(&mut bye);
+            Pin::new(&mut far)
+                .poll_read(cx, &mut buf)
+                .map_ok(|()| buf.filled().to_vec())
+        });
+        assert!(matches!(bye, Poll::Ready(Ok(ref b)) if b == b"bye"));
+    }
+
+    #[test]
+    fn past_the_high_water_mark_a_write_sends_first() {
+        let turns = Turns::default();
+        let mut io = Coalesced::new(Writes::default(), turns.clone());
+        let chunk = vec![7u8; HIGH_WATER / 4];
+        let (_, woken) = turn(&turns, |cx| {
+            for _ in 0..5 {
+                write(&mut io, cx, &chunk);
+            }
+            Poll::Ready(())
+        });
+        assert!(!woken);
+        assert_eq!(io.io.0.len(), 1, "the fifth write sent the first four");
+        assert_eq!(io.io.0[0].len(), HIGH_WATER);
+        assert_eq!(io.out.len(), chunk.len());
+    }
+}
