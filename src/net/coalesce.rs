@@ -10,7 +10,8 @@
 //! and answering the streams it has already read. The next turn writes
 //! everything in one record and one call.
 //!
-//! An answer waits one extra poll of its own task, never for other input:
+//! Only HTTP/2 connections are held so (known by their preface): HTTP/1.1
+//! answers one request at a time. An answer waits one extra poll of its own task, never for other input:
 //! the wake is immediate. Past [`HIGH_WATER`] bytes a write goes through at
 //! once, and a read or a shutdown first writes what an earlier turn left.
 
@@ -51,7 +52,15 @@ pub struct Coalesced<I> {
     sent: usize,
     /// The turn in which a flush was put off, if one is.
     put_off_in: Option<u64>,
+    /// Whether the client opened with the HTTP/2 preface. HTTP/1.1 answers
+    /// one request at a time: holding its answer would only cost a turn.
+    http2: bool,
+    /// Whether anything has been read yet.
+    opened: bool,
 }
+
+/// How an HTTP/2 connection begins (RFC 9113 §3.4).
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
 
 impl<I: AsyncWrite + Unpin> Coalesced<I> {
     pub fn new(io: I, turns: Turns) -> Self {
@@ -61,6 +70,8 @@ impl<I: AsyncWrite + Unpin> Coalesced<I> {
             out: Vec::new(),
             sent: 0,
             put_off_in: None,
+            http2: false,
+            opened: false,
         }
     }
 
@@ -122,6 +133,10 @@ impl<I: AsyncWrite + Unpin> AsyncWrite for Coalesced<I> {
         if self.out.is_empty() {
             return Pin::new(&mut self.io).poll_flush(cx);
         }
+        if !self.http2 {
+            ready!(self.send(cx))?;
+            return Pin::new(&mut self.io).poll_flush(cx);
+        }
         match self.put_off_in {
             // The first flush of a turn: the next turn sends.
             None => {
@@ -157,13 +172,22 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for Coalesced<I> {
                 Poll::Ready(Ok(())) | Poll::Pending => {}
             }
         }
-        Pin::new(&mut self.io).poll_read(cx, buf)
+        if self.opened {
+            return Pin::new(&mut self.io).poll_read(cx, buf);
+        }
+        let before = buf.filled().len();
+        ready!(Pin::new(&mut self.io).poll_read(cx, buf))?;
+        let read = &buf.filled()[before..];
+        self.http2 = read.starts_with(PREFACE);
+        self.opened = !read.is_empty();
+        Poll::Ready(Ok(()))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::DuplexStream;
 
     /// Records each write it is given.
     #[derive(Default)]
@@ -214,6 +238,7 @@ mod tests {
     fn answers_flushed_in_one_turn_leave_in_one_write_at_the_next() {
         let turns = Turns::default();
         let mut io = Coalesced::new(Writes::default(), turns.clone());
+        io.http2 = true;
         // Turn 1: three answers, each written and flushed, as hyper's
         // HTTP/2 server does: each flush is put off, the task woken.
         let (flushed, woken) = turn(&turns, |cx| {
@@ -241,6 +266,13 @@ mod tests {
         let turns = Turns::default();
         let (near, mut far) = tokio::io::duplex(1024);
         let mut io = Coalesced::new(near, turns.clone());
+        open(
+            &turns,
+            &mut io,
+            &mut far,
+            b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
+        );
+        assert!(io.http2);
         let (flushed, _) = turn(&turns, |cx| {
             assert!(Pin::new(&mut io).poll_write(cx, b"answer").is_ready());
             Pin::new(&mut io).poll_flush(cx)
@@ -274,10 +306,40 @@ mod tests {
         assert!(matches!(bye, Poll::Ready(Ok(ref b)) if b == b"bye"));
     }
 
+    /// The client's first bytes, read by `io`.
+    fn open(turns: &Turns, io: &mut Coalesced<DuplexStream>, far: &mut DuplexStream, first: &[u8]) {
+        let (sent, _) = turn(turns, |cx| Pin::new(&mut *far).poll_write(cx, first));
+        assert!(matches!(sent, Poll::Ready(Ok(n)) if n == first.len()));
+        let mut buf = [0; 64];
+        let (read, _) = turn(turns, |cx| {
+            Pin::new(&mut *io).poll_read(cx, &mut ReadBuf::new(&mut buf))
+        });
+        assert!(matches!(read, Poll::Ready(Ok(()))));
+    }
+
+    #[test]
+    fn http1_answers_are_not_held() {
+        let turns = Turns::default();
+        let (near, mut far) = tokio::io::duplex(1024);
+        let mut io = Coalesced::new(near, turns.clone());
+        open(&turns, &mut io, &mut far, b"GET / HTTP/1.1\r\n\r\n");
+        let (flushed, woken) = turn(&turns, |cx| {
+            assert!(
+                Pin::new(&mut io)
+                    .poll_write(cx, b"HTTP/1.1 200 OK")
+                    .is_ready()
+            );
+            Pin::new(&mut io).poll_flush(cx)
+        });
+        assert!(matches!(flushed, Poll::Ready(Ok(()))) && !woken);
+        assert!(io.out.is_empty(), "sent at its flush");
+    }
+
     #[test]
     fn past_the_high_water_mark_a_write_sends_first() {
         let turns = Turns::default();
         let mut io = Coalesced::new(Writes::default(), turns.clone());
+        io.http2 = true;
         let chunk = vec![7u8; HIGH_WATER / 4];
         let (_, woken) = turn(&turns, |cx| {
             for _ in 0..5 {
