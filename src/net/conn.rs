@@ -32,8 +32,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::coalesce::{Coalesced, Turns};
 use crate::config::Limits;
+use homecmp_coalesce::{Coalesced, Turns};
 
 /// Requests in flight on one connection, and since when it has had none.
 #[derive(Debug)]
@@ -279,7 +279,7 @@ pub async fn serve<I, F, Fut, B>(
             Ok::<_, Infallible>(response)
         }
     });
-    // Answers leave once per turn of this task (see super::coalesce).
+    // Answers leave once per turn of this task (see homecmp_coalesce).
     let turns = Turns::default();
     let connection =
         builder.serve_connection(TokioIo::new(Coalesced::new(io, turns.clone())), service);

@@ -9,7 +9,6 @@
 
 pub mod admin;
 pub mod admit;
-mod coalesce;
 pub mod conn;
 pub mod error;
 pub mod h3;

@@ -1,19 +1,23 @@
-//! One write per turn of a connection's task, not one per answer.
+//! One write per turn of a connection's task, not one per message.
 //!
-//! hyper's HTTP/2 server flushes after every stream it accepts: ten
-//! requests that arrive in one read leave as ten TLS records in ten system
-//! calls, and on loopback each call also pays the receiver's TCP work. A
-//! [`Coalesced`] stream keeps what is written during one poll of the
-//! connection's task (its [`Turns`]) and sends it at the first flush of the
-//! next turn: the first flush of a turn asks for that next turn at once
-//! (wakes the task) and reports itself pending, so hyper goes on accepting
-//! and answering the streams it has already read. The next turn writes
-//! everything in one record and one call.
+//! hyper's HTTP/2 server flushes after every stream it accepts, and `h2`'s
+//! client after every request it is given: ten requests that arrive in one
+//! read leave as ten TLS records in ten system calls, and on loopback each
+//! call also pays the receiver's TCP work. A [`Coalesced`] stream keeps
+//! what is written during one poll of the connection's task (its
+//! [`Turns`]) and sends it at the first flush of the next turn: the first
+//! flush of a turn asks for that next turn at once (wakes the task) and
+//! reports itself pending, so the connection goes on with the streams it
+//! already has. The next turn writes everything in one record and one call.
 //!
-//! Only HTTP/2 connections are held so (known by their preface): HTTP/1.1
-//! answers one request at a time. An answer waits one extra poll of its own task, never for other input:
-//! the wake is immediate. Past [`HIGH_WATER`] bytes a write goes through at
-//! once, and a read or a shutdown first writes what an earlier turn left.
+//! - A message waits one extra poll of its own task, never for other
+//!   input: the wake is immediate.
+//! - Past [`HIGH_WATER`] bytes a write goes through at once; a read or a
+//!   shutdown first writes what an earlier turn left.
+//! - A server's stream is held so only if it is HTTP/2 (known by its
+//!   preface, [`Coalesced::new`]): HTTP/1.1 answers one request at a time
+//!   and would only pay the extra turn. A client knows what it speaks
+//!   ([`Coalesced::http2`]).
 
 use std::io;
 use std::pin::Pin;
@@ -24,7 +28,7 @@ use std::task::{Context, Poll, ready};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Past this many bytes waiting, a write first sends them.
-const HIGH_WATER: usize = 64 * 1024;
+pub const HIGH_WATER: usize = 64 * 1024;
 
 /// The turns (polls) of one connection's task, counted by [`Turns::poll`].
 #[derive(Debug, Clone, Default)]
@@ -63,6 +67,7 @@ pub struct Coalesced<I> {
 const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n";
 
 impl<I: AsyncWrite + Unpin> Coalesced<I> {
+    /// A server's stream: held if the client opens with the HTTP/2 preface.
     pub fn new(io: I, turns: Turns) -> Self {
         Self {
             io,
@@ -72,6 +77,15 @@ impl<I: AsyncWrite + Unpin> Coalesced<I> {
             put_off_in: None,
             http2: false,
             opened: false,
+        }
+    }
+
+    /// A client's HTTP/2 stream: held from the start.
+    pub fn http2(io: I, turns: Turns) -> Self {
+        Self {
+            http2: true,
+            opened: true,
+            ..Self::new(io, turns)
         }
     }
 
@@ -237,8 +251,7 @@ mod tests {
     #[test]
     fn answers_flushed_in_one_turn_leave_in_one_write_at_the_next() {
         let turns = Turns::default();
-        let mut io = Coalesced::new(Writes::default(), turns.clone());
-        io.http2 = true;
+        let mut io = Coalesced::http2(Writes::default(), turns.clone());
         // Turn 1: three answers, each written and flushed, as hyper's
         // HTTP/2 server does: each flush is put off, the task woken.
         let (flushed, woken) = turn(&turns, |cx| {
@@ -338,8 +351,7 @@ mod tests {
     #[test]
     fn past_the_high_water_mark_a_write_sends_first() {
         let turns = Turns::default();
-        let mut io = Coalesced::new(Writes::default(), turns.clone());
-        io.http2 = true;
+        let mut io = Coalesced::http2(Writes::default(), turns.clone());
         let chunk = vec![7u8; HIGH_WATER / 4];
         let (_, woken) = turn(&turns, |cx| {
             for _ in 0..5 {
