@@ -42,14 +42,22 @@ server_pid=${SERVER_PID:+--server-pid $SERVER_PID}
 
 printf '%-8s %14s %14s %8s %s\n' protocol h2load_rps loadgen_rps ratio "loadgen CPU (cores) / server CPU (cores)"
 for protocol in h1 h2; do
-    if [ "$protocol" = h1 ]; then h1=--h1 m=1; else h1= m=$streams; fi
+    # The loadgen's legitimate requests leave half from WiFi, half from the
+    # subscriber's MNO address: an HTTP/2 lane is two connections, each
+    # carrying half its streams. Half the lanes with twice the streams is
+    # h2load's CONNECTIONS connections with STREAMS streams each.
+    if [ "$protocol" = h1 ]; then
+        h1=--h1 m=1 lanes=$connections lane_streams=1
+    else
+        h1= m=$streams lanes=$(((connections + 1) / 2)) lane_streams=$((streams * 2))
+    fi
     # shellcheck disable=SC2086
     h2load $h1 -c "$connections" -m "$m" -D "$secs" --warm-up-time=1 "$url" >"$work/h2load-$protocol.txt"
     h2load_rps=$(awk '/^finished in/ { gsub(",", "", $4); print $4 }' "$work/h2load-$protocol.txt")
     ok=$(awk '/^status codes:/ { print $3 }' "$work/h2load-$protocol.txt")
     # shellcheck disable=SC2086
     "$loadgen" $common $server_pid --setup "$work/setup.json" --mix legit=1 -p "$protocol" \
-        -c "$connections" -m "$m" -d "${secs}s" --warmup 1s --json "$work/loadgen-$protocol.json" >/dev/null
+        -c "$lanes" -m "$lane_streams" -d "${secs}s" --warmup 1s --json "$work/loadgen-$protocol.json" >/dev/null
     loadgen_rps=$(jq '.total.throughput_rps' "$work/loadgen-$protocol.json")
     cpu=$(jq -r 'def r: if . == null then "?" else (. * 100 | round / 100 | tostring) end;
         "\(.cpu.loadgen.cores | r) / \(.cpu.server.cores | r)"' "$work/loadgen-$protocol.json")

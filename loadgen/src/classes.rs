@@ -344,13 +344,21 @@ impl Planner {
     }
 
     /// A request of a class drawn from the mix. `home` is the subscriber whose
-    /// MNO address a [`Via::Mno`] request leaves from.
-    pub fn plan(&self, rng: &mut Rng, home: usize) -> Planned {
+    /// MNO address a [`Via::Mno`] request leaves from. `side` is where a
+    /// legitimate request leaves from, if the caller keeps to one side;
+    /// otherwise each one tosses a coin.
+    pub fn plan(&self, rng: &mut Rng, home: usize, side: Option<Via>) -> Planned {
         let class = self.mix.pick(rng);
-        self.plan_class(class, rng, home)
+        self.plan_class(class, rng, home, side)
     }
 
-    pub fn plan_class(&self, class: Class, rng: &mut Rng, home: usize) -> Planned {
+    pub fn plan_class(
+        &self,
+        class: Class,
+        rng: &mut Rng,
+        home: usize,
+        side: Option<Via>,
+    ) -> Planned {
         let setup = &self.setup;
         let code = &setup.codes[rng.below(setup.codes.len() as u64) as usize];
         let mut headers = Vec::new();
@@ -359,7 +367,7 @@ impl Planner {
         let path = match class {
             // Half from WiFi with any associated clientid, half on-net: a
             // clientid of `home` from home's own (session-bound) address.
-            Class::Legit if rng.below(2) == 0 => {
+            Class::Legit if side.map_or_else(|| rng.below(2) == 0, |side| side == Via::Wifi) => {
                 let (s, i) = self.associated[rng.below(self.associated.len() as u64) as usize];
                 let clientid = &setup.subscribers[s as usize].clientids[i as usize];
                 query(code, Some(clientid))
@@ -537,11 +545,32 @@ mod tests {
     }
 
     #[test]
+    fn a_task_that_keeps_to_a_side_sends_its_legit_requests_from_it() {
+        let p = planner(DEFAULT_MIX);
+        let mut rng = Rng::new(3);
+        for side in [Via::Wifi, Via::Mno] {
+            for _ in 0..50 {
+                assert_eq!(
+                    p.plan_class(Class::Legit, &mut rng, 1, Some(side)).via,
+                    side
+                );
+            }
+        }
+        let wifi = (0..1000)
+            .filter(|_| p.plan_class(Class::Legit, &mut rng, 1, None).via == Via::Wifi)
+            .count();
+        assert!(
+            (400..600).contains(&wifi),
+            "no side: a coin per request ({wifi})"
+        );
+    }
+
+    #[test]
     fn every_class_builds_its_request() {
         let p = planner(DEFAULT_MIX);
         let mut rng = Rng::new(1);
         for _ in 0..20 {
-            let legit = p.plan_class(Class::Legit, &mut rng, 2);
+            let legit = p.plan_class(Class::Legit, &mut rng, 2, None);
             assert!(
                 legit.request.path.contains("clientid=c"),
                 "{}",
@@ -554,11 +583,11 @@ mod tests {
                 );
             }
         }
-        let none = p.plan_class(Class::NoClientid, &mut rng, 0);
+        let none = p.plan_class(Class::NoClientid, &mut rng, 0, None);
         assert!(!none.request.path.contains("clientid"));
-        let spoof = p.plan_class(Class::SpoofedMsisdn, &mut rng, 0);
+        let spoof = p.plan_class(Class::SpoofedMsisdn, &mut rng, 0, None);
         assert_eq!(spoof.request.headers[0].0, "x-msisdn");
-        let fwd = p.plan_class(Class::SpoofedForwarded, &mut rng, 0);
+        let fwd = p.plan_class(Class::SpoofedForwarded, &mut rng, 0, None);
         assert!(
             fwd.request.headers[0]
                 .1
@@ -567,19 +596,19 @@ mod tests {
                 .starts_with("127.1.0.")
         );
         for _ in 0..100 {
-            let m = p.plan_class(Class::Mismatch, &mut rng, 1);
+            let m = p.plan_class(Class::Mismatch, &mut rng, 1, None);
             assert_eq!(m.via, Via::Mno);
             assert!(
                 !m.request.path.contains("clientid=c1-"),
                 "stolen from home: {}",
                 m.request.path
             );
-            let bad = p.plan_class(Class::Malformed, &mut rng, 0);
+            let bad = p.plan_class(Class::Malformed, &mut rng, 0, None);
             if bad.expect.status == 414 {
                 assert!(bad.request.path.len() > 2048 + 20);
             }
         }
-        let first = p.plan_class(Class::FirstScanWifi, &mut rng, 0);
+        let first = p.plan_class(Class::FirstScanWifi, &mut rng, 0, None);
         let id = first.request.path.rsplit('=').next().unwrap();
         assert_eq!(id.len(), 36, "{id}");
     }

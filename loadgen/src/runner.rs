@@ -106,15 +106,29 @@ pub async fn run(
         samples,
     });
     let mut tasks = tokio::task::JoinSet::new();
-    let slots: Vec<usize> = shared
+    // A lane's legitimate requests leave half from WiFi, half from its
+    // subscriber's MNO address: on a multiplexed lane, each task keeps to
+    // one side, so each of its two connections carries a steady half of
+    // its streams (an HTTP/1.1 lane's one task tosses a coin per request).
+    let slots: Vec<(usize, Option<Via>)> = shared
         .lanes
         .iter()
         .enumerate()
-        .flat_map(|(i, lane)| std::iter::repeat_n(i, lane.protocol.streams(shared.plan.streams)))
+        .flat_map(|(i, lane)| {
+            let streams = lane.protocol.streams(shared.plan.streams);
+            (0..streams).map(move |k| {
+                let side = match k % 2 {
+                    _ if streams == 1 => None,
+                    0 => Some(Via::Wifi),
+                    _ => Some(Via::Mno),
+                };
+                (i, side)
+            })
+        })
         .collect();
     let total = slots.len() as u64;
-    for (j, lane) in slots.into_iter().enumerate() {
-        tasks.spawn(request_task(shared.clone(), lane, j as u64, total));
+    for (j, (lane, side)) in slots.into_iter().enumerate() {
+        tasks.spawn(request_task(shared.clone(), lane, side, j as u64, total));
     }
     while let Some(done) = tasks.join_next().await {
         if let Err(e) = done
@@ -134,8 +148,9 @@ pub async fn run(
     collector.await.expect("the collector does not panic")
 }
 
-/// One request at a time, on lane `lane`, as task `j` of `total`.
-async fn request_task(shared: Arc<Shared>, lane: usize, j: u64, total: u64) {
+/// One request at a time, on lane `lane`, as task `j` of `total`; its
+/// legitimate requests leave from `side` if given.
+async fn request_task(shared: Arc<Shared>, lane: usize, side: Option<Via>, j: u64, total: u64) {
     let set = &shared.lanes[lane];
     let client = &shared.clients[&set.protocol];
     let subscribers = shared.planner.setup().subscribers.len() as u64;
@@ -173,7 +188,7 @@ async fn request_task(shared: Arc<Shared>, lane: usize, j: u64, total: u64) {
         } else {
             rng.below(subscribers) as usize
         };
-        let planned = shared.planner.plan(&mut rng, home);
+        let planned = shared.planner.plan(&mut rng, home, side);
         let source = shared.source(set, &planned, home);
         let result = tokio::time::timeout(
             shared.plan.timeout,
@@ -249,7 +264,7 @@ impl Shared {
             lane.release(conn).await;
             result
         } else {
-            let mut conn = client.connect(source).await?;
+            let mut conn = Box::pin(client.connect(source)).await?;
             let result = client.send(&mut conn, &planned.request).await;
             conn.close();
             result

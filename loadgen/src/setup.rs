@@ -283,6 +283,11 @@ async fn associate(
                         );
                     }
                     let wait = answer.retry_after.unwrap_or(1).clamp(1, 60);
+                    // The server may close a connection quiet for that long:
+                    // a new one after the wait.
+                    if let Some(quiet) = conn.take() {
+                        quiet.close();
+                    }
                     tokio::time::sleep(Duration::from_secs(wait)).await;
                 }
                 (status, _, _) => {

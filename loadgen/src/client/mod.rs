@@ -111,7 +111,7 @@ impl std::fmt::Display for Failure {
 /// An open connection, ready for requests.
 pub enum Conn {
     H1(hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>),
-    H2(hyper::client::conn::http2::SendRequest<http_body_util::Empty<Bytes>>),
+    H2(tcp::H2Conn),
     H3(quic::H3Conn),
 }
 
@@ -129,7 +129,7 @@ impl Conn {
     pub fn is_open(&self) -> bool {
         match self {
             Conn::H1(send) => !send.is_closed(),
-            Conn::H2(send) => !send.is_closed(),
+            Conn::H2(conn) => conn.is_open(),
             Conn::H3(conn) => conn.is_open(),
         }
     }
@@ -139,7 +139,7 @@ impl Conn {
     fn share(&self) -> Option<Conn> {
         match self {
             Conn::H1(_) => None,
-            Conn::H2(send) => Some(Conn::H2(send.clone())),
+            Conn::H2(conn) => Some(Conn::H2(conn.clone())),
             Conn::H3(conn) => Some(Conn::H3(conn.clone())),
         }
     }
@@ -149,7 +149,7 @@ impl Conn {
         if let Conn::H3(conn) = self {
             conn.close();
         }
-        // HTTP/1.1 and HTTP/2: dropping the last handle ends hyper's connection task.
+        // HTTP/1.1 and HTTP/2: dropping the last handle ends the connection's task.
     }
 }
 
@@ -212,7 +212,7 @@ impl Client {
         match conn {
             Conn::H3(h3) => quic::send(h3, &self.target, asked).await,
             Conn::H1(send) => tcp::send_h1(send, &self.target, asked, self.close_after).await,
-            Conn::H2(send) => tcp::send_h2(send, &self.target, asked).await,
+            Conn::H2(conn) => tcp::send_h2(conn, &self.target, asked).await,
         }
     }
 
@@ -247,7 +247,9 @@ impl Lane {
         let mut held = self.conn.lock().await;
         let conn = match held.take().filter(Conn::is_open) {
             Some(conn) => conn,
-            None => client.connect(self.source).await?,
+            // Boxed: the connect future is large, and every request's
+            // future would otherwise carry (and move) it.
+            None => Box::pin(client.connect(self.source)).await?,
         };
         match conn.share() {
             Some(shared) => {
