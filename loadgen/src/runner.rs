@@ -63,7 +63,7 @@ struct Shared {
     next_source: AtomicUsize,
     stop: Arc<AtomicBool>,
     live: Arc<Live>,
-    samples: UnboundedSender<Sample>,
+    samples: UnboundedSender<Vec<Sample>>,
 }
 
 /// Runs the traffic until a bound is reached or `stop` is set; returns when
@@ -155,6 +155,13 @@ async fn request_task(shared: Arc<Shared>, lane: usize, side: Option<Via>, j: u6
     let client = &shared.clients[&set.protocol];
     let subscribers = shared.planner.setup().subscribers.len() as u64;
     let mut rng = Rng::from_time(j);
+    // Samples go to the collector in batches (one wake of it per batch),
+    // at least every BATCH_PERIOD and when the task ends.
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut batch_sent = Instant::now();
+    // One timer for the task, moved on for each request.
+    let deadline = tokio::time::sleep(shared.plan.timeout);
+    tokio::pin!(deadline);
     for k in 0u64.. {
         let intended = match shared.plan.rate {
             Some(rate) => {
@@ -190,17 +197,17 @@ async fn request_task(shared: Arc<Shared>, lane: usize, side: Option<Via>, j: u6
         };
         let planned = shared.planner.plan(&mut rng, home, side);
         let source = shared.source(set, &planned, home);
-        let result = tokio::time::timeout(
-            shared.plan.timeout,
-            shared.execute(set, client, &planned, source),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(Failure::at(Failure::TIMEOUT)(format!(
+        deadline
+            .as_mut()
+            .reset(tokio::time::Instant::now() + shared.plan.timeout);
+        let result = tokio::select! {
+            biased;
+            result = shared.execute(set, client, &planned, source) => result,
+            () = deadline.as_mut() => Err(Failure::at(Failure::TIMEOUT)(format!(
                 "no answer within {:?}",
                 shared.plan.timeout
-            )))
-        });
+            ))),
+        };
         let done = Instant::now();
         let outcome = match &result {
             Ok(answer) => Outcome::from_answer(answer.status, &answer.body),
@@ -228,11 +235,24 @@ async fn request_task(shared: Arc<Shared>, lane: usize, side: Option<Via>, j: u6
             done_at: done.saturating_duration_since(shared.start),
             example,
         };
-        if shared.samples.send(sample).is_err() {
-            break;
+        batch.push(sample);
+        if batch.len() == BATCH || batch_sent.elapsed() >= BATCH_PERIOD {
+            batch_sent = Instant::now();
+            if shared.samples.send(std::mem::take(&mut batch)).is_err() {
+                return;
+            }
+            batch.reserve(BATCH);
         }
     }
+    if !batch.is_empty() {
+        let _ = shared.samples.send(batch);
+    }
 }
+
+/// Samples a request task sends the collector at once, or what it has
+/// after BATCH_PERIOD (the live view lags by no more).
+const BATCH: usize = 64;
+const BATCH_PERIOD: Duration = Duration::from_millis(50);
 
 impl Shared {
     fn source(&self, set: &LaneSet, planned: &Planned, home: usize) -> IpAddr {

@@ -1,5 +1,6 @@
 //! Accounting: every answer, judged, lands here. One collector task owns all
-//! histograms (no locks on the request path); request tasks send it samples.
+//! histograms (no locks on the request path); request tasks send it
+//! samples, in batches.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -263,13 +264,15 @@ impl Collected {
 
 /// Receives samples until every request task has finished.
 pub async fn collect(
-    mut samples: UnboundedReceiver<Sample>,
+    mut samples: UnboundedReceiver<Vec<Sample>>,
     interval: Duration,
     live: Arc<Live>,
 ) -> Collected {
     let mut collected = Collected::new(interval);
-    while let Some(sample) = samples.recv().await {
-        collected.record(sample, &live);
+    while let Some(batch) = samples.recv().await {
+        for sample in batch {
+            collected.record(sample, &live);
+        }
     }
     collected
 }
