@@ -12,8 +12,12 @@
 //!
 //! - A message waits one extra poll of its own task, never for other
 //!   input: the wake is immediate.
-//! - Past [`HIGH_WATER`] bytes a write goes through at once; a read or a
-//!   shutdown first writes what an earlier turn left.
+//! - Past [`HIGH_WATER`] bytes a write goes through at once; a shutdown
+//!   first writes what is waiting.
+//! - What is put off is sent by a flush in a later turn. `h2` (and so
+//!   hyper) flushes on every poll of a connection, and the task is woken
+//!   for that poll; whatever owns a [`Coalesced`] must poll through
+//!   [`Turns::poll`] and flush each turn.
 //! - A server's stream is held so only if it is HTTP/2 (known by its
 //!   preface, [`Coalesced::new`]): HTTP/1.1 answers one request at a time
 //!   and would only pay the extra turn. A client knows what it speaks
@@ -178,14 +182,9 @@ impl<I: AsyncRead + AsyncWrite + Unpin> AsyncRead for Coalesced<I> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        // What an earlier turn left goes first, whoever polls next. A
-        // socket that cannot take it now wakes this task when it can.
-        if self.overdue() {
-            match self.send(cx) {
-                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
-                Poll::Ready(Ok(())) | Poll::Pending => {}
-            }
-        }
+        // No write here: the connection reads before it queues what the
+        // streams woken since its last turn wrote, and its flush, after
+        // that, sends it all together.
         if self.opened {
             return Pin::new(&mut self.io).poll_read(cx, buf);
         }
@@ -275,7 +274,7 @@ mod tests {
     }
 
     #[test]
-    fn a_read_or_a_shutdown_sends_what_an_earlier_turn_left() {
+    fn the_next_turn_sends_after_its_read_and_a_shutdown_at_once() {
         let turns = Turns::default();
         let (near, mut far) = tokio::io::duplex(1024);
         let mut io = Coalesced::new(near, turns.clone());
@@ -287,22 +286,33 @@ mod tests {
         );
         assert!(io.http2);
         let (flushed, _) = turn(&turns, |cx| {
-            assert!(Pin::new(&mut io).poll_write(cx, b"answer").is_ready());
+            assert!(Pin::new(&mut io).poll_write(cx, b"one,").is_ready());
             Pin::new(&mut io).poll_flush(cx)
         });
         assert!(flushed.is_pending());
-        // The next turn only reads (nothing to read yet): the answer goes.
+        // The next turn reads first (nothing yet): nothing is sent by the
+        // read, so what the streams woken since then write joins it, and
+        // the turn's flush sends both in one write.
         let mut buf = [0; 16];
-        let (read, _) = turn(&turns, |cx| {
-            Pin::new(&mut io).poll_read(cx, &mut ReadBuf::new(&mut buf))
+        let (flushed, _) = turn(&turns, |cx| {
+            assert!(
+                Pin::new(&mut io)
+                    .poll_read(cx, &mut ReadBuf::new(&mut buf))
+                    .is_pending()
+            );
+            assert_eq!(io.out, b"one,", "not sent by the read");
+            assert!(Pin::new(&mut io).poll_write(cx, b"two").is_ready());
+            Pin::new(&mut io).poll_flush(cx)
         });
-        assert!(read.is_pending());
-        let mut got = [0; 6];
+        assert!(matches!(flushed, Poll::Ready(Ok(()))));
+        let mut got = [0; 16];
         let (got_it, _) = turn(&turns, |cx| {
-            Pin::new(&mut far).poll_read(cx, &mut ReadBuf::new(&mut got))
+            let mut buf = ReadBuf::new(&mut got);
+            Pin::new(&mut far)
+                .poll_read(cx, &mut buf)
+                .map_ok(|()| buf.filled().to_vec())
         });
-        assert!(matches!(got_it, Poll::Ready(Ok(()))));
-        assert_eq!(&got, b"answer");
+        assert!(matches!(got_it, Poll::Ready(Ok(ref b)) if b == b"one,two"));
         // A shutdown sends first, even within the same turn.
         let (shut, _) = turn(&turns, |cx| {
             assert!(Pin::new(&mut io).poll_write(cx, b"bye").is_ready());
