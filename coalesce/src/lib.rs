@@ -34,6 +34,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// Past this many bytes waiting, a write first sends them.
 pub const HIGH_WATER: usize = 64 * 1024;
 
+/// The most buffer a connection keeps between turns.
+const KEEP: usize = 16 * 1024;
+
 /// The turns (polls) of one connection's task, counted by [`Turns::poll`].
 #[derive(Debug, Clone, Default)]
 pub struct Turns(Arc<AtomicU64>);
@@ -102,7 +105,12 @@ impl<I: AsyncWrite + Unpin> Coalesced<I> {
             }
             self.sent += n;
         }
-        self.out.clear();
+        if self.out.capacity() > KEEP {
+            // A burst does not stay allocated on an idle connection.
+            self.out = Vec::new();
+        } else {
+            self.out.clear();
+        }
         self.sent = 0;
         self.put_off_in = None;
         Poll::Ready(Ok(()))
@@ -373,5 +381,9 @@ mod tests {
         assert_eq!(io.io.0.len(), 1, "the fifth write sent the first four");
         assert_eq!(io.io.0[0].len(), HIGH_WATER);
         assert_eq!(io.out.len(), chunk.len());
+        assert!(
+            io.out.capacity() < HIGH_WATER,
+            "the burst's buffer is not kept"
+        );
     }
 }
