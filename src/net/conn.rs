@@ -230,8 +230,17 @@ where
         // Polled again, with a real waker, as soon as it is spawned: a
         // future registers the waker of its latest poll.
         let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
-        if future.as_mut().poll(&mut cx).is_pending() {
-            tokio::spawn(future);
+        // A handler that panics costs its own stream (dropped: reset), not
+        // the connection's other streams, as it would in a task of its own.
+        let first = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            future.as_mut().poll(&mut cx)
+        }));
+        match first {
+            Ok(std::task::Poll::Ready(())) => {}
+            Ok(std::task::Poll::Pending) => {
+                tokio::spawn(future);
+            }
+            Err(_) => tracing::error!("a request's handler panicked; its stream is reset"),
         }
     }
 }
@@ -360,6 +369,15 @@ mod tests {
             .await
             .expect("a waiting future is woken in its own task")
             .unwrap();
+        FirstPollInline.execute(async { panic!("a handler's bug") });
+        let (answered, mut after) = tokio::sync::oneshot::channel();
+        FirstPollInline.execute(async move {
+            let _ = answered.send(());
+        });
+        assert!(
+            after.try_recv().is_ok(),
+            "a panic costs only its own stream"
+        );
     }
 
     #[tokio::test]
