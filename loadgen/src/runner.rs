@@ -117,11 +117,7 @@ pub async fn run(
         .flat_map(|(i, lane)| {
             let streams = lane.protocol.streams(shared.plan.streams);
             (0..streams).map(move |k| {
-                let side = match k % 2 {
-                    _ if streams == 1 => None,
-                    0 => Some(Via::Wifi),
-                    _ => Some(Via::Mno),
-                };
+                let side = (streams > 1).then_some(if k % 2 == 0 { Via::Wifi } else { Via::Mno });
                 (i, side)
             })
         })

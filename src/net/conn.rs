@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use homecmp_coalesce::{Coalesced, Turns};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -33,7 +34,6 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Limits;
-use homecmp_coalesce::{Coalesced, Turns};
 
 /// Requests in flight on one connection, and since when it has had none.
 #[derive(Debug)]

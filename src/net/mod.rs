@@ -185,7 +185,9 @@ impl App {
             .ok_or(Refusal::Overloaded)?;
         if !wait.is_zero() {
             self.metrics.tarpitted.inc();
-            tokio::time::sleep(wait).await;
+            // Boxed: only a request that waits pays for the timer, and the
+            // resolve future moved into every HTTP/2 stream stays small.
+            Box::pin(tokio::time::sleep(wait)).await;
         }
         Ok(())
     }

@@ -50,8 +50,9 @@ pub async fn handle_on(
 ) -> Response<Bytes> {
     let delay = conduct.delay(&app.config.limits);
     if !delay.is_zero() {
-        // Boxed, as every rare wait below: the common path's future stays
-        // small, and it is moved into a task for every HTTP/2 stream.
+        // Boxed, as every rare wait below (and the tarpit's): the common
+        // path's future stays small, and it is moved into a task for every
+        // HTTP/2 stream that has to wait.
         Box::pin(tokio::time::sleep(delay)).await;
     }
     let response = handle(app, conn, method, uri, headers).await;
@@ -131,7 +132,7 @@ async fn run_resolution(
         app.metrics.spoof_attempts.inc();
     }
     if association.is_none() && app.config.policy.mode != crate::core::AuthMode::Off {
-        Box::pin(app.tarpit(identity.on_mno_network, limited)).await?;
+        app.tarpit(identity.on_mno_network, limited).await?;
     }
     let permit = match core::decide(&app.config.policy, clientid.clone(), association, &identity) {
         Decision::Resolve(permit) => permit,

@@ -135,22 +135,25 @@ pub async fn send_h2(conn: &H2Conn, target: &Target, asked: &Request) -> Result<
     let retry_after = retry_after(response.headers());
     let mut body = response.into_body();
     // Most answers are one DATA frame: kept as it came, not copied.
-    let mut whole: Option<Bytes> = None;
+    let mut first = Bytes::new();
     let mut joined = BytesMut::new();
     while let Some(chunk) = body.data().await {
         let chunk = chunk.map_err(Failure::at(Failure::PROTOCOL))?;
         let _ = body.flow_control().release_capacity(chunk.len());
-        match whole.take() {
-            None if joined.is_empty() => whole = Some(chunk),
-            first => {
-                joined.extend_from_slice(&first.unwrap_or_default());
-                joined.extend_from_slice(&chunk);
-            }
+        if first.is_empty() && joined.is_empty() {
+            first = chunk;
+        } else {
+            joined.extend_from_slice(&std::mem::take(&mut first));
+            joined.extend_from_slice(&chunk);
         }
     }
     Ok(Answer {
         status,
-        body: whole.unwrap_or_else(|| joined.freeze()),
+        body: if joined.is_empty() {
+            first
+        } else {
+            joined.freeze()
+        },
         retry_after,
     })
 }
