@@ -40,6 +40,18 @@ impl Drop for Killed {
     }
 }
 
+/// Runs `script` with bash (`-euo pipefail`) in `dir`: how it ended, and
+/// its standard output.
+fn bash_in(dir: &std::path::Path, script: &str) -> (std::process::Output, String) {
+    let run = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", script])
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&run.stdout).into_owned();
+    (run, out)
+}
+
 /// `homecmp <args>` started in `dir` with no HOMECMP_* environment; its
 /// first line (the ready line) once it is serving.
 fn serve_in(dir: &std::path::Path, args: &[&str]) -> (Killed, String) {
@@ -74,12 +86,7 @@ fn the_curl_walkthrough_works_as_printed() {
 
     let script = sh_block_after("## Try it with curl");
     assert!(script.contains("curl"), "{script}");
-    let run = Command::new("bash")
-        .args(["-euo", "pipefail", "-c", &script])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&run.stdout);
+    let (run, out) = bash_in(dir.path(), &script);
     assert!(run.status.success(), "{run:?}");
     // What the README's comments promise, in order.
     let promised = [
@@ -141,12 +148,7 @@ fn the_radius_demo_works_as_printed() {
         "are 9443, 9444 and UDP 1813 free? {ready:?}"
     );
     let script = block_after(try_it, "sh");
-    let run = Command::new("bash")
-        .args(["-euo", "pipefail", "-c", &script])
-        .current_dir(dir.path())
-        .output()
-        .unwrap();
-    let out = String::from_utf8_lossy(&run.stdout);
+    let (run, out) = bash_in(dir.path(), &script);
     assert!(run.status.success(), "{script}\n{run:?}");
     assert!(out.contains("Received Accounting-Response"), "{out}");
     assert!(out.contains(r#""network":"127.1.0.7/32""#), "{out}");
