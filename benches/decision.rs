@@ -12,8 +12,6 @@
 #[path = "../tests/support/config.rs"]
 mod config;
 
-use std::net::SocketAddr;
-
 use criterion::{Criterion, criterion_group, criterion_main};
 use futures_util::FutureExt;
 use http::{HeaderMap, HeaderValue, Method, Uri};
@@ -139,7 +137,9 @@ fn bench(c: &mut Criterion) {
             headers.insert(*name, HeaderValue::from_static(value));
         }
         let conn = ConnInfo {
-            peer: SocketAddr::new(case.peer.parse().unwrap(), 40000),
+            origin: homecmp::core::identity_address(homecmp::core::Seen::Tcp {
+                peer: case.peer.parse().unwrap(),
+            }),
             protocol: Protocol::Http2,
         };
         // These paths never wait (no association is created): poll once.

@@ -173,10 +173,15 @@ async fn the_admin_listener_closes_silent_connections_and_caps_them() {
 
 // ------------------------------------------------------------ QUIC migration
 
+/// Identity comes only from the address a QUIC connection's handshake
+/// proved (DESIGN §10): a request after the connection moved, to wherever,
+/// is off the MNO network, and the connection is drained so the client's
+/// next request proves its new address with a handshake.
 #[tokio::test]
-async fn identity_follows_a_migrated_quic_connection() {
+async fn identity_comes_only_from_a_validated_quic_path() {
     let server = TestServer::ready("").await;
     let scan = |id: &str| format!("/mc/v1/resolve?code={CODE}&clientid={id}");
+    let retry = (403, Some("RETRY_ON_MNO_NETWORK"));
 
     // Opened on the MNO network, moved to WiFi: a first scan is told to retry.
     let client = server.h3_client("127.1.0.1");
@@ -185,26 +190,60 @@ async fn identity_follows_a_migrated_quic_connection() {
     assert_eq!(status, 400, "a request before moving");
     client.rebind("127.2.0.80");
     let (status, body) = connection.get(&scan("moved-off")).await.unwrap();
-    assert_eq!(
-        (status, body["code"].as_str()),
-        (403, Some("RETRY_ON_MNO_NETWORK")),
-        "{body}"
-    );
+    assert_eq!((status, body["code"].as_str()), retry, "{body}");
     connection.close();
 
-    // And the other way: opened on WiFi, moved onto the MNO network.
+    // Opened on WiFi, moved onto the MNO network (where it does receive):
+    // still told to retry, and the connection is drained; the retry, on a
+    // new connection from there, associates.
     let client = server.h3_client("127.2.0.81");
     let mut connection = client.open().await.unwrap();
     let (status, _) = connection.get("/mc/v1/resolve?code=x").await.unwrap();
     assert_eq!(status, 400);
     client.rebind("127.1.0.1");
     let (status, body) = connection.get(&scan("moved-on")).await.unwrap();
+    assert_eq!((status, body["code"].as_str()), retry, "{body}");
+    let drained = tokio::time::timeout(Duration::from_secs(5), connection.closed()).await;
+    assert!(drained.is_ok(), "a moved connection is drained");
+    let (status, body) = client.get(&scan("moved-on")).await.unwrap();
     assert_eq!(
         (status, &body["association"]),
         (200, &json!("created")),
         "{body}"
     );
-    connection.close();
+
+    // The attack of issue 24: opened on WiFi, told to retry; one request
+    // sent from a subscriber's address the attacker cannot receive on.
+    server.bind_session("127.1.0.50", "+447700900050").await;
+    let client = server.h3_client("127.2.0.82");
+    let mut connection = client.open().await.unwrap();
+    let (status, body) = connection.get(&scan("spoofed")).await.unwrap();
+    assert_eq!((status, body["code"].as_str()), retry, "{body}");
+    client.rebind_send_only("127.1.0.50");
+    connection.send_only(&scan("spoofed")).await.unwrap();
+    // Long enough for the server to act on it (it answers in a
+    // millisecond), then back where the attacker receives.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    client.rebind("127.2.0.82");
+    let (status, body) = server
+        .admin(Method::GET, "/admin/v1/associations/spoofed", None)
+        .await;
+    assert_eq!(
+        (status, &body["code"]),
+        (404, &json!("NO_ASSOCIATION")),
+        "{body}"
+    );
+    let (status, body) = server
+        .h3_client("127.2.0.83")
+        .get(&scan("spoofed"))
+        .await
+        .unwrap();
+    assert_eq!((status, body["code"].as_str()), retry, "{body}");
+    let metrics = server.metrics().await;
+    assert!(
+        support::metric(&metrics, "homecmp_quic_moved_requests_total") >= 3.0,
+        "{metrics}"
+    );
     server.stop().await;
 }
 

@@ -5,6 +5,11 @@
 //! peer address, the operator's session bindings (client IP -> subscriber),
 //! and headers only from peers listed as trusted gateways. Enrichment headers
 //! from anyone else are a spoof attempt: ignored, and reported for counting.
+//!
+//! Which address a request comes from is decided once, by
+//! [`identity_address`] (DESIGN §10): every transport hands it what it saw,
+//! and the rest of this module, the limits and the decision see only the
+//! [`Origin`] it returns.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -39,23 +44,88 @@ impl MnoPolicy {
     }
 }
 
-/// What the transport saw of the client: its peer address and the raw values
-/// of the two enrichment headers, if present. `forwarded_for` is the *last*
-/// `X-Forwarded-For` line: a gateway appends its own, so a line the client
-/// sent comes before it.
+/// What a transport saw of where a request came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// A TCP connection's peer: the TCP and TLS handshakes proved that the
+    /// client receives at it, and it cannot change.
+    Tcp { peer: IpAddr },
+    /// A QUIC connection: `handshake`, the address its handshake completed
+    /// from (the client received the server's handshake there), and
+    /// `current`, the address its packets come from now. QUIC lets a
+    /// client move (migration); quinn moves the connection to a new
+    /// address at its first packet, before that path is validated, and
+    /// does not say when it is.
+    Quic { handshake: IpAddr, current: IpAddr },
+}
+
+/// The address a request counts as coming from, as far as the transport
+/// can vouch for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Origin {
+    /// The client was shown to receive at this address.
+    Validated(IpAddr),
+    /// A QUIC connection that moved from `validated` to `current`: nothing
+    /// shows that the client receives at `current` (one packet with a
+    /// forged source address is enough to get here). Identity treats such
+    /// a request as off the MNO network; limits count it under
+    /// `validated`, the address the connection proved.
+    Unvalidated { validated: IpAddr, current: IpAddr },
+}
+
+/// The one function that turns what a transport saw into the [`Origin`]
+/// of a request (DESIGN §10): a TCP peer, or a QUIC connection's handshake
+/// address for as long as it still comes from there. A QUIC connection
+/// that migrated is [`Origin::Unvalidated`] until it comes back, whether
+/// or not QUIC has validated the new path since: quinn does not say, and
+/// a client that really moved opens a new connection (a new handshake)
+/// to be identified from its new address. Addresses are canonical (an
+/// IPv4-mapped IPv6 address is IPv4); a change of port alone (NAT
+/// rebinding) is no move.
+pub fn identity_address(seen: Seen) -> Origin {
+    match seen {
+        Seen::Tcp { peer } => Origin::Validated(peer.to_canonical()),
+        Seen::Quic { handshake, current } => {
+            let (validated, current) = (handshake.to_canonical(), current.to_canonical());
+            match validated == current {
+                true => Origin::Validated(validated),
+                false => Origin::Unvalidated { validated, current },
+            }
+        }
+    }
+}
+
+impl Origin {
+    /// The address the connection proved: what per-address limits and
+    /// penalties count, so a forged address never spends its owner's
+    /// budget.
+    pub fn validated(self) -> IpAddr {
+        match self {
+            Origin::Validated(addr)
+            | Origin::Unvalidated {
+                validated: addr, ..
+            } => addr,
+        }
+    }
+}
+
+/// What the transport saw of the client: where the request came from and
+/// the raw values of the two enrichment headers, if present.
+/// `forwarded_for` is the *last* `X-Forwarded-For` line: a gateway appends
+/// its own, so a line the client sent comes before it.
 #[derive(Debug, Clone, Copy)]
 pub struct ClientView<'a> {
-    pub peer: IpAddr,
+    pub origin: Origin,
     pub msisdn_header: Option<&'a str>,
     pub forwarded_for: Option<&'a str>,
 }
 
 impl<'a> ClientView<'a> {
-    /// The view of a request from `peer` with `headers`: the MSISDN header
+    /// The view of a request from `origin` with `headers`: the MSISDN header
     /// must appear at most once (two lines are refused, not guessed
     /// between), `X-Forwarded-For` is taken from its last line.
     pub fn from_headers(
-        peer: IpAddr,
+        origin: Origin,
         headers: &'a http::HeaderMap,
         msisdn_header: &http::HeaderName,
     ) -> Result<Self, Refusal> {
@@ -66,7 +136,7 @@ impl<'a> ClientView<'a> {
         }
         let forwarded_for = headers.get_all("x-forwarded-for").iter().next_back();
         Ok(Self {
-            peer,
+            origin,
             msisdn_header: msisdn.and_then(|v| v.to_str().ok()),
             forwarded_for: forwarded_for.and_then(|v| v.to_str().ok()),
         })
@@ -259,12 +329,14 @@ impl Sessions {
 
 /// The address per-address limits should count a request under: a trusted
 /// gateway's requests by the client address it forwards (its own address
-/// is shared by every subscriber behind it), anyone else's by its own.
+/// is shared by every subscriber behind it), anyone else's by its own
+/// validated address.
 pub fn limit_address(mno: &MnoPolicy, view: &ClientView<'_>) -> IpAddr {
-    let peer = view.peer.to_canonical();
-    match mno.is_trusted_gateway(peer) {
-        true => forwarded_client(view.forwarded_for).unwrap_or(peer),
-        false => peer,
+    match view.origin {
+        Origin::Validated(peer) if mno.is_trusted_gateway(peer) => {
+            forwarded_client(view.forwarded_for).unwrap_or(peer)
+        }
+        origin => origin.validated(),
     }
 }
 
@@ -290,7 +362,18 @@ pub fn identify(
     now_ms: u64,
 ) -> Identity {
     let has_headers = view.msisdn_header.is_some() || view.forwarded_for.is_some();
-    let peer = view.peer.to_canonical();
+    let peer = match view.origin {
+        Origin::Validated(peer) => peer,
+        // Off the MNO network whatever the address says, and no gateway.
+        Origin::Unvalidated { current, .. } => {
+            return Identity {
+                client_addr: current,
+                on_mno_network: false,
+                subscriber: None,
+                spoof_attempt: has_headers,
+            };
+        }
+    };
     if !mno.is_trusted_gateway(peer) {
         return from_address(mno, peer, sessions, now_ms, has_headers);
     }
@@ -350,7 +433,9 @@ mod tests {
 
     fn view<'a>(peer: &str, msisdn: Option<&'a str>, xff: Option<&'a str>) -> ClientView<'a> {
         ClientView {
-            peer: peer.parse().unwrap(),
+            origin: identity_address(Seen::Tcp {
+                peer: peer.parse().unwrap(),
+            }),
             msisdn_header: msisdn,
             forwarded_for: xff,
         }
@@ -488,5 +573,59 @@ mod tests {
         );
         assert!(id.spoof_attempt && id.on_mno_network);
         assert_eq!(id.subscriber, None);
+    }
+
+    fn any_ip() -> impl proptest::strategy::Strategy<Value = IpAddr> {
+        use proptest::prelude::*;
+        prop_oneof![
+            // Mostly inside the test pools and gateways, to hit them.
+            (1u8..4, any::<u8>(), any::<u8>()).prop_map(|(b, c, d)| IpAddr::from([127, b, c, d])),
+            any::<[u8; 4]>().prop_map(IpAddr::from),
+            any::<[u8; 16]>().prop_map(IpAddr::from),
+            // IPv4-mapped IPv6, as a dual-stack socket reports IPv4.
+            (1u8..4, any::<u8>()).prop_map(|(b, d)| {
+                IpAddr::V6(std::net::Ipv4Addr::new(127, b, 0, d).to_ipv6_mapped())
+            }),
+        ]
+    }
+
+    proptest::proptest! {
+        /// A QUIC request from anywhere but the address its connection's
+        /// handshake completed from is off the MNO network, whatever is
+        /// bound to that address and whatever headers it carries, and is
+        /// limited under the handshake's address.
+        #[test]
+        fn a_moved_quic_connection_is_never_identified(
+            handshake in any_ip(),
+            current in any_ip(),
+            msisdn in proptest::option::of("\\+?4477009000[0-9]{2}"),
+            xff in proptest::option::of("127\\.1\\.0\\.[0-9]{1,2}"),
+        ) {
+            let sessions = Sessions::default();
+            for addr in [handshake, current] {
+                sessions.bind(IpNet::from(addr.to_canonical()), sub("+447700900001"), 100);
+            }
+            let origin = identity_address(Seen::Quic { handshake, current });
+            let view = ClientView {
+                origin,
+                msisdn_header: msisdn.as_deref(),
+                forwarded_for: xff.as_deref(),
+            };
+            let id = identify(&mno(), &view, &sessions, &key(), 50);
+            if handshake.to_canonical() != current.to_canonical() {
+                proptest::prop_assert_eq!(origin, Origin::Unvalidated {
+                    validated: handshake.to_canonical(),
+                    current: current.to_canonical(),
+                });
+                proptest::prop_assert!(!id.on_mno_network);
+                proptest::prop_assert_eq!(id.subscriber, None);
+                proptest::prop_assert_eq!(limit_address(&mno(), &view), handshake.to_canonical());
+            } else {
+                // Not moved: as a TCP peer at that address is.
+                let tcp = ClientView { origin: identity_address(Seen::Tcp { peer: current }), ..view };
+                proptest::prop_assert_eq!(origin, Origin::Validated(current.to_canonical()));
+                proptest::prop_assert_eq!(id, identify(&mno(), &tcp, &sessions, &key(), 50));
+            }
+        }
     }
 }

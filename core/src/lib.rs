@@ -29,7 +29,8 @@ pub use decide::{
     decide, permit_after, resolve,
 };
 pub use identity::{
-    Bound, ClientView, Identity, MnoPolicy, Sessions, canonical_net, identify, limit_address,
+    Bound, ClientView, Identity, MnoPolicy, Origin, Seen, Sessions, canonical_net, identify,
+    identity_address, limit_address,
 };
 pub use model::{
     Associated, Association, Event, IdentitySource, NewAssociation, Record, RedactReason,

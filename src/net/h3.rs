@@ -20,6 +20,14 @@
 //!
 //! 0-RTT is off: association creation is not idempotent, and a replayed
 //! first scan must not create anything.
+//!
+//! Migration is allowed (a phone's NAT rebinds, a client moves), but a
+//! request counts as coming from the address the connection's handshake
+//! completed from, and from nowhere else ([`crate::core::identity_address`]):
+//! a request that arrives after the connection moved is off the MNO
+//! network, and the connection is then drained (GOAWAY), so the client's
+//! next request opens a new connection whose handshake proves its new
+//! address.
 
 use std::net::{IpAddr, SocketAddr, UdpSocket};
 use std::sync::Arc;
@@ -73,9 +81,8 @@ pub fn server_config(
         .lifetime(Duration::from_secs(h3.validation_token_lifetime_secs))
         .sent(2);
     config.validation_token_config(tokens);
-    // Migration lets a client move; its new path is validated by QUIC
-    // itself, and each request is judged by the address the connection has
-    // when the request arrives (see `serve_connection`).
+    // Migration lets a client move; a request that comes after a move is
+    // not identified from its new address (see the module docs).
     config.migration(true);
     Ok(config)
 }
@@ -148,7 +155,10 @@ pub async fn serve(
                 None => break,
             },
         };
-        let source = app.limits.source(incoming.remote_address().ip());
+        // The address the handshake runs with: quinn answers the Initial
+        // there, so a completed handshake proves the client receives at it.
+        let handshake_addr = incoming.remote_address().ip().to_canonical();
+        let source = app.limits.source(handshake_addr);
         let in_flight = gate.handshakes.load(Ordering::Relaxed);
         let admitted = match answer_initial(&app, &incoming, source, in_flight) {
             Initial::Ignore => {
@@ -173,7 +183,7 @@ pub async fn serve(
             gate.clone(),
             connecting,
             admitted,
-            source,
+            handshake_addr,
             shutdown.clone(),
         ));
     }
@@ -256,9 +266,10 @@ async fn handshake_and_serve(
     gate: Arc<Gate>,
     connecting: quinn::Connecting,
     admitted: Option<Admitted>,
-    source: IpAddr,
+    handshake_addr: IpAddr,
     shutdown: CancellationToken,
 ) {
+    let source = app.limits.source(handshake_addr);
     let handshake = tokio::time::timeout(app.config.limits.header_read_timeout, connecting).await;
     gate.handshakes.fetch_sub(1, Ordering::Relaxed);
     let refused = |reason| app.metrics.refused_connection(Transport::Quic, reason);
@@ -276,7 +287,7 @@ async fn handshake_and_serve(
         },
     };
     let _serving = admitted.serving(&app, Protocol::Http3);
-    serve_connection(&app, connection, shutdown).await;
+    serve_connection(&app, connection, handshake_addr, shutdown).await;
 }
 
 /// HTTP/3's error codes (RFC 9114 §8.1): a clean close, and a peer that
@@ -291,6 +302,7 @@ const H3_EXCESSIVE_LOAD: u32 = 0x107;
 async fn serve_connection(
     app: &Arc<App>,
     connection: quinn::Connection,
+    handshake_addr: IpAddr,
     shutdown: CancellationToken,
 ) {
     let quic = connection.clone();
@@ -304,9 +316,17 @@ async fn serve_connection(
     };
     let activity = Activity::new();
     let conduct = Conduct::new();
+    // Cancelled by a request that came after the connection moved.
+    let moved = CancellationToken::new();
     let requests = TaskTracker::new();
     loop {
         let accepted = tokio::select! {
+            _ = moved.cancelled() => {
+                // Drained: the client's next request opens a connection
+                // whose handshake proves where it is now.
+                let _ = h3_conn.shutdown(0).await;
+                break;
+            }
             _ = conduct.closed() => {
                 // Earned by a run of refusals: no drain, no GOAWAY courtesy.
                 quic.close(H3_EXCESSIVE_LOAD.into(), b"too many refused requests");
@@ -331,6 +351,7 @@ async fn serve_connection(
         let app = app.clone();
         let quic = quic.clone();
         let conduct = conduct.clone();
+        let moved = moved.clone();
         requests.spawn(async move {
             let _busy = busy;
             let head_limit = app.config.limits.header_read_timeout;
@@ -339,11 +360,17 @@ async fn serve_connection(
             else {
                 return;
             };
-            // Identity follows the packet: the address the connection has
-            // now, after any migration, not the one it was opened from.
-            let peer = quic.remote_address();
+            // Where the connection is now, as the one rule judges it.
+            let origin = crate::core::identity_address(crate::core::Seen::Quic {
+                handshake: handshake_addr,
+                current: quic.remote_address().ip(),
+            });
+            if matches!(origin, crate::core::Origin::Unvalidated { .. }) {
+                app.metrics.quic_moved_requests.inc();
+                moved.cancel();
+            }
             let conn = ConnInfo {
-                peer: SocketAddr::new(peer.ip().to_canonical(), peer.port()),
+                origin,
                 protocol: Protocol::Http3,
             };
             let (method, uri, headers) = (request.method(), request.uri(), request.headers());

@@ -119,7 +119,9 @@ async fn handshake_and_serve(
         _ => Protocol::Http1,
     };
     let _serving = admitted.serving(&app, protocol);
-    serve_connection(app.clone(), ConnInfo { peer, protocol }, stream, shutdown).await;
+    let origin = crate::core::identity_address(crate::core::Seen::Tcp { peer: peer.ip() });
+    let conn = ConnInfo { origin, protocol };
+    serve_connection(app.clone(), conn, stream, shutdown).await;
 }
 
 /// The client's first TLS record, peeked (left in the socket for rustls):

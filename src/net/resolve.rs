@@ -5,7 +5,6 @@
 //! decided in [`super::error`], the single place that knows DESIGN §4's
 //! table.
 
-use std::net::SocketAddr;
 use std::time::Instant;
 
 use bytes::Bytes;
@@ -24,7 +23,9 @@ pub const PATH: &str = "/mc/v1/resolve";
 /// What the transport knows of the connection.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnInfo {
-    pub peer: SocketAddr,
+    /// Where the request comes from: [`core::identity_address`] of what
+    /// the transport saw, the only address anything below looks at.
+    pub origin: core::Origin,
     pub protocol: Protocol,
 }
 
@@ -56,7 +57,7 @@ pub async fn handle_on(
         Box::pin(tokio::time::sleep(delay)).await;
     }
     let response = handle(app, conn, method, uri, headers).await;
-    app.judge(conduct, conn.peer.ip(), response.status());
+    app.judge(conduct, conn.origin.validated(), response.status());
     response
 }
 
@@ -98,7 +99,7 @@ async fn run_resolution(
     // Cheapest first: the enrichment headers as the gateway wrote them,
     // the address's rate, parse, clientid, index (and the clientid's
     // rate), identity; codes only after.
-    let view = ClientView::from_headers(conn.peer.ip(), headers, &app.config.msisdn_header)?;
+    let view = ClientView::from_headers(conn.origin, headers, &app.config.msisdn_header)?;
     let limited = app
         .limits
         .source(core::limit_address(&app.config.mno, &view));

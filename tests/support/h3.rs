@@ -120,6 +120,50 @@ impl H3Client {
             .rebind(std::net::UdpSocket::bind(local).unwrap())
             .unwrap();
     }
+
+    /// Like [`H3Client::rebind`], to a socket that sends from `local_ip`
+    /// and never hears anything back: an attacker forging that source
+    /// address, who cannot receive there (no PATH_CHALLENGE reaches it).
+    pub fn rebind_send_only(&self, local_ip: &str) {
+        let local = SocketAddr::new(local_ip.parse::<IpAddr>().unwrap(), 0);
+        let socket = std::net::UdpSocket::bind(local).unwrap();
+        let socket = quinn::Runtime::wrap_udp_socket(&quinn::TokioRuntime, socket).unwrap();
+        self.endpoint
+            .rebind_abstract(Arc::new(SendOnly(socket)))
+            .unwrap();
+    }
+}
+
+/// A UDP socket that sends and never receives (see
+/// [`H3Client::rebind_send_only`]).
+#[derive(Debug)]
+struct SendOnly(Arc<dyn quinn::AsyncUdpSocket>);
+
+impl quinn::AsyncUdpSocket for SendOnly {
+    fn create_io_poller(self: Arc<Self>) -> std::pin::Pin<Box<dyn quinn::UdpPoller>> {
+        self.0.clone().create_io_poller()
+    }
+
+    fn try_send(&self, transmit: &quinn::udp::Transmit) -> std::io::Result<()> {
+        self.0.try_send(transmit)
+    }
+
+    fn poll_recv(
+        &self,
+        _cx: &mut std::task::Context,
+        _bufs: &mut [std::io::IoSliceMut<'_>],
+        _meta: &mut [quinn::udp::RecvMeta],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Pending
+    }
+
+    fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.0.local_addr()
+    }
+
+    fn max_transmit_segments(&self) -> usize {
+        self.0.max_transmit_segments()
+    }
 }
 
 /// An open HTTP/3 connection of an [`H3Client`].
@@ -146,6 +190,19 @@ impl H3Connection {
         request(&mut self.send, &uri, fin_delay).await
     }
 
+    /// Sends a whole GET and does not wait for its answer (a task keeps
+    /// the stream open for a few seconds, so it is not reset).
+    pub async fn send_only(&mut self, path_and_query: &str) -> Result<(), String> {
+        let uri = format!("https://localhost:{}{path_and_query}", self.port);
+        let mut stream = send_get(&mut self.send, &uri).await?;
+        stream.finish().await.map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let wait = std::time::Duration::from_secs(5);
+            let _ = tokio::time::timeout(wait, stream.recv_response()).await;
+        });
+        Ok(())
+    }
+
     /// Resolves when the server closes the connection, with its reason.
     pub async fn closed(&self) -> quinn::ConnectionError {
         self.connection.closed().await
@@ -158,16 +215,21 @@ impl H3Connection {
     }
 }
 
+/// Sends a GET's head (no FIN yet) and returns its stream.
+async fn send_get(
+    send: &mut h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
+    uri: &str,
+) -> Result<h3::client::RequestStream<h3_quinn::BidiStream<Bytes>, Bytes>, String> {
+    let request = http::Request::get(uri).body(()).unwrap();
+    send.send_request(request).await.map_err(|e| e.to_string())
+}
+
 async fn request(
     send: &mut h3::client::SendRequest<h3_quinn::OpenStreams, Bytes>,
     uri: &str,
     fin_delay: std::time::Duration,
 ) -> Result<(u16, Value), String> {
-    let request = http::Request::get(uri).body(()).unwrap();
-    let mut stream = send
-        .send_request(request)
-        .await
-        .map_err(|e| e.to_string())?;
+    let mut stream = send_get(send, uri).await?;
     tokio::time::sleep(fin_delay).await;
     stream.finish().await.map_err(|e| e.to_string())?;
     let response = stream.recv_response().await.map_err(|e| e.to_string())?;
