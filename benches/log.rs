@@ -140,7 +140,7 @@ fn append(c: &mut Criterion) {
                             for _ in 0..iters {
                                 let seq = raw_next.fetch_add(1, Ordering::Relaxed);
                                 let mut batch = WriteBatch::default();
-                                batch.put(encode_key(seq), encode_value(&record(seq)));
+                                batch.put(encode_key(seq), encode_value(&record(seq)).unwrap());
                                 db.write_opt(batch, &sync).expect("raw write");
                             }
                         });
@@ -160,7 +160,7 @@ fn append(c: &mut Criterion) {
                         let mut batch = WriteBatch::default();
                         for _ in 0..k {
                             let seq = raw_next.fetch_add(1, Ordering::Relaxed);
-                            batch.put(encode_key(seq), encode_value(&record(seq)));
+                            batch.put(encode_key(seq), encode_value(&record(seq)).unwrap());
                         }
                         db.write_opt(batch, &sync).expect("raw write");
                     }

@@ -55,7 +55,7 @@ fn generate(events: &Path, n: u64) {
                 client_addr: std::net::IpAddr::from([127, 1, (i >> 8) as u8, i as u8]),
             },
         };
-        batch.put(encode_key(i + 1), encode_value(&record));
+        batch.put(encode_key(i + 1), encode_value(&record).unwrap());
         if batch.len() >= 50_000 {
             db.write(std::mem::take(&mut batch)).unwrap();
         }

@@ -104,15 +104,20 @@ pub fn restore(from: &Path, data_dir: &Path, out: &mut impl Write) -> Result<u64
             replayed.counts.last_seq, manifest.last_seq
         )));
     }
+    fs::create_dir_all(data_dir)?;
+    restrict(data_dir)?;
+    // Held until the restore is done: no server starts on it meanwhile.
+    let _lock = crate::store::owner::DataDirLock::acquire(data_dir, "homecmp restore")
+        .map_err(|e| fail(e.to_string()))?;
     if data_dir.join(crate::LOG_DIR).exists() {
         return Err(fail(format!(
             "{} already has an event log: restore into a new data dir",
             data_dir.display()
         )));
     }
-    fs::create_dir_all(data_dir)?;
-    restrict(data_dir)?;
-    copy_tree(from, data_dir, &|name| name != MANIFEST)?;
+    copy_tree(from, data_dir, &|name| {
+        name != MANIFEST && name != crate::store::owner::LOCK_FILE
+    })?;
     let restored = check(data_dir)?;
     writeln!(
         out,
@@ -137,14 +142,18 @@ struct ImportLine {
 /// the state before it; the log appears only once all of them did.
 pub fn import(data_dir: &Path, input: impl BufRead, out: &mut impl Write) -> Result<u64, SreError> {
     let events = data_dir.join(crate::LOG_DIR);
+    fs::create_dir_all(data_dir)?;
+    restrict(data_dir)?;
+    // Held until the import is done: no second import (which would clear
+    // this one's staging) and no server starts on it meanwhile.
+    let _lock = crate::store::owner::DataDirLock::acquire(data_dir, "homecmp log import")
+        .map_err(|e| fail(e.to_string()))?;
     if events.exists() {
         return Err(fail(format!(
             "{} already has an event log: import into a new data dir",
             data_dir.display()
         )));
     }
-    fs::create_dir_all(data_dir)?;
-    restrict(data_dir)?;
     let staging = data_dir.join(format!("{}.importing", crate::LOG_DIR));
     if staging.exists() {
         fs::remove_dir_all(&staging)?;
@@ -186,7 +195,9 @@ fn import_into(path: &Path, input: impl BufRead) -> Result<u64, SreError> {
         index
             .apply(parsed.seq, &parsed.record)
             .map_err(|e| at(format!("does not apply: {e}")))?;
-        batch.put(encode_key(parsed.seq), encode_value(&parsed.record));
+        let value = encode_value(&parsed.record)
+            .map_err(|e| at(format!("the log cannot take this event: {e}")))?;
+        batch.put(encode_key(parsed.seq), value);
         if batch.len() >= BATCH {
             db.write(std::mem::take(&mut batch))
                 .map_err(|e| fail(format!("write: {e}")))?;
@@ -250,7 +261,11 @@ fn copy_side_files(data_dir: &Path, to: &Path) -> Result<Vec<String>, SreError> 
         let entry = entry?;
         let name = entry.file_name().to_string_lossy().into_owned();
         let kind = entry.file_type()?;
-        if name == crate::LOG_DIR || name == "backups" || name.ends_with(".importing") {
+        if name == crate::LOG_DIR
+            || name == "backups"
+            || name.ends_with(".importing")
+            || name == crate::store::owner::LOCK_FILE
+        {
             continue;
         }
         if kind.is_file() {

@@ -124,7 +124,7 @@ pub fn parse_row(
         ));
     }
     let target = target.trim().to_owned();
-    if !crate::net::admin::valid_target(&target) {
+    if !crate::wire::valid_target(&target) {
         return Err(format!(
             "target {target:?}: not an http(s) URL of at most 2048 characters"
         ));

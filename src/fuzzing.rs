@@ -7,7 +7,9 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use crate::core::{ClientView, MnoPolicy, Sessions, identify, limit_address};
+use crate::core::{
+    ClientView, MnoPolicy, Seen, Sessions, identify, identity_address, limit_address,
+};
 use crate::store::event::{decode_key, decode_value, encode_key, encode_value};
 use crate::wire::{ClientId, IndirectCode, Msisdn, Query, SubscriberKey};
 
@@ -86,7 +88,8 @@ pub fn event(data: &[u8]) {
         assert_eq!(encode_key(seq).as_slice(), data);
     }
     if let Ok(record) = decode_value(data) {
-        assert_eq!(decode_value(&encode_value(&record)), Ok(record));
+        let value = encode_value(&record).expect("what decodes, encodes");
+        assert_eq!(decode_value(&value), Ok(record));
     }
 }
 
@@ -100,9 +103,10 @@ pub fn client_hello(data: &[u8]) {
 }
 
 /// Enrichment headers as a gateway (or a forger) sends them: the first
-/// byte picks the peer (a trusted gateway, a pool address, WiFi), the rest
-/// is `name: value` lines. Identity never panics and never believes a
-/// header from anyone but the gateway.
+/// byte picks the peer (a trusted gateway, a pool address, WiFi; from its
+/// top bit on, a QUIC connection that moved there from WiFi), the rest is
+/// `name: value` lines. Identity never panics, never believes a header
+/// from anyone but the gateway, and never identifies a moved connection.
 pub fn enrichment(data: &[u8]) {
     let Some((&pick, lines)) = data.split_first() else {
         return;
@@ -130,7 +134,16 @@ pub fn enrichment(data: &[u8]) {
         trusted_gateways: vec!["127.3.0.1/32".parse().expect("a CIDR")],
     };
     let msisdn_header = http::HeaderName::from_static("x-msisdn");
-    let Ok(view) = ClientView::from_headers(peer, &headers, &msisdn_header) else {
+    let moved = pick >= 128;
+    let seen = match moved {
+        true => Seen::Quic {
+            handshake: IpAddr::V4(Ipv4Addr::new(127, 2, 0, 9)),
+            current: peer,
+        },
+        false => Seen::Tcp { peer },
+    };
+    let Ok(view) = ClientView::from_headers(identity_address(seen), &headers, &msisdn_header)
+    else {
         assert!(headers.get_all(&msisdn_header).iter().count() > 1);
         return;
     };
@@ -142,7 +155,10 @@ pub fn enrichment(data: &[u8]) {
         &SubscriberKey::new(&[7; 32]),
         0,
     );
-    if !mno.is_trusted_gateway(peer) {
+    if moved {
+        assert_eq!(limited, IpAddr::V4(Ipv4Addr::new(127, 2, 0, 9)));
+        assert!(!identity.on_mno_network && identity.subscriber.is_none());
+    } else if !mno.is_trusted_gateway(peer) {
         assert_eq!(limited, peer);
         assert_eq!(identity.client_addr, peer);
         assert!(identity.subscriber.is_none());
@@ -198,7 +214,7 @@ pub fn code_row(data: &[u8]) {
     for format in [Format::Ndjson, Format::Csv] {
         if let Ok((code, target)) = parse_row(&policy, format, line) {
             assert!(policy.owns(&code), "{line:?}");
-            assert!(crate::net::admin::valid_target(&target), "{line:?}");
+            assert!(crate::wire::valid_target(&target), "{line:?}");
         }
     }
 }

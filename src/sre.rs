@@ -77,15 +77,28 @@ impl std::str::FromStr for Until {
 
 /// The log for writing, as `repair` and `compact` need it: refused while a
 /// server holds it.
-fn open_for_writing(data_dir: &Path) -> Result<EventLog, SreError> {
+/// The log of `data_dir`, opened to be rewritten by the tool `who`, with
+/// the data dir's lock ([`store::owner`]): no server and no other tool
+/// changes it meanwhile.
+struct Owned {
+    log: EventLog,
+    // Dropped after the log: the next owner finds it closed.
+    _lock: store::owner::DataDirLock,
+}
+
+fn open_for_writing(data_dir: &Path, who: &str) -> Result<Owned, SreError> {
     let path = data_dir.join(crate::LOG_DIR);
     if !path.join("CURRENT").is_file() {
         return Err(SreError::Open(LogError::Missing {
             path: path.display().to_string(),
         }));
     }
-    EventLog::open_for_repair(&path)
-        .map_err(|e| SreError::Repair(format!("{e} (is a server still running on this data dir?)")))
+    let lock = store::owner::DataDirLock::acquire(data_dir, who)
+        .map_err(|e| SreError::Repair(e.to_string()))?;
+    let log = EventLog::open_for_repair(&path).map_err(|e| {
+        SreError::Repair(format!("{e} (is a server still running on this data dir?)"))
+    })?;
+    Ok(Owned { log, _lock: lock })
 }
 
 fn open(data_dir: &Path) -> Result<EventLog, SreError> {
@@ -255,9 +268,10 @@ pub fn repair(
     until: Option<Seq>,
     out: &mut impl Write,
 ) -> Result<Repaired, SreError> {
-    let log = open_for_writing(data_dir)?;
+    let owned = open_for_writing(data_dir, "homecmp log repair")?;
+    let log = &owned.log;
     let index = Index::new();
-    let first_error = store::replay(&log, &index, |_, _| true)
+    let first_error = store::replay(log, &index, |_, _| true)
         .err()
         .map(|e| e.to_string());
     let consistent = index.last_seq();
@@ -348,15 +362,17 @@ pub fn compact(
     older_than: Duration,
     out: &mut impl Write,
 ) -> Result<Compacted, SreError> {
-    let log = open_for_writing(data_dir)?;
+    let owned = open_for_writing(data_dir, "homecmp log compact")?;
+    let log = &owned.log;
     let index = Index::new();
-    store::replay(&log, &index, |_, _| true).map_err(SreError::Check)?;
+    store::replay(log, &index, |_, _| true).map_err(SreError::Check)?;
     let cutoff = crate::net::now_ms().saturating_sub(older_than.as_millis() as u64);
     let disk_before = log.disk_bytes();
     let rewritten = store::history::rewrite(
-        &log,
+        log,
         index.last_seq(),
         crate::core::Doom::EndedBefore(cutoff),
+        Some(&store::snapshot::path(data_dir)),
     )
     .map_err(SreError::Check)?;
     let disk_after = log.disk_bytes();

@@ -311,7 +311,9 @@ async fn a_node_cut_from_jetstream_serves_refuses_creations_and_converges() {
     let readyz = format!("http://{}/readyz", c.running.admin_addr);
     eventually("C says degraded", async || {
         let r = admin.get(&readyz).send().await.unwrap();
-        r.status() == 200 && r.text().await.unwrap().starts_with("degraded")
+        let status = r.status();
+        let body: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap_or_default();
+        status == 200 && body["degraded"] == json!(true) && body["ready"] == json!(true)
     })
     .await;
     assert_eq!(c.resolve(&wifi_c, &scan("before")).await.0, 200);

@@ -254,3 +254,190 @@ async fn retention_blanks_old_ended_history_keeps_the_state_and_frees_disk() {
         .count();
     assert_eq!(kept, 600, "200 live, 200 ended today, and their creations");
 }
+
+/// Rewrites never interleave (issue 24): erasures of the same and of other
+/// subscribers at once, with creations going on, over a history where
+/// clientids moved between the erased subscribers (each rebind record is
+/// rewritten by two erasures: one after the other, each sees what the
+/// other wrote; at once, one would overwrite the other and leave its
+/// subscriber named). Then the log verifies, names no erased subscriber,
+/// and a restarted server refuses every erased clientid and resolves every
+/// other one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_erasures_and_creations_never_interleave_their_rewrites() {
+    const SUBSCRIBERS: usize = 6;
+    const ERASED: usize = 4;
+    const CHAINS: usize = 48;
+    let msisdn = |s: usize| format!("+4477009001{s:02}");
+    let ip = |s: usize| format!("127.1.0.{}", 20 + s);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let server = TestServer::in_dir(&data, EXTRA).await;
+    server.put_code(CODE, TARGET).await;
+    // A longer log: each rewrite's two passes take a while.
+    let codes: String = (0..4000)
+        .map(|n| {
+            format!(
+                "{{\"code\":\"{}filler{n}\",\"target\":\"{TARGET}\"}}\n",
+                support::PREFIX
+            )
+        })
+        .collect();
+    let imported = reqwest::Client::new()
+        .post(format!(
+            "http://{}/admin/v1/codes:import",
+            server.running.admin_addr
+        ))
+        .bearer_auth(server.running.admin_token.expose())
+        .body(codes)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(imported.status(), 200);
+    let clients: Vec<_> = (0..SUBSCRIBERS)
+        .map(|s| server.client("http2", &ip(s)))
+        .collect();
+    for s in 0..SUBSCRIBERS {
+        server.bind_session(&ip(s), &msisdn(s)).await;
+    }
+    let scan = |id: &str| format!("code={CODE}&clientid={id}");
+    // Chain k starts at subscriber k % 4 and moves to the next erased one
+    // and the one after that: rebind records between erased subscribers.
+    let mut kept = Vec::new();
+    let mut erased_ids = Vec::new();
+    for k in 0..CHAINS {
+        let id = format!("chain-{k}");
+        for hop in 0..3 {
+            let s = (k + hop) % ERASED;
+            let (status, body) = server.resolve(&clients[s], &scan(&id)).await;
+            assert_eq!(status, 200, "{body}");
+        }
+        erased_ids.push(id);
+    }
+    for k in 0..8 {
+        let id = format!("kept-{k}");
+        let s = ERASED + k % (SUBSCRIBERS - ERASED);
+        assert_eq!(server.resolve(&clients[s], &scan(&id)).await.0, 200);
+        kept.push(id);
+    }
+
+    // The deterministic part: an erasure waits for the rewrite under way.
+    let held = server.running.app.store.hold_rewrites().await;
+    let waiting = {
+        let url = format!(
+            "http://{}/admin/v1/subscribers/{}",
+            server.running.admin_addr,
+            msisdn(0)
+        );
+        let token = server.running.admin_token.expose().clone();
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .delete(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(
+        !waiting.is_finished(),
+        "an erasure ran beside another rewrite"
+    );
+    assert!(
+        !server
+            .running
+            .app
+            .store
+            .index()
+            .clientids_of(&subscriber_of(&server, &msisdn(0)))
+            .is_empty(),
+        "it has not started revoking either"
+    );
+
+    // The rest at once: every erased subscriber once more (0 twice, so the
+    // same subscriber too), creations for the others meanwhile.
+    let mut tasks = tokio::task::JoinSet::new();
+    for s in (0..ERASED).chain([0, 1]) {
+        let url = format!(
+            "http://{}/admin/v1/subscribers/{}",
+            server.running.admin_addr,
+            msisdn(s)
+        );
+        let token = server.running.admin_token.expose().clone();
+        tasks.spawn(async move {
+            let status = reqwest::Client::new()
+                .delete(url)
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+                .status();
+            assert_eq!(status, 200);
+        });
+    }
+    for k in 0..16 {
+        let id = format!("kept-new-{k}");
+        let s = ERASED + k % (SUBSCRIBERS - ERASED);
+        let client = clients[s].clone();
+        let url = server.url(&scan(&id));
+        tasks.spawn(async move {
+            let response = client.get(url).send().await.unwrap();
+            assert_eq!(response.status(), 200);
+        });
+        kept.push(id);
+    }
+    drop(held);
+    assert_eq!(waiting.await.unwrap(), 200);
+    while let Some(done) = tasks.join_next().await {
+        done.unwrap();
+    }
+
+    let (verified, text) = homecmp_log(&["verify"], &data);
+    assert!(verified, "{text}");
+    let exported = export(&data);
+    for s in 0..ERASED {
+        let hex = subscriber_of(&server, &msisdn(s)).to_hex();
+        assert!(
+            !exported.contains(&hex),
+            "subscriber {s} is still named in the log"
+        );
+    }
+    for id in &erased_ids {
+        assert!(
+            !exported.contains(&format!("\"{id}\"")),
+            "{id} is still in the log"
+        );
+    }
+    server.stop().await;
+
+    let server = TestServer::in_dir(&data, EXTRA).await;
+    let wifi = server.client("http1", "127.2.0.1");
+    for id in &erased_ids {
+        let (status, body) = server.resolve(&wifi, &scan(id)).await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (403, Some("RETRY_ON_MNO_NETWORK")),
+            "{id}"
+        );
+    }
+    for id in &kept {
+        let (status, body) = server.resolve(&wifi, &scan(id)).await;
+        assert_eq!(
+            (status, &body["association"]),
+            (200, &"existing".into()),
+            "{id}"
+        );
+    }
+    server.stop().await;
+}
+
+/// The keyed hash the server gives `msisdn`.
+fn subscriber_of(server: &TestServer, msisdn: &str) -> SubscriberRef {
+    server
+        .running
+        .app
+        .key
+        .subscriber_ref(&homecmp::wire::Msisdn::parse(msisdn).unwrap())
+}

@@ -563,7 +563,8 @@ fn a_gap_after_the_last_record_is_named_and_refused() {
         },
     };
     damage(dir.path(), |db| {
-        db.put(13u64.to_be_bytes(), encode_value(&stray)).unwrap()
+        db.put(13u64.to_be_bytes(), encode_value(&stray).unwrap())
+            .unwrap()
     });
     assert_refused(dir.path(), "expected 11, found 13");
 }
@@ -588,7 +589,7 @@ fn an_event_that_does_not_apply_is_named_and_refused() {
         },
     };
     damage(dir.path(), |db| {
-        db.put(11u64.to_be_bytes(), encode_value(&contradiction))
+        db.put(11u64.to_be_bytes(), encode_value(&contradiction).unwrap())
             .unwrap()
     });
     assert_refused(dir.path(), "event 11");
@@ -613,7 +614,8 @@ fn contradicted_log() -> TempDir {
         },
     };
     damage(dir.path(), |db| {
-        db.put(11u64.to_be_bytes(), encode_value(&twice)).unwrap();
+        db.put(11u64.to_be_bytes(), encode_value(&twice).unwrap())
+            .unwrap();
         db.put(12u64.to_be_bytes(), b"\x01garbage").unwrap();
     });
     dir

@@ -116,6 +116,10 @@ impl Refusal {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Permit {
     association: AssociationState,
+    /// Whether enforce mode would have let the request through: only then
+    /// may it reach a peer CMP or the registry (monitor and off modes
+    /// resolve the rest locally, and never amplify it).
+    authenticated: bool,
 }
 
 /// The `association` field of a successful answer.
@@ -143,6 +147,7 @@ pub fn permit_after(outcome: &Associated) -> Option<Permit> {
     match outcome {
         Associated::Created { .. } | Associated::Rebound { .. } => Some(Permit {
             association: AssociationState::Created,
+            authenticated: true,
         }),
         Associated::Existing(_) => None,
     }
@@ -151,6 +156,11 @@ pub fn permit_after(outcome: &Associated) -> Option<Permit> {
 impl Permit {
     pub fn association(&self) -> AssociationState {
         self.association
+    }
+
+    /// See the field: whether enforce mode would have let it through.
+    pub fn authenticated(&self) -> bool {
+        self.authenticated
     }
 }
 
@@ -189,20 +199,20 @@ pub fn decide(
     association: Option<Association>,
     identity: &Identity,
 ) -> Decision {
-    let decision = match policy.mode {
-        AuthMode::Off => {
-            return Decision::Resolve(Permit {
-                association: AssociationState::None,
-            });
-        }
-        _ => authenticate(policy, clientid, association, identity),
-    };
+    let decision = authenticate(policy, clientid, association, identity);
     match (policy.mode, decision) {
+        // Off: no authentication, but only what enforce would let through
+        // may be forwarded.
+        (AuthMode::Off, decision) => Decision::Resolve(Permit {
+            association: AssociationState::None,
+            authenticated: !matches!(decision, Decision::Refuse(_)),
+        }),
         (AuthMode::Monitor, Decision::Refuse(would)) if would.is_authentication() => {
             Decision::Monitored {
                 would,
                 permit: Permit {
                     association: AssociationState::None,
+                    authenticated: false,
                 },
             }
         }
@@ -234,6 +244,7 @@ fn authenticate(
         }
         (Some(_), _) => Decision::Resolve(Permit {
             association: AssociationState::Existing,
+            authenticated: true,
         }),
         (None, _) if !identity.on_mno_network => Decision::Refuse(Refusal::RetryOnMnoNetwork),
         (None, None) => Decision::Refuse(Refusal::SubscriberUnknown),
@@ -257,11 +268,12 @@ pub enum Resolution {
 /// After authentication: the routing prefix (`UNKNOWN_PREFIX`, or a peer
 /// CMP's) and the code (`CODE_NOT_FOUND`). Needs a [`Permit`]: an
 /// unauthenticated request cannot learn whether a code exists, and is never
-/// forwarded to a peer.
+/// forwarded to a peer, whatever the mode: a request that enforce mode
+/// would refuse finds no peer (`UNKNOWN_PREFIX`).
 /// `lookup` is the code store (the index, for the transports).
 pub fn resolve(
     policy: &Policy,
-    _permit: &Permit,
+    permit: &Permit,
     code: &IndirectCode,
     lookup: impl FnOnce(&IndirectCode) -> Option<Arc<str>>,
 ) -> Result<Resolution, Refusal> {
@@ -272,7 +284,8 @@ pub fn resolve(
             .map(Resolution::Local)
             .ok_or(Refusal::CodeNotFound);
     }
-    match policy.peer_registry || owned_by(&policy.federated_prefixes) {
+    let peer = policy.peer_registry || owned_by(&policy.federated_prefixes);
+    match peer && permit.authenticated {
         true => Ok(Resolution::Peer),
         false => Err(Refusal::UnknownPrefix),
     }
@@ -358,6 +371,7 @@ mod tests {
         );
         let existing = Decision::Resolve(Permit {
             association: AssociationState::Existing,
+            authenticated: true,
         });
         assert_eq!(decide(&p, id("c"), assoc(1), &on_mno(Some(1))), existing);
         assert_eq!(decide(&p, id("c"), assoc(1), &wifi()), existing);
@@ -385,7 +399,8 @@ mod tests {
             Decision::Monitored {
                 would: Refusal::ClientIdRequired,
                 permit: Permit {
-                    association: AssociationState::None
+                    association: AssociationState::None,
+                    authenticated: false,
                 }
             }
         );
@@ -394,7 +409,8 @@ mod tests {
             Decision::Monitored {
                 would: Refusal::RetryOnMnoNetwork,
                 permit: Permit {
-                    association: AssociationState::None
+                    association: AssociationState::None,
+                    authenticated: false,
                 }
             }
         );
@@ -410,7 +426,15 @@ mod tests {
         assert_eq!(
             decide(&p, None, None, &wifi()),
             Decision::Resolve(Permit {
-                association: AssociationState::None
+                association: AssociationState::None,
+                authenticated: false,
+            })
+        );
+        assert_eq!(
+            decide(&p, id("c"), assoc(1), &wifi()),
+            Decision::Resolve(Permit {
+                association: AssociationState::None,
+                authenticated: true,
             })
         );
     }
@@ -471,5 +495,79 @@ mod tests {
             Some(AssociationState::Created)
         );
         assert_eq!(permit_after(&Associated::Existing(assoc(2).unwrap())), None);
+    }
+
+    fn any_identity() -> impl proptest::strategy::Strategy<Value = Identity> {
+        use proptest::prelude::*;
+        (any::<bool>(), proptest::option::of(1u8..4), any::<bool>()).prop_map(
+            |(on_mno_network, sub, spoof_attempt)| Identity {
+                client_addr: "127.1.0.1".parse().unwrap(),
+                on_mno_network,
+                subscriber: sub
+                    .filter(|_| on_mno_network)
+                    .map(|s| (SubscriberRef([s; 32]), IdentitySource::SessionBinding)),
+                spoof_attempt,
+            },
+        )
+    }
+
+    proptest::proptest! {
+        /// Whatever the mode, a request reaches a peer CMP (or the
+        /// registry) only if enforce mode would have let it through: monitor
+        /// and off modes never amplify what enforce would refuse.
+        #[test]
+        fn no_mode_forwards_what_enforce_refuses(
+            mode in proptest::prop_oneof![
+                proptest::strategy::Just(AuthMode::Enforce),
+                proptest::strategy::Just(AuthMode::Monitor),
+                proptest::strategy::Just(AuthMode::Off)
+            ],
+            rebind in proptest::bool::ANY,
+            clientid in proptest::option::of("[a-z ]{1,3}"),
+            associated_to in proptest::option::of(1u8..4),
+            identity in any_identity(),
+            registry in proptest::bool::ANY,
+        ) {
+            let on_mismatch = match rebind {
+                true => MismatchPolicy::Rebind,
+                false => REJECT,
+            };
+            let p = Policy {
+                federated_prefixes: vec![RoutingPrefix::parse("2001000002").unwrap()],
+                peer_registry: registry,
+                ..policy(mode, on_mismatch)
+            };
+            let enforce = Policy { mode: ENFORCE, ..p.clone() };
+            let clientid = clientid.as_deref().map(ClientIdRef::parse);
+            let association = associated_to.and_then(|s| assoc(s).filter(|_| matches!(clientid, Some(Ok(_)))));
+            let enforced = decide(&enforce, clientid.clone(), association, &identity);
+            let permit = match decide(&p, clientid, association, &identity) {
+                Decision::Resolve(permit) | Decision::Monitored { permit, .. } => permit,
+                Decision::Associate { .. } => {
+                    let associates = matches!(enforced, Decision::Associate { .. });
+                    proptest::prop_assert!(associates, "enforce answers {:?}", enforced);
+                    continue_with_created()
+                }
+                Decision::Refuse(refusal) => {
+                    proptest::prop_assert_eq!(Decision::Refuse(refusal), enforced);
+                    return Ok(());
+                }
+            };
+            let foreign = IndirectCode::parse("2001000002abc").unwrap();
+            let forwarded = resolve(&p, &permit, &foreign, |_| None) == Ok(Resolution::Peer);
+            let enforce_lets_through = !matches!(enforced, Decision::Refuse(_));
+            proptest::prop_assert!(!forwarded || enforce_lets_through, "{:?} forwarded what enforce answers {:?}", mode, enforced);
+            proptest::prop_assert_eq!(forwarded, enforce_lets_through);
+        }
+    }
+
+    /// The permit a durable creation earns (what the transport gets after
+    /// an `Associate`).
+    fn continue_with_created() -> Permit {
+        permit_after(&Associated::Created {
+            seq: 1,
+            superseded: vec![],
+        })
+        .unwrap()
     }
 }

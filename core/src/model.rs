@@ -61,7 +61,9 @@ pub enum Event {
         reason: RedactReason,
     },
     /// Resolutions per code since the previous such event (the server
-    /// counts in memory and writes them every `codes.stats_flush_secs`).
+    /// counts in memory and writes them every `codes.stats_flush_secs`),
+    /// at most [`SCANS_PER_EVENT`] codes each: a busy window is written as
+    /// several events ([`Event::scans_counted`]).
     ScansCounted {
         codes: Vec<ScanCount>,
     },
@@ -83,6 +85,12 @@ pub struct ScanPair {
     pub associated: u64,
     pub first_scan: u64,
 }
+
+/// Most codes one `scans_counted` event carries. However many codes a
+/// window saw, each event stays far below the log's size limit
+/// (`store::event::MAX_VALUE_BYTES`): 256 codes of the longest form encode
+/// in under 45 KiB.
+pub const SCANS_PER_EVENT: usize = 256;
 
 impl ScanCount {
     /// The six counts, in the order http1, http2, http3 x associated,
@@ -114,6 +122,19 @@ impl ScanCount {
 }
 
 impl Event {
+    /// The `scans_counted` events that carry `counts`: one per
+    /// [`SCANS_PER_EVENT`] codes, none for no codes. The only way the
+    /// server makes them, so no window's counts outgrow an event.
+    pub fn scans_counted(mut counts: Vec<ScanCount>) -> Vec<Event> {
+        let mut events = Vec::with_capacity(counts.len().div_ceil(SCANS_PER_EVENT));
+        while !counts.is_empty() {
+            let rest = counts.split_off(counts.len().min(SCANS_PER_EVENT));
+            events.push(Event::ScansCounted { codes: counts });
+            counts = rest;
+        }
+        events
+    }
+
     /// The `kind` name used in JSON and in `log stats`.
     pub fn kind(&self) -> &'static str {
         match self {

@@ -242,7 +242,7 @@ impl Peers {
         let url = format!("{}{RESOLVE_PATH}?code={}", peer.url, code.as_str());
         let (outcome, result) = match self.get_small(url).await {
             Some((200, body)) => match serde_json::from_slice::<PeerAnswer>(&body) {
-                Ok(answer) if is_target(&answer.target) => {
+                Ok(answer) if crate::wire::valid_target(&answer.target) => {
                     (Outcome::Resolved, Ok(Arc::from(answer.target)))
                 }
                 _ => (Outcome::Failed, Err(Refusal::UpstreamUnavailable)),
@@ -262,13 +262,6 @@ impl Peers {
             .record(!matches!(outcome, Outcome::Failed), now_ms());
         (outcome, result)
     }
-}
-
-/// A target a peer may hand back: an http(s) URL that fits a header.
-fn is_target(target: &str) -> bool {
-    (target.starts_with("https://") || target.starts_with("http://"))
-        && target.len() <= 4096
-        && http::HeaderValue::from_str(target).is_ok()
 }
 
 /// Opens after `failures_to_open` failures in a row: then every request
@@ -334,9 +327,14 @@ mod tests {
 
     #[test]
     fn only_http_urls_that_fit_a_header_are_targets() {
-        assert!(is_target("https://example.org/x"));
-        assert!(!is_target("javascript:alert(1)"));
-        assert!(!is_target("https://example.org/\nSet-Cookie: x"));
-        assert!(!is_target(&format!("https://e.org/{}", "a".repeat(5000))));
+        assert!(crate::wire::valid_target("https://example.org/x"));
+        assert!(!crate::wire::valid_target("javascript:alert(1)"));
+        assert!(!crate::wire::valid_target(
+            "https://example.org/\nSet-Cookie: x"
+        ));
+        assert!(!crate::wire::valid_target(&format!(
+            "https://e.org/{}",
+            "a".repeat(5000)
+        )));
     }
 }

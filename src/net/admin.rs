@@ -156,17 +156,30 @@ fn ready(state: &AdminState) -> Result<&Arc<App>, Response> {
 }
 
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
-    match ready(&state) {
-        Ok(app) if app.store.log().is_poisoned() => AdminError::LogUnavailable.into_response(),
-        // Cut from JetStream, a cluster node still serves every association
-        // it has (so it stays in rotation) and refuses creations with 503.
-        Ok(app) if app.store.cluster().is_some_and(|link| !link.connected()) => {
-            "degraded: JetStream unreachable; associations are served, creations get 503\n"
-                .into_response()
-        }
-        Ok(_) => "ready\n".into_response(),
-        Err(response) => response,
+    let app = match ready(&state) {
+        Ok(app) => app,
+        Err(response) => return response,
+    };
+    if app.store.log().is_poisoned() {
+        return AdminError::LogUnavailable.into_response();
     }
+    let Some(link) = app.store.cluster() else {
+        return "ready\n".into_response();
+    };
+    if let Some(reason) = link.stopped() {
+        return AdminError::FollowerStopped(reason.to_owned()).into_response();
+    }
+    // Cut from JetStream, a cluster node still serves every association
+    // it has (so it stays in rotation) and refuses creations with 503.
+    if !link.connected() {
+        return Json(json!({
+            "ready": true,
+            "degraded": true,
+            "reason": "JetStream unreachable: associations are served, creations get 503",
+        }))
+        .into_response();
+    }
+    "ready\n".into_response()
 }
 
 async fn metrics(Ready(app): Ready) -> Response {
@@ -180,6 +193,8 @@ async fn metrics(Ready(app): Ready) -> Response {
     m.log_poisoned.set(i64::from(app.store.log().is_poisoned()));
     if let Some(link) = app.store.cluster() {
         m.cluster_connected.set(i64::from(link.connected()));
+        m.cluster_follower_stopped
+            .set(i64::from(link.stopped().is_some()));
         m.cluster_conflicts
             .inner()
             .store(link.conflicts(), std::sync::atomic::Ordering::Relaxed);
@@ -331,16 +346,6 @@ struct CodeBody {
     target: String,
 }
 
-/// Longest accepted target URL.
-const MAX_TARGET_LEN: usize = 2048;
-
-pub(crate) fn valid_target(target: &str) -> bool {
-    (target.starts_with("https://") || target.starts_with("http://"))
-        && target.len() <= MAX_TARGET_LEN
-        && target.len() > "https://".len()
-        && !target.chars().any(|c| c.is_whitespace() || c.is_control())
-}
-
 async fn put_code(
     Ready(app): Ready,
     Param(code): Param,
@@ -351,7 +356,7 @@ async fn put_code(
     if !app.config.policy.owns(&code) {
         return Err(AdminError::UnknownPrefix.into_response());
     }
-    if !valid_target(&target) {
+    if !crate::wire::valid_target(&target) {
         return Err(AdminError::InvalidTarget.into_response());
     }
     let seq = app
@@ -517,21 +522,18 @@ async fn delete_subscriber(Ready(app): Ready, Param(msisdn): Param) -> Answer {
         .map_err(|e| AdminError::InvalidMsisdn(e.to_string()).into_response())?;
     let subscriber = app.key.subscriber_ref(&msisdn);
     let sessions = app.sessions.unbind_subscriber(&subscriber);
-    // Its own task: a client that goes away mid-erasure (a reset, a closed
-    // socket) does not leave the history half rewritten.
-    let store = app.store.clone();
-    let erasure =
-        tokio::spawn(async move { store.erase_subscriber(subscriber, super::now_ms()).await });
-    let (revoked, rewritten) =
-        erasure
-            .await
-            .expect("erasure does not panic")
-            .map_err(|e| match e {
-                crate::store::StoreError::Cluster(
-                    crate::store::cluster::ClusterError::Mismatch(_),
-                ) => AdminError::NotInClusterMode.into_response(),
-                e => unavailable(e),
-            })?;
+    // The store runs it as a task of its own: a client that goes away
+    // mid-erasure does not leave the history half rewritten.
+    let (revoked, rewritten) = app
+        .store
+        .erase_subscriber(subscriber, super::now_ms())
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::Cluster(crate::store::cluster::ClusterError::Mismatch(_)) => {
+                AdminError::NotInClusterMode.into_response()
+            }
+            e => unavailable(e),
+        })?;
     Ok(Json(json!({
         "subscriber": subscriber.to_hex(),
         "erased": true,

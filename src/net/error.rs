@@ -88,6 +88,8 @@ pub enum AdminError {
     NotReady,
     #[error("the event log refuses writes after a disk error; restart once the disk is fixed")]
     LogUnavailable,
+    #[error("this node stopped following the cluster stream: {0}")]
+    FollowerStopped(String),
     #[error(
         "erasure rewrites the local log; in cluster mode the JetStream stream is the source of truth and cannot be rewritten"
     )]
@@ -135,6 +137,7 @@ impl AdminError {
             AdminError::Unauthorized => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
             AdminError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "NOT_READY"),
             AdminError::LogUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "LOG_UNAVAILABLE"),
+            AdminError::FollowerStopped(_) => (StatusCode::SERVICE_UNAVAILABLE, "FOLLOWER_STOPPED"),
             AdminError::NotInClusterMode => (StatusCode::CONFLICT, "NOT_IN_CLUSTER_MODE"),
             AdminError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             AdminError::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),

@@ -64,6 +64,7 @@ pub struct Metrics {
     /// Monitor mode: requests that enforce would have refused, by code.
     pub monitored: Family<ReasonLabels, Counter>,
     pub spoof_attempts: Counter,
+    pub quic_moved_requests: Counter,
     pub associations_created: Counter,
     pub associations_superseded: Counter,
     pub associations_rebound: Counter,
@@ -81,6 +82,8 @@ pub struct Metrics {
     pub log_poisoned: Gauge,
     /// Cluster mode: 1 while connected to NATS.
     pub cluster_connected: Gauge,
+    /// Cluster mode: 1 once the follower met an event it cannot apply.
+    pub cluster_follower_stopped: Gauge,
     /// Cluster mode: publishes that lost a race to another node (retried).
     pub cluster_conflicts: Counter,
     pub runtime_lag: Family<RuntimeLabel, Gauge<f64, AtomicU64>>,
@@ -166,6 +169,12 @@ impl Metrics {
             "spoof_attempts",
             "Requests carrying MSISDN or X-Forwarded-For headers from an untrusted peer",
             spoof_attempts.clone(),
+        );
+        let quic_moved_requests = Counter::default();
+        registry.register(
+            "quic_moved_requests",
+            "HTTP/3 requests that came after their connection moved to another address: off the MNO network, and the connection drained",
+            quic_moved_requests.clone(),
         );
         let associations_created = Counter::default();
         registry.register(
@@ -259,6 +268,12 @@ impl Metrics {
             "Cluster mode: changes that lost a race to another node and were planned again",
             cluster_conflicts.clone(),
         );
+        let cluster_follower_stopped = Gauge::default();
+        registry.register(
+            "cluster_follower_stopped",
+            "Cluster mode: 1 once this node met a stream event it cannot apply and stopped following (readyz 503 says why)",
+            cluster_follower_stopped.clone(),
+        );
         let runtime_lag = Family::<RuntimeLabel, Gauge<f64, AtomicU64>>::default();
         registry.register(
             "runtime_lag_seconds",
@@ -313,6 +328,7 @@ impl Metrics {
             latency,
             monitored,
             spoof_attempts,
+            quic_moved_requests,
             associations_created,
             associations_superseded,
             associations_rebound,
@@ -328,6 +344,7 @@ impl Metrics {
             last_seq,
             log_poisoned,
             cluster_connected,
+            cluster_follower_stopped,
             cluster_conflicts,
             runtime_lag,
             overloaded,

@@ -275,6 +275,8 @@ pub enum ServeError {
     Radius(#[from] crate::radius::RadiusError),
     #[error(transparent)]
     Federation(#[from] crate::federation::FederationError),
+    #[error(transparent)]
+    InUse(#[from] crate::store::owner::LockError),
 }
 
 /// A started server.
@@ -294,6 +296,8 @@ pub struct Running {
     tracker: TaskTracker,
     /// Dropped last: QUIC's tasks are tracked by `tracker`.
     _quic_runtime: Option<h3::QuicRuntime>,
+    /// Released once the server is gone ([`crate::store::owner`]).
+    _data_dir_lock: crate::store::owner::DataDirLock,
 }
 
 impl Running {
@@ -328,6 +332,10 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener, ServeError> {
 /// listener accepts (the log has been replayed).
 pub async fn start(config: Config) -> Result<Running, ServeError> {
     create_private_dir(&config.data_dir)?;
+    // For the server's whole life: no offline tool rewrites this data dir
+    // meanwhile, and no second server starts on it.
+    let data_dir_lock =
+        crate::store::owner::DataDirLock::acquire(&config.data_dir, "homecmp serve")?;
     let secret = match &config.subscriber_secret {
         Some(secret) => *secret.expose(),
         None => deploy::subscriber_secret(&config.data_dir)?,
@@ -451,6 +459,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         shutdown,
         tracker,
         _quic_runtime: quic_runtime,
+        _data_dir_lock: data_dir_lock,
     })
 }
 

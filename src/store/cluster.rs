@@ -26,8 +26,8 @@
 //! `max_clientids_per_subscriber` and leave it one over; the subscriber's
 //! next creation supersedes back down to the cap.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, context, stream};
@@ -100,6 +100,9 @@ pub struct Link {
     /// The highest sequence JetStream acknowledged to this node: the
     /// follower, once idle, must have reached it (else it is stuck).
     acknowledged: Arc<AtomicU64>,
+    /// Why the follower stopped for good (a message it cannot apply):
+    /// `/readyz` says so, and every change fails at once.
+    stopped: Arc<OnceLock<String>>,
 }
 
 impl Link {
@@ -157,12 +160,14 @@ impl Link {
 
         let (applied_tx, applied) = watch::channel(store.log().last_seq());
         let acknowledged = Arc::new(AtomicU64::new(0));
+        let stopped = Arc::new(OnceLock::new());
         tokio::spawn(follow(
             store.clone(),
             js.clone(),
             config.stream.clone(),
             applied_tx,
             acknowledged.clone(),
+            stopped.clone(),
         ));
         let handle = js
             .get_stream_no_info(&config.stream)
@@ -180,9 +185,17 @@ impl Link {
             next_id: AtomicU64::new(0),
             conflicts: AtomicU64::new(0),
             acknowledged,
+            stopped,
         });
         let mut applied = link.applied.clone();
-        let _ = applied.wait_for(|&seq| seq >= target).await;
+        let _ = applied
+            .wait_for(|&seq| seq >= target || link.stopped().is_some())
+            .await;
+        if let Some(reason) = link.stopped() {
+            return Err(ClusterError::Mismatch(format!(
+                "cannot follow the stream: {reason}"
+            )));
+        }
         tracing::info!(stream = %config.stream, last_seq = target, node = %config.node, "caught up with the cluster stream");
         Ok(link)
     }
@@ -190,6 +203,12 @@ impl Link {
     /// Whether the NATS connection is up: down, creations are refused fast.
     pub fn connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// Why this node stopped following the stream, if it did: it serves
+    /// what it has, changes nothing, and is not ready.
+    pub fn stopped(&self) -> Option<&str> {
+        self.stopped.get().map(String::as_str)
     }
 
     /// Races lost to another node so far (each one retried).
@@ -239,7 +258,9 @@ impl Link {
     /// Waits until this node has applied `seq`, within the publish timeout.
     pub async fn wait_applied(&self, seq: Seq) -> Result<(), ClusterError> {
         let mut applied = self.applied.clone();
-        match tokio::time::timeout(self.publish_timeout, applied.wait_for(|&s| s >= seq)).await {
+        let reached = |&s: &Seq| s >= seq || self.stopped.get().is_some();
+        match tokio::time::timeout(self.publish_timeout, applied.wait_for(reached)).await {
+            Ok(Ok(_)) if self.stopped().is_some() => self.check_connected(),
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) => Err(ClusterError::Unavailable("the follower stopped".into())),
             Err(_) => Err(ClusterError::Unavailable(format!(
@@ -270,7 +291,9 @@ impl Link {
             self.nonce,
             self.next_id.fetch_add(1, Ordering::Relaxed)
         );
-        let payload = bytes::Bytes::from(encode_value(&event.record));
+        let payload = encode_value(&event.record)
+            .map_err(|e| ClusterError::Mismatch(format!("event refused: {e}")))?;
+        let payload = bytes::Bytes::from(payload);
         // A lost acknowledgement is sent again with the same id: JetStream
         // answers the first one's sequence (a duplicate), not a second event.
         for attempt in 0..2 {
@@ -310,6 +333,11 @@ impl Link {
     }
 
     fn check_connected(&self) -> Result<(), ClusterError> {
+        if let Some(reason) = self.stopped() {
+            return Err(ClusterError::Unavailable(format!(
+                "this node stopped following the stream: {reason}"
+            )));
+        }
         match self.connected() {
             true => Ok(()),
             false => Err(ClusterError::Unavailable("not connected to NATS".into())),
@@ -381,7 +409,7 @@ async fn check_prefix(
         .read_range(local_last, local_last)
         .next()
         .and_then(Result::ok)
-        .map(|(_, record)| encode_value(&record));
+        .and_then(|(_, record)| encode_value(&record).ok());
     let remote = stream
         .get_raw_message(local_last)
         .await
@@ -398,20 +426,27 @@ async fn check_prefix(
 /// Follows the stream from the local log's end, for as long as the process
 /// lives: each batch of messages is appended to the local log and applied
 /// to the index, then announced on `applied`. Any error (a lost connection,
-/// a gap) starts a new consumer from where the local log ends.
+/// a gap) starts a new consumer from where the local log ends. A message
+/// that cannot be applied stops it for good, loudly: the reason goes to
+/// `stopped` (`/readyz` 503, `homecmp_cluster_follower_stopped` 1) and to
+/// the log as an error.
 async fn follow(
     store: Store,
     js: jetstream::Context,
     name: String,
     applied: watch::Sender<Seq>,
     acknowledged: Arc<AtomicU64>,
+    stopped: Arc<OnceLock<String>>,
 ) {
     loop {
         let from = store.log().last_seq() + 1;
         match follow_from(&store, &js, &name, from, &applied, &acknowledged).await {
             Ok(()) => tracing::warn!(from, "cluster stream consumer ended; starting again"),
             Err(FollowError::Fatal(e)) => {
-                tracing::error!(error = %e, "cannot apply the cluster stream; this node stops following it");
+                tracing::error!(error = %e, "cannot apply the cluster stream; this node stops following it and is not ready");
+                let _ = stopped.set(e);
+                // Wakes whoever waits for a sequence: it will not come.
+                applied.send_modify(|_| {});
                 return;
             }
             Err(FollowError::Retry(e)) => {

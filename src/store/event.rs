@@ -6,8 +6,20 @@
 //!
 //! ```text
 //! key   = sequence number, u64 big-endian (8 bytes): byte order = log order
-//! value = [FORMAT_VERSION: u8] ++ bincode::encode(Record, config::standard())  (64 KiB limit)
+//! value = [FORMAT_VERSION: u8] ++ bincode::encode(Record, config::standard())
 //! ```
+//!
+//! # One size limit
+//!
+//! No value is longer than [`MAX_VALUE_BYTES`] (1 MiB), version byte
+//! included. [`encode_value`] is the only way a value is made (the log's
+//! appends, the cluster's publishes, history rewrites, imports): it refuses
+//! a longer one, and it decodes what it encoded before handing it out, so
+//! every value the log accepts is one the log can replay. [`decode_value`]
+//! refuses a longer one before reading it. Events are small (the largest,
+//! a code with a 2 KiB target, is about 2.2 KiB); the one that grows with
+//! use, `scans_counted`, is written in chunks of
+//! [`crate::core::model::SCANS_PER_EVENT`] codes (under 45 KiB each).
 //!
 //! `config::standard()` is little-endian with variable-length integers. A
 //! `Record` is `at_ms` (u64, Unix milliseconds) then the `Event`: a varint
@@ -25,16 +37,24 @@ pub use crate::core::model::{Event, IdentitySource, Record, RevokeReason, Seq};
 
 pub const FORMAT_VERSION: u8 = 1;
 
-/// bincode's standard config with a cap on what a length prefix may claim, so
-/// a corrupt length cannot make the decoder allocate gigabytes.
+/// The log's one size limit: the most bytes a value may have, version byte
+/// included. Checked by [`encode_value`] and [`decode_value`] alike.
+pub const MAX_VALUE_BYTES: usize = 1024 * 1024;
+
+/// What bincode may allocate while decoding one value: its guard against a
+/// corrupt length prefix claiming gigabytes. bincode counts a collection's
+/// in-memory size, not its encoded one; the largest ratio of the two in
+/// any event is a `scans_counted` entry (72 bytes in memory for at least 7
+/// encoded), so a value within [`MAX_VALUE_BYTES`] never claims more than
+/// 11 MiB. [`encode_value`]'s read-back proves it for every value written.
+const DECODE_CLAIM_LIMIT: usize = 16 * MAX_VALUE_BYTES;
+
+/// bincode's standard config with the allocation guard above.
 const CODEC: bincode::config::Configuration<
     bincode::config::LittleEndian,
     bincode::config::Varint,
-    bincode::config::Limit<MAX_VALUE_BYTES>,
-> = bincode::config::standard().with_limit::<MAX_VALUE_BYTES>();
-
-/// No event comes near this; the limit only guards decoding.
-pub const MAX_VALUE_BYTES: usize = 64 * 1024;
+    bincode::config::Limit<DECODE_CLAIM_LIMIT>,
+> = bincode::config::standard().with_limit::<DECODE_CLAIM_LIMIT>();
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodecError {
@@ -48,6 +68,11 @@ pub enum CodecError {
     TrailingBytes(usize),
     #[error("key is {0} bytes, expected 8")]
     BadKey(usize),
+    #[error("value is {0} bytes, more than the log's limit of {MAX_VALUE_BYTES}")]
+    TooLarge(usize),
+    /// The encoder and the decoder disagree (a bug, caught before writing).
+    #[error("the event does not read back as written")]
+    NotRoundTrip,
 }
 
 pub fn encode_key(seq: Seq) -> [u8; 8] {
@@ -59,15 +84,25 @@ pub fn decode_key(key: &[u8]) -> Result<Seq, CodecError> {
     Ok(Seq::from_be_bytes(bytes))
 }
 
-pub fn encode_value(record: &Record) -> Vec<u8> {
+/// The value of `record`, or why the log must not take it: larger than
+/// [`MAX_VALUE_BYTES`], or (a bug) not read back as written. Every path
+/// that writes a value goes through here (see the module docs).
+pub fn encode_value(record: &Record) -> Result<Vec<u8>, CodecError> {
     let mut out = Vec::with_capacity(96);
     out.push(FORMAT_VERSION);
     bincode::encode_into_std_write(record, &mut out, CODEC)
         .expect("writing into a Vec cannot fail");
-    out
+    match decode_value(&out) {
+        Ok(back) if back == *record => Ok(out),
+        Ok(_) => Err(CodecError::NotRoundTrip),
+        Err(e) => Err(e),
+    }
 }
 
 pub fn decode_value(value: &[u8]) -> Result<Record, CodecError> {
+    if value.len() > MAX_VALUE_BYTES {
+        return Err(CodecError::TooLarge(value.len()));
+    }
     let (&version, body) = value.split_first().ok_or(CodecError::Empty)?;
     if version != FORMAT_VERSION {
         return Err(CodecError::UnknownVersion(version));
@@ -83,7 +118,8 @@ pub fn decode_value(value: &[u8]) -> Result<Record, CodecError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::wire::SubscriberRef;
+    use crate::core::model::{RedactReason, SCANS_PER_EVENT, ScanCount, ScanPair};
+    use crate::wire::{MAX_CODE_LEN, MAX_TARGET_LEN, SubscriberRef, clientid};
     use proptest::prelude::*;
 
     fn sample() -> Vec<Record> {
@@ -114,6 +150,19 @@ mod tests {
             Event::CodeRemoved {
                 code: "2001000001abc".into(),
             },
+            Event::Redacted {
+                reason: RedactReason::Erased,
+            },
+            Event::ScansCounted {
+                codes: vec![ScanCount {
+                    code: "2001000001abc".into(),
+                    http2: ScanPair {
+                        associated: 3,
+                        first_scan: 1,
+                    },
+                    ..Default::default()
+                }],
+            },
         ];
         events
             .into_iter()
@@ -124,18 +173,119 @@ mod tests {
             .collect()
     }
 
+    /// Every kind of event, each of its variable parts as large as the
+    /// server lets it be (`scans_counted`: as many codes as one event
+    /// takes), every counter at its largest.
+    fn largest() -> Vec<Record> {
+        let clientid = "c".repeat(clientid::MAX_LEN);
+        let code = "C".repeat(MAX_CODE_LEN);
+        let target = format!("https://{}", "t".repeat(MAX_TARGET_LEN - 8));
+        let pair = ScanPair {
+            associated: u64::MAX,
+            first_scan: u64::MAX,
+        };
+        let scans = ScanCount {
+            code: code.clone(),
+            http1: pair,
+            http2: pair,
+            http3: pair,
+        };
+        let addr: std::net::IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap();
+        let sub = SubscriberRef([0xff; 32]);
+        [
+            Event::AssociationCreated {
+                clientid: clientid.clone(),
+                subscriber: sub,
+                source: IdentitySource::GatewayHeader,
+                client_addr: addr,
+            },
+            Event::AssociationRevoked {
+                clientid: clientid.clone(),
+                subscriber: sub,
+                reason: RevokeReason::Moved,
+            },
+            Event::AssociationRebound {
+                clientid,
+                from: sub,
+                to: sub,
+                source: IdentitySource::GatewayHeader,
+                client_addr: addr,
+            },
+            Event::CodeRegistered {
+                code: code.clone(),
+                target,
+            },
+            Event::CodeRemoved { code },
+            Event::Redacted {
+                reason: RedactReason::Retention,
+            },
+            Event::ScansCounted {
+                codes: vec![scans; SCANS_PER_EVENT],
+            },
+        ]
+        .into_iter()
+        .map(|event| Record {
+            at_ms: u64::MAX,
+            event,
+        })
+        .collect()
+    }
+
+    /// The kinds `sample` and `largest` cover: every one there is.
+    fn kinds(records: &[Record]) -> std::collections::BTreeSet<&'static str> {
+        records.iter().map(|r| r.event.kind()).collect()
+    }
+
     #[test]
     fn every_event_round_trips() {
+        assert_eq!(kinds(&sample()).len(), 7, "a new event kind needs a sample");
         for record in sample() {
-            let bytes = encode_value(&record);
+            let bytes = encode_value(&record).unwrap();
             assert_eq!(bytes[0], FORMAT_VERSION);
             assert_eq!(decode_value(&bytes), Ok(record));
         }
     }
 
     #[test]
+    fn every_event_at_its_largest_round_trips() {
+        let records = largest();
+        assert_eq!(kinds(&records), kinds(&sample()));
+        for record in records {
+            let bytes = encode_value(&record)
+                .unwrap_or_else(|e| panic!("{} refused: {e}", record.event.kind()));
+            assert!(bytes.len() <= MAX_VALUE_BYTES);
+            assert_eq!(decode_value(&bytes), Ok(record));
+        }
+    }
+
+    #[test]
+    fn a_value_over_the_limit_is_refused_both_ways() {
+        // A window of scans written as one event, as the server once did.
+        let many = (0..12_000)
+            .map(|i| ScanCount {
+                code: format!("{}{i:064}", "6001900107F52810D5"),
+                ..Default::default()
+            })
+            .collect();
+        let record = Record {
+            at_ms: 1,
+            event: Event::ScansCounted { codes: many },
+        };
+        assert!(matches!(
+            encode_value(&record),
+            Err(CodecError::TooLarge(n)) if n > MAX_VALUE_BYTES
+        ));
+        let mut value = vec![FORMAT_VERSION];
+        value.resize(MAX_VALUE_BYTES + 1, 0);
+        assert_eq!(
+            decode_value(&value),
+            Err(CodecError::TooLarge(MAX_VALUE_BYTES + 1))
+        );
+    }
+
+    #[test]
     fn corrupt_values_are_refused() {
-        let good = encode_value(&sample()[0]);
+        let good = encode_value(&sample()[0]).unwrap();
         assert_eq!(decode_value(&[]), Err(CodecError::Empty));
         let mut other_version = good.clone();
         other_version[0] = 9;
@@ -169,13 +319,129 @@ mod tests {
         assert_eq!(json["at_ms"], 1_700_000_000_000u64);
     }
 
+    fn any_addr() -> impl Strategy<Value = std::net::IpAddr> {
+        prop_oneof![
+            any::<[u8; 4]>().prop_map(std::net::IpAddr::from),
+            any::<[u8; 16]>().prop_map(std::net::IpAddr::from),
+        ]
+    }
+
+    fn any_subscriber() -> impl Strategy<Value = SubscriberRef> {
+        any::<[u8; 32]>().prop_map(SubscriberRef)
+    }
+
+    fn any_source() -> impl Strategy<Value = IdentitySource> {
+        prop_oneof![
+            Just(IdentitySource::SessionBinding),
+            Just(IdentitySource::GatewayHeader)
+        ]
+    }
+
+    fn any_scan_count() -> impl Strategy<Value = ScanCount> {
+        ("[0-9A-Za-z_-]{1,100}", any::<[u64; 6]>())
+            .prop_map(|(code, slots)| ScanCount::from_slots(code, slots))
+    }
+
+    /// Any event the server can write: every kind, every field anywhere in
+    /// its legal range (strings up to their longest, any UTF-8 where the
+    /// type allows it, counters up to `u64::MAX`).
+    fn any_event() -> impl Strategy<Value = Event> {
+        let clientid = "[A-Za-z0-9._:-]{1,64}";
+        let code = "[0-9A-F]{10,36}[A-Za-z0-9_-]{1,64}";
+        prop_oneof![
+            (clientid, any_subscriber(), any_source(), any_addr()).prop_map(
+                |(clientid, subscriber, source, client_addr)| Event::AssociationCreated {
+                    clientid,
+                    subscriber,
+                    source,
+                    client_addr,
+                }
+            ),
+            (
+                clientid,
+                any_subscriber(),
+                prop_oneof![
+                    Just(RevokeReason::Admin),
+                    Just(RevokeReason::Superseded),
+                    Just(RevokeReason::Erased),
+                    Just(RevokeReason::Moved)
+                ]
+            )
+                .prop_map(|(clientid, subscriber, reason)| Event::AssociationRevoked {
+                    clientid,
+                    subscriber,
+                    reason,
+                }),
+            (
+                clientid,
+                any_subscriber(),
+                any_subscriber(),
+                any_source(),
+                any_addr()
+            )
+                .prop_map(|(clientid, from, to, source, client_addr)| {
+                    Event::AssociationRebound {
+                        clientid,
+                        from,
+                        to,
+                        source,
+                        client_addr,
+                    }
+                }),
+            (code, "https://\\PC{1,2040}")
+                .prop_map(|(code, target)| Event::CodeRegistered { code, target }),
+            code.prop_map(|code| Event::CodeRemoved { code }),
+            prop_oneof![Just(RedactReason::Erased), Just(RedactReason::Retention)]
+                .prop_map(|reason| Event::Redacted { reason }),
+            proptest::collection::vec(any_scan_count(), 0..=SCANS_PER_EVENT)
+                .prop_map(|codes| Event::ScansCounted { codes }),
+        ]
+    }
+
     proptest! {
+        /// What the log accepts, it reads back: the same record, within
+        /// the one limit.
         #[test]
-        fn decoding_garbage_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
-            let _ = decode_value(&bytes);
+        fn any_event_round_trips(at_ms in any::<u64>(), event in any_event()) {
+            let record = Record { at_ms, event };
+            let bytes = encode_value(&record).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert!(bytes.len() <= MAX_VALUE_BYTES);
+            prop_assert_eq!(decode_value(&bytes), Ok(record));
+        }
+
+        /// However many codes a window saw, its `scans_counted` events keep
+        /// every count, in order, each within one event's share and each
+        /// accepted by the log.
+        #[test]
+        fn scan_counts_split_into_events_the_log_takes(
+            counts in proptest::collection::vec(any_scan_count(), 0..1200),
+        ) {
+            let events = Event::scans_counted(counts.clone());
+            prop_assert_eq!(events.len(), counts.len().div_ceil(SCANS_PER_EVENT));
+            let mut back = Vec::new();
+            for event in events {
+                let Event::ScansCounted { codes } = &event else {
+                    return Err(TestCaseError::fail("not a scans_counted event"));
+                };
+                prop_assert!(!codes.is_empty() && codes.len() <= SCANS_PER_EVENT);
+                back.extend(codes.iter().cloned());
+                let encoded = encode_value(&Record { at_ms: 0, event });
+                prop_assert!(encoded.is_ok(), "refused: {:?}", encoded);
+            }
+            prop_assert_eq!(back, counts);
+        }
+
+        /// Any bytes: an error or a record that encodes to the same bytes,
+        /// never a panic.
+        #[test]
+        fn decoding_garbage_is_refused_or_canonical(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
             let mut versioned = bytes.clone();
             versioned.insert(0, FORMAT_VERSION);
-            let _ = decode_value(&versioned);
+            for value in [bytes, versioned] {
+                if let Ok(record) = decode_value(&value) {
+                    prop_assert_eq!(decode_value(&encode_value(&record).unwrap()), Ok(record));
+                }
+            }
         }
     }
 }

@@ -3,6 +3,8 @@
 //! doomed instances gone); this writes it and makes RocksDB drop the old
 //! bytes (flush, then a full compaction).
 
+use std::path::Path;
+
 use super::event::{encode_key, encode_value};
 use super::{EventLog, Record, Seq, StoreError};
 use crate::core::{Doom, Lifetimes};
@@ -23,7 +25,28 @@ pub struct Rewritten {
 /// `last`, in place, then compacts so that the old versions leave the
 /// disk. Safe beside the log's writer: it appends later keys, this
 /// rewrites earlier ones, and no rewrite changes the state.
-pub fn rewrite(log: &EventLog, last: Seq, doom: Doom) -> Result<Rewritten, StoreError> {
+///
+/// First it removes the index snapshot at `snapshot`, if any: a snapshot
+/// is checked against its last record only, and the records before it are
+/// what a rewrite changes (replayed after them, the rewritten tail would
+/// not apply). Removed first, so a crash mid-rewrite leaves no stale one.
+pub fn rewrite(
+    log: &EventLog,
+    last: Seq,
+    doom: Doom,
+    snapshot: Option<&Path>,
+) -> Result<Rewritten, StoreError> {
+    if let Some(file) = snapshot {
+        match std::fs::remove_file(file) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(StoreError::Log(super::LogError::Write(format!(
+                    "cannot remove the index snapshot {}: {e}",
+                    file.display()
+                ))));
+            }
+            _ => {}
+        }
+    }
     let mut lifetimes = Lifetimes::default();
     for item in log.read_range(1, last) {
         let (seq, record) = item?;
@@ -45,7 +68,9 @@ pub fn rewrite(log: &EventLog, last: Seq, doom: Doom) -> Result<Rewritten, Store
                 at_ms: record.at_ms,
                 event,
             };
-            batch.put(encode_key(seq), encode_value(&new));
+            let value =
+                encode_value(&new).map_err(|e| StoreError::Log(super::LogError::Refused(e)))?;
+            batch.put(encode_key(seq), value);
             records += 1;
             if batch.len() >= BATCH {
                 write(std::mem::take(&mut batch))?;

@@ -75,6 +75,10 @@ pub enum LogError {
     CorruptKey { key: Vec<u8>, reason: CodecError },
     #[error("sequence gap: expected {expected}, found {found}")]
     Gap { expected: Seq, found: Seq },
+    /// Refused before anything was written: the log could not replay it
+    /// (see `event::MAX_VALUE_BYTES`).
+    #[error("event refused: {0}")]
+    Refused(CodecError),
 }
 
 /// A cloneable handle to the log; all clones share one writer.
@@ -118,7 +122,8 @@ impl std::fmt::Debug for Shared {
 pub type OnDurable = Box<dyn FnOnce(Seq) -> Result<(), String> + Send>;
 
 struct Pending {
-    records: Vec<Record>,
+    /// The records' values, encoded (and checked) by the caller.
+    values: Vec<Vec<u8>>,
     on_durable: Option<OnDurable>,
     done: oneshot::Sender<Result<Seq, LogError>>,
 }
@@ -254,7 +259,7 @@ impl EventLog {
         });
         queue
             .send(Pending {
-                records: Vec::new(),
+                values: Vec::new(),
                 on_durable: Some(on_durable),
                 done,
             })
@@ -280,12 +285,20 @@ impl EventLog {
         if self.is_poisoned() {
             return Err(LogError::Poisoned);
         }
+        // Encoded here, by the caller: a record the log could not replay
+        // is refused before anything is written, and the writer thread
+        // only writes.
+        let values = records
+            .iter()
+            .map(event::encode_value)
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(LogError::Refused)?;
         let queue = self.shared.queue.as_ref().ok_or(LogError::Closed)?;
         let (done, answer) = oneshot::channel();
         // Cancel-safe: a send dropped while waiting for room sends nothing.
         queue
             .send(Pending {
-                records,
+                values,
                 on_durable,
                 done,
             })
@@ -429,11 +442,11 @@ impl Writer {
         let mut batch_of = Vec::new();
         while let Some(first) = queue.blocking_recv() {
             batch_of.push(first);
-            let mut records = batch_of[0].records.len();
+            let mut records = batch_of[0].values.len();
             while records < MAX_BATCH_RECORDS {
                 match queue.try_recv() {
                     Ok(more) => {
-                        records += more.records.len();
+                        records += more.values.len();
                         batch_of.push(more);
                     }
                     Err(_) => break,
@@ -455,8 +468,8 @@ impl Writer {
         let mut firsts = Vec::with_capacity(pending.len());
         for p in pending.iter() {
             firsts.push(seq);
-            for record in &p.records {
-                batch.put(event::encode_key(seq), event::encode_value(record));
+            for value in &p.values {
+                batch.put(event::encode_key(seq), value);
                 seq += 1;
             }
         }

@@ -23,6 +23,7 @@ pub mod event;
 pub mod history;
 pub mod index;
 pub mod log;
+pub mod owner;
 pub mod snapshot;
 
 use std::hash::{BuildHasher, Hash, RandomState};
@@ -43,6 +44,9 @@ use crate::wire::{ClientId, IndirectCode, SubscriberRef};
 
 /// Lock stripes for writers; a power of two well above the core count.
 const STRIPES: usize = 256;
+
+/// Rounds of revocations an erasure makes before it rewrites history.
+const ERASE_ROUNDS: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -70,6 +74,8 @@ struct Inner {
     cluster: OnceLock<Arc<Link>>,
     /// Where this store's index snapshot lives, when it keeps one.
     snapshot: Option<std::path::PathBuf>,
+    /// The one owner of history rewrites in this process ([`owner`]).
+    rewrites: owner::Rewrites,
 }
 
 /// How [`Store::open_from`] rebuilt the index.
@@ -134,6 +140,7 @@ impl Store {
                 hasher: RandomState::new(),
                 cluster: OnceLock::new(),
                 snapshot,
+                rewrites: owner::Rewrites::default(),
             }),
         }
     }
@@ -141,11 +148,12 @@ impl Store {
     /// Writes the index snapshot (a store opened with [`Store::open_from`]),
     /// on the log's writer thread between two commits; returns the sequence
     /// it reflects. Appends wait meanwhile: for shutdown, not for a busy
-    /// moment.
+    /// moment. A history rewrite: it waits for the one under way.
     pub async fn write_snapshot(&self) -> Result<Option<Seq>, StoreError> {
         let Some(file) = self.inner.snapshot.clone() else {
             return Ok(None);
         };
+        let _rewriting = self.inner.rewrites.begin().await;
         let (index, db) = (self.inner.index.clone(), self.log().db());
         let written = self
             .log()
@@ -232,6 +240,12 @@ impl Store {
     /// to a clientid or a client address ([`history::rewrite`]). Returns the
     /// clientids revoked and what the rewrite did. Not in cluster mode: the
     /// shared stream cannot be rewritten.
+    ///
+    /// Waits for its turn among rewrites ([`owner::Rewrites`]), then runs
+    /// in a task of its own that holds the turn: the caller may go away at
+    /// any `.await` (before its turn nothing happened; after it the
+    /// erasure finishes), and two erasures (or an erasure and a snapshot)
+    /// never interleave.
     pub async fn erase_subscriber(
         &self,
         subscriber: SubscriberRef,
@@ -245,34 +259,55 @@ impl Store {
             )
             .into());
         }
+        let turn = self.inner.rewrites.begin().await;
+        let store = self.clone();
+        let erasure = tokio::spawn(async move {
+            let _rewriting = turn;
+            store.erase_now(subscriber, now_ms).await
+        });
+        erasure.await.expect("erasure does not panic")
+    }
+
+    /// Holds the rewrite lock until the guard is dropped: for tests that
+    /// check what waits for it.
+    #[doc(hidden)]
+    pub async fn hold_rewrites(&self) -> owner::Rewriting {
+        self.inner.rewrites.begin().await
+    }
+
+    /// [`Store::erase_subscriber`]'s work, under the rewrite lock.
+    async fn erase_now(
+        &self,
+        subscriber: SubscriberRef,
+        now_ms: u64,
+    ) -> Result<(Vec<ClientId>, history::Rewritten), StoreError> {
         let mut revoked = Vec::new();
-        for clientid in self.index().clientids_of(&subscriber) {
-            let owner = Some(subscriber);
-            let erased = self.revoke_for(&clientid, owner, RevokeReason::Erased, now_ms);
-            if erased.await?.is_some() {
-                revoked.push(clientid);
+        // Again while any is left: a first scan may have associated one
+        // more (through a gateway header, say) while these were revoked.
+        for _ in 0..ERASE_ROUNDS {
+            let held = self.index().clientids_of(&subscriber);
+            if held.is_empty() {
+                break;
+            }
+            for clientid in held {
+                let owner = Some(subscriber);
+                let erased = self.revoke_for(&clientid, owner, RevokeReason::Erased, now_ms);
+                if erased.await?.is_some() {
+                    revoked.push(clientid);
+                }
             }
         }
         // On a blocking thread, and finished even if the caller goes away.
-        let log = self.log().clone();
+        // On a blocking thread. The rewrite removes the snapshot too (it
+        // holds the subscriber's associations as they were, besides).
+        let (log, snapshot) = (self.log().clone(), self.inner.snapshot.clone());
         let rewritten = tokio::task::spawn_blocking(move || {
             let last = log.last_seq();
-            history::rewrite(&log, last, crate::core::Doom::Subscriber(subscriber))
+            let doom = crate::core::Doom::Subscriber(subscriber);
+            history::rewrite(&log, last, doom, snapshot.as_deref())
         })
         .await
         .expect("the rewrite does not panic")?;
-        // A snapshot written before holds the subscriber's associations.
-        if let Some(file) = &self.inner.snapshot {
-            match std::fs::remove_file(file) {
-                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                    return Err(StoreError::Log(LogError::Write(format!(
-                        "cannot remove {}: {e}",
-                        file.display()
-                    ))));
-                }
-                _ => {}
-            }
-        }
         Ok((revoked, rewritten))
     }
 
@@ -298,24 +333,49 @@ impl Store {
         Ok(Some(current))
     }
 
-    /// Registers or replaces a code; returns the event's sequence number.
-    /// Writes resolution counts (`scans_counted`). In cluster mode through
-    /// the stream, on the subject of `writer` (this node's name: one writer
-    /// per subject, so no race).
+    /// Writes resolution counts, as many `scans_counted` events as they
+    /// take ([`Event::scans_counted`]); returns the last one's sequence
+    /// number (`None`: no counts). In cluster mode through the stream, on
+    /// the subject of `writer` (this node's name: one writer per subject,
+    /// so no race), one event after the other.
     pub async fn record_scans(
         &self,
         codes: Vec<crate::core::model::ScanCount>,
         writer: &str,
         now_ms: u64,
-    ) -> Result<Seq, StoreError> {
-        let event = Event::ScansCounted { codes };
+    ) -> Result<Option<Seq>, StoreError> {
+        let events = Event::scans_counted(codes);
+        if events.is_empty() {
+            return Ok(None);
+        }
         let Some(link) = self.cluster() else {
-            return self.commit(vec![event], now_ms, Vec::new()).await;
+            return self.commit(events, now_ms, Vec::new()).await.map(Some);
         };
         let subject = link.code_subject(&format!("scans of {writer}"));
+        let mut last_seq = None;
+        for event in events {
+            last_seq = Some(self.publish_one(link, &subject, event, now_ms).await?);
+        }
+        Ok(last_seq)
+    }
+
+    /// Publishes `event` on `subject` expecting what this node last saw
+    /// there; after a lost race, catches up and tries again.
+    async fn publish_one(
+        &self,
+        link: &Arc<Link>,
+        subject: &str,
+        event: Event,
+        now_ms: u64,
+    ) -> Result<Seq, StoreError> {
         for _ in 0..cluster::ATTEMPTS {
-            let last = link.catch_up_on(&subject).await?;
-            let publish = vec![Publish::new(subject.clone(), last, now_ms, event.clone())];
+            let last = link.catch_up_on(subject).await?;
+            let publish = vec![Publish::new(
+                subject.to_owned(),
+                last,
+                now_ms,
+                event.clone(),
+            )];
             if let Some(seq) = publish_planned(link, publish, Vec::new()).await? {
                 return Ok(seq);
             }
@@ -473,7 +533,7 @@ impl Store {
     /// association.
     async fn associate_replicated(
         &self,
-        link: &Link,
+        link: &Arc<Link>,
         new: NewAssociation,
         rebind: bool,
         cap: usize,
@@ -529,7 +589,7 @@ impl Store {
 
     async fn revoke_replicated(
         &self,
-        link: &Link,
+        link: &Arc<Link>,
         clientid: &ClientId,
         owner: Option<SubscriberRef>,
         reason: RevokeReason,
@@ -554,7 +614,7 @@ impl Store {
     /// a code that is not registered (nothing published).
     async fn change_code_replicated(
         &self,
-        link: &Link,
+        link: &Arc<Link>,
         code: &IndirectCode,
         event: Event,
         now_ms: u64,
@@ -612,13 +672,22 @@ fn revocation(
 /// Publishes a planned change (see [`Link::publish_all`]) and then lets go
 /// of the stripes it was planned under: `Some(seq)` of its last event once
 /// applied here, `None` when another node changed a key first (plan again).
+///
+/// A task of its own owns the publishing, not the caller: a request
+/// dropped at any `.await` (a reset stream) cannot stop a change halfway,
+/// with the revocation that made room published and the creation not.
 async fn publish_planned(
-    link: &Link,
+    link: &Arc<Link>,
     events: Vec<Publish>,
     guards: Vec<OwnedMutexGuard<()>>,
 ) -> Result<Option<Seq>, StoreError> {
-    let published = link.publish_all(events).await;
-    drop(guards);
+    let link = link.clone();
+    let publishing = tokio::spawn(async move {
+        let published = link.publish_all(events).await;
+        drop(guards);
+        published
+    });
+    let published = publishing.await.expect("publishing does not panic");
     match published {
         Ok(seq) => Ok(Some(seq)),
         Err(ClusterError::Conflict) => Ok(None),

@@ -68,15 +68,22 @@ impl NatsCluster {
                 .collect();
             let store = dir.path().join(format!("n{i}"));
             let config = dir.path().join(format!("n{i}.conf"));
+            // One server is a JetStream of its own: a cluster block
+            // without routes would not start.
+            let cluster = match n {
+                1 => String::new(),
+                _ => format!(
+                    "cluster {{\n  name: homecmp-test\n  listen: 127.0.0.1:{route_port}\n  \
+                     no_advertise: true\n  routes: [{}]\n}}\n",
+                    routes.join(", ")
+                ),
+            };
             std::fs::write(
                 &config,
                 format!(
                     "server_name: n{i}\nlisten: 127.0.0.1:{client_port}\n\
-                     jetstream {{ store_dir: \"{}\" }}\n\
-                     cluster {{\n  name: homecmp-test\n  listen: 127.0.0.1:{route_port}\n  \
-                     no_advertise: true\n  routes: [{}]\n}}\n{extra}\n",
+                     jetstream {{ store_dir: \"{}\" }}\n{cluster}{extra}\n",
                     store.display(),
-                    routes.join(", ")
                 ),
             )
             .unwrap();

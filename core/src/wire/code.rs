@@ -11,6 +11,12 @@ use std::fmt;
 /// Longest code value, in characters.
 pub const MAX_VALUE_LEN: usize = 64;
 
+/// Longest routing prefix: `L` = F, so 4 + 2 × 16 hex digits.
+pub const MAX_PREFIX_LEN: usize = 4 + 2 * 16;
+
+/// Longest whole code, prefix and value.
+pub const MAX_LEN: usize = MAX_PREFIX_LEN + MAX_VALUE_LEN;
+
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CodeError {
     #[error("code is empty")]

@@ -8,8 +8,10 @@ pub mod clientid;
 mod code;
 mod msisdn;
 mod query;
+mod target;
 
 pub use clientid::{ClientId, ClientIdError, ClientIdRef};
-pub use code::{CodeError, IndirectCode, RoutingPrefix};
+pub use code::{CodeError, IndirectCode, MAX_LEN as MAX_CODE_LEN, RoutingPrefix};
 pub use msisdn::{Msisdn, MsisdnError, SubscriberKey, SubscriberRef};
 pub use query::{Query, QueryError};
+pub use target::{MAX_TARGET_LEN, valid_target};
