@@ -3,11 +3,10 @@
 use std::sync::Arc;
 
 use crate::model::{Associated, Association, IdentitySource};
-use crate::wire::{
-    ClientIdError, ClientIdRef, CodeError, IndirectCode, RoutingPrefix, SubscriberRef,
-};
+use crate::wire::{ClientIdError, ClientIdRef, IndirectCode, RoutingPrefix, SubscriberRef};
 
 use crate::identity::Identity;
+use crate::refusal::Refusal;
 
 /// `auth.mode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
@@ -54,63 +53,6 @@ impl Policy {
     }
 }
 
-/// Every way a request is refused. The wire status of each is decided in one
-/// place, `net::error::wire_error`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum Refusal {
-    #[error("invalid code: {0}")]
-    InvalidCode(CodeError),
-    #[error("invalid clientid: {0}")]
-    InvalidClientId(ClientIdError),
-    #[error("a clientid is required")]
-    ClientIdRequired,
-    #[error("this clientid has no association yet: retry the scan over the mobile network")]
-    RetryOnMnoNetwork,
-    #[error("the mobile network does not identify this subscriber")]
-    SubscriberUnknown,
-    #[error("this clientid is associated with another subscriber")]
-    AssociationMismatch,
-    #[error("no such code")]
-    CodeNotFound,
-    #[error("the code belongs to another CMP")]
-    UnknownPrefix,
-    /// The peer CMP that owns the code's prefix did not answer in time, is
-    /// failing, or has too many requests in flight.
-    #[error("the CMP that owns this code is not reachable; retry later")]
-    UpstreamUnavailable,
-    #[error("too many requests; retry after {retry_after_secs} s")]
-    RateLimited { retry_after_secs: u64 },
-    #[error("the server is overloaded; retry later")]
-    Overloaded,
-    #[error("temporarily unable to store the association; retry later")]
-    Unavailable,
-    #[error("the request target is too long")]
-    RequestTooLarge,
-    #[error("no such resource; the resolution API is GET /mc/v1/resolve")]
-    NotFound,
-    #[error("only GET is allowed here")]
-    MethodNotAllowed,
-    /// An enrichment header sent more than once: which one the gateway
-    /// meant is an ambiguity an attacker could play on.
-    #[error("the {0} header appears more than once")]
-    RepeatedHeader(String),
-}
-
-impl Refusal {
-    /// Whether monitor mode would let the request through anyway: the
-    /// authentication refusals, not the parse or capacity ones.
-    pub fn is_authentication(&self) -> bool {
-        matches!(
-            self,
-            Refusal::InvalidClientId(_)
-                | Refusal::ClientIdRequired
-                | Refusal::RetryOnMnoNetwork
-                | Refusal::SubscriberUnknown
-                | Refusal::AssociationMismatch
-        )
-    }
-}
-
 /// Proof that a request may see the code store. Made only here: by
 /// [`decide`], and by [`permit_after`] once an association is durable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -150,6 +92,31 @@ pub fn permit_after(outcome: &Associated) -> Option<Permit> {
             authenticated: true,
         }),
         Associated::Existing(_) => None,
+    }
+}
+
+/// What a request earns once the association it asked for was carried out
+/// (`outcome`): created or rebound by it, the permit of
+/// [`permit_after`]; another request's association stands instead (a race
+/// lost), the decision again on that one: it resolves as `existing`, or is
+/// refused (a mismatch).
+pub fn permit_for(
+    policy: &Policy,
+    clientid: ClientIdRef<'_>,
+    outcome: &Associated,
+    identity: &Identity,
+) -> Result<Permit, Refusal> {
+    if let Some(permit) = permit_after(outcome) {
+        return Ok(permit);
+    }
+    let Associated::Existing(standing) = outcome else {
+        return Err(Refusal::Unavailable);
+    };
+    match decide(policy, Some(Ok(clientid)), Some(*standing), identity) {
+        Decision::Resolve(permit) => Ok(permit),
+        Decision::Refuse(refusal) => Err(refusal),
+        // A rebind that raced another: the client asks again.
+        Decision::Associate { .. } | Decision::Monitored { .. } => Err(Refusal::Unavailable),
     }
 }
 

@@ -17,8 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use dashmap::DashMap;
 use ipnet::IpNet;
 
-use crate::decide::Refusal;
 use crate::model::IdentitySource;
+use crate::refusal::Refusal;
 use crate::wire::{Msisdn, SubscriberKey, SubscriberRef};
 
 #[derive(Debug, Clone)]

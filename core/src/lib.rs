@@ -22,11 +22,13 @@ mod decide;
 mod identity;
 pub mod model;
 mod redact;
+mod refusal;
+mod rule;
 
 pub use associate::{Plan, plan_association};
 pub use decide::{
-    AssociationState, AuthMode, Decision, MismatchPolicy, Permit, Policy, Refusal, Resolution,
-    decide, permit_after, resolve,
+    AssociationState, AuthMode, Decision, MismatchPolicy, Permit, Policy, Resolution, decide,
+    permit_after, permit_for, resolve,
 };
 pub use identity::{
     Bound, ClientView, Identity, MnoPolicy, Origin, Seen, Sessions, canonical_net, identify,
@@ -37,3 +39,7 @@ pub use model::{
     RevokeReason, ScanCount, ScanPair, Seq,
 };
 pub use redact::{Doom, Lifetimes, plan_redaction};
+pub use refusal::{Refusal, retry_after_secs};
+pub use rule::{
+    Admitted, Facts, Outcome, Passed, Request, Rules, Tally, Verdict, admit, source_key,
+};

@@ -14,23 +14,8 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::App;
 use super::limits::AddressSlot;
+pub use super::metrics::Transport;
 use super::metrics::{Protocol, ProtocolLabel};
-
-/// Which listener a connection came to (the metric's `transport` label).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transport {
-    Tcp,
-    Quic,
-}
-
-impl Transport {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Transport::Tcp => "tcp",
-            Transport::Quic => "quic",
-        }
-    }
-}
 
 /// A connection let in: holds a slot of its source and one of the global
 /// cap; both are freed when it is dropped.
@@ -48,6 +33,20 @@ pub fn admit(app: &App, transport: Transport, source: IpAddr) -> Result<Admitted
         app.metrics.refused_connection(transport, reason);
     }
     admitted
+}
+
+/// One step of a handshake, bounded by `limit`: its value, or why the
+/// connection is refused (the `reason` label of
+/// `connections_refused_total`).
+pub async fn handshake_step<T, E>(
+    limit: std::time::Duration,
+    step: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, &'static str> {
+    match tokio::time::timeout(limit, step).await {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(_)) => Err("handshake_failed"),
+        Err(_) => Err("handshake_timeout"),
+    }
 }
 
 fn check(app: &App, transport: Transport, source: IpAddr) -> Result<Admitted, &'static str> {

@@ -40,7 +40,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::App;
-use super::admit::{Admitted, Transport, admit};
+use super::admit::{Admitted, Transport, admit, handshake_step};
 use super::conn::{Activity, Conduct};
 use super::metrics::Protocol;
 use super::resolve::{self, ConnInfo};
@@ -270,13 +270,11 @@ async fn handshake_and_serve(
     shutdown: CancellationToken,
 ) {
     let source = app.limits.source(handshake_addr);
-    let handshake = tokio::time::timeout(app.config.limits.header_read_timeout, connecting).await;
+    let handshake = handshake_step(app.config.limits.header_read_timeout, connecting).await;
     gate.handshakes.fetch_sub(1, Ordering::Relaxed);
-    let refused = |reason| app.metrics.refused_connection(Transport::Quic, reason);
     let connection = match handshake {
-        Ok(Ok(connection)) => connection,
-        Ok(Err(_)) => return refused("handshake_failed"),
-        Err(_) => return refused("handshake_timeout"),
+        Ok(connection) => connection,
+        Err(reason) => return app.metrics.refused_connection(Transport::Quic, reason),
     };
     // A completed handshake proves the address: admit it now.
     let admitted = match admitted {
@@ -347,57 +345,79 @@ async fn serve_connection(
             Ok(Some(resolver)) => resolver,
             Ok(None) | Err(_) => break,
         };
+        let on = OnConnection {
+            app: app.clone(),
+            quic: quic.clone(),
+            handshake_addr,
+            conduct: conduct.clone(),
+            moved: moved.clone(),
+        };
         let busy = activity.begin();
-        let app = app.clone();
-        let quic = quic.clone();
-        let conduct = conduct.clone();
-        let moved = moved.clone();
         requests.spawn(async move {
             let _busy = busy;
-            let head_limit = app.config.limits.header_read_timeout;
-            let Ok(Ok((request, mut stream))) =
-                tokio::time::timeout(head_limit, resolver.resolve_request()).await
-            else {
-                return;
-            };
-            // Where the connection is now, as the one rule judges it.
-            let origin = crate::core::identity_address(crate::core::Seen::Quic {
-                handshake: handshake_addr,
-                current: quic.remote_address().ip(),
-            });
-            if matches!(origin, crate::core::Origin::Unvalidated { .. }) {
-                app.metrics.quic_moved_requests.inc();
-                moved.cancel();
-            }
-            let conn = ConnInfo {
-                origin,
-                protocol: Protocol::Http3,
-            };
-            let (method, uri, headers) = (request.method(), request.uri(), request.headers());
-            let response = resolve::handle_on(&app, conn, &conduct, method, uri, headers).await;
-            let (parts, body) = response.into_parts();
-            let sent = async {
-                stream
-                    .send_response(http::Response::from_parts(parts, ()))
-                    .await?;
-                stream.send_data(body).await?;
-                stream.finish().await
-            };
-            if sent.await.is_err() {
-                return;
-            }
-            // Read the request to its end before dropping the stream: the
-            // FIN of a GET can arrive after its head, and quinn answers an
-            // unread stream with STOP_SENDING code 0, which the client sees
-            // as a reset of the request it already sent. Bounded in time;
-            // anything a client sends after its head is discarded.
-            let drained = async { while let Ok(Some(_)) = stream.recv_data().await {} };
-            let _ = tokio::time::timeout(head_limit, drained).await;
+            serve_request(on, resolver).await;
         });
     }
     requests.close();
     let _ = tokio::time::timeout(limits.shutdown_grace, requests.wait()).await;
     quic.close(H3_NO_ERROR.into(), b"");
+}
+
+/// What a request task needs of its connection.
+struct OnConnection {
+    app: Arc<App>,
+    quic: quinn::Connection,
+    handshake_addr: IpAddr,
+    conduct: Arc<Conduct>,
+    /// Cancelled when a request comes after the connection moved.
+    moved: CancellationToken,
+}
+
+/// One request stream: its head within the header-read timeout, the
+/// answer, then the rest of what the client sent, discarded.
+async fn serve_request(
+    on: OnConnection,
+    resolver: h3::server::RequestResolver<h3_quinn::Connection, Bytes>,
+) {
+    let head_limit = on.app.config.limits.header_read_timeout;
+    let Ok(Ok((request, mut stream))) =
+        tokio::time::timeout(head_limit, resolver.resolve_request()).await
+    else {
+        return;
+    };
+    // Where the connection is now, as the one rule judges it.
+    let origin = crate::core::identity_address(crate::core::Seen::Quic {
+        handshake: on.handshake_addr,
+        current: on.quic.remote_address().ip(),
+    });
+    if matches!(origin, crate::core::Origin::Unvalidated { .. }) {
+        on.app.metrics.quic_moved_requests.inc();
+        on.moved.cancel();
+    }
+    let conn = ConnInfo {
+        origin,
+        protocol: Protocol::Http3,
+    };
+    let (method, uri, headers) = (request.method(), request.uri(), request.headers());
+    let response = resolve::handle_on(&on.app, conn, &on.conduct, method, uri, headers).await;
+    let (parts, body) = response.into_parts();
+    let sent = async {
+        stream
+            .send_response(http::Response::from_parts(parts, ()))
+            .await?;
+        stream.send_data(body).await?;
+        stream.finish().await
+    };
+    if sent.await.is_err() {
+        return;
+    }
+    // Read the request to its end before dropping the stream: the FIN of
+    // a GET can arrive after its head, and quinn answers an unread stream
+    // with STOP_SENDING code 0, which the client sees as a reset of the
+    // request it already sent. Bounded in time; anything a client sends
+    // after its head is discarded.
+    let drained = async { while let Ok(Some(_)) = stream.recv_data().await {} };
+    let _ = tokio::time::timeout(head_limit, drained).await;
 }
 
 /// A UDP socket on `addr` (the port of the HTTPS listener).

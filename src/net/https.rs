@@ -15,7 +15,7 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::admit::{Admitted, Transport, admit};
+use super::admit::{Admitted, Transport, admit, handshake_step};
 use super::conn::Conduct;
 use super::metrics::Protocol;
 use super::resolve::{self, ConnInfo};
@@ -93,10 +93,9 @@ async fn handshake_and_serve(
         // A client that offers a ticket this server issued is returning: it
         // waits in a queue of its own, so a flood of new handshakes does not
         // hold it up. A client that sends nothing takes no turn at all.
-        let hello = match tokio::time::timeout(handshake_limit, peek_first_record(&stream)).await {
-            Ok(Ok(hello)) => hello,
-            Ok(Err(_)) => return refused("handshake_failed"),
-            Err(_) => return refused("handshake_timeout"),
+        let hello = match handshake_step(handshake_limit, peek_first_record(&stream)).await {
+            Ok(hello) => hello,
+            Err(reason) => return refused(reason),
         };
         let returning = tls::offered_ticket(&hello)
             .is_some_and(|ticket| tls.config().ticketer.decrypt(ticket).is_some());
@@ -109,10 +108,9 @@ async fn handshake_and_serve(
             }
         }
     }
-    let stream = match tokio::time::timeout(handshake_limit, tls.accept(stream)).await {
-        Ok(Ok(stream)) => stream,
-        Ok(Err(_)) => return refused("handshake_failed"),
-        Err(_) => return refused("handshake_timeout"),
+    let stream = match handshake_step(handshake_limit, tls.accept(stream)).await {
+        Ok(stream) => stream,
+        Err(reason) => return refused(reason),
     };
     let protocol = match stream.get_ref().1.alpn_protocol() {
         Some(b"h2") => Protocol::Http2,

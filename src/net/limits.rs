@@ -18,34 +18,12 @@ use dashmap::DashMap;
 use governor::clock::Clock;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
-/// The key a per-source limit counts a client under: an IPv4 address as
-/// itself (an IPv4-mapped IPv6 address is the IPv4 address it maps), an
-/// IPv6 address by its first `v6_prefix_len` bits, since one subscriber or
-/// one attacker is handed a whole prefix (a /64, typically) to pick from.
-pub fn source_key(addr: IpAddr, v6_prefix_len: u8) -> IpAddr {
-    match addr.to_canonical() {
-        IpAddr::V6(v6) => {
-            let bits = u128::from(v6);
-            let keep = u32::from(v6_prefix_len.min(128));
-            let mask = u128::MAX.checked_shl(128 - keep).unwrap_or(0);
-            IpAddr::V6((bits & mask).into())
-        }
-        v4 => v4,
-    }
-}
+// The key a per-source limit counts a client under, and what a limit says:
+// the resolution rule's words (`core::rule`).
+pub use crate::core::{Verdict, source_key};
 
 /// Checks between two counts of a limiter's keys.
 const RECOUNT_EVERY: usize = 1024;
-
-/// What a limit said.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Verdict {
-    Allowed,
-    /// Over the rate: wait this long.
-    Limited(Duration),
-    /// The key table is full of active keys: let through, uncounted.
-    Overflow,
-}
 
 #[derive(Debug)]
 pub struct KeyedRate<K: Hash + Eq + Clone> {

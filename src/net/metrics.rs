@@ -13,6 +13,23 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+/// Which listener a connection came to (the `transport` label of
+/// `connections_refused_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Quic,
+}
+
+impl Transport {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Transport::Tcp => "tcp",
+            Transport::Quic => "quic",
+        }
+    }
+}
+
 /// The transport a request came over.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Protocol {
@@ -56,47 +73,98 @@ pub struct RefusedLabels {
     pub reason: &'static str,
 }
 
-#[derive(Debug)]
-pub struct Metrics {
-    registry: Registry,
-    pub requests: Family<RequestLabels, Counter>,
-    pub latency: Family<ProtocolLabel, Histogram>,
+/// Declares the metrics as data: each one once, with its field, its type,
+/// its name (under the `homecmp_` prefix) and its help text (and a
+/// constructor where `Default` is not it). `Metrics::new` registers them,
+/// in this order.
+macro_rules! metrics {
+    ($($(#[$doc:meta])* $field:ident: $ty:ty = $name:literal, $help:literal $(, $make:expr)?;)*) => {
+        #[derive(Debug)]
+        pub struct Metrics {
+            registry: Registry,
+            $($(#[$doc])* pub $field: $ty,)*
+        }
+
+        impl Metrics {
+            pub fn new() -> Self {
+                let mut registry = Registry::with_prefix("homecmp");
+                $(
+                    let $field: $ty = metrics!(@make $ty $(, $make)?);
+                    registry.register($name, $help, $field.clone());
+                )*
+                Self { registry, $($field,)* }
+            }
+        }
+    };
+    (@make $ty:ty) => { <$ty>::default() };
+    (@make $ty:ty, $make:expr) => { $make };
+}
+
+metrics! {
+    requests: Family<RequestLabels, Counter> = "requests",
+        "Resolution requests by outcome and protocol";
+    latency: Family<ProtocolLabel, Histogram> = "request_duration_seconds",
+        "Time from request head to response, by protocol",
+        Family::new_with_constructor(latency_histogram);
     /// Monitor mode: requests that enforce would have refused, by code.
-    pub monitored: Family<ReasonLabels, Counter>,
-    pub spoof_attempts: Counter,
-    pub quic_moved_requests: Counter,
-    pub associations_created: Counter,
-    pub associations_superseded: Counter,
-    pub associations_rebound: Counter,
-    pub connections_refused: Family<RefusedLabels, Counter>,
-    pub connections_open: Family<ProtocolLabel, Gauge>,
-    pub quic_retries: Counter,
-    pub tarpitted: Counter,
-    pub limiter_overflow: Family<ReasonLabels, Counter>,
-    pub index_associations: Gauge,
-    pub index_subscribers: Gauge,
-    pub index_codes: Gauge,
-    pub sessions: Gauge,
-    pub last_seq: Gauge<u64, AtomicU64>,
+    monitored: Family<ReasonLabels, Counter> = "monitor_would_refuse",
+        "Monitor mode: requests resolved that enforce would refuse, by code";
+    spoof_attempts: Counter = "spoof_attempts",
+        "Requests carrying MSISDN or X-Forwarded-For headers from an untrusted peer";
+    quic_moved_requests: Counter = "quic_moved_requests",
+        "HTTP/3 requests that came after their connection moved to another address: off the MNO network, and the connection drained";
+    associations_created: Counter = "associations_created", "Associations created";
+    associations_superseded: Counter = "associations_superseded",
+        "Associations revoked to keep a subscriber under the cap";
+    associations_rebound: Counter = "associations_rebound",
+        "Associations moved to another subscriber (policy rebind)";
+    connections_refused: Family<RefusedLabels, Counter> = "connections_refused",
+        "New connections refused, dropped or failed before serving, by transport (tcp, quic) and reason";
+    connections_open: Family<ProtocolLabel, Gauge> = "connections_open", "Open connections";
+    quic_retries: Counter = "quic_retries",
+        "QUIC Retry packets sent to validate a client address";
+    tarpitted: Counter = "tarpitted",
+        "Requests without an association made to wait for the unauthenticated pace";
+    limiter_overflow: Family<ReasonLabels, Counter> = "limiter_overflow",
+        "Checks let through because a keyed limiter was full of active keys, by limit";
+    index_associations: Gauge = "index_associations", "Associations in the index";
+    index_subscribers: Gauge = "index_subscribers",
+        "Subscribers with at least one association";
+    index_codes: Gauge = "index_codes", "Registered codes";
+    sessions: Gauge = "sessions", "Session bindings held (IP -> subscriber)";
+    last_seq: Gauge<u64, AtomicU64> = "log_last_sequence",
+        "Sequence number of the newest durable event";
     /// 1 once a write failed: the log refuses writes until a restart.
-    pub log_poisoned: Gauge,
+    log_poisoned: Gauge = "log_poisoned",
+        "1 once an event log write failed (disk error): writes are refused until a restart";
     /// Cluster mode: 1 while connected to NATS.
-    pub cluster_connected: Gauge,
-    /// Cluster mode: 1 once the follower met an event it cannot apply.
-    pub cluster_follower_stopped: Gauge,
+    cluster_connected: Gauge = "cluster_connected",
+        "Cluster mode: 1 while this node is connected to NATS JetStream";
     /// Cluster mode: publishes that lost a race to another node (retried).
-    pub cluster_conflicts: Counter,
-    pub runtime_lag: Family<RuntimeLabel, Gauge<f64, AtomicU64>>,
-    pub overloaded: Family<RuntimeLabel, Gauge>,
+    cluster_conflicts: Counter = "cluster_conflicts",
+        "Cluster mode: changes that lost a race to another node and were planned again";
+    /// Cluster mode: 1 once the follower met an event it cannot apply.
+    cluster_follower_stopped: Gauge = "cluster_follower_stopped",
+        "Cluster mode: 1 once this node met a stream event it cannot apply and stopped following (readyz 503 says why)";
+    runtime_lag: Family<RuntimeLabel, Gauge<f64, AtomicU64>> = "runtime_lag_seconds",
+        "Moving average of how late a runtime (main: TCP and admin; quic) polls a due task";
+    overloaded: Family<RuntimeLabel, Gauge> = "overloaded",
+        "1 while a runtime's lag is over limits.overload_lag_ms: its listener takes on no new connections";
     /// Requests without an association answered 503 because of load.
-    pub shed: Counter,
+    shed: Counter = "shed",
+        "Requests without an association answered 503 OVERLOADED: too many connections open";
     /// Accept-loop pauses of one lag period while overloaded.
-    pub accept_pauses: Counter,
-    pub handshake_turns: Family<QueueLabel, Counter>,
+    accept_pauses: Counter = "accept_pauses",
+        "Pauses of the TCP accept loop, one lag probe period each, while overloaded";
+    handshake_turns: Family<QueueLabel, Counter> = "handshake_turns",
+        "TLS connections queued for the handshake pace, by queue (new, returning)";
     /// Connections that earned a slow-down or a close by their conduct.
-    pub abusive_connections: Family<StepLabel, Counter>,
-    pub radius_packets: Family<RadiusLabels, Counter>,
-    pub federation: Family<RadiusLabels, Counter>,
+    abusive_connections: Family<StepLabel, Counter> = "abusive_connections",
+        "Connections on a run of refused requests, by what they earned: slowed (each next request waits), closed (and the source refused new connections for limits.penalty_secs)";
+    radius_packets: Family<RadiusLabels, Counter> = "radius_packets",
+        "RADIUS accounting datagrams by outcome (applied, ignored: answered but unusable, duplicate: answered from the reply cache, dropped: unknown client, bad authenticator or not accounting, unanswered: max_bindings held) and reason";
+    federation: Family<RadiusLabels, Counter> = "federation",
+        "Federation (§9.3.2): forwarded to a peer CMP (outcome forwarded: resolved, not_found, busy, circuit_open, failed), answered to a peer (outcome answered, by result) peer connections taken (outcome connected) and refused (outcome refused: handshake, connections)";
 }
 
 /// What became of a RADIUS datagram (`applied`, `ignored`, `duplicate`,
@@ -143,220 +211,6 @@ impl Default for Metrics {
 }
 
 impl Metrics {
-    pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("homecmp");
-        let requests = Family::<RequestLabels, Counter>::default();
-        registry.register(
-            "requests",
-            "Resolution requests by outcome and protocol",
-            requests.clone(),
-        );
-        let latency: Family<ProtocolLabel, Histogram> =
-            Family::new_with_constructor(latency_histogram);
-        registry.register(
-            "request_duration_seconds",
-            "Time from request head to response, by protocol",
-            latency.clone(),
-        );
-        let monitored = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "monitor_would_refuse",
-            "Monitor mode: requests resolved that enforce would refuse, by code",
-            monitored.clone(),
-        );
-        let spoof_attempts = Counter::default();
-        registry.register(
-            "spoof_attempts",
-            "Requests carrying MSISDN or X-Forwarded-For headers from an untrusted peer",
-            spoof_attempts.clone(),
-        );
-        let quic_moved_requests = Counter::default();
-        registry.register(
-            "quic_moved_requests",
-            "HTTP/3 requests that came after their connection moved to another address: off the MNO network, and the connection drained",
-            quic_moved_requests.clone(),
-        );
-        let associations_created = Counter::default();
-        registry.register(
-            "associations_created",
-            "Associations created",
-            associations_created.clone(),
-        );
-        let associations_superseded = Counter::default();
-        registry.register(
-            "associations_superseded",
-            "Associations revoked to keep a subscriber under the cap",
-            associations_superseded.clone(),
-        );
-        let associations_rebound = Counter::default();
-        registry.register(
-            "associations_rebound",
-            "Associations moved to another subscriber (policy rebind)",
-            associations_rebound.clone(),
-        );
-        let connections_refused = Family::<RefusedLabels, Counter>::default();
-        registry.register(
-            "connections_refused",
-            "New connections refused, dropped or failed before serving, by transport (tcp, quic) and reason",
-            connections_refused.clone(),
-        );
-        let connections_open = Family::<ProtocolLabel, Gauge>::default();
-        registry.register(
-            "connections_open",
-            "Open connections",
-            connections_open.clone(),
-        );
-        let quic_retries = Counter::default();
-        registry.register(
-            "quic_retries",
-            "QUIC Retry packets sent to validate a client address",
-            quic_retries.clone(),
-        );
-        let tarpitted = Counter::default();
-        registry.register(
-            "tarpitted",
-            "Requests without an association made to wait for the unauthenticated pace",
-            tarpitted.clone(),
-        );
-        let limiter_overflow = Family::<ReasonLabels, Counter>::default();
-        registry.register(
-            "limiter_overflow",
-            "Checks let through because a keyed limiter was full of active keys, by limit",
-            limiter_overflow.clone(),
-        );
-        let index_associations = Gauge::default();
-        registry.register(
-            "index_associations",
-            "Associations in the index",
-            index_associations.clone(),
-        );
-        let index_subscribers = Gauge::default();
-        registry.register(
-            "index_subscribers",
-            "Subscribers with at least one association",
-            index_subscribers.clone(),
-        );
-        let index_codes = Gauge::default();
-        registry.register("index_codes", "Registered codes", index_codes.clone());
-        let sessions = Gauge::default();
-        registry.register(
-            "sessions",
-            "Session bindings held (IP -> subscriber)",
-            sessions.clone(),
-        );
-        let last_seq = Gauge::<u64, AtomicU64>::default();
-        registry.register(
-            "log_last_sequence",
-            "Sequence number of the newest durable event",
-            last_seq.clone(),
-        );
-        let log_poisoned = Gauge::default();
-        registry.register(
-            "log_poisoned",
-            "1 once an event log write failed (disk error): writes are refused until a restart",
-            log_poisoned.clone(),
-        );
-        let cluster_connected = Gauge::default();
-        registry.register(
-            "cluster_connected",
-            "Cluster mode: 1 while this node is connected to NATS JetStream",
-            cluster_connected.clone(),
-        );
-        let cluster_conflicts = Counter::default();
-        registry.register(
-            "cluster_conflicts",
-            "Cluster mode: changes that lost a race to another node and were planned again",
-            cluster_conflicts.clone(),
-        );
-        let cluster_follower_stopped = Gauge::default();
-        registry.register(
-            "cluster_follower_stopped",
-            "Cluster mode: 1 once this node met a stream event it cannot apply and stopped following (readyz 503 says why)",
-            cluster_follower_stopped.clone(),
-        );
-        let runtime_lag = Family::<RuntimeLabel, Gauge<f64, AtomicU64>>::default();
-        registry.register(
-            "runtime_lag_seconds",
-            "Moving average of how late a runtime (main: TCP and admin; quic) polls a due task",
-            runtime_lag.clone(),
-        );
-        let overloaded = Family::<RuntimeLabel, Gauge>::default();
-        registry.register(
-            "overloaded",
-            "1 while a runtime's lag is over limits.overload_lag_ms: its listener takes on no new connections",
-            overloaded.clone(),
-        );
-        let shed = Counter::default();
-        registry.register(
-            "shed",
-            "Requests without an association answered 503 OVERLOADED: too many connections open",
-            shed.clone(),
-        );
-        let accept_pauses = Counter::default();
-        registry.register(
-            "accept_pauses",
-            "Pauses of the TCP accept loop, one lag probe period each, while overloaded",
-            accept_pauses.clone(),
-        );
-        let handshake_turns = Family::<QueueLabel, Counter>::default();
-        registry.register(
-            "handshake_turns",
-            "TLS connections queued for the handshake pace, by queue (new, returning)",
-            handshake_turns.clone(),
-        );
-        let abusive_connections = Family::<StepLabel, Counter>::default();
-        registry.register(
-            "abusive_connections",
-            "Connections on a run of refused requests, by what they earned: slowed (each next request waits), closed (and the source refused new connections for limits.penalty_secs)",
-            abusive_connections.clone(),
-        );
-        let radius_packets = Family::<RadiusLabels, Counter>::default();
-        registry.register(
-            "radius_packets",
-            "RADIUS accounting datagrams by outcome (applied, ignored: answered but unusable, duplicate: answered from the reply cache, dropped: unknown client, bad authenticator or not accounting, unanswered: max_bindings held) and reason",
-            radius_packets.clone(),
-        );
-        let federation = Family::<RadiusLabels, Counter>::default();
-        registry.register(
-            "federation",
-            "Federation (§9.3.2): forwarded to a peer CMP (outcome forwarded: resolved, not_found, busy, circuit_open, failed), answered to a peer (outcome answered, by result) peer connections taken (outcome connected) and refused (outcome refused: handshake, connections)",
-            federation.clone(),
-        );
-        Self {
-            registry,
-            requests,
-            latency,
-            monitored,
-            spoof_attempts,
-            quic_moved_requests,
-            associations_created,
-            associations_superseded,
-            associations_rebound,
-            connections_refused,
-            connections_open,
-            quic_retries,
-            tarpitted,
-            limiter_overflow,
-            index_associations,
-            index_subscribers,
-            index_codes,
-            sessions,
-            last_seq,
-            log_poisoned,
-            cluster_connected,
-            cluster_follower_stopped,
-            cluster_conflicts,
-            runtime_lag,
-            overloaded,
-            shed,
-            accept_pauses,
-            handshake_turns,
-            abusive_connections,
-            radius_packets,
-            federation,
-        }
-    }
-
     pub fn federation(&self, outcome: &'static str, reason: &'static str) {
         self.federation
             .get_or_create(&RadiusLabels { outcome, reason })
@@ -378,7 +232,7 @@ impl Metrics {
             .observe(seconds);
     }
 
-    pub fn refused_connection(&self, transport: super::admit::Transport, reason: &'static str) {
+    pub fn refused_connection(&self, transport: Transport, reason: &'static str) {
         self.connections_refused
             .get_or_create(&RefusedLabels {
                 transport: transport.as_str(),

@@ -64,6 +64,8 @@ pub struct App {
     pub limits: Limiters,
     /// Peer CMPs to forward to (`[federation]` peers).
     pub peers: Option<crate::federation::Peers>,
+    /// What the resolution rule applies ([`crate::core::admit`]).
+    pub rules: crate::core::Rules,
 }
 
 /// The keyed limits of `[limits]`, cheapest first.
@@ -160,21 +162,27 @@ impl Limiters {
 }
 
 impl App {
-    /// Paces requests without an association to `unauthenticated_per_sec`
-    /// (off the MNO network) or `first_scans_per_sec` (on it): waits for a
-    /// turn (holding no lock, costing no CPU), or answers `Overloaded` when
-    /// the turn is further than `tarpit_max` away.
-    /// A source (`source`, a per-address key) may have at most
-    /// `tarpit_per_source` requests waiting; more are refused at once.
-    pub async fn tarpit(&self, on_mno_network: bool, source: IpAddr) -> Result<(), Refusal> {
+    /// A turn in the tarpit for a request without an association: paced to
+    /// `unauthenticated_per_sec` (off the MNO network) or
+    /// `first_scans_per_sec` (on it). Returns how long to wait for the turn
+    /// (the caller waits, holding no lock, costing no CPU) and the
+    /// source's place among the waiters, to hold meanwhile: a source (a
+    /// per-address key) may have at most `tarpit_per_source` requests
+    /// waiting, more are refused at once; a turn further than `tarpit_max`
+    /// away is `Overloaded`.
+    pub fn tarpit_turn(
+        &self,
+        on_mno_network: bool,
+        source: IpAddr,
+    ) -> Result<(Duration, Option<limits::AddressSlot>), Refusal> {
         let pace = match on_mno_network {
             true => &self.limits.first_scans,
             false => &self.limits.unauthenticated,
         };
         let Some(pace) = pace else {
-            return Ok(());
+            return Ok((Duration::ZERO, None));
         };
-        let _waiting = match &self.limits.tarpit_sources {
+        let waiting = match &self.limits.tarpit_sources {
             Some(sources) => Some(sources.try_open(source).ok_or(Refusal::RateLimited {
                 retry_after_secs: 1,
             })?),
@@ -183,13 +191,7 @@ impl App {
         let wait = pace
             .reserve(self.config.limits.tarpit_max)
             .ok_or(Refusal::Overloaded)?;
-        if !wait.is_zero() {
-            self.metrics.tarpitted.inc();
-            // Boxed: only a request that waits pays for the timer, and the
-            // resolve future moved into every HTTP/2 stream stays small.
-            Box::pin(tokio::time::sleep(wait)).await;
-        }
-        Ok(())
+        Ok((wait, waiting))
     }
 
     /// Whether a request without an association should be shed now.
@@ -230,22 +232,19 @@ impl App {
                 self.metrics.limiter_overflow(limit);
                 Ok(())
             }
-            limits::Verdict::Limited(wait) => Err(Refusal::RateLimited {
-                retry_after_secs: wait.as_secs().max(1),
-            }),
+            limits::Verdict::Limited(wait) => Err(Refusal::rate_limited(wait)),
         }
     }
 
-    /// `Err(RateLimited)` when `subscriber` has created associations faster
-    /// than `auth.associations_per_minute`.
-    pub fn check_creation_rate(&self, subscriber: &SubscriberRef) -> Result<(), Refusal> {
-        self.creations.check_key(subscriber).map_err(|not_until| {
-            let wait =
-                not_until.wait_time_from(governor::clock::Clock::now(self.creations.clock()));
-            Refusal::RateLimited {
-                retry_after_secs: wait.as_secs().max(1),
-            }
-        })
+    /// Takes one creation from `subscriber`'s budget
+    /// (`auth.associations_per_minute`).
+    pub fn creation_budget(&self, subscriber: &SubscriberRef) -> limits::Verdict {
+        match self.creations.check_key(subscriber) {
+            Ok(()) => limits::Verdict::Allowed,
+            Err(not_until) => limits::Verdict::Limited(
+                not_until.wait_time_from(governor::clock::Clock::now(self.creations.clock())),
+            ),
+        }
     }
 }
 
@@ -583,6 +582,13 @@ impl App {
             open_connections: AtomicUsize::new(0),
             limits: Limiters::new(&config),
             peers,
+            rules: crate::core::Rules {
+                policy: config.policy.clone(),
+                mno: config.mno.clone(),
+                max_uri_bytes: config.limits.max_uri_bytes,
+                ipv6_prefix_len: config.limits.ipv6_prefix_len,
+                msisdn_header: config.msisdn_header.clone(),
+            },
             store,
             config,
         }

@@ -1,8 +1,9 @@
 //! `GET /mc/v1/resolve`: one handler for HTTP/1.1, HTTP/2 and HTTP/3.
 //!
-//! Carries out what the core decides: the index lookup, identity, the
-//! durable association, the code lookup. The wire form of every refusal is
-//! decided in [`super::error`], the single place that knows DESIGN §4's
+//! Carries out what the core's rule decides ([`core::admit`]): it looks up
+//! the facts the rule asks for, waits and counts as told, makes an
+//! association durable, looks the code up. The wire form of every refusal
+//! is decided in [`super::error`], the single place that knows DESIGN §4's
 //! table.
 
 use std::time::Instant;
@@ -11,12 +12,14 @@ use bytes::Bytes;
 use http::{HeaderMap, Response, StatusCode, Uri};
 use serde::Serialize;
 
+use std::time::Duration;
+
 use super::App;
 use super::error::{error_response, json_response, wire_error};
 use super::metrics::Protocol;
-use crate::core::{self, ClientView, Decision, Refusal};
+use crate::core::{self, ClientView, Refusal};
 use crate::store::{Associated, NewAssociation};
-use crate::wire::{ClientIdRef, IndirectCode, Query, QueryError};
+use crate::wire::{ClientIdRef, IndirectCode};
 
 pub const PATH: &str = "/mc/v1/resolve";
 
@@ -87,116 +90,183 @@ pub async fn handle(
     response
 }
 
-/// The whole resolution of one request, cheapest check first: limits,
-/// parse, index, identity, the core's decision, a durable association if it
-/// asks for one, then the code.
+/// The whole resolution of one request: the core's rule ([`core::admit`])
+/// decides, with the facts the server looks up ([`Lookups`]); this carries
+/// out what it returns: the wait, the counts, a durable association, the
+/// code (or a peer's answer), the answer.
 async fn run_resolution(
     app: &App,
     conn: ConnInfo,
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Result<Response<Bytes>, Refusal> {
-    // Cheapest first: the enrichment headers as the gateway wrote them,
-    // the address's rate, parse, clientid, index (and the clientid's
-    // rate), identity; codes only after.
-    let view = ClientView::from_headers(conn.origin, headers, &app.config.msisdn_header)?;
-    let limited = app
-        .limits
-        .source(core::limit_address(&app.config.mno, &view));
-    let verdict = app.limits.requests_per_address.check(&limited);
-    app.rate_verdict("requests_per_address", verdict)?;
-    let query =
-        Query::parse(uri.query().unwrap_or(""), app.config.limits.max_uri_bytes).map_err(|e| {
-            match e {
-                QueryError::TooLong => Refusal::RequestTooLarge,
-                QueryError::RepeatedCode => Refusal::InvalidCode(crate::wire::CodeError::Repeated),
-                QueryError::RepeatedClientId => {
-                    Refusal::InvalidClientId(crate::wire::ClientIdError::Repeated)
-                }
-            }
-        })?;
-    let code = IndirectCode::parse(&query.code).map_err(Refusal::InvalidCode)?;
-    // Parsed once, here: looked up as it is, copied only to associate.
-    let clientid = query.clientid.as_deref().map(ClientIdRef::parse);
-    let valid = clientid.clone().and_then(Result::ok);
-    let association = valid.and_then(|id| app.store.index().association(id.as_str()));
-    if let Some(a) = association {
-        let verdict = app.limits.requests_per_clientid.check(&a.seq);
-        app.rate_verdict("requests_per_clientid", verdict)?;
-    } else if app.shedding() {
-        app.metrics.shed.inc();
-        return Err(Refusal::Overloaded);
+    let request = core::Request {
+        origin: conn.origin,
+        headers,
+        query: uri.query().unwrap_or(""),
+    };
+    let mut parsed = None;
+    let mut lookups = Lookups {
+        app,
+        now_ms: super::now_ms(),
+        tarpit_slot: None,
+    };
+    let outcome = core::admit(&app.rules, request, &mut parsed, &mut lookups);
+    count(app, &outcome.tally);
+    if !outcome.wait.is_zero() {
+        // Boxed: only a request that waits pays for the timer, and the
+        // resolve future moved into every HTTP/2 stream stays small.
+        Box::pin(tokio::time::sleep(outcome.wait)).await;
     }
-    let now_ms = super::now_ms();
-    let identity = core::identify(&app.config.mno, &view, &app.sessions, &app.key, now_ms);
-    if identity.spoof_attempt {
-        app.metrics.spoof_attempts.inc();
-    }
-    if association.is_none() && app.config.policy.mode != crate::core::AuthMode::Off {
-        app.tarpit(identity.on_mno_network, limited).await?;
-    }
-    let permit = match core::decide(&app.config.policy, clientid.clone(), association, &identity) {
-        Decision::Resolve(permit) => permit,
-        Decision::Refuse(refusal) => return Err(refusal),
-        Decision::Monitored { would, permit } => {
-            app.metrics
-                .monitored
-                .get_or_create(&super::metrics::ReasonLabels {
-                    reason: wire_error(&would).1,
-                })
-                .inc();
-            permit
-        }
-        Decision::Associate {
+    drop(lookups.tarpit_slot.take());
+    let passed = outcome.verdict?;
+    let permit = match passed.then {
+        core::Admitted::Resolve(permit) => permit,
+        core::Admitted::Associate {
             subscriber,
             source,
             rebind,
         } => {
-            // The core decides Associate only for a present, valid clientid.
-            let id = valid.ok_or(Refusal::Unavailable)?.to_client_id();
-            app.check_creation_rate(&subscriber)?;
-            let new = NewAssociation {
-                clientid: id,
+            Box::pin(associate(
+                app,
+                &passed,
                 subscriber,
                 source,
-                client_addr: identity.client_addr,
-            };
-            let cap = app.config.max_clientids_per_subscriber;
-            let done = Box::pin(app.store.associate(new, rebind, cap, now_ms))
-                .await
-                .map_err(|e| {
-                    tracing::error!(error = %e, "association not stored");
-                    Refusal::Unavailable
-                })?;
-            match &done {
-                Associated::Created { superseded, .. } => {
-                    app.metrics.associations_created.inc();
-                    app.metrics
-                        .associations_superseded
-                        .inc_by(superseded.len() as u64);
-                }
-                Associated::Rebound { superseded, .. } => {
-                    app.metrics.associations_rebound.inc();
-                    app.metrics
-                        .associations_superseded
-                        .inc_by(superseded.len() as u64);
-                }
-                Associated::Existing(_) => {}
-            }
-            match (core::permit_after(&done), done) {
-                (Some(permit), _) => permit,
-                // Lost a race to a concurrent request: decide again on what stands.
-                (None, Associated::Existing(standing)) => {
-                    match core::decide(&app.config.policy, clientid, Some(standing), &identity) {
-                        Decision::Resolve(permit) => permit,
-                        Decision::Refuse(refusal) => return Err(refusal),
-                        _ => return Err(Refusal::Unavailable),
-                    }
-                }
-                (None, _) => return Err(Refusal::Unavailable),
-            }
+                rebind,
+                lookups.now_ms,
+            ))
+            .await?
         }
     };
+    answer(app, conn, headers, &passed.code, &permit).await
+}
+
+/// The facts [`core::admit`] asks for, from the server's index, limiters
+/// and session bindings.
+struct Lookups<'a> {
+    app: &'a App,
+    now_ms: u64,
+    /// The source's place among the tarpit's waiters, held while it waits.
+    tarpit_slot: Option<super::limits::AddressSlot>,
+}
+
+impl core::Facts for Lookups<'_> {
+    fn association(&mut self, clientid: &ClientIdRef<'_>) -> Option<core::model::Association> {
+        self.app.store.index().association(clientid.as_str())
+    }
+
+    fn address_budget(&mut self, source: std::net::IpAddr) -> core::Verdict {
+        self.app.limits.requests_per_address.check(&source)
+    }
+
+    fn clientid_budget(&mut self, association: &core::model::Association) -> core::Verdict {
+        self.app
+            .limits
+            .requests_per_clientid
+            .check(&association.seq)
+    }
+
+    fn creation_budget(&mut self, subscriber: &crate::wire::SubscriberRef) -> core::Verdict {
+        self.app.creation_budget(subscriber)
+    }
+
+    fn shedding(&mut self) -> bool {
+        self.app.shedding()
+    }
+
+    fn identity(&mut self, view: &ClientView<'_>) -> core::Identity {
+        let app = self.app;
+        core::identify(&app.config.mno, view, &app.sessions, &app.key, self.now_ms)
+    }
+
+    fn tarpit(
+        &mut self,
+        on_mno_network: bool,
+        source: std::net::IpAddr,
+    ) -> Result<Duration, Refusal> {
+        let (wait, slot) = self.app.tarpit_turn(on_mno_network, source)?;
+        self.tarpit_slot = slot;
+        Ok(wait)
+    }
+}
+
+/// Counts what the rule says to count of a request.
+fn count(app: &App, tally: &core::Tally) {
+    let m = &app.metrics;
+    if tally.spoof_attempt {
+        m.spoof_attempts.inc();
+    }
+    if tally.shed {
+        m.shed.inc();
+    }
+    if tally.tarpitted {
+        m.tarpitted.inc();
+    }
+    if let Some(limit) = tally.overflowed {
+        m.limiter_overflow(limit);
+    }
+    if let Some(would) = &tally.monitored {
+        let reason = wire_error(would).1;
+        m.monitored
+            .get_or_create(&super::metrics::ReasonLabels { reason })
+            .inc();
+    }
+}
+
+/// Makes the association the rule asked for durable, and the permit it
+/// earns; when a concurrent request's association stands instead, the
+/// core decides again on that one.
+async fn associate(
+    app: &App,
+    passed: &core::Passed<'_>,
+    subscriber: crate::wire::SubscriberRef,
+    source: core::model::IdentitySource,
+    rebind: bool,
+    now_ms: u64,
+) -> Result<core::Permit, Refusal> {
+    // The core asks to associate only a present, valid clientid.
+    let clientid = passed.clientid.ok_or(Refusal::Unavailable)?;
+    let new = NewAssociation {
+        clientid: clientid.to_client_id(),
+        subscriber,
+        source,
+        client_addr: passed.identity.client_addr,
+    };
+    let cap = app.config.max_clientids_per_subscriber;
+    let done = app
+        .store
+        .associate(new, rebind, cap, now_ms)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, "association not stored");
+            Refusal::Unavailable
+        })?;
+    let superseded = match &done {
+        Associated::Created { superseded, .. } => {
+            app.metrics.associations_created.inc();
+            superseded.len()
+        }
+        Associated::Rebound { superseded, .. } => {
+            app.metrics.associations_rebound.inc();
+            superseded.len()
+        }
+        Associated::Existing(_) => 0,
+    };
+    app.metrics
+        .associations_superseded
+        .inc_by(superseded as u64);
+    core::permit_for(&app.config.policy, clientid, &done, &passed.identity)
+}
+
+/// The answer for a permitted request: the code's target (here, or a
+/// peer's), counted; a redirect for a browser, the JSON of §4 otherwise.
+async fn answer(
+    app: &App,
+    conn: ConnInfo,
+    headers: &HeaderMap,
+    code: &IndirectCode,
+    permit: &core::Permit,
+) -> Result<Response<Bytes>, Refusal> {
     let index = app.store.index();
     let protocol = match conn.protocol {
         Protocol::Http1 => 0,
@@ -205,14 +275,14 @@ async fn run_resolution(
     };
     let first_scan = permit.association() == core::AssociationState::Created;
     let slot = crate::store::index::scan_slot(protocol, first_scan);
-    let resolution = core::resolve(&app.config.policy, &permit, &code, |code| {
+    let resolution = core::resolve(&app.config.policy, permit, code, |code| {
         index.code_scanned(code, slot)
     })?;
     let target = match resolution {
         core::Resolution::Local(target) => target,
         core::Resolution::Peer => {
             let peers = app.peers.as_ref().ok_or(Refusal::UnknownPrefix)?;
-            let (outcome, target) = Box::pin(peers.resolve(&permit, &code)).await;
+            let (outcome, target) = Box::pin(peers.resolve(permit, code)).await;
             app.metrics.federation("forwarded", outcome.label());
             target?
         }

@@ -110,33 +110,7 @@ impl Link {
     /// a prefix of it, starts following it and waits until this node has
     /// applied everything the stream held when it joined.
     pub async fn join(config: &ClusterConfig, store: &Store) -> Result<Arc<Self>, ClusterError> {
-        let unavailable = |what: &str, e: &dyn std::fmt::Display| {
-            ClusterError::Unavailable(format!("{what}: {e}"))
-        };
-        let mut options = async_nats::ConnectOptions::new()
-            .name(format!("homecmp-{}", config.node))
-            .retry_on_initial_connect()
-            .max_reconnects(None);
-        if let Some(path) = &config.nkey_seed_file {
-            let seed = std::fs::read_to_string(path)
-                .map_err(|e| unavailable(&format!("nkey_seed_file {}", path.display()), &e))?;
-            options = options.nkey(seed.trim().to_owned());
-        }
-        if let Some(path) = &config.credentials_file {
-            options = options
-                .credentials_file(path)
-                .await
-                .map_err(|e| unavailable("credentials_file", &e))?;
-        }
-        if let Some(path) = &config.tls_ca_file {
-            options = options
-                .add_root_certificates(path.clone())
-                .require_tls(true);
-        }
-        let client = options
-            .connect(config.nats_urls.clone())
-            .await
-            .map_err(|e| unavailable("connect", &e))?;
+        let client = connect(config).await?;
         let js = jetstream::new(client.clone());
         let mut stream = loop {
             // Right after a JetStream cluster forms it has no leader for a
@@ -345,6 +319,39 @@ impl Link {
     }
 }
 
+fn unavailable(what: &str, e: &dyn std::fmt::Display) -> ClusterError {
+    ClusterError::Unavailable(format!("{what}: {e}"))
+}
+
+/// The NATS connection of `[cluster]`: its credentials and TLS, retried
+/// for ever (a node waits for NATS rather than exiting).
+async fn connect(config: &ClusterConfig) -> Result<async_nats::Client, ClusterError> {
+    let mut options = async_nats::ConnectOptions::new()
+        .name(format!("homecmp-{}", config.node))
+        .retry_on_initial_connect()
+        .max_reconnects(None);
+    if let Some(path) = &config.nkey_seed_file {
+        let seed = std::fs::read_to_string(path)
+            .map_err(|e| unavailable(&format!("nkey_seed_file {}", path.display()), &e))?;
+        options = options.nkey(seed.trim().to_owned());
+    }
+    if let Some(path) = &config.credentials_file {
+        options = options
+            .credentials_file(path)
+            .await
+            .map_err(|e| unavailable("credentials_file", &e))?;
+    }
+    if let Some(path) = &config.tls_ca_file {
+        options = options
+            .add_root_certificates(path.clone())
+            .require_tls(true);
+    }
+    options
+        .connect(config.nats_urls.clone())
+        .await
+        .map_err(|e| unavailable("connect", &e))
+}
+
 /// Cluster mode relies on `Nats-Expected-Last-Subject-Sequence`, which
 /// nats-server checks reliably in a clustered stream from 2.11 on (2.9's
 /// leader-only pre-check let concurrent writes through; see the README).
@@ -488,55 +495,17 @@ async fn follow_from(
         .ready_chunks(FOLLOW_BATCH);
     let mut idle_checks = 0u32;
     loop {
-        // A consumer can stall without an error (its server died, say):
-        // idle while this node knows of later events, or while the stream
-        // has more, it is replaced.
         let batch = match tokio::time::timeout(STALL_CHECK, batches.next()).await {
             Ok(Some(batch)) => batch,
             Ok(None) => return Ok(()),
             Err(_) => {
-                let at = store.log().last_seq();
-                if acknowledged.load(Ordering::Relaxed) > at {
-                    return Err(FollowError::Retry(format!(
-                        "stalled at {at} behind this node's own writes"
-                    )));
-                }
                 idle_checks += 1;
-                if idle_checks.is_multiple_of(5) {
-                    let last = stream.get_info().await.map(|i| i.state.last_sequence);
-                    if last.as_ref().is_ok_and(|&last| last > at) {
-                        return Err(FollowError::Retry(format!(
-                            "stalled at {at}, the stream is at {}",
-                            last.unwrap_or(0)
-                        )));
-                    }
-                }
+                check_not_stalled(store, &stream, acknowledged, idle_checks).await?;
                 continue;
             }
         };
         idle_checks = 0;
-        let mut next = store.log().last_seq() + 1;
-        let mut records = Vec::with_capacity(batch.len());
-        for message in batch {
-            let message = message.map_err(|e| retry("message", &e))?;
-            let seq = message
-                .info()
-                .map_err(|e| retry("message info", &e))?
-                .stream_sequence;
-            if seq < next {
-                continue; // delivered again after a reconnect
-            }
-            if seq > next {
-                return Err(FollowError::Retry(format!(
-                    "gap: got {seq}, expected {next}"
-                )));
-            }
-            let record = decode_value(&message.payload).map_err(|e| {
-                FollowError::Fatal(format!("stream message {seq} is not an event: {e}"))
-            })?;
-            records.push(record);
-            next += 1;
-        }
+        let records = records_of(batch, store.log().last_seq() + 1)?;
         if records.is_empty() {
             continue;
         }
@@ -546,6 +515,66 @@ async fn follow_from(
             .map_err(|e| FollowError::Fatal(e.to_string()))?;
         applied.send_replace(last);
     }
+}
+
+/// A consumer can stall without an error (its server died, say): idle
+/// while this node knows of later events, or (every fifth idle check)
+/// while the stream has more, it is replaced.
+async fn check_not_stalled(
+    store: &Store,
+    stream: &stream::Stream,
+    acknowledged: &AtomicU64,
+    idle_checks: u32,
+) -> Result<(), FollowError> {
+    let at = store.log().last_seq();
+    if acknowledged.load(Ordering::Relaxed) > at {
+        return Err(FollowError::Retry(format!(
+            "stalled at {at} behind this node's own writes"
+        )));
+    }
+    if idle_checks.is_multiple_of(5) {
+        let last = stream.get_info().await.map(|i| i.state.last_sequence);
+        if let Ok(last) = last
+            && last > at
+        {
+            return Err(FollowError::Retry(format!(
+                "stalled at {at}, the stream is at {last}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The events of a batch of stream messages from sequence `next` on
+/// (messages delivered again after a reconnect are skipped). A gap starts
+/// a new consumer; a message that is not an event stops the follower.
+fn records_of<E: std::fmt::Display>(
+    batch: Vec<Result<jetstream::Message, E>>,
+    mut next: Seq,
+) -> Result<Vec<Record>, FollowError> {
+    let retry = |what: &str, e: &dyn std::fmt::Display| FollowError::Retry(format!("{what}: {e}"));
+    let mut records = Vec::with_capacity(batch.len());
+    for message in batch {
+        let message = message.map_err(|e| retry("message", &e))?;
+        let seq = message
+            .info()
+            .map_err(|e| retry("message info", &e))?
+            .stream_sequence;
+        if seq < next {
+            continue;
+        }
+        if seq > next {
+            return Err(FollowError::Retry(format!(
+                "gap: got {seq}, expected {next}"
+            )));
+        }
+        let record = decode_value(&message.payload).map_err(|e| {
+            FollowError::Fatal(format!("stream message {seq} is not an event: {e}"))
+        })?;
+        records.push(record);
+        next += 1;
+    }
+    Ok(records)
 }
 
 /// 24 hex digits of SHA-256: a subject token for any key, the same on

@@ -368,19 +368,16 @@ impl Store {
         event: Event,
         now_ms: u64,
     ) -> Result<Seq, StoreError> {
-        for _ in 0..cluster::ATTEMPTS {
-            let last = link.catch_up_on(subject).await?;
-            let publish = vec![Publish::new(
+        self.replicate(link, subject, Locks::None, |last, _| Planned::Publish {
+            events: vec![Publish::new(
                 subject.to_owned(),
                 last,
                 now_ms,
                 event.clone(),
-            )];
-            if let Some(seq) = publish_planned(link, publish, Vec::new()).await? {
-                return Ok(seq);
-            }
-        }
-        Err(lost_every_race())
+            )],
+            answer: Box::new(|seq| seq),
+        })
+        .await
     }
 
     /// Registers many codes in one durable append: all of them or none.
@@ -540,22 +537,24 @@ impl Store {
         now_ms: u64,
     ) -> Result<Associated, StoreError> {
         let subject = link.clientid_subject(new.clientid.as_str());
-        for _ in 0..cluster::ATTEMPTS {
-            let last = link.catch_up_on(&subject).await?;
-            let (guards, current) = self
-                .lock_with_owner(new.clientid.as_str(), Some(&new.subscriber))
-                .await;
+        let locks = Locks::Owner {
+            clientid: new.clientid.as_str(),
+            subscriber: Some(&new.subscriber),
+        };
+        self.replicate(link, &subject, locks, |last, current| {
             let held = self.index().clientids_of(&new.subscriber);
             let (events, superseded, rebound_from) =
                 match plan_association(current, &held, &new, rebind, cap) {
-                    Plan::Existing(standing) => return Ok(Associated::Existing(standing)),
+                    Plan::Existing(standing) => {
+                        return Planned::Answer(Associated::Existing(standing));
+                    }
                     Plan::Write {
                         events,
                         superseded,
                         rebound_from,
                     } => (events, superseded, rebound_from),
                 };
-            let publishes = events
+            let events = events
                 .into_iter()
                 .map(|event| {
                     let id = event.clientid().unwrap_or_default();
@@ -572,19 +571,20 @@ impl Store {
                     Publish::new(subject, expected, now_ms, event)
                 })
                 .collect();
-            let Some(seq) = publish_planned(link, publishes, guards).await? else {
-                continue;
-            };
-            return Ok(match rebound_from {
+            let answer = move |seq| match rebound_from {
                 None => Associated::Created { seq, superseded },
                 Some(from) => Associated::Rebound {
                     seq,
                     from,
                     superseded,
                 },
-            });
-        }
-        Err(lost_every_race())
+            };
+            Planned::Publish {
+                events,
+                answer: Box::new(answer),
+            }
+        })
+        .await
     }
 
     async fn revoke_replicated(
@@ -596,18 +596,20 @@ impl Store {
         now_ms: u64,
     ) -> Result<Option<Association>, StoreError> {
         let subject = link.clientid_subject(clientid.as_str());
-        for _ in 0..cluster::ATTEMPTS {
-            let last = link.catch_up_on(&subject).await?;
-            let (guards, current) = self.lock_with_owner(clientid.as_str(), None).await;
+        let locks = Locks::Owner {
+            clientid: clientid.as_str(),
+            subscriber: None,
+        };
+        self.replicate(link, &subject, locks, |last, current| {
             let Some((current, event)) = revocation(clientid, current, owner, reason) else {
-                return Ok(None);
+                return Planned::Answer(None);
             };
-            let publish = vec![Publish::new(subject.clone(), last, now_ms, event)];
-            if publish_planned(link, publish, guards).await?.is_some() {
-                return Ok(Some(current));
+            Planned::Publish {
+                events: vec![Publish::new(subject.clone(), last, now_ms, event)],
+                answer: Box::new(move |_| Some(current)),
             }
-        }
-        Err(lost_every_race())
+        })
+        .await
     }
 
     /// A code registration or removal in cluster mode; `None`: a removal of
@@ -620,15 +622,48 @@ impl Store {
         now_ms: u64,
     ) -> Result<Option<Seq>, StoreError> {
         let subject = link.code_subject(code.as_str());
-        for _ in 0..cluster::ATTEMPTS {
-            let last = link.catch_up_on(&subject).await?;
-            let guards = self.lock(&[self.stripe(code.as_str())]).await;
+        let locks = Locks::Code(code.as_str());
+        self.replicate(link, &subject, locks, |last, _| {
             if matches!(event, Event::CodeRemoved { .. }) && self.index().code(code).is_none() {
-                return Ok(None);
+                return Planned::Answer(None);
             }
-            let publish = vec![Publish::new(subject.clone(), last, now_ms, event.clone())];
-            if let Some(seq) = publish_planned(link, publish, guards).await? {
-                return Ok(Some(seq));
+            Planned::Publish {
+                events: vec![Publish::new(subject.clone(), last, now_ms, event.clone())],
+                answer: Box::new(Some),
+            }
+        })
+        .await
+    }
+
+    /// Cluster mode's one loop (first writer wins, see [`cluster`]):
+    /// catches up on `subject`, takes `locks`, plans on what this node holds
+    /// then (`plan` is given the subject's last sequence, which the
+    /// publishes expect, and the clientid's association under
+    /// [`Locks::Owner`]), publishes; a race lost to another node is planned
+    /// again, at most `cluster::ATTEMPTS` times.
+    async fn replicate<T>(
+        &self,
+        link: &Arc<Link>,
+        subject: &str,
+        locks: Locks<'_>,
+        mut plan: impl FnMut(Seq, Option<Association>) -> Planned<T>,
+    ) -> Result<T, StoreError> {
+        for _ in 0..cluster::ATTEMPTS {
+            let last = link.catch_up_on(subject).await?;
+            let (guards, current) = match &locks {
+                Locks::Owner {
+                    clientid,
+                    subscriber,
+                } => self.lock_with_owner(clientid, *subscriber).await,
+                Locks::Code(code) => (self.lock(&[self.stripe(*code)]).await, None),
+                Locks::None => (Vec::new(), None),
+            };
+            let (events, answer) = match plan(last, current) {
+                Planned::Answer(answer) => return Ok(answer),
+                Planned::Publish { events, answer } => (events, answer),
+            };
+            if let Some(seq) = publish_planned(link, events, guards).await? {
+                return Ok(answer(seq));
             }
         }
         Err(lost_every_race())
@@ -667,6 +702,29 @@ fn revocation(
         reason,
     };
     Some((current, event))
+}
+
+/// What one attempt of a replicated change planned.
+enum Planned<T> {
+    /// Nothing to publish: this is the answer.
+    Answer(T),
+    /// Publish `events`; the answer is made from the sequence of the last.
+    Publish {
+        events: Vec<Publish>,
+        answer: Box<dyn FnOnce(Seq) -> T + Send>,
+    },
+}
+
+/// The stripes a replicated change is planned under.
+enum Locks<'a> {
+    /// A clientid's, its new subscriber's (if any) and its owner's
+    /// ([`Store::lock_with_owner`]): the plan sees what it holds now.
+    Owner {
+        clientid: &'a str,
+        subscriber: Option<&'a SubscriberRef>,
+    },
+    Code(&'a str),
+    None,
 }
 
 /// Publishes a planned change (see [`Link::publish_all`]) and then lets go

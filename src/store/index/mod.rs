@@ -289,93 +289,121 @@ impl Index {
                 clientid,
                 subscriber,
                 ..
-            } => {
-                ClientId::parse(clientid).map_err(|e| fail(e.to_string()))?;
-                let key = ClientKey::of(clientid);
-                if self.associations.get(&key).is_some() {
-                    return Err(fail(match self.known_key(clientid) {
-                        Some(_) => format!("clientid {clientid} is already associated"),
-                        None => format!("clientid {clientid} collides with another"),
-                    }));
-                }
-                self.add(key, seq, subscriber)
-                    .map_err(|e| fail(e.to_string()))?;
-                if !key.is_uuid() {
-                    self.names.insert(key, clientid.as_str().into());
-                }
-            }
+            } => self.create(seq, clientid, subscriber),
             Event::AssociationRevoked {
                 clientid,
                 subscriber,
                 ..
-            } => {
-                let (key, held) = self.expect_owner(clientid, subscriber).map_err(fail)?;
-                self.unlink(&held);
-                self.associations.remove(&key);
-                self.names.remove(&key);
-                self.forget_if_empty(held.subscriber);
-            }
+            } => self.revoke(clientid, subscriber),
             Event::AssociationRebound {
                 clientid, from, to, ..
-            } => {
-                let (key, held) = self.expect_owner(clientid, from).map_err(fail)?;
-                let to = self.holder(to).map_err(|e| fail(e.to_string()))?;
-                self.unlink(&held);
-                let slot = self
-                    .associations
-                    .get(&key)
-                    .map(|(slot, _)| slot)
-                    .expect("checked above");
-                self.associations.update(slot, |entry| {
-                    *entry = Held {
-                        seq,
-                        subscriber: to,
-                        next: NONE,
-                        ..*entry
-                    }
-                });
-                self.append(to, slot);
-                self.forget_if_empty(held.subscriber);
-            }
-            Event::CodeRegistered { code, target } => {
-                let code = IndirectCode::parse(code).map_err(|e| fail(e.to_string()))?;
-                // A new target keeps the code's counts.
-                match self.codes.get_mut(code.as_str()) {
-                    Some(mut held) => {
-                        held.entry.target = target.as_str().into();
-                        held.entry.seq = seq;
-                    }
-                    None => {
-                        let entry = CodeEntry {
-                            target: target.as_str().into(),
-                            seq,
-                            scans: [0; SCAN_SLOTS],
-                        };
-                        self.codes
-                            .insert(code.as_str().into(), CodeSlot::new(entry));
-                    }
-                }
-            }
+            } => self.rebind(seq, clientid, from, to),
+            Event::CodeRegistered { code, target } => self.register(seq, code, target),
             Event::ScansCounted { codes } => {
-                // Counts of a code removed since are of no code any more.
-                for count in codes {
-                    if let Some(mut held) = self.codes.get_mut(count.code.as_str()) {
-                        for (total, add) in held.entry.scans.iter_mut().zip(count.slots()) {
-                            *total = total.saturating_add(add);
-                        }
-                    }
-                }
+                self.count_scans(codes);
+                Ok(())
             }
-            Event::CodeRemoved { code } => {
-                if self.codes.remove(code.as_str()).is_none() {
-                    return Err(fail(format!("code {code} is not registered")));
-                }
-            }
+            Event::CodeRemoved { code } => match self.codes.remove(code.as_str()) {
+                Some(_) => Ok(()),
+                None => Err(format!("code {code} is not registered")),
+            },
             // History removed without changing the state: nothing to do.
-            Event::Redacted { .. } => {}
+            Event::Redacted { .. } => Ok(()),
         }
+        .map_err(fail)?;
         self.last_seq.fetch_max(seq, Ordering::AcqRel);
         Ok(())
+    }
+
+    /// `AssociationCreated`: a clientid that has none gets `subscriber`.
+    fn create(&self, seq: Seq, clientid: &str, subscriber: &SubscriberRef) -> Result<(), String> {
+        ClientId::parse(clientid).map_err(|e| e.to_string())?;
+        let key = ClientKey::of(clientid);
+        if self.associations.get(&key).is_some() {
+            return Err(match self.known_key(clientid) {
+                Some(_) => format!("clientid {clientid} is already associated"),
+                None => format!("clientid {clientid} collides with another"),
+            });
+        }
+        self.add(key, seq, subscriber).map_err(|e| e.to_string())?;
+        if !key.is_uuid() {
+            self.names.insert(key, clientid.into());
+        }
+        Ok(())
+    }
+
+    /// `AssociationRevoked`: the clientid, held by `subscriber`, has none.
+    fn revoke(&self, clientid: &str, subscriber: &SubscriberRef) -> Result<(), String> {
+        let (key, held) = self.expect_owner(clientid, subscriber)?;
+        self.unlink(&held);
+        self.associations.remove(&key);
+        self.names.remove(&key);
+        self.forget_if_empty(held.subscriber);
+        Ok(())
+    }
+
+    /// `AssociationRebound`: the clientid moves from `from` to `to`, last
+    /// in `to`'s list.
+    fn rebind(
+        &self,
+        seq: Seq,
+        clientid: &str,
+        from: &SubscriberRef,
+        to: &SubscriberRef,
+    ) -> Result<(), String> {
+        let (key, held) = self.expect_owner(clientid, from)?;
+        let to = self.holder(to).map_err(|e| e.to_string())?;
+        self.unlink(&held);
+        let slot = self
+            .associations
+            .get(&key)
+            .map(|(slot, _)| slot)
+            .expect("checked above");
+        self.associations.update(slot, |entry| {
+            *entry = Held {
+                seq,
+                subscriber: to,
+                next: NONE,
+                ..*entry
+            }
+        });
+        self.append(to, slot);
+        self.forget_if_empty(held.subscriber);
+        Ok(())
+    }
+
+    /// `CodeRegistered`: a new code, or a new target (which keeps the
+    /// code's counts).
+    fn register(&self, seq: Seq, code: &str, target: &str) -> Result<(), String> {
+        let code = IndirectCode::parse(code).map_err(|e| e.to_string())?;
+        match self.codes.get_mut(code.as_str()) {
+            Some(mut held) => {
+                held.entry.target = target.into();
+                held.entry.seq = seq;
+            }
+            None => {
+                let entry = CodeEntry {
+                    target: target.into(),
+                    seq,
+                    scans: [0; SCAN_SLOTS],
+                };
+                self.codes
+                    .insert(code.as_str().into(), CodeSlot::new(entry));
+            }
+        }
+        Ok(())
+    }
+
+    /// `ScansCounted`: adds to each code's written counts (counts of a code
+    /// removed since are of no code any more).
+    fn count_scans(&self, codes: &[crate::core::model::ScanCount]) {
+        for count in codes {
+            if let Some(mut held) = self.codes.get_mut(count.code.as_str()) {
+                for (total, add) in held.entry.scans.iter_mut().zip(count.slots()) {
+                    *total = total.saturating_add(add);
+                }
+            }
+        }
     }
 
     fn lock_changes(&self) -> MutexGuard<'_, ()> {
