@@ -6,7 +6,7 @@ use std::path::Path;
 use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 
-use crate::Error;
+use crate::error::Error;
 use crate::report::{Point, Report};
 
 const WARMUP: RGBColor = RGBColor(140, 140, 140);

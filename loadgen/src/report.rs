@@ -9,9 +9,10 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::Error;
 use crate::classes::Class;
 use crate::cpu::CpuTimes;
+use crate::error::{EXIT_CANNOT_RUN, Error};
+use crate::files;
 use crate::stats::{Collected, Example, Tally};
 
 pub const FORMAT_VERSION: u32 = 1;
@@ -21,7 +22,7 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_CORRECTNESS: u8 = 1;
 pub const EXIT_SECURITY: u8 = 2;
 /// Nothing was answered at all: no verdict can be given.
-pub const EXIT_NO_ANSWERS: u8 = crate::EXIT_CANNOT_RUN;
+pub const EXIT_NO_ANSWERS: u8 = EXIT_CANNOT_RUN;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -309,11 +310,7 @@ pub fn build(collected: Collected, mut context: Context) -> Report {
 
 impl Report {
     pub fn write_json(&self, path: &Path) -> Result<(), Error> {
-        let text = serde_json::to_string_pretty(self).expect("the report serialises");
-        std::fs::write(path, text + "\n").map_err(|source| Error::Io {
-            path: path.to_owned(),
-            source,
-        })
+        files::write_json(path, self)
     }
 
     /// The table and summary, for a terminal.
