@@ -10,7 +10,7 @@ use std::str::FromStr;
 use http::{HeaderName, HeaderValue};
 
 use crate::client::Request;
-use crate::data::Setup;
+use crate::data::{Setup, Subscriber};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Class {
@@ -451,6 +451,24 @@ pub fn query(code: &str, clientid: Option<&str>) -> String {
         Some(id) => format!("{RESOLVE_PATH}?code={code}&clientid={id}"),
         None => format!("{RESOLVE_PATH}?code={code}"),
     }
+}
+
+/// The enrichment a trusted gateway adds for `subscriber` (and a spoofer
+/// forges): its MSISDN under the server's MSISDN header, `header`.
+pub fn msisdn_enrichment(
+    header: &HeaderName,
+    subscriber: &Subscriber,
+) -> (HeaderName, HeaderValue) {
+    let msisdn =
+        HeaderValue::from_str(&subscriber.msisdn).expect("an MSISDN is a valid header value");
+    (header.clone(), msisdn)
+}
+
+/// `X-Forwarded-For` naming `subscriber`'s MNO address.
+pub fn forwarded_for(subscriber: &Subscriber) -> (HeaderName, HeaderValue) {
+    let address = HeaderValue::from_str(&subscriber.ip.to_string())
+        .expect("an address is a valid header value");
+    (HeaderName::from_static("x-forwarded-for"), address)
 }
 
 /// SplitMix64: fast, seeded, good enough to mix traffic (not for secrets).

@@ -250,11 +250,19 @@ async fn request_task(shared: Arc<Shared>, lane: usize, side: Option<Via>, j: u6
 const BATCH: usize = 64;
 const BATCH_PERIOD: Duration = Duration::from_millis(50);
 
+impl LaneSet {
+    fn lane(&self, via: Via) -> &Lane {
+        match via {
+            Via::Wifi => &self.wifi,
+            Via::Mno => &self.mno,
+        }
+    }
+}
+
 impl Shared {
     fn source(&self, set: &LaneSet, planned: &Planned, home: usize) -> IpAddr {
         match (planned.via, self.plan.keepalive) {
-            (Via::Wifi, true) => set.wifi.source,
-            (Via::Mno, true) => set.mno.source,
+            (via, true) => set.lane(via).source,
             (Via::Wifi, false) => {
                 let n = self.next_source.fetch_add(1, Ordering::Relaxed);
                 self.plan.wifi_sources[n % self.plan.wifi_sources.len()]
@@ -271,14 +279,7 @@ impl Shared {
         source: IpAddr,
     ) -> Result<Answer, Failure> {
         if self.plan.keepalive {
-            let lane = match planned.via {
-                Via::Wifi => &set.wifi,
-                Via::Mno => &set.mno,
-            };
-            let mut conn = lane.acquire(client).await?;
-            let result = client.send(&mut conn, &planned.request).await;
-            lane.release(conn).await;
-            result
+            set.lane(planned.via).send(client, &planned.request).await
         } else {
             let mut conn = Box::pin(client.connect(source)).await?;
             let result = client.send(&mut conn, &planned.request).await;
