@@ -1,7 +1,9 @@
 //! Traffic classes: what each sends and the answer DESIGN §4 prescribes for it.
 //!
 //! Pure: builds request plans from the setup and a random number generator,
-//! and judges answers. No I/O, so every row is unit-tested.
+//! and judges answers. No I/O, so every row is unit-tested. The headers a
+//! trusted gateway adds are built here too: the spoofing classes forge
+//! them, and the setup sends them through a gateway that is trusted.
 
 use std::borrow::Cow;
 use std::fmt;

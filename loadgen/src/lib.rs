@@ -73,7 +73,7 @@ pub async fn run(args: Args) -> Result<RunOutcome, Error> {
     })?;
     let setup = prepare_setup(&args, &target, &ca, &msisdn_header).await?;
     if args.setup_only {
-        println!("{}", setup_summary(&args, &setup));
+        println!("{}", setup_summary(&setup, args.save_setup.as_deref()));
         return Ok(RunOutcome {
             exit_code: report::EXIT_OK,
             report: None,
@@ -144,15 +144,14 @@ async fn prepare_setup(
     Ok(setup)
 }
 
-fn setup_summary(args: &Args, setup: &Setup) -> String {
+/// What a setup holds, and where it was saved if it was.
+fn setup_summary(setup: &Setup, saved_to: Option<&std::path::Path>) -> String {
     format!(
         "setup: {} codes, {} subscribers, {} associated clientids{}",
         setup.codes.len(),
         setup.subscribers.len(),
         setup.clientid_count(),
-        args.save_setup
-            .as_ref()
-            .map_or(String::new(), |p| format!(", saved to {}", p.display()))
+        saved_to.map_or(String::new(), |p| format!(", saved to {}", p.display()))
     )
 }
 
@@ -326,12 +325,7 @@ async fn create_setup(
     let setup = setup?;
     setup::verify(&setup, admin).await?;
     if !args.quiet {
-        eprintln!(
-            "setup: {} codes, {} subscribers, {} associated clientids",
-            setup.codes.len(),
-            setup.subscribers.len(),
-            setup.clientid_count()
-        );
+        eprintln!("{}", setup_summary(&setup, None));
     }
     Ok(setup)
 }
