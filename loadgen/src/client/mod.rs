@@ -195,7 +195,7 @@ impl Lane {
 
     /// A connection to send on: shared (HTTP/2, HTTP/3) or taken (HTTP/1.1;
     /// give it back with [`Lane::release`]).
-    pub async fn acquire(&self, client: &Client) -> Result<Conn, Failure> {
+    async fn acquire(&self, client: &Client) -> Result<Conn, Failure> {
         let mut held = self.conn.lock().await;
         let conn = match held.take().filter(Conn::is_open) {
             Some(conn) => conn,
@@ -222,7 +222,7 @@ impl Lane {
     }
 
     /// Returns a taken HTTP/1.1 connection if it can carry another request.
-    pub async fn release(&self, conn: Conn) {
+    async fn release(&self, conn: Conn) {
         if matches!(conn, Conn::H1(_)) && conn.is_open() {
             *self.conn.lock().await = Some(conn);
         }
