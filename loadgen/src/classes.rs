@@ -1,7 +1,9 @@
 //! Traffic classes: what each sends and the answer DESIGN §4 prescribes for it.
 //!
 //! Pure: builds request plans from the setup and a random number generator,
-//! and judges answers. No I/O, so every row is unit-tested.
+//! and judges answers. No I/O, so every row is unit-tested. The headers a
+//! trusted gateway adds are built here too: the spoofing classes forge
+//! them, and the setup sends them through a gateway that is trusted.
 
 use std::borrow::Cow;
 use std::fmt;
@@ -10,7 +12,7 @@ use std::str::FromStr;
 use http::{HeaderName, HeaderValue};
 
 use crate::client::Request;
-use crate::data::Setup;
+use crate::data::{Setup, Subscriber};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Class {
@@ -352,6 +354,7 @@ impl Planner {
         self.plan_class(class, rng, home, side)
     }
 
+    /// A request of `class`; `home` and `side` as for [`Planner::plan`].
     pub fn plan_class(
         &self,
         class: Class,
@@ -359,90 +362,128 @@ impl Planner {
         home: usize,
         side: Option<Via>,
     ) -> Planned {
-        let setup = &self.setup;
-        let code = &setup.codes[rng.below(setup.codes.len() as u64) as usize];
-        let mut headers = Vec::new();
-        let mut via = Via::Wifi;
-        let mut expect = class.expected()[0];
-        let path = match class {
+        let code = rng.choose(&self.setup.codes).as_str();
+        match class {
             // Half from WiFi with any associated clientid, half on-net: a
             // clientid of `home` from home's own (session-bound) address.
             Class::Legit if side.map_or_else(|| rng.below(2) == 0, |side| side == Via::Wifi) => {
-                let (s, i) = self.associated[rng.below(self.associated.len() as u64) as usize];
-                let clientid = &setup.subscribers[s as usize].clientids[i as usize];
-                query(code, Some(clientid))
+                let clientid = self.any_associated(rng);
+                Planned::new(class, query(code, Some(clientid)))
             }
             Class::Legit => {
-                via = Via::Mno;
-                let own = &setup.subscribers[home % setup.subscribers.len()];
-                let clientid = &own.clientids[rng.below(own.clientids.len() as u64) as usize];
-                query(code, Some(clientid))
+                let clientid = rng.choose(&self.subscriber(home).clientids);
+                Planned::new(class, query(code, Some(clientid))).via(Via::Mno)
             }
-            Class::NoClientid => query(code, None),
+            Class::NoClientid => Planned::new(class, query(code, None)),
             Class::UnknownClientid => {
-                query(code, Some(&format!("unknown-{:016x}", rng.next_u64())))
+                Planned::new(class, query(code, Some(&random_id("unknown", rng))))
             }
-            Class::Malformed => {
-                let kind = rng.below(MALFORMED.len() as u64) as usize;
-                expect = MALFORMED[kind];
-                let clientid = format!("bad-{:016x}", rng.next_u64());
-                match kind {
-                    0 => query("zz-not-a-code", Some(&clientid)),
-                    1 => format!("{RESOLVE_PATH}?code={code}&clientid=bad%20clientid"),
-                    _ => format!(
-                        "{}&pad={}",
-                        query(code, Some(&clientid)),
-                        "a".repeat(OVERSIZED_PADDING)
-                    ),
-                }
-            }
+            Class::Malformed => malformed(rng, code),
             Class::SpoofedMsisdn => {
-                let victim = &setup.subscribers[rng.below(setup.subscribers.len() as u64) as usize];
-                headers.push((
-                    self.msisdn_header.clone(),
-                    HeaderValue::from_str(&victim.msisdn).expect("MSISDN is a valid header value"),
-                ));
-                query(code, Some(&format!("spoof-{:016x}", rng.next_u64())))
+                let victim = rng.choose(&self.setup.subscribers);
+                let enrichment = msisdn_enrichment(&self.msisdn_header, victim);
+                Planned::new(class, query(code, Some(&random_id("spoof", rng))))
+                    .with_header(enrichment)
             }
             Class::SpoofedForwarded => {
-                let victim = &setup.subscribers[rng.below(setup.subscribers.len() as u64) as usize];
-                headers.push((
-                    HeaderName::from_static("x-forwarded-for"),
-                    HeaderValue::from_str(&victim.ip.to_string())
-                        .expect("an address is a valid header value"),
-                ));
-                query(code, Some(&format!("spoof-{:016x}", rng.next_u64())))
+                let victim = rng.choose(&self.setup.subscribers);
+                Planned::new(class, query(code, Some(&random_id("spoof", rng))))
+                    .with_header(forwarded_for(victim))
             }
             Class::Mismatch => {
-                via = Via::Mno;
-                let subscribers = setup.subscribers.len();
-                // Another subscriber than `home` (the run checks there are two): a stolen clientid.
-                let others = subscribers.saturating_sub(1).max(1) as u64;
-                let other = (home % subscribers + 1 + rng.below(others) as usize) % subscribers;
-                let owner = &setup.subscribers[other];
-                let clientid = &owner.clientids[rng.below(owner.clientids.len() as u64) as usize];
-                query(code, Some(clientid))
+                let clientid = self.stolen_clientid(rng, home);
+                Planned::new(class, query(code, Some(clientid))).via(Via::Mno)
             }
-            Class::FirstScanWifi => {
-                let (a, b) = (rng.next_u64(), rng.next_u64());
-                let uuid = format!(
-                    "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
-                    a >> 32,
-                    (a >> 16) & 0xffff,
-                    a & 0xfff,
-                    b >> 52,
-                    b & 0xffff_ffff_ffff
-                );
-                query(code, Some(&uuid))
-            }
-        };
-        Planned {
-            class,
-            request: Request { path, headers },
-            via,
-            expect,
+            Class::FirstScanWifi => Planned::new(class, query(code, Some(&random_uuid(rng)))),
         }
     }
+
+    /// Subscriber `home` (wrapped around the setup's subscribers).
+    fn subscriber(&self, home: usize) -> &Subscriber {
+        &self.setup.subscribers[home % self.setup.subscribers.len()]
+    }
+
+    /// Any associated clientid of any subscriber, each equally likely.
+    fn any_associated(&self, rng: &mut Rng) -> &str {
+        let (s, i) = *rng.choose(&self.associated);
+        &self.setup.subscribers[s as usize].clientids[i as usize]
+    }
+
+    /// A clientid of another subscriber than `home` (the run checks there
+    /// are two): sent from home's address, it is stolen.
+    fn stolen_clientid(&self, rng: &mut Rng, home: usize) -> &str {
+        let subscribers = self.setup.subscribers.len();
+        let others = subscribers.saturating_sub(1).max(1) as u64;
+        let other = (home % subscribers + 1 + rng.below(others) as usize) % subscribers;
+        rng.choose(&self.setup.subscribers[other].clientids)
+            .as_str()
+    }
+}
+
+impl Planned {
+    /// A request of `class` from WiFi, without extra headers, that expects
+    /// the class's first prescribed answer.
+    fn new(class: Class, path: String) -> Self {
+        Self {
+            class,
+            request: Request {
+                path,
+                headers: Vec::new(),
+            },
+            via: Via::Wifi,
+            expect: class.expected()[0],
+        }
+    }
+
+    fn via(mut self, via: Via) -> Self {
+        self.via = via;
+        self
+    }
+
+    fn with_header(mut self, header: (HeaderName, HeaderValue)) -> Self {
+        self.request.headers.push(header);
+        self
+    }
+
+    fn expecting(mut self, expect: Expect) -> Self {
+        self.expect = expect;
+        self
+    }
+}
+
+/// A request with one of the defects of [`MALFORMED`], drawn: a code that
+/// does not parse, a clientid with a space, a query over the size limit.
+fn malformed(rng: &mut Rng, code: &str) -> Planned {
+    let kind = rng.below(MALFORMED.len() as u64) as usize;
+    let clientid = random_id("bad", rng);
+    let path = match kind {
+        0 => query("zz-not-a-code", Some(&clientid)),
+        1 => format!("{RESOLVE_PATH}?code={code}&clientid=bad%20clientid"),
+        _ => format!(
+            "{}&pad={}",
+            query(code, Some(&clientid)),
+            "a".repeat(OVERSIZED_PADDING)
+        ),
+    };
+    Planned::new(Class::Malformed, path).expecting(MALFORMED[kind])
+}
+
+/// A clientid never associated: `kind` and 16 random hex digits.
+fn random_id(kind: &str, rng: &mut Rng) -> String {
+    format!("{kind}-{:016x}", rng.next_u64())
+}
+
+/// A random (version 4) UUID, as a new installation makes its clientid.
+fn random_uuid(rng: &mut Rng) -> String {
+    let (a, b) = (rng.next_u64(), rng.next_u64());
+    format!(
+        "{:08x}-{:04x}-4{:03x}-8{:03x}-{:012x}",
+        a >> 32,
+        (a >> 16) & 0xffff,
+        a & 0xfff,
+        b >> 52,
+        b & 0xffff_ffff_ffff
+    )
 }
 
 /// The resolve path with `code` and, if given, `clientid` (both URL-safe by construction).
@@ -451,6 +492,24 @@ pub fn query(code: &str, clientid: Option<&str>) -> String {
         Some(id) => format!("{RESOLVE_PATH}?code={code}&clientid={id}"),
         None => format!("{RESOLVE_PATH}?code={code}"),
     }
+}
+
+/// The enrichment a trusted gateway adds for `subscriber` (and a spoofer
+/// forges): its MSISDN under the server's MSISDN header, `header`.
+pub fn msisdn_enrichment(
+    header: &HeaderName,
+    subscriber: &Subscriber,
+) -> (HeaderName, HeaderValue) {
+    let msisdn =
+        HeaderValue::from_str(&subscriber.msisdn).expect("an MSISDN is a valid header value");
+    (header.clone(), msisdn)
+}
+
+/// `X-Forwarded-For` naming `subscriber`'s MNO address.
+pub fn forwarded_for(subscriber: &Subscriber) -> (HeaderName, HeaderValue) {
+    let address = HeaderValue::from_str(&subscriber.ip.to_string())
+        .expect("an address is a valid header value");
+    (HeaderName::from_static("x-forwarded-for"), address)
 }
 
 /// SplitMix64: fast, seeded, good enough to mix traffic (not for secrets).
@@ -483,6 +542,11 @@ impl Rng {
     /// Uniform in `0..n` (`n` > 0), by Lemire's multiply-shift.
     pub fn below(&mut self, n: u64) -> u64 {
         ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
+    }
+
+    /// One of `items` (not empty), each equally likely.
+    pub fn choose<'a, T>(&mut self, items: &'a [T]) -> &'a T {
+        &items[self.below(items.len() as u64) as usize]
     }
 }
 

@@ -8,9 +8,9 @@ use std::time::Duration;
 use clap::Parser;
 use ipnet::IpNet;
 
-use crate::Error;
 use crate::classes::{DEFAULT_MIX, Mix};
 pub use crate::client::Protocol;
+use crate::error::Error;
 
 /// Run time when neither `--duration` nor `--requests` is given.
 pub const DEFAULT_DURATION: Duration = Duration::from_secs(10);

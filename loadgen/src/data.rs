@@ -7,7 +7,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Error;
+use crate::error::Error;
+use crate::files;
 
 /// Bumped when the file layout changes.
 pub const FORMAT_VERSION: u32 = 1;
@@ -39,10 +40,7 @@ impl Setup {
     }
 
     pub fn load(path: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.to_owned(),
-            source,
-        })?;
+        let text = files::read_to_string(path)?;
         let setup: Setup = serde_json::from_str(&text)
             .map_err(|e| Error::Setup(format!("{}: not a setup file: {e}", path.display())))?;
         if setup.version != FORMAT_VERSION {
@@ -62,10 +60,6 @@ impl Setup {
     }
 
     pub fn save(&self, path: &Path) -> Result<(), Error> {
-        let text = serde_json::to_string_pretty(self).expect("a setup serialises");
-        std::fs::write(path, text + "\n").map_err(|source| Error::Io {
-            path: path.to_owned(),
-            source,
-        })
+        files::write_json(path, self)
     }
 }

@@ -6,12 +6,19 @@
 //! answer judged against DESIGN §4 and accounted ([`stats`]), then the
 //! report ([`report`], [`plot`]). [`run`] is the whole of it, for the binary
 //! and for tests.
+//!
+//! This file is the composition root: it wires the modules together and
+//! none of them imports it back. What they all share sits below them, in
+//! leaves of its own: the error type and exit statuses ([`error`]) and file
+//! reads and writes ([`files`]).
 
 pub mod classes;
 pub mod cli;
 pub mod client;
 pub mod cpu;
 pub mod data;
+pub mod error;
+pub mod files;
 pub mod plot;
 pub mod progress;
 pub mod report;
@@ -19,9 +26,10 @@ pub mod runner;
 pub mod setup;
 pub mod stats;
 
+pub use crate::error::{EXIT_CANNOT_RUN, EXIT_USAGE, Error};
+
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
@@ -36,33 +44,6 @@ use crate::progress::{Bound, RunProgress};
 use crate::report::Report;
 use crate::setup::{Admin, Setup};
 use crate::stats::Live;
-
-/// Exit status when the command line is wrong.
-pub const EXIT_USAGE: u8 = 64;
-/// Exit status when the run could not be carried out (setup, connections).
-pub const EXIT_CANNOT_RUN: u8 = 3;
-
-#[derive(Debug, thiserror::Error)]
-pub enum Error {
-    #[error("{0}")]
-    Usage(String),
-    #[error("{}: {source}", path.display())]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("setup failed: {0}")]
-    Setup(String),
-}
-
-impl Error {
-    pub fn exit_code(&self) -> u8 {
-        match self {
-            Error::Usage(_) => EXIT_USAGE,
-            Error::Io { .. } | Error::Setup(_) => EXIT_CANNOT_RUN,
-        }
-    }
-}
 
 /// What a run produced.
 #[derive(Debug)]
@@ -92,7 +73,7 @@ pub async fn run(args: Args) -> Result<RunOutcome, Error> {
     })?;
     let setup = prepare_setup(&args, &target, &ca, &msisdn_header).await?;
     if args.setup_only {
-        println!("{}", setup_summary(&args, &setup));
+        println!("{}", setup_summary(&setup, args.save_setup.as_deref()));
         return Ok(RunOutcome {
             exit_code: report::EXIT_OK,
             report: None,
@@ -163,15 +144,14 @@ async fn prepare_setup(
     Ok(setup)
 }
 
-fn setup_summary(args: &Args, setup: &Setup) -> String {
+/// What a setup holds, and where it was saved if it was.
+fn setup_summary(setup: &Setup, saved_to: Option<&std::path::Path>) -> String {
     format!(
         "setup: {} codes, {} subscribers, {} associated clientids{}",
         setup.codes.len(),
         setup.subscribers.len(),
         setup.clientid_count(),
-        args.save_setup
-            .as_ref()
-            .map_or(String::new(), |p| format!(", saved to {}", p.display()))
+        saved_to.map_or(String::new(), |p| format!(", saved to {}", p.display()))
     )
 }
 
@@ -345,12 +325,7 @@ async fn create_setup(
     let setup = setup?;
     setup::verify(&setup, admin).await?;
     if !args.quiet {
-        eprintln!(
-            "setup: {} codes, {} subscribers, {} associated clientids",
-            setup.codes.len(),
-            setup.subscribers.len(),
-            setup.clientid_count()
-        );
+        eprintln!("{}", setup_summary(&setup, None));
     }
     Ok(setup)
 }
@@ -420,13 +395,7 @@ async fn resolve_target(args: &Args) -> Result<Target, Error> {
 async fn admin(args: &Args) -> Result<Option<Admin>, Error> {
     let token = match (&args.token, &args.token_file) {
         (Some(token), _) => token.trim().to_owned(),
-        (None, Some(path)) => std::fs::read_to_string(path)
-            .map_err(|source| Error::Io {
-                path: path.clone(),
-                source,
-            })?
-            .trim()
-            .to_owned(),
+        (None, Some(path)) => files::read_to_string(path)?.trim().to_owned(),
         (None, None) => return Ok(None),
     };
     let (addr, authority, _) = resolve_url(&args.admin, "http", 80).await?;

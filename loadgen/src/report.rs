@@ -9,10 +9,11 @@ use std::time::Duration;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
-use crate::Error;
 use crate::classes::Class;
 use crate::cpu::CpuTimes;
-use crate::stats::{Collected, Example, Tally};
+use crate::error::{EXIT_CANNOT_RUN, Error};
+use crate::files;
+use crate::stats::{Collected, Example, Slice, Tally};
 
 pub const FORMAT_VERSION: u32 = 1;
 
@@ -21,7 +22,7 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_CORRECTNESS: u8 = 1;
 pub const EXIT_SECURITY: u8 = 2;
 /// Nothing was answered at all: no verdict can be given.
-pub const EXIT_NO_ANSWERS: u8 = crate::EXIT_CANNOT_RUN;
+pub const EXIT_NO_ANSWERS: u8 = EXIT_CANNOT_RUN;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Report {
@@ -184,102 +185,168 @@ pub struct Context {
     pub server_cpu: Option<CpuTimes>,
 }
 
+/// The report of a run: the measured phase per class, per protocol and in
+/// total, the warm-up, the timeline, CPU, examples, and the verdict.
 pub fn build(collected: Collected, mut context: Context) -> Report {
-    let measured = collected
-        .last_measured_done
-        .saturating_sub(context.warmup)
-        .max(Duration::from_millis(1));
+    let measured = measured_time(&collected, context.warmup);
     context.run.measured_secs = measured.as_secs_f64();
-    let row = |name: String, expected: Vec<String>, tally: &Tally| Row {
-        name,
-        sent: tally.sent,
-        expected,
-        outcomes: tally
-            .outcomes
-            .iter()
-            .map(|(outcome, n)| (outcome.to_string(), *n))
-            .collect(),
-        matched: tally.expected,
-        mismatches: tally.mismatches,
-        security_failures: tally.security_failures,
-        rate_limited: tally.rate_limited,
-        overloaded: tally.overloaded,
-        errors: tally.errors,
-        throughput_rps: tally.sent as f64 / measured.as_secs_f64(),
-        latency_us: Latency::of(&tally.latency),
-    };
-    let expected_of = |class: Class| -> Vec<String> {
-        class.expected().iter().map(ToString::to_string).collect()
-    };
+    let all = sum(collected.classes.values());
+    let warm = sum(collected.warmup.values());
     let classes = collected
         .classes
         .iter()
-        .map(|(class, tally)| row(class.name().to_owned(), expected_of(*class), tally))
+        .map(|(class, tally)| Row::new(class.name(), expected_of(*class), tally, measured))
         .collect();
     let protocols = collected
         .protocols
         .iter()
-        .map(|(protocol, tally)| row(protocol.name().to_owned(), Vec::new(), tally))
+        .map(|(protocol, tally)| Row::new(protocol.name(), Vec::new(), tally, measured))
         .collect();
-    let mut all = Tally::default();
-    collected.classes.values().for_each(|t| all.add(t));
-    let total = row("total".to_owned(), Vec::new(), &all);
-    let mut warm = Tally::default();
-    collected.warmup.values().for_each(|t| warm.add(t));
-    let warmup = WarmupSummary {
-        sent: warm.sent,
-        mismatches: warm.mismatches,
-        security_failures: warm.security_failures,
-        errors: warm.errors,
-    };
+    Report {
+        version: FORMAT_VERSION,
+        classes,
+        protocols,
+        total: Row::new("total", Vec::new(), &all, measured),
+        warmup: WarmupSummary::of(&warm),
+        timeline: timeline(&collected),
+        cpu: CpuReport::new(&context, all.sent + warm.sent),
+        verdict: VerdictSummary::new(&collected, &all, &warm),
+        examples: collected.examples,
+        run: context.run,
+    }
+}
+
+/// From the end of warm-up to the last measured answer (at least 1 ms, as
+/// rates are divided by it).
+fn measured_time(collected: &Collected, warmup: Duration) -> Duration {
+    collected
+        .last_measured_done
+        .saturating_sub(warmup)
+        .max(Duration::from_millis(1))
+}
+
+fn sum<'a>(tallies: impl Iterator<Item = &'a Tally>) -> Tally {
+    let mut total = Tally::default();
+    tallies.for_each(|t| total.add(t));
+    total
+}
+
+fn expected_of(class: Class) -> Vec<String> {
+    class.expected().iter().map(ToString::to_string).collect()
+}
+
+impl Row {
+    fn new(name: &str, expected: Vec<String>, tally: &Tally, measured: Duration) -> Self {
+        Row {
+            name: name.to_owned(),
+            sent: tally.sent,
+            expected,
+            outcomes: tally
+                .outcomes
+                .iter()
+                .map(|(outcome, n)| (outcome.to_string(), *n))
+                .collect(),
+            matched: tally.expected,
+            mismatches: tally.mismatches,
+            security_failures: tally.security_failures,
+            rate_limited: tally.rate_limited,
+            overloaded: tally.overloaded,
+            errors: tally.errors,
+            throughput_rps: tally.sent as f64 / measured.as_secs_f64(),
+            latency_us: Latency::of(&tally.latency),
+        }
+    }
+}
+
+impl WarmupSummary {
+    fn of(warm: &Tally) -> Self {
+        Self {
+            sent: warm.sent,
+            mismatches: warm.mismatches,
+            security_failures: warm.security_failures,
+            errors: warm.errors,
+        }
+    }
+}
+
+/// One point per slice of the collector's timeline. Rates divide by the
+/// slice's length, which for the last one ends at the last answer.
+fn timeline(collected: &Collected) -> Vec<Point> {
     let interval = collected.interval.as_secs_f64();
     let end = collected.last_done.as_secs_f64();
-    let timeline = collected
+    collected
         .timeline
         .iter()
         .enumerate()
-        .map(|(i, s)| {
+        .map(|(i, slice)| {
             let t_secs = i as f64 * interval;
             let secs = (end - t_secs).clamp(1e-3, interval);
-            Point {
-                t_secs,
-                secs,
-                requests: s.requests,
-                rps: s.requests as f64 / secs,
-                rps_by_protocol: s
-                    .by_protocol
-                    .iter()
-                    .map(|(p, n)| (p.name(), *n as f64 / secs))
-                    .collect(),
-                mismatches: s.mismatches,
-                security_failures: s.security_failures,
-                errors: s.errors,
-                load_refusals: s.load_refusals,
-                p50_ms: s.latency.value_at_quantile(0.5) as f64 / 1000.0,
-                p99_ms: s.latency.value_at_quantile(0.99) as f64 / 1000.0,
-                max_ms: s.latency.max() as f64 / 1000.0,
-            }
+            Point::new(slice, t_secs, secs)
         })
-        .collect();
-    let requests = all.sent + warm.sent;
-    let cpu = CpuReport {
-        wall_secs: context.wall.as_secs_f64(),
-        loadgen: context
-            .loadgen_cpu
-            .map(|c| ProcessCpu::new(c, context.wall, requests)),
-        server: context
-            .server_cpu
-            .map(|c| ProcessCpu::new(c, context.wall, requests)),
-    };
-    let legit_refused = [&collected.classes, &collected.warmup]
-        .iter()
-        .filter_map(|m| m.get(&Class::Legit))
-        .map(|t| t.mismatches)
-        .sum();
-    let security_failures = all.security_failures + warm.security_failures;
-    let mismatches = all.mismatches + warm.mismatches;
-    let answered = (all.sent - all.errors) + (warm.sent - warm.errors);
-    let exit_code = if security_failures > 0 {
+        .collect()
+}
+
+impl Point {
+    fn new(slice: &Slice, t_secs: f64, secs: f64) -> Self {
+        let ms = |us: u64| us as f64 / 1000.0;
+        Self {
+            t_secs,
+            secs,
+            requests: slice.requests,
+            rps: slice.requests as f64 / secs,
+            rps_by_protocol: slice
+                .by_protocol
+                .iter()
+                .map(|(p, n)| (p.name(), *n as f64 / secs))
+                .collect(),
+            mismatches: slice.mismatches,
+            security_failures: slice.security_failures,
+            errors: slice.errors,
+            load_refusals: slice.load_refusals,
+            p50_ms: ms(slice.latency.value_at_quantile(0.5)),
+            p99_ms: ms(slice.latency.value_at_quantile(0.99)),
+            max_ms: ms(slice.latency.max()),
+        }
+    }
+}
+
+impl CpuReport {
+    /// `requests`: every request of the run, warm-up included.
+    fn new(context: &Context, requests: u64) -> Self {
+        let of = |used: CpuTimes| ProcessCpu::new(used, context.wall, requests);
+        Self {
+            wall_secs: context.wall.as_secs_f64(),
+            loadgen: context.loadgen_cpu.map(of),
+            server: context.server_cpu.map(of),
+        }
+    }
+}
+
+impl VerdictSummary {
+    /// Over the whole run, warm-up included: `all` sums the measured
+    /// classes, `warm` the warm-up's.
+    fn new(collected: &Collected, all: &Tally, warm: &Tally) -> Self {
+        let legit_refused = [&collected.classes, &collected.warmup]
+            .iter()
+            .filter_map(|m| m.get(&Class::Legit))
+            .map(|t| t.mismatches)
+            .sum();
+        let security_failures = all.security_failures + warm.security_failures;
+        let mismatches = all.mismatches + warm.mismatches;
+        let answered = (all.sent - all.errors) + (warm.sent - warm.errors);
+        Self {
+            security_failures,
+            mismatches,
+            legit_refused,
+            exit_code: exit_code(security_failures, mismatches, answered),
+        }
+    }
+}
+
+/// The worst that happened decides: a security failure, then a wrong
+/// answer, then no answer at all.
+fn exit_code(security_failures: u64, mismatches: u64, answered: u64) -> u8 {
+    if security_failures > 0 {
         EXIT_SECURITY
     } else if mismatches > 0 {
         EXIT_CORRECTNESS
@@ -287,33 +354,12 @@ pub fn build(collected: Collected, mut context: Context) -> Report {
         EXIT_NO_ANSWERS
     } else {
         EXIT_OK
-    };
-    Report {
-        version: FORMAT_VERSION,
-        run: context.run,
-        classes,
-        protocols,
-        total,
-        warmup,
-        timeline,
-        cpu,
-        examples: collected.examples,
-        verdict: VerdictSummary {
-            security_failures,
-            mismatches,
-            legit_refused,
-            exit_code,
-        },
     }
 }
 
 impl Report {
     pub fn write_json(&self, path: &Path) -> Result<(), Error> {
-        let text = serde_json::to_string_pretty(self).expect("the report serialises");
-        std::fs::write(path, text + "\n").map_err(|source| Error::Io {
-            path: path.to_owned(),
-            source,
-        })
+        files::write_json(path, self)
     }
 
     /// The table and summary, for a terminal.

@@ -10,14 +10,17 @@
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+use tokio::time::Sleep;
 
 use crate::classes::{Outcome, Planned, Planner, Rng, Verdict, Via, judge};
 use crate::client::{Answer, Client, Failure, Lane, Protocol};
+use crate::data::Setup;
 use crate::stats::{self, Collected, Example, Live, Phase, Sample};
 
 /// How the traffic is shaped and bounded.
@@ -75,18 +78,7 @@ pub async fn run(
     live: Arc<Live>,
     stop: Arc<AtomicBool>,
 ) -> Collected {
-    let subscribers = &planner.setup().subscribers;
-    let lanes: Vec<LaneSet> = (0..plan.connections)
-        .map(|i| {
-            let home = i % subscribers.len();
-            LaneSet {
-                protocol: plan.protocols[i % plan.protocols.len()],
-                wifi: Lane::new(plan.wifi_sources[i % plan.wifi_sources.len()]),
-                mno: Lane::new(subscribers[home].ip),
-                home,
-            }
-        })
-        .collect();
+    let lanes = lane_sets(&plan, planner.setup());
     let (samples, received) = unbounded_channel();
     let collector = tokio::spawn(stats::collect(received, plan.interval, live.clone()));
     let start = Instant::now();
@@ -105,24 +97,9 @@ pub async fn run(
         live,
         samples,
     });
-    let mut tasks = tokio::task::JoinSet::new();
-    // A lane's legitimate requests leave half from WiFi, half from its
-    // subscriber's MNO address: on a multiplexed lane, each task keeps to
-    // one side, so each of its two connections carries a steady half of
-    // its streams (an HTTP/1.1 lane's one task tosses a coin per request).
-    let slots: Vec<(usize, Option<Via>)> = shared
-        .lanes
-        .iter()
-        .enumerate()
-        .flat_map(|(i, lane)| {
-            let streams = lane.protocol.streams(shared.plan.streams);
-            (0..streams).map(move |k| {
-                let side = (streams > 1).then_some(if k % 2 == 0 { Via::Wifi } else { Via::Mno });
-                (i, side)
-            })
-        })
-        .collect();
+    let slots = task_slots(&shared.lanes, shared.plan.streams);
     let total = slots.len() as u64;
+    let mut tasks = tokio::task::JoinSet::new();
     for (j, (lane, side)) in slots.into_iter().enumerate() {
         tasks.spawn(request_task(shared.clone(), lane, side, j as u64, total));
     }
@@ -133,15 +110,47 @@ pub async fn run(
             std::panic::resume_unwind(e.into_panic());
         }
     }
-    for lane in &shared.lanes {
-        lane.wifi.close().await;
-        lane.mno.close().await;
-    }
-    for client in shared.clients.values() {
-        client.shutdown().await;
-    }
+    shared.close().await;
+    // The last sender of samples goes: the collector ends.
     drop(shared);
     collector.await.expect("the collector does not panic")
+}
+
+/// Lane `i`: protocols, WiFi sources and subscribers dealt out round robin.
+fn lane_sets(plan: &RunPlan, setup: &Setup) -> Vec<LaneSet> {
+    let subscribers = &setup.subscribers;
+    (0..plan.connections)
+        .map(|i| {
+            let home = i % subscribers.len();
+            LaneSet {
+                protocol: plan.protocols[i % plan.protocols.len()],
+                wifi: Lane::new(plan.wifi_sources[i % plan.wifi_sources.len()]),
+                mno: Lane::new(subscribers[home].ip),
+                home,
+            }
+        })
+        .collect()
+}
+
+/// The request tasks to start: the lane of each, and the side its
+/// legitimate requests keep to, if any.
+///
+/// A lane's legitimate requests leave half from WiFi, half from its
+/// subscriber's MNO address: on a multiplexed lane, each task keeps to
+/// one side, so each of its two connections carries a steady half of
+/// its streams (an HTTP/1.1 lane's one task tosses a coin per request).
+fn task_slots(lanes: &[LaneSet], streams: usize) -> Vec<(usize, Option<Via>)> {
+    lanes
+        .iter()
+        .enumerate()
+        .flat_map(|(i, lane)| {
+            let streams = lane.protocol.streams(streams);
+            (0..streams).map(move |k| {
+                let side = (streams > 1).then_some(if k % 2 == 0 { Via::Wifi } else { Via::Mno });
+                (i, side)
+            })
+        })
+        .collect()
 }
 
 /// One request at a time, on lane `lane`, as task `j` of `total`; its
@@ -149,100 +158,30 @@ pub async fn run(
 async fn request_task(shared: Arc<Shared>, lane: usize, side: Option<Via>, j: u64, total: u64) {
     let set = &shared.lanes[lane];
     let client = &shared.clients[&set.protocol];
-    let subscribers = shared.planner.setup().subscribers.len() as u64;
     let mut rng = Rng::from_time(j);
-    // Samples go to the collector in batches (one wake of it per batch),
-    // at least every BATCH_PERIOD and when the task ends.
-    let mut batch = Vec::with_capacity(BATCH);
-    let mut batch_sent = Instant::now();
+    let mut batch = Batch::new();
     // One timer for the task, moved on for each request.
     let deadline = tokio::time::sleep(shared.plan.timeout);
     tokio::pin!(deadline);
     for k in 0u64.. {
-        let intended = match shared.plan.rate {
-            Some(rate) => {
-                let at = shared.start + Duration::from_secs_f64((j + k * total) as f64 / rate);
-                if shared.end.is_some_and(|end| at >= end) {
-                    break;
-                }
-                tokio::time::sleep_until(at.into()).await;
-                at
-            }
-            None => Instant::now(),
-        };
-        if shared.stop.load(Ordering::Relaxed) || shared.end.is_some_and(|end| intended >= end) {
+        let Some(intended) = shared.send_time(j + k * total).await else {
             break;
-        }
-        let phase = if intended < shared.measure_start {
-            Phase::Warmup
-        } else {
-            Phase::Measured
         };
-        if phase == Phase::Measured
-            && let Some(limit) = shared.plan.requests
-            && shared.tickets.fetch_add(1, Ordering::Relaxed) >= limit
-        {
+        let Some(phase) = shared.admit(intended) else {
             break;
-        }
-        // Keep-alive lanes leave from their own subscriber's address; new
-        // connections from any subscriber's.
-        let home = if shared.plan.keepalive {
-            set.home
-        } else {
-            rng.below(subscribers) as usize
         };
+        let home = shared.home(set, &mut rng);
         let planned = shared.planner.plan(&mut rng, home, side);
         let source = shared.source(set, &planned, home);
-        deadline
-            .as_mut()
-            .reset(tokio::time::Instant::now() + shared.plan.timeout);
-        let result = tokio::select! {
-            biased;
-            result = shared.execute(set, client, &planned, source) => result,
-            () = deadline.as_mut() => Err(Failure::at(Failure::TIMEOUT)(format!(
-                "no answer within {:?}",
-                shared.plan.timeout
-            ))),
-        };
-        let done = Instant::now();
-        let outcome = match &result {
-            Ok(answer) => Outcome::from_answer(answer.status, &answer.body),
-            Err(failure) => Outcome::Failed(failure.kind),
-        };
-        let verdict = judge(planned.class, planned.expect, &outcome);
-        let example =
-            (verdict != Verdict::Expected && shared.live.want_example(verdict)).then(|| {
-                Box::new(example(
-                    &planned,
-                    set.protocol,
-                    source,
-                    verdict,
-                    &outcome,
-                    &result,
-                ))
-            });
-        let sample = Sample {
-            class: planned.class,
-            protocol: set.protocol,
-            phase,
-            outcome,
-            verdict,
-            latency: done.saturating_duration_since(intended),
-            done_at: done.saturating_duration_since(shared.start),
-            example,
-        };
-        batch.push(sample);
-        if batch.len() == BATCH || batch_sent.elapsed() >= BATCH_PERIOD {
-            batch_sent = Instant::now();
-            if shared.samples.send(std::mem::take(&mut batch)).is_err() {
-                return;
-            }
-            batch.reserve(BATCH);
+        let result = shared
+            .answer_within(deadline.as_mut(), set, client, &planned, source)
+            .await;
+        let sample = shared.sample(set, &planned, source, phase, intended, result);
+        if batch.push(sample, &shared.samples).is_err() {
+            return;
         }
     }
-    if !batch.is_empty() {
-        let _ = shared.samples.send(batch);
-    }
+    batch.flush(&shared.samples);
 }
 
 /// Samples a request task sends the collector at once, or what it has
@@ -250,16 +189,133 @@ async fn request_task(shared: Arc<Shared>, lane: usize, side: Option<Via>, j: u6
 const BATCH: usize = 64;
 const BATCH_PERIOD: Duration = Duration::from_millis(50);
 
+/// A request task's samples on their way to the collector: in batches (one
+/// wake of the collector per batch), at least every BATCH_PERIOD, and
+/// what is left when the task ends.
+struct Batch {
+    samples: Vec<Sample>,
+    sent_at: Instant,
+}
+
+/// The collector has ended: nobody counts samples any more.
+struct CollectorGone;
+
+impl Batch {
+    fn new() -> Self {
+        Self {
+            samples: Vec::with_capacity(BATCH),
+            sent_at: Instant::now(),
+        }
+    }
+
+    fn push(
+        &mut self,
+        sample: Sample,
+        to: &UnboundedSender<Vec<Sample>>,
+    ) -> Result<(), CollectorGone> {
+        self.samples.push(sample);
+        if self.samples.len() == BATCH || self.sent_at.elapsed() >= BATCH_PERIOD {
+            self.sent_at = Instant::now();
+            to.send(std::mem::take(&mut self.samples))
+                .map_err(|_| CollectorGone)?;
+            self.samples.reserve(BATCH);
+        }
+        Ok(())
+    }
+
+    fn flush(self, to: &UnboundedSender<Vec<Sample>>) {
+        if !self.samples.is_empty() {
+            let _ = to.send(self.samples);
+        }
+    }
+}
+
+impl LaneSet {
+    fn lane(&self, via: Via) -> &Lane {
+        match via {
+            Via::Wifi => &self.wifi,
+            Via::Mno => &self.mno,
+        }
+    }
+}
+
 impl Shared {
+    /// When request `n` of the schedule should leave. Open loop: at
+    /// `start + n / rate`, waited for; `None` past the end. Closed loop: now.
+    async fn send_time(&self, n: u64) -> Option<Instant> {
+        let Some(rate) = self.plan.rate else {
+            return Some(Instant::now());
+        };
+        let at = self.start + Duration::from_secs_f64(n as f64 / rate);
+        if self.end.is_some_and(|end| at >= end) {
+            return None;
+        }
+        tokio::time::sleep_until(at.into()).await;
+        Some(at)
+    }
+
+    /// The phase a request meant to leave at `intended` counts in, or `None`
+    /// when it must not leave: stopped, past the end, or the measured
+    /// requests all handed out.
+    fn admit(&self, intended: Instant) -> Option<Phase> {
+        if self.stop.load(Ordering::Relaxed) || self.end.is_some_and(|end| intended >= end) {
+            return None;
+        }
+        let phase = if intended < self.measure_start {
+            Phase::Warmup
+        } else {
+            Phase::Measured
+        };
+        if phase == Phase::Measured
+            && let Some(limit) = self.plan.requests
+            && self.tickets.fetch_add(1, Ordering::Relaxed) >= limit
+        {
+            return None;
+        }
+        Some(phase)
+    }
+
+    /// The subscriber whose MNO address a request may leave from:
+    /// keep-alive lanes keep their own; new connections take any.
+    fn home(&self, set: &LaneSet, rng: &mut Rng) -> usize {
+        if self.plan.keepalive {
+            set.home
+        } else {
+            rng.below(self.planner.setup().subscribers.len() as u64) as usize
+        }
+    }
+
     fn source(&self, set: &LaneSet, planned: &Planned, home: usize) -> IpAddr {
         match (planned.via, self.plan.keepalive) {
-            (Via::Wifi, true) => set.wifi.source,
-            (Via::Mno, true) => set.mno.source,
+            (via, true) => set.lane(via).source,
             (Via::Wifi, false) => {
                 let n = self.next_source.fetch_add(1, Ordering::Relaxed);
                 self.plan.wifi_sources[n % self.plan.wifi_sources.len()]
             }
             (Via::Mno, false) => self.planner.setup().subscribers[home].ip,
+        }
+    }
+
+    /// The answer, or a timeout failure when there is none within the
+    /// plan's timeout (`deadline` is the task's timer, moved on here).
+    async fn answer_within(
+        &self,
+        mut deadline: Pin<&mut Sleep>,
+        set: &LaneSet,
+        client: &Client,
+        planned: &Planned,
+        source: IpAddr,
+    ) -> Result<Answer, Failure> {
+        deadline
+            .as_mut()
+            .reset(tokio::time::Instant::now() + self.plan.timeout);
+        tokio::select! {
+            biased;
+            result = self.execute(set, client, planned, source) => result,
+            () = deadline => Err(Failure::at(Failure::TIMEOUT)(format!(
+                "no answer within {:?}",
+                self.plan.timeout
+            ))),
         }
     }
 
@@ -271,19 +327,64 @@ impl Shared {
         source: IpAddr,
     ) -> Result<Answer, Failure> {
         if self.plan.keepalive {
-            let lane = match planned.via {
-                Via::Wifi => &set.wifi,
-                Via::Mno => &set.mno,
-            };
-            let mut conn = lane.acquire(client).await?;
-            let result = client.send(&mut conn, &planned.request).await;
-            lane.release(conn).await;
-            result
+            set.lane(planned.via).send(client, &planned.request).await
         } else {
             let mut conn = Box::pin(client.connect(source)).await?;
             let result = client.send(&mut conn, &planned.request).await;
             conn.close();
             result
+        }
+    }
+
+    /// The finished request as the collector takes it: judged, timed from
+    /// `intended`, and described if it is one of the few failures kept as
+    /// examples.
+    fn sample(
+        &self,
+        set: &LaneSet,
+        planned: &Planned,
+        source: IpAddr,
+        phase: Phase,
+        intended: Instant,
+        result: Result<Answer, Failure>,
+    ) -> Sample {
+        let done = Instant::now();
+        let outcome = match &result {
+            Ok(answer) => Outcome::from_answer(answer.status, &answer.body),
+            Err(failure) => Outcome::Failed(failure.kind),
+        };
+        let verdict = judge(planned.class, planned.expect, &outcome);
+        let example =
+            (verdict != Verdict::Expected && self.live.want_example(verdict)).then(|| {
+                Box::new(example(
+                    planned,
+                    set.protocol,
+                    source,
+                    verdict,
+                    &outcome,
+                    &result,
+                ))
+            });
+        Sample {
+            class: planned.class,
+            protocol: set.protocol,
+            phase,
+            outcome,
+            verdict,
+            latency: done.saturating_duration_since(intended),
+            done_at: done.saturating_duration_since(self.start),
+            example,
+        }
+    }
+
+    /// Closes every kept connection and the QUIC endpoints.
+    async fn close(&self) {
+        for lane in &self.lanes {
+            lane.wifi.close().await;
+            lane.mno.close().await;
+        }
+        for client in self.clients.values() {
+            client.shutdown().await;
         }
     }
 }

@@ -16,15 +16,14 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt};
 use http::{HeaderName, HeaderValue, Method};
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::TokioIo;
+use http_body_util::Full;
 use indicatif::ProgressBar;
 use serde_json::{Value, json};
 
-use crate::Error;
-use crate::classes::{Class, Expect, Planned, Rng, Via, query};
-use crate::client::{Client, Request};
+use crate::classes::{Rng, forwarded_for, msisdn_enrichment, query};
+use crate::client::{Answer, Client, Lane, Request, tcp};
 pub use crate::data::{FORMAT_VERSION, Setup, Subscriber};
+use crate::error::Error;
 
 /// How often one association is retried after 429 before giving up.
 const MAX_RATE_LIMITED_RETRIES: u32 = 30;
@@ -51,10 +50,7 @@ impl Admin {
         let stream = tokio::net::TcpStream::connect(self.addr)
             .await
             .map_err(|e| failed(&e))?;
-        let (mut send, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| failed(&e))?;
-        tokio::spawn(connection);
+        let mut send = tcp::http1_handshake(stream).await.map_err(|e| failed(&e))?;
         let body = body.map_or_else(Vec::new, |b| {
             serde_json::to_vec(&b).expect("JSON serialises")
         });
@@ -71,15 +67,9 @@ impl Admin {
             .map_err(|e| failed(&e))?;
         send.ready().await.map_err(|e| failed(&e))?;
         let response = send.send_request(request).await.map_err(|e| failed(&e))?;
-        let status = response.status().as_u16();
-        let bytes = response
-            .into_body()
-            .collect()
-            .await
-            .map_err(|e| failed(&e))?
-            .to_bytes();
-        let value = serde_json::from_slice(&bytes)
-            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        let Answer { status, body, .. } = tcp::read_h1(response).await.map_err(|e| failed(&e))?;
+        let value = serde_json::from_slice(&body)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));
         if status == 401 {
             return Err(failed(
                 &"401: wrong or missing admin token (--token, --token-file)",
@@ -93,7 +83,7 @@ impl Admin {
             (200, _) => Ok(()),
             (status, body) => Err(Error::Setup(format!(
                 "PUT {path}: {status} {body}{}",
-                hint(&body)
+                admin_hint(&body)
             ))),
         }
     }
@@ -116,7 +106,7 @@ impl Admin {
 }
 
 /// A word on the usual causes of admin refusals.
-fn hint(body: &Value) -> &'static str {
+fn admin_hint(body: &Value) -> &'static str {
     match body.get("code").and_then(Value::as_str) {
         Some("NOT_IN_MNO_NETWORK") => " (--mno-range must lie inside the server's mno.networks)",
         Some("UNKNOWN_PREFIX") => " (--prefix must be one of the server's routing_prefixes)",
@@ -148,34 +138,18 @@ pub async fn create(
     client: Arc<Client>,
     progress: &ProgressBar,
 ) -> Result<Setup, Error> {
+    let codes = register_codes(plan, admin).await?;
+    // Tells this setup's clientids from those of earlier setups.
     let tag = format!("{:08x}", Rng::from_time(0x5e7).next_u64() as u32);
-    let codes: Vec<String> = (0..plan.codes)
-        .map(|i| format!("{}lg-{i}", plan.prefix))
-        .collect();
-    for (i, code) in codes.iter().enumerate() {
-        admin
-            .register_code(code, &format!("https://example.org/loadgen/{i}"))
-            .await?;
-    }
-    let subscribers = plan.clientids.div_ceil(plan.per_subscriber);
-    let warned = Arc::new(AtomicBool::new(false));
-    let first_code = codes[0].as_str();
-    let jobs = (0..subscribers).map(|s| {
-        let first = s * plan.per_subscriber;
-        let count = plan.per_subscriber.min(plan.clientids - first);
-        let subscriber = Subscriber {
-            ip: plan.subscriber_ips[s],
-            msisdn: msisdn(plan.first_subscriber + s),
-            clientids: (first..first + count)
-                .map(|n| format!("lg-{tag}-{n}"))
-                .collect(),
-        };
-        let (client, warned) = (client.clone(), warned.clone());
+    let warned = AtomicBool::new(false);
+    let (first_code, client, warned) = (codes[0].as_str(), &*client, &warned);
+    let jobs = (0..plan.clientids.div_ceil(plan.per_subscriber)).map(|s| {
+        let subscriber = plan.subscriber(s, &tag);
         async move {
             admin
                 .bind_session(subscriber.ip, &subscriber.msisdn)
                 .await?;
-            associate(plan, &client, &subscriber, first_code, &warned, progress).await?;
+            associate(plan, client, &subscriber, first_code, warned, progress).await?;
             Ok::<_, Error>(subscriber)
         }
     });
@@ -196,12 +170,42 @@ pub async fn create(
     })
 }
 
+/// Registers the plan's codes, each with a target of its own.
+async fn register_codes(plan: &Plan, admin: &Admin) -> Result<Vec<String>, Error> {
+    let codes: Vec<String> = (0..plan.codes)
+        .map(|i| format!("{}lg-{i}", plan.prefix))
+        .collect();
+    for (i, code) in codes.iter().enumerate() {
+        admin
+            .register_code(code, &format!("https://example.org/loadgen/{i}"))
+            .await?;
+    }
+    Ok(codes)
+}
+
+impl Plan {
+    /// Subscriber `s` of the plan: its address, MSISDN and the clientids it
+    /// will associate (`per_subscriber` of them, fewer for the last one).
+    fn subscriber(&self, s: usize, tag: &str) -> Subscriber {
+        let first = s * self.per_subscriber;
+        let count = self.per_subscriber.min(self.clientids - first);
+        Subscriber {
+            ip: self.subscriber_ips[s],
+            msisdn: msisdn(self.first_subscriber + s),
+            clientids: (first..first + count)
+                .map(|n| format!("lg-{tag}-{n}"))
+                .collect(),
+        }
+    }
+}
+
 /// MSISDN of the n-th subscriber: +44 7 then ten digits.
 fn msisdn(n: usize) -> String {
     format!("+447{n:010}")
 }
 
-/// First scans of every clientid of `subscriber` on one keep-alive connection.
+/// First scans of every clientid of `subscriber`, one after another on one
+/// keep-alive connection.
 async fn associate(
     plan: &Plan,
     client: &Client,
@@ -210,104 +214,121 @@ async fn associate(
     warned: &AtomicBool,
     progress: &ProgressBar,
 ) -> Result<(), Error> {
-    let (source, headers) = match plan.gateway {
-        // The gateway tells who the client is; the server believes it.
+    let (source, headers) = first_scan_origin(plan, subscriber);
+    let lane = Lane::new(source);
+    for clientid in &subscriber.clientids {
+        let request = Request {
+            path: query(code, Some(clientid)),
+            headers: headers.clone(),
+        };
+        first_scan(&lane, client, &request, warned, progress)
+            .await
+            .map_err(|why| {
+                Error::Setup(format!(
+                    "first scan from {source} for {}: {why}",
+                    subscriber.ip
+                ))
+            })?;
+        progress.inc(1);
+    }
+    lane.close().await;
+    Ok(())
+}
+
+/// Where a subscriber's first scans leave from, and what they carry: its
+/// own MNO address, or the trusted gateway with the enrichment that tells
+/// the server who the client is (the server believes a trusted gateway).
+fn first_scan_origin(
+    plan: &Plan,
+    subscriber: &Subscriber,
+) -> (IpAddr, Vec<(HeaderName, HeaderValue)>) {
+    match plan.gateway {
         Some(gateway) => (
             gateway,
             vec![
-                (
-                    plan.msisdn_header.clone(),
-                    HeaderValue::from_str(&subscriber.msisdn).expect("valid header value"),
-                ),
-                (
-                    HeaderName::from_static("x-forwarded-for"),
-                    HeaderValue::from_str(&subscriber.ip.to_string()).expect("valid header value"),
-                ),
+                msisdn_enrichment(&plan.msisdn_header, subscriber),
+                forwarded_for(subscriber),
             ],
         ),
         None => (subscriber.ip, Vec::new()),
-    };
-    let failed = |what: String| {
-        Error::Setup(format!(
-            "first scan from {source} for {}: {what}",
-            subscriber.ip
-        ))
-    };
-    let mut conn = None;
-    for clientid in &subscriber.clientids {
-        let planned = Planned {
-            class: Class::Legit,
-            request: Request {
-                path: query(code, Some(clientid)),
-                headers: headers.clone(),
-            },
-            via: Via::Mno,
-            expect: Expect::new(200, "created"),
-        };
-        let mut retries = 0;
-        loop {
-            let mut open = match conn.take() {
-                Some(open) => open,
-                None => client
-                    .connect(source)
-                    .await
-                    .map_err(|e| failed(e.to_string()))?,
-            };
-            let answer = client
-                .send(&mut open, &planned.request)
-                .await
-                .map_err(|e| failed(e.to_string()))?;
-            if open.is_open() {
-                conn = Some(open);
-            }
-            let body: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
-            match (
-                answer.status,
-                body["association"].as_str(),
-                body["code"].as_str(),
-            ) {
-                (200, Some("created" | "existing"), _) => break,
-                (200, Some("none"), _) => {
-                    return Err(failed(
-                        "resolved without an association: is the server's auth.mode \"off\"?"
-                            .into(),
-                    ));
+    }
+}
+
+/// Said once per setup, at the first 429.
+const RATE_LIMIT_ADVICE: &str = "setup: the server rate-limits association creation per \
+    subscriber (auth.associations_per_minute); waiting as Retry-After says. For big setups \
+    raise auth.associations_per_minute, or lower --per-subscriber.";
+
+/// One first scan, sent again while the server rate-limits it (after the
+/// wait its `Retry-After` asks for); the error says why it did not associate.
+async fn first_scan(
+    lane: &Lane,
+    client: &Client,
+    request: &Request,
+    warned: &AtomicBool,
+    progress: &ProgressBar,
+) -> Result<(), String> {
+    let mut retries = 0;
+    loop {
+        let answer = lane
+            .send(client, request)
+            .await
+            .map_err(|e| e.to_string())?;
+        match FirstScan::read(&answer, retries < MAX_RATE_LIMITED_RETRIES) {
+            FirstScan::Associated => return Ok(()),
+            FirstScan::Refused(why) => return Err(why),
+            FirstScan::RateLimited(wait) => {
+                retries += 1;
+                if !warned.swap(true, Ordering::Relaxed) {
+                    progress.println(RATE_LIMIT_ADVICE);
                 }
-                (429, _, _) if retries < MAX_RATE_LIMITED_RETRIES => {
-                    retries += 1;
-                    if !warned.swap(true, Ordering::Relaxed) {
-                        progress.println(
-                            "setup: the server rate-limits association creation per subscriber \
-                             (auth.associations_per_minute); waiting as Retry-After says. For big \
-                             setups raise auth.associations_per_minute, or lower --per-subscriber.",
-                        );
-                    }
-                    let wait = answer.retry_after.unwrap_or(1).clamp(1, 60);
-                    // The server may close a connection quiet for that long:
-                    // a new one after the wait.
-                    if let Some(quiet) = conn.take() {
-                        quiet.close();
-                    }
-                    tokio::time::sleep(Duration::from_secs(wait)).await;
-                }
-                (status, _, _) => {
-                    let hint = match body["code"].as_str() {
-                        Some("RETRY_ON_MNO_NETWORK") => {
-                            " (the source is not in the server's mno.networks, or the gateway is not trusted)"
-                        }
-                        Some("SUBSCRIBER_UNKNOWN") => " (the session binding did not take)",
-                        _ => "",
-                    };
-                    return Err(failed(format!("{status} {body}{hint}")));
-                }
+                // The server may close a connection quiet for that long:
+                // a new one after the wait.
+                lane.close().await;
+                tokio::time::sleep(wait).await;
             }
         }
-        progress.inc(1);
     }
-    if let Some(open) = conn {
-        open.close();
+}
+
+/// What the answer to a first scan means for the setup.
+#[derive(Debug, PartialEq, Eq)]
+enum FirstScan {
+    /// The clientid is associated (now, or already).
+    Associated,
+    /// 429: send again after this wait.
+    RateLimited(Duration),
+    /// Anything else: what came back, with a word on the usual cause.
+    Refused(String),
+}
+
+impl FirstScan {
+    /// A 429 is [`FirstScan::RateLimited`] only while `may_retry`.
+    fn read(answer: &Answer, may_retry: bool) -> Self {
+        let body: Value = serde_json::from_slice(&answer.body).unwrap_or(Value::Null);
+        match (answer.status, body["association"].as_str()) {
+            (200, Some("created" | "existing")) => FirstScan::Associated,
+            (200, Some("none")) => FirstScan::Refused(
+                "resolved without an association: is the server's auth.mode \"off\"?".into(),
+            ),
+            (429, _) if may_retry => {
+                let wait = answer.retry_after.unwrap_or(1).clamp(1, 60);
+                FirstScan::RateLimited(Duration::from_secs(wait))
+            }
+            (status, _) => FirstScan::Refused(format!("{status} {body}{}", first_scan_hint(&body))),
+        }
     }
-    Ok(())
+}
+
+/// A word on the usual causes of first scans refused.
+fn first_scan_hint(body: &Value) -> &'static str {
+    match body["code"].as_str() {
+        Some("RETRY_ON_MNO_NETWORK") => {
+            " (the source is not in the server's mno.networks, or the gateway is not trusted)"
+        }
+        Some("SUBSCRIBER_UNKNOWN") => " (the session binding did not take)",
+        _ => "",
+    }
 }
 
 /// Before a run on a loaded setup: binds the sessions again (they live in
@@ -362,6 +383,47 @@ pub async fn verify(setup: &Setup, admin: &Admin) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn answer(status: u16, body: &str, retry_after: Option<u64>) -> Answer {
+        Answer {
+            status,
+            body: Bytes::copy_from_slice(body.as_bytes()),
+            retry_after,
+        }
+    }
+
+    #[test]
+    fn first_scans_are_associated_refused_or_waited_out() {
+        for association in ["created", "existing"] {
+            let created = answer(200, &format!(r#"{{"association":"{association}"}}"#), None);
+            assert_eq!(FirstScan::read(&created, true), FirstScan::Associated);
+        }
+        let off = FirstScan::read(&answer(200, r#"{"association":"none"}"#, None), true);
+        assert!(
+            matches!(&off, FirstScan::Refused(why) if why.contains("auth.mode")),
+            "{off:?}"
+        );
+        // Retry-After as given; none, 0 or far off: between 1 s and a minute.
+        for (retry_after, wait) in [(Some(7), 7), (Some(0), 1), (None, 1), (Some(3600), 60)] {
+            let limited = answer(429, r#"{"code":"RATE_LIMITED"}"#, retry_after);
+            assert_eq!(
+                FirstScan::read(&limited, true),
+                FirstScan::RateLimited(Duration::from_secs(wait))
+            );
+        }
+        let limited = answer(429, r#"{"code":"RATE_LIMITED"}"#, Some(7));
+        let given_up = FirstScan::read(&limited, false);
+        assert!(
+            matches!(&given_up, FirstScan::Refused(why) if why.starts_with("429 ")),
+            "{given_up:?}"
+        );
+        let off_net = answer(403, r#"{"code":"RETRY_ON_MNO_NETWORK"}"#, None);
+        let refused = FirstScan::read(&off_net, true);
+        assert!(
+            matches!(&refused, FirstScan::Refused(why) if why.contains("mno.networks")),
+            "{refused:?}"
+        );
+    }
 
     #[test]
     fn msisdns_are_international() {

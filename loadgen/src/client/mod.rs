@@ -1,31 +1,26 @@
 //! Clients of the public API, one per protocol, over sockets bound to a
 //! chosen source address: HTTP/1.1 and HTTP/2 over TCP+TLS ([`tcp`]),
-//! HTTP/3 over QUIC ([`quic`]).
+//! HTTP/3 over QUIC ([`quic`]), both below this module and above
+//! [`exchange`] (the request and answer they share).
 //!
 //! A [`Client`] makes connections and sends one asked request on one; a
 //! [`Lane`] keeps a keep-alive connection for the tasks that share it. What
 //! to send and whether the answer is right is decided elsewhere.
 
+pub mod exchange;
 pub mod quic;
 pub mod tcp;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::path::Path;
 use std::sync::Arc;
 
-use bytes::Bytes;
+use rustls::pki_types::CertificateDer;
 use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
 
-use crate::Error;
-
-/// What a client sends: a GET of `path` (path and query) with `headers`.
-/// The client knows nothing of classes or setups: it sends requests.
-#[derive(Debug, Clone)]
-pub struct Request {
-    pub path: String,
-    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
-}
+pub use self::exchange::{Answer, Failure, Request, Target};
+use crate::error::Error;
+use crate::files;
 
 #[derive(
     Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, clap::ValueEnum, serde::Serialize,
@@ -60,57 +55,9 @@ impl Protocol {
     }
 }
 
-/// Where the public API is.
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub addr: SocketAddr,
-    /// `host:port` for `Host` and `:authority`.
-    pub authority: String,
-    /// The name the certificate is verified against, parsed and as text.
-    pub server_name: ServerName<'static>,
-    pub server_name_text: String,
-}
-
-/// An HTTP answer: status, body, and `Retry-After` seconds if any.
-#[derive(Debug, Clone)]
-pub struct Answer {
-    pub status: u16,
-    pub body: Bytes,
-    pub retry_after: Option<u64>,
-}
-
-/// No HTTP answer: at which step it failed, and the error text.
-#[derive(Debug, Clone)]
-pub struct Failure {
-    pub kind: &'static str,
-    pub detail: String,
-}
-
-impl Failure {
-    pub const CONNECT: &'static str = "connect";
-    pub const TLS: &'static str = "tls";
-    pub const HANDSHAKE: &'static str = "handshake";
-    pub const PROTOCOL: &'static str = "protocol";
-    pub const TIMEOUT: &'static str = "timeout";
-
-    /// `map_err(Failure::at(Failure::TLS))`.
-    pub fn at<E: std::fmt::Display>(kind: &'static str) -> impl FnOnce(E) -> Failure {
-        move |e| Failure {
-            kind,
-            detail: e.to_string(),
-        }
-    }
-}
-
-impl std::fmt::Display for Failure {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.kind, self.detail)
-    }
-}
-
 /// An open connection, ready for requests.
 pub enum Conn {
-    H1(hyper::client::conn::http1::SendRequest<http_body_util::Empty<Bytes>>),
+    H1(tcp::H1Conn),
     H2(tcp::H2Conn),
     H3(quic::H3Conn),
 }
@@ -201,9 +148,14 @@ impl Client {
 
     /// A new connection from `source` (handshakes included).
     pub async fn connect(&self, source: IpAddr) -> Result<Conn, Failure> {
-        match &self.quic {
-            Some(endpoints) => endpoints.connect(&self.target, source).await.map(Conn::H3),
-            None => tcp::connect(self.protocol, &self.target, &self.tls, source).await,
+        match (&self.quic, self.protocol) {
+            (Some(endpoints), _) => endpoints.connect(&self.target, source).await.map(Conn::H3),
+            (None, Protocol::Http2) => tcp::connect_h2(&self.target, &self.tls, source)
+                .await
+                .map(Conn::H2),
+            (None, _) => tcp::connect_h1(&self.target, &self.tls, source)
+                .await
+                .map(Conn::H1),
         }
     }
 
@@ -243,7 +195,7 @@ impl Lane {
 
     /// A connection to send on: shared (HTTP/2, HTTP/3) or taken (HTTP/1.1;
     /// give it back with [`Lane::release`]).
-    pub async fn acquire(&self, client: &Client) -> Result<Conn, Failure> {
+    async fn acquire(&self, client: &Client) -> Result<Conn, Failure> {
         let mut held = self.conn.lock().await;
         let conn = match held.take().filter(Conn::is_open) {
             Some(conn) => conn,
@@ -260,8 +212,17 @@ impl Lane {
         }
     }
 
+    /// Sends `asked` on the lane's connection (made first if there is none
+    /// or it broke) and reads the whole answer.
+    pub async fn send(&self, client: &Client, asked: &Request) -> Result<Answer, Failure> {
+        let mut conn = self.acquire(client).await?;
+        let answer = client.send(&mut conn, asked).await;
+        self.release(conn).await;
+        answer
+    }
+
     /// Returns a taken HTTP/1.1 connection if it can carry another request.
-    pub async fn release(&self, conn: Conn) {
+    async fn release(&self, conn: Conn) {
         if matches!(conn, Conn::H1(_)) && conn.is_open() {
             *self.conn.lock().await = Some(conn);
         }
@@ -277,10 +238,7 @@ impl Lane {
 
 /// Reads every certificate of a PEM file.
 pub fn read_ca(path: &Path) -> Result<Vec<CertificateDer<'static>>, Error> {
-    let pem = std::fs::read(path).map_err(|source| Error::Io {
-        path: path.to_owned(),
-        source,
-    })?;
+    let pem = files::read(path)?;
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Error::Usage(format!("--ca {}: {e}", path.display())))?;
@@ -321,29 +279,4 @@ fn tls_config(
         config.resumption = rustls::client::Resumption::disabled();
     }
     Ok(Arc::new(config))
-}
-
-/// The request as hyper and h3 take it. HTTP/1.1 uses the origin form with
-/// `Host`; HTTP/2 and HTTP/3 an absolute URI (`:scheme`, `:authority`).
-fn request(target: &Target, asked: &Request, absolute: bool) -> http::request::Builder {
-    let mut builder = if absolute {
-        http::Request::get(format!("https://{}{}", target.authority, asked.path))
-    } else {
-        http::Request::get(asked.path.as_str())
-            .header(http::header::HOST, target.authority.as_str())
-    };
-    for (name, value) in &asked.headers {
-        builder = builder.header(name, value);
-    }
-    builder
-}
-
-fn retry_after(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(http::header::RETRY_AFTER)?
-        .to_str()
-        .ok()?
-        .trim()
-        .parse()
-        .ok()
 }

@@ -7,11 +7,11 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Buf, Bytes};
 use quinn::crypto::rustls::QuicClientConfig;
 
-use super::{Answer, Failure, Request, Target, request, retry_after};
-use crate::Error;
+use super::exchange::{Answer, BodyFrames, Failure, Request, Target, request};
+use crate::error::Error;
 
 /// Idle QUIC connections die after this; keep-alives keep lanes open below it.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -73,7 +73,7 @@ impl Endpoints {
             return Ok(endpoint.clone());
         }
         let mut endpoint = quinn::Endpoint::client(SocketAddr::new(source, 0))
-            .map_err(|e| Failure::at(Failure::CONNECT)(format!("bind {source}: {e}")))?;
+            .map_err(|e| Failure::bind(source, e))?;
         endpoint.set_default_client_config(self.config.clone());
         map.insert(source, endpoint.clone());
         Ok(endpoint)
@@ -126,26 +126,18 @@ pub async fn send(conn: &mut H3Conn, target: &Target, asked: &Request) -> Result
         .finish()
         .await
         .map_err(Failure::at(Failure::PROTOCOL))?;
-    let response = stream
+    let (head, ()) = stream
         .recv_response()
         .await
-        .map_err(Failure::at(Failure::PROTOCOL))?;
-    let mut body = BytesMut::new();
-    while let Some(mut chunk) = stream
+        .map_err(Failure::at(Failure::PROTOCOL))?
+        .into_parts();
+    let mut frames = BodyFrames::default();
+    while let Some(mut frame) = stream
         .recv_data()
         .await
         .map_err(Failure::at(Failure::PROTOCOL))?
     {
-        while chunk.has_remaining() {
-            let part = chunk.chunk();
-            body.extend_from_slice(part);
-            let n = part.len();
-            chunk.advance(n);
-        }
+        frames.push(frame.copy_to_bytes(frame.remaining()));
     }
-    Ok(Answer {
-        status: response.status().as_u16(),
-        body: body.freeze(),
-        retry_after: retry_after(response.headers()),
-    })
+    Ok(Answer::new(&head, frames.finish()))
 }

@@ -9,77 +9,19 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use homecmp_coalesce::{Coalesced, Turns};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
-use tokio::net::TcpSocket;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::client::TlsStream;
 
-use super::Protocol;
-use super::{Answer, Conn, Failure, Request, Target, request, retry_after};
+use super::exchange::{Answer, BodyFrames, Failure, Request, Target, request};
 
-/// TCP from `source`, TLS with the protocol's ALPN, then the HTTP handshake.
-pub async fn connect(
-    protocol: Protocol,
-    target: &Target,
-    tls: &tokio_rustls::TlsConnector,
-    source: IpAddr,
-) -> Result<Conn, Failure> {
-    let socket = match source {
-        IpAddr::V4(_) => TcpSocket::new_v4(),
-        IpAddr::V6(_) => TcpSocket::new_v6(),
-    }
-    .map_err(Failure::at(Failure::CONNECT))?;
-    // Many short connections from one address: let bind reuse ports in TIME_WAIT.
-    let _ = socket.set_reuseaddr(true);
-    socket
-        .bind(SocketAddr::new(source, 0))
-        .map_err(|e| Failure::at(Failure::CONNECT)(format!("bind {source}: {e}")))?;
-    let stream = socket
-        .connect(target.addr)
-        .await
-        .map_err(Failure::at(Failure::CONNECT))?;
-    let _ = stream.set_nodelay(true);
-    let stream = tls
-        .connect(target.server_name.clone(), stream)
-        .await
-        .map_err(Failure::at(Failure::TLS))?;
-    let negotiated = stream.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
-    match protocol {
-        Protocol::Http2 => {
-            if negotiated.as_deref() != Some(b"h2") {
-                return Err(Failure::at(Failure::HANDSHAKE)(
-                    "the server did not negotiate h2 (ALPN)",
-                ));
-            }
-            // Every poll of what owns the stream counts a turn, the
-            // handshake's included: a write put off waits for the next turn.
-            let turns = Turns::default();
-            let mut handshake = Box::pin(h2::client::handshake(Coalesced::http2(
-                stream,
-                turns.clone(),
-            )));
-            let (send, mut connection) = std::future::poll_fn(|cx| turns.poll(&mut handshake, cx))
-                .await
-                .map_err(Failure::at(Failure::HANDSHAKE))?;
-            let closed = Arc::new(AtomicBool::new(false));
-            let ended = closed.clone();
-            tokio::spawn(async move {
-                let _ = std::future::poll_fn(|cx| turns.poll(&mut connection, cx)).await;
-                ended.store(true, Ordering::Relaxed);
-            });
-            Ok(Conn::H2(H2Conn { send, closed }))
-        }
-        _ => {
-            let (send, connection) = http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(Failure::at(Failure::HANDSHAKE))?;
-            tokio::spawn(connection);
-            Ok(Conn::H1(send))
-        }
-    }
-}
+/// An HTTP/1.1 connection: one request at a time.
+pub type H1Conn = http1::SendRequest<Empty<Bytes>>;
 
 /// An HTTP/2 connection: clones share it.
 #[derive(Debug, Clone)]
@@ -95,8 +37,94 @@ impl H2Conn {
     }
 }
 
+/// An HTTP/1.1 connection from `source`: TCP, TLS, then hyper's handshake.
+pub async fn connect_h1(
+    target: &Target,
+    tls: &tokio_rustls::TlsConnector,
+    source: IpAddr,
+) -> Result<H1Conn, Failure> {
+    let stream = connect_tls(target, tls, source).await?;
+    http1_handshake(stream)
+        .await
+        .map_err(Failure::at(Failure::HANDSHAKE))
+}
+
+/// An HTTP/2 connection from `source`: TCP, TLS that must agree on `h2`,
+/// then the HTTP/2 handshake, with the connection driven on a task of its own.
+pub async fn connect_h2(
+    target: &Target,
+    tls: &tokio_rustls::TlsConnector,
+    source: IpAddr,
+) -> Result<H2Conn, Failure> {
+    let stream = connect_tls(target, tls, source).await?;
+    if stream.get_ref().1.alpn_protocol() != Some(b"h2") {
+        return Err(Failure::at(Failure::HANDSHAKE)(
+            "the server did not negotiate h2 (ALPN)",
+        ));
+    }
+    // Every poll of what owns the stream counts a turn, the
+    // handshake's included: a write put off waits for the next turn.
+    let turns = Turns::default();
+    let mut handshake = Box::pin(h2::client::handshake(Coalesced::http2(
+        stream,
+        turns.clone(),
+    )));
+    let (send, mut connection) = std::future::poll_fn(|cx| turns.poll(&mut handshake, cx))
+        .await
+        .map_err(Failure::at(Failure::HANDSHAKE))?;
+    let closed = Arc::new(AtomicBool::new(false));
+    let ended = closed.clone();
+    tokio::spawn(async move {
+        let _ = std::future::poll_fn(|cx| turns.poll(&mut connection, cx)).await;
+        ended.store(true, Ordering::Relaxed);
+    });
+    Ok(H2Conn { send, closed })
+}
+
+/// TCP from `source` (bound first, so the server sees that address), then
+/// TLS with the connector's ALPN.
+async fn connect_tls(
+    target: &Target,
+    tls: &tokio_rustls::TlsConnector,
+    source: IpAddr,
+) -> Result<TlsStream<TcpStream>, Failure> {
+    let socket = match source {
+        IpAddr::V4(_) => TcpSocket::new_v4(),
+        IpAddr::V6(_) => TcpSocket::new_v6(),
+    }
+    .map_err(Failure::at(Failure::CONNECT))?;
+    // Many short connections from one address: let bind reuse ports in TIME_WAIT.
+    let _ = socket.set_reuseaddr(true);
+    socket
+        .bind(SocketAddr::new(source, 0))
+        .map_err(|e| Failure::bind(source, e))?;
+    let stream = socket
+        .connect(target.addr)
+        .await
+        .map_err(Failure::at(Failure::CONNECT))?;
+    let _ = stream.set_nodelay(true);
+    tls.connect(target.server_name.clone(), stream)
+        .await
+        .map_err(Failure::at(Failure::TLS))
+}
+
+/// hyper's HTTP/1.1 client handshake on `io`, the connection driven on a
+/// task of its own (it ends when the last sender is dropped). Used for the
+/// public API over TLS and for the admin API over plain TCP.
+pub async fn http1_handshake<IO, B>(io: IO) -> Result<http1::SendRequest<B>, hyper::Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (send, connection) = http1::handshake(TokioIo::new(io)).await?;
+    tokio::spawn(connection);
+    Ok(send)
+}
+
 pub async fn send_h1(
-    send: &mut http1::SendRequest<Empty<Bytes>>,
+    send: &mut H1Conn,
     target: &Target,
     asked: &Request,
     close_after: bool,
@@ -113,7 +141,18 @@ pub async fn send_h1(
         .send_request(request)
         .await
         .map_err(Failure::at(Failure::PROTOCOL))?;
-    read(response).await
+    read_h1(response)
+        .await
+        .map_err(Failure::at(Failure::PROTOCOL))
+}
+
+/// The whole answer of an HTTP/1.1 response (public or admin API).
+pub async fn read_h1(
+    response: http::Response<hyper::body::Incoming>,
+) -> Result<Answer, hyper::Error> {
+    let (head, body) = response.into_parts();
+    let body = body.collect().await?.to_bytes();
+    Ok(Answer::new(&head, body))
 }
 
 pub async fn send_h2(conn: &H2Conn, target: &Target, asked: &Request) -> Result<Answer, Failure> {
@@ -130,46 +169,15 @@ pub async fn send_h2(conn: &H2Conn, target: &Target, asked: &Request) -> Result<
     let (response, _) = send
         .send_request(request, true)
         .map_err(Failure::at(Failure::PROTOCOL))?;
-    let response = response.await.map_err(Failure::at(Failure::PROTOCOL))?;
-    let status = response.status().as_u16();
-    let retry_after = retry_after(response.headers());
-    let mut body = response.into_body();
-    // Most answers are one DATA frame: kept as it came, not copied.
-    let mut first = Bytes::new();
-    let mut joined = BytesMut::new();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk.map_err(Failure::at(Failure::PROTOCOL))?;
-        let _ = body.flow_control().release_capacity(chunk.len());
-        if first.is_empty() && joined.is_empty() {
-            first = chunk;
-        } else {
-            joined.extend_from_slice(&std::mem::take(&mut first));
-            joined.extend_from_slice(&chunk);
-        }
-    }
-    Ok(Answer {
-        status,
-        body: if joined.is_empty() {
-            first
-        } else {
-            joined.freeze()
-        },
-        retry_after,
-    })
-}
-
-async fn read(response: http::Response<hyper::body::Incoming>) -> Result<Answer, Failure> {
-    let status = response.status().as_u16();
-    let retry_after = retry_after(response.headers());
-    let body = response
-        .into_body()
-        .collect()
+    let (head, mut body) = response
         .await
         .map_err(Failure::at(Failure::PROTOCOL))?
-        .to_bytes();
-    Ok(Answer {
-        status,
-        body,
-        retry_after,
-    })
+        .into_parts();
+    let mut frames = BodyFrames::default();
+    while let Some(frame) = body.data().await {
+        let frame = frame.map_err(Failure::at(Failure::PROTOCOL))?;
+        let _ = body.flow_control().release_capacity(frame.len());
+        frames.push(frame);
+    }
+    Ok(Answer::new(&head, frames.finish()))
 }
