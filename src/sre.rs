@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 use std::io::{self, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -284,19 +284,7 @@ pub fn repair(
         Some(seq) => seq,
         None => consistent,
     };
-    // Every key but the good ones up to `kept_until`: later events, and any
-    // key that is not a sequence number at all.
-    let doomed: Vec<Box<[u8]>> = log
-        .raw()
-        .iterator(rocksdb::IteratorMode::Start)
-        .map(|item| item.map(|(key, _)| key))
-        .filter(|key| {
-            key.as_ref().map_or(true, |key| {
-                crate::store::event::decode_key(key).map_or(true, |seq| seq > kept_until)
-            })
-        })
-        .collect::<Result<_, _>>()
-        .map_err(|e| SreError::Repair(format!("cannot read the log: {e}")))?;
+    let doomed = keys_after(log, kept_until)?;
     if doomed.is_empty() {
         writeln!(
             out,
@@ -309,24 +297,7 @@ pub fn repair(
             first_error,
         });
     }
-    let backup = data_dir
-        .join("backups")
-        .join(format!("events-{}", crate::net::now_ms()));
-    std::fs::create_dir_all(backup.parent().expect("has a parent"))?;
-    rocksdb::checkpoint::Checkpoint::new(log.raw())
-        .and_then(|c| c.create_checkpoint(&backup))
-        .map_err(|e| {
-            SreError::Repair(format!("cannot copy the log to {}: {e}", backup.display()))
-        })?;
-    let mut batch = rocksdb::WriteBatch::default();
-    for key in &doomed {
-        batch.delete(key);
-    }
-    let mut sync = rocksdb::WriteOptions::default();
-    sync.set_sync(true);
-    log.raw()
-        .write_opt(batch, &sync)
-        .map_err(|e| SreError::Repair(format!("cannot cut the log: {e}")))?;
+    let backup = cut(log, data_dir, &doomed)?;
     if let Some(e) = &first_error {
         writeln!(out, "first error: {e}")?;
     }
@@ -342,6 +313,45 @@ pub fn repair(
         backup: Some(backup),
         first_error,
     })
+}
+
+/// Every key of the log but the good ones up to `kept_until`: later
+/// events, and any key that is not a sequence number at all.
+fn keys_after(log: &EventLog, kept_until: Seq) -> Result<Vec<Box<[u8]>>, SreError> {
+    log.raw()
+        .iterator(rocksdb::IteratorMode::Start)
+        .map(|item| item.map(|(key, _)| key))
+        .filter(|key| {
+            key.as_ref().map_or(true, |key| {
+                crate::store::event::decode_key(key).map_or(true, |seq| seq > kept_until)
+            })
+        })
+        .collect::<Result<_, _>>()
+        .map_err(|e| SreError::Repair(format!("cannot read the log: {e}")))
+}
+
+/// Copies the whole log to `data_dir/backups/events-<unix ms>` (a RocksDB
+/// checkpoint), then deletes the `doomed` keys; returns the copy's path.
+fn cut(log: &EventLog, data_dir: &Path, doomed: &[Box<[u8]>]) -> Result<PathBuf, SreError> {
+    let backup = data_dir
+        .join("backups")
+        .join(format!("events-{}", crate::net::now_ms()));
+    std::fs::create_dir_all(backup.parent().expect("has a parent"))?;
+    rocksdb::checkpoint::Checkpoint::new(log.raw())
+        .and_then(|c| c.create_checkpoint(&backup))
+        .map_err(|e| {
+            SreError::Repair(format!("cannot copy the log to {}: {e}", backup.display()))
+        })?;
+    let mut batch = rocksdb::WriteBatch::default();
+    for key in doomed {
+        batch.delete(key);
+    }
+    let mut sync = rocksdb::WriteOptions::default();
+    sync.set_sync(true);
+    log.raw()
+        .write_opt(batch, &sync)
+        .map_err(|e| SreError::Repair(format!("cannot cut the log: {e}")))?;
+    Ok(backup)
 }
 
 /// What `log compact` did.
