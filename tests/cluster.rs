@@ -475,3 +475,55 @@ async fn a_node_killed_under_load_restarts_and_converges() {
     b.kill_9();
     a.stop().await;
 }
+
+/// A replicated change is never cancelled halfway (issue 24): a creation
+/// at the cap publishes a revocation (`superseded`) and then the creation;
+/// the request's future dropped at any point between (a client reset its
+/// stream) must still leave both published or neither. At a cap of 1, a
+/// subscriber with one association keeps exactly one, whatever is dropped
+/// where.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replicated_change_dropped_midway_is_whole_or_absent() {
+    use homecmp::store::{IdentitySource, NewAssociation};
+    use homecmp::wire::{ClientId, SubscriberRef};
+    use std::future::{Future, poll_fn};
+    use std::pin::pin;
+    use std::task::Poll;
+
+    let nats = NatsCluster::start(1);
+    let node = node_with(nats.urls_toml(&[0]), "a", "replicas = 1").await;
+    let store = node.running.app.store.clone();
+    let subscriber = SubscriberRef([0x5e; 32]);
+    let new = |n: usize| NewAssociation {
+        clientid: ClientId::parse(&format!("dropped-{n}")).unwrap(),
+        subscriber,
+        source: IdentitySource::SessionBinding,
+        client_addr: "127.1.0.9".parse().unwrap(),
+    };
+    let now = 1_700_000_000_000;
+    store.associate(new(0), false, 1, now).await.unwrap();
+    let held = || store.index().clientids_of(&subscriber).len();
+    for n in 1..60 {
+        // Dropped after 1 to 6 polls, 0 to 2 ms apart: before, between and
+        // after the publishes.
+        {
+            let mut future = pin!(store.associate(new(n), false, 1, now));
+            for poll in 0..(1 + n % 6) {
+                let ready = poll_fn(|cx| Poll::Ready(future.as_mut().poll(cx).is_ready())).await;
+                if ready {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_micros((poll as u64 * 700) % 2000)).await;
+            }
+        } // The future is dropped here.
+        // Whatever was handed over finishes in its own task: then exactly
+        // one association stands.
+        eventually(&format!("drop {n}: one association again"), async || {
+            held() == 1
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(held(), 1, "drop {n} left the subscriber with {}", held());
+    }
+    node.stop().await;
+}
