@@ -88,13 +88,17 @@ pub struct FederationConfig {
     /// The community CA(s), PEM: a peer is trusted, as a server and as a
     /// client, only with a certificate issued by one of them.
     pub ca_file: PathBuf,
-    /// Routing prefix -> the peer CMP's federation URL.
-    pub peers: Vec<(RoutingPrefix, String)>,
+    /// The peer CMPs this one forwards to, by routing prefix.
+    pub peers: Vec<PeerConfig>,
     /// The community's registry (MCR), asked for the CMP of a prefix that
     /// is neither this CMP's nor in `peers`.
     pub mcr_url: Option<String>,
     /// How long an MCR answer (a CMP, or none) is kept.
     pub mcr_cache: Duration,
+    /// Whether the registry may name a CMP at a loopback, link-local,
+    /// private or unspecified address (an IP literal, or a host name that
+    /// resolves to one). Off: such an answer is refused.
+    pub mcr_allow_private: bool,
     /// A forwarded request's whole budget: connect, TLS, answer.
     pub timeout: Duration,
     pub max_in_flight_per_peer: usize,
@@ -103,6 +107,26 @@ pub struct FederationConfig {
     pub open_for: Duration,
     /// Requests one peer (by address) may send to `listen` per second.
     pub requests_per_peer_per_sec: u32,
+    /// Admission on `listen` (`crate::net::admit`), apart from the public
+    /// listener's: connections open at once, per source address, new ones
+    /// per address per second, and TLS handshakes per second, all together.
+    pub max_connections: usize,
+    pub max_connections_per_address: u32,
+    pub accepts_per_address_per_sec: u32,
+    pub handshakes_per_sec: u32,
+}
+
+/// One `[[federation.peers]]` entry.
+#[derive(Debug, Clone)]
+pub struct PeerConfig {
+    pub prefix: RoutingPrefix,
+    /// Its federation URL (`https://`, no trailing slash).
+    pub url: String,
+    /// The CA (PEM) that verifies this peer's certificate instead of the
+    /// community's `ca_file`.
+    pub ca_file: Option<PathBuf>,
+    /// SHA-256 of the SubjectPublicKeyInfo its certificate must carry.
+    pub spki_sha256: Option<[u8; 32]>,
 }
 
 /// `[radius]`: where the packet gateways send accounting, and with what.
@@ -259,11 +283,16 @@ struct RawFederation {
     peers: Vec<RawPeer>,
     mcr_url: String,
     mcr_cache_secs: u64,
+    mcr_allow_private: bool,
     timeout_ms: u64,
     max_in_flight_per_peer: usize,
     failures_to_open: u32,
     open_ms: u64,
     requests_per_peer_per_sec: u32,
+    max_connections: usize,
+    max_connections_per_address: u32,
+    accepts_per_address_per_sec: u32,
+    handshakes_per_sec: u32,
 }
 
 #[derive(Debug, Deserialize)]
@@ -271,6 +300,8 @@ struct RawFederation {
 struct RawPeer {
     prefix: String,
     url: String,
+    ca_file: Option<PathBuf>,
+    spki_sha256: Option<String>,
 }
 
 impl Default for RawFederation {
@@ -283,11 +314,16 @@ impl Default for RawFederation {
             peers: Vec::new(),
             mcr_url: String::new(),
             mcr_cache_secs: 300,
+            mcr_allow_private: false,
             timeout_ms: 1500,
             max_in_flight_per_peer: 256,
             failures_to_open: 5,
             open_ms: 5000,
             requests_per_peer_per_sec: 5000,
+            max_connections: 256,
+            max_connections_per_address: 32,
+            accepts_per_address_per_sec: 20,
+            handshakes_per_sec: 100,
         }
     }
 }
@@ -783,7 +819,7 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
             on_mismatch: auth.on_mismatch,
             federated_prefixes: federation
                 .iter()
-                .flat_map(|f| f.peers.iter().map(|(prefix, _)| prefix.clone()))
+                .flat_map(|f| f.peers.iter().map(|peer| peer.prefix.clone()))
                 .collect(),
             peer_registry: federation.as_ref().is_some_and(|f| f.mcr_url.is_some()),
             routing_prefixes,
@@ -866,7 +902,7 @@ fn federation(
     let cert_file = file("cert_file", raw.cert_file);
     let key_file = file("key_file", raw.key_file);
     let ca_file = file("ca_file", raw.ca_file);
-    let mut peers: Vec<(RoutingPrefix, String)> = Vec::new();
+    let mut peers: Vec<PeerConfig> = Vec::new();
     for peer in raw.peers {
         let prefix = match RoutingPrefix::parse(&peer.prefix) {
             Ok(prefix) => prefix,
@@ -875,7 +911,7 @@ fn federation(
                 continue;
             }
         };
-        if own.contains(&prefix) || peers.iter().any(|(p, _)| *p == prefix) {
+        if own.contains(&prefix) || peers.iter().any(|p| p.prefix == prefix) {
             errors.push(format!(
                 "federation.peers.prefix: {:?} is this CMP's or listed twice",
                 peer.prefix
@@ -887,7 +923,21 @@ fn federation(
                 peer.url
             ));
         }
-        peers.push((prefix, peer.url.trim_end_matches('/').to_owned()));
+        let spki_sha256 = peer.spki_sha256.as_deref().and_then(|text| {
+            let pin = parse_sha256(text);
+            if pin.is_none() {
+                errors.push(format!(
+                    "federation.peers.spki_sha256: {text:?} is not a SHA-256 (64 hex digits, or base64)"
+                ));
+            }
+            pin
+        });
+        peers.push(PeerConfig {
+            prefix,
+            url: peer.url.trim_end_matches('/').to_owned(),
+            ca_file: peer.ca_file,
+            spki_sha256,
+        });
     }
     if !(100..=60_000).contains(&raw.timeout_ms) {
         errors.push(format!(
@@ -895,8 +945,11 @@ fn federation(
             raw.timeout_ms
         ));
     }
-    if raw.max_in_flight_per_peer == 0 || raw.failures_to_open == 0 {
-        errors.push("federation.max_in_flight_per_peer and failures_to_open: at least 1".into());
+    if raw.max_in_flight_per_peer == 0 || raw.failures_to_open == 0 || raw.max_connections == 0 {
+        errors.push(
+            "federation.max_in_flight_per_peer, failures_to_open and max_connections: at least 1"
+                .into(),
+        );
     }
     let mcr_url = (!raw.mcr_url.is_empty()).then(|| {
         if !raw.mcr_url.starts_with("https://") || raw.mcr_url.parse::<http::Uri>().is_err() {
@@ -915,12 +968,41 @@ fn federation(
         peers,
         mcr_url,
         mcr_cache: Duration::from_secs(raw.mcr_cache_secs),
+        mcr_allow_private: raw.mcr_allow_private,
         timeout: Duration::from_millis(raw.timeout_ms),
         max_in_flight_per_peer: raw.max_in_flight_per_peer,
         failures_to_open: raw.failures_to_open,
         open_for: Duration::from_millis(raw.open_ms),
         requests_per_peer_per_sec: raw.requests_per_peer_per_sec,
+        max_connections: raw.max_connections,
+        max_connections_per_address: raw.max_connections_per_address,
+        accepts_per_address_per_sec: raw.accepts_per_address_per_sec,
+        handshakes_per_sec: raw.handshakes_per_sec,
     })
+}
+
+/// A SHA-256 written as 64 hex digits (either case, `:` between bytes
+/// allowed, as `openssl` prints it) or base64 (standard or URL-safe, padded
+/// or not, as HPKP pins are written).
+fn parse_sha256(text: &str) -> Option<[u8; 32]> {
+    use base64::Engine;
+    let hex: String = text.chars().filter(|c| *c != ':').collect();
+    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        let mut digest = [0; 32];
+        for (byte, pair) in digest.iter_mut().zip(hex.as_bytes().chunks(2)) {
+            *byte = u8::from_str_radix(std::str::from_utf8(pair).ok()?, 16).ok()?;
+        }
+        return Some(digest);
+    }
+    let unpadded = text.trim_end_matches('=');
+    let engines = [
+        base64::engine::general_purpose::STANDARD_NO_PAD,
+        base64::engine::general_purpose::URL_SAFE_NO_PAD,
+    ];
+    engines
+        .iter()
+        .find_map(|engine| engine.decode(unpadded).ok())
+        .and_then(|bytes| bytes.try_into().ok())
 }
 
 fn radius(raw: RawRadius, errors: &mut Vec<String>) -> Option<RadiusConfig> {
@@ -1174,7 +1256,9 @@ mod tests {
                   [[federation.peers]]\nprefix = \"2001000002\"\nurl = \"https://b.example:8445/\"\n";
         let config = Config::parse(on, no_env()).unwrap();
         let federation = config.federation.unwrap();
-        assert_eq!(federation.peers[0].1, "https://b.example:8445");
+        assert_eq!(federation.peers[0].url, "https://b.example:8445");
+        assert_eq!(federation.peers[0].spki_sha256, None);
+        assert!(!federation.mcr_allow_private, "refused unless configured");
         assert_eq!(federation.listen, None);
         assert_eq!(config.policy.federated_prefixes[0].as_str(), "2001000002");
         let bad = "[federation]\nlisten = \"8445\"\ntimeout_ms = 5\n\
@@ -1197,6 +1281,42 @@ mod tests {
     }
 
     #[test]
+    fn a_peer_pin_is_read_in_hex_or_base64_and_refused_otherwise() {
+        let digest: [u8; 32] = std::array::from_fn(|i| (i as u8).wrapping_mul(37) ^ 0xf8);
+        let hex: String = digest.iter().map(|b| format!("{b:02X}")).collect();
+        let colons = digest
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>();
+        use base64::Engine;
+        let standard = base64::engine::general_purpose::STANDARD.encode(digest);
+        let url_safe = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(digest);
+        assert!(standard.contains(['+', '/']) && url_safe.contains(['-', '_']));
+        for text in [hex.clone(), colons.join(":"), standard, url_safe] {
+            assert_eq!(parse_sha256(&text), Some(digest), "{text}");
+        }
+        for bad in [&hex[2..], "", "not a digest", &format!("{hex}00")] {
+            assert_eq!(parse_sha256(bad), None, "{bad}");
+        }
+        let peer = |pin: &str| {
+            format!(
+                "[federation]\ncert_file = \"/c\"\nkey_file = \"/k\"\nca_file = \"/ca\"\n\
+                 [[federation.peers]]\nprefix = \"2001000002\"\nurl = \"https://b:8445\"\n\
+                 ca_file = \"/b-ca\"\nspki_sha256 = \"{pin}\"\n"
+            )
+        };
+        let config = Config::parse(&peer(&hex), no_env()).unwrap();
+        let pinned = &config.federation.unwrap().peers[0];
+        assert_eq!(pinned.spki_sha256, Some(digest));
+        assert_eq!(pinned.ca_file.as_deref(), Some(Path::new("/b-ca")));
+        let errors = Config::parse(&peer("abc"), no_env()).unwrap_err().0;
+        assert!(
+            errors[0].starts_with("federation.peers.spki_sha256") && errors.len() == 1,
+            "{errors:#?}"
+        );
+    }
+
+    #[test]
     fn the_readme_cluster_example_is_valid() {
         let readme = include_str!("../README.md");
         let section = &readme[readme.find("## Cluster mode").unwrap()..];
@@ -1206,6 +1326,30 @@ mod tests {
         let cluster = Config::parse(&text, no_env()).unwrap().cluster.unwrap();
         assert_eq!(cluster.nats_urls.len(), 3);
         assert_eq!(cluster.node, "cmp-1");
+    }
+
+    #[test]
+    fn the_readme_federation_example_is_valid_with_or_without_its_pins() {
+        let readme = include_str!("../README.md");
+        let section = &readme[readme.find("## Federation").unwrap()..];
+        let start = section.find("```toml\n").unwrap() + "```toml\n".len();
+        let block = &section[start..start + section[start..].find("```").unwrap()];
+        let federation = Config::parse(block, no_env()).unwrap().federation.unwrap();
+        assert_eq!(federation.peers.len(), 1);
+        let pinned = block
+            .replace("# mcr_url", "mcr_url")
+            .replace("# ca_file", "ca_file")
+            .replace(
+                "# spki_sha256 = \"base64 or hex of SHA-256(SubjectPublicKeyInfo)\"",
+                &format!("spki_sha256 = \"{}\"", "ab".repeat(32)),
+            );
+        let federation = Config::parse(&pinned, no_env())
+            .unwrap()
+            .federation
+            .unwrap();
+        assert!(federation.mcr_url.is_some());
+        let peer = &federation.peers[0];
+        assert!(peer.ca_file.is_some() && peer.spki_sha256 == Some([0xab; 32]));
     }
 
     #[test]

@@ -7,6 +7,14 @@
 //! certificate or one from another CA, answers a malformed request 400 and
 //! a flood 429; with B down, A answers 503 UPSTREAM_UNAVAILABLE at once
 //! and still resolves its own codes.
+//!
+//! B's federation port admits before any TLS, under limits apart from its
+//! public port's (address cap, handshake pace, penalty); A calls a pinned
+//! peer only with the certificate it is pinned to (`spki_sha256`,
+//! `ca_file`); a registry's loopback answers are refused by default, its
+//! failures kept a while, and a peer it names keeps one circuit across
+//! refreshes; in monitor and off modes, only what enforce mode lets
+//! through reaches B or the registry.
 
 mod support;
 
@@ -56,33 +64,74 @@ const OPEN: &str = "[limits]\nfirst_scans_per_sec = 0\n";
 /// B (listening for peers, trusting A's CA), then A (forwarding to B,
 /// trusting B's CA). `b_extra` goes into B's `[federation]`.
 async fn pair(b_extra: &str) -> Pair {
+    pair_with("", b_extra, "").await
+}
+
+/// As [`pair`], with `b_limits` in B's `[limits]` and `a_sections` (whole
+/// sections) in A's configuration.
+async fn pair_with(b_limits: &str, b_extra: &str, a_sections: &str) -> Pair {
     let dir = tempfile::tempdir().unwrap();
-    let (a_ca, a_cert, a_key) = pki(dir.path(), "a");
-    let (b_ca, b_cert, b_key) = pki(dir.path(), "b");
+    pki(dir.path(), "a");
+    pki(dir.path(), "b");
     pki(dir.path(), "c");
+    let b = start_b(dir.path(), b_limits, b_extra).await;
+    let a = start_a(dir.path(), &fed_base(&b), a_sections, "b-ca.pem", "").await;
+    Pair { a, b, dir }
+}
+
+/// B: owns 2001000002 (with [`B_CODE`]), serves peers whose certificate
+/// is from A's CA.
+async fn start_b(dir: &Path, b_limits: &str, b_extra: &str) -> TestServer {
     let b_federation = format!(
-        "{OPEN}[federation]\nlisten = \"127.0.0.1:0\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n\
-         ca_file = \"{}\"\n{b_extra}\n",
-        b_cert.display(),
-        b_key.display(),
-        a_ca.display()
+        "{OPEN}{b_limits}\n[federation]\nlisten = \"127.0.0.1:0\"\ncert_file = \"{}\"\n\
+         key_file = \"{}\"\nca_file = \"{}\"\n{b_extra}\n",
+        dir.join("b-cert.pem").display(),
+        dir.join("b-key.pem").display(),
+        dir.join("a-ca.pem").display()
     );
     let b = TestServer::with_sections("routing_prefixes = [\"2001000002\"]", &b_federation).await;
     b.put_code(B_CODE, B_TARGET).await;
-    let b_url = format!(
+    b
+}
+
+/// A: A's certificate, `community_ca` (a file in `dir`) as the community
+/// CA, and B at `b_url` as the peer of 2001000002 with `peer_keys` (its
+/// `ca_file`, its `spki_sha256`). `a_sections` are whole sections of A's
+/// configuration, `[federation]` among them to add keys to it.
+async fn start_a(
+    dir: &Path,
+    b_url: &str,
+    a_sections: &str,
+    community_ca: &str,
+    peer_keys: &str,
+) -> TestServer {
+    let federation_keys = format!(
+        "cert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n\
+         timeout_ms = 500\nfailures_to_open = 3\nopen_ms = 60000\n",
+        dir.join("a-cert.pem").display(),
+        dir.join("a-key.pem").display(),
+        dir.join(community_ca).display(),
+    );
+    let sections = match a_sections.contains("[federation]\n") {
+        true => a_sections.replacen(
+            "[federation]\n",
+            &format!("[federation]\n{federation_keys}"),
+            1,
+        ),
+        false => format!("{a_sections}\n[federation]\n{federation_keys}"),
+    };
+    let a_federation = format!(
+        "{OPEN}{sections}\n[[federation.peers]]\nprefix = \"2001000002\"\nurl = \"{b_url}\"\n{peer_keys}\n"
+    );
+    TestServer::ready(&a_federation).await
+}
+
+/// Where B serves peers.
+fn fed_base(b: &TestServer) -> String {
+    format!(
         "https://127.0.0.1:{}",
         b.running.federation_addr.unwrap().port()
-    );
-    let a_federation = format!(
-        "{OPEN}[federation]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n\
-         timeout_ms = 500\nfailures_to_open = 3\nopen_ms = 60000\n\
-         [[federation.peers]]\nprefix = \"2001000002\"\nurl = \"{b_url}\"\n",
-        a_cert.display(),
-        a_key.display(),
-        b_ca.display()
-    );
-    let a = TestServer::ready(&a_federation).await;
-    Pair { a, b, dir }
+    )
 }
 
 async fn resolve(
@@ -257,8 +306,8 @@ async fn with_the_peer_down_its_codes_fail_fast_and_ours_still_resolve() {
 }
 
 /// A community registry (MCR) on loopback: `GET /mcr/v1/prefixes/{prefix}`
-/// names the CMP of the prefixes in `owners`, 404 for others; counts the
-/// questions.
+/// names the CMP of the prefixes in `owners` (`BIG`: an answer far too
+/// large; `FAIL`: a 500), 404 for others; counts the questions.
 async fn registry(
     dir: &Path,
     owners: Vec<(String, String)>,
@@ -291,6 +340,7 @@ async fn registry(
                         let (status, body) = match owner {
                             // A registry gone wrong: an answer far too large.
                             Some((_, url)) if url == "BIG" => (200, "x".repeat(1 << 20)),
+                            Some((_, url)) if url == "FAIL" => (500, "{}".to_owned()),
                             Some((_, url)) => (200, serde_json::json!({"url": url}).to_string()),
                             None => (404, "{}".to_owned()),
                         };
@@ -313,31 +363,39 @@ async fn registry(
     (url, asked)
 }
 
+/// The community CAs of B and of the registry in one file of `dir`.
+fn b_and_registry_roots(dir: &Path) -> PathBuf {
+    let roots = dir.join("b-and-mcr-ca.pem");
+    let mut pem = std::fs::read(dir.join("b-ca.pem")).unwrap();
+    pem.extend(std::fs::read(dir.join("mcr-ca.pem")).unwrap());
+    std::fs::write(&roots, pem).unwrap();
+    roots
+}
+
+/// A third CMP like A, but with no peer listed: only the registry at
+/// `mcr_url`, and `federation_keys`.
+async fn registry_cmp(dir: &Path, mcr_url: &str, federation_keys: &str) -> TestServer {
+    let federation = format!(
+        "{OPEN}[federation]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n\
+         mcr_url = \"{mcr_url}\"\n{federation_keys}\n",
+        dir.join("a-cert.pem").display(),
+        dir.join("a-key.pem").display(),
+        b_and_registry_roots(dir).display()
+    );
+    TestServer::ready(&federation).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_community_registry_names_the_cmp_of_an_unlisted_prefix() {
     let Pair { a, b, dir } = pair("").await;
-    let b_url = format!(
-        "https://127.0.0.1:{}",
-        b.running.federation_addr.unwrap().port()
-    );
+    let b_url = fed_base(&b);
     let owners = vec![
         ("2001000002".into(), b_url),
         ("2001000004".into(), "BIG".into()),
     ];
     let (mcr_url, asked) = registry(dir.path(), owners).await;
-    // A third CMP like A, but with no peer listed: only the registry.
-    let roots = dir.path().join("b-and-mcr-ca.pem");
-    let mut pem = std::fs::read(dir.path().join("b-ca.pem")).unwrap();
-    pem.extend(std::fs::read(dir.path().join("mcr-ca.pem")).unwrap());
-    std::fs::write(&roots, pem).unwrap();
-    let federation = format!(
-        "{OPEN}[federation]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n\
-         mcr_url = \"{mcr_url}\"\n",
-        dir.path().join("a-cert.pem").display(),
-        dir.path().join("a-key.pem").display(),
-        roots.display()
-    );
-    let c = TestServer::ready(&federation).await;
+    // On loopback, as every CMP here: allowed.
+    let c = registry_cmp(dir.path(), &mcr_url, "mcr_allow_private = true").await;
     for _ in 0..3 {
         let (status, body) = resolve(&c, "127.1.0.1", B_CODE, "mcc-mcr").await;
         assert_eq!(
@@ -367,4 +425,358 @@ async fn the_community_registry_names_the_cmp_of_an_unlisted_prefix() {
     for server in [a, b, c] {
         server.stop().await;
     }
+}
+
+fn asked(counter: &std::sync::atomic::AtomicUsize) -> usize {
+    counter.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+async fn forwarded(server: &TestServer, reason: &str) -> f64 {
+    let metrics = server.metrics().await;
+    metric(
+        &metrics,
+        &format!("homecmp_federation_total{{outcome=\"forwarded\",reason=\"{reason}\"}}"),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_answer_naming_an_internal_address_is_refused_by_default() {
+    let pair = pair("").await;
+    let port = pair.b.running.federation_addr.unwrap().port();
+    // B itself, the right CMP, with a certificate for both names: only
+    // the address stands in the way.
+    let owners = vec![
+        ("2001000002".into(), format!("https://127.0.0.1:{port}")),
+        ("2001000005".into(), format!("https://localhost:{port}")),
+    ];
+    let (mcr_url, _) = registry(pair.dir.path(), owners).await;
+    let c = registry_cmp(pair.dir.path(), &mcr_url, "").await;
+    for code in [B_CODE, "2001000005remote"] {
+        let (status, body) = resolve(&c, "127.1.0.1", code, "mcc-internal").await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (503, Some("UPSTREAM_UNAVAILABLE")),
+            "{code}: {body}"
+        );
+    }
+    // One refused as an IP literal, one as a name that resolves to one.
+    assert_eq!(forwarded(&c, "private_address").await, 2.0);
+    assert_eq!(answered_by_b(&pair).await, 0.0);
+    for server in [pair.a, pair.b, c] {
+        server.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_named_peers_keep_their_breaker_and_registry_failures_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    pki(dir.path(), "a");
+    pki(dir.path(), "b");
+    let gone = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dead = format!("https://127.0.0.1:{}", gone.local_addr().unwrap().port());
+    drop(gone);
+    let owners = vec![
+        ("2001000006".into(), dead),
+        ("2001000007".into(), "FAIL".into()),
+    ];
+    let (mcr_url, questions) = registry(dir.path(), owners).await;
+    // Answers are not kept at all: each request asks the registry again.
+    let c = registry_cmp(
+        dir.path(),
+        &mcr_url,
+        "mcr_allow_private = true\nmcr_cache_secs = 0\nfailures_to_open = 2\n\
+         open_ms = 60000\ntimeout_ms = 500",
+    )
+    .await;
+    for round in 0..6 {
+        let (status, body) = resolve(&c, "127.1.0.1", "2001000006x", "mcc-breaker").await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (503, Some("UPSTREAM_UNAVAILABLE")),
+            "{round}"
+        );
+    }
+    assert_eq!(asked(&questions), 6, "the answer was asked for anew");
+    // Its circuit opened after two failures and stayed open across them.
+    assert_eq!(forwarded(&c, "failed").await, 2.0);
+    assert_eq!(forwarded(&c, "circuit_open").await, 4.0);
+
+    // A registry that fails is asked once, then left alone a while.
+    for _ in 0..3 {
+        let (status, body) = resolve(&c, "127.1.0.1", "2001000007x", "mcc-breaker").await;
+        assert_eq!(
+            (status, body["code"].as_str()),
+            (503, Some("UPSTREAM_UNAVAILABLE"))
+        );
+    }
+    assert_eq!(asked(&questions), 7);
+    assert_eq!(forwarded(&c, "registry_failed").await, 3.0);
+    c.stop().await;
+}
+
+/// A silent TCP connection from `local_ip` to `to`.
+async fn silent_from(local_ip: &str, to: std::net::SocketAddr) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::new(local_ip.parse().unwrap(), 0))
+        .unwrap();
+    socket.connect(to).await.unwrap()
+}
+
+/// Whether the server closes `stream` (EOF or reset) within `within`,
+/// having sent nothing.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut byte = [0u8; 1];
+    match tokio::time::timeout(within, stream.read(&mut byte)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => true,
+        Ok(Ok(_)) => panic!("the server spoke first"),
+        Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_listener_admits_before_tls_under_limits_of_its_own() {
+    let cap = "max_connections_per_address = 2\n";
+    let pair = pair_with(cap, cap, "").await;
+    let refused = |transport: &str| {
+        format!(
+            "homecmp_connections_refused_total{{transport=\"{transport}\",reason=\"address_cap\"}}"
+        )
+    };
+    // Two connections that never start a handshake hold 127.0.0.5's slots
+    // on the federation port; a third is closed before any TLS.
+    let federation = pair.b.running.federation_addr.unwrap();
+    let mut held = [
+        silent_from("127.0.0.5", federation).await,
+        silent_from("127.0.0.5", federation).await,
+    ];
+    let mut third = silent_from("127.0.0.5", federation).await;
+    assert!(closed_within(&mut third, Duration::from_secs(2)).await);
+    assert!(!closed_within(&mut held[0], Duration::from_millis(200)).await);
+    let metrics = pair.b.metrics().await;
+    assert_eq!(metric(&metrics, &refused("federation")), 1.0, "{metrics}");
+    let handshakes = r#"homecmp_federation_total{outcome="refused",reason="handshake"}"#;
+    assert_eq!(metric(&metrics, handshakes), 0.0, "no TLS was tried");
+
+    // 127.0.0.1 fills its slots on B's public port ...
+    let public = pair.b.running.public_addr;
+    let _public_held = [
+        silent_from("127.0.0.1", public).await,
+        silent_from("127.0.0.1", public).await,
+    ];
+    let mut over = silent_from("127.0.0.1", public).await;
+    assert!(closed_within(&mut over, Duration::from_secs(2)).await);
+    assert_eq!(metric(&pair.b.metrics().await, &refused("tcp")), 1.0);
+    // ... and A, calling from 127.0.0.1 too, is still a peer with room.
+    let (status, body) = resolve(&pair.a, "127.1.0.1", B_CODE, "mcc-fed-3").await;
+    assert_eq!((status, body["target"].as_str()), (200, Some(B_TARGET)));
+    pair.a.stop().await;
+    pair.b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_peer_listener_paces_handshakes_before_any_certificate_is_seen() {
+    // One handshake a second, none waiting past the 5 s handshake budget:
+    // of ten at once, about six get a turn and the others are closed.
+    let pair = pair("handshakes_per_sec = 1").await;
+    let federation = pair.b.running.federation_addr.unwrap();
+    let mut flood = Vec::new();
+    for _ in 0..10 {
+        flood.push(silent_from("127.0.0.6", federation).await);
+    }
+    let closed = futures_util::future::join_all(
+        flood
+            .iter_mut()
+            .map(|stream| closed_within(stream, Duration::from_secs(2))),
+    )
+    .await;
+    let closed = closed.iter().filter(|closed| **closed).count();
+    assert!((3..=5).contains(&closed), "{closed} of 10 closed at once");
+    let metrics = pair.b.metrics().await;
+    let paced =
+        r#"homecmp_connections_refused_total{transport="federation",reason="handshake_rate"}"#;
+    assert_eq!(metric(&metrics, paced), closed as f64, "{metrics}");
+    pair.a.stop().await;
+    pair.b.stop().await;
+}
+
+/// SHA-256 of the SubjectPublicKeyInfo of the key `name-key.pem` in `dir`,
+/// as rcgen writes it (not as the server reads it from a certificate).
+fn spki_sha256(dir: &Path, name: &str) -> [u8; 32] {
+    let pem = std::fs::read_to_string(dir.join(format!("{name}-key.pem"))).unwrap();
+    let key = rcgen::KeyPair::from_pem(&pem).unwrap();
+    let spki = rcgen::PublicKeyData::subject_public_key_info(&key);
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &spki);
+    digest.as_ref().try_into().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_is_called_only_with_the_certificate_it_is_pinned_to() {
+    use base64::Engine;
+    let pair = pair("").await;
+    let dir = pair.dir.path();
+    let b_url = fed_base(&pair.b);
+    let base64 = base64::engine::general_purpose::STANDARD.encode(spki_sha256(dir, "b"));
+    let other: String = spki_sha256(dir, "c")
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let ca_file = |name: &str| format!("ca_file = \"{}\"", dir.join(name).display());
+    let cases = [
+        // (community CA, the peer's own keys, status, outcome)
+        (
+            "b-ca.pem",
+            format!("spki_sha256 = \"{base64}\""),
+            200,
+            "resolved",
+        ),
+        (
+            "b-ca.pem",
+            format!("spki_sha256 = \"{other}\""),
+            503,
+            "pin_mismatch",
+        ),
+        // Its own CA verifies it, where the community's would not ...
+        ("c-ca.pem", ca_file("b-ca.pem"), 200, "resolved"),
+        // ... and in place of the community's, which would.
+        ("b-ca.pem", ca_file("c-ca.pem"), 503, "certificate_refused"),
+    ];
+    for (community, peer_keys, status, outcome) in cases {
+        let a = start_a(dir, &b_url, "", community, &peer_keys).await;
+        let (answered, body) = resolve(&a, "127.1.0.1", B_CODE, "mcc-pin").await;
+        assert_eq!(answered, status, "{peer_keys}: {body}");
+        if status == 503 {
+            assert_eq!(body["code"], "UPSTREAM_UNAVAILABLE");
+        }
+        assert_eq!(
+            forwarded(&a, outcome).await,
+            1.0,
+            "{peer_keys}: {}",
+            a.metrics().await
+        );
+        a.stop().await;
+    }
+    assert_eq!(
+        answered_by_b(&pair).await,
+        2.0,
+        "B heard only the two allowed"
+    );
+    pair.a.stop().await;
+    pair.b.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn monitor_and_off_modes_forward_only_what_enforce_would() {
+    for mode in ["monitor", "off"] {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["a", "b"] {
+            pki(dir.path(), name);
+        }
+        let b = start_b(dir.path(), "", "").await;
+        // A registry that knows no prefix: asking it is all it records.
+        let (mcr_url, questions) = registry(dir.path(), Vec::new()).await;
+        let roots = b_and_registry_roots(dir.path());
+        let sections = format!(
+            "[auth]\nmode = \"{mode}\"\n[federation]\nmcr_url = \"{mcr_url}\"\nmcr_allow_private = true\n"
+        );
+        let a = start_a(
+            dir.path(),
+            &fed_base(&b),
+            &sections,
+            roots.to_str().unwrap(),
+            "",
+        )
+        .await;
+        let wifi = a.client("http2", "127.2.0.1");
+        // Requests enforce mode would refuse (no clientid; an unassociated
+        // one off the MNO network): answered as nobody's codes, and
+        // neither B nor the registry hears of them.
+        for code in [B_CODE, "2001000003x"] {
+            for query in [
+                format!("code={code}"),
+                format!("code={code}&clientid=never-associated"),
+            ] {
+                let (status, body) = a.resolve(&wifi, &query).await;
+                assert_eq!(
+                    (status, body["code"].as_str()),
+                    (404, Some("UNKNOWN_PREFIX")),
+                    "{mode}: {query}"
+                );
+            }
+        }
+        let b_answered = || async {
+            let metrics = b.metrics().await;
+            metric(
+                &metrics,
+                r#"homecmp_federation_total{outcome="answered",reason="resolved"}"#,
+            )
+        };
+        assert_eq!(b_answered().await, 0.0, "{mode}: B never asked");
+        assert_eq!(asked(&questions), 0, "{mode}: the registry never asked");
+        // A's own codes still resolve for them, as the mode says.
+        let (status, _) = a.resolve(&wifi, &format!("code={CODE}")).await;
+        assert_eq!(status, 200, "{mode}");
+
+        // A first scan on the MNO network is what enforce lets through:
+        // forwarded, to B and to the registry.
+        let (status, body) = resolve(&a, "127.1.0.1", B_CODE, "mcc-mode").await;
+        assert_eq!(
+            (status, body["target"].as_str()),
+            (200, Some(B_TARGET)),
+            "{mode}"
+        );
+        let (status, _) = resolve(&a, "127.1.0.1", "2001000003x", "mcc-mode").await;
+        assert_eq!(status, 404, "{mode}");
+        assert_eq!(asked(&questions), 1, "{mode}");
+        // From WiFi the same clientid is associated in monitor mode (it
+        // was made above) and not in off mode (which makes none).
+        let (status, body) = a
+            .resolve(&wifi, &format!("code={B_CODE}&clientid=mcc-mode"))
+            .await;
+        let expected = match mode {
+            "monitor" => (200, Some(B_TARGET)),
+            _ => (404, None),
+        };
+        assert_eq!(
+            (status, body["target"].as_str()),
+            expected,
+            "{mode}: {body}"
+        );
+        let forwarded_to_b = match mode {
+            "monitor" => 2.0,
+            _ => 1.0,
+        };
+        assert_eq!(b_answered().await, forwarded_to_b, "{mode}");
+        a.stop().await;
+        b.stop().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_closed_for_its_conduct_is_held_off_the_federation_port_only() {
+    let conduct = "refusals_before_slowdown = 0\nrefusals_before_close = 3\npenalty_secs = 60\n";
+    let pair = pair_with(conduct, "", "").await;
+    let a = peer_client(&pair, Some(("a-cert.pem", "a-key.pem")));
+    for _ in 0..3 {
+        let bad = a.get(fed_url(&pair, "code=!!")).send().await.unwrap();
+        assert_eq!(bad.status(), 400);
+    }
+    // It was held when its connection earned the close: a new connection
+    // from its address is refused before any TLS.
+    let a = peer_client(&pair, Some(("a-cert.pem", "a-key.pem")));
+    let again = a
+        .get(fed_url(&pair, &format!("code={B_CODE}")))
+        .send()
+        .await;
+    assert!(again.is_err(), "{again:?}");
+    let metrics = pair.b.metrics().await;
+    let held = r#"homecmp_connections_refused_total{transport="federation",reason="penalty"}"#;
+    assert!(metric(&metrics, held) >= 1.0, "{metrics}");
+    // The same address is a client like any other on the public port.
+    let public = pair.b.client("http2", "127.0.0.1");
+    let (status, _) = pair.b.resolve(&public, &format!("code={B_CODE}")).await;
+    assert_eq!(status, 401);
+    pair.a.stop().await;
+    pair.b.stop().await;
 }

@@ -1,11 +1,21 @@
 //! The federation listener: peer CMPs resolve this CMP's codes here, over
 //! TLS 1.3 with a client certificate from the community CA (the handshake
-//! refuses anyone else). A peer is a client like any other past that: its
-//! requests are rate limited per address (`requests_per_peer_per_sec`,
-//! then 429), a malformed one is answered 400, and the connection limits
-//! and timeouts of `[limits]` apply. It asks for a code only; it learns
-//! the target, or `CODE_NOT_FOUND`, or `UNKNOWN_PREFIX` for a code that is
-//! not this CMP's.
+//! refuses anyone else).
+//!
+//! A connection is admitted as on the public listener, before any TLS
+//! work: [`crate::net::admit`] with [`Transport::Federation`] (the
+//! federation's own penalty box, per-address connection rate and cap, and
+//! global cap: `[federation]`'s `max_connections*`,
+//! `accepts_per_address_per_sec`), then a turn at the federation's
+//! handshake pace (`handshakes_per_sec`), and only then the handshake (and
+//! with it the client certificate check), within the header-read timeout.
+//! A peer is a client like any other past that: its requests are rate
+//! limited per address (`requests_per_peer_per_sec`, then 429), a malformed
+//! one is answered 400, a run of refused requests slows and then closes its
+//! connection and holds its address off this port for `limits.penalty_secs`
+//! (`net::conn::Conduct`), and the connection timeouts of `[limits]`
+//! apply. It asks for a code only; it learns the target, or
+//! `CODE_NOT_FOUND`, or `UNKNOWN_PREFIX` for a code that is not this CMP's.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -13,7 +23,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{Method, Response, StatusCode};
 use http_body_util::Full;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,12 +31,11 @@ use tokio_util::task::TaskTracker;
 use super::RESOLVE_PATH;
 use crate::core::Refusal;
 use crate::net::App;
+use crate::net::admit::{Admitted, Transport, admit};
+use crate::net::conn::{Conduct, Earned};
 use crate::net::error::{error_response, json_response};
 use crate::net::limits::KeyedRate;
 use crate::wire::{IndirectCode, Query};
-
-/// Peer connections open at once; more are closed at once.
-const MAX_CONNECTIONS: usize = 256;
 
 /// Serves peers on `listener` until `shutdown`.
 pub async fn serve(
@@ -41,46 +50,111 @@ pub async fn serve(
         federation.requests_per_peer_per_sec,
         app.config.limits.limiter_max_keys,
     ));
-    let full = || app.metrics.federation("refused", "connections");
-    let serve = |tcp, peer: SocketAddr| {
-        let (app, acceptor, rate, shutdown) = (
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "federation accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        // Refused here: closed before any TLS work, counted by admit().
+        let Ok(admitted) = admit(&app, Transport::Federation, app.limits.source(peer.ip())) else {
+            continue;
+        };
+        tracker.spawn(handshake_and_serve(
             app.clone(),
             acceptor.clone(),
             rate.clone(),
+            stream,
+            peer,
+            admitted,
             shutdown.clone(),
-        );
-        async move {
-            let handshake = acceptor.accept(tcp);
-            let tls = match tokio::time::timeout(app.config.limits.header_read_timeout, handshake)
-                .await
-            {
-                Ok(Ok(tls)) => tls,
-                // No certificate, one from another CA, a bad handshake.
-                _ => return app.metrics.federation("refused", "handshake"),
-            };
-            app.metrics.federation("connected", "mutual_tls");
-            let limits = app.config.limits.clone();
-            let conduct = crate::net::conn::Conduct::new();
-            crate::net::conn::serve(tls, &limits, shutdown, conduct, move |request| {
-                let (app, rate) = (app.clone(), rate.clone());
-                async move {
-                    let response = answer(&app, &rate, peer, request.method(), request.uri());
-                    let (parts, body) = response.into_parts();
-                    Response::from_parts(parts, Full::new(body))
-                }
-            })
-            .await;
+        ));
+    }
+}
+
+/// One admitted connection: its turn at the handshake pace, the mutual-TLS
+/// handshake within the header-read timeout, then HTTP until it ends. The
+/// `admitted` guard frees its slots when this returns.
+async fn handshake_and_serve(
+    app: Arc<App>,
+    acceptor: TlsAcceptor,
+    rate: Arc<KeyedRate<std::net::IpAddr>>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    _admitted: Admitted,
+    shutdown: CancellationToken,
+) {
+    let handshake_limit = app.config.limits.header_read_timeout;
+    let pace = app
+        .limits
+        .federation
+        .as_ref()
+        .and_then(|federation| federation.handshakes.as_ref());
+    let wait = match pace.map(|pace| pace.reserve(handshake_limit)) {
+        None => std::time::Duration::ZERO,
+        Some(Some(wait)) => wait,
+        Some(None) => {
+            return app
+                .metrics
+                .refused_connection(Transport::Federation, "handshake_rate");
         }
     };
-    let connections = crate::net::conn::accept(
-        listener,
-        MAX_CONNECTIONS,
-        shutdown.clone(),
-        tracker,
-        full,
-        serve,
-    );
-    connections.await;
+    let handshake = async {
+        tokio::time::sleep(wait).await;
+        tokio::time::timeout(handshake_limit, acceptor.accept(stream)).await
+    };
+    // A connection still waiting for its handshake has nothing to drain.
+    let tls = tokio::select! {
+        _ = shutdown.cancelled() => return,
+        handshake = handshake => match handshake {
+            Ok(Ok(tls)) => tls,
+            // No certificate, one from another CA, a bad or a slow handshake.
+            _ => return app.metrics.federation("refused", "handshake"),
+        },
+    };
+    app.metrics.federation("connected", "mutual_tls");
+    let limits = app.config.limits.clone();
+    let conduct = Conduct::new();
+    let judged = conduct.clone();
+    crate::net::conn::serve(tls, &limits, shutdown, conduct, move |request| {
+        let (app, rate, conduct) = (app.clone(), rate.clone(), judged.clone());
+        async move {
+            let delay = conduct.delay(&app.config.limits);
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
+            let response = answer(&app, &rate, peer, request.method(), request.uri());
+            judge(&app, &conduct, peer, response.status());
+            let (parts, body) = response.into_parts();
+            Response::from_parts(parts, Full::new(body))
+        }
+    })
+    .await;
+}
+
+/// A peer's conduct, as on the public listener, with the federation's own
+/// penalty box: a peer closed for its conduct is held off this port only.
+fn judge(app: &App, conduct: &Conduct, peer: SocketAddr, status: StatusCode) {
+    match conduct.record(status, &app.config.limits) {
+        Earned::Nothing => {}
+        Earned::SlowDown => app.metrics.abusive_connection("slowed"),
+        Earned::Close => {
+            app.metrics.abusive_connection("closed");
+            let federation = app.limits.federation.as_ref();
+            let source = app.limits.source(peer.ip());
+            if !federation.is_some_and(|federation| federation.penalty.put(source)) {
+                app.metrics.limiter_overflow("penalty");
+            }
+        }
+    }
 }
 
 fn answer(

@@ -175,7 +175,7 @@ impl Conduct {
 /// Accepts TCP connections on `listener` until `shutdown`, at most
 /// `max_connections` at once: past it a new one is closed at once (after
 /// `full()`); each other is handed to `serve` in a task of `tracker`.
-/// The accept loop of the admin and federation listeners.
+/// The accept loop of the admin listener.
 pub async fn accept<F, Fut>(
     listener: tokio::net::TcpListener,
     max_connections: usize,

@@ -19,6 +19,8 @@ use prometheus_client::registry::Registry;
 pub enum Transport {
     Tcp,
     Quic,
+    /// The federation listener (peer CMPs, mutual TLS).
+    Federation,
 }
 
 impl Transport {
@@ -26,6 +28,7 @@ impl Transport {
         match self {
             Transport::Tcp => "tcp",
             Transport::Quic => "quic",
+            Transport::Federation => "federation",
         }
     }
 }

@@ -101,6 +101,8 @@ pub struct Limiters {
     pub connections: Arc<tokio::sync::Semaphore>,
     /// Tarpit waiters per source (`tarpit_per_source`).
     pub tarpit_sources: Option<Arc<limits::PerAddress>>,
+    /// The federation listener's own admission (when it listens).
+    pub federation: Option<admit::FederationLimits>,
     ipv6_prefix_len: u8,
 }
 
@@ -135,6 +137,11 @@ impl Limiters {
             connections: Arc::new(tokio::sync::Semaphore::new(l.max_connections)),
             tarpit_sources: (l.tarpit_per_source > 0)
                 .then(|| Arc::new(limits::PerAddress::new(l.tarpit_per_source))),
+            federation: config
+                .federation
+                .as_ref()
+                .filter(|federation| federation.listen.is_some())
+                .map(|federation| admit::FederationLimits::new(federation, l)),
             ipv6_prefix_len: l.ipv6_prefix_len,
         }
     }
@@ -158,6 +165,9 @@ impl Limiters {
         self.quic_connections.retain_recent();
         self.requests_per_address.retain_recent();
         self.requests_per_clientid.retain_recent();
+        if let Some(federation) = &self.federation {
+            federation.retain_recent();
+        }
     }
 }
 

@@ -95,22 +95,6 @@ pub fn mutual_server_config(
     Ok(Arc::new(config))
 }
 
-/// A client config that presents `certs` and trusts only `roots` (TLS 1.3
-/// only, HTTP/2 first): towards peer CMPs.
-pub fn client_config(
-    certs: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
-    roots: Arc<rustls::RootCertStore>,
-) -> Result<rustls::ClientConfig, TlsError> {
-    let provider = Arc::new(aws_lc_rs::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_root_certificates(roots)
-        .with_client_auth_cert(certs, key)?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    Ok(config)
-}
-
 /// The session ticket a client offers to resume with, from its first TLS
 /// record (the ClientHello): the first pre-shared-key identity (TLS 1.3)
 /// or a non-empty session-ticket extension (TLS 1.2). `None` for anything
