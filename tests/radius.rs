@@ -291,6 +291,7 @@ async fn bindings_expire_without_interims() {
     gateway
         .record(Status::Start, ip, "+447700900020", "e-1")
         .await;
+    // The sleeps are the test: time passing against a 2 s binding TTL.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     gateway
         .record(Status::Interim, ip, "+447700900020", "e-1")
