@@ -9,6 +9,7 @@ pub mod config;
 pub mod h3;
 pub mod nats;
 pub mod raw;
+pub mod tools;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
