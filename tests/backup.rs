@@ -14,11 +14,14 @@ use std::time::Duration;
 
 use homecmp::store::EventLog;
 use reqwest::Method;
-use support::{CODE, TARGET, TestServer};
+use support::{CODE, TARGET, TestServer, eventually};
 
 /// Creations unthrottled and uncapped: the load makes hundreds.
 const EXTRA: &str = "[auth]\nassociations_per_minute = 1000000\nmax_clientids_per_subscriber = 100000\n\
                      [limits]\nfirst_scans_per_sec = 0\nshutdown_grace_ms = 200\n";
+
+/// How long the load may take to make progress.
+const WITHIN: Duration = Duration::from_secs(20);
 
 /// `homecmp <args...>`, as an operator types it.
 fn homecmp(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Output {
@@ -75,7 +78,11 @@ async fn a_backup_under_load_restores_every_association_acknowledged_before_it()
             }
         }
     });
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    let count = || acknowledged.lock().unwrap().len();
+    eventually("load under way before the backup", WITHIN, async || {
+        count() > 20
+    })
+    .await;
     let before: Vec<String> = acknowledged.lock().unwrap().clone();
     let backup_dir = dir.path().join("backup");
     let output = tokio::task::spawn_blocking({
@@ -84,7 +91,10 @@ async fn a_backup_under_load_restores_every_association_acknowledged_before_it()
     })
     .await
     .unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("load after the backup began", WITHIN, async || {
+        count() > before.len()
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
     load.await.unwrap();
     assert_success(&output);

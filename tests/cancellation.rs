@@ -166,6 +166,7 @@ async fn first_scans_reset_mid_write_keep_log_and_index_together() {
         let request = http::Request::get(server.url(&query)).body(()).unwrap();
         h2 = h2.ready().await.unwrap();
         let (_response, mut stream) = h2.send_request(request, true).unwrap();
+        // Reset at a different moment each time (0-4 ms after sending).
         tokio::time::sleep(Duration::from_millis(i % 5)).await;
         stream.send_reset(h2::Reason::CANCEL);
         let (status, body) = server.resolve(&whole, &query).await;

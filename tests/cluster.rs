@@ -8,13 +8,14 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use homecmp::store::Event;
 use reqwest::Method;
 use serde_json::{Value, json};
 use support::nats::NatsCluster;
-use support::{CODE, TARGET, TestServer};
+use support::{CODE, TARGET, TestServer, eventually};
 
 const SUB_1: &str = "+447700900001";
 const SUB_2: &str = "+447700900002";
@@ -41,14 +42,9 @@ async fn node_with(urls_toml: String, name: &str, cluster_keys: &str) -> TestSer
     server
 }
 
-/// Polls `check` until it holds or 10 s pass.
-async fn eventually(what: &str, mut check: impl AsyncFnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !check().await {
-        assert!(Instant::now() < deadline, "not within 10 s: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+/// How long a change may take to reach another node (or a node to
+/// notice JetStream is gone, or back).
+const PROPAGATION: Duration = Duration::from_secs(10);
 
 /// A first scan of `clientid` on `node` from `ip` (an MNO address): created.
 async fn first_scan_creates(node: &TestServer, protocol: &str, ip: &str, clientid: &str) {
@@ -89,7 +85,7 @@ async fn a_change_on_one_node_holds_on_the_others() {
     first_scan_creates(&a, "http2", "127.1.0.1", "app-1").await;
     // Acknowledged by A: A has applied it; B follows the stream.
     let wifi_b = b.client("http2", "127.2.0.1");
-    eventually("B honours A's association", async || {
+    eventually("B honours A's association", PROPAGATION, async || {
         b.resolve(&wifi_b, &scan("app-1")).await.0 == 200
     })
     .await;
@@ -99,7 +95,7 @@ async fn a_change_on_one_node_holds_on_the_others() {
         .await;
     assert_eq!(s, 200, "{body}");
     let wifi_a = a.client("http2", "127.2.0.1");
-    eventually("A refuses what B revoked", async || {
+    eventually("A refuses what B revoked", PROPAGATION, async || {
         a.resolve(&wifi_a, &scan("app-1")).await.0 == 403
     })
     .await;
@@ -156,7 +152,7 @@ async fn nodes_reach_nats_over_tls() {
     a.put_code(CODE, TARGET).await;
     first_scan_creates(&a, "http1", "127.1.0.1", "tls-1").await;
     let wifi_b = b.client("http1", "127.2.0.1");
-    eventually("B honours it", async || {
+    eventually("B honours it", PROPAGATION, async || {
         b.resolve(&wifi_b, &scan("tls-1")).await.0 == 200
     })
     .await;
@@ -195,7 +191,7 @@ async fn concurrent_first_scans_on_every_node_make_one_association() {
         node(&nats, &[2], "c").await,
     ];
     nodes[0].put_code(CODE, TARGET).await;
-    eventually("every node has the code", async || {
+    eventually("every node has the code", PROPAGATION, async || {
         nodes.iter().all(|n| last_seq(n) == 1)
     })
     .await;
@@ -231,7 +227,7 @@ async fn concurrent_first_scans_on_every_node_make_one_association() {
         let target = last_seq(&nodes[0])
             .max(last_seq(&nodes[1]))
             .max(last_seq(&nodes[2]));
-        eventually("every node applied the race", async || {
+        eventually("every node applied the race", PROPAGATION, async || {
             nodes.iter().all(|n| last_seq(n) == target)
         })
         .await;
@@ -261,13 +257,14 @@ async fn a_node_cut_from_jetstream_serves_refuses_creations_and_converges() {
     a.put_code(CODE, TARGET).await;
     first_scan_creates(&a, "http1", "127.1.0.1", "before").await;
     let wifi_c = c.client("http1", "127.2.0.1");
-    eventually("C has it", async || {
+    eventually("C has it", PROPAGATION, async || {
         c.resolve(&wifi_c, &scan("before")).await.0 == 200
     })
     .await;
 
     // Under load: creations on A while C's only nats-server is killed.
     let killed = std::sync::atomic::AtomicBool::new(false);
+    let created = AtomicUsize::new(0);
     let load = async {
         let client = a.client("http1", "127.1.0.2");
         let mut acknowledged = Vec::new();
@@ -285,19 +282,24 @@ async fn a_node_cut_from_jetstream_serves_refuses_creations_and_converges() {
             let (s, body) = a.resolve(&client, &scan(&clientid)).await;
             if s == 200 && body["association"] == "created" {
                 acknowledged.push(clientid);
-                after_kill += usize::from(killed.load(std::sync::atomic::Ordering::Relaxed));
+                created.fetch_add(1, Ordering::Relaxed);
+                after_kill += usize::from(killed.load(Ordering::Relaxed));
             } else if refusals.len() < 3 {
                 refusals.push(format!("{s} {body}"));
             }
+            // A steady trickle, not a flood: the kill is what is tested.
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         eprintln!("refusals during the kill: {refusals:?}");
         (acknowledged, after_kill)
     };
     let kill = async {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        eventually("A creates before the kill", PROPAGATION, async || {
+            created.load(Ordering::Relaxed) >= 3
+        })
+        .await;
         nats.kill(2);
-        killed.store(true, std::sync::atomic::Ordering::Relaxed);
+        killed.store(true, Ordering::Relaxed);
     };
     let ((acknowledged, after_kill), ()) = tokio::join!(load, kill);
     assert!(after_kill > 0, "A acknowledged no creation after the kill");
@@ -309,7 +311,7 @@ async fn a_node_cut_from_jetstream_serves_refuses_creations_and_converges() {
     // C: degraded, still serving what it has, creations refused fast.
     let admin = reqwest::Client::new();
     let readyz = format!("http://{}/readyz", c.running.admin_addr);
-    eventually("C says degraded", async || {
+    eventually("C says degraded", PROPAGATION, async || {
         let r = admin.get(&readyz).send().await.unwrap();
         let status = r.status();
         let body: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap_or_default();
@@ -332,14 +334,17 @@ async fn a_node_cut_from_jetstream_serves_refuses_creations_and_converges() {
 
     // Back: C catches up on every creation A acknowledged meanwhile.
     nats.restart(2);
-    eventually("C converges", async || last_seq(&c) == last_seq(&a)).await;
+    eventually("C converges", PROPAGATION, async || {
+        last_seq(&c) == last_seq(&a)
+    })
+    .await;
     for clientid in &acknowledged {
         assert!(
             c.running.app.store.index().association(clientid).is_some(),
             "{clientid} acknowledged by A, missing on C"
         );
     }
-    eventually("C ready again", async || {
+    eventually("C ready again", PROPAGATION, async || {
         let r = admin.get(&readyz).send().await.unwrap();
         r.text().await.unwrap() == "ready\n"
     })
@@ -429,26 +434,36 @@ async fn a_node_killed_under_load_restarts_and_converges() {
     let b = ChildNode::start(&b_urls, "b", dir.path());
 
     let stop = std::sync::atomic::AtomicBool::new(false);
+    let created = AtomicUsize::new(0);
     let load = async {
         let client = a.client("http1", "127.1.0.1");
         let mut acknowledged = Vec::new();
-        let until = Instant::now() + Duration::from_secs(15);
+        let until = Instant::now() + Duration::from_secs(40);
         for i in 0.. {
-            if Instant::now() > until || stop.load(std::sync::atomic::Ordering::Relaxed) {
+            if Instant::now() > until || stop.load(Ordering::Relaxed) {
                 break;
             }
             let clientid = format!("load-{i}");
             let (s, body) = a.resolve(&client, &scan(&clientid)).await;
             if s == 200 && body["association"] == "created" {
                 acknowledged.push(clientid);
+                created.fetch_add(1, Ordering::Relaxed);
             }
         }
         acknowledged
     };
+    // Creations on A before B's kill, while B is down, and after it is back.
+    let five_more = async |when: &str| {
+        let from = created.load(Ordering::Relaxed);
+        eventually(&format!("A creates {when}"), PROPAGATION, async || {
+            created.load(Ordering::Relaxed) >= from + 5
+        })
+        .await;
+    };
     let kill_and_restart = async {
-        tokio::time::sleep(Duration::from_millis(700)).await;
+        five_more("before B's kill").await;
         b.kill_9();
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        five_more("while B is down").await;
         // Restarted on the same data dir: it goes on from its local log.
         let (urls, dir) = (b_urls.clone(), dir.path().to_owned());
         let started = Instant::now();
@@ -456,8 +471,8 @@ async fn a_node_killed_under_load_restarts_and_converges() {
             .await
             .unwrap();
         eprintln!("B restarted and caught up in {:?}", started.elapsed());
-        tokio::time::sleep(Duration::from_millis(700)).await;
-        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        five_more("after B is back").await;
+        stop.store(true, Ordering::Relaxed);
         b
     };
     let (acknowledged, b) = tokio::join!(load, kill_and_restart);
@@ -467,9 +482,11 @@ async fn a_node_killed_under_load_restarts_and_converges() {
     let wifi = b.client("127.2.0.1");
     for clientid in &acknowledged {
         let query = scan(clientid);
-        eventually("B honours every creation A acknowledged", async || {
-            b.resolve_status(&wifi, &query).await == 200
-        })
+        eventually(
+            "B honours every creation A acknowledged",
+            PROPAGATION,
+            async || b.resolve_status(&wifi, &query).await == 200,
+        )
         .await;
     }
     b.kill_9();

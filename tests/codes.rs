@@ -7,11 +7,15 @@ mod support;
 
 use std::io::Write;
 use std::process::Command;
+use std::time::Duration;
 
 use reqwest::Method;
 use serde_json::Value;
-use support::TestServer;
+use support::{TestServer, eventually};
 use tokio::io::AsyncWriteExt;
+
+/// How long the server may take to write what a test waits for.
+const WITHIN: Duration = Duration::from_secs(10);
 
 fn ndjson(range: std::ops::Range<u32>) -> String {
     range
@@ -179,14 +183,16 @@ async fn a_client_that_breaks_off_leaves_whole_batches() {
     socket.write_all(head.as_bytes()).await.unwrap();
     socket.write_all(lines.as_bytes()).await.unwrap();
     socket.flush().await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The first batch is written whole while the body is still coming.
+    eventually("the first batch written", WITHIN, async || {
+        codes_held(&server).await == 10_000
+    })
+    .await;
     drop(socket);
-    // The first batch is written whole; the 5,000 rows after it are not.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
-    while codes_held(&server).await != 10_000 && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // The 5,000 rows after it are not, once the client is gone: nothing
+    // says when the server has seen the connection end, so this waits
+    // long enough for a server that wrongly writes the rest to do so.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(codes_held(&server).await, 10_000);
     server.stop().await;
 }
@@ -347,13 +353,18 @@ async fn counts_are_written_every_flush_period_without_a_stop() {
     );
     let last_seq = |m: String| support::metric(&m, "homecmp_log_last_sequence ");
     let before = last_seq(server.metrics().await);
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    eventually("a scans_counted event", WITHIN, async || {
+        last_seq(server.metrics().await) > before
+    })
+    .await;
     assert_eq!(
         last_seq(server.metrics().await),
         before + 1.0,
         "one scans_counted event"
     );
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    // Over a flush period with no resolution: the test is that nothing
+    // happens, so it waits the period out.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(
         last_seq(server.metrics().await),
         before + 1.0,

@@ -7,7 +7,10 @@ mod support;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use support::{CODE, TestServer, metric};
+use support::{CODE, TestServer, eventually, metric};
+
+/// How long the server may take to answer what a test waits for.
+const WITHIN: Duration = Duration::from_secs(10);
 
 const STRICT: &str =
     "[limits]\nrefusals_before_slowdown = 4\nrefusals_before_close = 10\npenalty_secs = 2\n";
@@ -79,6 +82,7 @@ async fn a_refused_connection_is_slowed_then_closed_and_its_source_kept_out() {
         (status, body["code"].as_str()),
         (403, Some("RETRY_ON_MNO_NETWORK"))
     );
+    // The penalty (penalty_secs = 2) waited out: the test is that it ends.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let back = server.client("http1", "127.2.0.100");
     let (status, _) = server
@@ -152,7 +156,13 @@ async fn one_source_cannot_fill_the_tarpit_everyone_shares() {
         let client = flood.clone();
         waves.spawn(async move { client.get(url).send().await.unwrap().status().as_u16() });
     }
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let limited = "homecmp_requests_total{outcome=\"RATE_LIMITED\",protocol=\"http2\"}";
+    eventually(
+        "the flood refused past its source's share",
+        WITHIN,
+        async || metric(&server.metrics().await, limited) >= 30.0,
+    )
+    .await;
     // Another source's unassociated request still gets a near turn.
     let other = server.client("http1", "127.2.0.111");
     let started = Instant::now();

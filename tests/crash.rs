@@ -4,17 +4,18 @@
 //! every printed record is there, intact, in a sequence contiguous from 1.
 //! Then again, on the same log, for `CYCLES` kills.
 //!
-//! The child is this test binary run again with `child_appender` as the test
-//! filter (`--ignored`) and the log's path in `CHILD_DIR_VAR`. It is
-//! `#[ignore]`d, so a plain `cargo test` lists it as ignored rather than
-//! counting a test that asserts nothing.
+//! Not a libtest harness (`harness = false` in Cargo.toml): `main` is the
+//! child process when `CHILD_DIR_VAR` names a log, and otherwise runs the
+//! one test and reports it as libtest would. So the child is this binary
+//! run again, and `cargo test` lists one test, not a child posing as one.
 
 use std::collections::BTreeMap;
 use std::hash::{BuildHasher, RandomState};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::{Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -22,38 +23,125 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use homecmp::store::{Event, EventLog, Record, Seq, Store};
 use tempfile::TempDir;
 
-/// Names the child's log; its presence is what makes `child_appender` run.
+/// Names the child's log; its presence makes `main` the child.
 const CHILD_DIR_VAR: &str = "HOMECMP_CRASH_CHILD_DIR";
+/// The one test, by the name `cargo test` filters and lists it under.
+const TEST_NAME: &str = "sigkill_never_loses_an_acknowledged_append";
 /// Kill cycles per run (the issue asks for at least 20).
 const CYCLES: u32 = 24;
 /// Concurrent appenders in the child.
 const APPENDERS: u64 = 32;
 /// A child that has not opened its log by then is stuck.
 const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// `--nocapture` or `--show-output`: the cycles are reported as they go.
+static SHOW_OUTPUT: AtomicBool = AtomicBool::new(false);
 
-/// Not a test of its own: the body of the child process (see the module docs).
-#[test]
-#[ignore = "the child process of sigkill_never_loses_an_acknowledged_append, which runs it"]
-fn child_appender() {
-    let Some(path) = std::env::var_os(CHILD_DIR_VAR) else {
-        return;
+/// A line of the test's own output, shown as libtest shows captured output.
+fn note(text: &str) {
+    if SHOW_OUTPUT.load(Ordering::Relaxed) {
+        println!("{text}");
+    }
+}
+
+fn main() -> ExitCode {
+    if let Some(path) = std::env::var_os(CHILD_DIR_VAR) {
+        child_appender(Path::new(&path));
+    }
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let selected = selected(&args);
+    let show = args
+        .iter()
+        .any(|a| a == "--nocapture" || a == "--show-output");
+    SHOW_OUTPUT.store(show, Ordering::Relaxed);
+    if args.iter().any(|a| a == "--list") {
+        if selected {
+            println!("{TEST_NAME}: test");
+        }
+        return ExitCode::SUCCESS;
+    }
+    let count = usize::from(selected);
+    println!(
+        "\nrunning {count} test{}",
+        if count == 1 { "" } else { "s" }
+    );
+    let started = Instant::now();
+    let passed = selected && {
+        let outcome = std::panic::catch_unwind(sigkill_never_loses_an_acknowledged_append);
+        println!(
+            "test {TEST_NAME} ... {}",
+            if outcome.is_ok() { "ok" } else { "FAILED" }
+        );
+        outcome.is_ok()
     };
-    let log = EventLog::open(Path::new(&path)).expect("the child opens the log");
+    let failed = selected && !passed;
+    println!(
+        "\ntest result: {}. {} passed; {} failed; 0 ignored; 0 measured; {} filtered out; finished in {:.2}s\n",
+        if failed { "FAILED" } else { "ok" },
+        u8::from(passed),
+        u8::from(failed),
+        u8::from(!selected),
+        started.elapsed().as_secs_f64()
+    );
+    match failed {
+        true => ExitCode::from(101),
+        false => ExitCode::SUCCESS,
+    }
+}
+
+/// Whether libtest's arguments, as `cargo test` passes them, select the
+/// one test: name filters (substrings, or whole names with `--exact`),
+/// `--skip`, and `--ignored` (it is not ignored). Other options are
+/// accepted and have nothing to change here.
+fn selected(args: &[String]) -> bool {
+    // Options whose value is the next argument, not a filter.
+    const TAKES_VALUE: [&str; 6] = [
+        "--skip",
+        "--format",
+        "--color",
+        "--logfile",
+        "--test-threads",
+        "-Z",
+    ];
+    let exact = args.iter().any(|a| a == "--exact");
+    let matches = |filter: &str| match exact {
+        true => TEST_NAME == filter,
+        false => TEST_NAME.contains(filter),
+    };
+    let (mut filters, mut skipped) = (Vec::new(), false);
+    let mut args = args.iter();
+    while let Some(arg) = args.next() {
+        if let Some(skip) = arg.strip_prefix("--skip=") {
+            skipped |= matches(skip);
+        } else if arg == "--skip" {
+            skipped |= args.next().is_some_and(|skip| matches(skip));
+        } else if TAKES_VALUE.contains(&arg.as_str()) {
+            args.next();
+        } else if arg == "--ignored" {
+            return false;
+        } else if !arg.starts_with('-') {
+            filters.push(arg.as_str());
+        }
+    }
+    !skipped && (filters.is_empty() || filters.iter().any(|f| matches(f)))
+}
+
+/// The child process: appends from `APPENDERS` tasks until it is killed.
+fn child_appender(path: &Path) -> ! {
+    let log = EventLog::open(path).expect("the child opens the log");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async move {
-        // The leading newline ends libtest's "test child_appender ... ".
-        print_now(&format!("\nready {}\n", log.last_seq()));
+        print_now(&format!("ready {}\n", log.last_seq()));
         let mut appenders = tokio::task::JoinSet::new();
         for task in 0..APPENDERS {
             appenders.spawn(append_forever(log.clone(), task));
         }
         appenders.join_next().await;
-        panic!("an appender stopped");
     });
+    panic!("an appender stopped");
 }
 
 /// Appends batches of one to three records, forever, and prints
@@ -120,13 +208,6 @@ struct Cycle {
 /// with SIGKILL, and returns what it printed.
 fn run_and_kill(path: &Path, run: Duration) -> Cycle {
     let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "child_appender",
-            "--exact",
-            "--ignored",
-            "--nocapture",
-            "--test-threads=1",
-        ])
         .env(CHILD_DIR_VAR, path)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -157,7 +238,7 @@ fn run_and_kill(path: &Path, run: Duration) -> Cycle {
             match words[..] {
                 ["ready", last] => ready_tx.send(last.parse().unwrap()).unwrap(),
                 ["seq", seq, code] => printed.push((seq.parse().unwrap(), code.to_owned())),
-                _ => {} // libtest's own lines
+                _ => panic!("the child printed {line:?}"),
             }
         }
         printed
@@ -179,6 +260,7 @@ fn run_and_kill(path: &Path, run: Duration) -> Cycle {
             );
         }
     };
+    // The kill moment: a random time into appending, on purpose.
     thread::sleep(run);
     if let Some(status) = child.try_wait().unwrap() {
         panic!(
@@ -231,7 +313,6 @@ fn check_log(path: &Path, acknowledged: &BTreeMap<Seq, String>) -> Seq {
     last
 }
 
-#[test]
 fn sigkill_never_loses_an_acknowledged_append() {
     let dir = TempDir::new().unwrap();
     let path = dir.path().join(homecmp::LOG_DIR);
@@ -253,10 +334,10 @@ fn sigkill_never_loses_an_acknowledged_append() {
             }
         }
         last = check_log(&path, &acknowledged);
-        println!(
+        note(&format!(
             "cycle {cycle:2}: killed after {:3} ms, {count:5} acknowledged, log ends at {last}",
             run.as_millis()
-        );
+        ));
     }
     assert!(
         !acknowledged.is_empty(),
@@ -266,9 +347,9 @@ fn sigkill_never_loses_an_acknowledged_append() {
     // The server-side open replays the whole crashed-and-reopened log.
     let store = Store::open(&path).expect("the store opens the log");
     assert_eq!(store.index().counts().last_seq, last);
-    println!(
+    note(&format!(
         "{CYCLES} kills, {} acknowledged records, {last} in the log, {:.1} s",
         acknowledged.len(),
         started.elapsed().as_secs_f64()
-    );
+    ));
 }

@@ -219,11 +219,27 @@ async fn identity_comes_only_from_a_validated_quic_path() {
     let mut connection = client.open().await.unwrap();
     let (status, body) = connection.get(&scan("spoofed")).await.unwrap();
     assert_eq!((status, body["code"].as_str()), retry, "{body}");
+    // Requests answered over HTTP/3 (counted once decided, and any
+    // association made).
+    let answered = || async {
+        let metrics = server.metrics().await;
+        let lines = metrics.lines().filter(|line| {
+            line.starts_with("homecmp_requests_total{") && line.contains("protocol=\"http3\"")
+        });
+        lines
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum::<f64>()
+    };
+    let answered_before = answered().await;
     client.rebind_send_only("127.1.0.50");
     connection.send_only(&scan("spoofed")).await.unwrap();
-    // Long enough for the server to act on it (it answers in a
-    // millisecond), then back where the attacker receives.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Until the server has answered it, then back where the attacker receives.
+    support::eventually(
+        "the spoofed request answered",
+        Duration::from_secs(10),
+        async || answered().await > answered_before,
+    )
+    .await;
     client.rebind("127.2.0.82");
     let (status, body) = server
         .admin(Method::GET, "/admin/v1/associations/spoofed", None)
@@ -676,8 +692,15 @@ async fn a_flood_from_off_the_network_does_not_starve_first_scans_on_it() {
             sent
         });
     }
-    // Let the flood fill the off-net tarpit's queue.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Until the flood fills the off-net tarpit's queue: turns are
+    // `tarpit_max_ms` away, and requests past that are refused.
+    let overloaded = "homecmp_requests_total{outcome=\"OVERLOADED\",protocol=\"http2\"}";
+    support::eventually(
+        "the tarpit's queue full",
+        Duration::from_secs(10),
+        async || metric(&server.metrics().await, overloaded) >= 1.0,
+    )
+    .await;
     let mno = server.client("http2", "127.1.0.1");
     for n in 0..3 {
         let started = Instant::now();

@@ -340,6 +340,8 @@ async fn concurrent_erasures_and_creations_never_interleave_their_rewrites() {
                 .status()
         })
     };
+    // The test is that nothing happens: time for an erasure that does not
+    // wait to finish.
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     assert!(
         !waiting.is_finished(),

@@ -9,7 +9,10 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde_json::json;
-use support::{CODE, TestServer, metric};
+use support::{CODE, TestServer, eventually, metric};
+
+/// How long the server may take to do what a test waits for.
+const WITHIN: Duration = Duration::from_secs(10);
 
 fn path(query: &str) -> String {
     format!("/mc/v1/resolve?{query}")
@@ -90,7 +93,12 @@ async fn a_returning_client_does_not_wait_behind_a_flood_of_new_quic_handshakes(
             let _ = tokio::time::timeout(Duration::from_secs(3), client.get(&query)).await;
         });
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every one of them in the queue (and the returning client's first).
+    let new_turns = "homecmp_handshake_turns_total{queue=\"new\"}";
+    eventually("the flood's Initials queued", WITHIN, async || {
+        metric(&server.metrics().await, new_turns) >= 41.0
+    })
+    .await;
     let started = Instant::now();
     assert_error(
         &returning.get(&query).await.unwrap(),
@@ -160,9 +168,11 @@ async fn retry_always_validates_then_new_token_skips_it() {
     );
     let retries = metric(&server.metrics().await, "homecmp_quic_retries_total");
     assert_eq!(retries, 1.0);
-    // The server gave NEW_TOKEN tokens; the next connection uses one: no Retry.
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert!(!wifi.tokens.received.lock().unwrap().is_empty());
+    // The server gives NEW_TOKEN tokens; the next connection uses one: no Retry.
+    eventually("a NEW_TOKEN token", WITHIN, async || {
+        !wifi.tokens.received.lock().unwrap().is_empty()
+    })
+    .await;
     assert_error(
         &wifi.get(&query).await.unwrap(),
         403,
@@ -200,7 +210,10 @@ async fn forged_or_expired_tokens_do_not_validate() {
         403,
         "RETRY_ON_MNO_NETWORK",
     );
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    eventually("a NEW_TOKEN token", WITHIN, async || {
+        !client.tokens.received.lock().unwrap().is_empty()
+    })
+    .await;
     let token = client
         .tokens
         .received
@@ -209,6 +222,8 @@ async fn forged_or_expired_tokens_do_not_validate() {
         .last()
         .cloned()
         .expect("a NEW_TOKEN token");
+    // The token's lifetime (1 s) and a second more waited out: the test is
+    // that it has expired.
     tokio::time::sleep(Duration::from_millis(2100)).await;
     *client.tokens.replay.lock().unwrap() = Some(token);
     let retries_before = metric(&server.metrics().await, "homecmp_quic_retries_total");
@@ -249,7 +264,8 @@ async fn garbage_datagrams_leave_the_server_serving() {
         }
         let _ = socket.send_to(&datagram, target);
     }
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // No wait: the server reads one socket in order, so the client's
+    // Initial below comes after every datagram above.
     let mno = server.h3_client("127.1.0.1");
     let answer = mno
         .get(&path(&format!("code={CODE}&clientid=after-garbage")))

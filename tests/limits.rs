@@ -210,7 +210,14 @@ async fn a_returning_client_does_not_wait_behind_a_flood_of_new_handshakes() {
         let url = server.url(&query);
         flood.spawn(async move { client.get(url).send().await.is_ok() });
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Every one of them in the queue (and the returning client's first).
+    let new_turns = "homecmp_handshake_turns_total{queue=\"new\"}";
+    support::eventually(
+        "the flood's handshakes queued",
+        Duration::from_secs(10),
+        async || metric(&server.metrics().await, new_turns) >= 25.0,
+    )
+    .await;
 
     let newcomer = server.client("http1", "127.2.9.2");
     let url = server.url(&query);
@@ -299,6 +306,7 @@ fn hog_runtime(
     let flag = stop.clone();
     let hog = tokio::spawn(async move {
         while !flag.load(Ordering::Relaxed) {
+            // Blocking on purpose: this is the saturated machine.
             std::thread::sleep(block);
             tokio::task::yield_now().await;
         }
@@ -307,14 +315,11 @@ fn hog_runtime(
 }
 
 async fn wait_for_gauge(server: &TestServer, name: &str, value: f64) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while metric(&server.metrics().await, name) != value {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "{name} never became {value}"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    let what = format!("{name} becomes {value}");
+    support::eventually(&what, std::time::Duration::from_secs(10), async || {
+        metric(&server.metrics().await, name) == value
+    })
+    .await;
 }
 
 #[tokio::test]

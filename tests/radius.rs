@@ -72,7 +72,8 @@ async fn first_scan(server: &TestServer, ip: &str) -> (u16, String) {
 /// Runs radclient with `attributes` (one per line); `true` if it got an
 /// Accounting-Response.
 fn radclient(to: SocketAddr, secret: &str, attributes: &str) -> bool {
-    let mut child = Command::new("radclient")
+    let radclient = support::tools::require("radclient", "Debian package freeradius-utils");
+    let mut child = Command::new(radclient)
         .args(["-t", "1", "-r", "1", "-D", "/usr/share/freeradius"])
         .arg(to.to_string())
         .args(["acct", secret])
@@ -80,7 +81,7 @@ fn radclient(to: SocketAddr, secret: &str, attributes: &str) -> bool {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .expect("radclient not found: run `scripts/dev test`, which installs freeradius-utils");
+        .expect("radclient starts");
     use std::io::Write;
     child
         .stdin
@@ -291,6 +292,7 @@ async fn bindings_expire_without_interims() {
     gateway
         .record(Status::Start, ip, "+447700900020", "e-1")
         .await;
+    // The sleeps are the test: time passing against a 2 s binding TTL.
     tokio::time::sleep(Duration::from_millis(1200)).await;
     gateway
         .record(Status::Interim, ip, "+447700900020", "e-1")

@@ -7,6 +7,9 @@
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 
+#[path = "support/tools.rs"]
+mod tools;
+
 const README: &str = include_str!("../README.md");
 
 /// The first ```sh block after the line `heading`.
@@ -76,6 +79,7 @@ fn serve_in(dir: &std::path::Path, args: &[&str]) -> (Killed, String) {
 
 #[test]
 fn the_curl_walkthrough_works_as_printed() {
+    tools::require("curl", "Debian package curl");
     let dir = tempfile::tempdir().unwrap();
     let (server, ready) = serve_in(dir.path(), &["serve"]);
     assert!(
@@ -134,6 +138,7 @@ fn the_curl_walkthrough_works_as_printed() {
 
 #[test]
 fn the_radius_demo_works_as_printed() {
+    tools::require("radclient", "Debian package freeradius-utils");
     let dir = tempfile::tempdir().unwrap();
     let try_it = "**Try it on loopback** with Debian's `radclient` (package freeradius-utils).";
     std::fs::write(

@@ -433,14 +433,14 @@ async fn unknown_routes_and_methods_get_json_errors_and_alt_svc() {
 /// curl as a browser (its Accept) or an app: status, Location, body.
 fn curl(server: &TestServer, from: &str, accept: &str, query: &str) -> (String, String, String) {
     let ca = server.running.ca_cert.as_ref().expect("generated CA");
-    let out = std::process::Command::new("curl")
+    let out = std::process::Command::new(support::tools::require("curl", "Debian package curl"))
         .args(["-s", "--max-time", "10", "--interface", from, "--cacert"])
         .arg(ca)
         .args(["-H", &format!("Accept: {accept}")])
         .args(["-w", "\n%{http_code} %{redirect_url}"])
         .arg(server.url(query).replace("localhost", "127.0.0.1"))
         .output()
-        .expect("curl runs (scripts/dev installs it)");
+        .expect("curl starts");
     let text = String::from_utf8(out.stdout).unwrap();
     let (body, last) = text.rsplit_once('\n').unwrap();
     let (status, location) = last.split_once(' ').unwrap();

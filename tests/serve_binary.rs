@@ -4,6 +4,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
@@ -238,6 +240,8 @@ async fn every_acknowledged_association_survives_kill_9() {
         .await;
     assert_eq!(s, 200);
     let mut acknowledged = Vec::new();
+    // Acknowledged so far, over every task.
+    let so_far = Arc::new(AtomicUsize::new(0));
     let mut tasks = tokio::task::JoinSet::new();
     for sub in 0..40u32 {
         let ip = format!("127.1.1.{}", sub + 1);
@@ -251,6 +255,7 @@ async fn every_acknowledged_association_survives_kill_9() {
         assert_eq!(s, 200, "{b}");
         let client = server.client(&ip);
         let base = server.resolve_url("");
+        let so_far = so_far.clone();
         tasks.spawn(async move {
             let mut created = Vec::new();
             for n in 0..1000 {
@@ -267,12 +272,16 @@ async fn every_acknowledged_association_survives_kill_9() {
                 };
                 if body["association"] == "created" {
                     created.push(id);
+                    so_far.fetch_add(1, Ordering::Relaxed);
                 }
             }
             created
         });
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    support::eventually("creations under way", Duration::from_secs(20), async || {
+        so_far.load(Ordering::Relaxed) > 200
+    })
+    .await;
     server.child.kill().unwrap();
     server.child.wait().unwrap();
     while let Some(done) = tasks.join_next().await {

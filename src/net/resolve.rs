@@ -358,6 +358,7 @@ fn prefers_html(headers: &HeaderMap) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn accept(value: &str) -> HeaderMap {
         let mut headers = HeaderMap::new();
@@ -385,17 +386,527 @@ mod tests {
         assert!(!prefers_html(&HeaderMap::new()));
     }
 
-    proptest::proptest! {
-        /// Any header a client can send, in any number: an answer, no panic.
-        #[test]
-        fn any_accept_header_gets_an_answer(values in proptest::collection::vec("[ -~]{0,80}", 0..4)) {
-            let mut headers = HeaderMap::new();
-            for value in &values {
-                if let Ok(value) = http::HeaderValue::from_str(value) {
-                    headers.append(http::header::ACCEPT, value);
+    /// One media range of an `Accept` header: its text as a client wrote
+    /// it, and what it means (the type, lower-case, and its quality).
+    #[derive(Debug, Clone)]
+    struct Range {
+        text: String,
+        kind: String,
+        quality: f32,
+    }
+
+    /// Ranges the rule names and others, in any case, with or without a
+    /// quality, after other parameters (a broken `q=abc` among them,
+    /// which gives no quality).
+    fn any_range() -> impl Strategy<Value = Range> {
+        let kind = prop_oneof![
+            Just("text/html".to_owned()),
+            Just("application/json".to_owned()),
+            Just("application/*".to_owned()),
+            Just("*/*".to_owned()),
+            Just("text/plain".to_owned()),
+            Just("application/xhtml+xml".to_owned()),
+            "[a-z]{1,8}/[a-z+]{1,8}",
+        ];
+        let quality = proptest::option::of(0u16..=1000);
+        let other = prop_oneof![Just(""), Just(";v=b3"), Just(";q=abc"), Just(" ; level=1")];
+        (kind, any::<bool>(), other, quality, " {0,2}").prop_map(
+            |(kind, shout, other, quality, space)| {
+                let quality = quality.map(|q| f32::from(q) / 1000.0);
+                let written = if shout {
+                    kind.to_ascii_uppercase()
+                } else {
+                    kind.clone()
+                };
+                let text = match quality {
+                    Some(q) => format!("{space}{written}{other};q={q}"),
+                    None => format!("{space}{written}{other}"),
+                };
+                Range {
+                    text,
+                    kind,
+                    quality: quality.unwrap_or(1.0),
                 }
+            },
+        )
+    }
+
+    /// Ranges of distinct types (what a client means by a repeated type is
+    /// anyone's guess).
+    fn any_ranges() -> impl Strategy<Value = Vec<Range>> {
+        proptest::collection::vec(any_range(), 0..7).prop_map(|mut ranges| {
+            let mut seen = std::collections::HashSet::new();
+            ranges.retain(|r| seen.insert(r.kind.clone()));
+            ranges
+        })
+    }
+
+    /// The rule of the README, written apart: HTML when `text/html` has a
+    /// quality above 0 and above that of the range naming JSON most
+    /// closely (`application/json`, else `application/*`, else `*/*`).
+    fn spec_prefers_html(ranges: &[Range]) -> bool {
+        let quality = |kind: &str| ranges.iter().find(|r| r.kind == kind).map(|r| r.quality);
+        let json = quality("application/json")
+            .or_else(|| quality("application/*"))
+            .or_else(|| quality("*/*"))
+            .unwrap_or(0.0);
+        quality("text/html").is_some_and(|html| html > 0.0 && html > json)
+    }
+
+    fn accept_lines<'a>(lines: impl IntoIterator<Item = &'a str>) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        for line in lines {
+            headers.append(http::header::ACCEPT, line.parse().unwrap());
+        }
+        headers
+    }
+
+    proptest::proptest! {
+        /// The answer is the rule's, and the same whether the ranges come
+        /// on one line or one per line, in this order or another.
+        #[test]
+        fn accept_prefers_html_exactly_as_the_rule_says(ranges in any_ranges()) {
+            let texts: Vec<&str> = ranges.iter().map(|r| r.text.as_str()).collect();
+            let want = spec_prefers_html(&ranges);
+            let one_line = texts.join(",");
+            proptest::prop_assert_eq!(prefers_html(&accept_lines([one_line.as_str()])), want, "{:?}", one_line);
+            proptest::prop_assert_eq!(prefers_html(&accept_lines(texts.iter().copied())), want);
+            let reversed: Vec<&str> = texts.iter().rev().copied().collect();
+            proptest::prop_assert_eq!(prefers_html(&accept_lines([reversed.join(",").as_str()])), want);
+        }
+    }
+
+    // ---------------------------------------------------------------
+    // Any request the handler can be given gets an answer of the table.
+
+    /// The code the property's server has, and where it points.
+    const CODE: &str = "2001000001promo";
+    const TARGET: &str = "https://example.org/promo";
+    const MAX_URI_BYTES: usize = 2048;
+
+    /// The public API's answers (README, after DESIGN §4): status and code.
+    /// Written out here, not taken from `super::error`, so that the test
+    /// checks the handler against the documentation.
+    const TABLE: &[(u16, &str)] = &[
+        (400, "INVALID_CODE"),
+        (400, "INVALID_CLIENTID"),
+        (400, "INVALID_HEADER"),
+        (401, "CLIENTID_REQUIRED"),
+        (403, "RETRY_ON_MNO_NETWORK"),
+        (403, "SUBSCRIBER_UNKNOWN"),
+        (403, "ASSOCIATION_MISMATCH"),
+        (404, "CODE_NOT_FOUND"),
+        (404, "UNKNOWN_PREFIX"),
+        (404, "NOT_FOUND"),
+        (405, "METHOD_NOT_ALLOWED"),
+        (414, "REQUEST_TOO_LARGE"),
+        (429, "RATE_LIMITED"),
+        (503, "OVERLOADED"),
+        (503, "UNAVAILABLE"),
+        (503, "UPSTREAM_UNAVAILABLE"),
+    ];
+
+    /// Where a request comes from, as the transport established it.
+    #[derive(Debug, Clone, Copy)]
+    enum Source {
+        /// MNO addresses bound to a subscriber (+447700900001, ...02).
+        Subscriber(u8),
+        /// An MNO address nobody is bound to.
+        UnboundMno,
+        Wifi,
+        Gateway,
+        /// A QUIC connection opened on WiFi that moved to a subscriber's
+        /// address.
+        Moved,
+    }
+
+    impl Source {
+        fn origin(self) -> core::Origin {
+            let ip = |text: &str| text.parse().unwrap();
+            match self {
+                Source::Subscriber(n) => core::Origin::Validated(ip(&format!("127.1.0.{n}"))),
+                Source::UnboundMno => core::Origin::Validated(ip("127.1.0.99")),
+                Source::Wifi => core::Origin::Validated(ip("127.2.0.1")),
+                Source::Gateway => core::Origin::Validated(ip("127.3.0.1")),
+                Source::Moved => core::Origin::Unvalidated {
+                    validated: ip("127.2.0.1"),
+                    current: ip("127.1.0.1"),
+                },
             }
-            let _ = prefers_html(&headers);
+        }
+
+        /// Off the MNO network, whatever the request's headers say.
+        fn off_net(self) -> bool {
+            matches!(self, Source::Wifi | Source::Moved)
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    struct Request {
+        from: Source,
+        method: http::Method,
+        path: &'static str,
+        query: String,
+        msisdn: Vec<&'static str>,
+        forwarded_for: Option<&'static str>,
+        accept: Option<&'static str>,
+    }
+
+    impl Request {
+        fn headers(&self) -> HeaderMap {
+            let mut headers = HeaderMap::new();
+            for line in &self.msisdn {
+                headers.append("x-msisdn", line.parse().unwrap());
+            }
+            if let Some(line) = self.forwarded_for {
+                headers.insert("x-forwarded-for", line.parse().unwrap());
+            }
+            if let Some(line) = self.accept {
+                headers.insert(http::header::ACCEPT, line.parse().unwrap());
+            }
+            headers
+        }
+    }
+
+    /// Queries that parse, repeat, break or overflow: a code and a
+    /// clientid (most of the time) with values on both sides of their
+    /// rules, sometimes repeated, among other parameters, in any order;
+    /// or raw text.
+    fn any_query() -> impl Strategy<Value = String> {
+        let code = prop_oneof![
+            6 => Just(CODE.to_owned()),
+            1 => Just("2001000001PROMO".to_owned()),
+            1 => Just("2001000001missing".to_owned()),
+            1 => Just("2002000001promo".to_owned()),
+            1 => Just("3001000001abcdpromo".to_owned()),
+            1 => Just(format!("2001000001{}", "v".repeat(65))),
+            1 => "[ -~]{0,24}",
+        ]
+        .boxed();
+        let clientid = prop_oneof![
+            12 => (0u8..32).prop_map(|n| format!("app-{n}")),
+            1 => Just(String::new()),
+            1 => Just("x".repeat(65)),
+            1 => Just("x".repeat(MAX_URI_BYTES)),
+            1 => "[ -~]{0,12}",
+        ]
+        .boxed();
+        let pair = |name: &str, value: BoxedStrategy<String>| (Just(name.to_owned()), value);
+        let params = (
+            proptest::option::weighted(0.9, pair("code", code.clone())),
+            proptest::option::weighted(0.9, pair("clientid", clientid.clone())),
+            proptest::option::weighted(0.05, pair("code", code)),
+            proptest::option::weighted(0.05, pair("clientid", clientid)),
+            proptest::collection::vec(("[a-z]{1,8}", "[ -~]{0,8}"), 0..2),
+        )
+            .prop_flat_map(|(code, clientid, code_again, clientid_again, others)| {
+                let all: Vec<(String, String)> = [code, clientid, code_again, clientid_again]
+                    .into_iter()
+                    .flatten()
+                    .chain(others)
+                    .collect();
+                Just(all).prop_shuffle()
+            });
+        prop_oneof![
+            12 => params.prop_map(|pairs| {
+                form_urlencoded::Serializer::new(String::new())
+                    .extend_pairs(pairs)
+                    .finish()
+            }),
+            1 => "[A-Za-z0-9=&%+._~-]{0,40}",
+        ]
+    }
+
+    fn any_request() -> impl Strategy<Value = Request> {
+        let from = prop_oneof![
+            (1u8..=2).prop_map(Source::Subscriber),
+            Just(Source::UnboundMno),
+            Just(Source::Wifi),
+            Just(Source::Gateway),
+            Just(Source::Moved),
+        ];
+        let method = prop_oneof![
+            20 => Just(http::Method::GET),
+            1 => Just(http::Method::POST),
+            1 => Just(http::Method::HEAD),
+        ];
+        let path = prop_oneof![
+            20 => Just(PATH),
+            1 => Just("/mc/v1/resolve/"),
+            1 => Just("/"),
+        ];
+        let msisdn_line = proptest::sample::select(
+            &["+447700900001", "+447700900003", "07700900123", "nobody"][..],
+        );
+        let msisdn = prop_oneof![
+            12 => Just(Vec::new()),
+            6 => proptest::collection::vec(msisdn_line.clone(), 1),
+            1 => proptest::collection::vec(msisdn_line, 2),
+        ];
+        let forwarded_for = proptest::option::of(proptest::sample::select(
+            &[
+                "127.1.0.1",
+                "127.1.0.2",
+                "127.1.0.5, 127.1.0.2",
+                "127.2.0.9",
+                "nonsense",
+            ][..],
+        ));
+        let accept = proptest::option::of(proptest::sample::select(
+            &[
+                "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+                "application/json",
+                "*/*",
+                "text/html;q=0.5, application/json",
+            ][..],
+        ));
+        (
+            from,
+            method,
+            path,
+            any_query(),
+            msisdn,
+            forwarded_for,
+            accept,
+        )
+            .prop_map(
+                |(from, method, path, query, msisdn, forwarded_for, accept)| Request {
+                    from,
+                    method,
+                    path,
+                    query,
+                    msisdn,
+                    forwarded_for,
+                    accept,
+                },
+            )
+    }
+
+    /// What must come back, where the request alone (and whether its
+    /// clientid was associated) decides it.
+    #[derive(Debug, PartialEq)]
+    enum Expected {
+        Refusal(u16, &'static str),
+        /// Resolved to [`TARGET`], for a clientid already associated.
+        Existing,
+    }
+
+    /// The checks of DESIGN §4 that need no knowledge of identity, in
+    /// their order: the route, the method, the enrichment header, the
+    /// query, the code, the clientid; then what holds off the network and
+    /// for an associated client seen from off it.
+    fn expected(request: &Request, associated: bool) -> Option<Expected> {
+        use Expected::Refusal;
+        if request.path != PATH {
+            return Some(Refusal(404, "NOT_FOUND"));
+        }
+        if request.method != http::Method::GET {
+            return Some(Refusal(405, "METHOD_NOT_ALLOWED"));
+        }
+        if request.msisdn.len() > 1 {
+            return Some(Refusal(400, "INVALID_HEADER"));
+        }
+        if request.query.len() > MAX_URI_BYTES {
+            return Some(Refusal(414, "REQUEST_TOO_LARGE"));
+        }
+        let (mut code, mut clientid) = (None, None);
+        for (name, value) in form_urlencoded::parse(request.query.as_bytes()) {
+            let (slot, repeated) = match &*name {
+                "code" => (&mut code, "INVALID_CODE"),
+                "clientid" => (&mut clientid, "INVALID_CLIENTID"),
+                _ => continue,
+            };
+            if slot.replace(value.into_owned()).is_some() {
+                return Some(Refusal(400, repeated));
+            }
+        }
+        let Ok(code) = IndirectCode::parse(code.as_deref().unwrap_or("")) else {
+            return Some(Refusal(400, "INVALID_CODE"));
+        };
+        let Some(clientid) = clientid else {
+            return Some(Refusal(401, "CLIENTID_REQUIRED"));
+        };
+        if ClientIdRef::parse(&clientid).is_err() {
+            return Some(Refusal(400, "INVALID_CLIENTID"));
+        }
+        match (associated, request.from) {
+            (false, from) if from.off_net() => Some(Refusal(403, "RETRY_ON_MNO_NETWORK")),
+            (false, Source::UnboundMno) => Some(Refusal(403, "SUBSCRIBER_UNKNOWN")),
+            (true, Source::Wifi | Source::Moved | Source::UnboundMno)
+                if code.prefix() != "2001000001" =>
+            {
+                Some(Refusal(404, "UNKNOWN_PREFIX"))
+            }
+            (true, Source::Wifi | Source::Moved | Source::UnboundMno) if code.as_str() != CODE => {
+                Some(Refusal(404, "CODE_NOT_FOUND"))
+            }
+            (true, Source::Wifi | Source::Moved | Source::UnboundMno) => Some(Expected::Existing),
+            _ => None,
+        }
+    }
+
+    /// Sends `request` to the handler and checks the answer: the one
+    /// [`expected`] says where it says one, and in any case a row of the
+    /// table in the JSON error shape, a resolution of [`CODE`] (JSON, or
+    /// a redirect for a browser), `Retry-After` exactly on 429 and 503.
+    async fn check(
+        app: &App,
+        request: Request,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        use proptest::{prop_assert, prop_assert_eq};
+        let uri: Uri = format!("{}?{}", request.path, request.query)
+            .parse()
+            .expect("the generators make valid URIs");
+        let clientid = form_urlencoded::parse(request.query.as_bytes())
+            .find(|(name, _)| name == "clientid")
+            .map(|(_, value)| value.into_owned());
+        let index = app.store.index();
+        let associated_before = clientid
+            .as_deref()
+            .is_some_and(|id| index.association(id).is_some());
+        let want = expected(&request, associated_before);
+        let conn = ConnInfo {
+            origin: request.from.origin(),
+            protocol: Protocol::Http2,
+        };
+        let response = handle(app, conn, &request.method, &uri, &request.headers()).await;
+        let status = response.status().as_u16();
+        let header = |name| {
+            response
+                .headers()
+                .get(name)
+                .map(|v| v.to_str().unwrap().to_owned())
+        };
+
+        if status == 302 {
+            prop_assert!(prefers_html(&request.headers()), "a redirect for an app");
+            prop_assert_eq!(header(http::header::LOCATION), Some(TARGET.to_owned()));
+            prop_assert!(
+                want.is_none() || want == Some(Expected::Existing),
+                "{:?}",
+                want
+            );
+            prop_assert!(index.association(clientid.as_deref().unwrap()).is_some());
+            return Ok(());
+        }
+        prop_assert_eq!(
+            header(http::header::CONTENT_TYPE),
+            Some("application/json".to_owned())
+        );
+        let body: serde_json::Value = serde_json::from_slice(response.body()).map_err(|e| {
+            proptest::test_runner::TestCaseError::fail(format!("{status}: not JSON: {e}"))
+        })?;
+        if status == 200 {
+            prop_assert!(!prefers_html(&request.headers()), "JSON for a browser");
+            prop_assert_eq!(&body["code"], CODE, "{}", body);
+            prop_assert_eq!(&body["type"], "url");
+            prop_assert_eq!(&body["target"], TARGET);
+            let association = if associated_before {
+                "existing"
+            } else {
+                "created"
+            };
+            prop_assert_eq!(&body["association"], association, "{}", body);
+            prop_assert_eq!(body.as_object().map(|o| o.len()), Some(4), "{}", body);
+            prop_assert!(
+                want.is_none() || want == Some(Expected::Existing),
+                "{:?}: {}",
+                want,
+                body
+            );
+            prop_assert!(index.association(clientid.as_deref().unwrap()).is_some());
+            return Ok(());
+        }
+        let code = body["code"].as_str().unwrap_or_default();
+        prop_assert!(
+            TABLE.contains(&(status, code)),
+            "{} {} is not in the table",
+            status,
+            body
+        );
+        prop_assert_eq!(&body["status"], status, "{}", body);
+        prop_assert!(
+            body["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{}",
+            body
+        );
+        prop_assert_eq!(body.as_object().map(|o| o.len()), Some(3), "{}", body);
+        let retry_after = header(http::header::RETRY_AFTER).and_then(|v| v.parse::<u64>().ok());
+        prop_assert_eq!(
+            retry_after.is_some_and(|secs| secs >= 1),
+            matches!(status, 429 | 503),
+            "{}",
+            body
+        );
+        match want {
+            Some(Expected::Refusal(want_status, want_code)) => {
+                prop_assert_eq!((status, code), (want_status, want_code), "{}", body);
+            }
+            Some(Expected::Existing) => {
+                prop_assert!(false, "an associated client refused: {}", body)
+            }
+            None => {}
+        }
+        Ok(())
+    }
+
+    /// A server for the property: no rate limits or pacing (their
+    /// answers are tested where they are made), a gateway, [`CODE`]
+    /// registered and two subscribers bound.
+    async fn property_server(data_dir: &std::path::Path) -> super::super::Running {
+        let text = format!(
+            "[server]\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\nrouting_prefixes = [\"2001000001\"]\n\
+             http3 = false\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n\
+             [mno]\nnetworks = [\"127.1.0.0/16\"]\ntrusted_gateways = [\"127.3.0.1\"]\n\
+             [auth]\nassociations_per_minute = 1000000\nmax_clientids_per_subscriber = 1000\n\
+             [limits]\nmax_uri_bytes = {MAX_URI_BYTES}\nrequests_per_address_per_sec = 0\n\
+             requests_per_clientid_per_sec = 0\nunauthenticated_per_sec = 0\nfirst_scans_per_sec = 0\n",
+            data_dir.display()
+        );
+        let config = crate::config::Config::parse(&text, Vec::new()).expect("valid config");
+        let running = super::super::start(config)
+            .await
+            .expect("the server starts");
+        let app = &running.app;
+        let code = IndirectCode::parse(CODE).unwrap();
+        app.store
+            .register_code(&code, TARGET, super::super::now_ms())
+            .await
+            .unwrap();
+        for n in 1..=2 {
+            let msisdn = crate::wire::Msisdn::parse(&format!("+44770090000{n}")).unwrap();
+            let network = format!("127.1.0.{n}/32").parse().unwrap();
+            let until = super::super::now_ms() + 3_600_000;
+            app.sessions
+                .bind(network, app.key.subscriber_ref(&msisdn), until);
+        }
+        running
+    }
+
+    /// Any request (route, method, query, enrichment headers, `Accept`,
+    /// where it comes from) gets an answer of DESIGN §4's table in its
+    /// JSON shape, or the resolution, as [`check`] says.
+    #[test]
+    fn any_request_gets_an_answer_of_the_table() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let running = runtime.block_on(property_server(dir.path()));
+        let config = proptest::test_runner::Config {
+            cases: 512,
+            failure_persistence: None,
+            ..Default::default()
+        };
+        let mut runner = proptest::test_runner::TestRunner::new(config);
+        let outcome = runner.run(&any_request(), |request| {
+            runtime.block_on(check(&running.app, request))
+        });
+        runtime.block_on(running.shutdown());
+        if let Err(failure) = outcome {
+            panic!("{failure}");
         }
     }
 }

@@ -9,6 +9,7 @@ pub mod config;
 pub mod h3;
 pub mod nats;
 pub mod raw;
+pub mod tools;
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -238,4 +239,24 @@ pub fn metric(text: &str, prefix: &str) -> f64 {
         .and_then(|line| line.rsplit(' ').next())
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0)
+}
+
+/// Polls `check` every 20 ms until it holds, and fails the test naming
+/// `what` once `within` has passed: how a test waits for the server to do
+/// something (a follower to apply, a flush, a token to arrive), never by a
+/// fixed sleep, which is too short on a loaded machine and wasted on an
+/// idle one.
+pub async fn eventually(
+    what: &str,
+    within: std::time::Duration,
+    mut check: impl AsyncFnMut() -> bool,
+) {
+    let deadline = std::time::Instant::now() + within;
+    while !check().await {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not within {within:?}: {what}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

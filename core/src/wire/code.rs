@@ -210,39 +210,139 @@ mod tests {
         assert!(RoutingPrefix::parse("2001000001a").is_err());
     }
 
+    /// A valid code as its routing prefix (hex digits in either case) and
+    /// value.
     fn valid_code() -> impl Strategy<Value = (String, String)> {
         (0usize..16, 1u16..0x1000, "[A-Za-z0-9_-]{1,64}").prop_flat_map(|(l, reg, value)| {
-            proptest::collection::vec(0u8..16, 2 * (l + 1)).prop_map(move |digits| {
-                let mut prefix = format!("{l:X}{reg:03x}");
-                for d in digits {
-                    prefix.push(char::from_digit(d.into(), 16).unwrap());
+            let digits = proptest::collection::vec((0u8..16, any::<bool>()), 2 * (l + 1));
+            (digits, any::<bool>()).prop_map(move |(digits, upper)| {
+                let registry = match upper {
+                    true => format!("{reg:03X}"),
+                    false => format!("{reg:03x}"),
+                };
+                let mut prefix = format!("{l:X}{registry}");
+                for (d, upper) in digits {
+                    let digit = char::from_digit(d.into(), 16).unwrap();
+                    prefix.push(if upper {
+                        digit.to_ascii_uppercase()
+                    } else {
+                        digit
+                    });
                 }
                 (prefix, value.clone())
             })
         })
     }
 
+    /// What DESIGN §2 says of a code, written apart from the parser: the
+    /// prefix (upper-cased) and the value, or why not (positions and
+    /// lengths in bytes, as the parser reports them).
+    fn spec(text: &str) -> Result<(String, String), CodeError> {
+        let first = text.chars().next().ok_or(CodeError::Empty)?;
+        let indicator = first.to_digit(16).ok_or(CodeError::PrefixNotHex(0))? as usize;
+        let prefix_len = 4 + 2 * (indicator + 1);
+        if text.len() < prefix_len {
+            return Err(CodeError::PrefixTooShort {
+                expected: prefix_len,
+                got: text.len(),
+            });
+        }
+        let not_hex = text
+            .bytes()
+            .take(prefix_len)
+            .position(|b| !b.is_ascii_hexdigit());
+        if let Some(at) = not_hex {
+            return Err(CodeError::PrefixNotHex(at));
+        }
+        let (prefix, value) = text.split_at(prefix_len);
+        if &prefix[1..4] == "000" {
+            return Err(CodeError::ReservedRegistry);
+        }
+        if value.is_empty() {
+            return Err(CodeError::ValueMissing);
+        }
+        if value.len() > 64 {
+            return Err(CodeError::ValueTooLong);
+        }
+        let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+        if let Some((at, _)) = value.char_indices().find(|&(_, c)| !allowed(c)) {
+            return Err(CodeError::ValueBadCharacter(at));
+        }
+        Ok((prefix.to_ascii_uppercase(), value.to_owned()))
+    }
+
+    /// A valid code broken in one place: a character replaced, the text
+    /// cut or lengthened, the reserved registry, a value too long.
+    fn broken_code() -> impl Strategy<Value = String> {
+        let stray = "[0-9a-zA-Z_./ %+é-]";
+        (valid_code(), 0usize..120, stray, 0u8..5).prop_map(|((prefix, value), at, stray, how)| {
+            let text = format!("{prefix}{value}");
+            match how {
+                0 => {
+                    let mut chars: Vec<char> = text.chars().collect();
+                    let at = at % chars.len();
+                    chars[at] = stray.chars().next().unwrap();
+                    chars.into_iter().collect()
+                }
+                1 => text[..at % text.len()].to_owned(),
+                2 => format!("{text}{stray}"),
+                3 => format!("{}000{}", &prefix[..1], &text[4..]),
+                _ => format!("{prefix}{}", value.repeat(1 + 65 / value.len())),
+            }
+        })
+    }
+
+    fn any_code_text() -> impl Strategy<Value = String> {
+        prop_oneof![
+            valid_code().prop_map(|(prefix, value)| format!("{prefix}{value}")),
+            broken_code(),
+            "[0-9a-fA-F]{0,40}[A-Za-z0-9_./-]{0,80}",
+            ".{0,80}",
+        ]
+    }
+
+    fn swap_case(text: &str) -> String {
+        text.chars()
+            .map(|c| match c.is_ascii_uppercase() {
+                true => c.to_ascii_lowercase(),
+                false => c.to_ascii_uppercase(),
+            })
+            .collect()
+    }
+
     proptest! {
+        /// The parser accepts exactly what the spec accepts, refuses the
+        /// rest with the spec's reason, and what it accepts displays as a
+        /// text that parses back to the same code.
         #[test]
-        fn never_panics(s in ".*") {
-            let _ = IndirectCode::parse(&s);
-            let _ = RoutingPrefix::parse(&s);
+        fn parse_agrees_with_the_spec_and_round_trips(text in any_code_text()) {
+            let parsed = IndirectCode::parse(&text);
+            let split = parsed.as_ref().map(|c| (c.prefix().to_owned(), c.value().to_owned()));
+            prop_assert_eq!(split.map_err(Clone::clone), spec(&text), "{:?}", text);
+            if let Ok(code) = parsed {
+                prop_assert_eq!(code.as_str(), format!("{}{}", code.prefix(), code.value()));
+                prop_assert_eq!(code.to_string(), code.as_str());
+                prop_assert_eq!(IndirectCode::parse(&code.to_string()), Ok(code.clone()));
+                let prefix = RoutingPrefix::parse(&text[..code.prefix().len()]).unwrap();
+                prop_assert_eq!(prefix.as_str(), code.prefix());
+                prop_assert!(RoutingPrefix::parse(&text).is_err(), "a whole code is no prefix");
+            }
         }
 
+        /// The prefix is hex: its case does not matter. The value is the
+        /// operator's: its case is kept, and makes another code.
         #[test]
-        fn never_panics_on_hexish_input(s in "[0-9a-fA-F]{0,40}[A-Za-z0-9_./-]{0,80}") {
-            let _ = IndirectCode::parse(&s);
-        }
-
-        #[test]
-        fn valid_round_trips((prefix, value) in valid_code()) {
+        fn the_prefix_ignores_case_and_the_value_keeps_it((prefix, value) in valid_code()) {
             let code = IndirectCode::parse(&format!("{prefix}{value}")).unwrap();
             prop_assert_eq!(code.prefix(), prefix.to_ascii_uppercase());
             prop_assert_eq!(code.value(), value.as_str());
-            let again = IndirectCode::parse(code.as_str()).unwrap();
-            prop_assert_eq!(&again, &code);
-            let parsed = RoutingPrefix::parse(&prefix).unwrap();
-            prop_assert_eq!(parsed.as_str(), code.prefix());
+            for other in [prefix.to_ascii_lowercase(), prefix.to_ascii_uppercase(), swap_case(&prefix)] {
+                prop_assert_eq!(IndirectCode::parse(&format!("{other}{value}")), Ok(code.clone()));
+                let parsed = RoutingPrefix::parse(&other).unwrap();
+                prop_assert_eq!(parsed.as_str(), code.prefix());
+            }
+            let swapped = IndirectCode::parse(&format!("{prefix}{}", swap_case(&value))).unwrap();
+            prop_assert_eq!(swapped == code, swap_case(&value) == value);
         }
     }
 }

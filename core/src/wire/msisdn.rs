@@ -111,7 +111,8 @@ impl SubscriberRef {
     }
 
     pub fn from_hex(text: &str) -> Option<Self> {
-        if text.len() != 64 || !text.is_ascii() {
+        // Hex digits checked here: `from_str_radix` alone takes a sign ("+f").
+        if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
             return None;
         }
         let mut bytes = [0u8; 32];
@@ -207,21 +208,136 @@ mod tests {
         let r = a.subscriber_ref(&m);
         assert_eq!(SubscriberRef::from_hex(&r.to_hex()), Some(r));
         assert!(!r.to_hex().contains("447700900123"));
+        assert_eq!(SubscriberRef::from_hex(&"+0".repeat(32)), None);
+    }
+
+    /// A number as its digits: valid (country code first, 8–15 digits),
+    /// too short, too long, or national (a leading 0).
+    fn any_digits() -> impl Strategy<Value = String> {
+        prop_oneof![
+            3 => "[1-9][0-9]{7,14}",
+            1 => "[1-9][0-9]{0,6}",
+            1 => "[1-9][0-9]{15,18}",
+            1 => "0[1-9][0-9]{6,13}",
+        ]
+    }
+
+    /// What DESIGN §3 makes of `digits`, written apart from the parser.
+    fn spec(digits: &str) -> Result<String, MsisdnError> {
+        if !(8..=15).contains(&digits.len()) {
+            return Err(MsisdnError::BadLength);
+        }
+        if digits.starts_with('0') {
+            return Err(MsisdnError::NotInternational);
+        }
+        Ok(format!("+{digits}"))
+    }
+
+    /// One way a person or a gateway writes `digits`: `+`, `00` or nothing
+    /// in front, separators between the digits, blanks around. With `bad`,
+    /// that character stands somewhere after the first digit.
+    fn written(digits: String, bad: Option<char>) -> impl Strategy<Value = String> {
+        let separator = prop_oneof![4 => Just(""), 1 => Just(" "), 1 => Just("-"), 1 => Just("("), 1 => Just(")")];
+        (
+            prop_oneof![Just("+"), Just("00"), Just("")],
+            proptest::collection::vec(separator, digits.len()),
+            1..=digits.len(),
+            "[ \t]{0,2}",
+            "[ \t]{0,2}",
+        )
+            .prop_map(move |(lead, separators, bad_at, before, after)| {
+                let mut text = format!("{before}{lead}");
+                for (at, (digit, separator)) in digits.chars().zip(separators).enumerate() {
+                    match bad {
+                        Some(bad) if at == bad_at => text.push(bad),
+                        _ => text.push_str(separator),
+                    }
+                    text.push(digit);
+                }
+                if let Some(bad) = bad.filter(|_| bad_at == digits.len()) {
+                    text.push(bad);
+                }
+                text.push_str(&after);
+                text
+            })
     }
 
     proptest! {
+        /// Every way of writing a number parses to the same E.164 form
+        /// (or the same refusal), and so to the same keyed subscriber;
+        /// the E.164 form parses to itself.
         #[test]
-        fn never_panics(s in ".*") {
-            let _ = Msisdn::parse(&s);
-            let _ = SubscriberRef::from_hex(&s);
+        fn any_writing_of_a_number_gives_one_form_and_one_subscriber(
+            (digits, one, other) in any_digits().prop_flat_map(|digits| {
+                (Just(digits.clone()), written(digits.clone(), None), written(digits, None))
+            })
+        ) {
+            let key = SubscriberKey::new(&[7; 32]);
+            let want = spec(&digits);
+            let (a, b) = (Msisdn::parse(&one), Msisdn::parse(&other));
+            prop_assert_eq!(a.clone().map(|m| m.e164().to_owned()), want.clone(), "{:?}", one);
+            prop_assert_eq!(b.clone().map(|m| m.e164().to_owned()), want, "{:?}", other);
+            if let (Ok(a), Ok(b)) = (a, b) {
+                prop_assert_eq!(key.subscriber_ref(&a), key.subscriber_ref(&b));
+                prop_assert_eq!(Msisdn::parse(a.e164()).unwrap(), a.clone());
+                let shown = format!("{a:?}");
+                prop_assert!(!shown.contains(&digits[2..digits.len() - 2]), "{}", shown);
+            }
+        }
+
+        /// A character other than digits, `+` in front, blanks around and
+        /// ` -()` between is refused, wherever it is and whatever the length.
+        #[test]
+        fn a_stray_character_is_refused(
+            text in (
+                any_digits(),
+                // Not a blank: at the end, trimming would take it away.
+                "[^0-9 ()-]".prop_filter("not blank", |c| !c.trim().is_empty()),
+            )
+                .prop_flat_map(|(digits, bad)| written(digits, bad.chars().next()))
+        ) {
+            prop_assert_eq!(Msisdn::parse(&text), Err(MsisdnError::BadCharacter), "{:?}", text);
         }
 
         #[test]
-        fn e164_round_trips(cc in 1u8..10, rest in "[0-9]{7,14}") {
-            let text = format!("+{cc}{rest}");
-            let m = Msisdn::parse(&text).unwrap();
-            prop_assert_eq!(m.e164(), text.as_str());
-            prop_assert_eq!(Msisdn::parse(m.e164()).unwrap(), m);
+        fn nothing_but_blanks_is_empty(text in "[ \t\n]{0,4}") {
+            prop_assert_eq!(Msisdn::parse(&text), Err(MsisdnError::Empty));
+        }
+
+        /// Different numbers are different subscribers, and the same number
+        /// is another subscriber under another deployment's key.
+        #[test]
+        fn the_reference_is_keyed_and_tells_numbers_apart(
+            a in "[1-9][0-9]{7,14}",
+            b in "[1-9][0-9]{7,14}",
+        ) {
+            let key = SubscriberKey::new(&[7; 32]);
+            let (ma, mb) = (Msisdn::parse(&a).unwrap(), Msisdn::parse(&b).unwrap());
+            prop_assert_eq!(key.subscriber_ref(&ma) == key.subscriber_ref(&mb), a == b);
+            prop_assert_ne!(key.subscriber_ref(&ma), SubscriberKey::new(&[8; 32]).subscriber_ref(&ma));
+        }
+
+        /// `from_hex` takes exactly 64 hex digits (either case) and gives
+        /// back what `to_hex` wrote.
+        #[test]
+        fn hex_references_round_trip(
+            text in prop_oneof![
+                "[0-9a-fA-F]{64}",
+                "[0-9a-fA-F]{60,68}",
+                // 64 characters, one of them not a hex digit (a sign among them).
+                ("[0-9a-f]{64}", 0usize..64, "[-+ gxX.]").prop_map(|(hex, at, other)| {
+                    format!("{}{other}{}", &hex[..at], &hex[at + 1..])
+                }),
+                ".{0,70}",
+            ]
+        ) {
+            let hex64 = text.len() == 64 && text.chars().all(|c| c.is_ascii_hexdigit());
+            let parsed = SubscriberRef::from_hex(&text);
+            prop_assert_eq!(parsed.is_some(), hex64, "{:?}", text);
+            if let Some(r) = parsed {
+                prop_assert_eq!(r.to_hex(), text.to_ascii_lowercase());
+                prop_assert_eq!(SubscriberRef::from_hex(&r.to_hex()), Some(r));
+            }
         }
     }
 }
