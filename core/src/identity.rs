@@ -44,6 +44,9 @@ impl MnoPolicy {
     }
 }
 
+/// Made once: looking a header up by a `&str` parses the name each time.
+const X_FORWARDED_FOR: http::HeaderName = http::HeaderName::from_static("x-forwarded-for");
+
 /// What a transport saw of where a request came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Seen {
@@ -134,7 +137,7 @@ impl<'a> ClientView<'a> {
         if lines.next().is_some() {
             return Err(Refusal::RepeatedHeader(msisdn_header.as_str().to_owned()));
         }
-        let forwarded_for = headers.get_all("x-forwarded-for").iter().next_back();
+        let forwarded_for = headers.get_all(&X_FORWARDED_FOR).iter().next_back();
         Ok(Self {
             origin,
             msisdn_header: msisdn.and_then(|v| v.to_str().ok()),

@@ -161,10 +161,10 @@ pub struct Request<'r> {
 /// The rule of the module docs for `request`. The parsed query is kept in
 /// `parsed` (the caller's), so the verdict borrows its clientid from there
 /// instead of copying it.
-pub fn admit<'q>(
+pub fn admit<'q, 'r: 'q>(
     rules: &Rules,
-    request: Request<'_>,
-    parsed: &'q mut Option<Query>,
+    request: Request<'r>,
+    parsed: &'q mut Option<Query<'r>>,
     facts: &mut impl Facts,
 ) -> Outcome<'q> {
     let mut tally = Tally::default();
@@ -178,10 +178,10 @@ pub fn admit<'q>(
 }
 
 /// [`admit`]'s steps, counting into `tally` and `wait` as they go.
-fn admit_counting<'q>(
+fn admit_counting<'q, 'r: 'q>(
     rules: &Rules,
-    request: Request<'_>,
-    parsed: &'q mut Option<Query>,
+    request: Request<'r>,
+    parsed: &'q mut Option<Query<'r>>,
     facts: &mut impl Facts,
     tally: &mut Tally,
     wait: &mut Duration,
@@ -254,7 +254,7 @@ fn spend(verdict: Verdict, limit: &'static str, tally: &mut Tally) -> Result<(),
 /// The query's two parameters, or the refusal of a query that is too long
 /// or names one twice. (A malformed clientid is refused by the decision,
 /// which knows the mode.)
-fn parse_query(query: &str, max_uri_bytes: usize) -> Result<Query, Refusal> {
+fn parse_query(query: &str, max_uri_bytes: usize) -> Result<Query<'_>, Refusal> {
     Query::parse(query, max_uri_bytes).map_err(|e| match e {
         QueryError::TooLong => Refusal::RequestTooLarge,
         QueryError::RepeatedCode => Refusal::InvalidCode(CodeError::Repeated),
@@ -406,7 +406,7 @@ mod tests {
             );
         }
         let map: &'static http::HeaderMap = Box::leak(Box::new(map));
-        let parsed: &'static mut Option<Query> = Box::leak(Box::new(None));
+        let parsed: &'static mut Option<Query<'static>> = Box::leak(Box::new(None));
         let request = Request {
             origin: identity_address(Seen::Tcp {
                 peer: peer.parse().unwrap(),

@@ -109,13 +109,13 @@ async fn handshake_and_serve(
     };
     let handshake = async {
         tokio::time::sleep(wait).await;
-        tokio::time::timeout(handshake_limit, acceptor.accept(stream)).await
+        crate::net::admit::handshake_step(handshake_limit, acceptor.accept(stream)).await
     };
     // A connection still waiting for its handshake has nothing to drain.
     let tls = tokio::select! {
         _ = shutdown.cancelled() => return,
         handshake = handshake => match handshake {
-            Ok(Ok(tls)) => tls,
+            Ok(tls) => tls,
             // No certificate, one from another CA, a bad or a slow handshake.
             _ => return app.metrics.federation("refused", "handshake"),
         },

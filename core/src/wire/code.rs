@@ -118,11 +118,11 @@ impl IndirectCode {
         {
             return Err(CodeError::ValueBadCharacter(at));
         }
-        let mut canonical = String::with_capacity(text.len());
-        canonical.push_str(&text[..prefix_len].to_ascii_uppercase());
-        canonical.push_str(value);
+        // One allocation: the text, its prefix upper-cased in place.
+        let mut canonical: Box<str> = text.into();
+        canonical[..prefix_len].make_ascii_uppercase();
         Ok(Self {
-            text: canonical.into(),
+            text: canonical,
             prefix_len: prefix_len as u8,
         })
     }
