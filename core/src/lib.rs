@@ -26,7 +26,7 @@ mod redact;
 pub use associate::{Plan, plan_association};
 pub use decide::{
     AssociationState, AuthMode, Decision, MismatchPolicy, Permit, Policy, Refusal, Resolution,
-    decide, permit_after, resolve,
+    decide, permit_after, resolve, retry_after_secs,
 };
 pub use identity::{
     Bound, ClientView, Identity, MnoPolicy, Origin, Seen, Sessions, canonical_net, identify,

@@ -17,7 +17,10 @@
 //! refusals in a row each next request waits first (10 ms, doubling, up to
 //! 1 s), past `refusals_before_close` the connection is closed (an HTTP/2
 //! GOAWAY, a QUIC CONNECTION_CLOSE) and its source is refused new
-//! connections for `penalty_secs`. One success ends the run.
+//! connections for `penalty_secs`. One success ends the run. A 5xx is
+//! the server's own state (overload, its log or JetStream down, a peer CMP
+//! down: `OVERLOADED`, `UNAVAILABLE`, `UPSTREAM_UNAVAILABLE`), never the
+//! client's conduct: it neither adds to the run nor ends it.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -144,11 +147,16 @@ impl Conduct {
             .min(LONGEST_SLOWDOWN)
     }
 
-    /// Records an answer's status: `refused` is any 4xx or 5xx but a 404
-    /// (an authenticated client may scan a code that does not exist).
+    /// Records an answer's status: `refused` is any 4xx but a 404 (an
+    /// authenticated client may scan a code that does not exist). A 5xx
+    /// leaves the run as it is (see the module docs): a client the server
+    /// turns away for its own reasons is not slowed or closed for it, and a
+    /// 503 between refusals does not wipe a run clean either.
     pub fn record(&self, status: http::StatusCode, limits: &Limits) -> Earned {
-        let refused = (status.is_client_error() && status != http::StatusCode::NOT_FOUND)
-            || status.is_server_error();
+        if status.is_server_error() {
+            return Earned::Nothing;
+        }
+        let refused = status.is_client_error() && status != http::StatusCode::NOT_FOUND;
         if !refused {
             self.refused_in_a_row.store(0, Ordering::Relaxed);
             return Earned::Nothing;
@@ -339,6 +347,16 @@ mod tests {
             conduct.record(http::StatusCode::NOT_FOUND, &limits),
             Earned::Nothing
         );
+        // The server's own 503s neither count nor end a run.
+        for _ in 0..20 {
+            let earned = conduct.record(http::StatusCode::SERVICE_UNAVAILABLE, &limits);
+            assert_eq!(earned, Earned::Nothing);
+        }
+        assert_eq!(conduct.delay(&limits), Duration::ZERO);
+        assert_eq!([refuse(), refuse()], [Earned::Nothing; 2]);
+        conduct.record(http::StatusCode::SERVICE_UNAVAILABLE, &limits);
+        assert_eq!(refuse(), Earned::SlowDown, "the run went on past the 503");
+        conduct.record(http::StatusCode::OK, &limits);
         let earned: Vec<_> = (0..6).map(|_| refuse()).collect();
         assert_eq!(earned[2], Earned::SlowDown);
         assert_eq!(earned[5], Earned::Close);

@@ -176,7 +176,8 @@ impl App {
         };
         let _waiting = match &self.limits.tarpit_sources {
             Some(sources) => Some(sources.try_open(source).ok_or(Refusal::RateLimited {
-                retry_after_secs: 1,
+                // A waiter's turn is at most `tarpit_max` away.
+                wait: self.config.limits.tarpit_max,
             })?),
             None => None,
         };
@@ -230,9 +231,7 @@ impl App {
                 self.metrics.limiter_overflow(limit);
                 Ok(())
             }
-            limits::Verdict::Limited(wait) => Err(Refusal::RateLimited {
-                retry_after_secs: wait.as_secs().max(1),
-            }),
+            limits::Verdict::Limited(wait) => Err(Refusal::RateLimited { wait }),
         }
     }
 
@@ -242,9 +241,7 @@ impl App {
         self.creations.check_key(subscriber).map_err(|not_until| {
             let wait =
                 not_until.wait_time_from(governor::clock::Clock::now(self.creations.clock()));
-            Refusal::RateLimited {
-                retry_after_secs: wait.as_secs().max(1),
-            }
+            Refusal::RateLimited { wait }
         })
     }
 }
