@@ -9,14 +9,15 @@
 //! all or nothing), a batch with a bad row is not written at all, and every
 //! bad row is reported with its line number. With `dry_run` nothing is
 //! written. The export is NDJSON `{"code", "target", "seq"}` by code, which
-//! the import takes back as it is.
+//! the import takes back as it is; it streams, a page of codes at a time
+//! ([`export`]), so its memory does not grow with the number of codes.
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::net::App;
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 use crate::wire::IndirectCode;
 
 /// Rows per batch: the unit that is written whole or not at all.
@@ -275,17 +276,77 @@ impl Lines {
     }
 }
 
-/// Every code as export lines, by code.
-pub fn export_lines(app: &App) -> Vec<String> {
-    app.store
-        .index()
-        .contents_codes()
-        .into_iter()
-        .map(|(code, entry)| {
-            serde_json::json!({"code": code, "target": &*entry.target, "seq": entry.seq})
-                .to_string()
-        })
-        .collect()
+/// Codes per page of an export: what it holds in memory at once (about
+/// 20 MB with the page's text), whatever the number of codes; each page is
+/// one scan of the code map.
+pub const EXPORT_PAGE: usize = 100_000;
+
+/// One line of an export.
+#[derive(Serialize)]
+struct ExportLine<'a> {
+    code: &'a str,
+    target: &'a str,
+    seq: u64,
+}
+
+/// Where an export has got to.
+enum Cursor {
+    Start,
+    After(String),
+    Done,
+}
+
+/// Every code as NDJSON lines, by code, one chunk per page of
+/// `page_len` codes ([`Index::codes_after`](crate::store::index::Index::codes_after)):
+/// nothing is read before the body asks for it, and only one page is held.
+/// Each page is read off the async threads (one scan of the code map).
+pub fn export(
+    store: Store,
+    page_len: usize,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    futures_util::stream::try_unfold(Cursor::Start, move |cursor| {
+        let store = store.clone();
+        async move {
+            let after = match cursor {
+                Cursor::Start => None,
+                Cursor::After(code) => Some(code),
+                Cursor::Done => return Ok(None),
+            };
+            let page = tokio::task::spawn_blocking(move || {
+                export_page(store.index(), after.as_deref(), page_len)
+            })
+            .await
+            .map_err(std::io::Error::other)?;
+            Ok(page)
+        }
+    })
+}
+
+/// The lines of the page after `after`, and where the next page starts
+/// (`Done` after a short page: no scan to find nothing); `None` past the
+/// last code.
+fn export_page(
+    index: &crate::store::index::Index,
+    after: Option<&str>,
+    page_len: usize,
+) -> Option<(Bytes, Cursor)> {
+    let page = index.codes_after(after, page_len);
+    let (last, _) = page.last()?;
+    let next = match page.len() < page_len {
+        true => Cursor::Done,
+        false => Cursor::After(last.clone()),
+    };
+    let mut text = Vec::with_capacity(page.len() * 96);
+    for (code, entry) in &page {
+        let line = ExportLine {
+            code,
+            target: &entry.target,
+            seq: entry.seq,
+        };
+        serde_json::to_writer(&mut text, &line).expect("a code line serialises");
+        text.push(b'\n');
+    }
+    Some((Bytes::from(text), next))
 }
 
 #[cfg(test)]

@@ -361,3 +361,91 @@ async fn counts_are_written_every_flush_period_without_a_stop() {
     );
     server.stop().await;
 }
+
+/// Every line of an export, read as the body arrives.
+async fn export_lines(server: &TestServer) -> Vec<String> {
+    let url = format!("http://{}/admin/v1/codes:export", server.running.admin_addr);
+    let mut response = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(server.running.admin_token.expose())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut text = Vec::new();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        text.extend_from_slice(&chunk);
+    }
+    String::from_utf8(text)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_of_more_than_a_page_has_every_code_once_by_code() {
+    let server = TestServer::start().await;
+    let n = homecmp::codes::EXPORT_PAGE as u32 + 2_500;
+    let (status, report) = import(&server, ndjson(0..n), "", "application/x-ndjson").await;
+    assert_eq!((status, report["applied"].as_u64()), (200, Some(n.into())));
+    let lines = export_lines(&server).await;
+    assert_eq!(lines.len(), n as usize);
+    let codes: Vec<String> = lines
+        .iter()
+        .map(|line| {
+            let row: Value = serde_json::from_str(line).unwrap();
+            let code = row["code"].as_str().unwrap().to_owned();
+            let i = code.strip_prefix("2001000001bulk").unwrap();
+            assert_eq!(row["target"], format!("https://example.org/{i}"));
+            assert!(row["seq"].as_u64().is_some());
+            code
+        })
+        .collect();
+    assert!(
+        codes.windows(2).all(|pair| pair[0] < pair[1]),
+        "by code, each once"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_reads_a_page_only_when_the_body_asks_for_it() {
+    use futures_util::StreamExt;
+    let server = TestServer::start().await;
+    for i in ["b", "d", "f"] {
+        server
+            .put_code(&format!("2001000001{i}"), "https://example.org/")
+            .await;
+    }
+    let store = server.running.app.store.clone();
+    let pages = homecmp::codes::export(store, 2);
+    futures_util::pin_mut!(pages);
+    // Made after the stream but before its first page is read: in it.
+    server.put_code("2001000001a", "https://example.org/").await;
+    let page = |bytes: bytes::Bytes| -> Vec<String> {
+        String::from_utf8(bytes.to_vec())
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["code"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let first = pages.next().await.unwrap().unwrap();
+    assert_eq!(page(first), ["2001000001a", "2001000001b"]);
+    // Past the first page, before the next is read: in the next one. An
+    // export built whole before its first byte would not have it.
+    server.put_code("2001000001c", "https://example.org/").await;
+    let mut rest = Vec::new();
+    while let Some(chunk) = pages.next().await {
+        let codes = page(chunk.unwrap());
+        assert!(codes.len() <= 2, "{codes:?}");
+        rest.extend(codes);
+    }
+    assert_eq!(rest, ["2001000001c", "2001000001d", "2001000001f"]);
+    server.stop().await;
+}

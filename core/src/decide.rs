@@ -590,7 +590,10 @@ mod tests {
     #[test]
     fn retry_after_rounds_up_and_is_never_zero() {
         let said = |millis| retry_after_secs(Duration::from_millis(millis));
-        assert_eq!([said(0), said(1), said(1000), said(1001), said(1900)], [1, 1, 1, 2, 2]);
+        assert_eq!(
+            [said(0), said(1), said(1000), said(1001), said(1900)],
+            [1, 1, 1, 2, 2]
+        );
         assert_eq!(retry_after_secs(Duration::MAX), u64::MAX);
     }
 

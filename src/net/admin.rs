@@ -416,18 +416,11 @@ async fn import_codes(
     Ok((status, Json(report)).into_response())
 }
 
-/// Every code as NDJSON, by code: what the import takes back.
+/// Every code as NDJSON, by code: what the import takes back. Streamed a
+/// page at a time as the client reads ([`crate::codes::export`]).
 async fn export_codes(Ready(app): Ready) -> Answer {
-    let lines = crate::codes::export_lines(&app);
-    let chunks: Vec<Result<Bytes, std::io::Error>> = lines
-        .chunks(1000)
-        .map(|chunk| {
-            let mut text = chunk.join("\n");
-            text.push('\n');
-            Ok(Bytes::from(text))
-        })
-        .collect();
-    let body = axum::body::Body::from_stream(futures_util::stream::iter(chunks));
+    let pages = crate::codes::export(app.store.clone(), crate::codes::EXPORT_PAGE);
+    let body = axum::body::Body::from_stream(pages);
     Ok(([(http::header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
 

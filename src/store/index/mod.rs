@@ -558,6 +558,58 @@ impl Index {
         codes
     }
 
+    /// One page of the codes by code: the first `limit` after `after`
+    /// (from the first code when `None`). Holds at most `limit` entries and
+    /// no lock between pages (each shard is read-locked in turn while it is
+    /// scanned), so an export of any size pages through the codes in
+    /// constant memory, one scan of the map per page; a code registered or
+    /// removed meanwhile is in the pages read after the change or not, and
+    /// never twice.
+    pub fn codes_after(&self, after: Option<&str>, limit: usize) -> Vec<(String, CodeEntry)> {
+        /// Ordered by code only: the heap keeps the `limit` smallest.
+        struct ByCode(String, CodeEntry);
+        impl PartialEq for ByCode {
+            fn eq(&self, other: &Self) -> bool {
+                self.0 == other.0
+            }
+        }
+        impl Eq for ByCode {}
+        impl PartialOrd for ByCode {
+            fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+                Some(self.cmp(other))
+            }
+        }
+        impl Ord for ByCode {
+            fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+                self.0.cmp(&other.0)
+            }
+        }
+
+        if limit == 0 {
+            return Vec::new();
+        }
+        let mut page = std::collections::BinaryHeap::with_capacity(limit.min(self.codes.len()));
+        for held in self.codes.iter() {
+            let code: &str = held.key();
+            if after.is_some_and(|after| code <= after) {
+                continue;
+            }
+            // Full: only a code before the page's last one gets in (and
+            // pushes that one out). Most codes stop at this comparison.
+            if page.len() == limit && page.peek().is_some_and(|last: &ByCode| code >= &*last.0) {
+                continue;
+            }
+            page.push(ByCode(code.to_owned(), held.value().entry.clone()));
+            if page.len() > limit {
+                page.pop();
+            }
+        }
+        page.into_sorted_vec()
+            .into_iter()
+            .map(|ByCode(code, entry)| (code, entry))
+            .collect()
+    }
+
     /// Writes the whole state (see `snapshot` for the layout). Nothing may
     /// change meanwhile.
     pub fn dump(&self, out: &mut impl Write) -> io::Result<()> {
@@ -844,6 +896,65 @@ mod tests {
             let emptied = copy.counts();
             proptest::prop_assert_eq!((emptied.associations, emptied.subscribers), (0, 0));
         }
+    }
+
+    fn registered(code: &str) -> Record {
+        Record {
+            at_ms: 0,
+            event: Event::CodeRegistered {
+                code: code.into(),
+                target: format!("https://example.org/{code}"),
+            },
+        }
+    }
+
+    proptest::proptest! {
+        /// Page after page, an export sees every code once, by code, and
+        /// never holds more than a page.
+        #[test]
+        fn pages_of_codes_are_every_code_once_in_order(
+            values in proptest::collection::btree_set("[A-Za-z0-9_-]{1,6}", 0..300),
+            limit in 1usize..50,
+        ) {
+            let index = Index::new();
+            for (seq, value) in values.iter().enumerate() {
+                index.apply(seq as u64 + 1, &registered(&format!("2001000001{value}"))).unwrap();
+            }
+            let mut paged = Vec::new();
+            let mut after: Option<String> = None;
+            loop {
+                let page = index.codes_after(after.as_deref(), limit);
+                proptest::prop_assert!(page.len() <= limit);
+                let Some((last, _)) = page.last() else { break };
+                after = Some(last.clone());
+                paged.extend(page);
+            }
+            proptest::prop_assert_eq!(paged, index.contents_codes());
+        }
+    }
+
+    #[test]
+    fn a_page_reads_the_codes_as_they_are_when_it_is_read() {
+        let index = Index::new();
+        for (seq, code) in ["2001000001b", "2001000001d", "2001000001f"]
+            .iter()
+            .enumerate()
+        {
+            index.apply(seq as u64 + 1, &registered(code)).unwrap();
+        }
+        let first = index.codes_after(None, 2);
+        let names = |page: &[(String, CodeEntry)]| -> Vec<String> {
+            page.iter().map(|(code, _)| code.clone()).collect()
+        };
+        assert_eq!(names(&first), ["2001000001b", "2001000001d"]);
+        // Registered between two pages: before the cut it is not seen, after
+        // it, it is.
+        index.apply(4, &registered("2001000001a")).unwrap();
+        index.apply(5, &registered("2001000001e")).unwrap();
+        let rest = index.codes_after(Some("2001000001d"), 2);
+        assert_eq!(names(&rest), ["2001000001e", "2001000001f"]);
+        assert_eq!(index.codes_after(Some("2001000001f"), 2), []);
+        assert_eq!(index.codes_after(None, 0), []);
     }
 
     #[test]
