@@ -7,7 +7,9 @@
 //! read as the body arrives and taken in batches of [`BATCH`]: a batch
 //! whose rows are all valid is written as one durable append (one fsync,
 //! all or nothing), a batch with a bad row is not written at all, and every
-//! bad row is reported with its line number. With `dry_run` nothing is
+//! bad row is reported with its line number and its batch. A batch the
+//! store fails to write ends the import, reported with its number and its
+//! lines (the batches before it are written). With `dry_run` nothing is
 //! written. The export is NDJSON `{"code", "target", "seq"}` by code, which
 //! the import takes back as it is; it streams, a page of codes at a time
 //! ([`export`]), so its memory does not grow with the number of codes.
@@ -54,9 +56,22 @@ struct Row {
     _seq: Option<u64>,
 }
 
+/// A bad row: its line in the body (1-based) and its batch (1-based: batch
+/// `n` holds rows `(n - 1) * BATCH + 1` to `n * BATCH`).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct RowError {
     pub line: u64,
+    pub batch: u64,
+    pub error: String,
+}
+
+/// A batch the store did not write, and the lines its rows came from.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, thiserror::Error)]
+#[error("batch {batch} (lines {first_line} to {last_line}) was not written: {error}")]
+pub struct BatchNotWritten {
+    pub batch: u64,
+    pub first_line: u64,
+    pub last_line: u64,
     pub error: String,
 }
 
@@ -75,14 +90,26 @@ pub struct Report {
     pub errors_total: u64,
     /// The first 1000 bad rows.
     pub errors: Vec<RowError>,
+    /// The batch whose write failed, which ended the import.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_written: Option<BatchNotWritten>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    #[error("the request body broke off: {0}")]
-    Body(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    #[error("the request body broke off after line {line} (batch {batch}): {error}")]
+    Body {
+        line: u64,
+        batch: u64,
+        error: String,
+    },
+    /// The store refused a batch: the report says which (`not_written`)
+    /// and what was written before it.
+    #[error("{}", report.not_written.as_ref().map_or_else(String::new, ToString::to_string))]
+    NotWritten {
+        report: Box<Report>,
+        source: StoreError,
+    },
 }
 
 /// One row: the code (canonical, a prefix this CMP owns) and its target.
@@ -145,14 +172,18 @@ pub async fn import(
         ..Report::default()
     };
     let mut lines = Lines::default();
-    let mut batch = Batch::default();
+    let mut batch = Batch::first();
     futures_util::pin_mut!(body);
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(ImportError::Body)?;
+        let chunk = chunk.map_err(|error| ImportError::Body {
+            line: lines.number,
+            batch: batch.number,
+            error,
+        })?;
         for (number, line) in lines.feed(&chunk) {
             batch.take(app, format, number, line, &mut report);
             if batch.rows == BATCH {
-                batch.finish(app, dry_run, &mut report).await?;
+                batch = batch.finish(app, dry_run, &mut report).await?;
             }
         }
     }
@@ -164,14 +195,33 @@ pub async fn import(
 }
 
 /// The rows of one batch.
-#[derive(Default)]
 struct Batch {
+    /// 1-based.
+    number: u64,
     rows: usize,
+    /// Lines of its first and last row (0 while it has none).
+    first_line: u64,
+    last_line: u64,
     valid: Vec<(IndirectCode, String)>,
     bad: bool,
 }
 
 impl Batch {
+    fn first() -> Self {
+        Self::numbered(1)
+    }
+
+    fn numbered(number: u64) -> Self {
+        Self {
+            number,
+            rows: 0,
+            first_line: 0,
+            last_line: 0,
+            valid: Vec::new(),
+            bad: false,
+        }
+    }
+
     fn take(
         &mut self,
         app: &App,
@@ -180,19 +230,27 @@ impl Batch {
         line: Result<String, String>,
         report: &mut Report,
     ) {
-        let line = match line {
-            Ok(line) => line,
-            Err(e) => return self.bad_row(number, e, report),
+        let text = match &line {
+            Ok(line) => line.trim(),
+            // Unreadable (too long, not UTF-8): still a row, and a bad one.
+            Err(_) => "",
         };
-        let text = line.trim();
         let header =
             format == Format::Csv && number == 1 && text.eq_ignore_ascii_case("code,target");
-        if text.is_empty() || header {
+        if line.is_ok() && (text.is_empty() || header) {
             return;
         }
         report.rows += 1;
         self.rows += 1;
-        match parse_row(&app.config.policy, format, text) {
+        if self.first_line == 0 {
+            self.first_line = number;
+        }
+        self.last_line = number;
+        let row = match &line {
+            Ok(_) => parse_row(&app.config.policy, format, text),
+            Err(unreadable) => Err(unreadable.clone()),
+        };
+        match row {
             Ok(row) => self.valid.push(row),
             Err(e) => self.bad_row(number, e, report),
         }
@@ -202,33 +260,52 @@ impl Batch {
         self.bad = true;
         report.errors_total += 1;
         if report.errors.len() < MAX_LISTED {
-            report.errors.push(RowError { line, error });
+            report.errors.push(RowError {
+                line,
+                batch: self.number,
+                error,
+            });
         }
     }
 
+    /// Writes the batch if all its rows are good (unless `dry_run`), and
+    /// returns the next one. A failed write ends the import, with the
+    /// report so far.
     async fn finish(
-        &mut self,
+        self,
         app: &App,
         dry_run: bool,
         report: &mut Report,
-    ) -> Result<(), ImportError> {
-        let batch = std::mem::take(self);
-        if batch.rows == 0 && !batch.bad {
-            return Ok(());
+    ) -> Result<Batch, ImportError> {
+        if self.rows == 0 {
+            return Ok(self);
         }
-        if batch.bad {
+        let next = Batch::numbered(self.number + 1);
+        if self.bad {
             report.batches_rejected += 1;
-            report.skipped += batch.valid.len() as u64;
-            return Ok(());
+            report.skipped += self.valid.len() as u64;
+            return Ok(next);
         }
         if !dry_run {
-            app.store
-                .register_codes(batch.valid.clone(), crate::net::now_ms())
-                .await?;
-            report.applied += batch.valid.len() as u64;
+            let rows = self.valid.len() as u64;
+            let written = app
+                .store
+                .register_codes(self.valid, crate::net::now_ms())
+                .await;
+            if let Err(source) = written {
+                report.not_written = Some(BatchNotWritten {
+                    batch: self.number,
+                    first_line: self.first_line,
+                    last_line: self.last_line,
+                    error: source.to_string(),
+                });
+                let report = Box::new(std::mem::take(report));
+                return Err(ImportError::NotWritten { report, source });
+            }
+            report.applied += rows;
         }
         report.batches_applied += 1;
-        Ok(())
+        Ok(next)
     }
 }
 

@@ -403,17 +403,42 @@ async fn import_codes(
     let report = import
         .await
         .expect("import does not panic")
-        .map_err(|e| match e {
-            crate::codes::ImportError::Store(crate::store::StoreError::Cluster(
-                crate::store::cluster::ClusterError::Mismatch(_),
-            )) => AdminError::NotInClusterMode.into_response(),
-            e => unavailable(e),
-        })?;
+        .map_err(import_failed)?;
     let status = match report.errors_total {
         0 => StatusCode::OK,
         _ => StatusCode::UNPROCESSABLE_ENTITY,
     };
     Ok((status, Json(report)).into_response())
+}
+
+/// An import that did not run to its end: a body that broke off is the
+/// client's (400, naming the line and batch it got to); a batch the store
+/// did not write is 503 `UNAVAILABLE` naming the batch and its lines, with
+/// the report of what was written before it.
+fn import_failed(e: crate::codes::ImportError) -> Response {
+    use crate::codes::ImportError;
+    match e {
+        ImportError::Body { .. } => AdminError::InvalidBody(e.to_string()).into_response(),
+        ImportError::NotWritten {
+            source:
+                crate::store::StoreError::Cluster(crate::store::cluster::ClusterError::Mismatch(_)),
+            ..
+        } => AdminError::NotInClusterMode.into_response(),
+        ImportError::NotWritten {
+            ref report,
+            ref source,
+        } => {
+            tracing::error!(error = %source, "{e}");
+            let (status, code) = AdminError::Unavailable.wire();
+            let body = json!({
+                "status": status.as_u16(),
+                "code": code,
+                "message": e.to_string(),
+                "report": report,
+            });
+            (status, Json(body)).into_response()
+        }
+    }
 }
 
 /// Every code as NDJSON, by code: what the import takes back. Streamed a
