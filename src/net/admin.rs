@@ -155,19 +155,24 @@ fn ready(state: &AdminState) -> Result<&Arc<App>, Response> {
         .ok_or_else(|| AdminError::NotReady.into_response())
 }
 
+/// `/readyz`: plain `ready` when all is well (what a load balancer's probe
+/// matches); otherwise JSON, every answer with `ready` and `reason`: 200
+/// `{"ready": true, "degraded": true, "reason"}` while a cluster node is cut
+/// from JetStream, 503 with the error body (`status`, `code`, `message`)
+/// and `"ready": false` for `NOT_READY`, `LOG_UNAVAILABLE` and
+/// `FOLLOWER_STOPPED`.
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
-    let app = match ready(&state) {
-        Ok(app) => app,
-        Err(response) => return response,
+    let Some(app) = state.app.get() else {
+        return not_ready(AdminError::NotReady);
     };
     if app.store.log().is_poisoned() {
-        return AdminError::LogUnavailable.into_response();
+        return not_ready(AdminError::LogUnavailable);
     }
     let Some(link) = app.store.cluster() else {
         return "ready\n".into_response();
     };
     if let Some(reason) = link.stopped() {
-        return AdminError::FollowerStopped(reason.to_owned()).into_response();
+        return not_ready(AdminError::FollowerStopped(reason.to_owned()));
     }
     // Cut from JetStream, a cluster node still serves every association
     // it has (so it stays in rotation) and refuses creations with 503.
@@ -180,6 +185,21 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
         .into_response();
     }
     "ready\n".into_response()
+}
+
+/// A 503 of `/readyz`: the admin error body, with the fields every JSON
+/// `/readyz` answer has.
+fn not_ready(error: AdminError) -> Response {
+    let (status, code) = error.wire();
+    let message = error.to_string();
+    let body = json!({
+        "status": status.as_u16(),
+        "code": code,
+        "message": message,
+        "ready": false,
+        "reason": message,
+    });
+    (status, Json(body)).into_response()
 }
 
 async fn metrics(Ready(app): Ready) -> Response {
@@ -628,4 +648,29 @@ async fn delete_session(Ready(app): Ready, Param(ip): Param) -> Answer {
         return Err(no_session());
     }
     Ok(Json(json!({"ip": shown(network), "removed": true})).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn readyz_before_replay_is_json_with_ready_false() {
+        let state = Arc::new(AdminState {
+            token: crate::config::Secret::new("t".repeat(32)),
+            app: OnceLock::new(),
+        });
+        let response = readyz(State(state)).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let content_type = response.headers()[http::header::CONTENT_TYPE].clone();
+        assert_eq!(content_type, "application/json");
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            (&body["code"], &body["ready"], &body["status"]),
+            (&json!("NOT_READY"), &json!(false), &json!(503))
+        );
+        assert_eq!(body["reason"], body["message"]);
+    }
 }
