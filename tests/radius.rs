@@ -182,6 +182,60 @@ async fn a_start_older_than_the_reply_window_is_dropped_and_binds_nothing() {
     server.stop().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_says_where_it_came_from_and_when_it_expires() {
+    let (server, _dir) = server("binding_ttl_secs = 600").await;
+    let to = radius_addr(&server);
+    let session_of = async |ip: &str| {
+        let (status, body) = server
+            .admin(Method::GET, &format!("/admin/v1/sessions/{ip}"), None)
+            .await;
+        assert_eq!(status, 200, "{ip}: {body}");
+        body
+    };
+    let expires_in = |body: &serde_json::Value| {
+        let expires = body["expires"].as_str().unwrap();
+        let at = humantime::parse_rfc3339(expires).unwrap();
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap()
+            .as_secs()
+    };
+
+    server.bind_session("127.1.0.12", "+447700900012").await;
+    let admin = session_of("127.1.0.12").await;
+    assert_eq!(admin["source"], "admin", "{admin}");
+    assert!(admin.get("nas").is_none(), "{admin}");
+
+    let start = session("Start", "127.1.0.13", "447700900013", "pgw-13");
+    assert!(radclient(to, RADCLIENT_SECRET, &start));
+    let radius = session_of("127.1.0.13").await;
+    assert_eq!(
+        (
+            &radius["source"],
+            &radius["nas"],
+            &radius["acct_session_id"]
+        ),
+        (
+            &serde_json::json!("radius"),
+            &serde_json::json!("127.0.0.1"),
+            &serde_json::json!("pgw-13")
+        ),
+        "{radius}"
+    );
+    assert!((590..=600).contains(&expires_in(&radius)), "{radius}");
+
+    // A Start on the admin's address takes it, and says so.
+    let start = session("Start", "127.1.0.12", "447700900012", "pgw-12");
+    assert!(radclient(to, RADCLIENT_SECRET, &start));
+    let taken = session_of("127.1.0.12").await;
+    assert_eq!(
+        (&taken["source"], &taken["acct_session_id"]),
+        (&serde_json::json!("radius"), &serde_json::json!("pgw-12")),
+        "{taken}"
+    );
+    server.stop().await;
+}
+
 /// A gateway in 127.4.0.0/16 speaking through the project's encoder.
 struct Gateway {
     socket: UdpSocket,

@@ -29,8 +29,8 @@ pub use decide::{
     decide, permit_after, resolve, retry_after_secs,
 };
 pub use identity::{
-    Bound, ClientView, Identity, MnoPolicy, Origin, Seen, Sessions, canonical_net, identify,
-    identity_address, limit_address,
+    BindingSource, Bound, ClientView, Identity, MnoPolicy, Origin, Seen, Sessions, canonical_net,
+    identify, identity_address, limit_address,
 };
 pub use model::{
     Associated, Association, Event, IdentitySource, NewAssociation, Record, RedactReason,

@@ -625,7 +625,9 @@ fn no_session() -> Response {
 }
 
 /// An address: the binding that covers it (the longest prefix). A prefix:
-/// the binding of exactly that prefix.
+/// the binding of exactly that prefix. Says who made it (`source`: `admin`,
+/// or `radius` with the gateway's address and the Acct-Session-Id) and
+/// when it expires.
 async fn get_session(Ready(app): Ready, Param(ip): Param) -> Answer {
     let network = parse_network(&ip)?;
     let bound = app
@@ -633,13 +635,21 @@ async fn get_session(Ready(app): Ready, Param(ip): Param) -> Answer {
         .find(network.addr(), super::now_ms())
         .filter(|b| !ip.contains('/') || b.network == network)
         .ok_or_else(no_session)?;
-    Ok(Json(json!({
+    let mut answer = json!({
         "ip": shown(network),
         "network": bound.network.to_string(),
         "subscriber": bound.subscriber.to_hex(),
         "expires": crate::sre::rfc3339(bound.expires_ms),
-    }))
-    .into_response())
+    });
+    match &bound.source {
+        crate::core::BindingSource::Admin => answer["source"] = json!("admin"),
+        crate::core::BindingSource::Radius { nas, session_id } => {
+            answer["source"] = json!("radius");
+            answer["nas"] = json!(nas.to_string());
+            answer["acct_session_id"] = json!(String::from_utf8_lossy(session_id));
+        }
+    }
+    Ok(Json(answer).into_response())
 }
 
 async fn delete_session(Ready(app): Ready, Param(ip): Param) -> Answer {

@@ -41,7 +41,6 @@
 pub mod packet;
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -52,6 +51,7 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{RadiusConfig, Secret};
+use crate::core::BindingSource;
 use crate::net::{App, now_ms};
 use crate::wire::Msisdn;
 use packet::{Header, PacketError, Request, Status};
@@ -233,11 +233,16 @@ impl Server {
         if !networks.iter().all(|n| config.mno.is_mno_network(n)) {
             return Outcome::Ignored("not_mno_address");
         }
-        let session = session_tag(nas, request.session_id().unwrap_or_default());
+        // A session is its gateway and its Acct-Session-Id: only its own
+        // records change its bindings.
+        let session = BindingSource::Radius {
+            nas,
+            session_id: Arc::from(request.session_id().unwrap_or_default()),
+        };
         let sessions = &self.app.sessions;
         if status == Status::Stop {
             for network in networks {
-                sessions.unbind_session(network, session);
+                sessions.unbind_session(network, &session);
             }
             return Outcome::Applied("stop");
         }
@@ -259,7 +264,13 @@ impl Server {
         // it was lost); it never takes an address from another session.
         let unless_live_at = (status != Status::Start).then_some(now_ms);
         for network in networks {
-            sessions.bind_session(network, subscriber, expires_ms, session, unless_live_at);
+            sessions.bind_session(
+                network,
+                subscriber,
+                expires_ms,
+                session.clone(),
+                unless_live_at,
+            );
         }
         Outcome::Applied(match status {
             Status::Start => "start",
@@ -281,14 +292,6 @@ fn outside_window(request: &Request<'_>, now_ms: u64) -> Option<&'static str> {
         return Some("future_timestamp");
     }
     None
-}
-
-/// A session as bindings remember it: the gateway and its Acct-Session-Id,
-/// hashed (never 0, which marks bindings made through the admin API).
-fn session_tag(nas: std::net::IpAddr, session_id: &[u8]) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    (nas, session_id).hash(&mut hasher);
-    hasher.finish().max(1)
 }
 
 /// The gateway (its address: some re-send from another port), the
