@@ -576,3 +576,31 @@ async fn a_batch_the_store_fails_to_write_is_named_with_its_lines() {
     );
     server.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_that_outlasts_the_idle_timeout_is_not_cut() {
+    // A connection with no request in flight is closed after 400 ms; the
+    // export's body is in flight until sent, however slowly it is read.
+    let server =
+        TestServer::with_config("[limits]\nidle_timeout_ms = 400\nheader_read_timeout_ms = 200\n")
+            .await;
+    let n = homecmp::codes::EXPORT_PAGE as u32 + 10_000;
+    let (status, _) = import(&server, ndjson(0..n), "", "application/x-ndjson").await;
+    assert_eq!(status, 200);
+    let url = format!("http://{}/admin/v1/codes:export", server.running.admin_addr);
+    let mut response = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(server.running.admin_token.expose())
+        .send()
+        .await
+        .unwrap();
+    let mut text = response.chunk().await.unwrap().unwrap().to_vec();
+    // A reader that stops: far more than the page can fit in the socket
+    // buffers is still to come.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    while let Some(chunk) = response.chunk().await.expect("not cut") {
+        text.extend_from_slice(&chunk);
+    }
+    assert_eq!(text.iter().filter(|&&b| b == b'\n').count(), n as usize);
+    server.stop().await;
+}

@@ -466,7 +466,15 @@ fn import_failed(e: crate::codes::ImportError) -> Response {
 async fn export_codes(Ready(app): Ready) -> Answer {
     let pages = crate::codes::export(app.store.clone(), crate::codes::EXPORT_PAGE);
     let body = axum::body::Body::from_stream(pages);
-    Ok(([(http::header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+    // In flight until the last page is sent: the connection's quiet rule
+    // must not cut an export that takes longer than the idle timeout.
+    let streamed = axum::Extension(super::conn::StreamedBody);
+    Ok((
+        [(http::header::CONTENT_TYPE, "application/x-ndjson")],
+        streamed,
+        body,
+    )
+        .into_response())
 }
 
 /// Resolutions of a code, by protocol and kind: those written to the log

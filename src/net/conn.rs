@@ -10,7 +10,11 @@
 //! with none is closed once it has been quiet for the header-read timeout
 //! (before its first request) or the idle timeout (after one): HTTP/2 gets a
 //! GOAWAY, HTTP/1 is closed between requests. A request in flight is never
-//! cut by this rule.
+//! cut by this rule. A request ends when its handler answers, so a client
+//! that will not read its answer (an HTTP/2 window of 0) does not keep its
+//! connection busy; but an answer marked [`StreamedBody`] (the admin
+//! export, behind the token) keeps its request in flight until its body
+//! has been sent, however long that takes.
 //!
 //! [`Conduct`] is the other rule: a connection whose requests keep being
 //! refused costs the server, not the client. Past `refusals_before_slowdown`
@@ -54,6 +58,41 @@ struct State {
 /// A request in flight; dropping it (answered, or reset) ends it.
 #[derive(Debug)]
 pub struct Busy(Arc<Activity>);
+
+/// In a response's extensions: its body streams for as long as it needs,
+/// and its request counts as in flight until the body has been sent (see
+/// the module docs). Only for answers a client had to be trusted to get.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamedBody;
+
+/// A response body that keeps its request in flight (if `_busy` is
+/// there) until it is dropped: hyper drops it once sent, or when the
+/// connection goes.
+#[derive(Debug)]
+pub struct InFlight<B> {
+    body: B,
+    _busy: Option<Busy>,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for InFlight<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
 
 impl Drop for Busy {
     fn drop(&mut self) {
@@ -267,7 +306,7 @@ pub async fn serve<I, F, Fut, B>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(hyper::Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = hyper::Response<B>> + Send + 'static,
-    B: hyper::body::Body + Send + 'static,
+    B: hyper::body::Body + Unpin + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -292,8 +331,9 @@ pub async fn serve<I, F, Fut, B>(
         let answer = handle(request);
         async move {
             let response = answer.await;
-            drop(busy);
-            Ok::<_, Infallible>(response)
+            let streamed = response.extensions().get::<StreamedBody>().is_some();
+            let busy = streamed.then_some(busy);
+            Ok::<_, Infallible>(response.map(|body| InFlight { body, _busy: busy }))
         }
     });
     // Answers leave once per turn of this task (see homecmp_coalesce).
