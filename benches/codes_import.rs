@@ -50,6 +50,16 @@ async fn main() {
     let import = started.elapsed().as_secs_f64();
     assert_eq!(report["applied"].as_u64(), Some(n));
 
+    // One page as the export reads it, timed alone: two scans of the codes.
+    let started = Instant::now();
+    let page = running
+        .app
+        .store
+        .index()
+        .codes_after_seq(0, homecmp::codes::EXPORT_PAGE);
+    let page_ms = started.elapsed().as_secs_f64() * 1000.0;
+    drop(page);
+
     // The export read as it streams (lines counted, not kept): when its
     // first byte comes, and how far the process's memory rises meanwhile
     // (server and client are this one process).
@@ -75,7 +85,7 @@ async fn main() {
     println!(
         "codes import: {n} codes ({:.0} MB NDJSON) in {import:.1} s = {:.0} codes/s, \
          {} durable batches; export in {export:.1} s, first byte after {:.0} ms, \
-         memory +{:.0} MB while it ran",
+         memory +{:.0} MB while it ran; one page alone {page_ms:.0} ms",
         bytes as f64 / 1e6,
         n as f64 / import,
         report["batches_applied"],

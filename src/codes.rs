@@ -10,9 +10,10 @@
 //! bad row is reported with its line number and its batch. A batch the
 //! store fails to write ends the import, reported with its number and its
 //! lines (the batches before it are written). With `dry_run` nothing is
-//! written. The export is NDJSON `{"code", "target", "seq"}` by code, which
-//! the import takes back as it is; it streams, a page of codes at a time
-//! ([`export`]), so its memory does not grow with the number of codes.
+//! written. The export is NDJSON `{"code", "target", "seq"}` in the order
+//! the codes were last registered (by `seq`), which the import takes back
+//! as it is; it streams, a page of codes at a time ([`export`]), so its
+//! memory does not grow with the number of codes.
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
@@ -355,7 +356,7 @@ impl Lines {
 
 /// Codes per page of an export: what it holds in memory at once (about
 /// 20 MB with the page's text), whatever the number of codes; each page is
-/// one scan of the code map.
+/// two scans of the code map.
 pub const EXPORT_PAGE: usize = 100_000;
 
 /// One line of an export.
@@ -366,34 +367,31 @@ struct ExportLine<'a> {
     seq: u64,
 }
 
-/// Where an export has got to.
+/// Where an export has got to: the `seq` of the last code sent.
 enum Cursor {
-    Start,
-    After(String),
+    After(crate::store::Seq),
     Done,
 }
 
-/// Every code as NDJSON lines, by code, one chunk per page of
-/// `page_len` codes ([`Index::codes_after`](crate::store::index::Index::codes_after)):
+/// Every code as NDJSON lines, by `seq`, one chunk per page of `page_len`
+/// codes ([`Index::codes_after_seq`](crate::store::index::Index::codes_after_seq)):
 /// nothing is read before the body asks for it, and only one page is held.
-/// Each page is read off the async threads (one scan of the code map).
+/// Each page is read off the async threads (two scans of the code map).
 pub fn export(
     store: Store,
     page_len: usize,
 ) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
-    futures_util::stream::try_unfold(Cursor::Start, move |cursor| {
+    futures_util::stream::try_unfold(Cursor::After(0), move |cursor| {
         let store = store.clone();
         async move {
             let after = match cursor {
-                Cursor::Start => None,
-                Cursor::After(code) => Some(code),
+                Cursor::After(seq) => seq,
                 Cursor::Done => return Ok(None),
             };
-            let page = tokio::task::spawn_blocking(move || {
-                export_page(store.index(), after.as_deref(), page_len)
-            })
-            .await
-            .map_err(std::io::Error::other)?;
+            let page =
+                tokio::task::spawn_blocking(move || export_page(store.index(), after, page_len))
+                    .await
+                    .map_err(std::io::Error::other)?;
             Ok(page)
         }
     })
@@ -404,14 +402,14 @@ pub fn export(
 /// last code.
 fn export_page(
     index: &crate::store::index::Index,
-    after: Option<&str>,
+    after: crate::store::Seq,
     page_len: usize,
 ) -> Option<(Bytes, Cursor)> {
-    let page = index.codes_after(after, page_len);
-    let (last, _) = page.last()?;
+    let page = index.codes_after_seq(after, page_len);
+    let (_, last) = page.last()?;
     let next = match page.len() < page_len {
         true => Cursor::Done,
-        false => Cursor::After(last.clone()),
+        false => Cursor::After(last.seq),
     };
     let mut text = Vec::with_capacity(page.len() * 96);
     for (code, entry) in &page {

@@ -461,7 +461,7 @@ fn import_failed(e: crate::codes::ImportError) -> Response {
     }
 }
 
-/// Every code as NDJSON, by code: what the import takes back. Streamed a
+/// Every code as NDJSON, by `seq`: what the import takes back. Streamed a
 /// page at a time as the client reads ([`crate::codes::export`]).
 async fn export_codes(Ready(app): Ready) -> Answer {
     let pages = crate::codes::export(app.store.clone(), crate::codes::EXPORT_PAGE);
