@@ -7,16 +7,20 @@
 //! read as the body arrives and taken in batches of [`BATCH`]: a batch
 //! whose rows are all valid is written as one durable append (one fsync,
 //! all or nothing), a batch with a bad row is not written at all, and every
-//! bad row is reported with its line number. With `dry_run` nothing is
-//! written. The export is NDJSON `{"code", "target", "seq"}` by code, which
-//! the import takes back as it is.
+//! bad row is reported with its line number and its batch. A batch the
+//! store fails to write ends the import, reported with its number and its
+//! lines (the batches before it are written). With `dry_run` nothing is
+//! written. The export is NDJSON `{"code", "target", "seq"}` in the order
+//! the codes were last registered (by `seq`), which the import takes back
+//! as it is; it streams, a page of codes at a time ([`export`]), so its
+//! memory does not grow with the number of codes.
 
 use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::net::App;
-use crate::store::StoreError;
+use crate::store::{Store, StoreError};
 use crate::wire::IndirectCode;
 
 /// Rows per batch: the unit that is written whole or not at all.
@@ -53,9 +57,22 @@ struct Row {
     _seq: Option<u64>,
 }
 
+/// A bad row: its line in the body (1-based) and its batch (1-based: batch
+/// `n` holds rows `(n - 1) * BATCH + 1` to `n * BATCH`).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct RowError {
     pub line: u64,
+    pub batch: u64,
+    pub error: String,
+}
+
+/// A batch the store did not write, and the lines its rows came from.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, thiserror::Error)]
+#[error("batch {batch} (lines {first_line} to {last_line}) was not written: {error}")]
+pub struct BatchNotWritten {
+    pub batch: u64,
+    pub first_line: u64,
+    pub last_line: u64,
     pub error: String,
 }
 
@@ -74,14 +91,26 @@ pub struct Report {
     pub errors_total: u64,
     /// The first 1000 bad rows.
     pub errors: Vec<RowError>,
+    /// The batch whose write failed, which ended the import.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub not_written: Option<BatchNotWritten>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ImportError {
-    #[error("the request body broke off: {0}")]
-    Body(String),
-    #[error(transparent)]
-    Store(#[from] StoreError),
+    #[error("the request body broke off after line {line} (batch {batch}): {error}")]
+    Body {
+        line: u64,
+        batch: u64,
+        error: String,
+    },
+    /// The store refused a batch: the report says which (`not_written`)
+    /// and what was written before it.
+    #[error("{}", report.not_written.as_ref().map_or_else(String::new, ToString::to_string))]
+    NotWritten {
+        report: Box<Report>,
+        source: StoreError,
+    },
 }
 
 /// One row: the code (canonical, a prefix this CMP owns) and its target.
@@ -144,14 +173,18 @@ pub async fn import(
         ..Report::default()
     };
     let mut lines = Lines::default();
-    let mut batch = Batch::default();
+    let mut batch = Batch::first();
     futures_util::pin_mut!(body);
     while let Some(chunk) = body.next().await {
-        let chunk = chunk.map_err(ImportError::Body)?;
+        let chunk = chunk.map_err(|error| ImportError::Body {
+            line: lines.number,
+            batch: batch.number,
+            error,
+        })?;
         for (number, line) in lines.feed(&chunk) {
             batch.take(app, format, number, line, &mut report);
             if batch.rows == BATCH {
-                batch.finish(app, dry_run, &mut report).await?;
+                batch = batch.finish(app, dry_run, &mut report).await?;
             }
         }
     }
@@ -163,14 +196,33 @@ pub async fn import(
 }
 
 /// The rows of one batch.
-#[derive(Default)]
 struct Batch {
+    /// 1-based.
+    number: u64,
     rows: usize,
+    /// Lines of its first and last row (0 while it has none).
+    first_line: u64,
+    last_line: u64,
     valid: Vec<(IndirectCode, String)>,
     bad: bool,
 }
 
 impl Batch {
+    fn first() -> Self {
+        Self::numbered(1)
+    }
+
+    fn numbered(number: u64) -> Self {
+        Self {
+            number,
+            rows: 0,
+            first_line: 0,
+            last_line: 0,
+            valid: Vec::new(),
+            bad: false,
+        }
+    }
+
     fn take(
         &mut self,
         app: &App,
@@ -179,19 +231,27 @@ impl Batch {
         line: Result<String, String>,
         report: &mut Report,
     ) {
-        let line = match line {
-            Ok(line) => line,
-            Err(e) => return self.bad_row(number, e, report),
+        let text = match &line {
+            Ok(line) => line.trim(),
+            // Unreadable (too long, not UTF-8): still a row, and a bad one.
+            Err(_) => "",
         };
-        let text = line.trim();
         let header =
             format == Format::Csv && number == 1 && text.eq_ignore_ascii_case("code,target");
-        if text.is_empty() || header {
+        if line.is_ok() && (text.is_empty() || header) {
             return;
         }
         report.rows += 1;
         self.rows += 1;
-        match parse_row(&app.config.policy, format, text) {
+        if self.first_line == 0 {
+            self.first_line = number;
+        }
+        self.last_line = number;
+        let row = match &line {
+            Ok(_) => parse_row(&app.config.policy, format, text),
+            Err(unreadable) => Err(unreadable.clone()),
+        };
+        match row {
             Ok(row) => self.valid.push(row),
             Err(e) => self.bad_row(number, e, report),
         }
@@ -201,33 +261,52 @@ impl Batch {
         self.bad = true;
         report.errors_total += 1;
         if report.errors.len() < MAX_LISTED {
-            report.errors.push(RowError { line, error });
+            report.errors.push(RowError {
+                line,
+                batch: self.number,
+                error,
+            });
         }
     }
 
+    /// Writes the batch if all its rows are good (unless `dry_run`), and
+    /// returns the next one. A failed write ends the import, with the
+    /// report so far.
     async fn finish(
-        &mut self,
+        self,
         app: &App,
         dry_run: bool,
         report: &mut Report,
-    ) -> Result<(), ImportError> {
-        let batch = std::mem::take(self);
-        if batch.rows == 0 && !batch.bad {
-            return Ok(());
+    ) -> Result<Batch, ImportError> {
+        if self.rows == 0 {
+            return Ok(self);
         }
-        if batch.bad {
+        let next = Batch::numbered(self.number + 1);
+        if self.bad {
             report.batches_rejected += 1;
-            report.skipped += batch.valid.len() as u64;
-            return Ok(());
+            report.skipped += self.valid.len() as u64;
+            return Ok(next);
         }
         if !dry_run {
-            app.store
-                .register_codes(batch.valid.clone(), crate::net::now_ms())
-                .await?;
-            report.applied += batch.valid.len() as u64;
+            let rows = self.valid.len() as u64;
+            let written = app
+                .store
+                .register_codes(self.valid, crate::net::now_ms())
+                .await;
+            if let Err(source) = written {
+                report.not_written = Some(BatchNotWritten {
+                    batch: self.number,
+                    first_line: self.first_line,
+                    last_line: self.last_line,
+                    error: source.to_string(),
+                });
+                let report = Box::new(std::mem::take(report));
+                return Err(ImportError::NotWritten { report, source });
+            }
+            report.applied += rows;
         }
         report.batches_applied += 1;
-        Ok(())
+        Ok(next)
     }
 }
 
@@ -275,17 +354,74 @@ impl Lines {
     }
 }
 
-/// Every code as export lines, by code.
-pub fn export_lines(app: &App) -> Vec<String> {
-    app.store
-        .index()
-        .contents_codes()
-        .into_iter()
-        .map(|(code, entry)| {
-            serde_json::json!({"code": code, "target": &*entry.target, "seq": entry.seq})
-                .to_string()
-        })
-        .collect()
+/// Codes per page of an export: what it holds in memory at once (about
+/// 20 MB with the page's text), whatever the number of codes; each page is
+/// two scans of the code map.
+pub const EXPORT_PAGE: usize = 100_000;
+
+/// One line of an export.
+#[derive(Serialize)]
+struct ExportLine<'a> {
+    code: &'a str,
+    target: &'a str,
+    seq: u64,
+}
+
+/// Where an export has got to: the `seq` of the last code sent.
+enum Cursor {
+    After(crate::store::Seq),
+    Done,
+}
+
+/// Every code as NDJSON lines, by `seq`, one chunk per page of `page_len`
+/// codes ([`Index::codes_after_seq`](crate::store::index::Index::codes_after_seq)):
+/// nothing is read before the body asks for it, and only one page is held.
+/// Each page is read off the async threads (two scans of the code map).
+pub fn export(
+    store: Store,
+    page_len: usize,
+) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send + 'static {
+    futures_util::stream::try_unfold(Cursor::After(0), move |cursor| {
+        let store = store.clone();
+        async move {
+            let after = match cursor {
+                Cursor::After(seq) => seq,
+                Cursor::Done => return Ok(None),
+            };
+            let page =
+                tokio::task::spawn_blocking(move || export_page(store.index(), after, page_len))
+                    .await
+                    .map_err(std::io::Error::other)?;
+            Ok(page)
+        }
+    })
+}
+
+/// The lines of the page after `after`, and where the next page starts
+/// (`Done` after a short page: no scan to find nothing); `None` past the
+/// last code.
+fn export_page(
+    index: &crate::store::index::Index,
+    after: crate::store::Seq,
+    page_len: usize,
+) -> Option<(Bytes, Cursor)> {
+    let page = index.codes_after_seq(after, page_len);
+    let (_, last) = page.last()?;
+    let next = match page.len() < page_len {
+        true => Cursor::Done,
+        false => Cursor::After(last.seq),
+    };
+    let mut text = Vec::with_capacity(page.len() * 96);
+    for (code, entry) in &page {
+        let line = ExportLine {
+            code,
+            target: &entry.target,
+            seq: entry.seq,
+        };
+        serde_json::to_writer(&mut text, &line).expect("a code line serialises");
+        text.push(b'\n');
+    }
+    Some((Bytes::from(text), next))
 }
 
 #[cfg(test)]

@@ -217,26 +217,31 @@ fn run_codes(command: CodesCommand) -> ExitCode {
         };
         let token = std::fs::read_to_string(&api.token_file)
             .map_err(|e| format!("{}: {e}", api.token_file.display()))?;
-        let response = request
+        let mut response = request
             .bearer_auth(token.trim())
             .send()
             .await
             .map_err(|e| format!("{}: {e}", api.admin))?;
         let status = response.status();
-        let text = response.text().await.map_err(|e| e.to_string())?;
-        Ok::<_, String>((status, text))
-    });
-    match outcome {
-        Ok((status, text)) => {
-            print!("{text}");
-            if !text.ends_with('\n') {
-                println!();
-            }
-            match status.is_success() {
-                true => ExitCode::SUCCESS,
-                false => ExitCode::from(1),
+        // Written as it arrives: an export of any size goes through in
+        // constant memory.
+        let mut out = std::io::stdout().lock();
+        let mut ends_with_newline = true;
+        while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+            out.write_all(&chunk).map_err(|e| format!("stdout: {e}"))?;
+            if let Some(last) = chunk.last() {
+                ends_with_newline = *last == b'\n';
             }
         }
+        if !ends_with_newline {
+            out.write_all(b"\n").map_err(|e| format!("stdout: {e}"))?;
+        }
+        out.flush().map_err(|e| format!("stdout: {e}"))?;
+        Ok::<_, String>(status)
+    });
+    match outcome {
+        Ok(status) if status.is_success() => ExitCode::SUCCESS,
+        Ok(_) => ExitCode::from(1),
         Err(e) => {
             eprintln!("homecmp codes: {e}");
             ExitCode::from(1)

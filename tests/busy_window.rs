@@ -252,6 +252,7 @@ async fn a_follower_that_cannot_apply_an_event_stops_loudly() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(body["code"], "FOLLOWER_STOPPED", "{body}");
+    assert_eq!(body["ready"], false, "{body}");
     assert!(
         body["message"]
             .as_str()

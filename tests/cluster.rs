@@ -535,9 +535,11 @@ async fn a_replicated_change_dropped_midway_is_whole_or_absent() {
         } // The future is dropped here.
         // Whatever was handed over finishes in its own task: then exactly
         // one association stands.
-        eventually(&format!("drop {n}: one association again"), PROPAGATION, async || {
-            held() == 1
-        })
+        eventually(
+            &format!("drop {n}: one association again"),
+            PROPAGATION,
+            async || held() == 1,
+        )
         .await;
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(held(), 1, "drop {n} left the subscriber with {}", held());

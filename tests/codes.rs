@@ -113,6 +113,7 @@ async fn a_bad_row_rejects_its_batch_only_and_is_named_by_line() {
         (Some(2), Some(1))
     );
     assert_eq!(report["errors"][0]["line"], 12_345);
+    assert_eq!(report["errors"][0]["batch"], 2);
     assert!(
         report["errors"][0]["error"]
             .as_str()
@@ -149,6 +150,14 @@ async fn csv_rows_are_read_and_each_bad_one_reported() {
         .map(|e| e["line"].as_u64().unwrap())
         .collect();
     assert_eq!(lines, [5, 6, 7]);
+    assert!(
+        report["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["batch"] == 1),
+        "{report}"
+    );
     assert_eq!(
         report["applied"], 0,
         "one batch, with bad rows: nothing written"
@@ -370,5 +379,239 @@ async fn counts_are_written_every_flush_period_without_a_stop() {
         before + 1.0,
         "nothing new, nothing written"
     );
+    server.stop().await;
+}
+
+/// Every line of an export, read as the body arrives.
+async fn export_lines(server: &TestServer) -> Vec<String> {
+    let url = format!("http://{}/admin/v1/codes:export", server.running.admin_addr);
+    let mut response = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(server.running.admin_token.expose())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let mut text = Vec::new();
+    while let Some(chunk) = response.chunk().await.unwrap() {
+        text.extend_from_slice(&chunk);
+    }
+    String::from_utf8(text)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_of_more_than_a_page_has_every_code_once_by_seq() {
+    let server = TestServer::start().await;
+    let n = homecmp::codes::EXPORT_PAGE as u32 + 2_500;
+    let (status, report) = import(&server, ndjson(0..n), "", "application/x-ndjson").await;
+    assert_eq!((status, report["applied"].as_u64()), (200, Some(n.into())));
+    let lines = export_lines(&server).await;
+    assert_eq!(lines.len(), n as usize);
+    let mut codes = std::collections::HashSet::new();
+    let seqs: Vec<u64> = lines
+        .iter()
+        .map(|line| {
+            let row: Value = serde_json::from_str(line).unwrap();
+            let code = row["code"].as_str().unwrap().to_owned();
+            let i = code.strip_prefix("2001000001bulk").unwrap();
+            assert_eq!(row["target"], format!("https://example.org/{i}"));
+            assert!(codes.insert(code), "each code once");
+            row["seq"].as_u64().unwrap()
+        })
+        .collect();
+    assert!(
+        seqs.windows(2).all(|pair| pair[0] < pair[1]),
+        "in the order they were registered"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_reads_a_page_only_when_the_body_asks_for_it() {
+    use futures_util::StreamExt;
+    let server = TestServer::start().await;
+    for i in ["f", "b", "d"] {
+        server
+            .put_code(&format!("2001000001{i}"), "https://example.org/")
+            .await;
+    }
+    let store = server.running.app.store.clone();
+    let pages = homecmp::codes::export(store, 2);
+    futures_util::pin_mut!(pages);
+    let page = |bytes: bytes::Bytes| -> Vec<String> {
+        String::from_utf8(bytes.to_vec())
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["code"]
+                    .as_str()
+                    .unwrap()
+                    .to_owned()
+            })
+            .collect()
+    };
+    let first = pages.next().await.unwrap().unwrap();
+    assert_eq!(page(first), ["2001000001f", "2001000001b"]);
+    // Registered after the first page was read, before the next is: in a
+    // later one. An export built whole before its first byte would not
+    // have it.
+    server.put_code("2001000001c", "https://example.org/").await;
+    let mut rest = Vec::new();
+    while let Some(chunk) = pages.next().await {
+        let codes = page(chunk.unwrap());
+        assert!(codes.len() <= 2, "{codes:?}");
+        rest.extend(codes);
+    }
+    assert_eq!(rest, ["2001000001d", "2001000001c"]);
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_bad_row_is_named_by_its_line_and_batch() {
+    let server = TestServer::start().await;
+    let mut lines: Vec<String> = ndjson(0..10_010).lines().map(str::to_owned).collect();
+    let bad = [
+        (3, "{\"code\": \"2001000001x\""),
+        (
+            5,
+            "{\"code\":\"2001000001!\",\"target\":\"https://example.org/\"}",
+        ),
+        (
+            7,
+            "{\"code\":\"2001000001y\",\"target\":\"ftp://example.org/\"}",
+        ),
+        (
+            9,
+            "{\"code\":\"2001000009z\",\"target\":\"https://example.org/\"}",
+        ),
+        (10_003, "not json"),
+    ];
+    for (line, text) in bad {
+        lines[line - 1] = text.to_owned();
+    }
+    lines[10_005] = "x".repeat(homecmp::codes::MAX_LINE + 1);
+    let (status, report) = import(&server, lines.join("\n"), "", "application/x-ndjson").await;
+    assert_eq!(status, 422, "{report}");
+    let named: Vec<(u64, u64)> = report["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["line"].as_u64().unwrap(), e["batch"].as_u64().unwrap()))
+        .collect();
+    assert_eq!(
+        named,
+        [(3, 1), (5, 1), (7, 1), (9, 1), (10_003, 2), (10_006, 2)],
+        "{report}"
+    );
+    assert_eq!(report["rows"], 10_010, "an unreadable line is a row too");
+    server.stop().await;
+}
+
+/// Sends `head` and then `body` in two parts over a raw connection, calling
+/// `between` once the first part is in; the answer's status and JSON body.
+async fn import_in_two_parts(
+    server: &TestServer,
+    first: &str,
+    second: &str,
+    between: impl AsyncFnOnce(),
+) -> (u16, Value) {
+    use tokio::io::AsyncReadExt;
+    let mut socket = tokio::net::TcpStream::connect(server.running.admin_addr)
+        .await
+        .unwrap();
+    let head = format!(
+        "POST /admin/v1/codes:import HTTP/1.1\r\nhost: admin\r\nauthorization: Bearer {}\r\n\
+         content-type: application/x-ndjson\r\nconnection: close\r\ncontent-length: {}\r\n\r\n",
+        server.running.admin_token.expose(),
+        first.len() + second.len()
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    socket.write_all(first.as_bytes()).await.unwrap();
+    between().await;
+    socket.write_all(second.as_bytes()).await.unwrap();
+    let mut answer = Vec::new();
+    socket.read_to_end(&mut answer).await.unwrap();
+    let answer = String::from_utf8(answer).unwrap();
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, serde_json::from_str(body).expect(body))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_the_store_fails_to_write_is_named_with_its_lines() {
+    let server = TestServer::start().await;
+    let first = ndjson(0..10_000);
+    // A blank line: not a row, but it moves the lines of the second batch.
+    let second = format!("\n{}", ndjson(10_000..15_000));
+    let (status, body) = import_in_two_parts(&server, &first, &second, async || {
+        // The first batch is written as soon as its last row is in.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while codes_held(&server).await != 10_000 {
+            assert!(std::time::Instant::now() < deadline, "batch 1 not written");
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        server.running.app.store.log().fail_next_write();
+    })
+    .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (503, Some("UNAVAILABLE")),
+        "{body}"
+    );
+    let message = body["message"].as_str().unwrap();
+    assert!(
+        message.contains("batch 2 (lines 10002 to 15001) was not written"),
+        "{message}"
+    );
+    let report = &body["report"];
+    assert_eq!(
+        report["not_written"],
+        serde_json::json!({
+            "batch": 2,
+            "first_line": 10_002,
+            "last_line": 15_001,
+            "error": report["not_written"]["error"],
+        })
+    );
+    assert_eq!(
+        (
+            report["applied"].as_u64(),
+            report["batches_applied"].as_u64()
+        ),
+        (Some(10_000), Some(1)),
+        "{report}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_export_that_outlasts_the_idle_timeout_is_not_cut() {
+    // A connection with no request in flight is closed after 400 ms; the
+    // export's body is in flight until sent, however slowly it is read.
+    let server =
+        TestServer::with_config("[limits]\nidle_timeout_ms = 400\nheader_read_timeout_ms = 200\n")
+            .await;
+    let n = homecmp::codes::EXPORT_PAGE as u32 + 10_000;
+    let (status, _) = import(&server, ndjson(0..n), "", "application/x-ndjson").await;
+    assert_eq!(status, 200);
+    let url = format!("http://{}/admin/v1/codes:export", server.running.admin_addr);
+    let mut response = reqwest::Client::new()
+        .get(url)
+        .bearer_auth(server.running.admin_token.expose())
+        .send()
+        .await
+        .unwrap();
+    let mut text = response.chunk().await.unwrap().unwrap().to_vec();
+    // A reader that stops: far more than the page can fit in the socket
+    // buffers is still to come.
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    while let Some(chunk) = response.chunk().await.expect("not cut") {
+        text.extend_from_slice(&chunk);
+    }
+    assert_eq!(text.iter().filter(|&&b| b == b'\n').count(), n as usize);
     server.stop().await;
 }

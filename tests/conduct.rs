@@ -1,6 +1,8 @@
 //! A connection whose requests keep being refused pays for it: it is slowed,
 //! then closed, and its source is refused new connections for a while;
-//! clients elsewhere are not slowed (`limits.refusals_before_*`).
+//! clients elsewhere are not slowed (`limits.refusals_before_*`). The
+//! server's own 503s (overload, a log or a peer down) are not held against
+//! the connection that gets them.
 
 mod support;
 
@@ -178,5 +180,42 @@ async fn one_source_cannot_fill_the_tarpit_everyone_shares() {
     let statuses = waves.join_all().await;
     let limited = statuses.iter().filter(|s| **s == 429).count();
     assert!(limited >= 30, "{statuses:?}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_servers_own_503s_do_not_count_against_a_connection() {
+    // Requests without an association are shed (503 OVERLOADED) while more
+    // than one connection is open.
+    let config = format!("{STRICT}shed_unauthenticated_above = 1\n");
+    let server = TestServer::ready(&config).await;
+    let legit = server.client("http2", "127.1.0.1");
+    let vip = format!("code={CODE}&clientid=vip");
+    assert_eq!(server.resolve(&legit, &vip).await.0, 200);
+
+    // Unassociated requests on one HTTP/2 connection, all shed: twice the
+    // refusals that would close it, none slowed, none closing it.
+    let shed = server.client("http2", "127.2.0.120");
+    for i in 0..20 {
+        let started = Instant::now();
+        let url = server.url(&format!("code={CODE}&clientid=first-{i}"));
+        let response = shed.get(url).send().await.expect("not closed");
+        assert_eq!(response.status(), 503, "{i}");
+        let body: serde_json::Value = response.json().await.unwrap();
+        assert_eq!(body["code"], "OVERLOADED");
+        assert!(
+            started.elapsed() < Duration::from_millis(50),
+            "{i}: slowed {:?}",
+            started.elapsed()
+        );
+    }
+    let metrics = server.metrics().await;
+    assert!(metric(&metrics, "homecmp_shed_total") >= 20.0, "{metrics}");
+    for step in ["slowed", "closed"] {
+        let line = format!("homecmp_abusive_connections_total{{step=\"{step}\"}}");
+        assert_eq!(metric(&metrics, &line), 0.0, "{step}");
+    }
+    // An associated request still goes through on that connection.
+    assert_eq!(server.resolve(&shed, &vip).await.0, 200);
     server.stop().await;
 }

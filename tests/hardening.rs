@@ -323,6 +323,20 @@ async fn a_failing_disk_is_visible_and_refuses_writes() {
         503,
         "a poisoned log makes the instance not ready"
     );
+    let readyz = reqwest::get(format!("http://{}/readyz", server.running.admin_addr))
+        .await
+        .unwrap();
+    assert_eq!(readyz.headers()["content-type"], "application/json");
+    let body: serde_json::Value = readyz.json().await.unwrap();
+    assert_eq!(
+        (&body["code"], &body["ready"]),
+        (&json!("LOG_UNAVAILABLE"), &json!(false)),
+        "{body}"
+    );
+    assert!(
+        body["reason"].as_str().is_some_and(|r| r.contains("disk")),
+        "{body}"
+    );
     let (status, body) = server
         .admin(
             Method::PUT,

@@ -8,7 +8,8 @@
 //! dropped; a re-sent request is answered once and applied once; a late
 //! Stop or Interim of an earlier session leaves the address to the next
 //! one; bindings expire without Interims; Starts past `max_bindings` are
-//! not answered.
+//! not answered; a request sent (by its Event-Timestamp) longer ago than
+//! the reply cache remembers is dropped and binds nothing.
 
 mod support;
 
@@ -128,6 +129,111 @@ async fn radclient_start_binds_and_stop_unbinds() {
     assert!(metric(&metrics, dropped) >= 1.0, "{metrics}");
     let applied = r#"homecmp_radius_packets_total{outcome="applied",reason="start"}"#;
     assert_eq!(metric(&metrics, applied), 1.0, "{metrics}");
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_older_than_the_reply_window_is_dropped_and_binds_nothing() {
+    let (server, _dir) = server("").await;
+    let to = radius_addr(&server);
+    let ip = "127.1.0.11";
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let stamped = |status: &str, id: &str, event: u64, delay: u64| {
+        format!(
+            "{}Event-Timestamp = {event}\nAcct-Delay-Time = {delay}\n",
+            session(status, ip, "447700900011", id)
+        )
+    };
+    let start = stamped("Start", "t-1", now, 0);
+    assert!(radclient(to, RADCLIENT_SECRET, &start));
+    assert!(bound_subscriber(&server, ip).await.is_some());
+    assert!(radclient(
+        to,
+        RADCLIENT_SECRET,
+        &stamped("Stop", "t-1", now, 0)
+    ));
+    assert_eq!(bound_subscriber(&server, ip).await, None);
+
+    // The Start as someone recorded it two minutes ago, sent again: no
+    // answer, and the address stays free.
+    let replayed = stamped("Start", "t-1", now - 120, 0);
+    assert!(!radclient(to, RADCLIENT_SECRET, &replayed));
+    assert_eq!(bound_subscriber(&server, ip).await, None);
+    assert_eq!(first_scan(&server, ip).await.1, "SUBSCRIBER_UNKNOWN");
+    // So is one stamped well ahead of our clock.
+    let ahead = stamped("Start", "t-2", now + 120, 0);
+    assert!(!radclient(to, RADCLIENT_SECRET, &ahead));
+    assert_eq!(bound_subscriber(&server, ip).await, None);
+
+    // A gateway that has been re-sending its Start for two minutes says so
+    // (Acct-Delay-Time): sent now, taken.
+    let delayed = stamped("Start", "t-3", now - 120, 120);
+    assert!(radclient(to, RADCLIENT_SECRET, &delayed));
+    assert!(bound_subscriber(&server, ip).await.is_some());
+
+    let metrics = server.metrics().await;
+    for reason in ["stale_timestamp", "future_timestamp"] {
+        let dropped =
+            format!("homecmp_radius_packets_total{{outcome=\"dropped\",reason=\"{reason}\"}}");
+        assert_eq!(metric(&metrics, &dropped), 1.0, "{reason}: {metrics}");
+    }
+    server.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_says_where_it_came_from_and_when_it_expires() {
+    let (server, _dir) = server("binding_ttl_secs = 600").await;
+    let to = radius_addr(&server);
+    let session_of = async |ip: &str| {
+        let (status, body) = server
+            .admin(Method::GET, &format!("/admin/v1/sessions/{ip}"), None)
+            .await;
+        assert_eq!(status, 200, "{ip}: {body}");
+        body
+    };
+    let expires_in = |body: &serde_json::Value| {
+        let expires = body["expires"].as_str().unwrap();
+        let at = humantime::parse_rfc3339(expires).unwrap();
+        at.duration_since(std::time::SystemTime::now())
+            .unwrap()
+            .as_secs()
+    };
+
+    server.bind_session("127.1.0.12", "+447700900012").await;
+    let admin = session_of("127.1.0.12").await;
+    assert_eq!(admin["source"], "admin", "{admin}");
+    assert!(admin.get("nas").is_none(), "{admin}");
+
+    let start = session("Start", "127.1.0.13", "447700900013", "pgw-13");
+    assert!(radclient(to, RADCLIENT_SECRET, &start));
+    let radius = session_of("127.1.0.13").await;
+    assert_eq!(
+        (
+            &radius["source"],
+            &radius["nas"],
+            &radius["acct_session_id"]
+        ),
+        (
+            &serde_json::json!("radius"),
+            &serde_json::json!("127.0.0.1"),
+            &serde_json::json!("pgw-13")
+        ),
+        "{radius}"
+    );
+    assert!((590..=600).contains(&expires_in(&radius)), "{radius}");
+
+    // A Start on the admin's address takes it, and says so.
+    let start = session("Start", "127.1.0.12", "447700900012", "pgw-12");
+    assert!(radclient(to, RADCLIENT_SECRET, &start));
+    let taken = session_of("127.1.0.12").await;
+    assert_eq!(
+        (&taken["source"], &taken["acct_session_id"]),
+        (&serde_json::json!("radius"), &serde_json::json!("pgw-12")),
+        "{taken}"
+    );
     server.stop().await;
 }
 

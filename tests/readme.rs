@@ -157,4 +157,6 @@ fn the_radius_demo_works_as_printed() {
     assert!(run.status.success(), "{script}\n{run:?}");
     assert!(out.contains("Received Accounting-Response"), "{out}");
     assert!(out.contains(r#""network":"127.1.0.7/32""#), "{out}");
+    assert!(out.contains(r#""source":"radius""#), "{out}");
+    assert!(out.contains(r#""acct_session_id":"pgw1-0001""#), "{out}");
 }

@@ -12,6 +12,7 @@
 //! [`Origin`] it returns.
 
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use dashmap::DashMap;
@@ -158,9 +159,9 @@ pub struct Identity {
 }
 
 /// Session bindings client address or prefix -> subscriber, fed by the
-/// operator, each with an expiry. Memory only: the operator's source (admin
-/// API, later RADIUS accounting) re-feeds it; the MSISDN itself is never
-/// kept. A binding covers one address (a /32 or /128) or a whole prefix
+/// operator, each with an expiry and the source that made it. Memory only:
+/// the operator's source (admin API, RADIUS accounting) re-feeds it; the
+/// MSISDN itself is never kept. A binding covers one address (a /32 or /128) or a whole prefix
 /// (an IPv6 subscriber is handed a /64); the longest live match wins.
 #[derive(Debug, Default)]
 pub struct Sessions {
@@ -171,13 +172,22 @@ pub struct Sessions {
     v6_lengths: PrefixLengths,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 struct Binding {
     subscriber: SubscriberRef,
     expires_ms: u64,
-    /// The accounting session that made it (a hash of the gateway and its
-    /// session id); 0 for the admin API's.
-    session: u64,
+    source: BindingSource,
+}
+
+/// Who made a binding: the admin API, or an accounting session (only that
+/// session's Stop or Interim touches it again).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BindingSource {
+    /// `PUT /admin/v1/sessions/{ip}`.
+    Admin,
+    /// RADIUS accounting: the gateway (NAS) address the records come from
+    /// and the session's `Acct-Session-Id` as sent (empty when it had none).
+    Radius { nas: IpAddr, session_id: Arc<[u8]> },
 }
 
 /// A set of prefix lengths 0..=128 as bits; only ever grows.
@@ -205,12 +215,14 @@ impl PrefixLengths {
     }
 }
 
-/// What a lookup found: the binding's network, subscriber and expiry.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a lookup found: the binding's network, subscriber, expiry and
+/// source.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bound {
     pub network: IpNet,
     pub subscriber: SubscriberRef,
     pub expires_ms: u64,
+    pub source: BindingSource,
 }
 
 /// `addr` as the network sees it: an IPv4-mapped IPv6 address is IPv4.
@@ -228,19 +240,19 @@ pub fn canonical_net(net: IpNet) -> IpNet {
 impl Sessions {
     /// Binds `network` (an address is a /32 or /128) to `subscriber`.
     pub fn bind(&self, network: IpNet, subscriber: SubscriberRef, expires_ms: u64) {
-        self.bind_session(network, subscriber, expires_ms, 0, None);
+        self.bind_session(network, subscriber, expires_ms, BindingSource::Admin, None);
     }
 
-    /// Binds `network` for an accounting `session` (not 0). With
+    /// Binds `network` for `source` (an accounting session). With
     /// `unless_live_at: Some(now)` (an Interim), a binding of another
-    /// session still live at `now` stays as it is: a late Interim does not
+    /// source still live at `now` stays as it is: a late Interim does not
     /// take an address back. `None` (a Start) binds whatever was there.
     pub fn bind_session(
         &self,
         network: IpNet,
         subscriber: SubscriberRef,
         expires_ms: u64,
-        session: u64,
+        source: BindingSource,
         unless_live_at: Option<u64>,
     ) {
         let network = canonical_net(network);
@@ -251,12 +263,12 @@ impl Sessions {
         let binding = Binding {
             subscriber,
             expires_ms,
-            session,
+            source,
         };
         match self.bindings.entry(network) {
             dashmap::Entry::Occupied(mut held)
                 if unless_live_at.is_none_or(|now_ms| {
-                    held.get().session == session || held.get().expires_ms <= now_ms
+                    held.get().source == binding.source || held.get().expires_ms <= now_ms
                 }) =>
             {
                 held.insert(binding);
@@ -273,11 +285,11 @@ impl Sessions {
         self.bindings.remove(&canonical_net(network)).is_some()
     }
 
-    /// Removes the binding of exactly `network` if `session` made it;
+    /// Removes the binding of exactly `network` if `source` made it;
     /// `true` if it did.
-    pub fn unbind_session(&self, network: IpNet, session: u64) -> bool {
+    pub fn unbind_session(&self, network: IpNet, source: &BindingSource) -> bool {
         self.bindings
-            .remove_if(&canonical_net(network), |_, b| b.session == session)
+            .remove_if(&canonical_net(network), |_, b| b.source == *source)
             .is_some()
     }
 
@@ -293,12 +305,29 @@ impl Sessions {
         before.saturating_sub(self.bindings.len())
     }
 
+    /// The subscriber of the longest live binding that covers `addr`: the
+    /// request path's lookup (copies 32 bytes, nothing else).
     pub fn lookup(&self, addr: IpAddr, now_ms: u64) -> Option<SubscriberRef> {
-        self.find(addr, now_ms).map(|bound| bound.subscriber)
+        self.longest_live(addr, now_ms, |_, binding| binding.subscriber)
     }
 
-    /// The longest live binding that covers `addr`.
+    /// The longest live binding that covers `addr`, with its source.
     pub fn find(&self, addr: IpAddr, now_ms: u64) -> Option<Bound> {
+        self.longest_live(addr, now_ms, |network, binding| Bound {
+            network,
+            subscriber: binding.subscriber,
+            expires_ms: binding.expires_ms,
+            source: binding.source.clone(),
+        })
+    }
+
+    /// `seen` of the longest live binding that covers `addr`.
+    fn longest_live<T>(
+        &self,
+        addr: IpAddr,
+        now_ms: u64,
+        seen: impl Fn(IpNet, &Binding) -> T,
+    ) -> Option<T> {
         let addr = addr.to_canonical();
         let lengths = match addr {
             IpAddr::V4(_) => &self.v4_lengths,
@@ -306,12 +335,8 @@ impl Sessions {
         };
         lengths.longest_first().find_map(|len| {
             let network = IpNet::new(addr, len).ok()?.trunc();
-            let binding = *self.bindings.get(&network)?;
-            (binding.expires_ms > now_ms).then_some(Bound {
-                network,
-                subscriber: binding.subscriber,
-                expires_ms: binding.expires_ms,
-            })
+            let binding = self.bindings.get(&network)?;
+            (binding.expires_ms > now_ms).then(|| seen(network, &binding))
         })
     }
 
@@ -507,6 +532,48 @@ mod tests {
             sessions.lookup("2001:db8:1:2::9".parse().unwrap(), 100),
             None
         );
+    }
+
+    #[test]
+    fn a_binding_says_who_made_it_and_only_its_session_changes_it() {
+        let sessions = Sessions::default();
+        let net = |text: &str| text.parse::<IpNet>().unwrap();
+        let radius = |nas: &str, id: &str| BindingSource::Radius {
+            nas: nas.parse().unwrap(),
+            session_id: Arc::from(id.as_bytes()),
+        };
+        sessions.bind(net("127.1.0.5/32"), sub("+447700900001"), 100);
+        let at = |addr: &str| sessions.find(addr.parse().unwrap(), 50).unwrap();
+        assert_eq!(at("127.1.0.5").source, BindingSource::Admin);
+
+        let gateway = radius("10.0.0.1", "s-1");
+        sessions.bind_session(
+            net("127.1.0.6/32"),
+            sub("+447700900002"),
+            100,
+            gateway.clone(),
+            None,
+        );
+        assert_eq!(at("127.1.0.6").source, gateway);
+        // Another session's Interim, or the same id from another gateway,
+        // does not take it; its own Stop removes it.
+        for other in [radius("10.0.0.1", "s-2"), radius("10.0.0.2", "s-1")] {
+            sessions.bind_session(
+                net("127.1.0.6/32"),
+                sub("+447700900003"),
+                100,
+                other.clone(),
+                Some(50),
+            );
+            assert_eq!(at("127.1.0.6").subscriber, sub("+447700900002"));
+            assert!(!sessions.unbind_session(net("127.1.0.6/32"), &other));
+        }
+        assert!(
+            !sessions.unbind_session(net("127.1.0.5/32"), &gateway),
+            "not the admin's"
+        );
+        assert!(sessions.unbind_session(net("127.1.0.6/32"), &gateway));
+        assert_eq!(sessions.find("127.1.0.6".parse().unwrap(), 50), None);
     }
 
     #[test]

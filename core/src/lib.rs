@@ -31,8 +31,8 @@ pub use decide::{
     permit_after, permit_for, resolve,
 };
 pub use identity::{
-    Bound, ClientView, Identity, MnoPolicy, Origin, Seen, Sessions, canonical_net, identify,
-    identity_address, limit_address,
+    BindingSource, Bound, ClientView, Identity, MnoPolicy, Origin, Seen, Sessions, canonical_net,
+    identify, identity_address, limit_address,
 };
 pub use model::{
     Associated, Association, Event, IdentitySource, NewAssociation, Record, RedactReason,

@@ -29,8 +29,10 @@ pub enum Refusal {
     /// failing, or has too many requests in flight.
     #[error("the CMP that owns this code is not reachable; retry later")]
     UpstreamUnavailable,
-    #[error("too many requests; retry after {retry_after_secs} s")]
-    RateLimited { retry_after_secs: u64 },
+    /// `wait`: until the limit lets the next request through; the wire
+    /// says it as [`retry_after_secs`].
+    #[error("too many requests; retry after {} s", retry_after_secs(*wait))]
+    RateLimited { wait: Duration },
     #[error("the server is overloaded; retry later")]
     Overloaded,
     #[error("temporarily unable to store the association; retry later")]
@@ -62,38 +64,50 @@ impl Refusal {
     }
 }
 
-/// Whole seconds a client should wait before it comes back, for a wait of
-/// `wait`: rounded up (a client told less would come back too early and
-/// be refused again), and at least 1 (`Retry-After: 0` invites a retry at
-/// once).
+/// The `Retry-After` value (whole seconds) that tells a client to wait
+/// `wait`: rounded up, never below 1. The one place a wait becomes a
+/// header: rounding down would bring the client back before the limit lets
+/// it through (1.9 s said as 1), and 0 would tell it to retry at once.
 pub fn retry_after_secs(wait: Duration) -> u64 {
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    secs.max(1)
-}
-
-impl Refusal {
-    /// Over a rate limit, for `wait` (see [`retry_after_secs`]).
-    pub fn rate_limited(wait: Duration) -> Self {
-        Refusal::RateLimited {
-            retry_after_secs: retry_after_secs(wait),
-        }
-    }
+    let whole = wait.as_secs();
+    let rounded_up = match wait.subsec_nanos() {
+        0 => whole,
+        _ => whole.saturating_add(1),
+    };
+    rounded_up.max(1)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    #[test]
+    fn retry_after_rounds_up_and_is_never_zero() {
+        let said = |millis| retry_after_secs(Duration::from_millis(millis));
+        assert_eq!(
+            [said(0), said(1), said(1000), said(1001), said(1900)],
+            [1, 1, 1, 2, 2]
+        );
+        assert_eq!(retry_after_secs(Duration::MAX), u64::MAX);
+    }
+
     proptest::proptest! {
-        /// A client told to wait comes back no earlier than it may, and
-        /// no more than a second later.
+        /// Waiting the seconds said is waiting long enough, and never a
+        /// whole second more than needed (but for the floor of 1).
         #[test]
-        fn retry_after_covers_the_wait(nanos in 0u64..100_000_000_000) {
-            let wait = Duration::from_nanos(nanos);
-            let secs = retry_after_secs(wait);
-            proptest::prop_assert!(secs >= 1);
-            proptest::prop_assert!(Duration::from_secs(secs) >= wait);
-            proptest::prop_assert!(Duration::from_secs(secs) < wait + Duration::from_secs(1) || secs == 1);
+        fn retry_after_covers_the_wait_and_not_a_second_more(
+            secs in 0u64..100_000,
+            nanos in 0u32..1_000_000_000,
+        ) {
+            let wait = Duration::new(secs, nanos);
+            let said = retry_after_secs(wait);
+            let said_duration = Duration::from_secs(said);
+            proptest::prop_assert!(said >= 1);
+            proptest::prop_assert!(said_duration >= wait, "{said} s < {wait:?}");
+            proptest::prop_assert!(
+                said_duration < wait + Duration::from_secs(1) || said == 1,
+                "{said} s is a second or more past {wait:?}"
+            );
         }
     }
 }

@@ -221,7 +221,7 @@ fn admit_counting<'q, 'r: 'q>(
             rebind,
         } => {
             if let Verdict::Limited(wait) = facts.creation_budget(&subscriber) {
-                return Err(Refusal::rate_limited(wait));
+                return Err(Refusal::RateLimited { wait });
             }
             Admitted::Associate {
                 subscriber,
@@ -247,7 +247,7 @@ fn spend(verdict: Verdict, limit: &'static str, tally: &mut Tally) -> Result<(),
             tally.overflowed = Some(limit);
             Ok(())
         }
-        Verdict::Limited(wait) => Err(Refusal::rate_limited(wait)),
+        Verdict::Limited(wait) => Err(Refusal::RateLimited { wait }),
     }
 }
 
@@ -469,10 +469,10 @@ mod tests {
             ("403 ASSOCIATION_MISMATCH", ENFORCE, "127.1.0.2", scan("known"), &none, Refused(AssociationMismatch)),
             ("404 CODE_NOT_FOUND", ENFORCE, WIFI, "code=2001000001other&clientid=known".into(), &none, Refused(CodeNotFound)),
             ("404 UNKNOWN_PREFIX", ENFORCE, WIFI, "code=2001000002promo&clientid=known".into(), &none, Refused(UnknownPrefix)),
-            ("429 RATE_LIMITED (address)", ENFORCE, WIFI, scan("known"), &|w| w.address = Verdict::Limited(Duration::from_millis(1500)), Refused(RateLimited { retry_after_secs: 2 })),
-            ("429 RATE_LIMITED (clientid)", ENFORCE, WIFI, scan("known"), &|w| w.clientid = Verdict::Limited(Duration::from_millis(200)), Refused(RateLimited { retry_after_secs: 1 })),
-            ("429 RATE_LIMITED (creations)", ENFORCE, MNO_1, scan("new"), &|w| w.creation = Verdict::Limited(Duration::from_secs(30)), Refused(RateLimited { retry_after_secs: 30 })),
-            ("429 RATE_LIMITED (tarpit, per source)", ENFORCE, WIFI, scan("new"), &|w| w.tarpit = Err(RateLimited { retry_after_secs: 1 }), Refused(RateLimited { retry_after_secs: 1 })),
+            ("429 RATE_LIMITED (address)", ENFORCE, WIFI, scan("known"), &|w| w.address = Verdict::Limited(Duration::from_millis(1500)), Refused(RateLimited { wait: Duration::from_millis(1500) })),
+            ("429 RATE_LIMITED (clientid)", ENFORCE, WIFI, scan("known"), &|w| w.clientid = Verdict::Limited(Duration::from_millis(200)), Refused(RateLimited { wait: Duration::from_millis(200) })),
+            ("429 RATE_LIMITED (creations)", ENFORCE, MNO_1, scan("new"), &|w| w.creation = Verdict::Limited(Duration::from_secs(30)), Refused(RateLimited { wait: Duration::from_secs(30) })),
+            ("429 RATE_LIMITED (tarpit, per source)", ENFORCE, WIFI, scan("new"), &|w| w.tarpit = Err(RateLimited { wait: Duration::from_secs(2) }), Refused(RateLimited { wait: Duration::from_secs(2) })),
             ("503 OVERLOADED (shed)", ENFORCE, WIFI, scan("new"), &|w| w.shedding = true, Refused(Overloaded)),
             ("503 OVERLOADED (tarpit full)", ENFORCE, WIFI, scan("new"), &|w| w.tarpit = Err(Overloaded), Refused(Overloaded)),
             ("200 none (monitor)", AuthMode::Monitor, WIFI, scan("new"), &none, Resolved(AssociationState::None)),

@@ -155,19 +155,24 @@ fn ready(state: &AdminState) -> Result<&Arc<App>, Response> {
         .ok_or_else(|| AdminError::NotReady.into_response())
 }
 
+/// `/readyz`: plain `ready` when all is well (what a load balancer's probe
+/// matches); otherwise JSON, every answer with `ready` and `reason`: 200
+/// `{"ready": true, "degraded": true, "reason"}` while a cluster node is cut
+/// from JetStream, 503 with the error body (`status`, `code`, `message`)
+/// and `"ready": false` for `NOT_READY`, `LOG_UNAVAILABLE` and
+/// `FOLLOWER_STOPPED`.
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
-    let app = match ready(&state) {
-        Ok(app) => app,
-        Err(response) => return response,
+    let Some(app) = state.app.get() else {
+        return not_ready(AdminError::NotReady);
     };
     if app.store.log().is_poisoned() {
-        return AdminError::LogUnavailable.into_response();
+        return not_ready(AdminError::LogUnavailable);
     }
     let Some(link) = app.store.cluster() else {
         return "ready\n".into_response();
     };
     if let Some(reason) = link.stopped() {
-        return AdminError::FollowerStopped(reason.to_owned()).into_response();
+        return not_ready(AdminError::FollowerStopped(reason.to_owned()));
     }
     // Cut from JetStream, a cluster node still serves every association
     // it has (so it stays in rotation) and refuses creations with 503.
@@ -180,6 +185,21 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
         .into_response();
     }
     "ready\n".into_response()
+}
+
+/// A 503 of `/readyz`: the admin error body, with the fields every JSON
+/// `/readyz` answer has.
+fn not_ready(error: AdminError) -> Response {
+    let (status, code) = error.wire();
+    let message = error.to_string();
+    let body = json!({
+        "status": status.as_u16(),
+        "code": code,
+        "message": message,
+        "ready": false,
+        "reason": message,
+    });
+    (status, Json(body)).into_response()
 }
 
 async fn metrics(Ready(app): Ready) -> Response {
@@ -403,12 +423,7 @@ async fn import_codes(
     let report = import
         .await
         .expect("import does not panic")
-        .map_err(|e| match e {
-            crate::codes::ImportError::Store(crate::store::StoreError::Cluster(
-                crate::store::cluster::ClusterError::Mismatch(_),
-            )) => AdminError::NotInClusterMode.into_response(),
-            e => unavailable(e),
-        })?;
+        .map_err(import_failed)?;
     let status = match report.errors_total {
         0 => StatusCode::OK,
         _ => StatusCode::UNPROCESSABLE_ENTITY,
@@ -416,19 +431,50 @@ async fn import_codes(
     Ok((status, Json(report)).into_response())
 }
 
-/// Every code as NDJSON, by code: what the import takes back.
+/// An import that did not run to its end: a body that broke off is the
+/// client's (400, naming the line and batch it got to); a batch the store
+/// did not write is 503 `UNAVAILABLE` naming the batch and its lines, with
+/// the report of what was written before it.
+fn import_failed(e: crate::codes::ImportError) -> Response {
+    use crate::codes::ImportError;
+    match e {
+        ImportError::Body { .. } => AdminError::InvalidBody(e.to_string()).into_response(),
+        ImportError::NotWritten {
+            source:
+                crate::store::StoreError::Cluster(crate::store::cluster::ClusterError::Mismatch(_)),
+            ..
+        } => AdminError::NotInClusterMode.into_response(),
+        ImportError::NotWritten {
+            ref report,
+            ref source,
+        } => {
+            tracing::error!(error = %source, "{e}");
+            let (status, code) = AdminError::Unavailable.wire();
+            let body = json!({
+                "status": status.as_u16(),
+                "code": code,
+                "message": e.to_string(),
+                "report": report,
+            });
+            (status, Json(body)).into_response()
+        }
+    }
+}
+
+/// Every code as NDJSON, by `seq`: what the import takes back. Streamed a
+/// page at a time as the client reads ([`crate::codes::export`]).
 async fn export_codes(Ready(app): Ready) -> Answer {
-    let lines = crate::codes::export_lines(&app);
-    let chunks: Vec<Result<Bytes, std::io::Error>> = lines
-        .chunks(1000)
-        .map(|chunk| {
-            let mut text = chunk.join("\n");
-            text.push('\n');
-            Ok(Bytes::from(text))
-        })
-        .collect();
-    let body = axum::body::Body::from_stream(futures_util::stream::iter(chunks));
-    Ok(([(http::header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
+    let pages = crate::codes::export(app.store.clone(), crate::codes::EXPORT_PAGE);
+    let body = axum::body::Body::from_stream(pages);
+    // In flight until the last page is sent: the connection's quiet rule
+    // must not cut an export that takes longer than the idle timeout.
+    let streamed = axum::Extension(super::conn::StreamedBody);
+    Ok((
+        [(http::header::CONTENT_TYPE, "application/x-ndjson")],
+        streamed,
+        body,
+    )
+        .into_response())
 }
 
 /// Resolutions of a code, by protocol and kind: those written to the log
@@ -587,7 +633,9 @@ fn no_session() -> Response {
 }
 
 /// An address: the binding that covers it (the longest prefix). A prefix:
-/// the binding of exactly that prefix.
+/// the binding of exactly that prefix. Says who made it (`source`: `admin`,
+/// or `radius` with the gateway's address and the Acct-Session-Id) and
+/// when it expires.
 async fn get_session(Ready(app): Ready, Param(ip): Param) -> Answer {
     let network = parse_network(&ip)?;
     let bound = app
@@ -595,13 +643,21 @@ async fn get_session(Ready(app): Ready, Param(ip): Param) -> Answer {
         .find(network.addr(), super::now_ms())
         .filter(|b| !ip.contains('/') || b.network == network)
         .ok_or_else(no_session)?;
-    Ok(Json(json!({
+    let mut answer = json!({
         "ip": shown(network),
         "network": bound.network.to_string(),
         "subscriber": bound.subscriber.to_hex(),
         "expires": crate::sre::rfc3339(bound.expires_ms),
-    }))
-    .into_response())
+    });
+    match &bound.source {
+        crate::core::BindingSource::Admin => answer["source"] = json!("admin"),
+        crate::core::BindingSource::Radius { nas, session_id } => {
+            answer["source"] = json!("radius");
+            answer["nas"] = json!(nas.to_string());
+            answer["acct_session_id"] = json!(String::from_utf8_lossy(session_id));
+        }
+    }
+    Ok(Json(answer).into_response())
 }
 
 async fn delete_session(Ready(app): Ready, Param(ip): Param) -> Answer {
@@ -610,4 +666,29 @@ async fn delete_session(Ready(app): Ready, Param(ip): Param) -> Answer {
         return Err(no_session());
     }
     Ok(Json(json!({"ip": shown(network), "removed": true})).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn readyz_before_replay_is_json_with_ready_false() {
+        let state = Arc::new(AdminState {
+            token: crate::config::Secret::new("t".repeat(32)),
+            app: OnceLock::new(),
+        });
+        let response = readyz(State(state)).await;
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        let content_type = response.headers()[http::header::CONTENT_TYPE].clone();
+        assert_eq!(content_type, "application/json");
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(
+            (&body["code"], &body["ready"], &body["status"]),
+            (&json!("NOT_READY"), &json!(false), &json!(503))
+        );
+        assert_eq!(body["reason"], body["message"]);
+    }
 }

@@ -10,14 +10,21 @@
 //! with none is closed once it has been quiet for the header-read timeout
 //! (before its first request) or the idle timeout (after one): HTTP/2 gets a
 //! GOAWAY, HTTP/1 is closed between requests. A request in flight is never
-//! cut by this rule.
+//! cut by this rule. A request ends when its handler answers, so a client
+//! that will not read its answer (an HTTP/2 window of 0) does not keep its
+//! connection busy; but an answer marked [`StreamedBody`] (the admin
+//! export, behind the token) keeps its request in flight until its body
+//! has been sent, however long that takes.
 //!
 //! [`Conduct`] is the other rule: a connection whose requests keep being
 //! refused costs the server, not the client. Past `refusals_before_slowdown`
 //! refusals in a row each next request waits first (10 ms, doubling, up to
 //! 1 s), past `refusals_before_close` the connection is closed (an HTTP/2
 //! GOAWAY, a QUIC CONNECTION_CLOSE) and its source is refused new
-//! connections for `penalty_secs`. One success ends the run.
+//! connections for `penalty_secs`. One success ends the run. A 5xx is
+//! the server's own state (overload, its log or JetStream down, a peer CMP
+//! down: `OVERLOADED`, `UNAVAILABLE`, `UPSTREAM_UNAVAILABLE`), never the
+//! client's conduct: it neither adds to the run nor ends it.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -51,6 +58,41 @@ struct State {
 /// A request in flight; dropping it (answered, or reset) ends it.
 #[derive(Debug)]
 pub struct Busy(Arc<Activity>);
+
+/// In a response's extensions: its body streams for as long as it needs,
+/// and its request counts as in flight until the body has been sent (see
+/// the module docs). Only for answers a client had to be trusted to get.
+#[derive(Debug, Clone, Copy)]
+pub struct StreamedBody;
+
+/// A response body that keeps its request in flight (if `_busy` is
+/// there) until it is dropped: hyper drops it once sent, or when the
+/// connection goes.
+#[derive(Debug)]
+pub struct InFlight<B> {
+    body: B,
+    _busy: Option<Busy>,
+}
+
+impl<B: hyper::body::Body + Unpin> hyper::body::Body for InFlight<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<B::Data>, B::Error>>> {
+        std::pin::Pin::new(&mut self.get_mut().body).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
+    }
+}
 
 impl Drop for Busy {
     fn drop(&mut self) {
@@ -144,11 +186,16 @@ impl Conduct {
             .min(LONGEST_SLOWDOWN)
     }
 
-    /// Records an answer's status: `refused` is any 4xx or 5xx but a 404
-    /// (an authenticated client may scan a code that does not exist).
+    /// Records an answer's status: `refused` is any 4xx but a 404 (an
+    /// authenticated client may scan a code that does not exist). A 5xx
+    /// leaves the run as it is (see the module docs): a client the server
+    /// turns away for its own reasons is not slowed or closed for it, and a
+    /// 503 between refusals does not wipe a run clean either.
     pub fn record(&self, status: http::StatusCode, limits: &Limits) -> Earned {
-        let refused = (status.is_client_error() && status != http::StatusCode::NOT_FOUND)
-            || status.is_server_error();
+        if status.is_server_error() {
+            return Earned::Nothing;
+        }
+        let refused = status.is_client_error() && status != http::StatusCode::NOT_FOUND;
         if !refused {
             self.refused_in_a_row.store(0, Ordering::Relaxed);
             return Earned::Nothing;
@@ -259,7 +306,7 @@ pub async fn serve<I, F, Fut, B>(
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
     F: Fn(hyper::Request<Incoming>) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = hyper::Response<B>> + Send + 'static,
-    B: hyper::body::Body + Send + 'static,
+    B: hyper::body::Body + Unpin + Send + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
@@ -284,8 +331,9 @@ pub async fn serve<I, F, Fut, B>(
         let answer = handle(request);
         async move {
             let response = answer.await;
-            drop(busy);
-            Ok::<_, Infallible>(response)
+            let streamed = response.extensions().get::<StreamedBody>().is_some();
+            let busy = streamed.then_some(busy);
+            Ok::<_, Infallible>(response.map(|body| InFlight { body, _busy: busy }))
         }
     });
     // Answers leave once per turn of this task (see homecmp_coalesce).
@@ -339,6 +387,16 @@ mod tests {
             conduct.record(http::StatusCode::NOT_FOUND, &limits),
             Earned::Nothing
         );
+        // The server's own 503s neither count nor end a run.
+        for _ in 0..20 {
+            let earned = conduct.record(http::StatusCode::SERVICE_UNAVAILABLE, &limits);
+            assert_eq!(earned, Earned::Nothing);
+        }
+        assert_eq!(conduct.delay(&limits), Duration::ZERO);
+        assert_eq!([refuse(), refuse()], [Earned::Nothing; 2]);
+        conduct.record(http::StatusCode::SERVICE_UNAVAILABLE, &limits);
+        assert_eq!(refuse(), Earned::SlowDown, "the run went on past the 503");
+        conduct.record(http::StatusCode::OK, &limits);
         let earned: Vec<_> = (0..6).map(|_| refuse()).collect();
         assert_eq!(earned[2], Earned::SlowDown);
         assert_eq!(earned[5], Earned::Close);

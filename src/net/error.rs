@@ -7,13 +7,15 @@
 //! client resolves a code of another CMP (there is nothing here to find)
 //! and a 400 when an operator tries to register one (the request is wrong).
 
+use std::time::Duration;
+
 use axum::response::IntoResponse;
 use bytes::Bytes;
 use http::header::{CONTENT_TYPE, RETRY_AFTER};
 use http::{HeaderValue, Response, StatusCode};
 use serde::Serialize;
 
-use crate::core::Refusal;
+use crate::core::{Refusal, retry_after_secs};
 
 #[derive(Debug, Serialize)]
 pub struct ErrorBody<'a> {
@@ -44,13 +46,21 @@ pub fn wire_error(refusal: &Refusal) -> (StatusCode, &'static str) {
     }
 }
 
-/// Seconds a client should wait, for the refusals that carry `Retry-After`.
+/// How long a client should wait after a 503 the server chose (its load,
+/// its log, a peer): short, so that it comes back as soon as it may work.
+const SERVER_BUSY_WAIT: Duration = Duration::from_secs(1);
+
+/// The `Retry-After` seconds of the refusals that carry one: every wait
+/// goes through [`retry_after_secs`] (rounded up, at least 1).
 pub fn retry_after(refusal: &Refusal) -> Option<u64> {
-    match refusal {
-        Refusal::RateLimited { retry_after_secs } => Some(*retry_after_secs),
-        Refusal::Overloaded | Refusal::Unavailable | Refusal::UpstreamUnavailable => Some(1),
-        _ => None,
-    }
+    let wait = match refusal {
+        Refusal::RateLimited { wait } => *wait,
+        Refusal::Overloaded | Refusal::Unavailable | Refusal::UpstreamUnavailable => {
+            SERVER_BUSY_WAIT
+        }
+        _ => return None,
+    };
+    Some(retry_after_secs(wait))
 }
 
 pub fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Bytes> {

@@ -360,8 +360,16 @@ async fn serve_connection(
     }
     requests.close();
     let _ = tokio::time::timeout(limits.shutdown_grace, requests.wait()).await;
+    // After a GOAWAY the client closes once it has its answers; closing
+    // first could drop an answer still in flight (QUIC discards unsent
+    // and unacknowledged stream data on close). Bounded: a client that
+    // never closes is closed after `LINGER`.
+    let _ = tokio::time::timeout(LINGER, quic.closed()).await;
     quic.close(H3_NO_ERROR.into(), b"");
 }
+
+/// How long a drained connection waits for its client to close it.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// What a request task needs of its connection.
 struct OnConnection {

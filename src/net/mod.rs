@@ -194,7 +194,8 @@ impl App {
         };
         let waiting = match &self.limits.tarpit_sources {
             Some(sources) => Some(sources.try_open(source).ok_or(Refusal::RateLimited {
-                retry_after_secs: 1,
+                // A waiter's turn is at most `tarpit_max` away.
+                wait: self.config.limits.tarpit_max,
             })?),
             None => None,
         };
@@ -242,7 +243,7 @@ impl App {
                 self.metrics.limiter_overflow(limit);
                 Ok(())
             }
-            limits::Verdict::Limited(wait) => Err(Refusal::rate_limited(wait)),
+            limits::Verdict::Limited(wait) => Err(Refusal::RateLimited { wait }),
         }
     }
 

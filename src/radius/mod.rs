@@ -25,6 +25,13 @@
 //! - a re-sent request (same gateway address, Identifier and authenticator
 //!   within `REPLY_TTL`, from whichever port): the first answer again,
 //!   nothing applied twice;
+//! - a request whose gateway says it sent it (Event-Timestamp plus
+//!   Acct-Delay-Time) more than `REPLY_TTL` before now, or after now:
+//!   dropped and counted (`stale_timestamp`, `future_timestamp`). The reply
+//!   cache forgets a request after `REPLY_TTL`; this keeps a recorded Start
+//!   replayed later from binding its address again. A request without an
+//!   Event-Timestamp is taken as before (the reply cache is its only guard);
+//!   a gateway's clock must be within `REPLY_TTL` of ours;
 //! - a request that can never be applied (no address, no or a bad MSISDN,
 //!   an address outside the MNO pools): answered, so the gateway stops
 //!   re-sending it, and counted as `ignored` with the reason;
@@ -34,7 +41,6 @@
 pub mod packet;
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -45,6 +51,7 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{RadiusConfig, Secret};
+use crate::core::BindingSource;
 use crate::net::{App, now_ms};
 use crate::wire::Msisdn;
 use packet::{Header, PacketError, Request, Status};
@@ -190,7 +197,13 @@ impl Server {
             return (Outcome::Duplicate, Some(answer));
         }
         let outcome = match header.attributes() {
-            Ok(request) => self.apply(&request, source, now_ms),
+            Ok(request) => {
+                if let Some(reason) = outside_window(&request, now_ms) {
+                    // Not answered, not cached: nothing a replay can use.
+                    return (Outcome::Dropped(reason), None);
+                }
+                self.apply(&request, source, now_ms)
+            }
             Err(e) => Outcome::Ignored(PacketError::label(e)),
         };
         if matches!(outcome, Outcome::Full) {
@@ -220,11 +233,16 @@ impl Server {
         if !networks.iter().all(|n| config.mno.is_mno_network(n)) {
             return Outcome::Ignored("not_mno_address");
         }
-        let session = session_tag(nas, request.session_id().unwrap_or_default());
+        // A session is its gateway and its Acct-Session-Id: only its own
+        // records change its bindings.
+        let session = BindingSource::Radius {
+            nas,
+            session_id: Arc::from(request.session_id().unwrap_or_default()),
+        };
         let sessions = &self.app.sessions;
         if status == Status::Stop {
             for network in networks {
-                sessions.unbind_session(network, session);
+                sessions.unbind_session(network, &session);
             }
             return Outcome::Applied("stop");
         }
@@ -246,7 +264,13 @@ impl Server {
         // it was lost); it never takes an address from another session.
         let unless_live_at = (status != Status::Start).then_some(now_ms);
         for network in networks {
-            sessions.bind_session(network, subscriber, expires_ms, session, unless_live_at);
+            sessions.bind_session(
+                network,
+                subscriber,
+                expires_ms,
+                session.clone(),
+                unless_live_at,
+            );
         }
         Outcome::Applied(match status {
             Status::Start => "start",
@@ -255,12 +279,19 @@ impl Server {
     }
 }
 
-/// A session as bindings remember it: the gateway and its Acct-Session-Id,
-/// hashed (never 0, which marks bindings made through the admin API).
-fn session_tag(nas: std::net::IpAddr, session_id: &[u8]) -> u64 {
-    let mut hasher = DefaultHasher::new();
-    (nas, session_id).hash(&mut hasher);
-    hasher.finish().max(1)
+/// Why a request is not believed by the time its gateway says it sent it
+/// (see the module docs); `None` when within `REPLY_TTL` of `now_ms`, or
+/// when it does not say.
+fn outside_window(request: &Request<'_>, now_ms: u64) -> Option<&'static str> {
+    let sent_ms = request.sent_at_secs()?.saturating_mul(1000);
+    let window = REPLY_TTL.as_millis() as u64;
+    if sent_ms.saturating_add(window) < now_ms {
+        return Some("stale_timestamp");
+    }
+    if sent_ms > now_ms.saturating_add(window) {
+        return Some("future_timestamp");
+    }
+    None
 }
 
 /// The gateway (its address: some re-send from another port), the
@@ -303,6 +334,52 @@ impl Replies {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_request_is_believed_within_the_reply_window_of_when_it_was_sent() {
+        let now_secs = 1_800_000_000u64;
+        let now_ms = now_secs * 1000 + 500;
+        let verdict = |event: Option<u64>, delay: Option<u32>| {
+            let mut attributes =
+                vec![(packet::attr::ACCT_STATUS_TYPE, 1u32.to_be_bytes().to_vec())];
+            if let Some(event) = event {
+                attributes.push((
+                    packet::attr::EVENT_TIMESTAMP,
+                    (event as u32).to_be_bytes().to_vec(),
+                ));
+            }
+            if let Some(delay) = delay {
+                attributes.push((packet::attr::ACCT_DELAY_TIME, delay.to_be_bytes().to_vec()));
+            }
+            let attributes: Vec<(u8, &[u8])> =
+                attributes.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+            let datagram = packet::accounting_request(7, &attributes, b"secret");
+            let header = Header::read(&datagram).unwrap();
+            outside_window(&header.attributes().unwrap(), now_ms)
+        };
+        let window = REPLY_TTL.as_secs();
+        assert_eq!(verdict(None, None), None, "no timestamp: the cache only");
+        assert_eq!(verdict(Some(now_secs), None), None);
+        assert_eq!(verdict(Some(now_secs - window + 1), None), None);
+        assert_eq!(
+            verdict(Some(now_secs - window - 1), None),
+            Some("stale_timestamp")
+        );
+        assert_eq!(
+            verdict(Some(now_secs - 120), Some(119)),
+            None,
+            "re-sent for two minutes: sent now"
+        );
+        assert_eq!(
+            verdict(Some(now_secs - 120), Some(60)),
+            Some("stale_timestamp")
+        );
+        assert_eq!(verdict(Some(now_secs + window), None), None);
+        assert_eq!(
+            verdict(Some(now_secs + window + 1), None),
+            Some("future_timestamp")
+        );
+    }
 
     #[test]
     fn the_reply_cache_is_bounded_and_forgets_old_answers() {

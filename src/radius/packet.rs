@@ -27,7 +27,11 @@ pub mod attr {
     pub const VENDOR_SPECIFIC: u8 = 26;
     pub const CALLING_STATION_ID: u8 = 31;
     pub const ACCT_STATUS_TYPE: u8 = 40;
+    /// RFC 2866 §5.2: seconds the client has been trying to send this record.
+    pub const ACCT_DELAY_TIME: u8 = 41;
     pub const ACCT_SESSION_ID: u8 = 44;
+    /// RFC 2869 §5.3: when the event happened on the NAS, Unix seconds.
+    pub const EVENT_TIMESTAMP: u8 = 55;
     pub const FRAMED_IPV6_PREFIX: u8 = 97;
 }
 
@@ -212,6 +216,19 @@ impl<'a> Request<'a> {
 
     pub fn session_id(&self) -> Option<&'a [u8]> {
         self.unknown(attr::ACCT_SESSION_ID)
+    }
+
+    /// When the NAS sent this record, in Unix seconds: its Event-Timestamp
+    /// plus its Acct-Delay-Time (a record re-sent with a new delay is a
+    /// new packet, new Identifier and authenticator, so a replay carries
+    /// the time of the original). `None` without an Event-Timestamp.
+    pub fn sent_at_secs(&self) -> Option<u64> {
+        let integer = |kind| -> Option<u32> {
+            Some(u32::from_be_bytes(self.unknown(kind)?.try_into().ok()?))
+        };
+        let event = integer(attr::EVENT_TIMESTAMP)?;
+        let delay = integer(attr::ACCT_DELAY_TIME).unwrap_or(0);
+        Some(u64::from(event) + u64::from(delay))
     }
 
     /// The subscriber's addresses: Framed-IP-Address as a /32, and

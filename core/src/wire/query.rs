@@ -62,7 +62,10 @@ fn decode_pair(pair: &str) -> (Cow<'_, str>, Cow<'_, str>) {
     let (name, value) = form_urlencoded::parse(pair.as_bytes())
         .next()
         .expect("a pair that is not empty");
-    (Cow::Owned(name.into_owned()), Cow::Owned(value.into_owned()))
+    (
+        Cow::Owned(name.into_owned()),
+        Cow::Owned(value.into_owned()),
+    )
 }
 
 #[cfg(test)]
