@@ -23,7 +23,7 @@ async fn main() {
         .unwrap_or(if smoke { 20_000 } else { 1_000_000 });
     let dir = tempfile::tempdir_in("/var/tmp").unwrap();
     let text = config::config_text(dir.path(), "", "");
-    let running = homecmp::net::start(Config::parse(&text, Vec::new()).unwrap())
+    let running = homecmp::server::start(Config::parse(&text, Vec::new()).unwrap())
         .await
         .unwrap();
     let body: String = (0..n)

@@ -18,7 +18,7 @@ use http::{HeaderMap, HeaderValue, Method, Uri};
 
 use config::config_text;
 use homecmp::config::Config;
-use homecmp::net::metrics::Protocol;
+use homecmp::metrics::Protocol;
 use homecmp::net::resolve::{self, ConnInfo};
 use homecmp::store::{IdentitySource, NewAssociation};
 use homecmp::wire::{ClientId, IndirectCode, Msisdn};
@@ -104,7 +104,7 @@ fn bench(c: &mut Criterion) {
         "[limits]\nrequests_per_address_per_sec = 0\nrequests_per_clientid_per_sec = 0\nunauthenticated_per_sec = 0\n",
     );
     let config = Config::parse(&text, Vec::new()).unwrap();
-    let running = runtime.block_on(homecmp::net::start(config)).unwrap();
+    let running = runtime.block_on(homecmp::server::start(config)).unwrap();
     let app = running.app.clone();
     runtime.block_on(async {
         let code = IndirectCode::parse(CODE).unwrap();
@@ -115,11 +115,15 @@ fn bench(c: &mut Criterion) {
         let owner = app
             .key
             .subscriber_ref(&Msisdn::parse("+447700900001").unwrap());
-        let other = app
-            .key
-            .subscriber_ref(&Msisdn::parse("+447700900002").unwrap());
-        app.sessions
-            .bind("127.1.0.2/32".parse().unwrap(), other, u64::MAX);
+        app.bindings
+            .bind(homecmp::sessions::Bind {
+                networks: &["127.1.0.2/32".parse().unwrap()],
+                msisdn: &Msisdn::parse("+447700900002").unwrap(),
+                expires_ms: u64::MAX,
+                source: homecmp::core::BindingSource::Admin,
+                unless_live_at: None,
+            })
+            .unwrap();
         let new = NewAssociation {
             clientid: ClientId::parse("bench-app").unwrap(),
             subscriber: owner,
@@ -143,7 +147,7 @@ fn bench(c: &mut Criterion) {
             protocol: Protocol::Http2,
         };
         // These paths never wait (no association is created): poll once.
-        let answer = |app: &homecmp::net::App| {
+        let answer = |app: &homecmp::app::App| {
             resolve::handle(app, conn, &Method::GET, &uri, &headers)
                 .now_or_never()
                 .expect("decided without waiting")

@@ -13,8 +13,8 @@ use std::time::Duration;
 use criterion::{Criterion, criterion_group, criterion_main};
 
 use homecmp::config::Config;
+use homecmp::limits::{KeyedRate, Lag, Pace, PenaltyBox, PerAddress, Verdict, source_key};
 use homecmp::net::conn::Conduct;
-use homecmp::net::limits::{KeyedRate, Lag, Pace, PenaltyBox, PerAddress, Verdict, source_key};
 
 /// The i-th address of 127.0.0.0/8: distinct for i < 2^24.
 fn address(i: u32) -> IpAddr {

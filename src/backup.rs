@@ -73,7 +73,7 @@ pub fn backup(data_dir: &Path, to: &Path, out: &mut impl Write) -> Result<Manife
         events: replayed.events,
         last_seq: replayed.counts.last_seq,
         method: method.into(),
-        made_at_ms: crate::net::now_ms(),
+        made_at_ms: crate::clock::now_ms(),
         files,
     };
     let text = serde_json::to_string_pretty(&manifest).expect("serialisable");

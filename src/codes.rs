@@ -19,7 +19,7 @@ use bytes::Bytes;
 use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
-use crate::net::App;
+use crate::core::Policy;
 use crate::store::{Store, StoreError};
 use crate::wire::IndirectCode;
 
@@ -163,7 +163,8 @@ pub fn parse_row(
 
 /// Reads `body` and imports it (see the module docs).
 pub async fn import(
-    app: &App,
+    store: &Store,
+    policy: &Policy,
     body: impl Stream<Item = Result<Bytes, String>>,
     format: Format,
     dry_run: bool,
@@ -182,16 +183,16 @@ pub async fn import(
             error,
         })?;
         for (number, line) in lines.feed(&chunk) {
-            batch.take(app, format, number, line, &mut report);
+            batch.take(policy, format, number, line, &mut report);
             if batch.rows == BATCH {
-                batch = batch.finish(app, dry_run, &mut report).await?;
+                batch = batch.finish(store, dry_run, &mut report).await?;
             }
         }
     }
     if let Some((number, line)) = lines.finish() {
-        batch.take(app, format, number, line, &mut report);
+        batch.take(policy, format, number, line, &mut report);
     }
-    batch.finish(app, dry_run, &mut report).await?;
+    batch.finish(store, dry_run, &mut report).await?;
     Ok(report)
 }
 
@@ -225,7 +226,7 @@ impl Batch {
 
     fn take(
         &mut self,
-        app: &App,
+        policy: &Policy,
         format: Format,
         number: u64,
         line: Result<String, String>,
@@ -248,7 +249,7 @@ impl Batch {
         }
         self.last_line = number;
         let row = match &line {
-            Ok(_) => parse_row(&app.config.policy, format, text),
+            Ok(_) => parse_row(policy, format, text),
             Err(unreadable) => Err(unreadable.clone()),
         };
         match row {
@@ -274,7 +275,7 @@ impl Batch {
     /// report so far.
     async fn finish(
         self,
-        app: &App,
+        store: &Store,
         dry_run: bool,
         report: &mut Report,
     ) -> Result<Batch, ImportError> {
@@ -289,9 +290,8 @@ impl Batch {
         }
         if !dry_run {
             let rows = self.valid.len() as u64;
-            let written = app
-                .store
-                .register_codes(self.valid, crate::net::now_ms())
+            let written = store
+                .register_codes(self.valid, crate::clock::now_ms())
                 .await;
             if let Err(source) = written {
                 report.not_written = Some(BatchNotWritten {

@@ -129,6 +129,10 @@ pub struct PeerConfig {
     pub spki_sha256: Option<[u8; 32]>,
 }
 
+/// Session bindings held at most when `radius.max_bindings` is not set
+/// (admin bindings count too).
+pub const DEFAULT_MAX_BINDINGS: usize = 4_000_000;
+
 /// `[radius]`: where the packet gateways send accounting, and with what.
 #[derive(Debug, Clone)]
 pub struct RadiusConfig {
@@ -352,7 +356,7 @@ impl Default for RawRadius {
             clients: Vec::new(),
             msisdn_attribute: "calling-station-id".into(),
             binding_ttl_secs: 2 * 3600,
-            max_bindings: 4_000_000,
+            max_bindings: DEFAULT_MAX_BINDINGS,
         }
     }
 }
@@ -652,6 +656,8 @@ fn env_value(text: &str) -> toml::Value {
 }
 
 fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
+    check_bounds(&raw, errors);
+    let http3 = http3(&raw);
     let mut addr = |key: &str, text: &str| -> SocketAddr {
         text.parse().unwrap_or_else(|_| {
             errors.push(format!("{key}: {text:?} is not an address:port"));
@@ -668,13 +674,7 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
             None
         }
     };
-    let mut routing_prefixes = Vec::new();
-    for text in &raw.server.routing_prefixes {
-        match RoutingPrefix::parse(text) {
-            Ok(p) => routing_prefixes.push(p),
-            Err(e) => errors.push(format!("server.routing_prefixes: {text:?}: {e}")),
-        }
-    }
+    let routing_prefixes = routing_prefixes(&raw.server.routing_prefixes, errors);
     let cluster = cluster(raw.cluster, errors);
     let radius = radius(raw.radius, errors);
     if !(1..=3600).contains(&raw.server.scan_stats_flush_secs) {
@@ -692,12 +692,74 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
         );
     }
     let subscriber_secret = raw.server.subscriber_secret.as_deref().and_then(|hex| {
-        let secret = parse_secret(hex);
+        let secret = parse_secret(hex).map(Secret);
         if secret.is_none() {
             errors.push("server.subscriber_secret: expected 64 hex digits".into());
         }
-        secret.map(Secret)
+        secret
     });
+    let (mno, msisdn_header) = mno(&raw.mno, errors);
+    let auth = &raw.auth;
+    if auth.max_clientids_per_subscriber == 0 {
+        errors.push("auth.max_clientids_per_subscriber: must be at least 1".into());
+    }
+    if auth.associations_per_minute == 0 {
+        errors.push("auth.associations_per_minute: must be at least 1".into());
+    }
+    Config {
+        scan_stats_flush: Duration::from_secs(raw.server.scan_stats_flush_secs),
+        data_dir: raw.server.data_dir,
+        listen,
+        http3,
+        tls,
+        policy: policy(auth, federation.as_ref(), routing_prefixes),
+        max_clientids_per_subscriber: auth.max_clientids_per_subscriber,
+        associations_per_minute: auth.associations_per_minute,
+        session_ttl: Duration::from_secs(auth.session_ttl_secs),
+        mno,
+        msisdn_header,
+        subscriber_secret,
+        admin_listen,
+        admin_token_file: raw.admin.token_file,
+        admin_max_connections: raw.admin.max_connections,
+        limits: limits(&raw.limits),
+        log_json: raw.log.json,
+        cluster,
+        radius,
+        federation,
+    }
+}
+
+/// What the resolution rule applies: `[auth]`'s mode, the prefixes this
+/// CMP owns and those its peers do.
+fn policy(
+    auth: &RawAuth,
+    federation: Option<&FederationConfig>,
+    routing_prefixes: Vec<RoutingPrefix>,
+) -> Policy {
+    Policy {
+        mode: auth.mode,
+        on_mismatch: auth.on_mismatch,
+        federated_prefixes: federation
+            .iter()
+            .flat_map(|f| f.peers.iter().map(|peer| peer.prefix.clone()))
+            .collect(),
+        peer_registry: federation.is_some_and(|f| f.mcr_url.is_some()),
+        routing_prefixes,
+    }
+}
+
+fn routing_prefixes(texts: &[String], errors: &mut Vec<String>) -> Vec<RoutingPrefix> {
+    let parse = |text: &String| {
+        RoutingPrefix::parse(text)
+            .map_err(|e| errors.push(format!("server.routing_prefixes: {text:?}: {e}")))
+            .ok()
+    };
+    texts.iter().filter_map(parse).collect()
+}
+
+/// `[mno]`: the networks, the trusted gateways, the MSISDN header.
+fn mno(raw: &RawMno, errors: &mut Vec<String>) -> (MnoPolicy, http::HeaderName) {
     let mut nets = |key: &str, list: &[String]| -> Vec<IpNet> {
         list.iter()
             .filter_map(|text| match parse_net(text) {
@@ -709,23 +771,28 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
             })
             .collect()
     };
-    let networks = nets("mno.networks", &raw.mno.networks);
-    let trusted_gateways = nets("mno.trusted_gateways", &raw.mno.trusted_gateways);
+    let networks = nets("mno.networks", &raw.networks);
+    let trusted_gateways = nets("mno.trusted_gateways", &raw.trusted_gateways);
     let msisdn_header =
-        http::HeaderName::try_from(raw.mno.msisdn_header.as_str()).unwrap_or_else(|_| {
+        http::HeaderName::try_from(raw.msisdn_header.as_str()).unwrap_or_else(|_| {
             errors.push(format!(
                 "mno.msisdn_header: {:?} is not a header name",
-                raw.mno.msisdn_header
+                raw.msisdn_header
             ));
             http::HeaderName::from_static("x-msisdn")
         });
+    let policy = MnoPolicy {
+        networks,
+        trusted_gateways,
+    };
+    (policy, msisdn_header)
+}
+
+/// Values that must not be 0, and upper bounds: past them a value is a
+/// typo, and some (a QUIC idle timeout, a date for a session's expiry) have
+/// hard limits downstream. A flat table.
+fn check_bounds(raw: &Raw, errors: &mut Vec<String>) {
     let auth = &raw.auth;
-    if auth.max_clientids_per_subscriber == 0 {
-        errors.push("auth.max_clientids_per_subscriber: must be at least 1".into());
-    }
-    if auth.associations_per_minute == 0 {
-        errors.push("auth.associations_per_minute: must be at least 1".into());
-    }
     let limits = &raw.limits;
     for (key, value) in [
         ("limits.max_connections", limits.max_connections as u64),
@@ -749,8 +816,6 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
             errors.push(format!("{key}: must be greater than 0"));
         }
     }
-    // Upper bounds: past them a value is a typo, and some (a QUIC idle
-    // timeout, a date for a session's expiry) have hard limits downstream.
     const HOUR_MS: u64 = 3_600_000;
     for (key, value, max) in [
         (
@@ -800,77 +865,52 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
             ));
         }
     }
-    Config {
-        scan_stats_flush: Duration::from_secs(raw.server.scan_stats_flush_secs),
-        data_dir: raw.server.data_dir,
-        listen,
-        http3: Http3Config {
-            enabled: raw.server.http3,
-            retry: raw.http3.retry,
-            retry_above_handshakes: raw.http3.retry_above_handshakes,
-            max_handshakes: raw.http3.max_handshakes,
-            connections_per_address_per_sec: raw.http3.connections_per_address_per_sec,
-            validation_token_lifetime_secs: raw.http3.validation_token_lifetime_secs,
-            worker_threads: raw.http3.worker_threads,
+}
+
+/// `[limits]`, in the units the server uses. A flat table.
+fn limits(limits: &RawLimits) -> Limits {
+    Limits {
+        max_connections: limits.max_connections,
+        header_read_timeout: Duration::from_millis(limits.header_read_timeout_ms),
+        idle_timeout: Duration::from_millis(limits.idle_timeout_ms),
+        max_header_bytes: limits.max_header_bytes,
+        max_concurrent_streams: limits.max_concurrent_streams,
+        max_uri_bytes: limits.max_uri_bytes,
+        shutdown_grace: Duration::from_millis(limits.shutdown_grace_ms),
+        shed_unauthenticated_above: match limits.shed_unauthenticated_above {
+            0 => (limits.max_connections.saturating_mul(8) / 10).max(1),
+            n => n,
         },
-        tls,
-        policy: Policy {
-            mode: auth.mode,
-            on_mismatch: auth.on_mismatch,
-            federated_prefixes: federation
-                .iter()
-                .flat_map(|f| f.peers.iter().map(|peer| peer.prefix.clone()))
-                .collect(),
-            peer_registry: federation.as_ref().is_some_and(|f| f.mcr_url.is_some()),
-            routing_prefixes,
+        max_connections_per_address: limits.max_connections_per_address,
+        accepts_per_address_per_sec: limits.accepts_per_address_per_sec,
+        requests_per_address_per_sec: limits.requests_per_address_per_sec,
+        requests_per_clientid_per_sec: limits.requests_per_clientid_per_sec,
+        limiter_max_keys: limits.limiter_max_keys,
+        ipv6_prefix_len: limits.ipv6_prefix_len,
+        unauthenticated_per_sec: limits.unauthenticated_per_sec,
+        first_scans_per_sec: limits.first_scans_per_sec,
+        tarpit_max: Duration::from_millis(limits.tarpit_max_ms),
+        handshakes_per_sec: match limits.handshakes_per_sec {
+            AutoOr::Value(n) => n,
+            AutoOr::Word(Auto::Auto) => HANDSHAKES_PER_SEC_PER_CORE * cores(),
         },
-        max_clientids_per_subscriber: auth.max_clientids_per_subscriber,
-        associations_per_minute: auth.associations_per_minute,
-        session_ttl: Duration::from_secs(auth.session_ttl_secs),
-        mno: MnoPolicy {
-            networks,
-            trusted_gateways,
-        },
-        msisdn_header,
-        subscriber_secret,
-        admin_listen,
-        admin_token_file: raw.admin.token_file,
-        admin_max_connections: raw.admin.max_connections,
-        limits: Limits {
-            max_connections: limits.max_connections,
-            header_read_timeout: Duration::from_millis(limits.header_read_timeout_ms),
-            idle_timeout: Duration::from_millis(limits.idle_timeout_ms),
-            max_header_bytes: limits.max_header_bytes,
-            max_concurrent_streams: limits.max_concurrent_streams,
-            max_uri_bytes: limits.max_uri_bytes,
-            shutdown_grace: Duration::from_millis(limits.shutdown_grace_ms),
-            shed_unauthenticated_above: match limits.shed_unauthenticated_above {
-                0 => (limits.max_connections.saturating_mul(8) / 10).max(1),
-                n => n,
-            },
-            max_connections_per_address: limits.max_connections_per_address,
-            accepts_per_address_per_sec: limits.accepts_per_address_per_sec,
-            requests_per_address_per_sec: limits.requests_per_address_per_sec,
-            requests_per_clientid_per_sec: limits.requests_per_clientid_per_sec,
-            limiter_max_keys: limits.limiter_max_keys,
-            ipv6_prefix_len: limits.ipv6_prefix_len,
-            unauthenticated_per_sec: limits.unauthenticated_per_sec,
-            first_scans_per_sec: limits.first_scans_per_sec,
-            tarpit_max: Duration::from_millis(limits.tarpit_max_ms),
-            handshakes_per_sec: match limits.handshakes_per_sec {
-                AutoOr::Value(n) => n,
-                AutoOr::Word(Auto::Auto) => HANDSHAKES_PER_SEC_PER_CORE * cores(),
-            },
-            overload_lag: Duration::from_millis(limits.overload_lag_ms),
-            refusals_before_slowdown: limits.refusals_before_slowdown,
-            refusals_before_close: limits.refusals_before_close,
-            penalty: Duration::from_secs(limits.penalty_secs),
-            tarpit_per_source: limits.tarpit_per_source,
-        },
-        log_json: raw.log.json,
-        cluster,
-        radius,
-        federation,
+        overload_lag: Duration::from_millis(limits.overload_lag_ms),
+        refusals_before_slowdown: limits.refusals_before_slowdown,
+        refusals_before_close: limits.refusals_before_close,
+        penalty: Duration::from_secs(limits.penalty_secs),
+        tarpit_per_source: limits.tarpit_per_source,
+    }
+}
+
+fn http3(raw: &Raw) -> Http3Config {
+    Http3Config {
+        enabled: raw.server.http3,
+        retry: raw.http3.retry,
+        retry_above_handshakes: raw.http3.retry_above_handshakes,
+        max_handshakes: raw.http3.max_handshakes,
+        connections_per_address_per_sec: raw.http3.connections_per_address_per_sec,
+        validation_token_lifetime_secs: raw.http3.validation_token_lifetime_secs,
+        worker_threads: raw.http3.worker_threads,
     }
 }
 
@@ -904,40 +944,9 @@ fn federation(
     let ca_file = file("ca_file", raw.ca_file);
     let mut peers: Vec<PeerConfig> = Vec::new();
     for peer in raw.peers {
-        let prefix = match RoutingPrefix::parse(&peer.prefix) {
-            Ok(prefix) => prefix,
-            Err(e) => {
-                errors.push(format!("federation.peers.prefix: {:?}: {e}", peer.prefix));
-                continue;
-            }
-        };
-        if own.contains(&prefix) || peers.iter().any(|p| p.prefix == prefix) {
-            errors.push(format!(
-                "federation.peers.prefix: {:?} is this CMP's or listed twice",
-                peer.prefix
-            ));
+        if let Some(peer) = peer_config(peer, own, &peers, errors) {
+            peers.push(peer);
         }
-        if !peer.url.starts_with("https://") || peer.url.parse::<http::Uri>().is_err() {
-            errors.push(format!(
-                "federation.peers.url: {:?} is not an https:// URL",
-                peer.url
-            ));
-        }
-        let spki_sha256 = peer.spki_sha256.as_deref().and_then(|text| {
-            let pin = parse_sha256(text);
-            if pin.is_none() {
-                errors.push(format!(
-                    "federation.peers.spki_sha256: {text:?} is not a SHA-256 (64 hex digits, or base64)"
-                ));
-            }
-            pin
-        });
-        peers.push(PeerConfig {
-            prefix,
-            url: peer.url.trim_end_matches('/').to_owned(),
-            ca_file: peer.ca_file,
-            spki_sha256,
-        });
     }
     if !(100..=60_000).contains(&raw.timeout_ms) {
         errors.push(format!(
@@ -978,6 +987,50 @@ fn federation(
         max_connections_per_address: raw.max_connections_per_address,
         accepts_per_address_per_sec: raw.accepts_per_address_per_sec,
         handshakes_per_sec: raw.handshakes_per_sec,
+    })
+}
+
+/// One `[[federation.peers]]`: `None` when its prefix does not parse
+/// (other mistakes are reported and the peer kept, so all are reported).
+fn peer_config(
+    peer: RawPeer,
+    own: &[RoutingPrefix],
+    peers: &[PeerConfig],
+    errors: &mut Vec<String>,
+) -> Option<PeerConfig> {
+    let prefix = match RoutingPrefix::parse(&peer.prefix) {
+        Ok(prefix) => prefix,
+        Err(e) => {
+            errors.push(format!("federation.peers.prefix: {:?}: {e}", peer.prefix));
+            return None;
+        }
+    };
+    if own.contains(&prefix) || peers.iter().any(|p| p.prefix == prefix) {
+        errors.push(format!(
+            "federation.peers.prefix: {:?} is this CMP's or listed twice",
+            peer.prefix
+        ));
+    }
+    if !peer.url.starts_with("https://") || peer.url.parse::<http::Uri>().is_err() {
+        errors.push(format!(
+            "federation.peers.url: {:?} is not an https:// URL",
+            peer.url
+        ));
+    }
+    let spki_sha256 = peer.spki_sha256.as_deref().and_then(|text| {
+        let pin = parse_sha256(text);
+        if pin.is_none() {
+            errors.push(format!(
+                "federation.peers.spki_sha256: {text:?} is not a SHA-256 (64 hex digits, or base64)"
+            ));
+        }
+        pin
+    });
+    Some(PeerConfig {
+        prefix,
+        url: peer.url.trim_end_matches('/').to_owned(),
+        ca_file: peer.ca_file,
+        spki_sha256,
     })
 }
 

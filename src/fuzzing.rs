@@ -95,7 +95,7 @@ pub fn event(data: &[u8]) {
 
 /// The peeked first TLS record: a ticket found is a part of the record.
 pub fn client_hello(data: &[u8]) {
-    if let Some(ticket) = crate::net::tls::offered_ticket(data) {
+    if let Some(ticket) = crate::tls::offered_ticket(data) {
         let range = data.as_ptr_range();
         assert!(range.contains(&ticket.as_ptr()) || ticket.is_empty());
         assert!(ticket.len() <= data.len());

@@ -12,17 +12,24 @@
 //!
 //! The `homecmp` binary only parses its command line and calls in here.
 
+pub mod app;
 pub mod backup;
+pub mod clock;
 pub mod codes;
 pub mod config;
 pub mod deploy;
 pub mod federation;
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod limits;
+pub mod metrics;
 pub mod net;
 pub mod radius;
+pub mod server;
+pub mod sessions;
 pub mod sre;
 pub mod store;
+pub mod tls;
 
 // The rules live in their own crate, `homecmp-core`, that cargo keeps free of
 // tokio and RocksDB; these names keep every path in the server the same.

@@ -264,7 +264,7 @@ fn serve(path: Option<PathBuf>, log_json: bool) -> ExitCode {
     init_tracing(config.log_json || log_json);
     let runtime = tokio::runtime::Runtime::new().expect("start the tokio runtime");
     runtime.block_on(async {
-        let running = match homecmp::net::start(config).await {
+        let running = match homecmp::server::start(config).await {
             Ok(running) => running,
             Err(e) => {
                 tracing::error!(error = %e, "cannot start");

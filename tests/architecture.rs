@@ -262,6 +262,55 @@ fn no_import_circles() {
     }
 }
 
+/// `src/server.rs` is the composition root: it builds everything, and
+/// nothing in the library builds on it (the binary calls it from outside).
+#[test]
+fn nothing_imports_the_composition_root() {
+    let graph = module_graph(&Path::new(ROOT).join("src"));
+    let root = vec!["server".to_owned()];
+    assert!(graph.contains_key(&root), "src/server.rs is gone");
+    let users: Vec<String> = graph
+        .iter()
+        .filter(|(_, uses)| uses.contains(&root))
+        .map(|(module, _)| module.join("::"))
+        .collect();
+    assert!(users.is_empty(), "modules import crate::server: {users:?}");
+}
+
+/// Session bindings are written in one place, `Bindings::bind` in
+/// `src/sessions.rs`, which checks the MNO pools and the cap.
+#[test]
+fn only_sessions_writes_bindings() {
+    struct Calls(Vec<String>);
+    impl<'ast> Visit<'ast> for Calls {
+        fn visit_item_mod(&mut self, item: &'ast syn::ItemMod) {
+            if !is_test(&item.attrs) {
+                syn::visit::visit_item_mod(self, item);
+            }
+        }
+        fn visit_expr_method_call(&mut self, call: &'ast syn::ExprMethodCall) {
+            if call.method == "bind_session" {
+                self.0.push(call.method.to_string());
+            }
+            syn::visit::visit_expr_method_call(self, call);
+        }
+    }
+    let src = Path::new(ROOT).join("src");
+    for file in rust_files(&src) {
+        let mut calls = Calls(Vec::new());
+        calls.visit_file(&parse(&file));
+        let allowed = file.ends_with("src/sessions.rs");
+        assert!(
+            allowed || calls.0.is_empty(),
+            "{} writes session bindings itself; go through sessions::Bindings::bind",
+            file.display()
+        );
+        if allowed {
+            assert_eq!(calls.0.len(), 1, "Bindings::bind is the one writer");
+        }
+    }
+}
+
 #[test]
 fn the_circle_finder_finds_circles() {
     let m = |s: &str| s.split("::").map(String::from).collect::<Vec<_>>();

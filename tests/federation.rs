@@ -313,8 +313,8 @@ async fn registry(
     owners: Vec<(String, String)>,
 ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
     let (_, cert, key) = pki(dir, "mcr");
-    let (certs, key) = homecmp::net::tls::load(&cert, &key).unwrap();
-    let tls = homecmp::net::tls::server_config(certs, key, &[b"h2", b"http/1.1"]).unwrap();
+    let (certs, key) = homecmp::tls::load(&cert, &key).unwrap();
+    let tls = homecmp::tls::server_config(certs, key, &[b"h2", b"http/1.1"]).unwrap();
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("https://{}", listener.local_addr().unwrap());

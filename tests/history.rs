@@ -169,7 +169,7 @@ fn homecmp_log(args: &[&str], data: &Path) -> (bool, String) {
 async fn retention_blanks_old_ended_history_keeps_the_state_and_frees_disk() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let now = homecmp::net::now_ms();
+    let now = homecmp::clock::now_ms();
     let old = now - 40 * 24 * 3600 * 1000;
     // A log as `log export` writes it, imported (no HTTP, no fsync each):
     // 12,000 associations of as many subscribers, with UUID clientids;

@@ -238,7 +238,10 @@ pub fn canonical_net(net: IpNet) -> IpNet {
 }
 
 impl Sessions {
-    /// Binds `network` (an address is a /32 or /128) to `subscriber`.
+    /// Binds `network` (an address is a /32 or /128) to `subscriber`: the
+    /// tests' shorthand. The server binds through `homecmp::sessions`
+    /// (`Bindings::bind`), which checks the MNO pools and the cap.
+    #[cfg(test)]
     pub fn bind(&self, network: IpNet, subscriber: SubscriberRef, expires_ms: u64) {
         self.bind_session(network, subscriber, expires_ms, BindingSource::Admin, None);
     }

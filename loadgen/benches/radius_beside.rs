@@ -24,8 +24,8 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use homecmp::config::Config;
-use homecmp::net::{self, Running};
 use homecmp::radius::packet::{Status, accounting_request, session_attributes};
+use homecmp::server::{self, Running};
 use homecmp_loadgen::cli::Args;
 use tokio::net::UdpSocket;
 
@@ -53,7 +53,7 @@ async fn server(dir: &Path) -> Running {
     );
     let text = config::config_text(&dir.join("data"), "", &extra);
     let config = Config::parse(&text, Vec::new()).expect("valid bench config");
-    net::start(config).await.expect("server starts")
+    server::start(config).await.expect("server starts")
 }
 
 /// The `n`-th Start: an address in 127.8.0.0/16 (the loadgen's subscribers

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use clap::Parser;
 use homecmp::config::Config;
-use homecmp::net::{self, Running};
+use homecmp::server::{self, Running};
 use homecmp_loadgen::cli::Args;
 use homecmp_loadgen::report::{EXIT_OK, EXIT_SECURITY};
 use serde_json::Value;
@@ -40,7 +40,7 @@ async fn server(data_dir: &Path, auth: &str, extra: &str) -> Running {
         ),
     );
     let config = Config::parse(&text, Vec::new()).expect("valid test config");
-    net::start(config).await.expect("server starts")
+    server::start(config).await.expect("server starts")
 }
 
 /// Loadgen arguments aimed at `server`, plus `extra` (split at spaces; temp

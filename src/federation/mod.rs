@@ -28,7 +28,7 @@
 //!   `Resolution::Peer` for an unauthenticated [`Permit`]).
 //! - Admission to the federation listener, before any TLS: the public
 //!   listener's [`crate::net::admit`] with `Transport::Federation` and
-//!   limiters of its own; then its handshake pace (`listener`).
+//!   limiters of its own; then its handshake pace (`crate::net::federation`).
 //! - A peer's certificate (community CA or the peer's `ca_file`, then its
 //!   `spki_sha256` pin), and the addresses a registry answer may name:
 //!   `trust`, on every outgoing connection.
@@ -43,7 +43,6 @@
 //! circuit breaker) and the federation listener; the decision that a code
 //! belongs to a peer is the core's ([`crate::core::resolve`]).
 
-mod listener;
 mod trust;
 
 use std::sync::Arc;
@@ -52,12 +51,10 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
+use crate::clock::now_ms;
 use crate::config::FederationConfig;
 use crate::core::{Permit, Refusal};
-use crate::net::now_ms;
 use crate::wire::IndirectCode;
-
-pub use listener::serve;
 
 /// The federation resolve path, on the listener and towards peers.
 pub const RESOLVE_PATH: &str = "/fed/v1/resolve";
@@ -65,7 +62,7 @@ pub const RESOLVE_PATH: &str = "/fed/v1/resolve";
 #[derive(Debug, thiserror::Error)]
 pub enum FederationError {
     #[error(transparent)]
-    Tls(#[from] crate::net::tls::TlsError),
+    Tls(#[from] crate::tls::TlsError),
     #[error("federation client: {0}")]
     Client(String),
 }
@@ -214,11 +211,13 @@ struct PeerAnswer {
 }
 
 impl Peers {
-    pub fn new(config: &FederationConfig) -> Result<Self, FederationError> {
-        let identity = crate::net::tls::load(&config.cert_file, &config.key_file)?;
-        let community_roots = crate::net::tls::roots(&config.ca_file)?;
+    pub fn new(
+        config: &FederationConfig,
+        membership: &crate::tls::Membership,
+    ) -> Result<Self, FederationError> {
+        let community_roots = membership.community.clone();
         let client = |roots, pin, peer: &str, resolver: Option<trust::PublicOnly>| {
-            let identity = (identity.0.clone(), identity.1.clone_key());
+            let identity = (membership.certs.clone(), membership.key.clone_key());
             let tls = trust::client_config(identity, roots, pin, peer)?;
             let mut builder = reqwest::Client::builder()
                 .tls_backend_preconfigured(tls)
@@ -247,7 +246,7 @@ impl Peers {
                 (None, None) => community.clone(),
                 (ca_file, pin) => {
                     let roots = match ca_file {
-                        Some(ca_file) => crate::net::tls::roots(ca_file)?,
+                        Some(ca_file) => crate::tls::roots(ca_file)?,
                         None => community_roots.clone(),
                     };
                     client(roots, pin, &peer.url, None)?

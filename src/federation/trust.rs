@@ -62,11 +62,11 @@ pub fn client_config(
     let (certs, key) = identity;
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])
-        .map_err(crate::net::tls::TlsError::from)?
+        .map_err(crate::tls::TlsError::from)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(certs, key)
-        .map_err(crate::net::tls::TlsError::from)?;
+        .map_err(crate::tls::TlsError::from)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(config)
 }

@@ -30,9 +30,10 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::json;
 
-use super::App;
 use super::error::AdminError;
-use super::metrics::RuntimeLabel;
+use crate::app::App;
+use crate::metrics::RuntimeLabel;
+use crate::sessions::{Bind, BindError};
 use crate::wire::{ClientId, IndirectCode, Msisdn};
 
 /// Shared by the admin handlers: the token, and the application once ready.
@@ -85,21 +86,25 @@ pub async fn serve(
     listener: tokio::net::TcpListener,
     router: axum::Router,
     limits: crate::config::Limits,
-    max_connections: usize,
+    admission: crate::limits::Admission,
+    metrics: Arc<crate::metrics::Metrics>,
     shutdown: tokio_util::sync::CancellationToken,
     tracker: tokio_util::task::TaskTracker,
 ) {
     let limits = Arc::new(limits);
-    let full = || {
-        tracing::warn!(
-            max_connections,
-            "admin connection cap reached; closing a new one"
-        )
+    let admit = |peer: std::net::SocketAddr| {
+        let transport = super::admit::Transport::Admin;
+        let admitted = super::admit::admit_with(&admission, &metrics, transport, peer.ip());
+        if let Err(reason) = admitted {
+            tracing::warn!(reason, "admin connection refused");
+        }
+        admitted.ok()
     };
     let stop = shutdown.clone();
-    let serve = move |stream, _peer| {
+    let serve = move |stream, _peer, slot| {
         let (router, limits, shutdown) = (router.clone(), limits.clone(), stop.clone());
         async move {
+            let _slot = slot;
             // Operators' tools: no conduct rule (a token is needed anyway).
             let conduct = super::conn::Conduct::new();
             super::conn::serve(stream, &limits, shutdown, conduct, move |request| {
@@ -115,7 +120,7 @@ pub async fn serve(
             .await;
         }
     };
-    super::conn::accept(listener, max_connections, shutdown, tracker, full, serve).await;
+    super::conn::accept(listener, shutdown, tracker, None, admit, serve).await;
 }
 
 async fn require_token(
@@ -208,7 +213,7 @@ async fn metrics(Ready(app): Ready) -> Response {
     m.index_associations.set(counts.associations as i64);
     m.index_subscribers.set(counts.subscribers as i64);
     m.index_codes.set(counts.codes as i64);
-    m.sessions.set(app.sessions.len() as i64);
+    m.sessions.set(app.bindings.table().len() as i64);
     m.last_seq.set(app.store.log().last_seq());
     m.log_poisoned.set(i64::from(app.store.log().is_poisoned()));
     if let Some(link) = app.store.cluster() {
@@ -381,7 +386,7 @@ async fn put_code(
     }
     let seq = app
         .store
-        .register_code(&code, &target, super::now_ms())
+        .register_code(&code, &target, crate::clock::now_ms())
         .await
         .map_err(unavailable)?;
     Ok(Json(json!({"code": code.as_str(), "target": target, "seq": seq})).into_response())
@@ -418,8 +423,9 @@ async fn import_codes(
     // Its own task: a client that goes away mid-import leaves whole
     // batches written, never half of one.
     let app = app.clone();
-    let import =
-        tokio::spawn(async move { crate::codes::import(&app, body, format, dry_run).await });
+    let import = tokio::spawn(async move {
+        crate::codes::import(&app.store, &app.config.policy, body, format, dry_run).await
+    });
     let report = import
         .await
         .expect("import does not panic")
@@ -515,7 +521,7 @@ async fn delete_code(Ready(app): Ready, Param(code): Param) -> Answer {
     let code = parse_code(&code)?;
     let removed = app
         .store
-        .remove_code(&code, super::now_ms())
+        .remove_code(&code, crate::clock::now_ms())
         .await
         .map_err(unavailable)?;
     if !removed {
@@ -544,7 +550,7 @@ async fn get_association(Ready(app): Ready, Param(clientid): Param) -> Answer {
     Ok(Json(json!({
         "clientid": clientid.as_str(),
         "subscriber": a.subscriber.to_hex(),
-        "since": crate::sre::rfc3339(since_ms),
+        "since": crate::clock::rfc3339(since_ms),
         "seq": a.seq,
     }))
     .into_response())
@@ -553,7 +559,7 @@ async fn get_association(Ready(app): Ready, Param(clientid): Param) -> Answer {
 async fn delete_association(Ready(app): Ready, Param(clientid): Param) -> Answer {
     let clientid = parse_clientid(&clientid)?;
     app.store
-        .revoke(&clientid, super::now_ms())
+        .revoke(&clientid, crate::clock::now_ms())
         .await
         .map_err(unavailable)?
         .ok_or_else(no_association)?;
@@ -567,12 +573,12 @@ async fn delete_subscriber(Ready(app): Ready, Param(msisdn): Param) -> Answer {
     let msisdn = Msisdn::parse(&msisdn)
         .map_err(|e| AdminError::InvalidMsisdn(e.to_string()).into_response())?;
     let subscriber = app.key.subscriber_ref(&msisdn);
-    let sessions = app.sessions.unbind_subscriber(&subscriber);
+    let sessions = app.bindings.table().unbind_subscriber(&subscriber);
     // The store runs it as a task of its own: a client that goes away
     // mid-erasure does not leave the history half rewritten.
     let (revoked, rewritten) = app
         .store
-        .erase_subscriber(subscriber, super::now_ms())
+        .erase_subscriber(subscriber, crate::clock::now_ms())
         .await
         .map_err(|e| match e {
             crate::store::StoreError::Cluster(crate::store::cluster::ClusterError::Mismatch(_)) => {
@@ -607,9 +613,6 @@ async fn put_session(
     let SessionBody { msisdn, ttl_secs } = body(json, r#"{"msisdn": "+E164"}"#)?;
     let msisdn = Msisdn::parse(&msisdn)
         .map_err(|e| AdminError::InvalidMsisdn(e.to_string()).into_response())?;
-    if !app.config.mno.is_mno_network(&network) {
-        return Err(AdminError::NotInMnoNetwork.into_response());
-    }
     let ttl_ms = match ttl_secs {
         None => app.config.session_ttl.as_millis() as u64,
         Some(secs @ 1..=MAX_SESSION_TTL_SECS) => secs * 1000,
@@ -617,13 +620,24 @@ async fn put_session(
             return Err(AdminError::InvalidTtl(MAX_SESSION_TTL_SECS).into_response());
         }
     };
-    let expires_ms = super::now_ms().saturating_add(ttl_ms);
-    let subscriber = app.key.subscriber_ref(&msisdn);
-    app.sessions.bind(network, subscriber, expires_ms);
+    let expires_ms = crate::clock::now_ms().saturating_add(ttl_ms);
+    let subscriber = app
+        .bindings
+        .bind(Bind {
+            networks: &[network],
+            msisdn: &msisdn,
+            expires_ms,
+            source: crate::core::BindingSource::Admin,
+            unless_live_at: None,
+        })
+        .map_err(|e| match e {
+            BindError::NotInMnoNetwork => AdminError::NotInMnoNetwork.into_response(),
+            BindError::Full => AdminError::BindingsFull.into_response(),
+        })?;
     Ok(Json(json!({
         "ip": shown(network),
         "subscriber": subscriber.to_hex(),
-        "expires": crate::sre::rfc3339(expires_ms),
+        "expires": crate::clock::rfc3339(expires_ms),
     }))
     .into_response())
 }
@@ -639,15 +653,16 @@ fn no_session() -> Response {
 async fn get_session(Ready(app): Ready, Param(ip): Param) -> Answer {
     let network = parse_network(&ip)?;
     let bound = app
-        .sessions
-        .find(network.addr(), super::now_ms())
+        .bindings
+        .table()
+        .find(network.addr(), crate::clock::now_ms())
         .filter(|b| !ip.contains('/') || b.network == network)
         .ok_or_else(no_session)?;
     let mut answer = json!({
         "ip": shown(network),
         "network": bound.network.to_string(),
         "subscriber": bound.subscriber.to_hex(),
-        "expires": crate::sre::rfc3339(bound.expires_ms),
+        "expires": crate::clock::rfc3339(bound.expires_ms),
     });
     match &bound.source {
         crate::core::BindingSource::Admin => answer["source"] = json!("admin"),
@@ -662,7 +677,7 @@ async fn get_session(Ready(app): Ready, Param(ip): Param) -> Answer {
 
 async fn delete_session(Ready(app): Ready, Param(ip): Param) -> Answer {
     let network = parse_network(&ip)?;
-    if !app.sessions.unbind(network) {
+    if !app.bindings.table().unbind(network) {
         return Err(no_session());
     }
     Ok(Json(json!({"ip": shown(network), "removed": true})).into_response())

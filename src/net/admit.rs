@@ -2,7 +2,7 @@
 //! check first: the penalty box, the source's connection rate, its open
 //! connections, then the global cap. The public listeners share one set of
 //! limiters (one count over TCP and QUIC); the federation listener has its
-//! own ([`FederationLimits`]), so a flood of one port starves neither the
+//! own ([`crate::limits::FederationLimits`]), and the admin listener its cap, so a flood of one port starves neither the
 //! other's clients nor its peers. Each transport keeps only what is its
 //! own: the ClientHello peek and TLS (`https.rs`), Retry and address
 //! validation (`h3.rs`), the client certificate (`federation::listener`),
@@ -14,50 +14,12 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 
-use super::App;
-use super::limits::{AddressSlot, KeyedRate, Pace, PenaltyBox, PerAddress};
-pub use super::metrics::Transport;
-use super::metrics::{Protocol, ProtocolLabel};
-use crate::config::{FederationConfig, Limits};
-
-/// The federation listener's admission limiters (`[federation]`'s
-/// `max_connections`, `max_connections_per_address`,
-/// `accepts_per_address_per_sec`, `handshakes_per_sec`), and its penalty
-/// box: a peer that earns one (see `net::conn::Conduct`) is held off the
-/// federation port only.
-#[derive(Debug)]
-pub struct FederationLimits {
-    pub penalty: PenaltyBox,
-    accepts: KeyedRate<IpAddr>,
-    per_address: Arc<PerAddress>,
-    connections: Arc<Semaphore>,
-    /// All TLS handshakes on the federation port together: each waits for
-    /// its turn before any TLS work (the certificate check included).
-    pub handshakes: Option<Pace>,
-}
-
-impl FederationLimits {
-    pub fn new(federation: &FederationConfig, limits: &Limits) -> Self {
-        Self {
-            penalty: PenaltyBox::new(limits.penalty, limits.limiter_max_keys),
-            accepts: KeyedRate::per_second(
-                federation.accepts_per_address_per_sec,
-                limits.limiter_max_keys,
-            ),
-            per_address: Arc::new(PerAddress::new(federation.max_connections_per_address)),
-            connections: Arc::new(Semaphore::new(federation.max_connections)),
-            handshakes: Pace::per_second(federation.handshakes_per_sec),
-        }
-    }
-
-    /// Periodic housekeeping.
-    pub fn retain_recent(&self) {
-        self.accepts.retain_recent();
-        self.penalty.sweep();
-    }
-}
+use crate::app::App;
+use crate::limits::{AddressSlot, Admission, Verdict};
+pub use crate::metrics::Transport;
+use crate::metrics::{Metrics, Protocol, ProtocolLabel};
 
 /// A connection let in: holds a slot of its source and one of the global
 /// cap; both are freed when it is dropped.
@@ -70,9 +32,33 @@ pub struct Admitted {
 /// Admits a connection from `source` (a per-source key) to `transport`, or
 /// counts the refusal and says why (the metric's `reason`).
 pub fn admit(app: &App, transport: Transport, source: IpAddr) -> Result<Admitted, &'static str> {
-    let admitted = check(app, transport, source);
+    let admission = match transport {
+        Transport::Tcp => Some(&app.limits.tcp),
+        Transport::Quic => Some(&app.limits.quic),
+        Transport::Federation => app.limits.federation.as_ref().map(|f| &f.admission),
+        // The admin listener's admission is its own (it answers before
+        // the App exists): `admit_with`.
+        Transport::Admin => None,
+    };
+    match admission {
+        Some(admission) => admit_with(admission, &app.metrics, transport, source),
+        None => {
+            app.metrics.refused_connection(transport, "no_listener");
+            Err("no_listener")
+        }
+    }
+}
+
+/// [`admit`] with the limits given: every listener's one admission path.
+pub fn admit_with(
+    admission: &Admission,
+    metrics: &Metrics,
+    transport: Transport,
+    source: IpAddr,
+) -> Result<Admitted, &'static str> {
+    let admitted = check(admission, metrics, source);
     if let Err(reason) = admitted {
-        app.metrics.refused_connection(transport, reason);
+        metrics.refused_connection(transport, reason);
     }
     admitted
 }
@@ -91,42 +77,25 @@ pub async fn handshake_step<T, E>(
     }
 }
 
-fn check(app: &App, transport: Transport, source: IpAddr) -> Result<Admitted, &'static str> {
-    let public = &app.limits;
-    let (penalty, rate, name, per_address, connections) = match transport {
-        Transport::Tcp => (
-            &public.penalty,
-            &public.tcp_accepts,
-            "tcp_accepts",
-            &public.per_address,
-            &public.connections,
-        ),
-        Transport::Quic => (
-            &public.penalty,
-            &public.quic_connections,
-            "quic_connections",
-            &public.per_address,
-            &public.connections,
-        ),
-        Transport::Federation => {
-            let federation = public.federation.as_ref().ok_or("no_listener")?;
-            (
-                &federation.penalty,
-                &federation.accepts,
-                "federation_accepts",
-                &federation.per_address,
-                &federation.connections,
-            )
-        }
-    };
-    if penalty.holds(source) {
+fn check(
+    admission: &Admission,
+    metrics: &Metrics,
+    source: IpAddr,
+) -> Result<Admitted, &'static str> {
+    if admission.penalty.holds(source) {
         return Err("penalty");
     }
-    if app.rate_verdict(name, rate.check(&source)).is_err() {
-        return Err("address_rate");
+    match admission.accepts.check(&source) {
+        Verdict::Allowed => {}
+        Verdict::Overflow => metrics.limiter_overflow(admission.accepts_name),
+        Verdict::Limited(_) => return Err("address_rate"),
     }
-    let address = per_address.try_open(source).ok_or("address_cap")?;
-    let global = connections
+    let address = admission
+        .per_address
+        .try_open(source)
+        .ok_or("address_cap")?;
+    let global = admission
+        .connections
         .clone()
         .try_acquire_owned()
         .map_err(|_| "connection_cap")?;

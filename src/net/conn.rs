@@ -40,7 +40,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::app::App;
 use crate::config::Limits;
+use crate::metrics::Transport;
 
 /// Requests in flight on one connection, and since when it has had none.
 #[derive(Debug)]
@@ -219,26 +221,35 @@ impl Conduct {
     }
 }
 
-/// Accepts TCP connections on `listener` until `shutdown`, at most
-/// `max_connections` at once: past it a new one is closed at once (after
-/// `full()`); each other is handed to `serve` in a task of `tracker`.
-/// The accept loop of the admin listener.
-pub async fn accept<F, Fut>(
+/// The one accept loop of every TCP listener (public, federation, admin):
+/// accepts until `shutdown`, backing off on accept errors (EMFILE and
+/// friends) instead of spinning. While `paused()` says so it takes no new
+/// connection (they wait in the kernel's backlog; looked at again every
+/// `Lag::PERIOD`). Each accepted connection, its address made canonical (a
+/// dual-stack listener sees IPv4 clients as `::ffff:a.b.c.d`), goes to
+/// `admit`: `None` closes it at once, before any TLS work; otherwise
+/// `serve` gets it, with what `admit` returned, in a task of `tracker`.
+pub async fn accept<A, G, F, Fut>(
     listener: tokio::net::TcpListener,
-    max_connections: usize,
     shutdown: CancellationToken,
     tracker: tokio_util::task::TaskTracker,
-    full: impl Fn(),
+    paused: Option<&(dyn Fn() -> bool + Send + Sync)>,
+    mut admit: A,
     serve: F,
 ) where
-    F: Fn(tokio::net::TcpStream, std::net::SocketAddr) -> Fut,
+    A: FnMut(std::net::SocketAddr) -> Option<G>,
+    F: Fn(tokio::net::TcpStream, std::net::SocketAddr, G) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
+    let mut recheck = tokio::time::interval(crate::limits::Lag::PERIOD);
+    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
+        let pause = paused.is_some_and(|paused| paused());
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
+            // Look at the load again each period (accept is cancel-safe).
+            _ = recheck.tick(), if paused.is_some() => continue,
+            accepted = listener.accept(), if !pause => match accepted {
                 Ok(accepted) => accepted,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
@@ -247,15 +258,11 @@ pub async fn accept<F, Fut>(
                 }
             },
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            full();
+        let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
+        let Some(admitted) = admit(peer) else {
             continue;
         };
-        let connection = serve(stream, peer);
-        tracker.spawn(async move {
-            let _slot = slot;
-            connection.await;
-        });
+        tracker.spawn(serve(stream, peer, admitted));
     }
 }
 
@@ -355,6 +362,39 @@ pub async fn serve<I, F, Fut, B>(
     connection.as_mut().graceful_shutdown();
     let draining = std::future::poll_fn(|cx| turns.poll(&mut connection.as_mut(), cx));
     let _ = tokio::time::timeout(drain, draining).await;
+}
+
+/// Records what a connection's answer says about its conduct: counts a
+/// slow-down, and on a close holds `peer`'s source in the penalty box of
+/// the listener it came to (the federation's holds a peer off that port
+/// only). One rule for every listener. A trusted gateway's connection
+/// carries many subscribers: it is not judged as one client (they are
+/// limited per forwarded address).
+pub fn judge(
+    app: &App,
+    transport: Transport,
+    conduct: &Conduct,
+    peer: std::net::IpAddr,
+    status: http::StatusCode,
+) {
+    let federation = transport == Transport::Federation;
+    if !federation && app.config.mno.is_trusted_gateway(peer) {
+        return;
+    }
+    match conduct.record(status, &app.config.limits) {
+        Earned::Nothing => {}
+        Earned::SlowDown => app.metrics.abusive_connection("slowed"),
+        Earned::Close => {
+            app.metrics.abusive_connection("closed");
+            let penalty = match federation {
+                true => app.limits.federation.as_ref().map(|f| &f.admission.penalty),
+                false => Some(&app.limits.tcp.penalty),
+            };
+            if !penalty.is_some_and(|p| p.put(app.limits.source(peer))) {
+                app.metrics.limiter_overflow("penalty");
+            }
+        }
+    }
 }
 
 #[cfg(test)]

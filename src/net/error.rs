@@ -132,6 +132,8 @@ pub enum AdminError {
     UnknownPrefix,
     #[error("the address is outside mno.networks, so the binding would never be used")]
     NotInMnoNetwork,
+    #[error("the session bindings table is full (radius.max_bindings)")]
+    BindingsFull,
     #[error("no such code")]
     CodeNotFound,
     #[error("this clientid has no association")]
@@ -163,6 +165,7 @@ impl AdminError {
             AdminError::InvalidTarget => (StatusCode::BAD_REQUEST, "INVALID_TARGET"),
             AdminError::UnknownPrefix => (StatusCode::BAD_REQUEST, "UNKNOWN_PREFIX"),
             AdminError::NotInMnoNetwork => (StatusCode::BAD_REQUEST, "NOT_IN_MNO_NETWORK"),
+            AdminError::BindingsFull => (StatusCode::SERVICE_UNAVAILABLE, "BINDINGS_FULL"),
             AdminError::CodeNotFound => (StatusCode::NOT_FOUND, "CODE_NOT_FOUND"),
             AdminError::NoAssociation => (StatusCode::NOT_FOUND, "NO_ASSOCIATION"),
             AdminError::NoSession => (StatusCode::NOT_FOUND, "NO_SESSION"),

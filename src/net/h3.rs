@@ -39,12 +39,12 @@ use quinn::crypto::rustls::QuicServerConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::App;
 use super::admit::{Admitted, Transport, admit, handshake_step};
 use super::conn::{Activity, Conduct};
-use super::metrics::Protocol;
 use super::resolve::{self, ConnInfo};
+use crate::app::App;
 use crate::config::{Http3Config, RetryPolicy};
+use crate::metrics::Protocol;
 
 #[derive(Debug, thiserror::Error)]
 pub enum H3Error {
@@ -242,7 +242,7 @@ fn answer_initial(
     }
     // No handshake work while the global cap (TCP and QUIC together) is
     // reached, or too many handshakes are in flight.
-    if admitted.is_none() && app.limits.connections.available_permits() == 0 {
+    if admitted.is_none() && app.limits.quic.connections.available_permits() == 0 {
         return refused("connection_cap");
     }
     if in_flight >= h3.max_handshakes {

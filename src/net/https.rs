@@ -17,9 +17,10 @@ use tokio_util::task::TaskTracker;
 
 use super::admit::{Admitted, Transport, admit, handshake_step};
 use super::conn::Conduct;
-use super::metrics::Protocol;
 use super::resolve::{self, ConnInfo};
-use super::{App, tls};
+use crate::app::App;
+use crate::metrics::Protocol;
+use crate::tls;
 
 /// Accepts until `shutdown`, then lets open connections finish their
 /// in-flight requests (hyper's graceful shutdown) under `tracker`.
@@ -30,49 +31,36 @@ pub async fn serve(
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
-    let lag_watched = app.limits.main_lag.is_some();
-    let mut recheck = tokio::time::interval(super::limits::Lag::PERIOD);
-    recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        // Overloaded: stop accepting. New connections wait in the kernel's
-        // backlog (past it, their SYNs are dropped and clients back off),
-        // which costs less than accepting and closing them: a refused
-        // client reconnects at once. Established connections are served.
+    // Overloaded: stop accepting. New connections wait in the kernel's
+    // backlog (past it, their SYNs are dropped and clients back off), which
+    // costs less than accepting and closing them: a refused client
+    // reconnects at once. Established connections are served.
+    let overloaded = || {
         let overloaded = app.tcp_overloaded();
         if overloaded {
             app.metrics.accept_pauses.inc();
         }
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => break,
-            // Look at the load again each lag period (accept is cancel-safe).
-            _ = recheck.tick(), if lag_watched => continue,
-            accepted = listener.accept(), if !overloaded => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d: they
-        // are IPv4 clients everywhere (pools, bindings, limits).
-        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
-        // Admission (super::admit): a refused socket is closed before any TLS.
-        let Ok(admitted) = admit(&app, Transport::Tcp, app.limits.source(peer.ip())) else {
-            continue;
-        };
+        overloaded
+    };
+    let paused: Option<&(dyn Fn() -> bool + Send + Sync)> = match app.limits.main_lag {
+        Some(_) => Some(&overloaded),
+        None => None,
+    };
+    // Admission (super::admit): a refused socket is closed before any TLS.
+    let admit = |peer: SocketAddr| admit(&app, Transport::Tcp, app.limits.source(peer.ip())).ok();
+    let stop = shutdown.clone();
+    let serve = |stream: TcpStream, peer, admitted| {
         let _ = stream.set_nodelay(true);
-        tracker.spawn(handshake_and_serve(
+        handshake_and_serve(
             app.clone(),
             tls.clone(),
             stream,
             peer,
             admitted,
-            shutdown.clone(),
-        ));
-    }
+            stop.clone(),
+        )
+    };
+    super::conn::accept(listener, shutdown, tracker, paused, admit, serve).await;
 }
 
 /// One admitted TCP connection: its turn at the handshake pace (returning

@@ -14,10 +14,10 @@ use serde::Serialize;
 
 use std::time::Duration;
 
-use super::App;
 use super::error::{error_response, json_response, wire_error};
-use super::metrics::Protocol;
+use crate::app::App;
 use crate::core::{self, ClientView, Refusal};
+use crate::metrics::{Protocol, Transport};
 use crate::store::{Associated, NewAssociation};
 use crate::wire::{ClientIdRef, IndirectCode};
 
@@ -60,7 +60,17 @@ pub async fn handle_on(
         Box::pin(tokio::time::sleep(delay)).await;
     }
     let response = handle(app, conn, method, uri, headers).await;
-    app.judge(conduct, conn.origin.validated(), response.status());
+    let transport = match conn.protocol {
+        Protocol::Http3 => Transport::Quic,
+        _ => Transport::Tcp,
+    };
+    super::conn::judge(
+        app,
+        transport,
+        conduct,
+        conn.origin.validated(),
+        response.status(),
+    );
     response
 }
 
@@ -108,7 +118,7 @@ async fn run_resolution(
     let mut parsed = None;
     let mut lookups = Lookups {
         app,
-        now_ms: super::now_ms(),
+        now_ms: crate::clock::now_ms(),
         tarpit_slot: None,
     };
     let outcome = core::admit(&app.rules, request, &mut parsed, &mut lookups);
@@ -147,7 +157,7 @@ struct Lookups<'a> {
     app: &'a App,
     now_ms: u64,
     /// The source's place among the tarpit's waiters, held while it waits.
-    tarpit_slot: Option<super::limits::AddressSlot>,
+    tarpit_slot: Option<crate::limits::AddressSlot>,
 }
 
 impl core::Facts for Lookups<'_> {
@@ -176,7 +186,13 @@ impl core::Facts for Lookups<'_> {
 
     fn identity(&mut self, view: &ClientView<'_>) -> core::Identity {
         let app = self.app;
-        core::identify(&app.config.mno, view, &app.sessions, &app.key, self.now_ms)
+        core::identify(
+            &app.config.mno,
+            view,
+            app.bindings.table(),
+            &app.key,
+            self.now_ms,
+        )
     }
 
     fn tarpit(
@@ -208,7 +224,7 @@ fn count(app: &App, tally: &core::Tally) {
     if let Some(would) = &tally.monitored {
         let reason = wire_error(would).1;
         m.monitored
-            .get_or_create(&super::metrics::ReasonLabels { reason })
+            .get_or_create(&crate::metrics::ReasonLabels { reason })
             .inc();
     }
 }
@@ -684,7 +700,7 @@ mod tests {
 
     /// What must come back, where the request alone (and whether its
     /// clientid was associated) decides it.
-    #[derive(Debug, PartialEq)]
+    #[derive(Debug, Clone, Copy, PartialEq)]
     enum Expected {
         Refusal(u16, &'static str),
         /// Resolved to [`TARGET`], for a clientid already associated.
@@ -817,6 +833,19 @@ mod tests {
             prop_assert!(index.association(clientid.as_deref().unwrap()).is_some());
             return Ok(());
         }
+        let retry_after = header(http::header::RETRY_AFTER).and_then(|v| v.parse::<u64>().ok());
+        check_refusal(status, &body, retry_after, want)
+    }
+
+    /// A refusal is a row of DESIGN §4's table, in its JSON shape, with a
+    /// `Retry-After` exactly when it is a 429 or 503.
+    fn check_refusal(
+        status: u16,
+        body: &serde_json::Value,
+        retry_after: Option<u64>,
+        want: Option<Expected>,
+    ) -> Result<(), proptest::test_runner::TestCaseError> {
+        use proptest::{prop_assert, prop_assert_eq};
         let code = body["code"].as_str().unwrap_or_default();
         prop_assert!(
             TABLE.contains(&(status, code)),
@@ -831,7 +860,6 @@ mod tests {
             body
         );
         prop_assert_eq!(body.as_object().map(|o| o.len()), Some(3), "{}", body);
-        let retry_after = header(http::header::RETRY_AFTER).and_then(|v| v.parse::<u64>().ok());
         prop_assert_eq!(
             retry_after.is_some_and(|secs| secs >= 1),
             matches!(status, 429 | 503),
@@ -853,7 +881,7 @@ mod tests {
     /// A server for the property: no rate limits or pacing (their
     /// answers are tested where they are made), a gateway, [`CODE`]
     /// registered and two subscribers bound.
-    async fn property_server(data_dir: &std::path::Path) -> super::super::Running {
+    async fn property_server(data_dir: &std::path::Path) -> crate::server::Running {
         let text = format!(
             "[server]\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\nrouting_prefixes = [\"2001000001\"]\n\
              http3 = false\n\
@@ -865,21 +893,27 @@ mod tests {
             data_dir.display()
         );
         let config = crate::config::Config::parse(&text, Vec::new()).expect("valid config");
-        let running = super::super::start(config)
+        let running = crate::server::start(config)
             .await
             .expect("the server starts");
         let app = &running.app;
         let code = IndirectCode::parse(CODE).unwrap();
         app.store
-            .register_code(&code, TARGET, super::super::now_ms())
+            .register_code(&code, TARGET, crate::clock::now_ms())
             .await
             .unwrap();
         for n in 1..=2 {
             let msisdn = crate::wire::Msisdn::parse(&format!("+44770090000{n}")).unwrap();
             let network = format!("127.1.0.{n}/32").parse().unwrap();
-            let until = super::super::now_ms() + 3_600_000;
-            app.sessions
-                .bind(network, app.key.subscriber_ref(&msisdn), until);
+            let until = crate::clock::now_ms() + 3_600_000;
+            let bind = crate::sessions::Bind {
+                networks: &[network],
+                msisdn: &msisdn,
+                expires_ms: until,
+                source: crate::core::BindingSource::Admin,
+                unless_live_at: None,
+            };
+            app.bindings.bind(bind).unwrap();
         }
         running
     }

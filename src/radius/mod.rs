@@ -8,8 +8,8 @@
 //! `radius.binding_ttl_secs`.
 //!
 //! Owns the UDP socket, the per-client secrets and the reply cache; the
-//! bindings are the same [`Sessions`](crate::core::Sessions) table the admin
-//! API feeds. Nothing here is durable: the gateway re-sends, as it does for
+//! bindings are the same [`Bindings`] the admin API feeds, through the same
+//! [`Bindings::bind`] (MNO pools, `max_bindings`). Nothing here is durable: the gateway re-sends, as it does for
 //! any accounting server.
 //!
 //! Each datagram is handled to the end (checked, applied, its answer
@@ -50,9 +50,11 @@ use ipnet::IpNet;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::now_ms;
 use crate::config::{RadiusConfig, Secret};
 use crate::core::BindingSource;
-use crate::net::{App, now_ms};
+use crate::metrics::Metrics;
+use crate::sessions::{Bind, BindError, Bindings};
 use crate::wire::Msisdn;
 use packet::{Header, PacketError, Request, Status};
 
@@ -116,13 +118,17 @@ pub async fn bind(addr: SocketAddr) -> Result<UdpSocket, RadiusError> {
 
 /// Serves accounting on `socket` until `shutdown`.
 pub async fn serve(
-    app: Arc<App>,
+    config: RadiusConfig,
+    bindings: Arc<Bindings>,
+    metrics: Arc<Metrics>,
     socket: UdpSocket,
     clients: Vec<Client>,
     shutdown: CancellationToken,
 ) {
     let mut server = Server {
-        app,
+        config,
+        bindings,
+        metrics,
         clients,
         replies: Replies::default(),
     };
@@ -143,7 +149,9 @@ pub async fn serve(
 }
 
 struct Server {
-    app: Arc<App>,
+    config: RadiusConfig,
+    bindings: Arc<Bindings>,
+    metrics: Arc<Metrics>,
     clients: Vec<Client>,
     replies: Replies,
 }
@@ -167,7 +175,7 @@ impl Server {
             Outcome::Dropped(reason) => ("dropped", reason),
             Outcome::Full => ("unanswered", "max_bindings"),
         };
-        self.app.metrics.radius(outcome, reason);
+        self.metrics.radius(outcome, reason);
         answer
     }
 
@@ -229,48 +237,39 @@ impl Server {
         if networks.is_empty() {
             return Outcome::Ignored("no_address");
         }
-        let config = &self.app.config;
-        if !networks.iter().all(|n| config.mno.is_mno_network(n)) {
-            return Outcome::Ignored("not_mno_address");
-        }
         // A session is its gateway and its Acct-Session-Id: only its own
         // records change its bindings.
         let session = BindingSource::Radius {
             nas,
             session_id: Arc::from(request.session_id().unwrap_or_default()),
         };
-        let sessions = &self.app.sessions;
         if status == Status::Stop {
             for network in networks {
-                sessions.unbind_session(network, &session);
+                self.bindings.table().unbind_session(network, &session);
             }
             return Outcome::Applied("stop");
         }
-        let radius = config.radius.as_ref().expect("serving RADIUS");
         let Some(msisdn) = request
-            .msisdn(radius.msisdn_attribute)
+            .msisdn(self.config.msisdn_attribute)
             .and_then(|raw| std::str::from_utf8(raw).ok())
             .and_then(|text| Msisdn::parse(text).ok())
         else {
             return Outcome::Ignored("bad_msisdn");
         };
-        let new = networks.iter().filter(|n| !sessions.is_bound(**n)).count();
-        if sessions.len() + new > radius.max_bindings {
-            return Outcome::Full;
-        }
-        let subscriber = self.app.key.subscriber_ref(&msisdn);
-        let expires_ms = now_ms.saturating_add(radius.binding_ttl.as_millis() as u64);
-        // An Interim refreshes its own session's binding (or makes it, if
-        // it was lost); it never takes an address from another session.
-        let unless_live_at = (status != Status::Start).then_some(now_ms);
-        for network in networks {
-            sessions.bind_session(
-                network,
-                subscriber,
-                expires_ms,
-                session.clone(),
-                unless_live_at,
-            );
+        let bound = self.bindings.bind(Bind {
+            networks: &networks,
+            msisdn: &msisdn,
+            expires_ms: now_ms.saturating_add(self.config.binding_ttl.as_millis() as u64),
+            source: session,
+            // An Interim refreshes its own session's binding (or makes it,
+            // if it was lost); it never takes an address from another
+            // session.
+            unless_live_at: (status != Status::Start).then_some(now_ms),
+        });
+        match bound {
+            Ok(_) => {}
+            Err(BindError::NotInMnoNetwork) => return Outcome::Ignored("not_mno_address"),
+            Err(BindError::Full) => return Outcome::Full,
         }
         Outcome::Applied(match status {
             Status::Start => "start",

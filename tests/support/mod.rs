@@ -15,7 +15,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 
 use homecmp::config::Config;
-use homecmp::net::{self, Running};
+use homecmp::server::{self, Running};
 use serde_json::Value;
 
 pub use config::{PREFIX, config_text};
@@ -67,7 +67,7 @@ impl TestServer {
     async fn start_in(data_dir: &Path, server_keys: &str, extra: &str) -> Self {
         let text = config_text(data_dir, server_keys, extra);
         let config = Config::parse(&text, Vec::new()).expect("valid test config");
-        let running = net::start(config).await.expect("server starts");
+        let running = server::start(config).await.expect("server starts");
         Self {
             running,
             data_dir: data_dir.to_owned(),

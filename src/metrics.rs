@@ -21,6 +21,8 @@ pub enum Transport {
     Quic,
     /// The federation listener (peer CMPs, mutual TLS).
     Federation,
+    /// The admin listener.
+    Admin,
 }
 
 impl Transport {
@@ -29,6 +31,7 @@ impl Transport {
             Transport::Tcp => "tcp",
             Transport::Quic => "quic",
             Transport::Federation => "federation",
+            Transport::Admin => "admin",
         }
     }
 }

@@ -284,6 +284,77 @@ impl Drop for AddressSlot {
     }
 }
 
+/// One listener's admission, cheapest check first: its penalty box, the
+/// source's accept rate, the source's open connections, the global cap.
+/// The public TCP and QUIC listeners share the box and both caps (one
+/// count over the two transports), each with an accept rate of its own;
+/// the federation and admin listeners have their own of everything.
+#[derive(Debug)]
+pub struct Admission {
+    pub penalty: Arc<PenaltyBox>,
+    pub accepts: KeyedRate<IpAddr>,
+    /// The `limit` label of `limiter_overflow_total` for `accepts`.
+    pub accepts_name: &'static str,
+    pub per_address: Arc<PerAddress>,
+    pub connections: Arc<tokio::sync::Semaphore>,
+}
+
+impl Admission {
+    /// The admin listener's: only its cap (`admin.max_connections`); an
+    /// operator's tool may open as many connections from one address as
+    /// it likes, and a token is needed for anything.
+    pub fn admin(max_connections: usize) -> Self {
+        Self {
+            penalty: Arc::new(PenaltyBox::new(Duration::ZERO, 1)),
+            accepts: KeyedRate::per_second(0, 1),
+            accepts_name: "admin_accepts",
+            per_address: Arc::new(PerAddress::new(0)),
+            connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
+        }
+    }
+
+    /// Periodic housekeeping.
+    pub fn retain_recent(&self) {
+        self.accepts.retain_recent();
+        self.penalty.sweep();
+    }
+}
+
+/// The federation listener's admission (`[federation]`'s
+/// `max_connections`, `max_connections_per_address`,
+/// `accepts_per_address_per_sec`) and handshake pace
+/// (`handshakes_per_sec`), with a penalty box of its own: a peer that earns
+/// one (see `net::conn::Conduct`) is held off the federation port only.
+#[derive(Debug)]
+pub struct FederationLimits {
+    pub admission: Admission,
+    /// All TLS handshakes on the federation port together: each waits for
+    /// its turn before any TLS work (the certificate check included).
+    pub handshakes: Option<Pace>,
+}
+
+impl FederationLimits {
+    pub fn new(
+        federation: &crate::config::FederationConfig,
+        limits: &crate::config::Limits,
+    ) -> Self {
+        let admission = Admission {
+            penalty: Arc::new(PenaltyBox::new(limits.penalty, limits.limiter_max_keys)),
+            accepts: KeyedRate::per_second(
+                federation.accepts_per_address_per_sec,
+                limits.limiter_max_keys,
+            ),
+            accepts_name: "federation_accepts",
+            per_address: Arc::new(PerAddress::new(federation.max_connections_per_address)),
+            connections: Arc::new(tokio::sync::Semaphore::new(federation.max_connections)),
+        };
+        Self {
+            admission,
+            handshakes: Pace::per_second(federation.handshakes_per_sec),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -386,7 +457,7 @@ mod source_key_tests {
 }
 
 /// Sources whose connection was closed for abuse (see
-/// [`super::conn::Conduct`]): their new connections are refused before any
+/// [`crate::net::conn::Conduct`]): their new connections are refused before any
 /// TLS or QUIC work until their time is up. Bounded like the keyed limits:
 /// when full of live entries, a new one is not recorded (and counted).
 #[derive(Debug)]

@@ -28,13 +28,13 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::RESOLVE_PATH;
+use super::admit::{Admitted, Transport, admit};
+use super::conn::{Conduct, judge};
+use super::error::{error_response, json_response};
+use crate::app::App;
 use crate::core::Refusal;
-use crate::net::App;
-use crate::net::admit::{Admitted, Transport, admit};
-use crate::net::conn::{Conduct, Earned};
-use crate::net::error::{error_response, json_response};
-use crate::net::limits::KeyedRate;
+use crate::federation::RESOLVE_PATH;
+use crate::limits::KeyedRate;
 use crate::wire::{IndirectCode, Query};
 
 /// Serves peers on `listener` until `shutdown`.
@@ -50,34 +50,16 @@ pub async fn serve(
         federation.requests_per_peer_per_sec,
         app.config.limits.limiter_max_keys,
     ));
-    loop {
-        let (stream, peer) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(error = %e, "federation accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
+    let admit = |peer: SocketAddr| {
         // Refused here: closed before any TLS work, counted by admit().
-        let Ok(admitted) = admit(&app, Transport::Federation, app.limits.source(peer.ip())) else {
-            continue;
-        };
-        tracker.spawn(handshake_and_serve(
-            app.clone(),
-            acceptor.clone(),
-            rate.clone(),
-            stream,
-            peer,
-            admitted,
-            shutdown.clone(),
-        ));
-    }
+        admit(&app, Transport::Federation, app.limits.source(peer.ip())).ok()
+    };
+    let stop = shutdown.clone();
+    let serve = |stream, peer, admitted| {
+        let (app, acceptor, rate) = (app.clone(), acceptor.clone(), rate.clone());
+        handshake_and_serve(app, acceptor, rate, stream, peer, admitted, stop.clone())
+    };
+    super::conn::accept(listener, shutdown, tracker, None, admit, serve).await;
 }
 
 /// One admitted connection: its turn at the handshake pace, the mutual-TLS
@@ -109,7 +91,7 @@ async fn handshake_and_serve(
     };
     let handshake = async {
         tokio::time::sleep(wait).await;
-        crate::net::admit::handshake_step(handshake_limit, acceptor.accept(stream)).await
+        super::admit::handshake_step(handshake_limit, acceptor.accept(stream)).await
     };
     // A connection still waiting for its handshake has nothing to drain.
     let tls = tokio::select! {
@@ -124,7 +106,7 @@ async fn handshake_and_serve(
     let limits = app.config.limits.clone();
     let conduct = Conduct::new();
     let judged = conduct.clone();
-    crate::net::conn::serve(tls, &limits, shutdown, conduct, move |request| {
+    super::conn::serve(tls, &limits, shutdown, conduct, move |request| {
         let (app, rate, conduct) = (app.clone(), rate.clone(), judged.clone());
         async move {
             let delay = conduct.delay(&app.config.limits);
@@ -132,29 +114,18 @@ async fn handshake_and_serve(
                 tokio::time::sleep(delay).await;
             }
             let response = answer(&app, &rate, peer, request.method(), request.uri());
-            judge(&app, &conduct, peer, response.status());
+            judge(
+                &app,
+                Transport::Federation,
+                &conduct,
+                peer.ip(),
+                response.status(),
+            );
             let (parts, body) = response.into_parts();
             Response::from_parts(parts, Full::new(body))
         }
     })
     .await;
-}
-
-/// A peer's conduct, as on the public listener, with the federation's own
-/// penalty box: a peer closed for its conduct is held off this port only.
-fn judge(app: &App, conduct: &Conduct, peer: SocketAddr, status: StatusCode) {
-    match conduct.record(status, &app.config.limits) {
-        Earned::Nothing => {}
-        Earned::SlowDown => app.metrics.abusive_connection("slowed"),
-        Earned::Close => {
-            app.metrics.abusive_connection("closed");
-            let federation = app.limits.federation.as_ref();
-            let source = app.limits.source(peer.ip());
-            if !federation.is_some_and(|federation| federation.penalty.put(source)) {
-                app.metrics.limiter_overflow("penalty");
-            }
-        }
-    }
 }
 
 fn answer(

@@ -75,6 +75,37 @@ pub fn roots(ca: &Path) -> Result<Arc<rustls::RootCertStore>, TlsError> {
     Ok(Arc::new(roots))
 }
 
+/// This CMP's federation identity, read once: its certificate chain and
+/// key (its server certificate on the federation listener, its client
+/// certificate towards peers) and the community CA it trusts.
+#[derive(Debug)]
+pub struct Membership {
+    pub certs: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    pub community: Arc<rustls::RootCertStore>,
+}
+
+impl Membership {
+    pub fn load(cert: &Path, key: &Path, ca: &Path) -> Result<Self, TlsError> {
+        let (certs, key) = load(cert, key)?;
+        Ok(Self {
+            certs,
+            key,
+            community: roots(ca)?,
+        })
+    }
+
+    /// The federation listener's config: a client certificate the
+    /// community CA issued is required.
+    pub fn server_config(&self) -> Result<Arc<ServerConfig>, TlsError> {
+        mutual_server_config(
+            self.certs.clone(),
+            self.key.clone_key(),
+            self.community.clone(),
+        )
+    }
+}
+
 /// A server config that requires a client certificate issued by `roots`
 /// (TLS 1.3 only, HTTP/2 and HTTP/1.1): the federation listener's.
 pub fn mutual_server_config(

@@ -1,0 +1,279 @@
+//! What every request handler shares: the configuration, the store, the
+//! session bindings, the limiters and the metrics ([`App`]), built once by
+//! [`crate::server::start`]. The listeners in [`crate::net`] read it; the
+//! features get the part they need (RADIUS the bindings and the metrics,
+//! import the store and the policy).
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use http::HeaderValue;
+
+use crate::config::Config;
+use crate::core::Refusal;
+use crate::limits;
+use crate::metrics::Metrics;
+use crate::sessions::Bindings;
+use crate::store::Store;
+use crate::wire::{SubscriberKey, SubscriberRef};
+
+/// Everything a request handler needs, shared by all connections.
+#[derive(Debug)]
+pub struct App {
+    pub config: Config,
+    pub store: Store,
+    /// Session bindings (admin API, RADIUS): [`crate::sessions`].
+    pub bindings: Arc<Bindings>,
+    pub key: SubscriberKey,
+    pub metrics: Arc<Metrics>,
+    /// Association creations per subscriber (DESIGN §4's rate limit).
+    pub creations: DefaultKeyedRateLimiter<SubscriberRef>,
+    /// `Alt-Svc` advertising HTTP/3, when it is on.
+    pub alt_svc: Option<HeaderValue>,
+    /// Open client connections over all transports: the load signal for
+    /// shedding unauthenticated requests.
+    pub open_connections: AtomicUsize,
+    pub limits: Limiters,
+    /// Peer CMPs to forward to (`[federation]` peers).
+    pub peers: Option<crate::federation::Peers>,
+    /// What the resolution rule applies ([`crate::core::admit`]).
+    pub rules: crate::core::Rules,
+}
+
+/// The keyed limits of `[limits]`, cheapest first.
+#[derive(Debug)]
+pub struct Limiters {
+    /// Admission to the public listeners ([`limits::Admission`]): TCP and
+    /// QUIC share the penalty box and both connection caps.
+    pub tcp: limits::Admission,
+    pub quic: limits::Admission,
+    pub requests_per_address: limits::KeyedRate<std::net::IpAddr>,
+    /// Keyed by the association's sequence number: unique, and no allocation.
+    pub requests_per_clientid: limits::KeyedRate<crate::store::Seq>,
+    /// Requests without an association from off the MNO network, all
+    /// together (the tarpit's pace).
+    pub unauthenticated: Option<limits::Pace>,
+    /// The same from inside the MNO pools (first scans, which may create an
+    /// association): a budget of its own, so a flood from outside cannot
+    /// starve subscribers' first scans.
+    pub first_scans: Option<limits::Pace>,
+    /// All new TLS and QUIC handshakes together.
+    pub handshakes: Option<limits::Pace>,
+    /// Returning clients (a TLS ticket or a QUIC NEW_TOKEN token this
+    /// server issued), at the same rate: a queue of their own, which a flood
+    /// of new handshakes cannot fill (a replayed ticket only competes with
+    /// other returning clients).
+    pub resumptions: Option<limits::Pace>,
+    /// The saturation signal (`overload_lag`) of the main runtime (TCP,
+    /// admin) and of QUIC's: each listener watches its own.
+    pub main_lag: Option<Arc<limits::Lag>>,
+    pub quic_lag: Option<Arc<limits::Lag>>,
+    /// Tarpit waiters per source (`tarpit_per_source`).
+    pub tarpit_sources: Option<Arc<limits::PerAddress>>,
+    /// The federation listener's own admission (when it listens).
+    pub federation: Option<limits::FederationLimits>,
+    ipv6_prefix_len: u8,
+}
+
+impl Limiters {
+    pub fn new(config: &Config) -> Self {
+        let l = &config.limits;
+        // Shared by TCP and QUIC: sources closed for their conduct, open
+        // connections per source, and `max_connections` over both.
+        let penalty = Arc::new(limits::PenaltyBox::new(l.penalty, l.limiter_max_keys));
+        let per_address = Arc::new(limits::PerAddress::new(l.max_connections_per_address));
+        let connections = Arc::new(tokio::sync::Semaphore::new(l.max_connections));
+        let public = |accepts, accepts_name| limits::Admission {
+            penalty: penalty.clone(),
+            accepts: limits::KeyedRate::per_second(accepts, l.limiter_max_keys),
+            accepts_name,
+            per_address: per_address.clone(),
+            connections: connections.clone(),
+        };
+        Self {
+            tcp: public(l.accepts_per_address_per_sec, "tcp_accepts"),
+            quic: public(
+                config.http3.connections_per_address_per_sec,
+                "quic_connections",
+            ),
+            requests_per_address: limits::KeyedRate::per_second(
+                l.requests_per_address_per_sec,
+                l.limiter_max_keys,
+            ),
+            requests_per_clientid: limits::KeyedRate::per_second(
+                l.requests_per_clientid_per_sec,
+                l.limiter_max_keys,
+            ),
+            unauthenticated: limits::Pace::per_second(l.unauthenticated_per_sec),
+            first_scans: limits::Pace::per_second(l.first_scans_per_sec),
+            handshakes: limits::Pace::per_second(l.handshakes_per_sec),
+            resumptions: limits::Pace::per_second(l.handshakes_per_sec),
+            main_lag: limits::Lag::new(l.overload_lag).map(Arc::new),
+            quic_lag: limits::Lag::new(l.overload_lag).map(Arc::new),
+            tarpit_sources: (l.tarpit_per_source > 0)
+                .then(|| Arc::new(limits::PerAddress::new(l.tarpit_per_source))),
+            federation: config
+                .federation
+                .as_ref()
+                .filter(|federation| federation.listen.is_some())
+                .map(|federation| limits::FederationLimits::new(federation, l)),
+            ipv6_prefix_len: l.ipv6_prefix_len,
+        }
+    }
+
+    /// The key per-source limits count `addr` under ([`limits::source_key`]).
+    pub fn source(&self, addr: std::net::IpAddr) -> std::net::IpAddr {
+        limits::source_key(addr, self.ipv6_prefix_len)
+    }
+
+    /// The handshake pace a new connection waits in, and its name (for
+    /// `handshake_turns_total{queue}`).
+    pub fn handshake_pace(&self, returning: bool) -> (Option<&limits::Pace>, &'static str) {
+        match returning {
+            true => (self.resumptions.as_ref(), "returning"),
+            false => (self.handshakes.as_ref(), "new"),
+        }
+    }
+
+    pub fn retain_recent(&self) {
+        // The two share one penalty box: swept twice, no harm.
+        self.tcp.retain_recent();
+        self.quic.retain_recent();
+        self.requests_per_address.retain_recent();
+        self.requests_per_clientid.retain_recent();
+        if let Some(federation) = &self.federation {
+            federation.admission.retain_recent();
+        }
+    }
+}
+
+impl App {
+    /// A turn in the tarpit for a request without an association: paced to
+    /// `unauthenticated_per_sec` (off the MNO network) or
+    /// `first_scans_per_sec` (on it). Returns how long to wait for the turn
+    /// (the caller waits, holding no lock, costing no CPU) and the
+    /// source's place among the waiters, to hold meanwhile: a source (a
+    /// per-address key) may have at most `tarpit_per_source` requests
+    /// waiting, more are refused at once; a turn further than `tarpit_max`
+    /// away is `Overloaded`.
+    pub fn tarpit_turn(
+        &self,
+        on_mno_network: bool,
+        source: IpAddr,
+    ) -> Result<(Duration, Option<limits::AddressSlot>), Refusal> {
+        let pace = match on_mno_network {
+            true => &self.limits.first_scans,
+            false => &self.limits.unauthenticated,
+        };
+        let Some(pace) = pace else {
+            return Ok((Duration::ZERO, None));
+        };
+        let waiting = match &self.limits.tarpit_sources {
+            Some(sources) => Some(sources.try_open(source).ok_or(Refusal::RateLimited {
+                // A waiter's turn is at most `tarpit_max` away.
+                wait: self.config.limits.tarpit_max,
+            })?),
+            None => None,
+        };
+        let wait = pace
+            .reserve(self.config.limits.tarpit_max)
+            .ok_or(Refusal::Overloaded)?;
+        Ok((wait, waiting))
+    }
+
+    /// Whether a request without an association should be shed now.
+    /// (Runtime lag does not shed: a 503 at once frees a flooding client
+    /// to send its next request, the tarpit holds it.)
+    pub fn shedding(&self) -> bool {
+        self.open_connections.load(Ordering::Relaxed)
+            > self.config.limits.shed_unauthenticated_above
+    }
+
+    /// Whether the main runtime lags past `limits.overload_lag`: no new
+    /// TCP connections are taken on until it catches up.
+    pub fn tcp_overloaded(&self) -> bool {
+        self.limits
+            .main_lag
+            .as_ref()
+            .is_some_and(|l| l.overloaded())
+    }
+
+    /// Whether QUIC's runtime lags past `limits.overload_lag`: Initials
+    /// are dropped until it catches up.
+    pub fn quic_overloaded(&self) -> bool {
+        self.limits
+            .quic_lag
+            .as_ref()
+            .is_some_and(|l| l.overloaded())
+    }
+
+    /// Counts a keyed limit's verdict; `Err(RateLimited)` when over it.
+    pub fn rate_verdict(
+        &self,
+        limit: &'static str,
+        verdict: limits::Verdict,
+    ) -> Result<(), Refusal> {
+        match verdict {
+            limits::Verdict::Allowed => Ok(()),
+            limits::Verdict::Overflow => {
+                self.metrics.limiter_overflow(limit);
+                Ok(())
+            }
+            limits::Verdict::Limited(wait) => Err(Refusal::RateLimited { wait }),
+        }
+    }
+
+    /// Takes one creation from `subscriber`'s budget
+    /// (`auth.associations_per_minute`).
+    pub fn creation_budget(&self, subscriber: &SubscriberRef) -> limits::Verdict {
+        match self.creations.check_key(subscriber) {
+            Ok(()) => limits::Verdict::Allowed,
+            Err(not_until) => limits::Verdict::Limited(
+                not_until.wait_time_from(governor::clock::Clock::now(self.creations.clock())),
+            ),
+        }
+    }
+}
+
+impl App {
+    pub fn new(
+        config: Config,
+        store: Store,
+        metrics: Arc<Metrics>,
+        secret: &[u8; 32],
+        public_addr: SocketAddr,
+        peers: Option<crate::federation::Peers>,
+    ) -> Self {
+        let per_minute = NonZeroU32::new(config.associations_per_minute).unwrap_or(NonZeroU32::MIN);
+        let alt_svc = config
+            .http3
+            .enabled
+            .then(|| {
+                HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", public_addr.port())).ok()
+            })
+            .flatten();
+        App {
+            bindings: Arc::new(Bindings::new(&config, secret)),
+            key: SubscriberKey::new(secret),
+            metrics,
+            creations: RateLimiter::keyed(Quota::per_minute(per_minute)),
+            alt_svc,
+            open_connections: AtomicUsize::new(0),
+            limits: Limiters::new(&config),
+            peers,
+            rules: crate::core::Rules {
+                policy: config.policy.clone(),
+                mno: config.mno.clone(),
+                max_uri_bytes: config.limits.max_uri_bytes,
+                ipv6_prefix_len: config.limits.ipv6_prefix_len,
+                msisdn_header: config.msisdn_header.clone(),
+            },
+            store,
+            config,
+        }
+    }
+}
