@@ -52,11 +52,11 @@ async fn main() {
 
     // One page as the export reads it, timed alone: two scans of the codes.
     let started = Instant::now();
-    let page = running
-        .app
-        .store
-        .index()
-        .codes_after_seq(0, homecmp::codes::EXPORT_PAGE);
+    let page = running.app.store.index().codes_after_seq(
+        0,
+        homecmp::codes::EXPORT_PAGE,
+        homecmp::store::index::Reader::Operator,
+    );
     let page_ms = started.elapsed().as_secs_f64() * 1000.0;
     drop(page);
 

@@ -87,19 +87,21 @@ impl Limiters {
         let penalty = Arc::new(limits::PenaltyBox::new(l.penalty, l.limiter_max_keys));
         let per_address = Arc::new(limits::PerAddress::new(l.max_connections_per_address));
         let connections = Arc::new(tokio::sync::Semaphore::new(l.max_connections));
-        let public = |accepts, accepts_name| limits::Admission {
+        let public = |accepts, accepts_name, queue_over_rate| limits::Admission {
             penalty: penalty.clone(),
             accepts: limits::KeyedRate::per_second(accepts, l.limiter_max_keys),
             accepts_name,
             per_address: per_address.clone(),
             connections: connections.clone(),
+            queue_over_rate,
         };
+        let quic_rate = config.http3.connections_per_address_per_sec;
         Self {
-            tcp: public(l.accepts_per_address_per_sec, "tcp_accepts"),
-            quic: public(
-                config.http3.connections_per_address_per_sec,
-                "quic_connections",
-            ),
+            // A TCP client over its address's rate waits for its turn; a
+            // QUIC Initial cannot wait: it is dropped (the client resends),
+            // or answered 429 once its handshake proves the address.
+            tcp: public(l.accepts_per_address_per_sec, "tcp_accepts", true),
+            quic: public(quic_rate, "quic_connections", false),
             requests_per_address: limits::KeyedRate::per_second(
                 l.requests_per_address_per_sec,
                 l.limiter_max_keys,

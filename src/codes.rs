@@ -20,6 +20,7 @@ use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::core::Policy;
+use crate::store::index::Reader;
 use crate::store::{Store, StoreError};
 use crate::wire::IndirectCode;
 
@@ -405,7 +406,7 @@ fn export_page(
     after: crate::store::Seq,
     page_len: usize,
 ) -> Option<(Bytes, Cursor)> {
-    let page = index.codes_after_seq(after, page_len);
+    let page = index.codes_after_seq(after, page_len, Reader::Operator);
     let (_, last) = page.last()?;
     let next = match page.len() < page_len {
         true => Cursor::Done,

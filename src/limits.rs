@@ -297,6 +297,10 @@ pub struct Admission {
     pub accepts_name: &'static str,
     pub per_address: Arc<PerAddress>,
     pub connections: Arc<tokio::sync::Semaphore>,
+    /// Over the accept rate, a connection is admitted to wait for its turn
+    /// (`Admitted::over_rate`) rather than closed: the TCP listener's,
+    /// whose clients can be many subscribers behind one address.
+    pub queue_over_rate: bool,
 }
 
 impl Admission {
@@ -310,6 +314,7 @@ impl Admission {
             accepts_name: "admin_accepts",
             per_address: Arc::new(PerAddress::new(0)),
             connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
+            queue_over_rate: false,
         }
     }
 
@@ -347,6 +352,7 @@ impl FederationLimits {
             accepts_name: "federation_accepts",
             per_address: Arc::new(PerAddress::new(federation.max_connections_per_address)),
             connections: Arc::new(tokio::sync::Semaphore::new(federation.max_connections)),
+            queue_over_rate: false,
         };
         Self {
             admission,

@@ -311,6 +311,58 @@ fn only_sessions_writes_bindings() {
     }
 }
 
+/// The code table is read on an authority (`store::index::Reader`): a
+/// peer only on the federation listener, the operator only on the admin
+/// API and the export it streams. (A client shows its `Permit`, which only
+/// the core makes.)
+#[test]
+fn code_readers_are_named_only_where_they_are_checked() {
+    struct Named(BTreeSet<String>);
+    impl<'ast> Visit<'ast> for Named {
+        fn visit_item_mod(&mut self, item: &'ast syn::ItemMod) {
+            if !is_test(&item.attrs) {
+                syn::visit::visit_item_mod(self, item);
+            }
+        }
+        fn visit_path(&mut self, path: &'ast syn::Path) {
+            let segments: Vec<String> = path.segments.iter().map(|s| s.ident.to_string()).collect();
+            if let [.., reader, kind] = segments.as_slice()
+                && reader == "Reader"
+            {
+                self.0.insert(kind.clone());
+            }
+            syn::visit::visit_path(self, path);
+        }
+    }
+    let allowed: &[(&str, &[&str])] = &[
+        ("src/net/federation.rs", &["Peer"]),
+        ("src/net/admin.rs", &["Operator"]),
+        ("src/codes.rs", &["Operator"]),
+    ];
+    let src = Path::new(ROOT).join("src");
+    let mut seen = 0;
+    for file in rust_files(&src) {
+        let mut named = Named(BTreeSet::new());
+        named.visit_file(&parse(&file));
+        if file.ends_with("src/store/index/mod.rs") {
+            continue; // where Reader is declared
+        }
+        let ok: &[&str] = allowed
+            .iter()
+            .find(|(path, _)| file.ends_with(path))
+            .map_or(&[], |(_, kinds)| kinds);
+        for kind in &named.0 {
+            seen += 1;
+            assert!(
+                ok.contains(&kind.as_str()),
+                "{} reads codes as Reader::{kind}; only {allowed:?} may",
+                file.display()
+            );
+        }
+    }
+    assert!(seen >= 3, "no code reader named: is Reader gone?");
+}
+
 #[test]
 fn the_circle_finder_finds_circles() {
     let m = |s: &str| s.split("::").map(String::from).collect::<Vec<_>>();

@@ -14,6 +14,7 @@ use std::pin::pin;
 use std::task::Poll;
 use std::time::Duration;
 
+use homecmp::store::index::Reader;
 use homecmp::store::{self, EventLog, IdentitySource, Index, NewAssociation, Store};
 use homecmp::wire::{ClientId, IndirectCode, SubscriberRef};
 
@@ -68,7 +69,9 @@ fn state(index: &Index, prefix: &str) -> String {
     let held: Vec<_> = (0..SUBSCRIBERS)
         .map(|s| index.clientids_of(&SubscriberRef([s; 32])))
         .collect();
-    let codes: Vec<_> = (0..CLIENTS).map(|i| index.code(&code(i))).collect();
+    let codes: Vec<_> = (0..CLIENTS)
+        .map(|i| index.code(&code(i), Reader::Operator))
+        .collect();
     format!(
         "{:?}\n{associations:?}\n{held:?}\n{codes:?}",
         index.counts()

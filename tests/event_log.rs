@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 
+use homecmp::store::index::Reader;
 use homecmp::store::{
     self, Associated, Association, CodeEntry, Counts, Event, EventLog, IdentitySource, Index,
     LogError, NewAssociation, Record, RevokeReason, Seq, Store,
@@ -571,7 +572,10 @@ async fn codes_are_registered_replaced_and_removed() {
             .unwrap(),
         2
     );
-    let entry = store.index().code(&code).expect("registered");
+    let entry = store
+        .index()
+        .code(&code, Reader::Operator)
+        .expect("registered");
     assert_eq!((&*entry.target, entry.seq), ("https://b.example/", 2));
     assert_eq!(
         record_at(store.log(), 2).event,
@@ -583,7 +587,7 @@ async fn codes_are_registered_replaced_and_removed() {
     );
 
     assert!(store.remove_code(&code, NOW + 1).await.unwrap());
-    assert_eq!(store.index().code(&code), None);
+    assert_eq!(store.index().code(&code, Reader::Operator), None);
     assert_eq!(
         record_at(store.log(), 3).event,
         Event::CodeRemoved {
@@ -611,7 +615,10 @@ fn snapshot(index: &Index, codes: &[IndirectCode]) -> Snapshot {
             .map(|i| index.association(&format!("mcc-{i}")))
             .collect(),
         clientids: (0..6).map(|s| index.clientids_of(&sub(s))).collect(),
-        codes: codes.iter().map(|code| index.code(code)).collect(),
+        codes: codes
+            .iter()
+            .map(|code| index.code(code, Reader::Operator))
+            .collect(),
     }
 }
 

@@ -742,6 +742,36 @@ async fn a_flood_from_off_the_network_does_not_starve_first_scans_on_it() {
 
 // ------------------------------------------- QUIC limits, validated addresses only
 
+/// A QUIC client over its address's rate, found once its handshake proves
+/// the address, is answered 429 RATE_LIMITED (with `Retry-After`), not
+/// dropped: an app can tell "slow down" from a broken network.
+#[tokio::test]
+async fn a_quic_client_over_its_address_rate_is_answered_429_not_dropped() {
+    let server = TestServer::ready("[http3]\nconnections_per_address_per_sec = 1\n").await;
+    let mut statuses = Vec::new();
+    for i in 0..5 {
+        // A new client each time: no token, so charged after its handshake.
+        let client = server.h3_client("127.2.0.92");
+        let (status, body) = tokio::time::timeout(
+            Duration::from_secs(5),
+            client.get(&format!("/mc/v1/resolve?code={CODE}")),
+        )
+        .await
+        .expect("answered in time")
+        .unwrap_or_else(|e| panic!("connection {i} not answered: {e}"));
+        if status == 429 {
+            assert_eq!(body["code"], "RATE_LIMITED", "{body}");
+        }
+        statuses.push(status);
+    }
+    assert_eq!(statuses[0], 401, "{statuses:?}");
+    assert!(
+        statuses.iter().filter(|s| **s == 429).count() >= 2,
+        "{statuses:?}"
+    );
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn quic_handshakes_that_never_complete_do_not_spend_an_address_budget() {
     let server = TestServer::ready("[http3]\nconnections_per_address_per_sec = 1\n").await;
@@ -772,10 +802,11 @@ async fn quic_handshakes_that_never_complete_do_not_spend_an_address_budget() {
     .expect("not refused for the failed handshakes")
     .unwrap();
     assert_eq!(status, 401);
-    // Real connections are charged: past the rate (1/s, bursts of 2) an
-    // Initial is dropped (the client retransmits and gets in a second
-    // later), or a connection closed once its handshake is done.
+    // Real connections are charged: past the rate (1/s, bursts of 2) a
+    // connection is refused once its handshake is done (each a new client:
+    // one returning with a NEW_TOKEN token is not held to the rate).
     for _ in 0..4 {
+        let client = server.h3_client("127.2.0.91");
         let _ = client.get(&format!("/mc/v1/resolve?code={CODE}")).await;
     }
     assert!(metric(&server.metrics().await, refused) >= 1.0);

@@ -91,29 +91,46 @@ async fn connections_per_address_are_capped() {
     assert_eq!(server.resolve(&other, &format!("code={CODE}")).await.0, 401);
 }
 
+/// New connections from one address past its accept rate wait for the
+/// address's turns (delayed, not reset: many subscribers can share an
+/// address); those whose turn would come after the header timeout are
+/// closed before TLS, and counted.
 #[tokio::test]
-async fn tcp_accept_rate_per_address_closes_floods_before_tls() {
-    let server = TestServer::with_config("[limits]\naccepts_per_address_per_sec = 2").await;
-    let mut refused = 0;
-    for _ in 0..12 {
+async fn tcp_accept_rate_per_address_delays_a_burst_and_refuses_past_the_bound() {
+    let server = TestServer::with_config(
+        "[limits]
+accepts_per_address_per_sec = 2
+header_read_timeout_ms = 1500",
+    )
+    .await;
+    // One after another: a burst of 4, then 2 a second, each served.
+    let started = std::time::Instant::now();
+    for i in 0..8 {
         // A new client each time: a new connection each time.
         let client = server.client("http1", "127.2.0.11");
-        if client
-            .get(server.url(&format!("code={CODE}")))
-            .send()
-            .await
-            .is_err()
-        {
-            refused += 1;
-        }
+        let (status, body) = server.resolve(&client, &format!("code={CODE}")).await;
+        assert_eq!(status, 401, "connection {i}: {body}");
     }
-    assert!(refused >= 6, "only {refused} of 12 refused");
+    assert!(
+        started.elapsed() >= std::time::Duration::from_millis(1000),
+        "not paced: {:?}",
+        started.elapsed()
+    );
+    // Thirty at once: about three turns come within the 1.5 s bound.
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..30 {
+        let client = server.client("http1", "127.2.0.11");
+        let url = server.url(&format!("code={CODE}"));
+        burst.spawn(async move { client.get(url).send().await.is_ok() });
+    }
+    let served = burst.join_all().await.into_iter().filter(|ok| *ok).count();
+    assert!((1..=10).contains(&served), "{served} of 30 served");
     let metrics = server.metrics().await;
     assert!(
         metric(
             &metrics,
             "homecmp_connections_refused_total{transport=\"tcp\",reason=\"address_rate\"}"
-        ) >= 6.0
+        ) >= 20.0
     );
 }
 
@@ -397,4 +414,59 @@ async fn max_connections_counts_tcp_and_quic_together() {
             "homecmp_connections_refused_total{transport=\"quic\",reason=\"connection_cap\"}"
         ) >= 1.0
     );
+}
+
+/// Many subscribers behind one address (a hotspot, an enterprise NAT,
+/// another operator's CGNAT): each associated app spends its own budget,
+/// not the address's, so the address's budget, spent many times over, stops
+/// only the requests without an association.
+#[tokio::test]
+async fn associated_apps_behind_one_address_are_not_held_to_its_budget() {
+    const SUBSCRIBERS: u32 = 25;
+    // First scans have no association yet: they spend their own address's
+    // budget (2/s, bursts of 4), so four each.
+    const APPS: u32 = 4;
+    let server = TestServer::with_config(
+        "[limits]\nrequests_per_address_per_sec = 2\nrefusals_before_slowdown = 0",
+    )
+    .await;
+    server.put_code(CODE, "https://example.org/").await;
+    for s in 1..=SUBSCRIBERS {
+        let ip = format!("127.1.3.{s}");
+        server.bind_session(&ip, &format!("+4477009{s:05}")).await;
+        let mno = server.client("http1", &ip);
+        for a in 0..APPS {
+            let (status, body) = server
+                .resolve(&mno, &format!("code={CODE}&clientid=app-{s}-{a}"))
+                .await;
+            assert_eq!(status, 200, "first scan of app-{s}-{a}: {body}");
+        }
+    }
+    // Now all of them from one off-net address, on one connection: 100
+    // associated apps, three scans each, far past the address's 2/s.
+    let shared = server.client("http2", "127.2.9.1");
+    for round in 0..3 {
+        for s in 1..=SUBSCRIBERS {
+            for a in 0..APPS {
+                let (status, body) = server
+                    .resolve(&shared, &format!("code={CODE}&clientid=app-{s}-{a}"))
+                    .await;
+                assert_eq!(status, 200, "round {round}, app-{s}-{a}: {body}");
+                assert_eq!(body["association"], "existing");
+            }
+        }
+    }
+    // Requests without an association from that address meet its budget.
+    let mut limited = 0;
+    for i in 0..10 {
+        let (status, body) = server
+            .resolve(&shared, &format!("code={CODE}&clientid=stranger-{i}"))
+            .await;
+        match status {
+            403 => assert_eq!(body["code"], "RETRY_ON_MNO_NETWORK"),
+            429 => limited += 1,
+            other => panic!("unexpected {other} {body}"),
+        }
+    }
+    assert!(limited >= 5, "only {limited} of 10 limited");
 }

@@ -20,6 +20,7 @@ use std::pin::pin;
 use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use homecmp::store::index::Reader;
 use homecmp::store::{self, EventLog, IdentitySource, Index, NewAssociation, Store};
 use homecmp::wire::{ClientId, IndirectCode, SubscriberRef};
 use proptest::prelude::*;
@@ -196,7 +197,7 @@ fn observe(index: &Index) -> Model {
     }
     let codes = (0..CODES)
         .filter_map(|c| {
-            let entry = index.code(&code(c))?;
+            let entry = index.code(&code(c), Reader::Operator)?;
             let t = entry.target.rsplit('/').next().unwrap().parse().unwrap();
             Some((c, t))
         })

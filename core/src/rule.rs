@@ -14,10 +14,12 @@
 //! The order, cheapest first:
 //!
 //! 1. the enrichment headers as the gateway wrote them (an ambiguous one
-//!    is refused), then the address's request budget;
+//!    is refused);
 //! 2. parse: the query, the code, the clientid;
-//! 3. the index: an association spends its clientid's budget; a request
-//!    without one is shed first when the server sheds;
+//! 3. the index: an association spends its clientid's budget (never its
+//!    address's: many subscribers share an address behind a NAT); a
+//!    request without one spends its address's budget, and is shed first
+//!    when the server sheds;
 //! 4. identity, then, for a request without an association, a turn in the
 //!    tarpit (first scans from the MNO network and the rest each have one);
 //! 5. the decision ([`decide`]), and for a new association the
@@ -188,19 +190,23 @@ fn admit_counting<'q, 'r: 'q>(
 ) -> Result<Passed<'q>, Refusal> {
     let view = ClientView::from_headers(request.origin, request.headers, &rules.msisdn_header)?;
     let source = source_key(limit_address(&rules.mno, &view), rules.ipv6_prefix_len);
-    spend(facts.address_budget(source), "requests_per_address", tally)?;
     let query = parsed.insert(parse_query(request.query, rules.max_uri_bytes)?);
     let code = IndirectCode::parse(&query.code).map_err(Refusal::InvalidCode)?;
     let clientid = query.clientid.as_deref().map(ClientIdRef::parse);
     let valid = clientid.clone().and_then(Result::ok);
     let association = valid.as_ref().and_then(|id| facts.association(id));
     match association {
+        // An associated app spends its own budget, never its address's:
+        // thousands of subscribers behind one NAT or hotspot are each
+        // limited as themselves.
         Some(a) => spend(facts.clientid_budget(&a), "requests_per_clientid", tally)?,
-        None if facts.shedding() => {
-            tally.shed = true;
-            return Err(Refusal::Overloaded);
+        None => {
+            spend(facts.address_budget(source), "requests_per_address", tally)?;
+            if facts.shedding() {
+                tally.shed = true;
+                return Err(Refusal::Overloaded);
+            }
         }
-        None => {}
     }
     let identity = facts.identity(&view);
     tally.spoof_attempt = identity.spoof_attempt;
@@ -469,7 +475,8 @@ mod tests {
             ("403 ASSOCIATION_MISMATCH", ENFORCE, "127.1.0.2", scan("known"), &none, Refused(AssociationMismatch)),
             ("404 CODE_NOT_FOUND", ENFORCE, WIFI, "code=2001000001other&clientid=known".into(), &none, Refused(CodeNotFound)),
             ("404 UNKNOWN_PREFIX", ENFORCE, WIFI, "code=2001000002promo&clientid=known".into(), &none, Refused(UnknownPrefix)),
-            ("429 RATE_LIMITED (address)", ENFORCE, WIFI, scan("known"), &|w| w.address = Verdict::Limited(Duration::from_millis(1500)), Refused(RateLimited { wait: Duration::from_millis(1500) })),
+            ("429 RATE_LIMITED (address)", ENFORCE, WIFI, scan("new"), &|w| w.address = Verdict::Limited(Duration::from_millis(1500)), Refused(RateLimited { wait: Duration::from_millis(1500) })),
+            ("200 existing (an associated app is not held to its address's budget)", ENFORCE, WIFI, scan("known"), &|w| w.address = Verdict::Limited(Duration::from_millis(1500)), Resolved(AssociationState::Existing)),
             ("429 RATE_LIMITED (clientid)", ENFORCE, WIFI, scan("known"), &|w| w.clientid = Verdict::Limited(Duration::from_millis(200)), Refused(RateLimited { wait: Duration::from_millis(200) })),
             ("429 RATE_LIMITED (creations)", ENFORCE, MNO_1, scan("new"), &|w| w.creation = Verdict::Limited(Duration::from_secs(30)), Refused(RateLimited { wait: Duration::from_secs(30) })),
             ("429 RATE_LIMITED (tarpit, per source)", ENFORCE, WIFI, scan("new"), &|w| w.tarpit = Err(RateLimited { wait: Duration::from_secs(2) }), Refused(RateLimited { wait: Duration::from_secs(2) })),
@@ -521,29 +528,30 @@ mod tests {
             world.asked
         };
         assert_eq!(
+            asked(WIFI, &scan("new"), |w| w.address =
+                Verdict::Limited(Duration::from_secs(1))),
+            ["association", "address_budget"]
+        );
+        // An associated app is not held to its address's budget.
+        assert_eq!(
             asked(WIFI, &scan("known"), |w| w.address =
                 Verdict::Limited(Duration::from_secs(1))),
-            ["address_budget"]
+            ["association", "clientid_budget", "identity"]
         );
-        assert_eq!(asked(WIFI, "code=zz", |_| {}), ["address_budget"]);
+        assert_eq!(asked(WIFI, "code=zz", |_| {}), Vec::<&str>::new());
         assert_eq!(
             asked(WIFI, &scan("new"), |w| w.shedding = true),
-            ["address_budget", "association", "shedding"]
+            ["association", "address_budget", "shedding"]
         );
         assert_eq!(
             asked(WIFI, &scan("known"), |_| {}),
-            [
-                "address_budget",
-                "association",
-                "clientid_budget",
-                "identity"
-            ]
+            ["association", "clientid_budget", "identity"]
         );
         assert_eq!(
             asked(WIFI, &scan("new"), |_| {}),
             [
-                "address_budget",
                 "association",
+                "address_budget",
                 "shedding",
                 "identity",
                 "tarpit"
@@ -552,8 +560,8 @@ mod tests {
         assert_eq!(
             asked(MNO_1, &scan("new"), |_| {}),
             [
-                "address_budget",
                 "association",
+                "address_budget",
                 "shedding",
                 "identity",
                 "tarpit",
@@ -588,8 +596,8 @@ mod tests {
         assert!(outcome.tally.spoof_attempt);
         let mut world = World::new();
         world.address = Verdict::Overflow;
-        let (answer, outcome) = ask(ENFORCE, WIFI, &scan("known"), &[], &mut world);
-        assert_eq!(answer, Answer::Resolved(AssociationState::Existing));
+        let (answer, outcome) = ask(ENFORCE, WIFI, &scan("new"), &[], &mut world);
+        assert_eq!(answer, Answer::Refused(Refusal::RetryOnMnoNetwork));
         assert_eq!(outcome.tally.overflowed, Some("requests_per_address"));
         let mut world = World::new();
         let (_, outcome) = ask(

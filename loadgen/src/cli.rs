@@ -8,7 +8,7 @@ use std::time::Duration;
 use clap::Parser;
 use ipnet::IpNet;
 
-use crate::classes::{DEFAULT_MIX, Mix};
+use crate::classes::{DEFAULT_MIX, Mix, Via};
 pub use crate::client::Protocol;
 use crate::error::Error;
 
@@ -137,6 +137,11 @@ pub struct Args {
     /// A new connection (TCP+TLS or QUIC handshake) for every request.
     #[arg(long, help_heading = "Traffic")]
     pub disable_keepalive: bool,
+    /// Where legitimate requests leave from: half from WiFi sources and half from the
+    /// subscribers' own MNO addresses (`both`), or all from one side. `wifi` with
+    /// `--sources 1` is thousands of subscribers behind one address (a hotspot, a NAT).
+    #[arg(long, value_enum, default_value = "both", help_heading = "Traffic")]
+    pub legit_from: LegitFrom,
     /// No TLS session resumption: every handshake is a full one.
     #[arg(long, help_heading = "Traffic")]
     pub no_tls_resumption: bool,
@@ -316,5 +321,24 @@ mod tests {
             panic!("accepted")
         };
         assert!(text.contains("overlaps"), "{text}");
+    }
+}
+
+/// `--legit-from`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LegitFrom {
+    Both,
+    Wifi,
+    Mno,
+}
+
+impl LegitFrom {
+    /// The side every legitimate request keeps to, if one.
+    pub fn side(self) -> Option<Via> {
+        match self {
+            LegitFrom::Both => None,
+            LegitFrom::Wifi => Some(Via::Wifi),
+            LegitFrom::Mno => Some(Via::Mno),
+        }
     }
 }

@@ -98,6 +98,7 @@ pub async fn run(args: Args) -> Result<RunOutcome, Error> {
         timeout: args.timeout,
         wifi_sources,
         interval: args.interval,
+        legit_side: args.legit_from.side(),
     };
     let planner = Arc::new(Planner::new(setup, args.mix.clone(), msisdn_header));
     let (collected, measured) = drive(&args, plan, planner.clone(), clients).await;

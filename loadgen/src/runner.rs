@@ -39,6 +39,9 @@ pub struct RunPlan {
     pub timeout: Duration,
     pub wifi_sources: Vec<IpAddr>,
     pub interval: Duration,
+    /// Every legitimate request from this side (`--legit-from`), or half
+    /// from each.
+    pub legit_side: Option<Via>,
 }
 
 /// The connections of lane `i`: one from a WiFi source, one from the MNO
@@ -97,7 +100,7 @@ pub async fn run(
         live,
         samples,
     });
-    let slots = task_slots(&shared.lanes, shared.plan.streams);
+    let slots = task_slots(&shared.lanes, shared.plan.streams, shared.plan.legit_side);
     let total = slots.len() as u64;
     let mut tasks = tokio::task::JoinSet::new();
     for (j, (lane, side)) in slots.into_iter().enumerate() {
@@ -139,15 +142,19 @@ fn lane_sets(plan: &RunPlan, setup: &Setup) -> Vec<LaneSet> {
 /// subscriber's MNO address: on a multiplexed lane, each task keeps to
 /// one side, so each of its two connections carries a steady half of
 /// its streams (an HTTP/1.1 lane's one task tosses a coin per request).
-fn task_slots(lanes: &[LaneSet], streams: usize) -> Vec<(usize, Option<Via>)> {
+fn task_slots(
+    lanes: &[LaneSet],
+    streams: usize,
+    legit_side: Option<Via>,
+) -> Vec<(usize, Option<Via>)> {
     lanes
         .iter()
         .enumerate()
         .flat_map(|(i, lane)| {
             let streams = lane.protocol.streams(streams);
             (0..streams).map(move |k| {
-                let side = (streams > 1).then_some(if k % 2 == 0 { Via::Wifi } else { Via::Mno });
-                (i, side)
+                let half = (streams > 1).then_some(if k % 2 == 0 { Via::Wifi } else { Via::Mno });
+                (i, legit_side.or(half))
             })
         })
         .collect()

@@ -233,3 +233,51 @@ async fn a_server_that_resolves_spoofed_requests_fails_the_run_with_status_2() {
     );
     server.shutdown().await;
 }
+
+/// Many associated subscribers behind ONE address (a hotspot, a NAT), on
+/// the defaults (creations unthrottled for the setup only): a new TLS
+/// connection per scan at 1.5x the address's accept rate, then keep-alive,
+/// are served, every answer as prescribed and none lost to a reset. (The
+/// figures at full scale, in a release build: `scripts/shared-address`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_subscribers_behind_one_address_are_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(&dir.path().join("data"), "", "").await;
+    let setup = dir.path().join("setup.json");
+    let shared = "--mix legit=1 --legit-from wifi --sources 1 --protocol h2";
+    let runs = [
+        // accepts_per_address_per_sec is 100 (bursts of 200).
+        "--disable-keepalive --connections 32 --rate 150 --requests 900",
+        "--connections 16 --rate 500 --requests 2000",
+    ];
+    for (i, shape) in runs.iter().enumerate() {
+        let json = dir.path().join(format!("shared-{i}.json"));
+        let setup_args = match i {
+            0 => format!("--clientids 400 --codes 4 --save-setup {}", setup.display()),
+            _ => format!("--setup {}", setup.display()),
+        };
+        let outcome = homecmp_loadgen::run(args(
+            &server,
+            &format!("{shared} {shape} {setup_args} --json {}", json.display()),
+        ))
+        .await
+        .expect("the run is carried out");
+        let report = read_json(&json);
+        let total = &report["total"];
+        assert_eq!(
+            outcome.exit_code, EXIT_OK,
+            "{shape}: {:#}",
+            report["examples"]
+        );
+        assert_eq!(total["errors"], 0, "{shape}: {:#}", report["examples"]);
+        let (sent, matched) = (
+            total["sent"].as_u64().unwrap(),
+            total["matched"].as_u64().unwrap(),
+        );
+        assert!(
+            sent > 0 && matched * 1000 >= sent * 999,
+            "{shape}: {matched} of {sent} served: {total:#}"
+        );
+    }
+    server.shutdown().await;
+}

@@ -34,6 +34,7 @@ use super::error::AdminError;
 use crate::app::App;
 use crate::metrics::RuntimeLabel;
 use crate::sessions::{Bind, BindError};
+use crate::store::index::Reader;
 use crate::wire::{ClientId, IndirectCode, Msisdn};
 
 /// Shared by the admin handlers: the token, and the application once ready.
@@ -490,7 +491,7 @@ async fn code_stats(Ready(app): Ready, Param(code): Param) -> Answer {
     let scans = app
         .store
         .index()
-        .code_scans(&code)
+        .code_scans(&code, Reader::Operator)
         .ok_or_else(|| AdminError::CodeNotFound.into_response())?;
     let count = crate::core::model::ScanCount::from_slots(code.as_str().to_owned(), scans);
     let total: u64 = scans.iter().sum();
@@ -509,7 +510,7 @@ async fn get_code(Ready(app): Ready, Param(code): Param) -> Answer {
     let entry = app
         .store
         .index()
-        .code(&code)
+        .code(&code, Reader::Operator)
         .ok_or_else(|| AdminError::CodeNotFound.into_response())?;
     Ok(
         Json(json!({"code": code.as_str(), "target": &*entry.target, "seq": entry.seq}))

@@ -17,6 +17,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::app::App;
+use crate::core::Refusal;
 use crate::limits::{AddressSlot, Admission, Verdict};
 pub use crate::metrics::Transport;
 use crate::metrics::{Metrics, Protocol, ProtocolLabel};
@@ -25,6 +26,10 @@ use crate::metrics::{Metrics, Protocol, ProtocolLabel};
 /// cap; both are freed when it is dropped.
 #[derive(Debug)]
 pub struct Admitted {
+    /// Over its address's accept rate, on a listener that queues (TCP):
+    /// how long until the address's next turn. The transport makes a new
+    /// client wait for it (a returning one need not).
+    pub over_rate: Option<std::time::Duration>,
     _address: AddressSlot,
     _global: OwnedSemaphorePermit,
 }
@@ -49,6 +54,33 @@ pub fn admit(app: &App, transport: Transport, source: IpAddr) -> Result<Admitted
     }
 }
 
+/// [`admit`] for a client returning with a credential this server issued
+/// (a single-use QUIC NEW_TOKEN token): not held to its address's
+/// connection rate, since many subscribers can share an address; the
+/// penalty box and the caps apply as to anyone.
+pub fn admit_returning(
+    app: &App,
+    transport: Transport,
+    source: IpAddr,
+) -> Result<Admitted, &'static str> {
+    let admission = match transport {
+        Transport::Quic => &app.limits.quic,
+        _ => &app.limits.tcp,
+    };
+    let admitted = check(admission, &app.metrics, source, Rate::Exempt);
+    if let Err(reason) = admitted {
+        app.metrics.refused_connection(transport, reason);
+    }
+    admitted
+}
+
+/// Whether a connection is held to its address's connection rate.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Rate {
+    Checked,
+    Exempt,
+}
+
 /// [`admit`] with the limits given: every listener's one admission path.
 pub fn admit_with(
     admission: &Admission,
@@ -56,11 +88,26 @@ pub fn admit_with(
     transport: Transport,
     source: IpAddr,
 ) -> Result<Admitted, &'static str> {
-    let admitted = check(admission, metrics, source);
+    let admitted = check(admission, metrics, source, Rate::Checked);
     if let Err(reason) = admitted {
         metrics.refused_connection(transport, reason);
     }
     admitted
+}
+
+/// What a connection refused after its handshake (a QUIC client whose
+/// address is proven only then) is answered: over its address's rate or in
+/// the penalty box, 429 with the wait; over a cap, 503.
+pub fn refusal_after_handshake(reason: &str, limits: &crate::config::Limits) -> Refusal {
+    match reason {
+        "address_rate" => Refusal::RateLimited {
+            wait: std::time::Duration::from_secs(1),
+        },
+        "penalty" => Refusal::RateLimited {
+            wait: limits.penalty,
+        },
+        _ => Refusal::Overloaded,
+    }
 }
 
 /// One step of a handshake, bounded by `limit`: its value, or why the
@@ -81,15 +128,24 @@ fn check(
     admission: &Admission,
     metrics: &Metrics,
     source: IpAddr,
+    rate: Rate,
 ) -> Result<Admitted, &'static str> {
     if admission.penalty.holds(source) {
         return Err("penalty");
     }
-    match admission.accepts.check(&source) {
-        Verdict::Allowed => {}
-        Verdict::Overflow => metrics.limiter_overflow(admission.accepts_name),
+    let verdict = match rate {
+        Rate::Checked => admission.accepts.check(&source),
+        Rate::Exempt => Verdict::Allowed,
+    };
+    let over_rate = match verdict {
+        Verdict::Allowed => None,
+        Verdict::Overflow => {
+            metrics.limiter_overflow(admission.accepts_name);
+            None
+        }
+        Verdict::Limited(wait) if admission.queue_over_rate => Some(wait),
         Verdict::Limited(_) => return Err("address_rate"),
-    }
+    };
     let address = admission
         .per_address
         .try_open(source)
@@ -100,6 +156,7 @@ fn check(
         .try_acquire_owned()
         .map_err(|_| "connection_cap")?;
     Ok(Admitted {
+        over_rate,
         _address: address,
         _global: global,
     })

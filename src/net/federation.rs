@@ -35,6 +35,7 @@ use crate::app::App;
 use crate::core::Refusal;
 use crate::federation::RESOLVE_PATH;
 use crate::limits::KeyedRate;
+use crate::store::index::Reader;
 use crate::wire::{IndirectCode, Query};
 
 /// Serves peers on `listener` until `shutdown`.
@@ -161,7 +162,7 @@ fn answer(
     if !app.config.policy.owns(&code) {
         return refused(Refusal::UnknownPrefix, "unknown_prefix");
     }
-    let Some(entry) = app.store.index().code(&code) else {
+    let Some(entry) = app.store.index().code(&code, Reader::Peer) else {
         return refused(Refusal::CodeNotFound, "code_not_found");
     };
     app.metrics.federation("answered", "resolved");

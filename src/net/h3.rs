@@ -8,7 +8,10 @@
 //!    validated address only (a spoofed source must not spend its owner's
 //!    budget): over them, the Initial is ignored (no packet sent back, no
 //!    state kept). An unvalidated client is charged when its handshake
-//!    completes, and closed if over.
+//!    completes; if over, its first request is answered 429 (or 503) with
+//!    `Retry-After` and the connection closed. A client back with a
+//!    NEW_TOKEN token (single use) is not held to the rate: many
+//!    subscribers can share an address.
 //! 2. Handshakes in flight and connections open: over `max_handshakes` or
 //!    `limits.max_connections`, ignored likewise.
 //! 3. Address validation: `retry = always` answers every unvalidated
@@ -39,11 +42,13 @@ use quinn::crypto::rustls::QuicServerConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::admit::{Admitted, Transport, admit, handshake_step};
+use super::admit::{Admitted, Transport, admit, admit_returning, handshake_step};
 use super::conn::{Activity, Conduct};
+use super::error::error_response;
 use super::resolve::{self, ConnInfo};
 use crate::app::App;
 use crate::config::{Http3Config, RetryPolicy};
+use crate::core::Refusal;
 use crate::metrics::Protocol;
 
 #[derive(Debug, thiserror::Error)]
@@ -222,17 +227,23 @@ fn answer_initial(
     // spend a victim's budget. An unvalidated client is charged once its
     // handshake completes, which proves the address too.
     let validated = incoming.remote_address_validated();
-    let admitted = match validated {
-        true => match admit(app, Transport::Quic, source) {
+    // A client back with a NEW_TOKEN token this server issued (validated,
+    // and not by a Retry) is returning: it is not held to its address's
+    // connection rate (many subscribers share an address), and has a
+    // handshake queue of its own, as TLS clients with a ticket do. Tokens
+    // are single use: each was earned by a connection.
+    let returning = validated && incoming.may_retry();
+    let admitted = match (validated, returning) {
+        (true, false) => match admit(app, Transport::Quic, source) {
             Ok(admitted) => Some(admitted),
             Err(_) => return Initial::Ignore,
         },
-        false => None,
+        (true, true) => match admit_returning(app, Transport::Quic, source) {
+            Ok(admitted) => Some(admitted),
+            Err(_) => return Initial::Ignore,
+        },
+        (false, _) => None,
     };
-    // A client back with a NEW_TOKEN token this server issued (validated,
-    // and not by a Retry) is returning: it has a queue of its own, as TLS
-    // clients with a ticket do. Tokens are single use.
-    let returning = validated && incoming.may_retry();
     let (pace, queue) = app.limits.handshake_pace(returning);
     if let Some(pace) = pace {
         app.metrics.handshake_turn(queue);
@@ -281,11 +292,48 @@ async fn handshake_and_serve(
         Some(admitted) => admitted,
         None => match admit(&app, Transport::Quic, source) {
             Ok(admitted) => admitted,
-            Err(_) => return connection.close(H3_EXCESSIVE_LOAD.into(), b"address limit"),
+            Err(reason) => {
+                let refusal = super::admit::refusal_after_handshake(reason, &app.config.limits);
+                return answer_refusal(&app, connection, refusal).await;
+            }
         },
     };
     let _serving = admitted.serving(&app, Protocol::Http3);
     serve_connection(&app, connection, handshake_addr, shutdown).await;
+}
+
+/// A connection whose handshake proved an address that is over its limits:
+/// its first request is answered with the refusal (429 or 503, with
+/// `Retry-After`), then it is drained and closed. The client is told to
+/// slow down, instead of meeting what looks like a broken network.
+async fn answer_refusal(app: &App, connection: quinn::Connection, refusal: Refusal) {
+    let quic = connection.clone();
+    let limit = app.config.limits.header_read_timeout;
+    let built = h3::server::builder()
+        .max_field_section_size(app.config.limits.max_header_bytes as u64)
+        .build::<_, Bytes>(h3_quinn::Connection::new(connection))
+        .await;
+    if let Ok(mut h3_conn) = built {
+        let answered = async {
+            let resolver = h3_conn.accept().await.ok()??;
+            let (_request, mut stream) = resolver.resolve_request().await.ok()?;
+            let (parts, body) = error_response(&refusal).into_parts();
+            stream
+                .send_response(http::Response::from_parts(parts, ()))
+                .await
+                .ok()?;
+            stream.send_data(body).await.ok()?;
+            stream.finish().await.ok()?;
+            // Read the request to its end (as `serve_request` does): an
+            // unread stream is answered with STOP_SENDING, a reset.
+            while let Ok(Some(_)) = stream.recv_data().await {}
+            Some(())
+        };
+        let _ = tokio::time::timeout(limit, answered).await;
+        let _ = h3_conn.shutdown(0).await;
+        let _ = tokio::time::timeout(LINGER, quic.closed()).await;
+    }
+    quic.close(H3_EXCESSIVE_LOAD.into(), b"address limit");
 }
 
 /// HTTP/3's error codes (RFC 9114 §8.1): a clean close, and a peer that

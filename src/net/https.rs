@@ -19,6 +19,7 @@ use super::admit::{Admitted, Transport, admit, handshake_step};
 use super::conn::Conduct;
 use super::resolve::{self, ConnInfo};
 use crate::app::App;
+use crate::limits::Verdict;
 use crate::metrics::Protocol;
 use crate::tls;
 
@@ -77,22 +78,31 @@ async fn handshake_and_serve(
 ) {
     let refused = |reason| app.metrics.refused_connection(Transport::Tcp, reason);
     let handshake_limit = app.config.limits.header_read_timeout;
-    if app.limits.handshakes.is_some() {
+    let over_rate = admitted.over_rate;
+    if app.limits.handshakes.is_some() || over_rate.is_some() {
         // A client that offers a ticket this server issued is returning: it
-        // waits in a queue of its own, so a flood of new handshakes does not
-        // hold it up. A client that sends nothing takes no turn at all.
+        // is not held to its address's accept rate (many subscribers share
+        // an address), and waits in a handshake queue of its own, so a
+        // flood of new handshakes does not hold it up. A client that sends
+        // nothing takes no turn at all.
         let hello = match handshake_step(handshake_limit, peek_first_record(&stream)).await {
             Ok(hello) => hello,
             Err(reason) => return refused(reason),
         };
         let returning = tls::offered_ticket(&hello)
             .is_some_and(|ticket| tls.config().ticketer.decrypt(ticket).is_some());
+        if let Some(wait) = over_rate.filter(|_| !returning) {
+            let source = app.limits.source(peer.ip());
+            if let Err(reason) = address_turn(&app, source, wait, handshake_limit).await {
+                return refuse_quietly(stream, || refused(reason));
+            }
+        }
         let (pace, queue) = app.limits.handshake_pace(returning);
         app.metrics.handshake_turn(queue);
         if let Some(pace) = pace {
             match pace.reserve(handshake_limit) {
                 Some(wait) => tokio::time::sleep(wait).await,
-                None => return refused("handshake_rate"),
+                None => return refuse_quietly(stream, || refused("handshake_rate")),
             }
         }
     }
@@ -108,6 +118,39 @@ async fn handshake_and_serve(
     let origin = crate::core::identity_address(crate::core::Seen::Tcp { peer: peer.ip() });
     let conn = ConnInfo { origin, protocol };
     serve_connection(app.clone(), conn, stream, shutdown).await;
+}
+
+/// A new client over its address's accept rate (`accepts_per_address_per_sec`)
+/// waits for its address's next turn instead of being refused, if that
+/// comes within `limit`: a burst from a busy shared address is delayed,
+/// not reset. Each turn is taken from the limiter when it comes, so the
+/// waiters together stay within the rate; past `limit`, refused.
+async fn address_turn(
+    app: &App,
+    source: std::net::IpAddr,
+    mut wait: std::time::Duration,
+    limit: std::time::Duration,
+) -> Result<(), &'static str> {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if tokio::time::Instant::now() + wait > deadline {
+            return Err("address_rate");
+        }
+        tokio::time::sleep(wait).await;
+        match app.limits.tcp.accepts.check(&source) {
+            Verdict::Limited(next) => wait = next,
+            Verdict::Allowed | Verdict::Overflow => return Ok(()),
+        }
+    }
+}
+
+/// Closes a refused connection without a reset: the bytes it already sent
+/// (its ClientHello, peeked) are read first, so the kernel ends it with a
+/// FIN rather than an RST, which clients report as a network error.
+fn refuse_quietly(stream: TcpStream, count: impl FnOnce()) {
+    count();
+    let mut sink = [0u8; 4096];
+    while matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {}
 }
 
 /// The client's first TLS record, peeked (left in the socket for rustls):

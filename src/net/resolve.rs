@@ -292,7 +292,7 @@ async fn answer(
     let first_scan = permit.association() == core::AssociationState::Created;
     let slot = crate::store::index::scan_slot(protocol, first_scan);
     let resolution = core::resolve(&app.config.policy, permit, code, |code| {
-        index.code_scanned(code, slot)
+        index.code_scanned(code, slot, permit)
     })?;
     let target = match resolution {
         core::Resolution::Local(target) => target,

@@ -441,7 +441,7 @@ impl Store {
             return Ok(done.is_some());
         }
         let guards = self.lock(&[self.stripe(code.as_str())]).await;
-        if self.index().code(code).is_none() {
+        if !self.index().has_code(code) {
             return Ok(false);
         }
         let event = Event::CodeRemoved {
@@ -624,7 +624,7 @@ impl Store {
         let subject = link.code_subject(code.as_str());
         let locks = Locks::Code(code.as_str());
         self.replicate(link, &subject, locks, |last, _| {
-            if matches!(event, Event::CodeRemoved { .. }) && self.index().code(code).is_none() {
+            if matches!(event, Event::CodeRemoved { .. }) && !self.index().has_code(code) {
                 return Planned::Answer(None);
             }
             Planned::Publish {

@@ -163,6 +163,21 @@ impl Entry for Holder {
     }
 }
 
+/// Who reads the code table besides a client, and on what authority
+/// (DESIGN §4: a request that fails authentication never reaches the code
+/// store). Every read names one, and `tests/architecture.rs` checks where
+/// each kind is named. A client reads through [`Index::code_scanned`],
+/// which takes the [`crate::core::Permit`] only the resolution rule makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reader {
+    /// A peer CMP, past the federation listener's mutual-TLS handshake
+    /// (`src/net/federation.rs`).
+    Peer,
+    /// The operator, past the admin token (`src/net/admin.rs`, and the
+    /// export it streams, `src/codes.rs`).
+    Operator,
+}
+
 #[derive(Debug, Default)]
 pub struct Index {
     associations: Slab<Held>,
@@ -223,20 +238,33 @@ impl Index {
             .collect()
     }
 
-    pub fn code(&self, code: &IndirectCode) -> Option<CodeEntry> {
+    /// `code`'s entry, for `_reader` (see [`Reader`]).
+    pub fn code(&self, code: &IndirectCode, _reader: Reader) -> Option<CodeEntry> {
         self.codes.get(code.as_str()).map(|slot| slot.entry.clone())
     }
 
+    /// Whether `code` is registered: the store's own check before a write
+    /// (no target leaves the store).
+    pub(in crate::store) fn has_code(&self, code: &IndirectCode) -> bool {
+        self.codes.contains_key(code.as_str())
+    }
+
     /// The target of `code`, counting one resolution in `slot`: the hot
-    /// path's lookup (one map read and one relaxed add).
-    pub fn code_scanned(&self, code: &IndirectCode, slot: usize) -> Option<Arc<str>> {
+    /// path's lookup (one map read and one relaxed add). Only a client the
+    /// rule let through reads here: it shows its permit.
+    pub fn code_scanned(
+        &self,
+        code: &IndirectCode,
+        slot: usize,
+        _permit: &crate::core::Permit,
+    ) -> Option<Arc<str>> {
         let held = self.codes.get(code.as_str())?;
         held.pending[slot].fetch_add(1, Ordering::Relaxed);
         Some(held.entry.target.clone())
     }
 
     /// Every resolution of `code`: written and not yet written.
-    pub fn code_scans(&self, code: &IndirectCode) -> Option<[u64; SCAN_SLOTS]> {
+    pub fn code_scans(&self, code: &IndirectCode, _reader: Reader) -> Option<[u64; SCAN_SLOTS]> {
         let held = self.codes.get(code.as_str())?;
         Some(std::array::from_fn(|i| {
             held.entry.scans[i] + u64::from(held.pending[i].load(Ordering::Relaxed))
@@ -599,7 +627,12 @@ impl Index {
     /// higher `seq` than any read so far, so it comes in a later page (a
     /// code registered again can be in two pages, the later line being
     /// the newer); a code removed meanwhile may be missing.
-    pub fn codes_after_seq(&self, after: Seq, limit: usize) -> Vec<(String, CodeEntry)> {
+    pub fn codes_after_seq(
+        &self,
+        after: Seq,
+        limit: usize,
+        _reader: Reader,
+    ) -> Vec<(String, CodeEntry)> {
         if limit == 0 {
             return Vec::new();
         }
@@ -953,7 +986,7 @@ mod tests {
             let mut paged = Vec::new();
             let mut after = 0;
             loop {
-                let page = index.codes_after_seq(after, limit);
+                let page = index.codes_after_seq(after, limit, Reader::Operator);
                 proptest::prop_assert!(page.len() <= limit);
                 let Some((_, last)) = page.last() else { break };
                 after = last.seq;
@@ -977,18 +1010,18 @@ mod tests {
         let names = |page: &[(String, CodeEntry)]| -> Vec<String> {
             page.iter().map(|(code, _)| code.clone()).collect()
         };
-        let first = index.codes_after_seq(0, 2);
+        let first = index.codes_after_seq(0, 2, Reader::Operator);
         assert_eq!(names(&first), ["2001000001f", "2001000001b"]);
         // Between two pages: a new code, and the first one registered
         // again, come after what was read (the latter a second time).
         index.apply(4, &registered("2001000001a")).unwrap();
         index.apply(5, &registered("2001000001f")).unwrap();
-        let rest = index.codes_after_seq(2, 2);
+        let rest = index.codes_after_seq(2, 2, Reader::Operator);
         assert_eq!(names(&rest), ["2001000001d", "2001000001a"]);
-        let last = index.codes_after_seq(4, 2);
+        let last = index.codes_after_seq(4, 2, Reader::Operator);
         assert_eq!(names(&last), ["2001000001f"]);
-        assert_eq!(index.codes_after_seq(5, 2), []);
-        assert_eq!(index.codes_after_seq(0, 0), []);
+        assert_eq!(index.codes_after_seq(5, 2, Reader::Operator), []);
+        assert_eq!(index.codes_after_seq(0, 0, Reader::Operator), []);
     }
 
     #[test]
@@ -1003,8 +1036,11 @@ mod tests {
         };
         index.apply(1, &registered).unwrap();
         let code = IndirectCode::parse("6001900107F52810D5abc").unwrap();
-        assert_eq!(&*index.code(&code).unwrap().target, "https://example.org/x");
+        assert_eq!(
+            &*index.code(&code, Reader::Operator).unwrap().target,
+            "https://example.org/x"
+        );
         let other_case = IndirectCode::parse("6001900107F52810D5ABC").unwrap();
-        assert_eq!(index.code(&other_case), None);
+        assert_eq!(index.code(&other_case, Reader::Operator), None);
     }
 }
