@@ -260,10 +260,20 @@ pub async fn accept<A, G, F, Fut>(
         };
         let peer = std::net::SocketAddr::new(peer.ip().to_canonical(), peer.port());
         let Some(admitted) = admit(peer) else {
+            close_quietly(stream);
             continue;
         };
         tracker.spawn(serve(stream, peer, admitted));
     }
+}
+
+/// Closes a refused connection without a reset: the bytes it already sent
+/// (a ClientHello, often) are read first, so the kernel ends it with a FIN
+/// rather than an RST, which clients report as a network error. Never
+/// waits: only what has arrived is read.
+pub fn close_quietly(stream: tokio::net::TcpStream) {
+    let mut sink = [0u8; 4096];
+    while matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {}
 }
 
 /// hyper's executor for HTTP/2 streams: a stream's future is first polled

@@ -144,13 +144,11 @@ async fn address_turn(
     }
 }
 
-/// Closes a refused connection without a reset: the bytes it already sent
-/// (its ClientHello, peeked) are read first, so the kernel ends it with a
-/// FIN rather than an RST, which clients report as a network error.
+/// Counts a refusal and closes the connection without a reset
+/// ([`super::conn::close_quietly`]).
 fn refuse_quietly(stream: TcpStream, count: impl FnOnce()) {
     count();
-    let mut sink = [0u8; 4096];
-    while matches!(stream.try_read(&mut sink), Ok(n) if n > 0) {}
+    super::conn::close_quietly(stream);
 }
 
 /// The client's first TLS record, peeked (left in the socket for rustls):
