@@ -281,3 +281,63 @@ async fn many_subscribers_behind_one_address_are_served() {
     }
     server.shutdown().await;
 }
+
+/// An attacker behind the same address as the legit clients (issue 26's
+/// attack row, bounded): a flood of spoofed requests, each on a new full
+/// TLS handshake, from 127.2.0.9, while associated clients on that same
+/// address scan over keep-alive. Every legit scan is answered as
+/// prescribed, nothing the attacker sends is resolved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_attacker_behind_the_legit_clients_address_gets_nothing_and_costs_them_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(&dir.path().join("data"), "", "").await;
+    let setup = dir.path().join("setup.json");
+    let one = "--sources 1 --wifi-range 127.2.0.9/32";
+    let (legit_json, attack_json) = (
+        dir.path().join("legit.json"),
+        dir.path().join("attack.json"),
+    );
+    // The setup first (its first scans come from the subscribers' own addresses).
+    homecmp_loadgen::run(args(
+        &server,
+        &format!(
+            "--clientids 200 --codes 2 --setup-only --save-setup {}",
+            setup.display()
+        ),
+    ))
+    .await
+    .expect("the setup is made");
+    let legit = homecmp_loadgen::run(args(
+        &server,
+        &format!(
+            "--setup {} --mix legit=1 --legit-from wifi {one} --protocol h2 --connections 4 \
+             --rate 100 --requests 400 --json {}",
+            setup.display(),
+            legit_json.display()
+        ),
+    ));
+    let attack = homecmp_loadgen::run(args(
+        &server,
+        &format!(
+            "--setup {} --mix no-clientid=1,unknown-clientid=1,spoofed-msisdn=1,spoofed-forwarded=1 \
+             {one} --protocol h1 --connections 16 --disable-keepalive --no-tls-resumption \
+             --requests 600 --json {}",
+            setup.display(),
+            attack_json.display()
+        ),
+    ));
+    let (legit, attack) = tokio::join!(legit, attack);
+    legit.expect("the legit run is carried out");
+    attack.expect("the attack is carried out");
+    let (legit, attack) = (read_json(&legit_json), read_json(&attack_json));
+    assert_eq!(
+        attack["verdict"]["security_failures"], 0,
+        "{:#}",
+        attack["examples"]
+    );
+    let total = &legit["total"];
+    assert_eq!(total["errors"], 0, "{:#}", legit["examples"]);
+    assert_eq!(total["matched"], total["sent"], "{total:#}");
+    assert!(attack["total"]["sent"].as_u64().unwrap() > 0);
+    server.shutdown().await;
+}
