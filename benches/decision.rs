@@ -113,7 +113,8 @@ fn bench(c: &mut Criterion) {
             .await
             .unwrap();
         let owner = app
-            .key
+            .bindings
+            .key()
             .subscriber_ref(&Msisdn::parse("+447700900001").unwrap());
         app.bindings
             .bind(homecmp::sessions::Bind {

@@ -19,7 +19,7 @@ use crate::limits;
 use crate::metrics::Metrics;
 use crate::sessions::Bindings;
 use crate::store::Store;
-use crate::wire::{SubscriberKey, SubscriberRef};
+use crate::wire::SubscriberRef;
 
 /// Everything a request handler needs, shared by all connections.
 #[derive(Debug)]
@@ -28,7 +28,6 @@ pub struct App {
     pub store: Store,
     /// Session bindings (admin API, RADIUS): [`crate::sessions`].
     pub bindings: Arc<Bindings>,
-    pub key: SubscriberKey,
     pub metrics: Arc<Metrics>,
     /// Association creations per subscriber (DESIGN §4's rate limit).
     pub creations: DefaultKeyedRateLimiter<SubscriberRef>,
@@ -260,7 +259,6 @@ impl App {
             .flatten();
         App {
             bindings: Arc::new(Bindings::new(&config, secret)),
-            key: SubscriberKey::new(secret),
             metrics,
             creations: RateLimiter::keyed(Quota::per_minute(per_minute)),
             alt_svc,

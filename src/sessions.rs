@@ -86,6 +86,12 @@ impl Bindings {
         Ok(subscriber)
     }
 
+    /// The key that makes a subscriber's reference from its MSISDN (one per
+    /// deployment: `server.subscriber_secret`).
+    pub fn key(&self) -> &SubscriberKey {
+        &self.key
+    }
+
     /// The table, to read (identify a request, show a binding) and to
     /// remove from.
     pub fn table(&self) -> &Sessions {

@@ -440,6 +440,7 @@ fn subscriber_of(server: &TestServer, msisdn: &str) -> SubscriberRef {
     server
         .running
         .app
-        .key
+        .bindings
+        .key()
         .subscriber_ref(&homecmp::wire::Msisdn::parse(msisdn).unwrap())
 }

@@ -573,7 +573,7 @@ async fn delete_association(Ready(app): Ready, Param(clientid): Param) -> Answer
 async fn delete_subscriber(Ready(app): Ready, Param(msisdn): Param) -> Answer {
     let msisdn = Msisdn::parse(&msisdn)
         .map_err(|e| AdminError::InvalidMsisdn(e.to_string()).into_response())?;
-    let subscriber = app.key.subscriber_ref(&msisdn);
+    let subscriber = app.bindings.key().subscriber_ref(&msisdn);
     let sessions = app.bindings.table().unbind_subscriber(&subscriber);
     // The store runs it as a task of its own: a client that goes away
     // mid-erasure does not leave the history half rewritten.

@@ -57,21 +57,29 @@ pub fn admit(app: &App, transport: Transport, source: IpAddr) -> Result<Admitted
 /// [`admit`] for a client returning with a credential this server issued
 /// (a single-use QUIC NEW_TOKEN token): not held to its address's
 /// connection rate, since many subscribers can share an address; the
-/// penalty box and the caps apply as to anyone.
+/// penalty box and the caps apply as to anyone. Public listeners only.
 pub fn admit_returning(
     app: &App,
     transport: Transport,
     source: IpAddr,
 ) -> Result<Admitted, &'static str> {
-    let admission = match transport {
-        Transport::Quic => &app.limits.quic,
-        _ => &app.limits.tcp,
-    };
-    let admitted = check(admission, &app.metrics, source, Rate::Exempt);
-    if let Err(reason) = admitted {
-        app.metrics.refused_connection(transport, reason);
+    match transport {
+        Transport::Quic => counted(
+            &app.limits.quic,
+            &app.metrics,
+            transport,
+            source,
+            Rate::Exempt,
+        ),
+        Transport::Tcp => counted(
+            &app.limits.tcp,
+            &app.metrics,
+            transport,
+            source,
+            Rate::Exempt,
+        ),
+        Transport::Federation | Transport::Admin => admit(app, transport, source),
     }
-    admitted
 }
 
 /// Whether a connection is held to its address's connection rate.
@@ -88,7 +96,18 @@ pub fn admit_with(
     transport: Transport,
     source: IpAddr,
 ) -> Result<Admitted, &'static str> {
-    let admitted = check(admission, metrics, source, Rate::Checked);
+    counted(admission, metrics, transport, source, Rate::Checked)
+}
+
+/// [`check`], counting a refusal under `transport`.
+fn counted(
+    admission: &Admission,
+    metrics: &Metrics,
+    transport: Transport,
+    source: IpAddr,
+    rate: Rate,
+) -> Result<Admitted, &'static str> {
+    let admitted = check(admission, metrics, source, rate);
     if let Err(reason) = admitted {
         metrics.refused_connection(transport, reason);
     }

@@ -233,16 +233,16 @@ fn answer_initial(
     // handshake queue of its own, as TLS clients with a ticket do. Tokens
     // are single use: each was earned by a connection.
     let returning = validated && incoming.may_retry();
-    let admitted = match (validated, returning) {
-        (true, false) => match admit(app, Transport::Quic, source) {
+    let admit = match returning {
+        true => admit_returning,
+        false => admit,
+    };
+    let admitted = match validated {
+        true => match admit(app, Transport::Quic, source) {
             Ok(admitted) => Some(admitted),
             Err(_) => return Initial::Ignore,
         },
-        (true, true) => match admit_returning(app, Transport::Quic, source) {
-            Ok(admitted) => Some(admitted),
-            Err(_) => return Initial::Ignore,
-        },
-        (false, _) => None,
+        false => None,
     };
     let (pace, queue) = app.limits.handshake_pace(returning);
     if let Some(pace) = pace {

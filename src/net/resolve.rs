@@ -190,7 +190,7 @@ impl core::Facts for Lookups<'_> {
             &app.config.mno,
             view,
             app.bindings.table(),
-            &app.key,
+            app.bindings.key(),
             self.now_ms,
         )
     }
