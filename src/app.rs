@@ -28,6 +28,8 @@ pub struct App {
     pub store: Store,
     /// Session bindings (admin API, RADIUS): [`crate::sessions`].
     pub bindings: Arc<Bindings>,
+    /// The public listeners' certificate, which a reload swaps.
+    pub certificate: Arc<crate::tls::Certificate>,
     pub metrics: Arc<Metrics>,
     /// Association creations per subscriber (DESIGN §4's rate limit).
     pub creations: DefaultKeyedRateLimiter<SubscriberRef>,
@@ -67,6 +69,9 @@ pub struct Limiters {
     /// of new handshakes cannot fill (a replayed ticket only competes with
     /// other returning clients).
     pub resumptions: Option<limits::Pace>,
+    /// TLS sessions that served an associated clientid: resuming one skips
+    /// the address's accept rate ([`crate::tls::Returning`]).
+    pub returning: crate::tls::Returning,
     /// The saturation signal (`overload_lag`) of the main runtime (TCP,
     /// admin) and of QUIC's: each listener watches its own.
     pub main_lag: Option<Arc<limits::Lag>>,
@@ -113,6 +118,7 @@ impl Limiters {
             first_scans: limits::Pace::per_second(l.first_scans_per_sec),
             handshakes: limits::Pace::per_second(l.handshakes_per_sec),
             resumptions: limits::Pace::per_second(l.handshakes_per_sec),
+            returning: crate::tls::Returning::new(crate::tls::TICKETS_LAST, l.limiter_max_keys),
             main_lag: limits::Lag::new(l.overload_lag).map(Arc::new),
             quic_lag: limits::Lag::new(l.overload_lag).map(Arc::new),
             tarpit_sources: (l.tarpit_per_source > 0)
@@ -146,6 +152,7 @@ impl Limiters {
         self.quic.retain_recent();
         self.requests_per_address.retain_recent();
         self.requests_per_clientid.retain_recent();
+        self.returning.sweep();
         if let Some(federation) = &self.federation {
             federation.admission.retain_recent();
         }
@@ -238,6 +245,16 @@ impl App {
             ),
         }
     }
+
+    /// A reload (`SIGHUP`, `POST /admin/v1/reload`): the certificate and
+    /// key read again from their files and served from the next handshake
+    /// on. On any error the running ones stay, and the error says why.
+    pub fn reload(&self) -> Result<(), crate::tls::TlsError> {
+        self.certificate.reload()?;
+        self.metrics.certificate("public", &self.certificate.leaf());
+        tracing::info!("reloaded: certificate and key");
+        Ok(())
+    }
 }
 
 impl App {
@@ -245,7 +262,8 @@ impl App {
         config: Config,
         store: Store,
         metrics: Arc<Metrics>,
-        secret: &[u8; 32],
+        bindings: Bindings,
+        certificate: Arc<crate::tls::Certificate>,
         public_addr: SocketAddr,
         peers: Option<crate::federation::Peers>,
     ) -> Self {
@@ -258,7 +276,8 @@ impl App {
             })
             .flatten();
         App {
-            bindings: Arc::new(Bindings::new(&config, secret)),
+            bindings: Arc::new(bindings),
+            certificate,
             metrics,
             creations: RateLimiter::keyed(Quota::per_minute(per_minute)),
             alt_svc,

@@ -257,6 +257,13 @@ pub enum RetryPolicy {
     Never,
 }
 
+/// Reads `text` against the config's keys and their types only (no range
+/// checks): the first unknown key or value of the wrong type, with its
+/// place (`homecmp check` reads them all, one after another).
+pub fn read_keys(text: &str) -> Result<(), toml::de::Error> {
+    toml::from_str::<Raw>(text).map(|_| ())
+}
+
 /// Every problem found, one line each.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid configuration:\n  {}", .0.join("\n  "))]

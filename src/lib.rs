@@ -14,6 +14,7 @@
 
 pub mod app;
 pub mod backup;
+pub mod check;
 pub mod clock;
 pub mod codes;
 pub mod config;

@@ -28,6 +28,16 @@ enum Command {
         #[arg(long)]
         log_json: bool,
     },
+    /// Check a configuration without starting: every problem at once, each
+    /// with its line and column, and the files it names (certificates,
+    /// keys, CA, secrets) read. Exit 0 when the server would start on it,
+    /// 64 when not (like `nginx -t`).
+    Check {
+        /// The TOML configuration (without it: the embedded defaults);
+        /// HOMECMP__SECTION__KEY overrides apply, as for `serve`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Copy a data dir (log, subscriber key, token, TLS) into a new directory,
     /// beside a running server or not; the copy is replayed before it is done.
     Backup {
@@ -175,6 +185,7 @@ fn main() -> ExitCode {
     };
     match cli.command {
         Command::Serve { config, log_json } => serve(config, log_json),
+        Command::Check { config } => check(config),
         Command::Log { dir, command } => run_log(dir, command),
         Command::Backup { dir, to } => with_data_dir("homecmp backup", dir, |data_dir, out| {
             backup::backup(data_dir, &to, out).map(drop)
@@ -249,6 +260,27 @@ fn run_codes(command: CodesCommand) -> ExitCode {
     }
 }
 
+fn check(path: Option<PathBuf>) -> ExitCode {
+    let env: Vec<(String, String)> = std::env::vars().collect();
+    let (name, problems) = match &path {
+        Some(path) => (path.display().to_string(), homecmp::check::check(path, env)),
+        None => (
+            "(embedded defaults)".to_owned(),
+            homecmp::check::check_text("", env),
+        ),
+    };
+    for problem in &problems {
+        eprintln!("{}", problem.show(&name));
+    }
+    if problems.is_empty() {
+        println!("{name}: ok");
+        return ExitCode::SUCCESS;
+    }
+    let n = problems.len();
+    eprintln!("{name}: {n} problem{}", if n == 1 { "" } else { "s" });
+    ExitCode::from(64)
+}
+
 fn serve(path: Option<PathBuf>, log_json: bool) -> ExitCode {
     let config = match path {
         Some(path) => Config::load(&path),
@@ -272,6 +304,9 @@ fn serve(path: Option<PathBuf>, log_json: bool) -> ExitCode {
                 return ExitCode::from(1);
             }
         };
+        // Before the ready line: a signal sent as soon as it is read is
+        // handled, not the default action (SIGHUP would end the process).
+        let signals = Signals::install();
         let config = &running.app.config;
         // One line for scripts and tests that start the binary on port 0.
         println!(
@@ -285,7 +320,7 @@ fn serve(path: Option<PathBuf>, log_json: bool) -> ExitCode {
                 .map_or("-".to_owned(), |p| p.display().to_string()),
         );
         let _ = io::stdout().flush();
-        wait_for_signal().await;
+        signals.wait(&running.app).await;
         tracing::info!("shutting down: draining connections");
         running.shutdown().await;
         tracing::info!("stopped");
@@ -293,12 +328,35 @@ fn serve(path: Option<PathBuf>, log_json: bool) -> ExitCode {
     })
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("install SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+/// The signals `serve` answers: SIGTERM and Ctrl-C stop it, SIGHUP reloads.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> Self {
+        use tokio::signal::unix::{SignalKind, signal};
+        Self {
+            term: signal(SignalKind::terminate()).expect("install SIGTERM handler"),
+            hup: signal(SignalKind::hangup()).expect("install SIGHUP handler"),
+        }
+    }
+
+    /// Until SIGTERM or Ctrl-C; each SIGHUP meanwhile reloads
+    /// ([`homecmp::app::App::reload`]).
+    async fn wait(mut self, app: &homecmp::app::App) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = tokio::signal::ctrl_c() => return,
+                _ = self.hup.recv() => {
+                    if let Err(e) = app.reload() {
+                        tracing::error!(error = %e, "reload refused, the running configuration is kept");
+                    }
+                }
+            }
+        }
     }
 }
 

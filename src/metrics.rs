@@ -6,10 +6,13 @@
 use std::fmt::Write as _;
 use std::sync::atomic::AtomicU64;
 
-use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
-use prometheus_client::metrics::counter::Counter;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, EncodeMetric, LabelValueEncoder,
+};
+use prometheus_client::metrics::counter::{ConstCounter, Counter};
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -88,6 +91,8 @@ macro_rules! metrics {
         #[derive(Debug)]
         pub struct Metrics {
             registry: Registry,
+            /// The process's own figures, under their standard names.
+            process: Registry,
             $($(#[$doc])* pub $field: $ty,)*
         }
 
@@ -98,7 +103,14 @@ macro_rules! metrics {
                     let $field: $ty = metrics!(@make $ty $(, $make)?);
                     registry.register($name, $help, $field.clone());
                 )*
-                Self { registry, $($field,)* }
+                // A gauge of 1 with the version as a label: what both of
+                // Prometheus' parsers (and promtool) read.
+                let build = Family::<BuildLabels, Gauge>::default();
+                build.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION") }).set(1);
+                registry.register("build_info", "The running build: its version", build);
+                let mut process = Registry::default();
+                process.register_collector(Box::new(Process));
+                Self { registry, process, $($field,)* }
             }
         }
     };
@@ -133,6 +145,14 @@ metrics! {
         "Requests without an association made to wait for the unauthenticated pace";
     limiter_overflow: Family<ReasonLabels, Counter> = "limiter_overflow",
         "Checks let through because a keyed limiter was full of active keys, by limit";
+    /// 0 while the event log is replayed, 1 once requests are served.
+    ready: Gauge = "ready",
+        "1 once the index is replayed and the listeners serve; 0 before (replay takes minutes at 100M events)";
+    association_writes: Histogram = "association_write_duration_seconds",
+        "Time to make an association durable (event log append with fsync, or the cluster's acknowledgement)",
+        latency_histogram();
+    tls_certificate_expiry: Family<ListenerLabel, Gauge> = "tls_certificate_expiry_timestamp_seconds",
+        "When the certificate a listener serves expires (Unix seconds), by listener (public, federation)";
     index_associations: Gauge = "index_associations", "Associations in the index";
     index_subscribers: Gauge = "index_subscribers",
         "Subscribers with at least one association";
@@ -200,6 +220,18 @@ pub struct RuntimeLabel {
     pub runtime: &'static str,
 }
 
+/// The running build.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct BuildLabels {
+    pub version: &'static str,
+}
+
+/// A TLS listener: `public` or `federation`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
+pub struct ListenerLabel {
+    pub listener: &'static str,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Hash, EncodeLabelSet)]
 pub struct ProtocolLabel {
     pub protocol: Protocol,
@@ -265,11 +297,101 @@ impl Metrics {
             .inc();
     }
 
-    /// The Prometheus text exposition.
+    /// When `listener`'s certificate (`cert`, DER) expires, for the alert
+    /// that comes weeks before it does.
+    pub fn certificate(&self, listener: &'static str, cert: &[u8]) {
+        if let Some(not_after) = crate::tls::not_after(cert) {
+            self.tls_certificate_expiry
+                .get_or_create(&ListenerLabel { listener })
+                .set(not_after);
+        }
+    }
+
+    /// The Prometheus text exposition (OpenMetrics).
     pub fn encode(&self) -> String {
+        use prometheus_client::encoding::text;
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry)
+        text::encode_registry(&mut out, &self.registry)
+            .and_then(|()| text::encode_registry(&mut out, &self.process))
+            .and_then(|()| text::encode_eof(&mut out))
             .expect("writing to a String cannot fail");
         out
     }
+}
+
+/// The process figures every Prometheus dashboard knows (`process_*`, as
+/// the official clients name them), read from `/proc` at each scrape: CPU
+/// time, memory, open and allowed file descriptors, start time. Nothing is
+/// written when `/proc` cannot be read.
+#[derive(Debug)]
+struct Process;
+
+impl Collector for Process {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let Ok(me) = procfs::process::Process::myself() else {
+            return Ok(());
+        };
+        if let Ok(stat) = me.stat() {
+            let ticks = procfs::ticks_per_second() as f64;
+            let cpu = (stat.utime + stat.stime) as f64 / ticks;
+            let counter = ConstCounter::new(cpu);
+            counter.encode(encoder.encode_descriptor(
+                "process_cpu_seconds",
+                "User and system CPU time spent, in seconds",
+                None,
+                counter.metric_type(),
+            )?)?;
+            let page = procfs::page_size() as i64;
+            gauge(
+                &mut encoder,
+                "process_resident_memory_bytes",
+                "Resident memory size in bytes",
+                stat.rss as i64 * page,
+            )?;
+            gauge(
+                &mut encoder,
+                "process_virtual_memory_bytes",
+                "Virtual memory size in bytes",
+                stat.vsize as i64,
+            )?;
+            if let Ok(boot) = procfs::boot_time_secs() {
+                let started = boot as f64 + stat.starttime as f64 / ticks;
+                let start = ConstGauge::new(started);
+                start.encode(encoder.encode_descriptor(
+                    "process_start_time_seconds",
+                    "Start time of the process since the Unix epoch, in seconds",
+                    None,
+                    start.metric_type(),
+                )?)?;
+            }
+        }
+        if let Ok(open) = me.fd_count() {
+            gauge(
+                &mut encoder,
+                "process_open_fds",
+                "Open file descriptors",
+                open as i64,
+            )?;
+        }
+        let soft = me.limits().map(|limits| limits.max_open_files.soft_limit);
+        if let Ok(procfs::process::LimitValue::Value(max)) = soft {
+            gauge(
+                &mut encoder,
+                "process_max_fds",
+                "Maximum number of open file descriptors (the soft limit)",
+                max as i64,
+            )?;
+        }
+        Ok(())
+    }
+}
+
+fn gauge(
+    encoder: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    value: i64,
+) -> Result<(), std::fmt::Error> {
+    let gauge = ConstGauge::new(value);
+    gauge.encode(encoder.encode_descriptor(name, help, None, gauge.metric_type())?)
 }

@@ -53,6 +53,8 @@ pub enum ServeError {
     Federation(#[from] crate::federation::FederationError),
     #[error(transparent)]
     InUse(#[from] crate::store::owner::LockError),
+    #[error(transparent)]
+    Sessions(#[from] crate::sessions::kept::KeptError),
 }
 
 /// A started server.
@@ -116,9 +118,9 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         None => deploy::subscriber_secret(&config.data_dir)?,
     };
     let admin_token = Secret::new(deploy::admin_token(&config.admin_token_path())?);
-    let listeners = Listeners::open(&config).await?;
-    let tasks = Tasks::default();
     let metrics = Arc::new(crate::metrics::Metrics::new());
+    let listeners = Listeners::open(&config, &metrics).await?;
+    let tasks = Tasks::default();
     // The admin API answers at once, so probes see /readyz go 503 -> 200.
     let admin_state = tasks.serve_admin(&config, listeners.admin, &admin_token, &metrics);
 
@@ -128,13 +130,15 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         store.attach(crate::store::cluster::Link::join(cluster, &store).await?);
     }
     let radius = open_radius(&config).await?;
-    let (peers, federation) = open_federation(&config).await?;
+    let (peers, federation) = open_federation(&config, &metrics).await?;
     let public_addr = listeners.public_addr;
+    let bindings = crate::sessions::Bindings::open(&config, &secret, now_ms())?;
     let app = Arc::new(App::new(
         config,
         store,
         metrics,
-        &secret,
+        bindings,
+        listeners.certificate.clone(),
         public_addr,
         peers,
     ));
@@ -178,6 +182,7 @@ impl Tasks {
         let state = Arc::new(admin::AdminState {
             token: token.clone(),
             app: Default::default(),
+            metrics: metrics.clone(),
         });
         self.tracker.spawn(admin::serve(
             listener,
@@ -268,11 +273,13 @@ struct Listeners {
     /// HTTP/3 on the UDP port of the same number, when it is on.
     quic: Option<(h3::QuicRuntime, quinn::Endpoint)>,
     ca_cert: Option<PathBuf>,
+    certificate: Arc<tls::Certificate>,
 }
 
 impl Listeners {
-    async fn open(config: &Config) -> Result<Self, ServeError> {
+    async fn open(config: &Config, metrics: &crate::metrics::Metrics) -> Result<Self, ServeError> {
         let certificates = load_certificates(config)?;
+        metrics.certificate("public", &certificates.served.leaf());
         let admin = bind(config.admin_listen).await?;
         let public = bind(config.listen).await?;
         let admin_addr = local_addr(&admin, config.admin_listen)?;
@@ -288,6 +295,7 @@ impl Listeners {
             public_addr,
             quic,
             ca_cert: certificates.ca_cert,
+            certificate: certificates.served,
         })
     }
 }
@@ -307,6 +315,7 @@ async fn open_radius(
 /// TLS), when `[federation]` is on.
 async fn open_federation(
     config: &Config,
+    metrics: &crate::metrics::Metrics,
 ) -> Result<
     (
         Option<crate::federation::Peers>,
@@ -323,6 +332,9 @@ async fn open_federation(
         &federation.key_file,
         &federation.ca_file,
     )?;
+    if let Some(leaf) = membership.certs.first() {
+        metrics.certificate("federation", leaf);
+    }
     let peers = (!federation.peers.is_empty() || federation.mcr_url.is_some())
         .then(|| crate::federation::Peers::new(federation, &membership))
         .transpose()?;
@@ -352,6 +364,8 @@ fn create_private_dir(path: &std::path::Path) -> Result<(), ServeError> {
 /// The TLS configurations of the listeners, from the configured
 /// certificate or one generated into the data dir (with its CA).
 struct Certificates {
+    /// The served certificate and key, which a reload swaps.
+    served: Arc<tls::Certificate>,
     https: Arc<rustls::ServerConfig>,
     quic: Option<Arc<rustls::ServerConfig>>,
     ca_cert: Option<PathBuf>,
@@ -370,14 +384,15 @@ fn load_certificates(config: &Config) -> Result<Certificates, ServeError> {
             (generated.cert, generated.key, Some(generated.ca_cert))
         }
     };
-    let (certs, key) = tls::load(&cert_path, &key_path)?;
-    let https = tls::server_config(certs.clone(), key.clone_key(), &[b"h2", b"http/1.1"])?;
+    let served = Arc::new(tls::Certificate::load(&cert_path, &key_path)?);
+    let https = tls::server_config_with(served.clone(), &[b"h2", b"http/1.1"])?;
     let quic = config
         .http3
         .enabled
-        .then(|| tls::server_config(certs, key, &[b"h3"]))
+        .then(|| tls::server_config_with(served.clone(), &[b"h3"]))
         .transpose()?;
     Ok(Certificates {
+        served,
         https,
         quic,
         ca_cert,
@@ -471,7 +486,7 @@ async fn housekeeping(app: Arc<App>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
             _ = tick.tick() => {}
         }
-        app.bindings.table().sweep(now_ms());
+        app.bindings.sweep(now_ms());
         app.creations.retain_recent();
         app.creations.shrink_to_fit();
         app.limits.retain_recent();

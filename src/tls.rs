@@ -46,15 +46,96 @@ pub fn server_config(
     key: PrivateKeyDer<'static>,
     alpn: &[&[u8]],
 ) -> Result<Arc<ServerConfig>, TlsError> {
+    let certified = certified_key(certs, key)?;
+    server_config_with(
+        Arc::new(rustls::sign::SingleCertAndKey::from(certified)),
+        alpn,
+    )
+}
+
+/// [`server_config`] with the certificate `resolver` chooses (a
+/// [`Certificate`] a reload can swap).
+pub fn server_config_with(
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+    alpn: &[&[u8]],
+) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = Arc::new(aws_lc_rs::default_provider());
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+        .with_cert_resolver(resolver);
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     config.ticketer = aws_lc_rs::Ticketer::new()?;
     config.session_storage = rustls::server::ServerSessionMemoryCache::new(16 * 1024);
     Ok(Arc::new(config))
+}
+
+/// The chain and its key, checked to match.
+fn certified_key(
+    certs: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+) -> Result<rustls::sign::CertifiedKey, TlsError> {
+    let provider = aws_lc_rs::default_provider();
+    Ok(rustls::sign::CertifiedKey::from_der(certs, key, &provider)?)
+}
+
+/// The public listeners' certificate and key, read from their files and
+/// swapped whole by a reload (`SIGHUP`, `POST /admin/v1/reload`): a
+/// handshake under way keeps the pair it began with, the next one gets the
+/// new pair. HTTPS and HTTP/3 share it.
+#[derive(Debug)]
+pub struct Certificate {
+    cert_path: std::path::PathBuf,
+    key_path: std::path::PathBuf,
+    current: std::sync::RwLock<Arc<rustls::sign::CertifiedKey>>,
+}
+
+impl Certificate {
+    pub fn load(cert: &Path, key: &Path) -> Result<Self, TlsError> {
+        let (certs, key_der) = load(cert, key)?;
+        Ok(Self {
+            cert_path: cert.to_owned(),
+            key_path: key.to_owned(),
+            current: std::sync::RwLock::new(Arc::new(certified_key(certs, key_der)?)),
+        })
+    }
+
+    /// Reads the files again and serves what they hold from the next
+    /// handshake on; on any error (unreadable, not PEM, key and
+    /// certificate that do not match) the served pair stays.
+    pub fn reload(&self) -> Result<(), TlsError> {
+        let (certs, key) = load(&self.cert_path, &self.key_path)?;
+        let fresh = Arc::new(certified_key(certs, key)?);
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) = fresh;
+        Ok(())
+    }
+
+    /// The served certificate (the chain's first).
+    pub fn leaf(&self) -> CertificateDer<'static> {
+        let current = self.current.read().unwrap_or_else(|p| p.into_inner());
+        current.cert[0].clone()
+    }
+}
+
+impl rustls::server::ResolvesServerCert for Certificate {
+    fn resolve(
+        &self,
+        _hello: rustls::server::ClientHello<'_>,
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(
+            self.current
+                .read()
+                .unwrap_or_else(|p| p.into_inner())
+                .clone(),
+        )
+    }
+}
+
+/// When a certificate (DER) expires, in Unix seconds; `None` if it does not
+/// parse.
+pub fn not_after(cert: &[u8]) -> Option<i64> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert).ok()?;
+    Some(parsed.validity().not_after.timestamp())
 }
 
 /// The certificates of a PEM file as trust anchors (a community CA).
@@ -124,6 +205,98 @@ pub fn mutual_server_config(
         .with_single_cert(certs, key)?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// How long a session ticket this server issues can be used: rustls'
+/// ticketer rotates its key every 6 hours and accepts the previous one.
+pub const TICKETS_LAST: std::time::Duration = std::time::Duration::from_secs(12 * 60 * 60);
+
+/// The TLS sessions in which an associated clientid was served: a client
+/// that resumes one of them is returning, and is not held to its
+/// address's accept rate (thousands of subscribers share an address behind
+/// a NAT). Each connection carries a random mark in the resumption data of
+/// the tickets it is issued ([`Returning::new_mark`]); serving an
+/// associated clientid proves the mark ([`Returning::prove`]); a resumed
+/// connection reads its mark back from the ticket
+/// ([`Returning::is_proven`]). A ticket alone proves nothing: anyone who
+/// completes a handshake gets one, and a ticket can be replayed.
+///
+/// Bounded: at most `max` marks, each kept for the tickets' lifetime; when
+/// full, a new proof is not kept (its client waits its turn as a new one).
+#[derive(Debug)]
+pub struct Returning {
+    proven: dashmap::DashMap<u128, std::time::Instant>,
+    lifetime: std::time::Duration,
+    max: usize,
+}
+
+/// The random mark of one TLS connection's session (its tickets' resumption
+/// data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionMark(u128);
+
+impl SessionMark {
+    pub fn bytes(self) -> [u8; 16] {
+        self.0.to_be_bytes()
+    }
+
+    /// The mark a resumption ticket carried, if it is one of ours.
+    pub fn read(resumption_data: &[u8]) -> Option<Self> {
+        let bytes: [u8; 16] = resumption_data.try_into().ok()?;
+        Some(Self(u128::from_be_bytes(bytes)))
+    }
+}
+
+impl Returning {
+    pub fn new(lifetime: std::time::Duration, max: usize) -> Self {
+        Self {
+            proven: dashmap::DashMap::new(),
+            lifetime,
+            max,
+        }
+    }
+
+    /// A fresh, unguessable mark for a new connection's tickets.
+    pub fn new_mark() -> SessionMark {
+        SessionMark(uuid::Uuid::new_v4().as_u128())
+    }
+
+    /// Records that `mark`'s session served an associated clientid.
+    pub fn prove(&self, mark: SessionMark) {
+        if self.proven.len() >= self.max {
+            self.sweep();
+            if self.proven.len() >= self.max {
+                return;
+            }
+        }
+        let until = std::time::Instant::now() + self.lifetime;
+        self.proven.insert(mark.0, until);
+    }
+
+    /// Whether a resumed connection's ticket (its resumption data) carries a
+    /// proven mark still within its lifetime.
+    pub fn is_proven(&self, resumption_data: Option<&[u8]>) -> bool {
+        let Some(mark) = resumption_data.and_then(SessionMark::read) else {
+            return false;
+        };
+        self.proven
+            .get(&mark.0)
+            .is_some_and(|until| *until > std::time::Instant::now())
+    }
+
+    /// Forgets marks past their lifetime.
+    pub fn sweep(&self) {
+        let now = std::time::Instant::now();
+        self.proven.retain(|_, until| *until > now);
+    }
+
+    pub fn len(&self) -> usize {
+        self.proven.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.proven.is_empty()
+    }
 }
 
 /// The session ticket a client offers to resume with, from its first TLS
@@ -207,6 +380,35 @@ mod tests {
         assert_eq!(offered_ticket(&tls13), Some(&b"ticket-13"[..]));
         let tls12 = client_hello(&[(35, b"ticket-12".to_vec())]);
         assert_eq!(offered_ticket(&tls12), Some(&b"ticket-12"[..]));
+    }
+
+    #[test]
+    fn only_a_proven_mark_within_its_lifetime_is_returning() {
+        let returning = Returning::new(std::time::Duration::from_secs(600), 2);
+        let (a, b, c) = (
+            Returning::new_mark(),
+            Returning::new_mark(),
+            Returning::new_mark(),
+        );
+        assert_ne!(a, b, "marks are random");
+        assert!(!returning.is_proven(Some(&a.bytes())), "not yet proven");
+        assert!(!returning.is_proven(None) && !returning.is_proven(Some(b"short")));
+        returning.prove(a);
+        returning.prove(b);
+        assert!(returning.is_proven(Some(&a.bytes())));
+        returning.prove(c);
+        assert!(!returning.is_proven(Some(&c.bytes())), "full: not kept");
+        assert_eq!(returning.len(), 2);
+        let brief = Returning::new(std::time::Duration::from_millis(10), 2);
+        brief.prove(a);
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        assert!(!brief.is_proven(Some(&a.bytes())), "past its lifetime");
+        brief.prove(b);
+        brief.prove(c);
+        assert!(
+            brief.is_proven(Some(&c.bytes())),
+            "the served one was swept"
+        );
     }
 
     #[test]

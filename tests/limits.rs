@@ -470,3 +470,86 @@ async fn associated_apps_behind_one_address_are_not_held_to_its_budget() {
     }
     assert!(limited >= 5, "only {limited} of 10 limited");
 }
+
+/// A client that resumes a TLS session in which an associated clientid was
+/// served is returning: it is not held to its address's accept rate. A
+/// resumed session that served nothing is (anyone who completes a handshake
+/// has a ticket, and a ticket can be replayed): it waits its address's
+/// turn, and past the bound is answered 429 with `Retry-After` after its
+/// handshake, not reset.
+#[tokio::test]
+async fn only_a_session_that_served_an_associated_clientid_skips_the_address_rate() {
+    let server = TestServer::with_config(
+        "[limits]
+accepts_per_address_per_sec = 1
+header_read_timeout_ms = 1500
+requests_per_address_per_sec = 0
+refusals_before_slowdown = 0",
+    )
+    .await;
+    server.put_code(CODE, "https://example.org/").await;
+    server.bind_session("127.1.4.1", "+447700900401").await;
+    let mno = server.client("http1", "127.1.4.1");
+    let (status, body) = server
+        .resolve(&mno, &format!("code={CODE}&clientid=loyal"))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    // Twelve new connections, one after another, from one off-net address
+    // at 1 a second: each resumes the session before it, which served
+    // "loyal", so none waits for the address's turn.
+    let loyal = server.client_per_request("127.2.8.1");
+    let started = std::time::Instant::now();
+    for i in 0..12 {
+        let (status, body) = server
+            .resolve(&loyal, &format!("code={CODE}&clientid=loyal"))
+            .await;
+        assert_eq!(status, 200, "connection {i}: {body}");
+    }
+    let returning = started.elapsed();
+    assert!(
+        returning < std::time::Duration::from_secs(5),
+        "{returning:?}"
+    );
+    // A stranger from the same address resumes its own sessions, which
+    // served nothing: it waits for the address's turns.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let stranger = server.client_per_request("127.2.8.1");
+    let started = std::time::Instant::now();
+    for i in 0..5 {
+        let (status, body) = server
+            .resolve(&stranger, &format!("code={CODE}&clientid=stranger"))
+            .await;
+        assert_eq!(status, 403, "connection {i}: {body}");
+    }
+    let paced = started.elapsed();
+    assert!(paced >= std::time::Duration::from_millis(2000), "{paced:?}");
+    // Eight at once replaying one ticket of a session that served nothing:
+    // each completes its (resumed) handshake, then about one a second is
+    // served and the rest are answered 429 with a wait, none reset.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    let replayer = support::raw::tls12_client_config(&server.ca_pem());
+    let addr = server.public_addr_for("127.2.8.2");
+    let path = format!("/mc/v1/resolve?code={CODE}&clientid=replayer");
+    let first = support::raw::get_once(replayer.clone(), "127.2.8.2", addr, &path).await;
+    assert!(first.unwrap().starts_with("HTTP/1.1 403"));
+    let mut burst = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (config, path) = (replayer.clone(), path.clone());
+        burst.spawn(async move { support::raw::get_once(config, "127.2.8.2", addr, &path).await });
+    }
+    let answers = burst.join_all().await;
+    let mut told_to_wait = 0;
+    for answer in answers {
+        let answer = answer.expect("an answer, not a reset");
+        if answer.starts_with("HTTP/1.1 429") {
+            assert!(
+                answer.to_ascii_lowercase().contains("retry-after: 1"),
+                "{answer}"
+            );
+            told_to_wait += 1;
+        } else {
+            assert!(answer.starts_with("HTTP/1.1 403"), "{answer}");
+        }
+    }
+    assert!(told_to_wait >= 4, "{told_to_wait} of 8 answered 429");
+}

@@ -5,6 +5,7 @@
 //! with the server stopped.
 
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 #[path = "support/tools.rs"]
@@ -159,4 +160,69 @@ fn the_radius_demo_works_as_printed() {
     assert!(out.contains(r#""network":"127.1.0.7/32""#), "{out}");
     assert!(out.contains(r#""source":"radius""#), "{out}");
     assert!(out.contains(r#""acct_session_id":"pgw1-0001""#), "{out}");
+}
+
+/// The config check as printed, in a directory holding the example; then
+/// the same file with a misspelt key and a value of the wrong type: both
+/// found, each at its line, exit 64.
+#[test]
+fn the_config_check_works_as_printed() {
+    let script = sh_block_after(
+        "**Check a config before you start it**, as `nginx -t` does: `homecmp check`",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let example = include_str!("../homecmp.example.toml");
+    std::fs::write(dir.path().join("homecmp.example.toml"), example).unwrap();
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_homecmp")).parent().unwrap();
+    let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
+    let run = |script: &str| {
+        let mut command = Command::new("bash");
+        command
+            .args(["-uo", "pipefail", "-c", script])
+            .current_dir(dir.path())
+            .env("PATH", &path);
+        for (name, _) in std::env::vars() {
+            if name.starts_with("HOMECMP") {
+                command.env_remove(name);
+            }
+        }
+        command.output().unwrap()
+    };
+    let ok = run(&script);
+    let out = String::from_utf8_lossy(&ok.stdout);
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    assert_eq!(out, "homecmp.toml: ok\n");
+    // Line 3 misspelt, and a wrong type further down.
+    let mut lines: Vec<String> = example.lines().map(str::to_owned).collect();
+    let server = lines
+        .iter()
+        .position(|l| l == "[server]")
+        .expect("[server]");
+    lines.insert(server + 1, "lisen = \"0.0.0.0:443\"".into());
+    let limits = lines
+        .iter()
+        .position(|l| l == "[limits]")
+        .expect("[limits]");
+    let cap = limits
+        + lines[limits..]
+            .iter()
+            .position(|l| l.starts_with("max_connections ="))
+            .expect("limits.max_connections");
+    lines[cap] = "max_connections = \"many\"".into();
+    std::fs::write(dir.path().join("homecmp.toml"), lines.join("\n")).unwrap();
+    let broken = run("homecmp check --config homecmp.toml");
+    let said = String::from_utf8_lossy(&broken.stderr);
+    assert_eq!(broken.status.code(), Some(64), "{said}");
+    let expected = [
+        format!("homecmp.toml:{}:1: unknown field `lisen`", server + 2),
+        format!("homecmp.toml:{}:19: invalid type: string \"many\"", cap + 1),
+        "homecmp.toml: 2 problems".to_owned(),
+    ];
+    for line in expected {
+        assert!(said.contains(&line), "{line:?} not in:\n{said}");
+    }
 }

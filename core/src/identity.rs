@@ -159,7 +159,8 @@ pub struct Identity {
 }
 
 /// Session bindings client address or prefix -> subscriber, fed by the
-/// operator, each with an expiry and the source that made it. Memory only:
+/// operator, each with an expiry and the source that made it. In memory
+/// here (the server keeps a copy on disk, `homecmp::sessions::kept`):
 /// the operator's source (admin API, RADIUS accounting) re-feeds it; the
 /// MSISDN itself is never kept. A binding covers one address (a /32 or /128) or a whole prefix
 /// (an IPv6 subscriber is handed a /64); the longest live match wins.
@@ -301,11 +302,28 @@ impl Sessions {
         self.bindings.contains_key(&canonical_net(network))
     }
 
-    /// Drops every binding to `subscriber` (erasure); returns how many.
-    pub fn unbind_subscriber(&self, subscriber: &SubscriberRef) -> usize {
-        let before = self.bindings.len();
-        self.bindings.retain(|_, b| b.subscriber != *subscriber);
-        before.saturating_sub(self.bindings.len())
+    /// Drops every binding to `subscriber` (erasure); returns their networks.
+    pub fn unbind_subscriber(&self, subscriber: &SubscriberRef) -> Vec<IpNet> {
+        let mut gone = Vec::new();
+        self.bindings.retain(|network, b| {
+            let keep = b.subscriber != *subscriber;
+            if !keep {
+                gone.push(*network);
+            }
+            keep
+        });
+        gone
+    }
+
+    /// The binding of exactly `network`, live or not yet swept.
+    pub fn get(&self, network: IpNet) -> Option<Bound> {
+        let network = canonical_net(network);
+        self.bindings.get(&network).map(|binding| Bound {
+            network,
+            subscriber: binding.subscriber,
+            expires_ms: binding.expires_ms,
+            source: binding.source.clone(),
+        })
     }
 
     /// The subscriber of the longest live binding that covers `addr`: the
@@ -343,10 +361,17 @@ impl Sessions {
         })
     }
 
-    /// Drops expired bindings; returns how many are left.
-    pub fn sweep(&self, now_ms: u64) -> usize {
-        self.bindings.retain(|_, b| b.expires_ms > now_ms);
-        self.bindings.len()
+    /// Drops expired bindings; returns their networks.
+    pub fn sweep(&self, now_ms: u64) -> Vec<IpNet> {
+        let mut gone = Vec::new();
+        self.bindings.retain(|network, b| {
+            let keep = b.expires_ms > now_ms;
+            if !keep {
+                gone.push(*network);
+            }
+            keep
+        });
+        gone
     }
 
     pub fn len(&self) -> usize {
@@ -508,7 +533,8 @@ mod tests {
             50,
         );
         assert!(!wifi.on_mno_network);
-        assert_eq!(sessions.sweep(100), 0);
+        assert_eq!(sessions.sweep(100).len(), 1);
+        assert!(sessions.is_empty());
     }
 
     #[test]

@@ -17,6 +17,8 @@ use serde_json::Value;
 #[path = "../../tests/support/config.rs"]
 mod config;
 use config::config_text;
+#[path = "../../tests/support/tools.rs"]
+mod tools;
 
 const CLASSES: [&str; 8] = [
     "legit",
@@ -339,5 +341,63 @@ async fn an_attacker_behind_the_legit_clients_address_gets_nothing_and_costs_the
     assert_eq!(total["errors"], 0, "{:#}", legit["examples"]);
     assert_eq!(total["matched"], total["sent"], "{total:#}");
     assert!(attack["total"]["sent"].as_u64().unwrap() > 0);
+    server.shutdown().await;
+}
+
+/// The attack matrix's row h, bounded: h2load (a tool we did not write)
+/// floods with unassociated requests from the very address the 200
+/// associated clients scan from (127.0.0.1: h2load cannot choose its
+/// source). Every legit scan is answered as prescribed and none fails;
+/// h2load gets nothing resolved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2load_flood_from_the_legit_clients_address_gets_nothing_and_costs_them_nothing() {
+    let h2load = tools::require("h2load", "Debian's nghttp2-client");
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(&dir.path().join("data"), "", "").await;
+    let setup = dir.path().join("setup.json");
+    let legit_json = dir.path().join("legit.json");
+    homecmp_loadgen::run(args(
+        &server,
+        &format!(
+            "--clientids 200 --codes 2 --setup-only --save-setup {}",
+            setup.display()
+        ),
+    ))
+    .await
+    .expect("the setup is made");
+    let legit = homecmp_loadgen::run(args(
+        &server,
+        &format!(
+            "--setup {} --mix legit=1 --legit-from wifi --sources 1 --wifi-range 127.0.0.1/32 \
+             --protocol h2 --connections 4 --rate 100 --requests 500 --json {}",
+            setup.display(),
+            legit_json.display()
+        ),
+    ));
+    let url = format!(
+        "https://127.0.0.1:{}/mc/v1/resolve?code=2001000001promo&clientid=h2load-unknown",
+        server.public_addr.port()
+    );
+    // Bounded by count and time; h2load does not check the certificate.
+    let flood = tokio::process::Command::new(h2load)
+        .args(["-c", "32", "-m", "16", "-t", "1", "-n", "40000", &url])
+        .kill_on_drop(true)
+        .output();
+    let flood = tokio::time::timeout(std::time::Duration::from_secs(60), flood);
+    let (legit, flood) = tokio::join!(legit, flood);
+    legit.expect("the legit run is carried out");
+    let flood = flood
+        .expect("h2load ends within a minute")
+        .expect("h2load runs");
+    let report = String::from_utf8_lossy(&flood.stdout);
+    let codes = report
+        .lines()
+        .find(|line| line.starts_with("status codes:"))
+        .unwrap_or_else(|| panic!("no status line from h2load: {report}"));
+    assert!(codes.starts_with("status codes: 0 2xx, 0 3xx"), "{codes}");
+    let total = &read_json(&legit_json)["total"];
+    assert_eq!(total["errors"], 0, "{total:#}");
+    assert_eq!(total["matched"], total["sent"], "{total:#}");
+    assert_eq!(total["sent"], 500, "{total:#}");
     server.shutdown().await;
 }

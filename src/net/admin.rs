@@ -42,6 +42,8 @@ use crate::wire::{ClientId, IndirectCode, Msisdn};
 pub struct AdminState {
     pub token: crate::config::Secret<String>,
     pub app: OnceLock<Arc<App>>,
+    /// Served from the start: `/metrics` answers during replay too.
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 /// Largest admin request body; the bodies are a few hundred bytes.
@@ -68,6 +70,7 @@ pub fn router(state: Arc<AdminState>) -> axum::Router {
             "/admin/v1/sessions/{*ip}",
             get(get_session).put(put_session).delete(delete_session),
         )
+        .route("/admin/v1/reload", axum::routing::post(reload))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     axum::Router::new()
@@ -208,7 +211,27 @@ fn not_ready(error: AdminError) -> Response {
     (status, Json(body)).into_response()
 }
 
-async fn metrics(Ready(app): Ready) -> Response {
+/// `/metrics`: from the start (during replay, `homecmp_ready` is 0 and the
+/// process and build figures are there); the index, log and cluster gauges
+/// once the application is.
+async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
+    let m = &state.metrics;
+    m.ready.set(i64::from(state.app.get().is_some()));
+    if let Some(app) = state.app.get() {
+        refresh(app);
+    }
+    (
+        [(
+            http::header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        m.encode(),
+    )
+        .into_response()
+}
+
+/// The gauges that mirror the application's state, read at scrape time.
+fn refresh(app: &App) {
     let counts = app.store.index().counts();
     let m = &app.metrics;
     m.index_associations.set(counts.associations as i64);
@@ -239,14 +262,18 @@ async fn metrics(Ready(app): Ready) -> Response {
                 .set(i64::from(lag.overloaded()));
         }
     }
-    (
-        [(
-            http::header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
-        m.encode(),
-    )
-        .into_response()
+}
+
+/// `POST /admin/v1/reload`, as `SIGHUP`: the certificate and key read
+/// again ([`App::reload`]); 422 `RELOAD_REFUSED` with the reason when they
+/// do not load, the running ones kept.
+async fn reload(Ready(app): Ready) -> Answer {
+    app.reload()
+        .map_err(|e| AdminError::ReloadRefused(e.to_string()).into_response())?;
+    let leaf = app.certificate.leaf();
+    let expires =
+        crate::tls::not_after(&leaf).map(|secs| crate::clock::rfc3339(secs.max(0) as u64 * 1000));
+    Ok(Json(json!({"reloaded": ["certificate"], "certificate_expires": expires})).into_response())
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Response {
@@ -574,7 +601,7 @@ async fn delete_subscriber(Ready(app): Ready, Param(msisdn): Param) -> Answer {
     let msisdn = Msisdn::parse(&msisdn)
         .map_err(|e| AdminError::InvalidMsisdn(e.to_string()).into_response())?;
     let subscriber = app.bindings.key().subscriber_ref(&msisdn);
-    let sessions = app.bindings.table().unbind_subscriber(&subscriber);
+    let sessions = app.bindings.unbind_subscriber(&subscriber);
     // The store runs it as a task of its own: a client that goes away
     // mid-erasure does not leave the history half rewritten.
     let (revoked, rewritten) = app
@@ -678,7 +705,7 @@ async fn get_session(Ready(app): Ready, Param(ip): Param) -> Answer {
 
 async fn delete_session(Ready(app): Ready, Param(ip): Param) -> Answer {
     let network = parse_network(&ip)?;
-    if !app.bindings.table().unbind(network) {
+    if !app.bindings.unbind(network) {
         return Err(no_session());
     }
     Ok(Json(json!({"ip": shown(network), "removed": true})).into_response())
@@ -694,6 +721,7 @@ mod tests {
         let state = Arc::new(AdminState {
             token: crate::config::Secret::new("t".repeat(32)),
             app: OnceLock::new(),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
         });
         let response = readyz(State(state)).await;
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
@@ -706,5 +734,26 @@ mod tests {
             (&json!("NOT_READY"), &json!(false), &json!(503))
         );
         assert_eq!(body["reason"], body["message"]);
+    }
+
+    #[tokio::test]
+    async fn metrics_are_served_during_replay_with_ready_0() {
+        let state = Arc::new(AdminState {
+            token: crate::config::Secret::new("t".repeat(32)),
+            app: OnceLock::new(),
+            metrics: Arc::new(crate::metrics::Metrics::new()),
+        });
+        let response = metrics(State(state)).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        let text = String::from_utf8(bytes.to_vec()).unwrap();
+        assert!(text.contains("\nhomecmp_ready 0\n"), "{text}");
+        let version = env!("CARGO_PKG_VERSION");
+        let build = format!("homecmp_build_info{{version=\"{version}\"}} 1");
+        assert!(text.contains(&build), "{text}");
+        for name in ["process_cpu_seconds_total", "process_resident_memory_bytes"] {
+            assert!(text.contains(&format!("\n{name} ")), "{name} in {text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
     }
 }

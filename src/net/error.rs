@@ -140,6 +140,8 @@ pub enum AdminError {
     NoAssociation,
     #[error("no live binding for this address")]
     NoSession,
+    #[error("reload refused, the running configuration is kept: {0}")]
+    ReloadRefused(String),
 }
 
 impl AdminError {
@@ -169,6 +171,7 @@ impl AdminError {
             AdminError::CodeNotFound => (StatusCode::NOT_FOUND, "CODE_NOT_FOUND"),
             AdminError::NoAssociation => (StatusCode::NOT_FOUND, "NO_ASSOCIATION"),
             AdminError::NoSession => (StatusCode::NOT_FOUND, "NO_SESSION"),
+            AdminError::ReloadRefused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "RELOAD_REFUSED"),
         }
     }
 }

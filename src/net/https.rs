@@ -15,10 +15,12 @@ use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::admit::{Admitted, Transport, admit, handshake_step};
+use super::admit::{Admitted, Transport, admit, handshake_step, refusal_after_handshake};
 use super::conn::Conduct;
+use super::error::error_response;
 use super::resolve::{self, ConnInfo};
 use crate::app::App;
+use crate::core::Refusal;
 use crate::limits::Verdict;
 use crate::metrics::Protocol;
 use crate::tls;
@@ -78,26 +80,26 @@ async fn handshake_and_serve(
 ) {
     let refused = |reason| app.metrics.refused_connection(Transport::Tcp, reason);
     let handshake_limit = app.config.limits.header_read_timeout;
-    let over_rate = admitted.over_rate;
+    let mut over_rate = admitted.over_rate;
     if app.limits.handshakes.is_some() || over_rate.is_some() {
-        // A client that offers a ticket this server issued is returning: it
-        // is not held to its address's accept rate (many subscribers share
-        // an address), and waits in a handshake queue of its own, so a
-        // flood of new handshakes does not hold it up. A client that sends
-        // nothing takes no turn at all.
+        // A client that offers a ticket this server issued resumes: a cheap
+        // handshake, in a queue of its own, so a flood of new handshakes
+        // does not hold it up. Whether it is returning (not held to its
+        // address's accept rate) is read from its ticket once the
+        // handshake is done. A client that sends nothing takes no turn.
         let hello = match handshake_step(handshake_limit, peek_first_record(&stream)).await {
             Ok(hello) => hello,
             Err(reason) => return refused(reason),
         };
-        let returning = tls::offered_ticket(&hello)
+        let ticketed = tls::offered_ticket(&hello)
             .is_some_and(|ticket| tls.config().ticketer.decrypt(ticket).is_some());
-        if let Some(wait) = over_rate.filter(|_| !returning) {
+        if let Some(wait) = over_rate.take_if(|_| !ticketed) {
             let source = app.limits.source(peer.ip());
             if let Err(reason) = address_turn(&app, source, wait, handshake_limit).await {
                 return refuse_quietly(stream, || refused(reason));
             }
         }
-        let (pace, queue) = app.limits.handshake_pace(returning);
+        let (pace, queue) = app.limits.handshake_pace(ticketed);
         app.metrics.handshake_turn(queue);
         if let Some(pace) = pace {
             match pace.reserve(handshake_limit) {
@@ -106,18 +108,54 @@ async fn handshake_and_serve(
             }
         }
     }
-    let stream = match handshake_step(handshake_limit, tls.accept(stream)).await {
+    let mark = tls::Returning::new_mark();
+    let marked = |session: &mut rustls::ServerConnection| {
+        session.set_resumption_data(&mark.bytes());
+    };
+    let stream = match handshake_step(handshake_limit, tls.accept_with(stream, marked)).await {
         Ok(stream) => stream,
         Err(reason) => return refused(reason),
     };
-    let protocol = match stream.get_ref().1.alpn_protocol() {
+    let session = stream.get_ref().1;
+    let protocol = match session.alpn_protocol() {
         Some(b"h2") => Protocol::Http2,
         _ => Protocol::Http1,
     };
+    if let Some(wait) = over_rate {
+        // Resumed, over its address's rate: returning only if its session
+        // served an associated clientid; otherwise it waits its address's
+        // turn as a new client does, and past the bound is answered 429.
+        let resumed = session.received_resumption_data();
+        if !app.limits.returning.is_proven(resumed) {
+            let source = app.limits.source(peer.ip());
+            if let Err(reason) = address_turn(&app, source, wait, handshake_limit).await {
+                refused(reason);
+                let refusal = refusal_after_handshake(reason, &app.config.limits);
+                return answer_refusal(&app, stream, refusal).await;
+            }
+        }
+    }
     let _serving = admitted.serving(&app, protocol);
     let origin = crate::core::identity_address(crate::core::Seen::Tcp { peer: peer.ip() });
     let conn = ConnInfo { origin, protocol };
-    serve_connection(app.clone(), conn, stream, shutdown).await;
+    serve_connection(app.clone(), conn, mark, stream, shutdown).await;
+}
+
+/// Answers every request of a connection refused after its TLS handshake
+/// with `refusal` (429 or 503, with `Retry-After`), then closes it: an app
+/// can tell "slow down" from a broken network.
+async fn answer_refusal<I>(app: &App, io: I, refusal: Refusal)
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let answered = CancellationToken::new();
+    let close = answered.clone();
+    let answer = move |_request: hyper::Request<Incoming>| {
+        close.cancel();
+        let (parts, body) = error_response(&refusal).into_parts();
+        std::future::ready(hyper::Response::from_parts(parts, Full::new(body)))
+    };
+    super::conn::serve(io, &app.config.limits, answered, Conduct::new(), answer).await;
 }
 
 /// A new client over its address's accept rate (`accepts_per_address_per_sec`)
@@ -174,23 +212,36 @@ async fn peek_first_record(stream: &TcpStream) -> std::io::Result<Vec<u8>> {
 
 /// Serves one TLS connection with the resolve handler (see [`super::conn`]
 /// for its timeouts and for what a run of refused requests earns).
-async fn serve_connection<I>(app: Arc<App>, conn: ConnInfo, io: I, shutdown: CancellationToken)
-where
+async fn serve_connection<I>(
+    app: Arc<App>,
+    conn: ConnInfo,
+    mark: tls::SessionMark,
+    io: I,
+    shutdown: CancellationToken,
+) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
     let limits = app.config.limits.clone();
     let conduct = Conduct::new();
     let judged = conduct.clone();
+    // Proven once: the first answer that served an associated clientid.
+    let proven = Arc::new(std::sync::atomic::AtomicBool::new(false));
     super::conn::serve(
         io,
         &limits,
         shutdown,
         conduct,
         move |request: hyper::Request<Incoming>| {
-            let (app, conduct) = (app.clone(), judged.clone());
+            let (app, conduct, proven) = (app.clone(), judged.clone(), proven.clone());
             async move {
                 let (method, uri, headers) = (request.method(), request.uri(), request.headers());
                 let response = resolve::handle_on(&app, conn, &conduct, method, uri, headers).await;
+                // Only a resolved code is answered 2xx or 3xx, and only for
+                // an associated clientid: this session's tickets now return.
+                let served = response.status().is_success() || response.status().is_redirection();
+                if served && !proven.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                    app.limits.returning.prove(mark);
+                }
                 let (mut parts, body) = response.into_parts();
                 if let Some(alt_svc) = &app.alt_svc {
                     parts.headers.insert(http::header::ALT_SVC, alt_svc.clone());

@@ -249,14 +249,15 @@ async fn associate(
         client_addr: passed.identity.client_addr,
     };
     let cap = app.config.max_clientids_per_subscriber;
-    let done = app
-        .store
-        .associate(new, rebind, cap, now_ms)
-        .await
-        .map_err(|e| {
-            tracing::error!(error = %e, "association not stored");
-            Refusal::Unavailable
-        })?;
+    let writing = Instant::now();
+    let done = app.store.associate(new, rebind, cap, now_ms).await;
+    app.metrics
+        .association_writes
+        .observe(writing.elapsed().as_secs_f64());
+    let done = done.map_err(|e| {
+        tracing::error!(error = %e, "association not stored");
+        Refusal::Unavailable
+    })?;
     let superseded = match &done {
         Associated::Created { superseded, .. } => {
             app.metrics.associations_created.inc();

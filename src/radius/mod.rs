@@ -245,7 +245,7 @@ impl Server {
         };
         if status == Status::Stop {
             for network in networks {
-                self.bindings.table().unbind_session(network, &session);
+                self.bindings.unbind_session(network, &session);
             }
             return Outcome::Applied("stop");
         }

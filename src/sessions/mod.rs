@@ -4,7 +4,13 @@
 //! RADIUS accounting; both go through [`Bindings::bind`], the one place
 //! that checks what every binding must satisfy: each network inside the
 //! MNO's pools (`[mno] networks`), and the table no larger than
-//! `max_bindings`. Requests only read the table ([`Bindings::table`]).
+//! `max_bindings`. Removals go through it too ([`Bindings::unbind`],
+//! [`Bindings::unbind_session`], [`Bindings::unbind_subscriber`],
+//! [`Bindings::sweep`]): every change is kept on disk ([`kept`]), so a
+//! restart finds the live bindings. Requests only read the table
+//! ([`Bindings::table`]).
+
+pub mod kept;
 
 use ipnet::IpNet;
 
@@ -19,6 +25,8 @@ pub struct Bindings {
     key: SubscriberKey,
     mno: MnoPolicy,
     max_bindings: usize,
+    /// On disk (`data_dir/sessions`), when the server keeps them.
+    kept: Option<kept::Kept>,
 }
 
 /// One binding to make: `networks` (an address is a /32 or /128) for
@@ -43,8 +51,8 @@ pub enum BindError {
 }
 
 impl Bindings {
-    /// The cap is `radius.max_bindings`, or its default without `[radius]`
-    /// (admin bindings alone).
+    /// Bindings in memory only. The cap is `radius.max_bindings`, or its
+    /// default without `[radius]` (admin bindings alone).
     pub fn new(config: &Config, secret: &[u8; SubscriberKey::LEN]) -> Self {
         let max_bindings = config
             .radius
@@ -55,6 +63,47 @@ impl Bindings {
             key: SubscriberKey::new(secret),
             mno: config.mno.clone(),
             max_bindings,
+            kept: None,
+        }
+    }
+
+    /// Bindings kept in `data_dir/sessions`, with the live ones found there
+    /// (at `now_ms`) back in the table: a restart forgets nothing. A kept
+    /// binding now outside the MNO's pools, expired, or over the cap is
+    /// dropped (and deleted).
+    pub fn open(
+        config: &Config,
+        secret: &[u8; SubscriberKey::LEN],
+        now_ms: u64,
+    ) -> Result<Self, kept::KeptError> {
+        let mut bindings = Self::new(config, secret);
+        let kept = kept::Kept::open(&config.data_dir.join(kept::DIR))?;
+        for bound in kept.load() {
+            let fits = bindings.table.len() < bindings.max_bindings;
+            let usable = bound.expires_ms > now_ms && bindings.mno.is_mno_network(&bound.network);
+            let network = bound.network;
+            kept.mirror(&bindings.table, network, || {
+                if usable && fits {
+                    bindings.table.bind_session(
+                        network,
+                        bound.subscriber,
+                        bound.expires_ms,
+                        bound.source,
+                        None,
+                    );
+                }
+            });
+        }
+        tracing::info!(bindings = bindings.table.len(), "session bindings restored");
+        bindings.kept = Some(kept);
+        Ok(bindings)
+    }
+
+    /// Runs `change` of `network`, and keeps the result on disk.
+    fn changing<T>(&self, network: IpNet, change: impl FnOnce() -> T) -> T {
+        match &self.kept {
+            Some(kept) => kept.mirror(&self.table, network, change),
+            None => change(),
         }
     }
 
@@ -75,15 +124,47 @@ impl Bindings {
         }
         let subscriber = self.key.subscriber_ref(bind.msisdn);
         for network in bind.networks {
-            self.table.bind_session(
-                *network,
-                subscriber,
-                bind.expires_ms,
-                bind.source.clone(),
-                bind.unless_live_at,
-            );
+            self.changing(*network, || {
+                self.table.bind_session(
+                    *network,
+                    subscriber,
+                    bind.expires_ms,
+                    bind.source.clone(),
+                    bind.unless_live_at,
+                )
+            });
         }
         Ok(subscriber)
+    }
+
+    /// Removes the binding of exactly `network` (admin); `true` if there
+    /// was one.
+    pub fn unbind(&self, network: IpNet) -> bool {
+        self.changing(network, || self.table.unbind(network))
+    }
+
+    /// Removes the binding of exactly `network` if `source` made it (an
+    /// accounting Stop); `true` if it did.
+    pub fn unbind_session(&self, network: IpNet, source: &BindingSource) -> bool {
+        self.changing(network, || self.table.unbind_session(network, source))
+    }
+
+    /// Drops every binding to `subscriber` (erasure), on disk too; returns
+    /// how many.
+    pub fn unbind_subscriber(&self, subscriber: &SubscriberRef) -> usize {
+        let gone = self.table.unbind_subscriber(subscriber);
+        for network in &gone {
+            self.changing(*network, || ());
+        }
+        gone.len()
+    }
+
+    /// Drops expired bindings, on disk too; returns how many are left.
+    pub fn sweep(&self, now_ms: u64) -> usize {
+        for network in self.table.sweep(now_ms) {
+            self.changing(network, || ());
+        }
+        self.table.len()
     }
 
     /// The key that makes a subscriber's reference from its MSISDN (one per
@@ -92,8 +173,7 @@ impl Bindings {
         &self.key
     }
 
-    /// The table, to read (identify a request, show a binding) and to
-    /// remove from.
+    /// The table, to read (identify a request, show a binding).
     pub fn table(&self) -> &Sessions {
         &self.table
     }
@@ -116,6 +196,7 @@ mod tests {
                 trusted_gateways: vec![],
             },
             max_bindings: MAX,
+            kept: None,
         }
     }
 
