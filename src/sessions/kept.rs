@@ -99,6 +99,16 @@ impl Kept {
         }
         done
     }
+
+    /// Leaves no copy of removed bindings in the files (an erasure): the
+    /// memtable flushed (the write-ahead log that held them is then
+    /// deleted) and every table compacted (older versions dropped).
+    pub fn purge(&self) {
+        if let Err(e) = self.db.flush() {
+            tracing::warn!(error = %e, "kept session bindings not flushed");
+        }
+        self.db.compact_range::<&[u8], &[u8]>(None, None);
+    }
 }
 
 fn no_sync() -> WriteOptions {

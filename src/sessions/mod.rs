@@ -149,12 +149,15 @@ impl Bindings {
         self.changing(network, || self.table.unbind_session(network, source))
     }
 
-    /// Drops every binding to `subscriber` (erasure), on disk too; returns
-    /// how many.
+    /// Drops every binding to `subscriber` (erasure), on disk too, with no
+    /// copy left in the files; returns how many.
     pub fn unbind_subscriber(&self, subscriber: &SubscriberRef) -> usize {
         let gone = self.table.unbind_subscriber(subscriber);
         for network in &gone {
             self.changing(*network, || ());
+        }
+        if let Some(kept) = self.kept.as_ref().filter(|_| !gone.is_empty()) {
+            kept.purge();
         }
         gone.len()
     }
