@@ -1,9 +1,12 @@
 //! The `homecmp` binary: command line only; everything else is the library.
 
+mod admin_cli;
+
 use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use admin_cli::{AdminApi, AdminCommand, CodesCommand};
 use clap::{Parser, Subcommand};
 
 use homecmp::backup;
@@ -60,6 +63,20 @@ enum Command {
         #[command(subcommand)]
         command: CodesCommand,
     },
+    /// The running server's admin API: sessions, associations, erasure,
+    /// codes, reload, metrics. The answer's JSON on stdout; exit 1 when it
+    /// is a refusal.
+    Admin {
+        #[command(flatten)]
+        api: AdminApi,
+        #[command(subcommand)]
+        command: AdminCommand,
+    },
+    /// A shell's completion script, on stdout (e.g. `homecmp completions
+    /// bash > /etc/bash_completion.d/homecmp`).
+    Completions { shell: clap_complete::Shell },
+    /// The manual page (roff), on stdout (`homecmp man > homecmp.1`).
+    Man,
     /// Read, check, export and replay the event log (beside a running server);
     /// repair it (server stopped); import an export into a new data dir.
     Log {
@@ -92,40 +109,6 @@ impl DataDir {
         };
         config.map(|c| c.data_dir).map_err(|e| e.to_string())
     }
-}
-
-/// Where the admin API is, for commands that talk to a running server.
-#[derive(clap::Args, Debug)]
-struct AdminApi {
-    /// The admin API's base URL.
-    #[arg(long, default_value = "http://127.0.0.1:8444")]
-    admin: String,
-    /// The file holding the admin token.
-    #[arg(long, default_value = "homecmp-data/admin.token")]
-    token_file: PathBuf,
-}
-
-#[derive(Subcommand, Debug)]
-enum CodesCommand {
-    /// Register the codes of an NDJSON or CSV file (one row a line) through
-    /// the running server's admin API; prints its report, exit 1 if a row
-    /// was refused.
-    Import {
-        file: PathBuf,
-        /// Check every row, write nothing.
-        #[arg(long)]
-        dry_run: bool,
-        /// The file is CSV (code,target), not NDJSON.
-        #[arg(long)]
-        csv: bool,
-        #[command(flatten)]
-        api: AdminApi,
-    },
-    /// Every code as NDJSON on stdout (what `codes import` takes back).
-    Export {
-        #[command(flatten)]
-        api: AdminApi,
-    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -193,68 +176,36 @@ fn main() -> ExitCode {
         Command::Restore { from, dir } => with_data_dir("homecmp restore", dir, |data_dir, out| {
             backup::restore(&from, data_dir, out).map(drop)
         }),
-        Command::Codes { command } => run_codes(command),
+        Command::Codes { command } => admin_cli::run_codes(command),
+        Command::Admin { api, command } => admin_cli::run_admin(api, command),
+        Command::Completions { shell } => {
+            let mut script = Vec::new();
+            let mut cli = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cli, "homecmp", &mut script);
+            print_all("homecmp completions", &script)
+        }
+        Command::Man => {
+            let mut page = Vec::new();
+            let cli = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::Man::new(cli).render(&mut page) {
+                Ok(()) => print_all("homecmp man", &page),
+                Err(e) => {
+                    eprintln!("homecmp man: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
     }
 }
 
-/// `homecmp codes`: a client of the admin API.
-fn run_codes(command: CodesCommand) -> ExitCode {
-    let runtime = tokio::runtime::Runtime::new().expect("start the tokio runtime");
-    let outcome = runtime.block_on(async {
-        let (api, request) = match command {
-            CodesCommand::Import {
-                file,
-                dry_run,
-                csv,
-                api,
-            } => {
-                let body = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-                let url = format!("{}/admin/v1/codes:import?dry_run={dry_run}", api.admin);
-                let content_type = if csv {
-                    "text/csv"
-                } else {
-                    "application/x-ndjson"
-                };
-                let request = reqwest::Client::new()
-                    .post(url)
-                    .header("content-type", content_type)
-                    .body(body);
-                (api, request)
-            }
-            CodesCommand::Export { api } => {
-                let url = format!("{}/admin/v1/codes:export", api.admin);
-                (api, reqwest::Client::new().get(url))
-            }
-        };
-        let token = std::fs::read_to_string(&api.token_file)
-            .map_err(|e| format!("{}: {e}", api.token_file.display()))?;
-        let mut response = request
-            .bearer_auth(token.trim())
-            .send()
-            .await
-            .map_err(|e| format!("{}: {e}", api.admin))?;
-        let status = response.status();
-        // Written as it arrives: an export of any size goes through in
-        // constant memory.
-        let mut out = std::io::stdout().lock();
-        let mut ends_with_newline = true;
-        while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
-            out.write_all(&chunk).map_err(|e| format!("stdout: {e}"))?;
-            if let Some(last) = chunk.last() {
-                ends_with_newline = *last == b'\n';
-            }
-        }
-        if !ends_with_newline {
-            out.write_all(b"\n").map_err(|e| format!("stdout: {e}"))?;
-        }
-        out.flush().map_err(|e| format!("stdout: {e}"))?;
-        Ok::<_, String>(status)
-    });
-    match outcome {
-        Ok(status) if status.is_success() => ExitCode::SUCCESS,
-        Ok(_) => ExitCode::from(1),
+/// `bytes` on stdout; a reader that stops early (`| head`) is no error.
+fn print_all(what: &str, bytes: &[u8]) -> ExitCode {
+    let mut out = io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.kind() == io::ErrorKind::BrokenPipe => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("homecmp codes: {e}");
+            eprintln!("{what}: {e}");
             ExitCode::from(1)
         }
     }
