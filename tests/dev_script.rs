@@ -112,3 +112,107 @@ fn with_everything_present_it_installs_nothing_and_says_so() {
         "{said}"
     );
 }
+
+/// `scripts/dev cluster` (with the binary this build made): three nodes
+/// on a three-server JetStream cluster, where each is printed; an
+/// association made on node a is honoured on node b; SIGTERM stops them
+/// all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_dev_cluster_starts_three_nodes_that_share_associations() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    // Below the ephemeral range the other tests' port-0 sockets come from.
+    let base = 20_000 + (std::process::id() % 400) * 20;
+    let root = env!("CARGO_MANIFEST_DIR");
+    let mut script = std::process::Command::new("bash")
+        .arg(Path::new(root).join("scripts/dev"))
+        .arg("cluster")
+        .env("HOMECMP_BIN", env!("CARGO_BIN_EXE_homecmp"))
+        .env("CLUSTER_DIR", dir.path())
+        .env("CLUSTER_PORT", base.to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(script.stdout.take().unwrap()).lines();
+    let header = lines.next().unwrap().unwrap();
+    assert!(header.starts_with("node"), "{header}");
+    let nodes: Vec<Vec<String>> = (0..3)
+        .map(|_| {
+            let line = lines.next().expect("a node's line").unwrap();
+            line.split_whitespace().map(str::to_owned).collect()
+        })
+        .collect();
+    let admin = |node: usize, path: &str| {
+        let token = std::fs::read_to_string(&nodes[node][3]).unwrap();
+        reqwest::Client::new()
+            .get(format!("{}{path}", nodes[node][2]))
+            .bearer_auth(token.trim())
+    };
+    let put = |node: usize, path: &str, body: serde_json::Value| {
+        let token = std::fs::read_to_string(&nodes[node][3]).unwrap();
+        reqwest::Client::new()
+            .put(format!("{}{path}", nodes[node][2]))
+            .bearer_auth(token.trim())
+            .json(&body)
+    };
+    let code = "2001000001promo";
+    let status = put(
+        0,
+        &format!("/admin/v1/codes/{code}"),
+        serde_json::json!({"target": "https://example.org/"}),
+    )
+    .send()
+    .await
+    .unwrap()
+    .status();
+    assert_eq!(status, 200);
+    let status = put(
+        0,
+        "/admin/v1/sessions/127.1.0.71",
+        serde_json::json!({"msisdn": "+447700900071"}),
+    )
+    .send()
+    .await
+    .unwrap()
+    .status();
+    assert_eq!(status, 200);
+    let ca = std::fs::read(dir.path().join("a/tls/ca.pem")).unwrap();
+    let client = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&ca).unwrap()])
+        .local_address("127.1.0.71".parse::<std::net::IpAddr>().unwrap())
+        .build()
+        .unwrap();
+    let url = format!(
+        "{}/mc/v1/resolve?code={code}&clientid=dev-cluster",
+        nodes[0][1]
+    );
+    let answer: serde_json::Value = client.get(url).send().await.unwrap().json().await.unwrap();
+    assert_eq!(answer["association"], "created", "{answer}");
+    let mut found = None;
+    for _ in 0..250 {
+        let response = admin(1, "/admin/v1/associations/dev-cluster")
+            .send()
+            .await
+            .unwrap();
+        if response.status() == 200 {
+            found = Some(response.json::<serde_json::Value>().await.unwrap());
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert!(found.is_some(), "node b never saw node a's association");
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &script.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(term.success());
+    assert!(script.wait().unwrap().success());
+    for node in &nodes {
+        let addr = node[2].trim_start_matches("http://");
+        assert!(
+            std::net::TcpStream::connect(addr).is_err(),
+            "{addr} still listens"
+        );
+    }
+}
