@@ -262,7 +262,7 @@ impl App {
         config: Config,
         store: Store,
         metrics: Arc<Metrics>,
-        bindings: Bindings,
+        bindings: Arc<Bindings>,
         certificate: Arc<crate::tls::Certificate>,
         public_addr: SocketAddr,
         peers: Option<crate::federation::Peers>,
@@ -276,7 +276,7 @@ impl App {
             })
             .flatten();
         App {
-            bindings: Arc::new(bindings),
+            bindings,
             certificate,
             metrics,
             creations: RateLimiter::keyed(Quota::per_minute(per_minute)),

@@ -132,7 +132,11 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
     let radius = open_radius(&config).await?;
     let (peers, federation) = open_federation(&config, &metrics).await?;
     let public_addr = listeners.public_addr;
-    let bindings = crate::sessions::Bindings::open(&config, &secret, now_ms())?;
+    let bindings = Arc::new(crate::sessions::Bindings::open(&config, &secret, now_ms())?);
+    if let Some(cluster) = &config.cluster {
+        // Every node's bindings, before this one is ready.
+        crate::sessions::shared::join(cluster, bindings.clone()).await?;
+    }
     let app = Arc::new(App::new(
         config,
         store,

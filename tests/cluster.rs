@@ -30,10 +30,20 @@ async fn node(nats: &NatsCluster, urls: &[usize], name: &str) -> TestServer {
 
 /// A node on the NATS URLs `urls_toml`, with `cluster_keys` in `[cluster]`.
 async fn node_with(urls_toml: String, name: &str, cluster_keys: &str) -> TestServer {
+    node_with_sections(urls_toml, name, cluster_keys, "").await
+}
+
+/// [`node_with`], and `sections` (whole sections) at the end.
+async fn node_with_sections(
+    urls_toml: String,
+    name: &str,
+    cluster_keys: &str,
+    sections: &str,
+) -> TestServer {
     let extra = format!(
         "[cluster]\nnats_urls = {urls_toml}\n{cluster_keys}\nnode = \"{name}\"\npublish_timeout_ms = 2000\n\
          [auth]\nassociations_per_minute = 100000\nmax_clientids_per_subscriber = 1000\n\
-         [limits]\nshutdown_grace_ms = 200\nfirst_scans_per_sec = 0\n"
+         [limits]\nshutdown_grace_ms = 200\nfirst_scans_per_sec = 0\n{sections}"
     );
     let server =
         TestServer::with_sections(&format!("subscriber_secret = \"{SECRET}\""), &extra).await;
@@ -549,4 +559,107 @@ async fn a_replicated_change_dropped_midway_is_whole_or_absent() {
         assert_eq!(held(), 1, "drop {n} left the subscriber with {}", held());
     }
     node.stop().await;
+}
+
+/// Session bindings are shared through JetStream: a binding made on node
+/// a lets node b identify the subscriber; removed on a, b no longer does;
+/// a node that starts on an empty data dir has the live ones before it is
+/// ready.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_binding_made_on_one_node_is_honoured_on_every_node() {
+    let nats = NatsCluster::start(3);
+    let a = node(&nats, &[0], "a").await;
+    let b = node(&nats, &[1], "b").await;
+    a.put_code(CODE, TARGET).await;
+    let session = |ip: &str| format!("/admin/v1/sessions/{ip}");
+    a.bind_session("127.1.0.60", "+447700900060").await;
+    eventually("b has a's binding", PROPAGATION, async || {
+        b.admin(Method::GET, &session("127.1.0.60"), None).await.0 == 200
+    })
+    .await;
+    first_scan_creates(&b, "http1", "127.1.0.60", "shared-1").await;
+    let (status, _) = a.admin(Method::DELETE, &session("127.1.0.60"), None).await;
+    assert_eq!(status, 200);
+    eventually("b drops it", PROPAGATION, async || {
+        b.admin(Method::GET, &session("127.1.0.60"), None).await.0 == 404
+    })
+    .await;
+    let (status, body) = b
+        .resolve(&b.client("http1", "127.1.0.60"), &scan("shared-2"))
+        .await;
+    assert_eq!(
+        (status, &body["code"]),
+        (403, &json!("SUBSCRIBER_UNKNOWN")),
+        "{body}"
+    );
+    // A node that joins later, on an empty data dir.
+    a.bind_session("127.1.0.61", "+447700900061").await;
+    eventually("b has the second one", PROPAGATION, async || {
+        b.admin(Method::GET, &session("127.1.0.61"), None).await.0 == 200
+    })
+    .await;
+    let c = node(&nats, &[2], "c").await;
+    let (status, found) = c.admin(Method::GET, &session("127.1.0.61"), None).await;
+    assert_eq!(status, 200, "{found}");
+    first_scan_creates(&c, "http2", "127.1.0.61", "shared-3").await;
+    a.stop().await;
+    b.stop().await;
+    c.stop().await;
+}
+
+/// The PGW's accounting goes to one node: a Start there binds the address
+/// on every node, a Stop unbinds it everywhere (radclient, Debian's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn radius_accounting_to_one_node_binds_on_every_node() {
+    let radclient = support::tools::require("radclient", "Debian package freeradius-utils");
+    let nats = NatsCluster::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let secret_file = dir.path().join("pgw.secret");
+    std::fs::write(&secret_file, "cluster-radius-secret\n").unwrap();
+    let radius = format!(
+        "[radius]\nlisten = \"127.0.0.1:0\"\n[[radius.clients]]\nnetwork = \"127.0.0.1\"\nsecret_file = \"{}\"\n",
+        secret_file.display()
+    );
+    let a = node_with_sections(nats.urls_toml(&[0]), "a", "", &radius).await;
+    let b = node(&nats, &[1], "b").await;
+    a.put_code(CODE, TARGET).await;
+    let to = a.running.radius_addr.expect("radius is on");
+    let send = |status: &str| {
+        let attributes = format!(
+            "Acct-Status-Type = {status}\nFramed-IP-Address = 127.1.0.62\n\
+             Calling-Station-Id = \"447700900062\"\nAcct-Session-Id = \"cluster-1\"\n"
+        );
+        let mut child = std::process::Command::new(&radclient)
+            .args(["-t", "1", "-r", "3", "-D", "/usr/share/freeradius"])
+            .arg(to.to_string())
+            .args(["acct", "cluster-radius-secret"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        use std::io::Write as _;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(attributes.as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+    };
+    send("Start");
+    let session = "/admin/v1/sessions/127.1.0.62";
+    eventually("b has the Start's binding", PROPAGATION, async || {
+        let (status, body) = b.admin(Method::GET, session, None).await;
+        status == 200 && body["source"] == "radius"
+    })
+    .await;
+    first_scan_creates(&b, "http1", "127.1.0.62", "radius-shared").await;
+    send("Stop");
+    eventually("b drops it on the Stop", PROPAGATION, async || {
+        b.admin(Method::GET, session, None).await.0 == 404
+    })
+    .await;
+    a.stop().await;
+    b.stop().await;
 }

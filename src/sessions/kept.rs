@@ -124,7 +124,7 @@ fn stripe_of(network: IpNet) -> usize {
 }
 
 /// A network as a key: its family (4 or 6), its prefix length, its address.
-fn network_key(network: IpNet) -> Vec<u8> {
+pub(super) fn network_key(network: IpNet) -> Vec<u8> {
     let mut key = Vec::with_capacity(18);
     push_addr(&mut key, network.addr());
     key.push(network.prefix_len());
@@ -160,10 +160,19 @@ fn take_addr(bytes: &[u8]) -> Option<(IpAddr, &[u8])> {
     }
 }
 
+/// The network a key [`network_key`] made names.
+pub(super) fn network_of_key(key: &[u8]) -> Option<IpNet> {
+    let (addr, rest) = take_addr(key)?;
+    let [prefix_len] = rest else {
+        return None;
+    };
+    IpNet::new(addr, *prefix_len).ok()
+}
+
 /// A binding as a value: its subscriber (32 bytes), expiry (8, big
 /// endian), then its source: 0 (admin), or 1, the gateway's address and the
 /// accounting session id.
-fn encode(binding: &Bound) -> Vec<u8> {
+pub(super) fn encode(binding: &Bound) -> Vec<u8> {
     let mut value = Vec::with_capacity(64);
     value.extend_from_slice(&binding.subscriber.0);
     value.extend_from_slice(&binding.expires_ms.to_be_bytes());
@@ -178,12 +187,8 @@ fn encode(binding: &Bound) -> Vec<u8> {
     value
 }
 
-fn decode(key: &[u8], value: &[u8]) -> Option<Bound> {
-    let (addr, rest) = take_addr(key)?;
-    let [prefix_len] = rest else {
-        return None;
-    };
-    let network = IpNet::new(addr, *prefix_len).ok()?;
+pub(super) fn decode(key: &[u8], value: &[u8]) -> Option<Bound> {
+    let network = network_of_key(key)?;
     let (subscriber, rest) = value.split_first_chunk::<32>()?;
     let (expires, rest) = rest.split_first_chunk::<8>()?;
     let source = match rest.split_first()? {

@@ -11,6 +11,7 @@
 //! ([`Bindings::table`]).
 
 pub mod kept;
+pub mod shared;
 
 use ipnet::IpNet;
 
@@ -27,6 +28,8 @@ pub struct Bindings {
     max_bindings: usize,
     /// On disk (`data_dir/sessions`), when the server keeps them.
     kept: Option<kept::Kept>,
+    /// Cluster mode: this node's changes go to every node ([`shared`]).
+    shared: std::sync::OnceLock<shared::Publisher>,
 }
 
 /// One binding to make: `networks` (an address is a /32 or /128) for
@@ -64,6 +67,7 @@ impl Bindings {
             mno: config.mno.clone(),
             max_bindings,
             kept: None,
+            shared: std::sync::OnceLock::new(),
         }
     }
 
@@ -99,12 +103,63 @@ impl Bindings {
         Ok(bindings)
     }
 
-    /// Runs `change` of `network`, and keeps the result on disk.
+    /// Runs `change` of `network`, keeps the result on disk, and (in
+    /// cluster mode) shares it with every node.
     fn changing<T>(&self, network: IpNet, change: impl FnOnce() -> T) -> T {
+        let done = self.locally(network, change);
+        if let Some(publisher) = self.shared.get() {
+            publisher.changed(network);
+        }
+        done
+    }
+
+    /// Runs `change` of `network` and keeps the result on disk, on this
+    /// node only (an expiry every node sees by itself; a change another
+    /// node shared).
+    fn locally<T>(&self, network: IpNet, change: impl FnOnce() -> T) -> T {
         match &self.kept {
             Some(kept) => kept.mirror(&self.table, network, change),
             None => change(),
         }
+    }
+
+    /// Cluster mode: from now on this node's changes are shared through
+    /// `publisher`.
+    pub fn share(&self, publisher: shared::Publisher) {
+        let _ = self.shared.set(publisher);
+    }
+
+    /// A change another node (or this one) shared: `payload` is the
+    /// binding as kept, or empty once removed. Held to this node's pools
+    /// and cap as any binding is.
+    pub fn apply_shared(&self, network: IpNet, payload: &[u8]) {
+        let bound = match payload.is_empty() {
+            true => None,
+            false => match kept::decode(&kept::network_key(network), payload) {
+                Some(bound) => Some(bound),
+                None => {
+                    tracing::warn!(%network, "a shared session binding does not decode; ignored");
+                    return;
+                }
+            },
+        };
+        self.locally(network, || match bound {
+            Some(bound) => {
+                let fits = self.table.is_bound(network) || self.table.len() < self.max_bindings;
+                if fits && self.mno.is_mno_network(&network) {
+                    self.table.bind_session(
+                        network,
+                        bound.subscriber,
+                        bound.expires_ms,
+                        bound.source,
+                        None,
+                    );
+                }
+            }
+            None => {
+                self.table.unbind(network);
+            }
+        });
     }
 
     /// Binds every one of `bind.networks`, or none: all must be MNO
@@ -165,7 +220,7 @@ impl Bindings {
     /// Drops expired bindings, on disk too; returns how many are left.
     pub fn sweep(&self, now_ms: u64) -> usize {
         for network in self.table.sweep(now_ms) {
-            self.changing(network, || ());
+            self.locally(network, || ());
         }
         self.table.len()
     }
@@ -200,6 +255,7 @@ mod tests {
             },
             max_bindings: MAX,
             kept: None,
+            shared: std::sync::OnceLock::new(),
         }
     }
 

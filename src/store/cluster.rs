@@ -325,7 +325,7 @@ fn unavailable(what: &str, e: &dyn std::fmt::Display) -> ClusterError {
 
 /// The NATS connection of `[cluster]`: its credentials and TLS, retried
 /// for ever (a node waits for NATS rather than exiting).
-async fn connect(config: &ClusterConfig) -> Result<async_nats::Client, ClusterError> {
+pub(crate) async fn connect(config: &ClusterConfig) -> Result<async_nats::Client, ClusterError> {
     let mut options = async_nats::ConnectOptions::new()
         .name(format!("homecmp-{}", config.node))
         .retry_on_initial_connect()
