@@ -102,6 +102,7 @@ fn with_everything_present_it_installs_nothing_and_says_so() {
         "h2load",
         "promtool",
         "systemd-analyze",
+        "buildah",
     ];
     let dir = scratch(&[&BUILD[..], &tools].concat());
     let (code, said) = install_with(dir.path());
