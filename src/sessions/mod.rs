@@ -30,6 +30,9 @@ pub struct Bindings {
     kept: Option<kept::Kept>,
     /// Cluster mode: this node's changes go to every node ([`shared`]).
     shared: std::sync::OnceLock<shared::Publisher>,
+    /// Cluster mode: the expiry every node holds for each binding (the
+    /// last shared), so a refresh is shared only when it matters.
+    held_elsewhere: dashmap::DashMap<IpNet, u64>,
 }
 
 /// One binding to make: `networks` (an address is a /32 or /128) for
@@ -68,6 +71,7 @@ impl Bindings {
             max_bindings,
             kept: None,
             shared: std::sync::OnceLock::new(),
+            held_elsewhere: dashmap::DashMap::new(),
         }
     }
 
@@ -107,10 +111,29 @@ impl Bindings {
     /// cluster mode) shares it with every node.
     fn changing<T>(&self, network: IpNet, change: impl FnOnce() -> T) -> T {
         let done = self.locally(network, change);
+        self.share_change(network);
+        done
+    }
+
+    /// Cluster mode: `network`'s state goes to every node.
+    fn share_change(&self, network: IpNet) {
         if let Some(publisher) = self.shared.get() {
+            self.note_held(network);
             publisher.changed(network);
         }
-        done
+    }
+
+    /// Records the expiry every node will hold for `network` (the table's).
+    fn note_held(&self, network: IpNet) {
+        let network = crate::core::canonical_net(network);
+        match self.table.get(network) {
+            Some(bound) => {
+                self.held_elsewhere.insert(network, bound.expires_ms);
+            }
+            None => {
+                self.held_elsewhere.remove(&network);
+            }
+        }
     }
 
     /// Runs `change` of `network` and keeps the result on disk, on this
@@ -160,6 +183,9 @@ impl Bindings {
                 self.table.unbind(network);
             }
         });
+        if self.shared.get().is_some() {
+            self.note_held(network);
+        }
     }
 
     /// Binds every one of `bind.networks`, or none: all must be MNO
@@ -178,8 +204,12 @@ impl Bindings {
             return Err(BindError::Full);
         }
         let subscriber = self.key.subscriber_ref(bind.msisdn);
+        let now_ms = crate::clock::now_ms();
         for network in bind.networks {
-            self.changing(*network, || {
+            let canonical = crate::core::canonical_net(*network);
+            let held = self.held_elsewhere.get(&canonical).map(|e| *e);
+            let before = self.table.get(*network);
+            self.locally(*network, || {
                 self.table.bind_session(
                     *network,
                     subscriber,
@@ -188,6 +218,10 @@ impl Bindings {
                     bind.unless_live_at,
                 )
             });
+            let after = self.table.get(*network);
+            if worth_sharing(before.as_ref(), after.as_ref(), held, now_ms) {
+                self.share_change(*network);
+            }
         }
         Ok(subscriber)
     }
@@ -221,6 +255,7 @@ impl Bindings {
     pub fn sweep(&self, now_ms: u64) -> usize {
         for network in self.table.sweep(now_ms) {
             self.locally(network, || ());
+            self.held_elsewhere.remove(&network);
         }
         self.table.len()
     }
@@ -234,6 +269,30 @@ impl Bindings {
     /// The table, to read (identify a request, show a binding).
     pub fn table(&self) -> &Sessions {
         &self.table
+    }
+}
+
+/// Whether a bind changed what other nodes must know: a binding that
+/// appears, leaves, or changes subscriber or source, always; a refresh
+/// (an accounting Interim: only the expiry moves) once less than half of
+/// the new lifetime is left on the copy the others hold (`held_elsewhere`,
+/// the expiry last shared), so a busy hour's Interims cost no publish each.
+fn worth_sharing(
+    before: Option<&crate::core::Bound>,
+    after: Option<&crate::core::Bound>,
+    held_elsewhere: Option<u64>,
+    now_ms: u64,
+) -> bool {
+    match (before, after) {
+        (Some(before), Some(after))
+            if before.subscriber == after.subscriber && before.source == after.source =>
+        {
+            let held = held_elsewhere.unwrap_or(0).saturating_sub(now_ms);
+            let new = after.expires_ms.saturating_sub(now_ms);
+            held < new / 2
+        }
+        (None, None) => false,
+        _ => true,
     }
 }
 
@@ -256,7 +315,48 @@ mod tests {
             max_bindings: MAX,
             kept: None,
             shared: std::sync::OnceLock::new(),
+            held_elsewhere: dashmap::DashMap::new(),
         }
+    }
+
+    #[test]
+    fn an_interim_is_shared_only_once_half_its_lifetime_has_passed() {
+        let bindings = bindings();
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        bindings.share(shared::Publisher::for_test(tx));
+        let network: IpNet = "127.1.0.9/32".parse().unwrap();
+        let msisdn = Msisdn::parse("+447700900009").unwrap();
+        let now = crate::clock::now_ms();
+        let bind = |expires_ms, who: &Msisdn| {
+            bindings
+                .bind(Bind {
+                    networks: &[network],
+                    msisdn: who,
+                    expires_ms,
+                    source: BindingSource::Admin,
+                    unless_live_at: None,
+                })
+                .unwrap();
+        };
+        let mut shared = || std::iter::from_fn(|| rx.try_recv().ok()).count();
+        bind(now + 3_600_000, &msisdn);
+        assert_eq!(shared(), 1, "a new binding");
+        bind(now + 3_660_000, &msisdn);
+        assert_eq!(
+            shared(),
+            0,
+            "a refresh with most of its lifetime left elsewhere"
+        );
+        bind(now + 7_300_000, &msisdn);
+        assert_eq!(
+            shared(),
+            1,
+            "less than half of the new lifetime held elsewhere"
+        );
+        bind(now + 7_300_000, &Msisdn::parse("+447700900010").unwrap());
+        assert_eq!(shared(), 1, "another subscriber");
+        bindings.unbind(network);
+        assert_eq!(shared(), 1, "a removal");
     }
 
     /// An address inside the MNO pool (127.1.0.x) or outside it (127.2.0.x).

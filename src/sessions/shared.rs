@@ -41,6 +41,12 @@ impl Publisher {
     pub fn changed(&self, network: IpNet) {
         let _ = self.0.send(network);
     }
+
+    /// A publisher whose networks a test reads.
+    #[cfg(test)]
+    pub fn for_test(sender: mpsc::UnboundedSender<IpNet>) -> Self {
+        Self(sender)
+    }
 }
 
 fn stream_name(config: &ClusterConfig) -> String {
