@@ -239,7 +239,12 @@ async fn serve_connection<I>(
                 // Only a resolved code is answered 2xx or 3xx, and only for
                 // an associated clientid: this session's tickets now return.
                 let served = response.status().is_success() || response.status().is_redirection();
-                if served && !proven.swap(true, std::sync::atomic::Ordering::Relaxed) {
+                // A read first: no write to the shared flag on every request.
+                let once = |flag: &std::sync::atomic::AtomicBool| {
+                    use std::sync::atomic::Ordering::Relaxed;
+                    !flag.load(Relaxed) && !flag.swap(true, Relaxed)
+                };
+                if served && once(&proven) {
                     app.limits.returning.prove(mark);
                 }
                 let (mut parts, body) = response.into_parts();
