@@ -611,7 +611,6 @@ async fn a_binding_made_on_one_node_is_honoured_on_every_node() {
 /// on every node, a Stop unbinds it everywhere (radclient, Debian's).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn radius_accounting_to_one_node_binds_on_every_node() {
-    let radclient = support::tools::require("radclient", "Debian package freeradius-utils");
     let nats = NatsCluster::start(3);
     let dir = tempfile::tempdir().unwrap();
     let secret_file = dir.path().join("pgw.secret");
@@ -629,23 +628,7 @@ async fn radius_accounting_to_one_node_binds_on_every_node() {
             "Acct-Status-Type = {status}\nFramed-IP-Address = 127.1.0.62\n\
              Calling-Station-Id = \"447700900062\"\nAcct-Session-Id = \"cluster-1\"\n"
         );
-        let mut child = std::process::Command::new(&radclient)
-            .args(["-t", "1", "-r", "3", "-D", "/usr/share/freeradius"])
-            .arg(to.to_string())
-            .args(["acct", "cluster-radius-secret"])
-            .stdin(std::process::Stdio::piped())
-            .stdout(std::process::Stdio::piped())
-            .spawn()
-            .unwrap();
-        use std::io::Write as _;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(attributes.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
-        assert!(out.status.success(), "{out:?}");
+        assert!(support::radclient(to, "cluster-radius-secret", &attributes));
     };
     send("Start");
     let session = "/admin/v1/sessions/127.1.0.62";

@@ -15,14 +15,13 @@ mod support;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use homecmp::radius::packet::{
     self, Status, accounting_request, is_response_to, session_attributes,
 };
 use reqwest::Method;
-use support::{CODE, TARGET, TestServer, metric};
+use support::{CODE, TARGET, TestServer, metric, radclient};
 use tokio::net::UdpSocket;
 
 /// radclient's secret, for 127.0.0.1 (where radclient sends from).
@@ -68,33 +67,6 @@ async fn first_scan(server: &TestServer, ip: &str) -> (u16, String) {
         _ => body["code"].as_str().unwrap_or("").to_owned(),
     };
     (status, code)
-}
-
-/// Runs radclient with `attributes` (one per line); `true` if it got an
-/// Accounting-Response.
-fn radclient(to: SocketAddr, secret: &str, attributes: &str) -> bool {
-    let radclient = support::tools::require("radclient", "Debian package freeradius-utils");
-    let mut child = Command::new(radclient)
-        .args(["-t", "1", "-r", "1", "-D", "/usr/share/freeradius"])
-        .arg(to.to_string())
-        .args(["acct", secret])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("radclient starts");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(attributes.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let answered = stdout.contains("Received Accounting-Response");
-    assert_eq!(answered, out.status.success(), "{out:?}");
-    answered
 }
 
 fn session(status: &str, ip: &str, msisdn: &str, id: &str) -> String {

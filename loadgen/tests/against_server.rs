@@ -236,6 +236,40 @@ async fn a_server_that_resolves_spoofed_requests_fails_the_run_with_status_2() {
     server.shutdown().await;
 }
 
+/// 200 associated clientids, saved to `setup` (their first scans come from
+/// the subscribers' own addresses).
+async fn save_setup(server: &Running, setup: &Path) {
+    let save = format!(
+        "--clientids 200 --codes 2 --setup-only --save-setup {}",
+        setup.display()
+    );
+    homecmp_loadgen::run(args(server, &save))
+        .await
+        .expect("the setup is made");
+}
+
+/// `requests` scans of the associated clientids of `setup`, from the
+/// WiFi address(es) `from` names, over HTTP/2 keep-alive at 100/s; the
+/// report in `json`.
+fn legit_from(
+    server: &Running,
+    setup: &Path,
+    from: &str,
+    requests: u32,
+    json: &Path,
+) -> impl std::future::Future<Output = Result<homecmp_loadgen::RunOutcome, homecmp_loadgen::Error>>
+{
+    homecmp_loadgen::run(args(
+        server,
+        &format!(
+            "--setup {} --mix legit=1 --legit-from wifi {from} --protocol h2 --connections 4 \
+             --rate 100 --requests {requests} --json {}",
+            setup.display(),
+            json.display()
+        ),
+    ))
+}
+
 /// Many associated subscribers behind ONE address (a hotspot, a NAT), on
 /// the defaults (creations unthrottled for the setup only): a new TLS
 /// connection per scan at 1.5x the address's accept rate, then keep-alive,
@@ -299,25 +333,8 @@ async fn an_attacker_behind_the_legit_clients_address_gets_nothing_and_costs_the
         dir.path().join("legit.json"),
         dir.path().join("attack.json"),
     );
-    // The setup first (its first scans come from the subscribers' own addresses).
-    homecmp_loadgen::run(args(
-        &server,
-        &format!(
-            "--clientids 200 --codes 2 --setup-only --save-setup {}",
-            setup.display()
-        ),
-    ))
-    .await
-    .expect("the setup is made");
-    let legit = homecmp_loadgen::run(args(
-        &server,
-        &format!(
-            "--setup {} --mix legit=1 --legit-from wifi {one} --protocol h2 --connections 4 \
-             --rate 100 --requests 400 --json {}",
-            setup.display(),
-            legit_json.display()
-        ),
-    ));
+    save_setup(&server, &setup).await;
+    let legit = legit_from(&server, &setup, one, 400, &legit_json);
     let attack = homecmp_loadgen::run(args(
         &server,
         &format!(
@@ -356,24 +373,9 @@ async fn an_h2load_flood_from_the_legit_clients_address_gets_nothing_and_costs_t
     let server = server(&dir.path().join("data"), "", "").await;
     let setup = dir.path().join("setup.json");
     let legit_json = dir.path().join("legit.json");
-    homecmp_loadgen::run(args(
-        &server,
-        &format!(
-            "--clientids 200 --codes 2 --setup-only --save-setup {}",
-            setup.display()
-        ),
-    ))
-    .await
-    .expect("the setup is made");
-    let legit = homecmp_loadgen::run(args(
-        &server,
-        &format!(
-            "--setup {} --mix legit=1 --legit-from wifi --sources 1 --wifi-range 127.0.0.1/32 \
-             --protocol h2 --connections 4 --rate 100 --requests 500 --json {}",
-            setup.display(),
-            legit_json.display()
-        ),
-    ));
+    save_setup(&server, &setup).await;
+    let one = "--sources 1 --wifi-range 127.0.0.1/32";
+    let legit = legit_from(&server, &setup, one, 500, &legit_json);
     let url = format!(
         "https://127.0.0.1:{}/mc/v1/resolve?code=2001000001promo&clientid=h2load-unknown",
         server.public_addr.port()

@@ -716,13 +716,18 @@ mod tests {
     use super::*;
     use http_body_util::BodyExt;
 
-    #[tokio::test]
-    async fn readyz_before_replay_is_json_with_ready_false() {
-        let state = Arc::new(AdminState {
+    /// The admin state while the log replays: no application yet.
+    fn before_replay() -> Arc<AdminState> {
+        Arc::new(AdminState {
             token: crate::config::Secret::new("t".repeat(32)),
             app: OnceLock::new(),
             metrics: Arc::new(crate::metrics::Metrics::new()),
-        });
+        })
+    }
+
+    #[tokio::test]
+    async fn readyz_before_replay_is_json_with_ready_false() {
+        let state = before_replay();
         let response = readyz(State(state)).await;
         assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
         let content_type = response.headers()[http::header::CONTENT_TYPE].clone();
@@ -738,11 +743,7 @@ mod tests {
 
     #[tokio::test]
     async fn metrics_are_served_during_replay_with_ready_0() {
-        let state = Arc::new(AdminState {
-            token: crate::config::Secret::new("t".repeat(32)),
-            app: OnceLock::new(),
-            metrics: Arc::new(crate::metrics::Metrics::new()),
-        });
+        let state = before_replay();
         let response = metrics(State(state)).await;
         assert_eq!(response.status(), StatusCode::OK);
         let bytes = response.into_body().collect().await.unwrap().to_bytes();

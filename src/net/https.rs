@@ -210,6 +210,13 @@ async fn peek_first_record(stream: &TcpStream) -> std::io::Result<Vec<u8>> {
     Ok(record)
 }
 
+/// `true` the first time it is asked of `flag`: a read first, so a
+/// connection's answers do not each write to the flag they share.
+fn first_time(flag: &std::sync::atomic::AtomicBool) -> bool {
+    use std::sync::atomic::Ordering::Relaxed;
+    !flag.load(Relaxed) && !flag.swap(true, Relaxed)
+}
+
 /// Serves one TLS connection with the resolve handler (see [`super::conn`]
 /// for its timeouts and for what a run of refused requests earns).
 async fn serve_connection<I>(
@@ -239,12 +246,7 @@ async fn serve_connection<I>(
                 // Only a resolved code is answered 2xx or 3xx, and only for
                 // an associated clientid: this session's tickets now return.
                 let served = response.status().is_success() || response.status().is_redirection();
-                // A read first: no write to the shared flag on every request.
-                let once = |flag: &std::sync::atomic::AtomicBool| {
-                    use std::sync::atomic::Ordering::Relaxed;
-                    !flag.load(Relaxed) && !flag.swap(true, Relaxed)
-                };
-                if served && once(&proven) {
+                if served && first_time(&proven) {
                     app.limits.returning.prove(mark);
                 }
                 let (mut parts, body) = response.into_parts();

@@ -16,7 +16,7 @@ pub mod shared;
 use ipnet::IpNet;
 
 use crate::config::Config;
-use crate::core::{BindingSource, MnoPolicy, Sessions};
+use crate::core::{BindingSource, MnoPolicy, Sessions, canonical_net};
 use crate::wire::{Msisdn, SubscriberKey, SubscriberRef};
 
 /// The bindings table and the rules for writing to it.
@@ -125,7 +125,7 @@ impl Bindings {
 
     /// Records the expiry every node will hold for `network` (the table's).
     fn note_held(&self, network: IpNet) {
-        let network = crate::core::canonical_net(network);
+        let network = canonical_net(network);
         match self.table.get(network) {
             Some(bound) => {
                 self.held_elsewhere.insert(network, bound.expires_ms);
@@ -204,12 +204,8 @@ impl Bindings {
             return Err(BindError::Full);
         }
         let subscriber = self.key.subscriber_ref(bind.msisdn);
-        let now_ms = crate::clock::now_ms();
         for network in bind.networks {
-            let canonical = crate::core::canonical_net(*network);
-            let held = self.held_elsewhere.get(&canonical).map(|e| *e);
-            let before = self.table.get(*network);
-            self.locally(*network, || {
+            let change = || {
                 self.table.bind_session(
                     *network,
                     subscriber,
@@ -217,9 +213,26 @@ impl Bindings {
                     bind.source.clone(),
                     bind.unless_live_at,
                 )
-            });
+            };
+            // Cluster mode: shared when the others must know (a refresh
+            // only now and then); single node: nothing to compare.
+            if self.shared.get().is_none() {
+                self.locally(*network, change);
+                continue;
+            }
+            let held = self
+                .held_elsewhere
+                .get(&canonical_net(*network))
+                .map(|e| *e);
+            let before = self.table.get(*network);
+            self.locally(*network, change);
             let after = self.table.get(*network);
-            if worth_sharing(before.as_ref(), after.as_ref(), held, now_ms) {
+            if worth_sharing(
+                before.as_ref(),
+                after.as_ref(),
+                held,
+                crate::clock::now_ms(),
+            ) {
                 self.share_change(*network);
             }
         }

@@ -14,7 +14,7 @@
 //! node that took it answers at once), by one task that reads the table's
 //! state when it publishes, with many acknowledgements outstanding.
 
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, stream};
@@ -91,8 +91,15 @@ pub async fn join(config: &ClusterConfig, bindings: Arc<Bindings>) -> Result<(),
     let (tx, rx) = mpsc::unbounded_channel();
     bindings.share(Publisher(tx));
     let (caught_up_tx, caught_up) = tokio::sync::oneshot::channel();
-    tokio::spawn(follow(stream, name.clone(), bindings.clone(), caught_up_tx));
-    tokio::spawn(publish(js, name, bindings, rx));
+    // Both hold the bindings weakly: they end when the server drops them
+    // (the table, its RocksDB, the NATS connection are then let go).
+    tokio::spawn(follow(
+        stream,
+        name.clone(),
+        Arc::downgrade(&bindings),
+        caught_up_tx,
+    ));
+    tokio::spawn(publish(js, name, Arc::downgrade(&bindings), rx));
     let _ = caught_up.await;
     Ok(())
 }
@@ -110,17 +117,17 @@ fn stream_config(config: &ClusterConfig, name: &str) -> stream::Config {
     }
 }
 
-/// Reads the stream from each subject's last message on, forever
-/// (starting again after an error); `caught_up` once what was there when
-/// it began is applied.
+/// Reads the stream from each subject's last message on, as long as the
+/// bindings live (starting again after an error); `caught_up` once what
+/// was there when it began is applied.
 async fn follow(
     stream: stream::Stream,
     name: String,
-    bindings: Arc<Bindings>,
+    bindings: Weak<Bindings>,
     caught_up: tokio::sync::oneshot::Sender<()>,
 ) {
     let mut caught_up = Some(caught_up);
-    loop {
+    while bindings.strong_count() > 0 {
         if let Err(e) = follow_once(&stream, &name, &bindings, &mut caught_up).await {
             tracing::warn!(error = %e, "bindings stream consumer failed; starting again");
         }
@@ -131,7 +138,7 @@ async fn follow(
 async fn follow_once(
     stream: &stream::Stream,
     name: &str,
-    bindings: &Bindings,
+    bindings: &Weak<Bindings>,
     caught_up: &mut Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Result<(), String> {
     let consumer = stream
@@ -143,38 +150,35 @@ async fn follow_once(
         .await
         .map_err(|e| e.to_string())?;
     let mut messages = consumer.messages().await.map_err(|e| e.to_string())?;
-    let mut pending = consumer_pending(stream).await;
-    if pending == 0 {
-        caught_up.take().map(|done| done.send(()));
-    }
     loop {
         let next = tokio::time::timeout(Duration::from_secs(1), messages.next()).await;
         let message = match next {
             Ok(Some(message)) => message.map_err(|e| e.to_string())?,
             Ok(None) => return Ok(()),
-            Err(_) => {
-                // Idle: whatever was there at the start has been read.
-                caught_up.take().map(|done| done.send(()));
+            // Idle (an empty stream, or read to its end).
+            Err(_) if bindings.strong_count() > 0 => {
+                signal(caught_up);
                 continue;
             }
+            Err(_) => return Ok(()),
+        };
+        let Some(bindings) = bindings.upgrade() else {
+            return Ok(());
         };
         if let Some(network) = network_of(name, &message.subject) {
             bindings.apply_shared(network, &message.payload);
         }
-        pending = pending.saturating_sub(1);
-        let info_pending = message.info().map(|info| info.pending).unwrap_or(0);
-        if pending == 0 || info_pending == 0 {
-            caught_up.take().map(|done| done.send(()));
+        // Nothing more pending for this consumer: what was there is read.
+        if message.info().is_ok_and(|info| info.pending == 0) {
+            signal(caught_up);
         }
     }
 }
 
-/// How many subjects the stream holds (what a new consumer reads first).
-async fn consumer_pending(stream: &stream::Stream) -> u64 {
-    let mut stream = stream.clone();
-    match stream.info().await {
-        Ok(info) => info.state.messages,
-        Err(_) => u64::MAX,
+/// Tells `join` the live bindings are read (once).
+fn signal(caught_up: &mut Option<tokio::sync::oneshot::Sender<()>>) {
+    if let Some(done) = caught_up.take() {
+        let _ = done.send(());
     }
 }
 
@@ -183,14 +187,42 @@ async fn consumer_pending(stream: &stream::Stream) -> u64 {
 async fn publish(
     js: jetstream::Context,
     name: String,
-    bindings: Arc<Bindings>,
+    bindings: Weak<Bindings>,
     mut changed: mpsc::UnboundedReceiver<IpNet>,
 ) {
     let mut batch = Vec::with_capacity(IN_FLIGHT);
     while changed.recv_many(&mut batch, IN_FLIGHT).await > 0 {
-        let now_ms = crate::clock::now_ms();
-        let mut acks = Vec::with_capacity(batch.len());
-        for network in batch.drain(..) {
+        // The states to send, read while the bindings are held (not
+        // across the awaits below).
+        let Some(messages) = bindings.upgrade().map(|b| states(&b, &name, &mut batch)) else {
+            return;
+        };
+        let mut acks = Vec::with_capacity(messages.len());
+        for (subject, message) in messages {
+            match js.send_publish(subject, message).await {
+                Ok(ack) => acks.push(ack),
+                Err(e) => tracing::warn!(error = %e, "session binding not shared"),
+            }
+        }
+        for ack in acks {
+            if let Err(e) = ack.await {
+                tracing::warn!(error = %e, "session binding not acknowledged by JetStream");
+            }
+        }
+    }
+}
+
+/// Each of `batch`'s networks (drained) as the message that says its state
+/// now: the binding with a TTL until it expires, or an empty message.
+fn states(
+    bindings: &Bindings,
+    name: &str,
+    batch: &mut Vec<IpNet>,
+) -> Vec<(String, jetstream::message::PublishMessage)> {
+    let now_ms = crate::clock::now_ms();
+    batch
+        .drain(..)
+        .map(|network| {
             let (payload, ttl) = match bindings.table().get(network) {
                 Some(bound) if bound.expires_ms > now_ms => {
                     let left = Duration::from_millis(bound.expires_ms - now_ms);
@@ -203,17 +235,9 @@ async fn publish(
             let message = jetstream::message::PublishMessage::build()
                 .payload(payload.into())
                 .ttl(ttl);
-            match js.send_publish(subject(&name, network), message).await {
-                Ok(ack) => acks.push(ack),
-                Err(e) => tracing::warn!(error = %e, %network, "session binding not shared"),
-            }
-        }
-        for ack in acks {
-            if let Err(e) = ack.await {
-                tracing::warn!(error = %e, "session binding not acknowledged by JetStream");
-            }
-        }
-    }
+            (subject(name, network), message)
+        })
+        .collect()
 }
 
 #[cfg(test)]

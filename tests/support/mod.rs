@@ -241,6 +241,33 @@ pub fn metric(text: &str, prefix: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Runs radclient with `attributes` (one per line); `true` if it got an
+/// Accounting-Response.
+pub fn radclient(to: SocketAddr, secret: &str, attributes: &str) -> bool {
+    let radclient = tools::require("radclient", "Debian package freeradius-utils");
+    let mut child = std::process::Command::new(radclient)
+        .args(["-t", "1", "-r", "1", "-D", "/usr/share/freeradius"])
+        .arg(to.to_string())
+        .args(["acct", secret])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("radclient starts");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(attributes.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let answered = stdout.contains("Received Accounting-Response");
+    assert_eq!(answered, out.status.success(), "{out:?}");
+    answered
+}
+
 /// Polls `check` every 20 ms until it holds, and fails the test naming
 /// `what` once `within` has passed: how a test waits for the server to do
 /// something (a follower to apply, a flush, a token to arrive), never by a
