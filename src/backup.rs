@@ -265,6 +265,7 @@ fn copy_side_files(data_dir: &Path, to: &Path) -> Result<Vec<String>, SreError> 
             || name == "backups"
             || name.ends_with(".importing")
             || name == crate::store::owner::LOCK_FILE
+            || name == crate::access::TOKENS_LOCK
         {
             continue;
         }

@@ -12,6 +12,7 @@
 //!
 //! The `homecmp` binary only parses its command line and calls in here.
 
+pub mod access;
 pub mod app;
 pub mod backup;
 pub mod check;

@@ -72,6 +72,14 @@ enum Command {
         #[command(subcommand)]
         command: AdminCommand,
     },
+    /// Scoped admin tokens (kept hashed in data_dir/tokens.json; the
+    /// running server sees a change at its next request).
+    Token {
+        #[command(flatten)]
+        dir: DataDir,
+        #[command(subcommand)]
+        command: TokenCommand,
+    },
     /// A shell's completion script, on stdout (e.g. `homecmp completions
     /// bash > /etc/bash_completion.d/homecmp`).
     Completions { shell: clap_complete::Shell },
@@ -109,6 +117,28 @@ impl DataDir {
         };
         config.map(|c| c.data_dir).map_err(|e| e.to_string())
     }
+}
+
+#[derive(Subcommand, Debug)]
+enum TokenCommand {
+    /// Make a token; it is printed once, on stdout (only its hash is kept).
+    Create {
+        /// Who holds it (recorded as the actor of its changes).
+        #[arg(long)]
+        name: String,
+        /// A role it carries (repeat for more): codes:read, codes:write,
+        /// subscribers:read, subscribers:erase, sessions:read,
+        /// sessions:write, audit:read, ops.
+        #[arg(long = "role", required = true)]
+        roles: Vec<homecmp::access::Role>,
+    },
+    /// The tokens: name, roles, creation time.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a token: refused from the server's next request on.
+    Revoke { name: String },
 }
 
 #[derive(Subcommand, Debug)]
@@ -177,6 +207,7 @@ fn main() -> ExitCode {
             backup::restore(&from, data_dir, out).map(drop)
         }),
         Command::Codes { command } => admin_cli::run_codes(command),
+        Command::Token { dir, command } => run_token(dir, command),
         Command::Admin { api, command } => admin_cli::run_admin(api, command),
         Command::Completions { shell } => {
             let mut script = Vec::new();
@@ -323,6 +354,47 @@ fn init_tracing(json: bool) {
         builder.json().init();
     } else {
         builder.init();
+    }
+}
+
+fn run_token(dir: DataDir, command: TokenCommand) -> ExitCode {
+    use homecmp::access;
+    let data_dir = match dir.resolve() {
+        Ok(dir) => dir,
+        Err(e) => {
+            eprintln!("homecmp token: {e}");
+            return ExitCode::from(64);
+        }
+    };
+    let text = match command {
+        TokenCommand::Create { name, roles } => {
+            access::create(&data_dir, &name, &roles).map(|token| token + "\n")
+        }
+        TokenCommand::List { json } => access::list(&data_dir).map(|tokens| match json {
+            true => serde_json::to_string(&tokens).expect("serialisable") + "\n",
+            false => tokens
+                .iter()
+                .map(|t| {
+                    let roles: Vec<_> = t.roles.iter().map(|r| r.name()).collect();
+                    format!("{}\t{}\t{}\n", t.name, roles.join(","), t.created)
+                })
+                .collect(),
+        }),
+        TokenCommand::Revoke { name } => match access::revoke(&data_dir, &name) {
+            Ok(true) => Ok(format!("revoked {name}\n")),
+            Ok(false) => {
+                eprintln!("homecmp token revoke: no token named {name:?}");
+                return ExitCode::from(1);
+            }
+            Err(e) => Err(e),
+        },
+    };
+    match text {
+        Ok(text) => print_all("homecmp token", text.as_bytes()),
+        Err(e) => {
+            eprintln!("homecmp token: {e}");
+            ExitCode::from(1)
+        }
     }
 }
 

@@ -184,7 +184,7 @@ impl Tasks {
         metrics: &Arc<crate::metrics::Metrics>,
     ) -> Arc<admin::AdminState> {
         let state = Arc::new(admin::AdminState {
-            token: token.clone(),
+            tokens: crate::access::Tokens::new(token.expose(), &config.data_dir),
             app: Default::default(),
             metrics: metrics.clone(),
         });

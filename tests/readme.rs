@@ -127,6 +127,21 @@ fn the_curl_walkthrough_works_as_printed() {
     };
     let out = run_block("The tools open the log read-only, so they run beside a live server:");
     assert!(out.contains("association_created"), "{out}");
+    let out = run_block("### Who may do what: roles and scoped tokens");
+    let promised = [
+        r#""code":"2001000001promo""#,
+        r#""code":"FORBIDDEN""#,
+        "lacks the role subscribers:erase",
+        "marketing\tcodes:read,codes:write\t",
+        "revoked marketing",
+    ];
+    let mut rest = &*out;
+    for text in promised {
+        let at = rest
+            .find(text)
+            .unwrap_or_else(|| panic!("{text} missing:\n{out}"));
+        rest = &rest[at + text.len()..];
+    }
     let out = run_block("### Backup, restore, export and import");
     assert!(out.contains("by copy"), "{out}");
     assert!(out.contains("imported 2 events"), "{out}");

@@ -1,7 +1,8 @@
 //! The admin API (DESIGN §6): its own listener, plain HTTP, bearer token.
 //!
 //! `/healthz` and `/readyz` answer without the token (probes); everything
-//! else needs `Authorization: Bearer <token>`. Until replay is done the
+//! else needs `Authorization: Bearer <token>` of a token with the role the
+//! route needs ([`crate::access`]: the one table of who may do what). Until replay is done the
 //! application is not there yet: `/readyz` says 503, and so does the rest.
 //! `/readyz` says 503 again once the event log refuses writes (a failed
 //! disk): the instance can still answer associated clients, but must not be
@@ -37,10 +38,10 @@ use crate::sessions::{Bind, BindError};
 use crate::store::index::Reader;
 use crate::wire::{ClientId, IndirectCode, Msisdn};
 
-/// Shared by the admin handlers: the token, and the application once ready.
+/// Shared by the admin handlers: the tokens, and the application once ready.
 #[derive(Debug)]
 pub struct AdminState {
-    pub token: crate::config::Secret<String>,
+    pub tokens: crate::access::Tokens,
     pub app: OnceLock<Arc<App>>,
     /// Served from the start: `/metrics` answers during replay too.
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -72,7 +73,7 @@ pub fn router(state: Arc<AdminState>) -> axum::Router {
         )
         .route("/admin/v1/reload", axum::routing::post(reload))
         .route("/metrics", get(metrics))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
@@ -127,9 +128,13 @@ pub async fn serve(
     super::conn::accept(listener, shutdown, tracker, None, admit, serve).await;
 }
 
-async fn require_token(
+/// Who is calling ([`crate::access::Tokens`]: 401 if no one) and whether
+/// they hold the role the route needs ([`crate::access::required_role`]:
+/// 403 naming it if not). The caller goes on as a [`crate::access::Principal`] in the
+/// request's extensions: the actor its changes are recorded under.
+async fn authorize(
     State(state): State<Arc<AdminState>>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let given = request
@@ -137,11 +142,24 @@ async fn require_token(
         .get(http::header::AUTHORIZATION)
         .and_then(|v| bearer(v.as_bytes()))
         .unwrap_or(b"");
-    let token = state.token.expose().as_bytes();
-    let equal = aws_lc_rs::constant_time::verify_slices_are_equal(given, token).is_ok();
-    if !equal {
+    let Some(principal) = state.tokens.authenticate(given) else {
         return AdminError::Unauthorized.into_response();
+    };
+    let route = request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map_or("", |p| p.as_str());
+    match crate::access::required_role(request.method(), route) {
+        Some(role) if principal.roles.contains(role) => {}
+        needed => {
+            let forbidden = AdminError::Forbidden {
+                name: principal.name,
+                role: needed.map_or("(none grants it)", |r| r.name()),
+            };
+            return forbidden.into_response();
+        }
     }
+    request.extensions_mut().insert(principal);
     next.run(request).await
 }
 
@@ -719,7 +737,10 @@ mod tests {
     /// The admin state while the log replays: no application yet.
     fn before_replay() -> Arc<AdminState> {
         Arc::new(AdminState {
-            token: crate::config::Secret::new("t".repeat(32)),
+            tokens: crate::access::Tokens::new(
+                &"t".repeat(32),
+                std::path::Path::new("/nonexistent"),
+            ),
             app: OnceLock::new(),
             metrics: Arc::new(crate::metrics::Metrics::new()),
         })

@@ -94,6 +94,8 @@ pub fn error_response(refusal: &Refusal) -> Response<Bytes> {
 pub enum AdminError {
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    #[error("the token {name:?} lacks the role {role}")]
+    Forbidden { name: String, role: &'static str },
     #[error("replaying the event log")]
     NotReady,
     #[error("the event log refuses writes after a disk error; restart once the disk is fixed")]
@@ -149,6 +151,7 @@ impl AdminError {
     pub fn wire(&self) -> (StatusCode, &'static str) {
         match self {
             AdminError::Unauthorized => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+            AdminError::Forbidden { .. } => (StatusCode::FORBIDDEN, "FORBIDDEN"),
             AdminError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "NOT_READY"),
             AdminError::LogUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "LOG_UNAVAILABLE"),
             AdminError::FollowerStopped(_) => (StatusCode::SERVICE_UNAVAILABLE, "FOLLOWER_STOPPED"),
