@@ -281,6 +281,7 @@ fn build_index(n: usize, per_subscriber: u64) -> Index {
     for i in 0..n as u64 {
         let record = Record {
             at_ms: 1_700_000_000_000 + i,
+            actor: None,
             event: Event::AssociationCreated {
                 clientid: clientid(PRESENT, i),
                 subscriber: subscriber(i / per_subscriber),

@@ -58,6 +58,7 @@ fn record(i: u64) -> Record {
     }
     Record {
         at_ms: 1_700_000_000_000 + i,
+        actor: None,
         event: Event::AssociationCreated {
             clientid: uuid::Builder::from_random_bytes(bytes)
                 .into_uuid()

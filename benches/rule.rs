@@ -80,6 +80,7 @@ fn build_index(n: u64) -> Index {
     for i in 0..n {
         let record = Record {
             at_ms: 1_700_000_000_000,
+            actor: None,
             event: Event::AssociationCreated {
                 clientid: clientid(1, i),
                 subscriber: SubscriberRef(mix(i / 2).to_le_bytes().repeat(4).try_into().unwrap()),

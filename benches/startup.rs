@@ -48,6 +48,7 @@ fn generate(events: &Path, n: u64) {
         }
         let record = Record {
             at_ms: 1_780_000_000_000 + i,
+            actor: None,
             event: Event::AssociationCreated {
                 clientid,
                 subscriber: SubscriberRef(subscriber),

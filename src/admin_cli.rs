@@ -87,6 +87,65 @@ pub enum AdminCommand {
     Metrics,
 }
 
+/// `homecmp audit`: the filters of `GET /admin/v1/audit`.
+#[derive(clap::Args, Debug)]
+pub struct AuditFilters {
+    /// Events that change this code.
+    #[arg(long)]
+    code: Option<String>,
+    /// Events that name this subscriber: an MSISDN or its keyed ref.
+    #[arg(long)]
+    subscriber: Option<String>,
+    /// Changes made by this token name or identity-provider subject.
+    #[arg(long)]
+    actor: Option<String>,
+    /// Events of this kind (association_created, code_registered, ...).
+    #[arg(long)]
+    kind: Option<String>,
+    /// From this RFC 3339 time on.
+    #[arg(long)]
+    since: Option<String>,
+    /// Up to this RFC 3339 time.
+    #[arg(long)]
+    until: Option<String>,
+    /// Most events on the page (1 to 1000; default 100).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Events before this sequence number (the `next` of the page before).
+    #[arg(long)]
+    before: Option<u64>,
+}
+
+/// `homecmp audit`: one page of the audit trail, its JSON on stdout.
+pub fn run_audit(api: AdminApi, filters: AuditFilters) -> ExitCode {
+    let AuditFilters {
+        code,
+        subscriber,
+        actor,
+        kind,
+        since,
+        until,
+        limit,
+        before,
+    } = filters;
+    let mut query: Vec<(&str, String)> = [
+        ("code", code),
+        ("subscriber", subscriber),
+        ("actor", actor),
+        ("kind", kind),
+        ("since", since),
+        ("until", until),
+    ]
+    .into_iter()
+    .filter_map(|(name, value)| Some((name, value?)))
+    .collect();
+    query.extend(limit.map(|n| ("limit", n.to_string())));
+    query.extend(before.map(|n| ("before", n.to_string())));
+    run(&api, |client, base| {
+        client.get(format!("{base}/admin/v1/audit")).query(&query)
+    })
+}
+
 #[derive(Subcommand, Debug)]
 pub enum SessionsCommand {
     /// The binding that covers an address (or exactly a prefix).

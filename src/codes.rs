@@ -162,13 +162,15 @@ pub fn parse_row(
     Ok((code, target))
 }
 
-/// Reads `body` and imports it (see the module docs).
+/// Reads `body` and imports it (see the module docs), each registration
+/// recorded as `actor`'s.
 pub async fn import(
     store: &Store,
     policy: &Policy,
     body: impl Stream<Item = Result<Bytes, String>>,
     format: Format,
     dry_run: bool,
+    actor: Option<&str>,
 ) -> Result<Report, ImportError> {
     let mut report = Report {
         dry_run,
@@ -186,14 +188,14 @@ pub async fn import(
         for (number, line) in lines.feed(&chunk) {
             batch.take(policy, format, number, line, &mut report);
             if batch.rows == BATCH {
-                batch = batch.finish(store, dry_run, &mut report).await?;
+                batch = batch.finish(store, dry_run, actor, &mut report).await?;
             }
         }
     }
     if let Some((number, line)) = lines.finish() {
         batch.take(policy, format, number, line, &mut report);
     }
-    batch.finish(store, dry_run, &mut report).await?;
+    batch.finish(store, dry_run, actor, &mut report).await?;
     Ok(report)
 }
 
@@ -278,6 +280,7 @@ impl Batch {
         self,
         store: &Store,
         dry_run: bool,
+        actor: Option<&str>,
         report: &mut Report,
     ) -> Result<Batch, ImportError> {
         if self.rows == 0 {
@@ -291,9 +294,11 @@ impl Batch {
         }
         if !dry_run {
             let rows = self.valid.len() as u64;
-            let written = store
-                .register_codes(self.valid, crate::clock::now_ms())
-                .await;
+            let stamp = crate::store::Stamp {
+                at_ms: crate::clock::now_ms(),
+                actor: actor.map(str::to_owned),
+            };
+            let written = store.register_codes(self.valid, stamp).await;
             if let Err(source) = written {
                 report.not_written = Some(BatchNotWritten {
                     batch: self.number,

@@ -6,7 +6,7 @@ use std::io::{self, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use admin_cli::{AdminApi, AdminCommand, CodesCommand};
+use admin_cli::{AdminApi, AdminCommand, AuditFilters, CodesCommand};
 use clap::{Parser, Subcommand};
 
 use homecmp::backup;
@@ -71,6 +71,14 @@ enum Command {
         api: AdminApi,
         #[command(subcommand)]
         command: AdminCommand,
+    },
+    /// Who changed what, when: the running server's audit trail (newest
+    /// first, one page; `--before` the page's `next` for the one after).
+    Audit {
+        #[command(flatten)]
+        api: AdminApi,
+        #[command(flatten)]
+        filters: AuditFilters,
     },
     /// Scoped admin tokens (kept hashed in data_dir/tokens.json; the
     /// running server sees a change at its next request).
@@ -208,6 +216,7 @@ fn main() -> ExitCode {
         }),
         Command::Codes { command } => admin_cli::run_codes(command),
         Command::Token { dir, command } => run_token(dir, command),
+        Command::Audit { api, filters } => admin_cli::run_audit(api, filters),
         Command::Admin { api, command } => admin_cli::run_admin(api, command),
         Command::Completions { shell } => {
             let mut script = Vec::new();

@@ -174,12 +174,22 @@ pub fn verify(data_dir: &Path, out: &mut impl Write) -> Result<store::Replayed, 
     Ok(replayed)
 }
 
-#[derive(Serialize)]
-struct ExportLine<'a> {
-    seq: Seq,
-    at: String,
+#[derive(Serialize, Debug)]
+pub struct ExportLine<'a> {
+    pub seq: Seq,
+    pub at: String,
     #[serde(flatten)]
-    record: &'a Record,
+    pub record: &'a Record,
+}
+
+impl<'a> ExportLine<'a> {
+    pub fn new(seq: Seq, record: &'a Record) -> Self {
+        ExportLine {
+            seq,
+            at: rfc3339(record.at_ms),
+            record,
+        }
+    }
 }
 
 /// `log export`: one JSON object per line, `seq`, `at` (RFC 3339), `at_ms`,
@@ -195,11 +205,7 @@ pub fn export(
     let mut written = 0;
     for item in log.read_range(from, to.unwrap_or(Seq::MAX)) {
         let (seq, record) = item?;
-        let line = ExportLine {
-            seq,
-            at: rfc3339(record.at_ms),
-            record: &record,
-        };
+        let line = ExportLine::new(seq, &record);
         serde_json::to_writer(&mut *out, &line).map_err(io::Error::from)?;
         writeln!(out)?;
         written += 1;

@@ -152,6 +152,7 @@ async fn append_forever(log: EventLog, task: u64) {
         let records: Vec<Record> = (0..=n % 3)
             .map(|part| Record {
                 at_ms: now_ms(),
+                actor: None,
                 event: Event::CodeRegistered {
                     code: format!("2001000001c{child}t{task}n{n}p{part}"),
                     target: "https://example.org/crash".into(),

@@ -30,6 +30,7 @@ fn log_dir() -> (TempDir, PathBuf) {
 fn tagged(task: u64, n: u64, part: u64) -> Record {
     Record {
         at_ms: NOW + n,
+        actor: None,
         event: Event::CodeRegistered {
             code: format!("2001000001t{task}n{n}p{part}"),
             target: format!("https://example.org/{task}/{n}/{part}"),
@@ -264,6 +265,7 @@ async fn associate_creates_once() {
         record_at(store.log(), 1),
         Record {
             at_ms: NOW,
+            actor: None,
             event: Event::AssociationCreated {
                 clientid: "mcc-1".into(),
                 subscriber: sub(1),
@@ -395,6 +397,7 @@ async fn the_cap_supersedes_the_oldest_clientid() {
         record_at(store.log(), 4),
         Record {
             at_ms: NOW + 4,
+            actor: None,
             event: Event::AssociationRevoked {
                 clientid: "a".into(),
                 subscriber: sub(1),
@@ -404,7 +407,7 @@ async fn the_cap_supersedes_the_oldest_clientid() {
     );
     assert!(matches!(
         record_at(store.log(), 5),
-        Record { at_ms, event: Event::AssociationCreated { clientid, .. } }
+        Record { at_ms, event: Event::AssociationCreated { clientid, .. }, .. }
             if at_ms == NOW + 4 && clientid == "c"
     ));
     assert_eq!(store.index().association("a"), None);
@@ -531,6 +534,7 @@ async fn revoke_removes_the_association() {
         record_at(store.log(), 2),
         Record {
             at_ms: NOW + 1,
+            actor: None,
             event: Event::AssociationRevoked {
                 clientid: "gone".into(),
                 subscriber: sub(1),

@@ -36,6 +36,20 @@ fn all_bytes(dir: &Path) -> Vec<u8> {
     bytes
 }
 
+/// The files under `dir` that hold `needle`.
+fn files_with(dir: &Path, needle: &[u8]) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            found.extend(files_with(&path, needle));
+        } else if contains(&std::fs::read(&path).unwrap(), needle) {
+            found.push(path);
+        }
+    }
+    found
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -107,7 +121,8 @@ async fn an_erased_subscriber_leaves_nothing_that_links_it_to_its_clientids() {
         .collect();
     assert!(
         !contains(&bytes, &raw_ref),
-        "S's keyed hash is still on disk"
+        "S's keyed hash is still on disk: {:?}",
+        files_with(&data, &raw_ref)
     );
     assert!(!contains(&bytes, s_ref.as_bytes()));
     for id in [&s1, &s2] {
@@ -178,7 +193,11 @@ async fn retention_blanks_old_ended_history_keeps_the_state_and_frees_disk() {
     let mut seq = 0;
     let mut line = |at_ms: u64, event: Event| {
         seq += 1;
-        let record = Record { at_ms, event };
+        let record = Record {
+            at_ms,
+            event,
+            actor: None,
+        };
         let mut value = serde_json::to_value(&record).unwrap();
         value["seq"] = seq.into();
         lines.push(value.to_string());

@@ -558,6 +558,7 @@ fn a_gap_after_the_last_record_is_named_and_refused() {
     let dir = known_log();
     let stray = Record {
         at_ms: at(9),
+        actor: None,
         event: Event::CodeRemoved {
             code: "2001000001abc".into(),
         },
@@ -582,6 +583,7 @@ fn an_event_that_does_not_apply_is_named_and_refused() {
     // Decodes fine, but c-2 was revoked at 6: the log contradicts itself.
     let contradiction = Record {
         at_ms: at(9),
+        actor: None,
         event: Event::AssociationRevoked {
             clientid: "c-2".into(),
             subscriber: sub(1),
@@ -606,6 +608,7 @@ fn contradicted_log() -> TempDir {
     let dir = known_log();
     let twice = Record {
         at_ms: at(9),
+        actor: None,
         event: Event::AssociationCreated {
             clientid: "c-4".into(),
             subscriber: sub(2),

@@ -142,6 +142,20 @@ fn the_curl_walkthrough_works_as_printed() {
             .unwrap_or_else(|| panic!("{text} missing:\n{out}"));
         rest = &rest[at + text.len()..];
     }
+    let out = run_block("### Who changed what, when: the audit trail");
+    let promised = [
+        r#""actor":"admin-token""#,
+        r#""kind":"code_registered""#,
+        r#""kind":"association_created""#,
+        r#""next":null"#,
+    ];
+    let mut rest = &*out;
+    for text in promised {
+        let at = rest
+            .find(text)
+            .unwrap_or_else(|| panic!("{text} missing:\n{out}"));
+        rest = &rest[at + text.len()..];
+    }
     let out = run_block("### Backup, restore, export and import");
     assert!(out.contains("by copy"), "{out}");
     assert!(out.contains("imported 2 events"), "{out}");

@@ -21,7 +21,15 @@ pub struct Record {
     pub at_ms: u64,
     #[serde(flatten)]
     pub event: Event,
+    /// Who made the change through the admin API: a token's name or an
+    /// identity provider's subject (at most [`MAX_ACTOR_LEN`] bytes).
+    /// `None` for what clients, the RADIUS feed and the server itself do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
 }
+
+/// The longest actor a record carries.
+pub const MAX_ACTOR_LEN: usize = 256;
 
 /// Every state change of the CMP. Field names are the JSON names of
 /// `homecmp log export` too: keep them stable.
@@ -134,6 +142,17 @@ impl Event {
         }
         events
     }
+
+    /// Every [`Event::kind`] name.
+    pub const KINDS: [&'static str; 7] = [
+        "association_created",
+        "association_revoked",
+        "association_rebound",
+        "code_registered",
+        "code_removed",
+        "redacted",
+        "scans_counted",
+    ];
 
     /// The `kind` name used in JSON and in `log stats`.
     pub fn kind(&self) -> &'static str {

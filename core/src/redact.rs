@@ -198,7 +198,11 @@ mod tests {
     const B: SubscriberRef = SubscriberRef([2; 32]);
 
     fn at(at_ms: u64, event: Event) -> Record {
-        Record { at_ms, event }
+        Record {
+            at_ms,
+            event,
+            actor: None,
+        }
     }
 
     fn created(id: &str, who: SubscriberRef) -> Event {

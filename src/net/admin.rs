@@ -18,12 +18,12 @@
 use std::net::IpAddr;
 use std::sync::{Arc, OnceLock};
 
-use axum::Json;
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get};
+use axum::{Extension, Json};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use ipnet::IpNet;
@@ -32,6 +32,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::error::AdminError;
+use crate::access::Principal;
 use crate::app::App;
 use crate::metrics::RuntimeLabel;
 use crate::sessions::{Bind, BindError};
@@ -71,6 +72,7 @@ pub fn router(state: Arc<AdminState>) -> axum::Router {
             "/admin/v1/sessions/{*ip}",
             get(get_session).put(put_session).delete(delete_session),
         )
+        .route("/admin/v1/audit", get(audit))
         .route("/admin/v1/reload", axum::routing::post(reload))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
@@ -130,7 +132,7 @@ pub async fn serve(
 
 /// Who is calling ([`crate::access::Tokens`]: 401 if no one) and whether
 /// they hold the role the route needs ([`crate::access::required_role`]:
-/// 403 naming it if not). The caller goes on as a [`crate::access::Principal`] in the
+/// 403 naming it if not). The caller goes on as a [`Principal`] in the
 /// request's extensions: the actor its changes are recorded under.
 async fn authorize(
     State(state): State<Arc<AdminState>>,
@@ -172,6 +174,11 @@ fn bearer(value: &[u8]) -> Option<&[u8]> {
     scheme
         .eq_ignore_ascii_case(b"bearer")
         .then(|| rest.trim_ascii())
+}
+
+/// Now, by `who`: how an admin change is recorded.
+fn stamp(who: &Principal) -> crate::store::Stamp {
+    crate::store::Stamp::by(crate::clock::now_ms(), &who.name)
 }
 
 /// The application, or 503 while replay is still running.
@@ -419,6 +426,7 @@ struct CodeBody {
 
 async fn put_code(
     Ready(app): Ready,
+    Extension(who): Extension<Principal>,
     Param(code): Param,
     json: Result<JsonBody<CodeBody>, BodyRejection>,
 ) -> Answer {
@@ -432,7 +440,7 @@ async fn put_code(
     }
     let seq = app
         .store
-        .register_code(&code, &target, crate::clock::now_ms())
+        .register_code(&code, &target, stamp(&who))
         .await
         .map_err(unavailable)?;
     Ok(Json(json!({"code": code.as_str(), "target": target, "seq": seq})).into_response())
@@ -450,6 +458,7 @@ struct ImportQuery {
 /// were not (the report says which batches were written).
 async fn import_codes(
     Ready(app): Ready,
+    Extension(who): Extension<Principal>,
     query: Result<axum::extract::Query<ImportQuery>, axum::extract::rejection::QueryRejection>,
     request: Request,
 ) -> Answer {
@@ -470,7 +479,8 @@ async fn import_codes(
     // batches written, never half of one.
     let app = app.clone();
     let import = tokio::spawn(async move {
-        crate::codes::import(&app.store, &app.config.policy, body, format, dry_run).await
+        let (policy, actor) = (&app.config.policy, Some(who.name.as_str()));
+        crate::codes::import(&app.store, policy, body, format, dry_run, actor).await
     });
     let report = import
         .await
@@ -563,11 +573,15 @@ async fn get_code(Ready(app): Ready, Param(code): Param) -> Answer {
     )
 }
 
-async fn delete_code(Ready(app): Ready, Param(code): Param) -> Answer {
+async fn delete_code(
+    Ready(app): Ready,
+    Extension(who): Extension<Principal>,
+    Param(code): Param,
+) -> Answer {
     let code = parse_code(&code)?;
     let removed = app
         .store
-        .remove_code(&code, crate::clock::now_ms())
+        .remove_code(&code, stamp(&who))
         .await
         .map_err(unavailable)?;
     if !removed {
@@ -602,10 +616,14 @@ async fn get_association(Ready(app): Ready, Param(clientid): Param) -> Answer {
     .into_response())
 }
 
-async fn delete_association(Ready(app): Ready, Param(clientid): Param) -> Answer {
+async fn delete_association(
+    Ready(app): Ready,
+    Extension(who): Extension<Principal>,
+    Param(clientid): Param,
+) -> Answer {
     let clientid = parse_clientid(&clientid)?;
     app.store
-        .revoke(&clientid, crate::clock::now_ms())
+        .revoke(&clientid, stamp(&who))
         .await
         .map_err(unavailable)?
         .ok_or_else(no_association)?;
@@ -615,7 +633,11 @@ async fn delete_association(Ready(app): Ready, Param(clientid): Param) -> Answer
 /// Erasure (GDPR Art. 17): the subscriber's session bindings dropped, its
 /// associations revoked (reason `erased`), and its history rewritten so
 /// that nothing in the log links it to a clientid or a client address.
-async fn delete_subscriber(Ready(app): Ready, Param(msisdn): Param) -> Answer {
+async fn delete_subscriber(
+    Ready(app): Ready,
+    Extension(who): Extension<Principal>,
+    Param(msisdn): Param,
+) -> Answer {
     let msisdn = Msisdn::parse(&msisdn)
         .map_err(|e| AdminError::InvalidMsisdn(e.to_string()).into_response())?;
     let subscriber = app.bindings.key().subscriber_ref(&msisdn);
@@ -624,7 +646,7 @@ async fn delete_subscriber(Ready(app): Ready, Param(msisdn): Param) -> Answer {
     // mid-erasure does not leave the history half rewritten.
     let (revoked, rewritten) = app
         .store
-        .erase_subscriber(subscriber, crate::clock::now_ms())
+        .erase_subscriber(subscriber, stamp(&who))
         .await
         .map_err(|e| match e {
             crate::store::StoreError::Cluster(crate::store::cluster::ClusterError::Mismatch(_)) => {
@@ -640,6 +662,102 @@ async fn delete_subscriber(Ready(app): Ready, Param(msisdn): Param) -> Answer {
         "records_rewritten": rewritten.records,
     }))
     .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    code: Option<String>,
+    /// An MSISDN (keyed as the server keys it) or a keyed ref (64 hex).
+    subscriber: Option<String>,
+    actor: Option<String>,
+    kind: Option<String>,
+    /// RFC 3339, inclusive.
+    since: Option<String>,
+    until: Option<String>,
+    limit: Option<usize>,
+    /// Events before this sequence number: the `next` of the page before.
+    before: Option<u64>,
+}
+
+/// Default page size of `GET /admin/v1/audit`.
+const AUDIT_PAGE: usize = 100;
+
+/// `GET /admin/v1/audit`: the log's events that match, newest first,
+/// from the audit index ([`crate::store::audit`]), as `log export` shows
+/// them; `next` is where the next page starts (`before=`), `null` at the
+/// end.
+async fn audit(
+    Ready(app): Ready,
+    query: Result<axum::extract::Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    let axum::extract::Query(q) = query.map_err(|e| {
+        let expected = "code, subscriber, actor, kind, since, until, limit, before";
+        AdminError::InvalidQuery(format!("{}; the parameters are {expected}", e.body_text()))
+            .into_response()
+    })?;
+    let filter = audit_filter(&app, &q)?;
+    let limit = q.limit.unwrap_or(AUDIT_PAGE);
+    if !(1..=crate::store::audit::MAX_LIMIT).contains(&limit) {
+        let max = crate::store::audit::MAX_LIMIT;
+        let e = AdminError::InvalidQuery(format!("limit must be 1 to {max}"));
+        return Err(e.into_response());
+    }
+    let log = app.store.log().clone();
+    let before = q.before;
+    let page = tokio::task::spawn_blocking(move || log.audit(&filter, before, limit))
+        .await
+        .expect("the audit query does not panic")
+        .map_err(unavailable)?;
+    let events: Vec<_> = page
+        .records
+        .iter()
+        .map(|(seq, record)| crate::sre::ExportLine::new(*seq, record))
+        .collect();
+    Ok(Json(json!({"events": events, "next": page.next})).into_response())
+}
+
+/// The query's filter, each field checked (400 naming it).
+fn audit_filter(app: &App, q: &AuditQuery) -> Result<crate::store::audit::Filter, Response> {
+    let invalid = |e: String| AdminError::InvalidQuery(e).into_response();
+    let code = match &q.code {
+        Some(code) => Some(parse_code(code)?.as_str().to_owned()),
+        None => None,
+    };
+    let subscriber = match &q.subscriber {
+        None => None,
+        Some(text) => Some(match crate::wire::SubscriberRef::from_hex(text) {
+            Some(keyed) => keyed,
+            None => {
+                let msisdn = Msisdn::parse(text)
+                    .map_err(|e| AdminError::InvalidMsisdn(e.to_string()).into_response())?;
+                app.bindings.key().subscriber_ref(&msisdn)
+            }
+        }),
+    };
+    if let Some(kind) = &q.kind
+        && !crate::core::model::Event::KINDS.contains(&kind.as_str())
+    {
+        let kinds = crate::core::model::Event::KINDS.join(", ");
+        return Err(invalid(format!("kind {kind:?} is none of {kinds}")));
+    }
+    let time = |name: &str, text: &Option<String>| match text {
+        None => Ok(None),
+        Some(text) => match text.parse::<crate::sre::Until>() {
+            Ok(crate::sre::Until::Time(ms)) => Ok(Some(ms)),
+            _ => Err(invalid(format!(
+                "{name} must be an RFC 3339 time, such as 2026-12-07T10:00:00Z"
+            ))),
+        },
+    };
+    Ok(crate::store::audit::Filter {
+        code,
+        subscriber,
+        actor: q.actor.clone(),
+        kind: q.kind.clone(),
+        since_ms: time("since", &q.since)?,
+        until_ms: time("until", &q.until)?,
+    })
 }
 
 #[derive(Deserialize)]

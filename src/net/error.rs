@@ -116,6 +116,8 @@ pub enum AdminError {
     InvalidPath(String),
     #[error("{0}")]
     InvalidBody(String),
+    #[error("{0}")]
+    InvalidQuery(String),
     #[error("admin bodies are at most {0} bytes")]
     BodyTooLarge(usize),
     #[error("{0}")]
@@ -161,6 +163,7 @@ impl AdminError {
             AdminError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
             AdminError::InvalidPath(_) => (StatusCode::BAD_REQUEST, "INVALID_PATH"),
             AdminError::InvalidBody(_) => (StatusCode::BAD_REQUEST, "INVALID_BODY"),
+            AdminError::InvalidQuery(_) => (StatusCode::BAD_REQUEST, "INVALID_QUERY"),
             AdminError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "BODY_TOO_LARGE"),
             AdminError::InvalidCode(_) => (StatusCode::BAD_REQUEST, "INVALID_CODE"),
             AdminError::InvalidClientId(_) => (StatusCode::BAD_REQUEST, "INVALID_CLIENTID"),

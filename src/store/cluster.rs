@@ -72,11 +72,11 @@ pub struct Publish {
 }
 
 impl Publish {
-    pub fn new(subject: String, expected: Seq, at_ms: u64, event: super::Event) -> Self {
+    pub fn new(subject: String, expected: Seq, stamp: &super::Stamp, event: super::Event) -> Self {
         Self {
             subject,
             expected,
-            record: Record { at_ms, event },
+            record: stamp.record(event),
         }
     }
 }

@@ -1,6 +1,6 @@
 //! The events of the log and their byte layout.
 //!
-//! # Layout (format version 1)
+//! # Layout (format version 2)
 //!
 //! One RocksDB record per event, in the default column family:
 //!
@@ -8,6 +8,11 @@
 //! key   = sequence number, u64 big-endian (8 bytes): byte order = log order
 //! value = [FORMAT_VERSION: u8] ++ bincode::encode(Record, config::standard())
 //! ```
+//!
+//! Version 2 added the record's `actor` (an `Option<String>` after the
+//! event: one byte 0 when there is none). Version 1 values (`at_ms`, the
+//! event, nothing after) are still read, as records without an actor; only
+//! version 2 is written.
 //!
 //! # One size limit
 //!
@@ -33,9 +38,16 @@
 //! encoding (another codec, new fields) gets a new version byte and a decoder
 //! of its own beside this one, so old logs stay readable.
 
-pub use crate::core::model::{Event, IdentitySource, Record, RevokeReason, Seq};
+pub use crate::core::model::{Event, IdentitySource, MAX_ACTOR_LEN, Record, RevokeReason, Seq};
 
-pub const FORMAT_VERSION: u8 = 1;
+pub const FORMAT_VERSION: u8 = 2;
+
+/// A record as format version 1 wrote it: no actor.
+#[derive(bincode::Decode)]
+struct RecordV1 {
+    at_ms: u64,
+    event: Event,
+}
 
 /// The log's one size limit: the most bytes a value may have, version byte
 /// included. Checked by [`encode_value`] and [`decode_value`] alike.
@@ -70,6 +82,8 @@ pub enum CodecError {
     BadKey(usize),
     #[error("value is {0} bytes, more than the log's limit of {MAX_VALUE_BYTES}")]
     TooLarge(usize),
+    #[error("actor of {0} bytes, more than {MAX_ACTOR_LEN}")]
+    ActorTooLong(usize),
     /// The encoder and the decoder disagree (a bug, caught before writing).
     #[error("the event does not read back as written")]
     NotRoundTrip,
@@ -104,20 +118,64 @@ pub fn decode_value(value: &[u8]) -> Result<Record, CodecError> {
         return Err(CodecError::TooLarge(value.len()));
     }
     let (&version, body) = value.split_first().ok_or(CodecError::Empty)?;
-    if version != FORMAT_VERSION {
-        return Err(CodecError::UnknownVersion(version));
+    let record = match version {
+        FORMAT_VERSION => whole(body)?,
+        1 => whole(body).map(|RecordV1 { at_ms, event }| Record {
+            at_ms,
+            event,
+            actor: None,
+        })?,
+        _ => return Err(CodecError::UnknownVersion(version)),
+    };
+    match record.actor.as_ref().map(String::len) {
+        Some(len) if len > MAX_ACTOR_LEN => Err(CodecError::ActorTooLong(len)),
+        _ => Ok(record),
     }
-    let (record, used) =
+}
+
+/// `body` decoded as one `T`, with no byte left over.
+fn whole<T: bincode::Decode<()>>(body: &[u8]) -> Result<T, CodecError> {
+    let (decoded, used) =
         bincode::decode_from_slice(body, CODEC).map_err(|e| CodecError::Decode(e.to_string()))?;
     if used != body.len() {
         return Err(CodecError::TrailingBytes(body.len() - used));
     }
-    Ok(record)
+    Ok(decoded)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A log written before actors (format version 1) reads as records
+    /// without one; a record with an actor over the limit is refused both
+    /// ways.
+    #[test]
+    fn version_1_values_read_and_actors_are_bounded() {
+        for record in sample() {
+            let mut v1 = vec![1u8];
+            bincode::encode_into_std_write(record.at_ms, &mut v1, CODEC).unwrap();
+            bincode::encode_into_std_write(&record.event, &mut v1, CODEC).unwrap();
+            assert_eq!(decode_value(&v1), Ok(record.clone()));
+            let v2 = encode_value(&record).unwrap();
+            assert_eq!(
+                (v2[0], v2.last()),
+                (FORMAT_VERSION, Some(&0)),
+                "no actor: one 0 byte"
+            );
+        }
+        let mut record = sample().remove(0);
+        record.actor = Some("a".repeat(MAX_ACTOR_LEN));
+        assert_eq!(
+            decode_value(&encode_value(&record).unwrap()),
+            Ok(record.clone())
+        );
+        record.actor = Some("a".repeat(MAX_ACTOR_LEN + 1));
+        assert_eq!(
+            encode_value(&record),
+            Err(CodecError::ActorTooLong(MAX_ACTOR_LEN + 1))
+        );
+    }
     use crate::core::model::{RedactReason, SCANS_PER_EVENT, ScanCount, ScanPair};
     use crate::wire::{MAX_CODE_LEN, MAX_TARGET_LEN, SubscriberRef, clientid};
     use proptest::prelude::*;
@@ -168,6 +226,7 @@ mod tests {
             .into_iter()
             .map(|event| Record {
                 at_ms: 1_700_000_000_000,
+                actor: None,
                 event,
             })
             .collect()
@@ -226,6 +285,7 @@ mod tests {
         .into_iter()
         .map(|event| Record {
             at_ms: u64::MAX,
+            actor: None,
             event,
         })
         .collect()
@@ -269,6 +329,7 @@ mod tests {
             .collect();
         let record = Record {
             at_ms: 1,
+            actor: None,
             event: Event::ScansCounted { codes: many },
         };
         assert!(matches!(
@@ -402,8 +463,12 @@ mod tests {
         /// What the log accepts, it reads back: the same record, within
         /// the one limit.
         #[test]
-        fn any_event_round_trips(at_ms in any::<u64>(), event in any_event()) {
-            let record = Record { at_ms, event };
+        fn any_event_round_trips(
+            at_ms in any::<u64>(),
+            event in any_event(),
+            actor in proptest::option::of("\\PC{0,64}"),
+        ) {
+            let record = Record { at_ms, event, actor };
             let bytes = encode_value(&record).map_err(|e| TestCaseError::fail(e.to_string()))?;
             prop_assert!(bytes.len() <= MAX_VALUE_BYTES);
             prop_assert_eq!(decode_value(&bytes), Ok(record));
@@ -425,7 +490,7 @@ mod tests {
                 };
                 prop_assert!(!codes.is_empty() && codes.len() <= SCANS_PER_EVENT);
                 back.extend(codes.iter().cloned());
-                let encoded = encode_value(&Record { at_ms: 0, event });
+                let encoded = encode_value(&Record { at_ms: 0, event, actor: None });
                 prop_assert!(encoded.is_ok(), "refused: {:?}", encoded);
             }
             prop_assert_eq!(back, counts);

@@ -64,13 +64,21 @@ pub fn rewrite(
     for item in log.read_range(1, last) {
         let (seq, record) = item?;
         if let Some(event) = lifetimes.rewrite(seq, &record, doom) {
+            // Nothing of a redacted event is left, its actor neither.
+            let actor = match event {
+                crate::core::model::Event::Redacted { .. } => None,
+                _ => record.actor.clone(),
+            };
             let new = Record {
                 at_ms: record.at_ms,
+                actor,
                 event,
             };
             let value =
                 encode_value(&new).map_err(|e| StoreError::Log(super::LogError::Refused(e)))?;
             batch.put(encode_key(seq), value);
+            super::audit::delete(db, &mut batch, seq, &record);
+            super::audit::put(db, &mut batch, seq, &super::audit::terms(&new));
             records += 1;
             if batch.len() >= BATCH {
                 write(std::mem::take(&mut batch))?;
@@ -79,12 +87,25 @@ pub fn rewrite(
     }
     write(batch)?;
     if records > 0 {
-        db.flush()
-            .map_err(|e| StoreError::Log(super::LogError::from(e)))?;
-        db.compact_range::<&[u8], &[u8]>(None, None);
+        drop_old_bytes(db)?;
     }
     Ok(Rewritten {
         records,
         scanned: last,
     })
+}
+
+/// Makes RocksDB drop the bytes a rewrite replaced, the records' and their
+/// audit index keys': flushed, then compacted down to the bottommost level,
+/// where a deletion's marker (whose key names what was deleted) is dropped.
+fn drop_old_bytes(db: &rocksdb::DB) -> Result<(), StoreError> {
+    let audit = db.cf_handle(super::audit::CF).expect("opened with the log");
+    db.flush()
+        .and_then(|()| db.flush_cf(audit))
+        .map_err(|e| StoreError::Log(super::LogError::from(e)))?;
+    let mut full = rocksdb::CompactOptions::default();
+    full.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+    db.compact_range_opt::<&[u8], &[u8]>(None, None, &full);
+    db.compact_range_cf_opt::<&[u8], &[u8]>(audit, None, None, &full);
+    Ok(())
 }

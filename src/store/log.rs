@@ -81,6 +81,17 @@ pub enum LogError {
     Refused(CodecError),
 }
 
+impl From<super::audit::AuditError> for LogError {
+    fn from(e: super::audit::AuditError) -> Self {
+        use super::audit::AuditError;
+        match e {
+            AuditError::Db(e) => LogError::Read(e),
+            AuditError::Corrupt { seq, reason } => LogError::Corrupt { seq, reason },
+            AuditError::CorruptKey { key, reason } => LogError::CorruptKey { key, reason },
+        }
+    }
+}
+
 /// A cloneable handle to the log; all clones share one writer.
 #[derive(Clone, Debug)]
 pub struct EventLog {
@@ -124,6 +135,8 @@ pub type OnDurable = Box<dyn FnOnce(Seq) -> Result<(), String> + Send>;
 struct Pending {
     /// The records' values, encoded (and checked) by the caller.
     values: Vec<Vec<u8>>,
+    /// Each value's audit index terms ([`super::audit::terms`]).
+    terms: Vec<Vec<Vec<u8>>>,
     on_durable: Option<OnDurable>,
     done: oneshot::Sender<Result<Seq, LogError>>,
 }
@@ -131,19 +144,32 @@ struct Pending {
 pub fn db_options() -> Options {
     let mut opts = Options::default();
     opts.create_if_missing(true);
+    opts.create_missing_column_families(true);
     opts.set_compression_type(DBCompressionType::Lz4);
     opts.set_keep_log_file_num(5);
     opts
 }
 
+/// Opens the log's RocksDB for writing with its column families: the
+/// events (default) and the audit index ([`super::audit`]), made if missing.
+fn open_db(opts: &Options, path: &Path) -> Result<DB, LogError> {
+    let families = [rocksdb::DEFAULT_COLUMN_FAMILY_NAME, super::audit::CF];
+    DB::open_cf(opts, path, families).map_err(|source| LogError::Open {
+        path: path.display().to_string(),
+        source,
+    })
+}
+
 impl EventLog {
     /// Opens (or creates) the log for writing. Only one process may do so.
     pub fn open(path: &Path) -> Result<Self, LogError> {
-        let db = DB::open(&db_options(), path).map_err(|source| LogError::Open {
-            path: path.display().to_string(),
-            source,
-        })?;
-        Self::from_db(db, true)
+        let db = open_db(&db_options(), path)?;
+        let log = Self::from_db(db, true)?;
+        let indexed = super::audit::catch_up(&log.shared.db, log.last_seq())?;
+        if indexed > 0 {
+            tracing::info!(indexed, "audit index caught up with the log");
+        }
+        Ok(log)
     }
 
     /// Opens the log with RocksDB's write lock but no writer and no checks
@@ -152,10 +178,7 @@ impl EventLog {
     pub fn open_for_repair(path: &Path) -> Result<Self, LogError> {
         let mut opts = db_options();
         opts.create_if_missing(false);
-        let db = DB::open(&opts, path).map_err(|source| LogError::Open {
-            path: path.display().to_string(),
-            source,
-        })?;
+        let db = open_db(&opts, path)?;
         Ok(Self::with_last(Arc::new(db), 0, false))
     }
 
@@ -169,9 +192,17 @@ impl EventLog {
         }
         let mut opts = db_options();
         opts.create_if_missing(false);
-        let db = DB::open_for_read_only(&opts, path, false).map_err(|source| LogError::Open {
+        // The column families it has (a log from before the audit index
+        // has none but the default).
+        let families = DB::list_cf(&opts, path).map_err(|source| LogError::Open {
             path: path.display().to_string(),
             source,
+        })?;
+        let db = DB::open_cf_for_read_only(&opts, path, families, false).map_err(|source| {
+            LogError::Open {
+                path: path.display().to_string(),
+                source,
+            }
         })?;
         Self::from_db(db, false)
     }
@@ -260,6 +291,7 @@ impl EventLog {
         queue
             .send(Pending {
                 values: Vec::new(),
+                terms: Vec::new(),
                 on_durable: Some(on_durable),
                 done,
             })
@@ -293,18 +325,31 @@ impl EventLog {
             .map(event::encode_value)
             .collect::<Result<Vec<_>, _>>()
             .map_err(LogError::Refused)?;
+        let terms = records.iter().map(super::audit::terms).collect();
         let queue = self.shared.queue.as_ref().ok_or(LogError::Closed)?;
         let (done, answer) = oneshot::channel();
         // Cancel-safe: a send dropped while waiting for room sends nothing.
         queue
             .send(Pending {
                 values,
+                terms,
                 on_durable,
                 done,
             })
             .await
             .map_err(|_| LogError::Closed)?;
         answer.await.map_err(|_| LogError::Closed)?
+    }
+
+    /// The events before `before` that `filter` picks, newest first, from
+    /// the audit index ([`super::audit::query`]).
+    pub fn audit(
+        &self,
+        filter: &super::audit::Filter,
+        before: Option<Seq>,
+        limit: usize,
+    ) -> Result<super::audit::Page, LogError> {
+        Ok(super::audit::query(&self.shared.db, filter, before, limit)?)
     }
 
     /// Whether a failed write has stopped the log taking appends.
@@ -468,10 +513,14 @@ impl Writer {
         let mut firsts = Vec::with_capacity(pending.len());
         for p in pending.iter() {
             firsts.push(seq);
-            for value in &p.values {
+            for (value, terms) in p.values.iter().zip(&p.terms) {
                 batch.put(event::encode_key(seq), value);
+                super::audit::put(&self.db, &mut batch, seq, terms);
                 seq += 1;
             }
+        }
+        if seq > self.next {
+            super::audit::mark(&self.db, &mut batch, seq - 1);
         }
         let written = match self.fail_next.swap(false, Ordering::AcqRel) {
             true => Err("injected write failure".to_owned()),

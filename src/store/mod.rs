@@ -18,6 +18,7 @@
 //! index always equals a replay of the log, and nobody plans a change on a
 //! state that a durable event has already moved past.
 
+pub mod audit;
 pub mod cluster;
 pub mod event;
 pub mod history;
@@ -56,6 +57,38 @@ pub enum StoreError {
     Inconsistent(#[from] ApplyError),
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+}
+
+/// When a change is made and by whom: a record's `at_ms` and `actor`. A
+/// bare `u64` is a change the server makes itself (no actor).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stamp {
+    pub at_ms: u64,
+    pub actor: Option<String>,
+}
+
+impl Stamp {
+    /// A change made through the admin API by `actor`.
+    pub fn by(at_ms: u64, actor: impl Into<String>) -> Stamp {
+        Stamp {
+            at_ms,
+            actor: Some(actor.into()),
+        }
+    }
+
+    pub fn record(&self, event: Event) -> Record {
+        Record {
+            at_ms: self.at_ms,
+            event,
+            actor: self.actor.clone(),
+        }
+    }
+}
+
+impl From<u64> for Stamp {
+    fn from(at_ms: u64) -> Stamp {
+        Stamp { at_ms, actor: None }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -229,9 +262,9 @@ impl Store {
     pub async fn revoke(
         &self,
         clientid: &ClientId,
-        now_ms: u64,
+        stamp: impl Into<Stamp>,
     ) -> Result<Option<Association>, StoreError> {
-        self.revoke_for(clientid, None, RevokeReason::Admin, now_ms)
+        self.revoke_for(clientid, None, RevokeReason::Admin, stamp.into())
             .await
     }
 
@@ -249,7 +282,7 @@ impl Store {
     pub async fn erase_subscriber(
         &self,
         subscriber: SubscriberRef,
-        now_ms: u64,
+        stamp: impl Into<Stamp>,
     ) -> Result<(Vec<ClientId>, history::Rewritten), StoreError> {
         if self.cluster().is_some() {
             return Err(ClusterError::Mismatch(
@@ -259,11 +292,12 @@ impl Store {
             )
             .into());
         }
+        let stamp = stamp.into();
         let turn = self.inner.rewrites.begin().await;
         let store = self.clone();
         let erasure = tokio::spawn(async move {
             let _rewriting = turn;
-            store.erase_now(subscriber, now_ms).await
+            store.erase_now(subscriber, stamp).await
         });
         erasure.await.expect("erasure does not panic")
     }
@@ -279,7 +313,7 @@ impl Store {
     async fn erase_now(
         &self,
         subscriber: SubscriberRef,
-        now_ms: u64,
+        stamp: Stamp,
     ) -> Result<(Vec<ClientId>, history::Rewritten), StoreError> {
         let mut revoked = Vec::new();
         // Again while any is left: a first scan may have associated one
@@ -291,7 +325,7 @@ impl Store {
             }
             for clientid in held {
                 let owner = Some(subscriber);
-                let erased = self.revoke_for(&clientid, owner, RevokeReason::Erased, now_ms);
+                let erased = self.revoke_for(&clientid, owner, RevokeReason::Erased, stamp.clone());
                 if erased.await?.is_some() {
                     revoked.push(clientid);
                 }
@@ -318,18 +352,18 @@ impl Store {
         clientid: &ClientId,
         owner: Option<SubscriberRef>,
         reason: RevokeReason,
-        now_ms: u64,
+        stamp: Stamp,
     ) -> Result<Option<Association>, StoreError> {
         if let Some(link) = self.cluster() {
             return self
-                .revoke_replicated(link, clientid, owner, reason, now_ms)
+                .revoke_replicated(link, clientid, owner, reason, &stamp)
                 .await;
         }
         let (guards, current) = self.lock_with_owner(clientid.as_str(), None).await;
         let Some((current, event)) = revocation(clientid, current, owner, reason) else {
             return Ok(None);
         };
-        self.commit(vec![event], now_ms, guards).await?;
+        self.commit(vec![event], stamp, guards).await?;
         Ok(Some(current))
     }
 
@@ -372,7 +406,7 @@ impl Store {
             events: vec![Publish::new(
                 subject.to_owned(),
                 last,
-                now_ms,
+                &Stamp::from(now_ms),
                 event.clone(),
             )],
             answer: Box::new(|seq| seq),
@@ -386,7 +420,7 @@ impl Store {
     pub async fn register_codes(
         &self,
         codes: Vec<(IndirectCode, String)>,
-        now_ms: u64,
+        stamp: impl Into<Stamp>,
     ) -> Result<Seq, StoreError> {
         if self.cluster().is_some() {
             return Err(ClusterError::Mismatch(
@@ -406,37 +440,43 @@ impl Store {
                 target,
             })
             .collect();
-        self.commit(events, now_ms, guards).await
+        self.commit(events, stamp, guards).await
     }
 
     pub async fn register_code(
         &self,
         code: &IndirectCode,
         target: &str,
-        now_ms: u64,
+        stamp: impl Into<Stamp>,
     ) -> Result<Seq, StoreError> {
         let event = Event::CodeRegistered {
             code: code.as_str().to_owned(),
             target: target.to_owned(),
         };
+        let stamp = stamp.into();
         if let Some(link) = self.cluster() {
             let done = self
-                .change_code_replicated(link, code, event, now_ms)
+                .change_code_replicated(link, code, event, stamp)
                 .await?;
             return Ok(done.expect("a registration always writes"));
         }
         let guards = self.lock(&[self.stripe(code.as_str())]).await;
-        self.commit(vec![event], now_ms, guards).await
+        self.commit(vec![event], stamp, guards).await
     }
 
     /// Removes a code; `false` if it was not registered.
-    pub async fn remove_code(&self, code: &IndirectCode, now_ms: u64) -> Result<bool, StoreError> {
+    pub async fn remove_code(
+        &self,
+        code: &IndirectCode,
+        stamp: impl Into<Stamp>,
+    ) -> Result<bool, StoreError> {
+        let stamp = stamp.into();
         if let Some(link) = self.cluster() {
             let event = Event::CodeRemoved {
                 code: code.as_str().to_owned(),
             };
             let done = self
-                .change_code_replicated(link, code, event, now_ms)
+                .change_code_replicated(link, code, event, stamp)
                 .await?;
             return Ok(done.is_some());
         }
@@ -447,7 +487,7 @@ impl Store {
         let event = Event::CodeRemoved {
             code: code.as_str().to_owned(),
         };
-        self.commit(vec![event], now_ms, guards).await?;
+        self.commit(vec![event], stamp, guards).await?;
         Ok(true)
     }
 
@@ -481,16 +521,11 @@ impl Store {
     async fn commit(
         &self,
         events: Vec<Event>,
-        now_ms: u64,
+        stamp: impl Into<Stamp>,
         guards: Vec<OwnedMutexGuard<()>>,
     ) -> Result<Seq, StoreError> {
-        let records: Vec<Record> = events
-            .into_iter()
-            .map(|event| Record {
-                at_ms: now_ms,
-                event,
-            })
-            .collect();
+        let stamp = stamp.into();
+        let records: Vec<Record> = events.into_iter().map(|e| stamp.record(e)).collect();
         self.commit_records(records, guards).await
     }
 
@@ -568,7 +603,7 @@ impl Store {
                             self.index().association(id).map_or(0, |a| a.seq),
                         ),
                     };
-                    Publish::new(subject, expected, now_ms, event)
+                    Publish::new(subject, expected, &Stamp::from(now_ms), event)
                 })
                 .collect();
             let answer = move |seq| match rebound_from {
@@ -593,7 +628,7 @@ impl Store {
         clientid: &ClientId,
         owner: Option<SubscriberRef>,
         reason: RevokeReason,
-        now_ms: u64,
+        stamp: &Stamp,
     ) -> Result<Option<Association>, StoreError> {
         let subject = link.clientid_subject(clientid.as_str());
         let locks = Locks::Owner {
@@ -605,7 +640,7 @@ impl Store {
                 return Planned::Answer(None);
             };
             Planned::Publish {
-                events: vec![Publish::new(subject.clone(), last, now_ms, event)],
+                events: vec![Publish::new(subject.clone(), last, stamp, event)],
                 answer: Box::new(move |_| Some(current)),
             }
         })
@@ -619,7 +654,7 @@ impl Store {
         link: &Arc<Link>,
         code: &IndirectCode,
         event: Event,
-        now_ms: u64,
+        stamp: Stamp,
     ) -> Result<Option<Seq>, StoreError> {
         let subject = link.code_subject(code.as_str());
         let locks = Locks::Code(code.as_str());
@@ -628,7 +663,7 @@ impl Store {
                 return Planned::Answer(None);
             }
             Planned::Publish {
-                events: vec![Publish::new(subject.clone(), last, now_ms, event.clone())],
+                events: vec![Publish::new(subject.clone(), last, &stamp, event.clone())],
                 answer: Box::new(Some),
             }
         })

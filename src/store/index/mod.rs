@@ -793,6 +793,7 @@ mod tests {
     fn created(clientid: &str, sub: u8) -> Record {
         Record {
             at_ms: 1000,
+            actor: None,
             event: Event::AssociationCreated {
                 clientid: clientid.into(),
                 subscriber: SubscriberRef([sub; 32]),
@@ -805,6 +806,7 @@ mod tests {
     fn revoked(clientid: &str, sub: u8) -> Record {
         Record {
             at_ms: 2000,
+            actor: None,
             event: Event::AssociationRevoked {
                 clientid: clientid.into(),
                 subscriber: SubscriberRef([sub; 32]),
@@ -825,6 +827,7 @@ mod tests {
         assert_eq!(index.association("a"), None);
         let rebound = Record {
             at_ms: 3000,
+            actor: None,
             event: Event::AssociationRebound {
                 clientid: "b".into(),
                 from: SubscriberRef([1; 32]),
@@ -860,6 +863,7 @@ mod tests {
         assert!(index.apply(2, &created("bad id!", 1)).is_err());
         let removed = Record {
             at_ms: 0,
+            actor: None,
             event: Event::CodeRemoved {
                 code: "2001000001x".into(),
             },
@@ -909,6 +913,7 @@ mod tests {
                     Some(owner) if owner == sub => revoked(&clientid, sub),
                     Some(owner) => Record {
                         at_ms: seq,
+                        actor: None,
                         event: Event::AssociationRebound {
                             clientid: clientid.clone(),
                             from: SubscriberRef([owner; 32]),
@@ -963,6 +968,7 @@ mod tests {
     fn registered(code: &str) -> Record {
         Record {
             at_ms: 0,
+            actor: None,
             event: Event::CodeRegistered {
                 code: code.into(),
                 target: format!("https://example.org/{code}"),
@@ -1029,6 +1035,7 @@ mod tests {
         let index = Index::new();
         let registered = Record {
             at_ms: 0,
+            actor: None,
             event: Event::CodeRegistered {
                 code: "6001900107f52810d5abc".into(),
                 target: "https://example.org/x".into(),
