@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::Instant;
 
 use homecmp::store::event::{encode_key, encode_value};
-use homecmp::store::{Event, IdentitySource, Record, Store, snapshot};
+use homecmp::store::{Event, IdentitySource, Record, Store, audit, snapshot};
 use homecmp::wire::SubscriberRef;
 
 use common::{mix, rss_kib};
@@ -27,9 +27,10 @@ fn rss() -> u64 {
     rss_kib("self")
 }
 
-/// N associations, two per subscriber, UUID-shaped clientids.
+/// N associations, two per subscriber, UUID-shaped clientids, with their
+/// audit index keys, as the server's log writer would have written them.
 fn generate(events: &Path, n: u64) {
-    let db = rocksdb::DB::open(&homecmp::store::log::db_options(), events).unwrap();
+    let db = homecmp::store::log::open_db(&homecmp::store::log::db_options(), events).unwrap();
     let mut batch = rocksdb::WriteBatch::default();
     for i in 0..n {
         let (a, b) = (mix(i), mix(i ^ 0x5555));
@@ -57,10 +58,13 @@ fn generate(events: &Path, n: u64) {
             },
         };
         batch.put(encode_key(i + 1), encode_value(&record).unwrap());
+        audit::put(&db, &mut batch, i + 1, &audit::terms(&record));
         if batch.len() >= 50_000 {
+            audit::mark(&db, &mut batch, i + 1);
             db.write(std::mem::take(&mut batch)).unwrap();
         }
     }
+    audit::mark(&db, &mut batch, n);
     db.write(batch).unwrap();
     db.flush().unwrap();
     db.compact_range::<&[u8], &[u8]>(None, None);

@@ -63,6 +63,9 @@ pub struct Config {
     pub admin_token_file: PathBuf,
     /// Admin connections open at once; more are closed at once.
     pub admin_max_connections: usize,
+    /// `[admin.oidc]`: access tokens of the operator's identity provider
+    /// are accepted too. `None`: off.
+    pub admin_oidc: Option<OidcConfig>,
     pub limits: Limits,
     pub log_json: bool,
     /// Cluster mode (`[cluster]` with `nats_urls`): the log is a NATS
@@ -132,6 +135,32 @@ pub struct PeerConfig {
 /// Session bindings held at most when `radius.max_bindings` is not set
 /// (admin bindings count too).
 pub const DEFAULT_MAX_BINDINGS: usize = 4_000_000;
+
+/// `[admin.oidc]`: who the identity provider is and how its access tokens
+/// grant roles (see `crate::oidc`).
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    /// The `iss` every token must carry.
+    pub issuer: String,
+    /// The `aud` every token must carry (this API's identifier at the provider).
+    pub audience: String,
+    pub jwks: JwksSource,
+    /// The claim that lists the roles: a name, or a dotted path.
+    pub roles_claim: String,
+    /// How long fetched keys are used before they are fetched again.
+    pub refresh: Duration,
+    /// Clock skew allowed on `exp` and `nbf`.
+    pub leeway: Duration,
+    /// The signature algorithms accepted (asymmetric only).
+    pub algorithms: Vec<jsonwebtoken::Algorithm>,
+}
+
+/// Where the provider's public keys are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwksSource {
+    File(PathBuf),
+    Url(String),
+}
 
 /// `[radius]`: where the packet gateways send accounting, and with what.
 #[derive(Debug, Clone)]
@@ -494,6 +523,40 @@ struct RawAdmin {
     listen: String,
     token_file: PathBuf,
     max_connections: usize,
+    oidc: Option<RawOidc>,
+}
+
+/// `[admin.oidc]`: single sign-on with the operator's identity provider.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOidc {
+    issuer: String,
+    audience: String,
+    jwks_file: Option<PathBuf>,
+    jwks_url: Option<String>,
+    #[serde(default = "RawOidc::default_roles_claim")]
+    roles_claim: String,
+    #[serde(default = "RawOidc::default_refresh_secs")]
+    refresh_secs: u64,
+    #[serde(default = "RawOidc::default_leeway_secs")]
+    leeway_secs: u64,
+    #[serde(default = "RawOidc::default_algorithms")]
+    algorithms: Vec<String>,
+}
+
+impl RawOidc {
+    fn default_roles_claim() -> String {
+        "roles".into()
+    }
+    fn default_refresh_secs() -> u64 {
+        300
+    }
+    fn default_leeway_secs() -> u64 {
+        60
+    }
+    fn default_algorithms() -> Vec<String> {
+        vec!["RS256".into(), "ES256".into()]
+    }
 }
 
 impl Default for RawAdmin {
@@ -502,6 +565,7 @@ impl Default for RawAdmin {
             listen: "127.0.0.1:8444".into(),
             token_file: "admin.token".into(),
             max_connections: 64,
+            oidc: None,
         }
     }
 }
@@ -729,12 +793,68 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
         admin_listen,
         admin_token_file: raw.admin.token_file,
         admin_max_connections: raw.admin.max_connections,
+        admin_oidc: raw.admin.oidc.and_then(|o| oidc(o, errors)),
         limits: limits(&raw.limits),
         log_json: raw.log.json,
         cluster,
         radius,
         federation,
     }
+}
+
+/// `[admin.oidc]`, checked: one source of keys, an http(s) URL, known
+/// asymmetric algorithms, bounded times.
+fn oidc(raw: RawOidc, errors: &mut Vec<String>) -> Option<OidcConfig> {
+    let before = errors.len();
+    for (key, value) in [("issuer", &raw.issuer), ("audience", &raw.audience)] {
+        if value.trim().is_empty() {
+            errors.push(format!("admin.oidc.{key}: must not be empty"));
+        }
+    }
+    let jwks = match (raw.jwks_file, raw.jwks_url) {
+        (Some(file), None) => JwksSource::File(file),
+        (None, Some(url)) if url.starts_with("https://") || url.starts_with("http://") => {
+            JwksSource::Url(url)
+        }
+        (None, Some(url)) => {
+            errors.push(format!(
+                "admin.oidc.jwks_url: {url:?} is not an http(s) URL"
+            ));
+            JwksSource::Url(url)
+        }
+        _ => {
+            errors.push("admin.oidc: give jwks_file or jwks_url (one of them)".into());
+            JwksSource::File(PathBuf::new())
+        }
+    };
+    if !(10..=86_400).contains(&raw.refresh_secs) {
+        errors.push("admin.oidc.refresh_secs: must be 10 to 86400".into());
+    }
+    if raw.leeway_secs > 300 {
+        errors.push("admin.oidc.leeway_secs: at most 300".into());
+    }
+    let mut algorithms = Vec::new();
+    for name in &raw.algorithms {
+        match name.parse::<jsonwebtoken::Algorithm>() {
+            Ok(alg) if !name.starts_with("HS") => algorithms.push(alg),
+            _ => errors.push(format!(
+                "admin.oidc.algorithms: {name:?} is not one of RS256, RS384, RS512, PS256, PS384, \
+                 PS512, ES256, ES384, EdDSA"
+            )),
+        }
+    }
+    if raw.algorithms.is_empty() {
+        errors.push("admin.oidc.algorithms: name at least one".into());
+    }
+    (errors.len() == before).then(|| OidcConfig {
+        issuer: raw.issuer,
+        audience: raw.audience,
+        jwks,
+        roles_claim: raw.roles_claim,
+        refresh: Duration::from_secs(raw.refresh_secs),
+        leeway: Duration::from_secs(raw.leeway_secs),
+        algorithms,
+    })
 }
 
 /// What the resolution rule applies: `[auth]`'s mode, the prefixes this

@@ -26,6 +26,7 @@ pub mod fuzzing;
 pub mod limits;
 pub mod metrics;
 pub mod net;
+pub mod oidc;
 pub mod radius;
 pub mod server;
 pub mod sessions;

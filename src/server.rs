@@ -185,6 +185,13 @@ impl Tasks {
     ) -> Arc<admin::AdminState> {
         let state = Arc::new(admin::AdminState {
             tokens: crate::access::Tokens::new(token.expose(), &config.data_dir),
+            oidc: config.admin_oidc.clone().map(|provider| {
+                let verifier = Arc::new(crate::oidc::Verifier::new(provider));
+                let prefetching = verifier.clone();
+                self.tracker
+                    .spawn(async move { prefetching.prefetch().await });
+                verifier
+            }),
             app: Default::default(),
             metrics: metrics.clone(),
         });

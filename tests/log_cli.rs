@@ -277,7 +277,7 @@ fn homecmp_log(command: &str, data_dir: &Path, extra: &[&str]) -> Run {
 /// Opens the log with the raw RocksDB API, as a disk fault or a careless
 /// hand would, and lets `damage` change it.
 fn damage(data_dir: &Path, change: impl FnOnce(&rocksdb::DB)) {
-    let db = rocksdb::DB::open(&db_options(), events_dir(data_dir)).expect("raw open");
+    let db = homecmp::store::log::open_db(&db_options(), &events_dir(data_dir)).expect("raw open");
     change(&db);
     db.flush().unwrap();
 }

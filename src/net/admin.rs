@@ -43,6 +43,8 @@ use crate::wire::{ClientId, IndirectCode, Msisdn};
 #[derive(Debug)]
 pub struct AdminState {
     pub tokens: crate::access::Tokens,
+    /// `[admin.oidc]`: the identity provider's access tokens.
+    pub oidc: Option<Arc<crate::oidc::Verifier>>,
     pub app: OnceLock<Arc<App>>,
     /// Served from the start: `/metrics` answers during replay too.
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -130,7 +132,8 @@ pub async fn serve(
     super::conn::accept(listener, shutdown, tracker, None, admit, serve).await;
 }
 
-/// Who is calling ([`crate::access::Tokens`]: 401 if no one) and whether
+/// Who is calling (a JWT of the identity provider, [`crate::oidc`], or a
+/// token of [`crate::access::Tokens`]: 401 if no one) and whether
 /// they hold the role the route needs ([`crate::access::required_role`]:
 /// 403 naming it if not). The caller goes on as a [`Principal`] in the
 /// request's extensions: the actor its changes are recorded under.
@@ -144,8 +147,19 @@ async fn authorize(
         .get(http::header::AUTHORIZATION)
         .and_then(|v| bearer(v.as_bytes()))
         .unwrap_or(b"");
-    let Some(principal) = state.tokens.authenticate(given) else {
-        return AdminError::Unauthorized.into_response();
+    let principal = match &state.oidc {
+        Some(provider) if crate::oidc::looks_like_jwt(given) => {
+            match provider.verify(given).await {
+                Ok(principal) => principal,
+                Err(refusal) => {
+                    return AdminError::InvalidToken(refusal.to_string()).into_response();
+                }
+            }
+        }
+        _ => match state.tokens.authenticate(given) {
+            Some(principal) => principal,
+            None => return AdminError::Unauthorized.into_response(),
+        },
     };
     let route = request
         .extensions()
@@ -859,6 +873,7 @@ mod tests {
                 &"t".repeat(32),
                 std::path::Path::new("/nonexistent"),
             ),
+            oidc: None,
             app: OnceLock::new(),
             metrics: Arc::new(crate::metrics::Metrics::new()),
         })

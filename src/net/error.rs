@@ -94,6 +94,9 @@ pub fn error_response(refusal: &Refusal) -> Response<Bytes> {
 pub enum AdminError {
     #[error("missing or wrong bearer token")]
     Unauthorized,
+    /// A JWT of the identity provider that does not pass: why.
+    #[error("{0}")]
+    InvalidToken(String),
     #[error("the token {name:?} lacks the role {role}")]
     Forbidden { name: String, role: &'static str },
     #[error("replaying the event log")]
@@ -153,6 +156,7 @@ impl AdminError {
     pub fn wire(&self) -> (StatusCode, &'static str) {
         match self {
             AdminError::Unauthorized => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
+            AdminError::InvalidToken(_) => (StatusCode::UNAUTHORIZED, "INVALID_TOKEN"),
             AdminError::Forbidden { .. } => (StatusCode::FORBIDDEN, "FORBIDDEN"),
             AdminError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "NOT_READY"),
             AdminError::LogUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "LOG_UNAVAILABLE"),
