@@ -2,7 +2,8 @@
 //! `GET /admin/v1/codes:export`, `homecmp codes import|export`).
 //!
 //! An import is a stream of rows, one per line: NDJSON objects
-//! `{"code": "...", "target": "https://..."}`, or CSV `code,target` (a
+//! `{"code": "...", "target": "https://...", "rules": [...]}` (`rules`
+//! optional: [`RuleBody`]), or CSV `code,target` (no rules; a
 //! first line `code,target` is a header; fields may be quoted). Rows are
 //! read as the body arrives and taken in batches of [`BATCH`]: a batch
 //! whose rows are all valid is written as one durable append (one fsync,
@@ -10,7 +11,7 @@
 //! bad row is reported with its line number and its batch. A batch the
 //! store fails to write ends the import, reported with its number and its
 //! lines (the batches before it are written). With `dry_run` nothing is
-//! written. The export is NDJSON `{"code", "target", "seq"}` in the order
+//! written. The export is NDJSON `{"code", "target", "rules", "seq"}` in the order
 //! the codes were last registered (by `seq`), which the import takes back
 //! as it is; it streams, a page of codes at a time ([`export`]), so its
 //! memory does not grow with the number of codes.
@@ -20,6 +21,7 @@ use futures_util::{Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 
 use crate::core::Policy;
+use crate::core::targeting::{Network, Platform, TargetRule};
 use crate::store::index::Reader;
 use crate::store::{Store, StoreError};
 use crate::wire::IndirectCode;
@@ -27,7 +29,7 @@ use crate::wire::IndirectCode;
 /// Rows per batch: the unit that is written whole or not at all.
 pub const BATCH: usize = 10_000;
 /// Longest line read; a longer one is a bad row.
-pub const MAX_LINE: usize = 8192;
+pub const MAX_LINE: usize = 64 * 1024;
 /// Errors listed in a report (all are counted).
 const MAX_LISTED: usize = 1000;
 
@@ -48,11 +50,90 @@ impl Format {
     }
 }
 
+/// A resolution rule as the admin API, the import and the export write it
+/// (the log keeps [`TargetRule`], with times in milliseconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleBody {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub languages: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub platforms: Vec<Platform>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<Network>,
+    /// RFC 3339: from then on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    /// RFC 3339: until then (exclusive).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    pub target: String,
+}
+
+/// The rules of `bodies`, checked ([`crate::core::targeting::check_rules`]).
+pub fn rules_of(bodies: Vec<RuleBody>) -> Result<Vec<TargetRule>, String> {
+    let time = |i: usize, name: &str, text: Option<String>| -> Result<Option<u64>, String> {
+        let Some(text) = text else { return Ok(None) };
+        let at = humantime::parse_rfc3339_weak(&text)
+            .map_err(|e| format!("rule {i}: {name} {text:?} is not an RFC 3339 time ({e})"))?;
+        let ms = at
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_err(|_| format!("rule {i}: {name} is before 1970"))?
+            .as_millis();
+        Ok(Some(u64::try_from(ms).unwrap_or(u64::MAX)))
+    };
+    let rules = bodies
+        .into_iter()
+        .enumerate()
+        .map(|(i, body)| {
+            Ok(TargetRule {
+                languages: body.languages,
+                platforms: body.platforms,
+                network: body.network,
+                from_ms: time(i, "from", body.from)?,
+                until_ms: time(i, "until", body.until)?,
+                target: body.target,
+            })
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    crate::core::targeting::check_rules(&rules)?;
+    Ok(rules)
+}
+
+/// A rule's time in RFC 3339: to the second when it falls on one (as
+/// operators write them), else to the millisecond.
+fn rule_time(at_ms: u64) -> String {
+    match at_ms % 1000 {
+        0 => {
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(at_ms / 1000);
+            humantime::format_rfc3339_seconds(at).to_string()
+        }
+        _ => crate::clock::rfc3339(at_ms),
+    }
+}
+
+/// `rules` as the API writes them.
+pub fn bodies_of(rules: &[TargetRule]) -> Vec<RuleBody> {
+    rules
+        .iter()
+        .map(|rule| RuleBody {
+            languages: rule.languages.clone(),
+            platforms: rule.platforms.clone(),
+            network: rule.network,
+            from: rule.from_ms.map(rule_time),
+            until: rule.until_ms.map(rule_time),
+            target: rule.target.clone(),
+        })
+        .collect()
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Row {
     code: String,
     target: String,
+    #[serde(default)]
+    rules: Vec<RuleBody>,
     /// Present in exports; ignored on import (the log assigns sequences).
     #[serde(default, rename = "seq")]
     _seq: Option<u64>,
@@ -114,17 +195,18 @@ pub enum ImportError {
     },
 }
 
-/// One row: the code (canonical, a prefix this CMP owns) and its target.
+/// One row: the code (canonical, a prefix this CMP owns), its target and
+/// its rules (NDJSON only).
 pub fn parse_row(
     policy: &crate::core::Policy,
     format: Format,
     line: &str,
-) -> Result<(IndirectCode, String), String> {
-    let (code, target) = match format {
+) -> Result<(IndirectCode, String, Vec<TargetRule>), String> {
+    let (code, target, rules) = match format {
         Format::Ndjson => {
             let row: Row =
                 serde_json::from_str(line).map_err(|e| format!("not a code row: {e}"))?;
-            (row.code, row.target)
+            (row.code, row.target, rules_of(row.rules)?)
         }
         Format::Csv => {
             let mut reader = csv::ReaderBuilder::new()
@@ -136,7 +218,7 @@ pub fn parse_row(
                 .ok_or("an empty row")?
                 .map_err(|e| format!("not a CSV row: {e}"))?;
             match (record.get(0), record.get(1), record.len()) {
-                (Some(code), Some(target), 2) => (code.to_owned(), target.to_owned()),
+                (Some(code), Some(target), 2) => (code.to_owned(), target.to_owned(), Vec::new()),
                 _ => {
                     return Err(format!(
                         "expected 2 fields (code,target), found {}",
@@ -159,7 +241,7 @@ pub fn parse_row(
             "target {target:?}: not an http(s) URL of at most 2048 characters"
         ));
     }
-    Ok((code, target))
+    Ok((code, target, rules))
 }
 
 /// Reads `body` and imports it (see the module docs), each registration
@@ -207,7 +289,7 @@ struct Batch {
     /// Lines of its first and last row (0 while it has none).
     first_line: u64,
     last_line: u64,
-    valid: Vec<(IndirectCode, String)>,
+    valid: Vec<(IndirectCode, String, Vec<TargetRule>)>,
     bad: bool,
 }
 
@@ -370,6 +452,8 @@ pub const EXPORT_PAGE: usize = 100_000;
 struct ExportLine<'a> {
     code: &'a str,
     target: &'a str,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    rules: Vec<RuleBody>,
     seq: u64,
 }
 
@@ -419,9 +503,11 @@ fn export_page(
     };
     let mut text = Vec::with_capacity(page.len() * 96);
     for (code, entry) in &page {
+        let rules = entry.rules.as_ref().map(|r| bodies_of(&r.rules));
         let line = ExportLine {
             code,
             target: &entry.target,
+            rules: rules.unwrap_or_default(),
             seq: entry.seq,
         };
         serde_json::to_writer(&mut text, &line).expect("a code line serialises");

@@ -212,9 +212,13 @@ pub fn code_row(data: &[u8]) {
         peer_registry: false,
     };
     for format in [Format::Ndjson, Format::Csv] {
-        if let Ok((code, target)) = parse_row(&policy, format, line) {
+        if let Ok((code, target, rules)) = parse_row(&policy, format, line) {
             assert!(policy.owns(&code), "{line:?}");
             assert!(crate::wire::valid_target(&target), "{line:?}");
+            assert!(
+                crate::core::targeting::check_rules(&rules).is_ok(),
+                "{line:?}"
+            );
         }
     }
 }

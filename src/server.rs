@@ -475,7 +475,8 @@ async fn flush_scan_counts(app: Arc<App>, shutdown: CancellationToken) {
 /// them, and says so: they are statistics, not state).
 async fn write_scan_counts(app: &App) {
     let counts = app.store.index().take_pending_scans();
-    if counts.is_empty() {
+    let rules = app.store.index().take_pending_rule_scans();
+    if counts.is_empty() && rules.is_empty() {
         return;
     }
     let writer = app
@@ -483,7 +484,11 @@ async fn write_scan_counts(app: &App) {
         .cluster
         .as_ref()
         .map_or("local", |c| c.node.as_str());
-    if let Err(e) = app.store.record_scans(counts, writer, now_ms()).await {
+    if let Err(e) = app
+        .store
+        .record_scans(counts, rules, writer, now_ms())
+        .await
+    {
         tracing::warn!(error = %e, "resolution counts not written");
     }
 }

@@ -142,6 +142,19 @@ fn the_curl_walkthrough_works_as_printed() {
             .unwrap_or_else(|| panic!("{text} missing:\n{out}"));
         rest = &rest[at + text.len()..];
     }
+    let out = run_block("### One code, different answers: resolution rules");
+    let promised = [
+        r#""code":"2001000001poster""#,
+        r#""target":"https://example.org/fr""#,
+        r#""resolutions":1"#,
+    ];
+    let mut rest = &*out;
+    for text in promised {
+        let at = rest
+            .find(text)
+            .unwrap_or_else(|| panic!("{text} missing:\n{out}"));
+        rest = &rest[at + text.len()..];
+    }
     let out = run_block("### Who changed what, when: the audit trail");
     let promised = [
         r#""actor":"admin-token""#,
@@ -158,10 +171,10 @@ fn the_curl_walkthrough_works_as_printed() {
     }
     let out = run_block("### Backup, restore, export and import");
     assert!(out.contains("by copy"), "{out}");
-    assert!(out.contains("imported 2 events"), "{out}");
+    assert!(out.contains("imported 3 events"), "{out}");
     drop(server);
     let out = run_block("Retention, with the server stopped (it needs the log for writing):");
-    assert!(out.starts_with("blanked 0 of 2 records"), "{out}");
+    assert!(out.starts_with("blanked 0 of 3 records"), "{out}");
     let out = run_block("The way out of such a log, with the server stopped:");
     assert!(out.contains("kept events 1..=1"), "{out}");
 }

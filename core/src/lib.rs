@@ -24,6 +24,7 @@ pub mod model;
 mod redact;
 mod refusal;
 mod rule;
+pub mod targeting;
 
 pub use associate::{Plan, plan_association};
 pub use decide::{
@@ -36,7 +37,7 @@ pub use identity::{
 };
 pub use model::{
     Associated, Association, Event, IdentitySource, NewAssociation, Record, RedactReason,
-    RevokeReason, ScanCount, ScanPair, Seq,
+    RevokeReason, RuleScanCount, ScanCount, ScanPair, Seq,
 };
 pub use redact::{Doom, Lifetimes, plan_redaction};
 pub use refusal::{Refusal, retry_after_secs};

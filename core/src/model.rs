@@ -9,6 +9,7 @@ use std::net::IpAddr;
 use bincode::{Decode, Encode};
 use serde::{Deserialize, Serialize};
 
+use crate::targeting::TargetRule;
 use crate::wire::{ClientId, SubscriberRef};
 
 /// Position of an event in the log. The first event is 1; 0 means "none".
@@ -75,6 +76,30 @@ pub enum Event {
     ScansCounted {
         codes: Vec<ScanCount>,
     },
+    /// A code registered with resolution rules ([`crate::targeting`]): as
+    /// `CodeRegistered`, its rules replacing the code's (and their counts
+    /// starting again).
+    CodeRegisteredWithRules {
+        code: String,
+        target: String,
+        rules: Vec<TargetRule>,
+    },
+    /// Resolutions per rule of codes that have rules, since the previous
+    /// such event, at most [`SCANS_PER_EVENT`] codes each
+    /// ([`Event::rule_scans_counted`]).
+    RuleScansCounted {
+        codes: Vec<RuleScanCount>,
+    },
+}
+
+/// Resolutions by each rule of one code, for the rules the code got at
+/// sequence `since` (counts for rules replaced since are of no rule).
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+pub struct RuleScanCount {
+    pub code: String,
+    pub since: Seq,
+    /// One count per rule, in the rules' order.
+    pub counts: Vec<u64>,
 }
 
 /// Resolutions of one code, by protocol and by whether the request had an
@@ -143,8 +168,21 @@ impl Event {
         events
     }
 
+    /// `counts` as `rule_scans_counted` events of at most
+    /// [`SCANS_PER_EVENT`] codes (a code has at most
+    /// [`crate::targeting::MAX_RULES`] counts: within the log's limit).
+    pub fn rule_scans_counted(mut counts: Vec<RuleScanCount>) -> Vec<Event> {
+        let mut events = Vec::with_capacity(counts.len().div_ceil(SCANS_PER_EVENT));
+        while !counts.is_empty() {
+            let rest = counts.split_off(counts.len().min(SCANS_PER_EVENT));
+            events.push(Event::RuleScansCounted { codes: counts });
+            counts = rest;
+        }
+        events
+    }
+
     /// Every [`Event::kind`] name.
-    pub const KINDS: [&'static str; 7] = [
+    pub const KINDS: [&'static str; 9] = [
         "association_created",
         "association_revoked",
         "association_rebound",
@@ -152,6 +190,8 @@ impl Event {
         "code_removed",
         "redacted",
         "scans_counted",
+        "code_registered_with_rules",
+        "rule_scans_counted",
     ];
 
     /// The `kind` name used in JSON and in `log stats`.
@@ -164,6 +204,8 @@ impl Event {
             Event::CodeRemoved { .. } => "code_removed",
             Event::Redacted { .. } => "redacted",
             Event::ScansCounted { .. } => "scans_counted",
+            Event::CodeRegisteredWithRules { .. } => "code_registered_with_rules",
+            Event::RuleScansCounted { .. } => "rule_scans_counted",
         }
     }
 
@@ -174,6 +216,8 @@ impl Event {
             | Event::AssociationRevoked { clientid, .. }
             | Event::AssociationRebound { clientid, .. } => Some(clientid),
             Event::CodeRegistered { .. }
+            | Event::CodeRegisteredWithRules { .. }
+            | Event::RuleScansCounted { .. }
             | Event::CodeRemoved { .. }
             | Event::Redacted { .. }
             | Event::ScansCounted { .. } => None,

@@ -73,7 +73,7 @@ impl Lifetimes {
                 self.end_association(clientid, seq, at);
                 self.start_association(clientid, *to, seq);
             }
-            Event::CodeRegistered { code, .. } => {
+            Event::CodeRegistered { code, .. } | Event::CodeRegisteredWithRules { code, .. } => {
                 self.end_code(code, seq, at);
                 self.instances.insert(
                     seq,
@@ -86,7 +86,9 @@ impl Lifetimes {
             }
             Event::CodeRemoved { code } => self.end_code(code, seq, at),
             // Counts name codes only: no subscriber, nothing that ends.
-            Event::Redacted { .. } | Event::ScansCounted { .. } => {}
+            Event::Redacted { .. }
+            | Event::ScansCounted { .. }
+            | Event::RuleScansCounted { .. } => {}
         }
     }
 
@@ -143,9 +145,9 @@ impl Lifetimes {
             reason: doom.reason(),
         };
         match &record.event {
-            Event::AssociationCreated { .. } | Event::CodeRegistered { .. } => {
-                self.doomed(seq, doom).then_some(blank)
-            }
+            Event::AssociationCreated { .. }
+            | Event::CodeRegistered { .. }
+            | Event::CodeRegisteredWithRules { .. } => self.doomed(seq, doom).then_some(blank),
             Event::AssociationRevoked { .. } | Event::CodeRemoved { .. } => {
                 self.ended_here_is_doomed(seq, doom).then_some(blank)
             }
@@ -172,7 +174,9 @@ impl Lifetimes {
                 }),
                 (false, false) => None,
             },
-            Event::Redacted { .. } | Event::ScansCounted { .. } => None,
+            Event::Redacted { .. }
+            | Event::ScansCounted { .. }
+            | Event::RuleScansCounted { .. } => None,
         }
     }
 }
@@ -283,7 +287,8 @@ mod tests {
                     owned(&owners, clientid, from)?;
                     owners.insert(clientid.clone(), (*to, *seq));
                 }
-                Event::CodeRegistered { code, target } => {
+                Event::CodeRegistered { code, target }
+                | Event::CodeRegisteredWithRules { code, target, .. } => {
                     codes.insert(code.clone(), target.clone());
                 }
                 Event::CodeRemoved { code } => {
@@ -291,7 +296,9 @@ mod tests {
                         .remove(code)
                         .ok_or(format!("{seq}: {code} not registered"))?;
                 }
-                Event::Redacted { .. } | Event::ScansCounted { .. } => {}
+                Event::Redacted { .. }
+                | Event::ScansCounted { .. }
+                | Event::RuleScansCounted { .. } => {}
             }
         }
         Ok((owners, codes))

@@ -436,6 +436,9 @@ fn body<T>(body: Result<JsonBody<T>, BodyRejection>, expected: &str) -> Result<T
 #[serde(deny_unknown_fields)]
 struct CodeBody {
     target: String,
+    /// Resolution rules, first match wins ([`crate::codes::RuleBody`]).
+    #[serde(default)]
+    rules: Vec<crate::codes::RuleBody>,
 }
 
 async fn put_code(
@@ -445,19 +448,37 @@ async fn put_code(
     json: Result<JsonBody<CodeBody>, BodyRejection>,
 ) -> Answer {
     let code = parse_code(&code)?;
-    let CodeBody { target } = body(json, r#"{"target": "https://..."}"#)?;
+    let expected = r#"{"target": "https://...", "rules": [...]}"#;
+    let CodeBody { target, rules } = body(json, expected)?;
     if !app.config.policy.owns(&code) {
         return Err(AdminError::UnknownPrefix.into_response());
     }
     if !crate::wire::valid_target(&target) {
         return Err(AdminError::InvalidTarget.into_response());
     }
+    let rules =
+        crate::codes::rules_of(rules).map_err(|e| AdminError::InvalidRules(e).into_response())?;
+    let shown = crate::codes::bodies_of(&rules);
     let seq = app
         .store
-        .register_code(&code, &target, stamp(&who))
+        .register_code_with(&code, &target, rules, stamp(&who))
         .await
         .map_err(unavailable)?;
-    Ok(Json(json!({"code": code.as_str(), "target": target, "seq": seq})).into_response())
+    Ok(Json(code_json(code.as_str(), &target, &shown, seq)).into_response())
+}
+
+/// A code as the admin API shows it: `rules` only when it has some.
+fn code_json(
+    code: &str,
+    target: &str,
+    rules: &[crate::codes::RuleBody],
+    seq: u64,
+) -> serde_json::Value {
+    let mut shown = json!({"code": code, "target": target, "seq": seq});
+    if !rules.is_empty() {
+        shown["rules"] = json!(rules);
+    }
+    shown
 }
 
 #[derive(Deserialize)]
@@ -564,14 +585,26 @@ async fn code_stats(Ready(app): Ready, Param(code): Param) -> Answer {
         .ok_or_else(|| AdminError::CodeNotFound.into_response())?;
     let count = crate::core::model::ScanCount::from_slots(code.as_str().to_owned(), scans);
     let total: u64 = scans.iter().sum();
-    Ok(Json(json!({
+    let mut stats = json!({
         "code": count.code,
         "resolutions": total,
         "http1": count.http1,
         "http2": count.http2,
         "http3": count.http3,
-    }))
-    .into_response())
+    });
+    // Per rule, for a code with rules: what each sent where.
+    let entry = app.store.index().code(&code, Reader::Operator);
+    let per_rule = app.store.index().code_rule_scans(&code, Reader::Operator);
+    if let (Some(rules), Some(counts)) = (entry.and_then(|e| e.rules), per_rule) {
+        let shown: Vec<_> = rules
+            .rules
+            .iter()
+            .zip(counts)
+            .map(|(rule, n)| json!({"target": rule.target, "resolutions": n}))
+            .collect();
+        stats["rules"] = json!(shown);
+    }
+    Ok(Json(stats).into_response())
 }
 
 async fn get_code(Ready(app): Ready, Param(code): Param) -> Answer {
@@ -581,10 +614,17 @@ async fn get_code(Ready(app): Ready, Param(code): Param) -> Answer {
         .index()
         .code(&code, Reader::Operator)
         .ok_or_else(|| AdminError::CodeNotFound.into_response())?;
-    Ok(
-        Json(json!({"code": code.as_str(), "target": &*entry.target, "seq": entry.seq}))
-            .into_response(),
-    )
+    let rules = entry
+        .rules
+        .as_ref()
+        .map(|r| crate::codes::bodies_of(&r.rules));
+    let shown = code_json(
+        code.as_str(),
+        &entry.target,
+        &rules.unwrap_or_default(),
+        entry.seq,
+    );
+    Ok(Json(shown).into_response())
 }
 
 async fn delete_code(

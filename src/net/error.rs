@@ -135,6 +135,8 @@ pub enum AdminError {
     InvalidTtl(u64),
     #[error("target must be an http(s) URL of at most 2048 characters without spaces")]
     InvalidTarget,
+    #[error("{0}")]
+    InvalidRules(String),
     #[error("this CMP does not own the code's routing prefix")]
     UnknownPrefix,
     #[error("the address is outside mno.networks, so the binding would never be used")]
@@ -175,6 +177,7 @@ impl AdminError {
             AdminError::InvalidMsisdn(_) => (StatusCode::BAD_REQUEST, "INVALID_MSISDN"),
             AdminError::InvalidTtl(_) => (StatusCode::BAD_REQUEST, "INVALID_TTL"),
             AdminError::InvalidTarget => (StatusCode::BAD_REQUEST, "INVALID_TARGET"),
+            AdminError::InvalidRules(_) => (StatusCode::BAD_REQUEST, "INVALID_RULES"),
             AdminError::UnknownPrefix => (StatusCode::BAD_REQUEST, "UNKNOWN_PREFIX"),
             AdminError::NotInMnoNetwork => (StatusCode::BAD_REQUEST, "NOT_IN_MNO_NETWORK"),
             AdminError::BindingsFull => (StatusCode::SERVICE_UNAVAILABLE, "BINDINGS_FULL"),

@@ -148,7 +148,8 @@ async fn run_resolution(
             .await?
         }
     };
-    answer(app, conn, headers, &passed.code, &permit).await
+    let on_net = passed.identity.on_mno_network;
+    answer(app, conn, headers, &passed.code, &permit, on_net).await
 }
 
 /// The facts [`core::admit`] asks for, from the server's index, limiters
@@ -275,14 +276,16 @@ async fn associate(
     core::permit_for(&app.config.policy, clientid, &done, &passed.identity)
 }
 
-/// The answer for a permitted request: the code's target (here, or a
-/// peer's), counted; a redirect for a browser, the JSON of §4 otherwise.
+/// The answer for a permitted request: the code's target (here, the one
+/// its first matching rule names if it has rules, or a peer's), counted; a
+/// redirect for a browser, the JSON of §4 otherwise.
 async fn answer(
     app: &App,
     conn: ConnInfo,
     headers: &HeaderMap,
     code: &IndirectCode,
     permit: &core::Permit,
+    on_net: bool,
 ) -> Result<Response<Bytes>, Refusal> {
     let index = app.store.index();
     let protocol = match conn.protocol {
@@ -293,7 +296,11 @@ async fn answer(
     let first_scan = permit.association() == core::AssociationState::Created;
     let slot = crate::store::index::scan_slot(protocol, first_scan);
     let resolution = core::resolve(&app.config.policy, permit, code, |code| {
-        index.code_scanned(code, slot, permit)
+        index.code_scanned(code, slot, permit, |rules| {
+            let traits =
+                core::targeting::Traits::from_headers(headers, on_net, crate::clock::now_ms());
+            core::targeting::choose(rules, &traits)
+        })
     })?;
     let target = match resolution {
         core::Resolution::Local(target) => target,

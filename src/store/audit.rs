@@ -73,10 +73,12 @@ pub fn terms(record: &Record) -> Vec<Vec<u8>> {
             terms.push(term(SUBSCRIBER, &from.0));
             terms.push(term(SUBSCRIBER, &to.0));
         }
-        Event::CodeRegistered { code, .. } | Event::CodeRemoved { code } => {
+        Event::CodeRegistered { code, .. }
+        | Event::CodeRegisteredWithRules { code, .. }
+        | Event::CodeRemoved { code } => {
             terms.push(term(CODE, code.as_bytes()));
         }
-        Event::Redacted { .. } | Event::ScansCounted { .. } => {}
+        Event::Redacted { .. } | Event::ScansCounted { .. } | Event::RuleScansCounted { .. } => {}
     }
     if let Some(actor) = &record.actor {
         terms.push(term(ACTOR, actor.as_bytes()));
@@ -406,9 +408,9 @@ mod tests {
     /// What the filter means, read straight off each record.
     fn wanted(filter: &Filter, record: &Record) -> bool {
         let (code, subscribers): (Option<&str>, Vec<SubscriberRef>) = match &record.event {
-            Event::CodeRegistered { code, .. } | Event::CodeRemoved { code } => {
-                (Some(code), vec![])
-            }
+            Event::CodeRegistered { code, .. }
+            | Event::CodeRegisteredWithRules { code, .. }
+            | Event::CodeRemoved { code } => (Some(code), vec![]),
             Event::AssociationCreated { subscriber, .. }
             | Event::AssociationRevoked { subscriber, .. } => (None, vec![*subscriber]),
             Event::AssociationRebound { from, to, .. } => (None, vec![*from, *to]),

@@ -176,7 +176,8 @@ mod tests {
             Err(CodecError::ActorTooLong(MAX_ACTOR_LEN + 1))
         );
     }
-    use crate::core::model::{RedactReason, SCANS_PER_EVENT, ScanCount, ScanPair};
+    use crate::core::model::{RedactReason, RuleScanCount, SCANS_PER_EVENT, ScanCount, ScanPair};
+    use crate::core::targeting::{MAX_LANGUAGES, MAX_RULES, Network, Platform, TargetRule};
     use crate::wire::{MAX_CODE_LEN, MAX_TARGET_LEN, SubscriberRef, clientid};
     use proptest::prelude::*;
 
@@ -221,6 +222,25 @@ mod tests {
                     ..Default::default()
                 }],
             },
+            Event::CodeRegisteredWithRules {
+                code: "2001000001abc".into(),
+                target: "https://example.org/".into(),
+                rules: vec![TargetRule {
+                    languages: vec!["fr".into()],
+                    platforms: vec![Platform::Ios],
+                    network: Some(Network::OffNet),
+                    from_ms: Some(1),
+                    until_ms: None,
+                    target: "https://example.org/fr".into(),
+                }],
+            },
+            Event::RuleScansCounted {
+                codes: vec![RuleScanCount {
+                    code: "2001000001abc".into(),
+                    since: 8,
+                    counts: vec![3, 0],
+                }],
+            },
         ];
         events
             .into_iter()
@@ -251,6 +271,19 @@ mod tests {
         };
         let addr: std::net::IpAddr = "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap();
         let sub = SubscriberRef([0xff; 32]);
+        let largest_rule = TargetRule {
+            languages: vec![format!("{}-{}", "a".repeat(8), "b".repeat(26)); MAX_LANGUAGES],
+            platforms: vec![Platform::Ios, Platform::Android, Platform::Other],
+            network: Some(Network::OnNet),
+            from_ms: Some(u64::MAX - 1),
+            until_ms: Some(u64::MAX),
+            target: target.clone(),
+        };
+        let rule_counts = RuleScanCount {
+            code: code.clone(),
+            since: u64::MAX,
+            counts: vec![u64::MAX; MAX_RULES],
+        };
         [
             Event::AssociationCreated {
                 clientid: clientid.clone(),
@@ -272,7 +305,15 @@ mod tests {
             },
             Event::CodeRegistered {
                 code: code.clone(),
-                target,
+                target: target.clone(),
+            },
+            Event::CodeRegisteredWithRules {
+                code: code.clone(),
+                target: target.clone(),
+                rules: vec![largest_rule; MAX_RULES],
+            },
+            Event::RuleScansCounted {
+                codes: vec![rule_counts; SCANS_PER_EVENT],
             },
             Event::CodeRemoved { code },
             Event::Redacted {
@@ -298,7 +339,11 @@ mod tests {
 
     #[test]
     fn every_event_round_trips() {
-        assert_eq!(kinds(&sample()).len(), 7, "a new event kind needs a sample");
+        assert_eq!(
+            kinds(&sample()).len(),
+            Event::KINDS.len(),
+            "a new event kind needs a sample"
+        );
         for record in sample() {
             let bytes = encode_value(&record).unwrap();
             assert_eq!(bytes[0], FORMAT_VERSION);

@@ -43,6 +43,8 @@ use super::event::{self, CodecError, Record, Seq};
 
 /// Most records one group commit writes; more wait for the next batch.
 pub const MAX_BATCH_RECORDS: usize = 4096;
+/// Read-only opens tried again after a file vanished under them.
+const READ_ONLY_ATTEMPTS: u32 = 10;
 /// Appends queued before `append` callers wait for room (back-pressure).
 const QUEUE_DEPTH: usize = 8192;
 
@@ -197,18 +199,30 @@ impl EventLog {
         }
         let mut opts = db_options();
         opts.create_if_missing(false);
-        // The column families it has (a log from before the audit index
-        // has none but the default).
-        let families = DB::list_cf(&opts, path).map_err(|source| LogError::Open {
-            path: path.display().to_string(),
-            source,
-        })?;
-        let db = DB::open_cf_for_read_only(&opts, path, families, false).map_err(|source| {
-            LogError::Open {
-                path: path.display().to_string(),
-                source,
+        let open = || {
+            // The column families it has (a log from before the audit
+            // index has none but the default).
+            let families = DB::list_cf(&opts, path)?;
+            DB::open_cf_for_read_only(&opts, path, families, false)
+        };
+        // Beside a live writer, a compaction may delete a file between the
+        // open reading the manifest and opening the file: open again.
+        let mut attempt = 0;
+        let db = loop {
+            match open() {
+                Ok(db) => break db,
+                Err(e) if attempt < READ_ONLY_ATTEMPTS && e.as_ref().contains("No such file") => {
+                    attempt += 1;
+                    thread::sleep(std::time::Duration::from_millis(20 * attempt as u64));
+                }
+                Err(source) => {
+                    return Err(LogError::Open {
+                        path: path.display().to_string(),
+                        source,
+                    });
+                }
             }
-        })?;
+        };
         Self::from_db(db, false)
     }
 

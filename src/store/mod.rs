@@ -40,6 +40,7 @@ pub use log::{EventLog, LogError};
 
 use cluster::{ClusterError, Link, Publish};
 
+use crate::core::targeting::TargetRule;
 use crate::core::{Plan, plan_association};
 use crate::wire::{ClientId, IndirectCode, SubscriberRef};
 
@@ -57,6 +58,19 @@ pub enum StoreError {
     Inconsistent(#[from] ApplyError),
     #[error(transparent)]
     Cluster(#[from] ClusterError),
+}
+
+/// The event that registers `code`: plain, or with its rules.
+fn code_event(code: &IndirectCode, target: String, rules: Vec<TargetRule>) -> Event {
+    let code = code.as_str().to_owned();
+    match rules.is_empty() {
+        true => Event::CodeRegistered { code, target },
+        false => Event::CodeRegisteredWithRules {
+            code,
+            target,
+            rules,
+        },
+    }
 }
 
 /// When a change is made and by whom: a record's `at_ms` and `actor`. A
@@ -368,17 +382,20 @@ impl Store {
     }
 
     /// Writes resolution counts, as many `scans_counted` events as they
-    /// take ([`Event::scans_counted`]); returns the last one's sequence
+    /// take ([`Event::scans_counted`]), then the per-rule counts likewise
+    /// ([`Event::rule_scans_counted`]); returns the last one's sequence
     /// number (`None`: no counts). In cluster mode through the stream, on
     /// the subject of `writer` (this node's name: one writer per subject,
     /// so no race), one event after the other.
     pub async fn record_scans(
         &self,
         codes: Vec<crate::core::model::ScanCount>,
+        rules: Vec<crate::core::model::RuleScanCount>,
         writer: &str,
         now_ms: u64,
     ) -> Result<Option<Seq>, StoreError> {
-        let events = Event::scans_counted(codes);
+        let mut events = Event::scans_counted(codes);
+        events.extend(Event::rule_scans_counted(rules));
         if events.is_empty() {
             return Ok(None);
         }
@@ -414,12 +431,13 @@ impl Store {
         .await
     }
 
-    /// Registers many codes in one durable append: all of them or none.
+    /// Registers many codes (with their rules) in one durable append: all
+    /// of them or none.
     /// Not in cluster mode, where a stream takes one change per message
     /// (`ClusterError::Mismatch`).
     pub async fn register_codes(
         &self,
-        codes: Vec<(IndirectCode, String)>,
+        codes: Vec<(IndirectCode, String, Vec<TargetRule>)>,
         stamp: impl Into<Stamp>,
     ) -> Result<Seq, StoreError> {
         if self.cluster().is_some() {
@@ -430,15 +448,12 @@ impl Store {
         }
         let stripes: Vec<usize> = codes
             .iter()
-            .map(|(code, _)| self.stripe(code.as_str()))
+            .map(|(code, _, _)| self.stripe(code.as_str()))
             .collect();
         let guards = self.lock(&stripes).await;
         let events = codes
             .into_iter()
-            .map(|(code, target)| Event::CodeRegistered {
-                code: code.as_str().to_owned(),
-                target,
-            })
+            .map(|(code, target, rules)| code_event(&code, target, rules))
             .collect();
         self.commit(events, stamp, guards).await
     }
@@ -449,10 +464,20 @@ impl Store {
         target: &str,
         stamp: impl Into<Stamp>,
     ) -> Result<Seq, StoreError> {
-        let event = Event::CodeRegistered {
-            code: code.as_str().to_owned(),
-            target: target.to_owned(),
-        };
+        self.register_code_with(code, target, Vec::new(), stamp)
+            .await
+    }
+
+    /// Registers `code` with its target and resolution rules (none: a
+    /// plain registration), replacing what it had.
+    pub async fn register_code_with(
+        &self,
+        code: &IndirectCode,
+        target: &str,
+        rules: Vec<TargetRule>,
+        stamp: impl Into<Stamp>,
+    ) -> Result<Seq, StoreError> {
+        let event = code_event(code, target.to_owned(), rules);
         let stamp = stamp.into();
         if let Some(link) = self.cluster() {
             let done = self

@@ -7,9 +7,10 @@
 //! renamed over the old one. Anything that does not check out below is a
 //! full replay, logged as a warning with the reason.
 //!
-//! # Layout (version 3), all integers little-endian
+//! # Layout (version 4), all integers little-endian
 //!
-//! - the magic `HCMPIDX3`;
+//! - the magic `HCMPIDX4` (a version 3 snapshot, from before resolution
+//!   rules, is not used: the server replays the log in full once);
 //! - the SHA-256 of the log's value at the last sequence the snapshot
 //!   reflects (zeros when none): a snapshot is used only if the log still
 //!   has that very record there, so a repaired, replaced or rewritten log
@@ -21,8 +22,9 @@
 //!   subscribers 36: subscriber 32, oldest slot 4; a slot is shard << 26 |
 //!   position, `u32::MAX` for none, a free entry has none); the names of
 //!   clientids that are not UUIDs (`u64` count, then key 16 and text); the
-//!   codes (`u64` count, then code, target, sequence `u64` and the six
-//!   resolution counts, `u64` each); texts are a
+//!   codes (`u64` count, then code, target, sequence `u64`, the six
+//!   resolution counts, `u64` each, the rules as JSON text (`[]` for none)
+//!   and a `u64` count of per-rule counts, `u64` each); texts are a
 //!   `u32` length and UTF-8;
 //! - the SHA-256 of everything before it.
 //!
@@ -41,7 +43,7 @@ use super::{EventLog, Seq};
 
 /// File name under the data dir.
 pub const FILE: &str = "index.snapshot";
-const MAGIC: &[u8; 8] = b"HCMPIDX3";
+const MAGIC: &[u8; 8] = b"HCMPIDX4";
 
 #[derive(Debug, thiserror::Error)]
 pub enum SnapshotError {

@@ -31,6 +31,7 @@ pub use crate::core::model::Association;
 pub use key::ClientKey;
 
 use super::event::{Event, Record, Seq};
+use crate::core::targeting::TargetRule;
 use crate::wire::{ClientId, IndirectCode, SubscriberRef};
 use slab::{Entry, NONE, Slab, Slot};
 
@@ -46,6 +47,28 @@ pub struct CodeEntry {
     /// Resolutions written to the log (`scans_counted` events), by slot
     /// ([`scan_slot`]).
     pub scans: [u64; SCAN_SLOTS],
+    /// The code's resolution rules, if it has any.
+    pub rules: Option<Arc<CodeRules>>,
+    /// Resolutions by each rule written to the log (`rule_scans_counted`).
+    pub rule_scans: Vec<u64>,
+}
+
+/// A code's resolution rules as the index holds them: the rules, and each
+/// one's target ready to answer with.
+#[derive(Debug, PartialEq, Eq)]
+pub struct CodeRules {
+    pub rules: Vec<TargetRule>,
+    targets: Vec<Arc<str>>,
+}
+
+impl CodeRules {
+    fn new(rules: Vec<TargetRule>) -> Option<Arc<Self>> {
+        if rules.is_empty() {
+            return None;
+        }
+        let targets = rules.iter().map(|r| Arc::from(r.target.as_str())).collect();
+        Some(Arc::new(CodeRules { rules, targets }))
+    }
 }
 
 /// Counts kept per code: 3 protocols x (associated, first scan).
@@ -63,13 +86,17 @@ pub fn scan_slot(protocol: usize, first_scan: bool) -> usize {
 struct CodeSlot {
     entry: CodeEntry,
     pending: [AtomicU32; SCAN_SLOTS],
+    /// Per rule, not written yet.
+    rule_pending: Box<[AtomicU32]>,
 }
 
 impl CodeSlot {
     fn new(entry: CodeEntry) -> Self {
+        let rules = entry.rule_scans.len();
         Self {
             entry,
             pending: Default::default(),
+            rule_pending: (0..rules).map(|_| AtomicU32::new(0)).collect(),
         }
     }
 }
@@ -251,16 +278,68 @@ impl Index {
 
     /// The target of `code`, counting one resolution in `slot`: the hot
     /// path's lookup (one map read and one relaxed add). Only a client the
-    /// rule let through reads here: it shows its permit.
+    /// rule let through reads here: it shows its permit. A code with rules
+    /// answers with the target of the rule `choose` picks (counted for that
+    /// rule too), else its own; `choose` is not called for a plain code.
     pub fn code_scanned(
         &self,
         code: &IndirectCode,
         slot: usize,
         _permit: &crate::core::Permit,
+        choose: impl FnOnce(&[TargetRule]) -> Option<usize>,
     ) -> Option<Arc<str>> {
         let held = self.codes.get(code.as_str())?;
         held.pending[slot].fetch_add(1, Ordering::Relaxed);
+        if let Some(rules) = &held.entry.rules
+            && let Some(i) = choose(&rules.rules).filter(|&i| i < rules.targets.len())
+        {
+            held.rule_pending[i].fetch_add(1, Ordering::Relaxed);
+            return Some(rules.targets[i].clone());
+        }
         Some(held.entry.target.clone())
+    }
+
+    /// Every resolution by each rule of `code`: written and not yet
+    /// written (empty for a code without rules).
+    pub fn code_rule_scans(&self, code: &IndirectCode, _reader: Reader) -> Option<Vec<u64>> {
+        let held = self.codes.get(code.as_str())?;
+        let pending = held
+            .rule_pending
+            .iter()
+            .map(|c| u64::from(c.load(Ordering::Relaxed)));
+        Some(
+            held.entry
+                .rule_scans
+                .iter()
+                .zip(pending)
+                .map(|(w, p)| w + p)
+                .collect(),
+        )
+    }
+
+    /// Takes the per-rule counts not yet written (see
+    /// [`Index::take_pending_scans`]).
+    pub fn take_pending_rule_scans(&self) -> Vec<crate::core::model::RuleScanCount> {
+        let mut counts = Vec::new();
+        for held in self.codes.iter() {
+            if held
+                .rule_pending
+                .iter()
+                .all(|c| c.load(Ordering::Relaxed) == 0)
+            {
+                continue;
+            }
+            counts.push(crate::core::model::RuleScanCount {
+                code: held.key().to_string(),
+                since: held.entry.seq,
+                counts: held
+                    .rule_pending
+                    .iter()
+                    .map(|c| u64::from(c.swap(0, Ordering::Relaxed)))
+                    .collect(),
+            });
+        }
+        counts
     }
 
     /// Every resolution of `code`: written and not yet written.
@@ -326,7 +405,16 @@ impl Index {
             Event::AssociationRebound {
                 clientid, from, to, ..
             } => self.rebind(seq, clientid, from, to),
-            Event::CodeRegistered { code, target } => self.register(seq, code, target),
+            Event::CodeRegistered { code, target } => self.register(seq, code, target, Vec::new()),
+            Event::CodeRegisteredWithRules {
+                code,
+                target,
+                rules,
+            } => self.register(seq, code, target, rules.clone()),
+            Event::RuleScansCounted { codes } => {
+                self.count_rule_scans(codes);
+                Ok(())
+            }
             Event::ScansCounted { codes } => {
                 self.count_scans(codes);
                 Ok(())
@@ -400,26 +488,55 @@ impl Index {
         Ok(())
     }
 
-    /// `CodeRegistered`: a new code, or a new target (which keeps the
-    /// code's counts).
-    fn register(&self, seq: Seq, code: &str, target: &str) -> Result<(), String> {
+    /// `CodeRegistered` (no rules) and `CodeRegisteredWithRules`: a new
+    /// code, or a new record for it (which keeps the code's counts; its
+    /// rules, and their counts, are replaced).
+    fn register(
+        &self,
+        seq: Seq,
+        code: &str,
+        target: &str,
+        rules: Vec<TargetRule>,
+    ) -> Result<(), String> {
         let code = IndirectCode::parse(code).map_err(|e| e.to_string())?;
+        let rule_count = rules.len();
+        let rules = CodeRules::new(rules);
         match self.codes.get_mut(code.as_str()) {
             Some(mut held) => {
                 held.entry.target = target.into();
                 held.entry.seq = seq;
+                held.entry.rules = rules;
+                held.entry.rule_scans = vec![0; rule_count];
+                held.rule_pending = (0..rule_count).map(|_| AtomicU32::new(0)).collect();
             }
             None => {
                 let entry = CodeEntry {
                     target: target.into(),
                     seq,
                     scans: [0; SCAN_SLOTS],
+                    rules,
+                    rule_scans: vec![0; rule_count],
                 };
                 self.codes
                     .insert(code.as_str().into(), CodeSlot::new(entry));
             }
         }
         Ok(())
+    }
+
+    /// `RuleScansCounted`: adds to each code's written per-rule counts, if
+    /// they are for the rules it has now.
+    fn count_rule_scans(&self, codes: &[crate::core::model::RuleScanCount]) {
+        for count in codes {
+            if let Some(mut held) = self.codes.get_mut(count.code.as_str())
+                && held.entry.seq == count.since
+                && held.entry.rule_scans.len() == count.counts.len()
+            {
+                for (total, add) in held.entry.rule_scans.iter_mut().zip(&count.counts) {
+                    *total = total.saturating_add(*add);
+                }
+            }
+        }
     }
 
     /// `ScansCounted`: adds to each code's written counts (counts of a code
@@ -692,6 +809,16 @@ impl Index {
             for count in entry.scans {
                 out.write_all(&count.to_le_bytes())?;
             }
+            let rules = entry
+                .rules
+                .as_ref()
+                .map(|r| r.rules.as_slice())
+                .unwrap_or_default();
+            write_text(out, &serde_json::to_string(rules).expect("serialisable"))?;
+            write_count(out, entry.rule_scans.len())?;
+            for count in &entry.rule_scans {
+                out.write_all(&count.to_le_bytes())?;
+            }
         }
         Ok(())
     }
@@ -717,10 +844,22 @@ impl Index {
             for count in &mut scans {
                 *count = read_u64(input)?;
             }
+            let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
+            let rules: Vec<TargetRule> =
+                serde_json::from_str(&read_text(input)?).map_err(|_| bad("rules do not parse"))?;
+            let counted = read_u64(input)? as usize;
+            if counted != rules.len() {
+                return Err(bad("rule counts do not match the rules"));
+            }
+            let rule_scans = (0..counted)
+                .map(|_| read_u64(input))
+                .collect::<io::Result<_>>()?;
             let entry = CodeEntry {
                 target: target.into(),
                 seq,
                 scans,
+                rules: CodeRules::new(rules),
+                rule_scans,
             };
             codes.insert(code.into(), CodeSlot::new(entry));
         }
