@@ -5,6 +5,12 @@
 //!
 //! `cargo bench --bench decision`
 //!
+//! `associated_browser_plain` and `associated_browser_10_rules` are the
+//! same associated request with a phone browser's headers, to a plain code
+//! and to a code with ten rules none of which holds (every rule is looked
+//! at, the languages and the platform read once): what resolution rules
+//! cost (issue 30's goal: within 10%).
+//!
 //! The per-address, per-clientid and unauthenticated request rates are off
 //! here: one client address sends every request, and would be answered 429
 //! (or made to wait) after its burst.
@@ -24,6 +30,39 @@ use homecmp::store::{IdentitySource, NewAssociation};
 use homecmp::wire::{ClientId, IndirectCode, Msisdn};
 
 const CODE: &str = "2001000001promo";
+/// A code with [`ten_rules`].
+const RULES_CODE: &str = "2001000001rules";
+
+/// A phone browser's headers.
+const BROWSER: [(&str, &str); 2] = [
+    ("accept-language", "de-DE,de;q=0.9,en;q=0.8"),
+    (
+        "user-agent",
+        "Mozilla/5.0 (Linux; Android 15; Pixel 9) AppleWebKit/537.36 Chrome/131.0 Mobile",
+    ),
+];
+
+/// Ten rules, none of which holds for [`BROWSER`] off-net: nine on
+/// languages it does not accept, one on a platform it is not.
+fn ten_rules() -> Vec<homecmp::core::targeting::TargetRule> {
+    use homecmp::core::targeting::{Platform, TargetRule};
+    let rule = |languages: &[&str], platforms: Vec<Platform>, i: usize| TargetRule {
+        languages: languages.iter().map(|l| l.to_string()).collect(),
+        platforms,
+        network: None,
+        from_ms: None,
+        until_ms: None,
+        target: format!("https://example.org/rule/{i}"),
+    };
+    let languages = ["fr", "es", "it", "pt-BR", "nl", "sv", "pl", "ja", "zh-Hant"];
+    let mut rules: Vec<_> = languages
+        .iter()
+        .enumerate()
+        .map(|(i, l)| rule(&[l], vec![], i))
+        .collect();
+    rules.push(rule(&[], vec![Platform::Ios], 9));
+    rules
+}
 
 struct Case {
     name: &'static str,
@@ -86,6 +125,20 @@ fn cases() -> Vec<Case> {
             want: 403,
         },
         Case {
+            name: "associated_browser_plain",
+            peer: "127.2.0.1",
+            query: q("&clientid=bench-app"),
+            headers: BROWSER.to_vec(),
+            want: 200,
+        },
+        Case {
+            name: "associated_browser_10_rules",
+            peer: "127.2.0.1",
+            query: format!("/mc/v1/resolve?code={RULES_CODE}&clientid=bench-app"),
+            headers: BROWSER.to_vec(),
+            want: 200,
+        },
+        Case {
             name: "mismatch",
             peer: "127.1.0.2",
             query: q("&clientid=bench-app"),
@@ -110,6 +163,11 @@ fn bench(c: &mut Criterion) {
         let code = IndirectCode::parse(CODE).unwrap();
         app.store
             .register_code(&code, "https://example.org/promo", 0)
+            .await
+            .unwrap();
+        let rules_code = IndirectCode::parse(RULES_CODE).unwrap();
+        app.store
+            .register_code_with(&rules_code, "https://example.org/promo", ten_rules(), 0)
             .await
             .unwrap();
         let owner = app
@@ -153,7 +211,13 @@ fn bench(c: &mut Criterion) {
                 .now_or_never()
                 .expect("decided without waiting")
         };
-        assert_eq!(answer(&app).status().as_u16(), case.want, "{}", case.name);
+        let first = answer(&app);
+        assert_eq!(first.status().as_u16(), case.want, "{}", case.name);
+        if case.name.starts_with("associated_browser") {
+            // No rule holds: the code's own target, as the plain code's.
+            let body = String::from_utf8_lossy(first.body()).into_owned();
+            assert!(body.contains("https://example.org/promo"), "{body}");
+        }
         group.bench_function(case.name, |b| b.iter(|| answer(&app)));
     }
     group.finish();
