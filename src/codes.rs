@@ -503,7 +503,7 @@ fn export_page(
     };
     let mut text = Vec::with_capacity(page.len() * 96);
     for (code, entry) in &page {
-        let rules = entry.rules.as_ref().map(|r| bodies_of(&r.rules));
+        let rules = entry.rules.as_ref().map(|r| bodies_of(r.rules()));
         let line = ExportLine {
             code,
             target: &entry.target,

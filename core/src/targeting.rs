@@ -68,6 +68,17 @@ pub fn check_rules(rules: &[TargetRule]) -> Result<(), String> {
     if rules.len() > MAX_RULES {
         return Err(format!("at most {MAX_RULES} rules per code"));
     }
+    let mut distinct: Vec<String> = rules
+        .iter()
+        .flat_map(|r| r.languages.iter().map(|l| l.to_ascii_lowercase()))
+        .collect();
+    distinct.sort();
+    distinct.dedup();
+    if distinct.len() > MAX_CODE_LANGUAGES {
+        return Err(format!(
+            "at most {MAX_CODE_LANGUAGES} distinct languages per code"
+        ));
+    }
     for (i, rule) in rules.iter().enumerate() {
         let at = |what: String| Err(format!("rule {i}: {what}"));
         if !crate::wire::valid_target(&rule.target) {
@@ -101,40 +112,105 @@ fn language_range(text: &str) -> bool {
         && parts.all(|p| (1..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
-/// What the rules may look at in one request (headers unparsed until a
-/// rule asks).
-#[derive(Debug, Clone, Copy)]
-pub struct Traits<'a> {
-    pub accept_language: Option<&'a str>,
-    pub user_agent: Option<&'a str>,
-    /// `Sec-CH-UA-Platform` (a client hint, quoted: `"Android"`).
-    pub platform_hint: Option<&'a str>,
-    pub on_net: bool,
-    pub now_ms: u64,
+/// A code's rules, made ready to be matched fast: the distinct language
+/// ranges of all its rules (lowercase), and for each rule the bit mask of
+/// its ranges among them, so that a request's `Accept-Language` is read
+/// once, in one pass, without allocating.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Compiled {
+    rules: Vec<TargetRule>,
+    ranges: Vec<String>,
+    masks: Vec<u64>,
+    /// Whether any rule has a time window (else the clock is not read).
+    timed: bool,
 }
 
-impl<'a> Traits<'a> {
-    pub fn from_headers(headers: &'a http::HeaderMap, on_net: bool, now_ms: u64) -> Self {
-        let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-        Traits {
-            accept_language: text("accept-language"),
-            user_agent: text("user-agent"),
-            platform_hint: text("sec-ch-ua-platform"),
-            on_net,
-            now_ms,
+/// Most distinct language ranges the rules of one code name (one bit each).
+pub const MAX_CODE_LANGUAGES: usize = 64;
+
+impl Compiled {
+    /// `rules`, which [`check_rules`] accepted.
+    pub fn new(rules: Vec<TargetRule>) -> Compiled {
+        let mut ranges: Vec<String> = Vec::new();
+        let masks = rules
+            .iter()
+            .map(|rule| {
+                rule.languages.iter().fold(0u64, |mask, language| {
+                    let language = language.to_ascii_lowercase();
+                    let at = match ranges.iter().position(|r| *r == language) {
+                        Some(at) => at,
+                        None => {
+                            ranges.push(language);
+                            ranges.len() - 1
+                        }
+                    };
+                    mask | 1u64.checked_shl(at as u32).unwrap_or(0)
+                })
+            })
+            .collect();
+        let timed = rules
+            .iter()
+            .any(|r| r.from_ms.is_some() || r.until_ms.is_some());
+        Compiled {
+            rules,
+            ranges,
+            masks,
+            timed,
         }
     }
 
+    pub fn rules(&self) -> &[TargetRule] {
+        &self.rules
+    }
+}
+
+/// [`language_range`] over bytes, in one pass: the request side's check.
+fn language_bytes(range: &[u8]) -> bool {
+    let mut subtag = 0;
+    let mut first = true;
+    for &b in range {
+        match b {
+            b'-' if subtag > 0 => (subtag, first) = (0, false),
+            b if b.is_ascii_alphabetic() || (!first && b.is_ascii_digit()) => subtag += 1,
+            _ => return false,
+        }
+        if subtag > 8 {
+            return false;
+        }
+    }
+    subtag > 0 && range.len() <= 35
+}
+
+/// What the rules may look at in one request: read only when a rule asks.
+#[derive(Debug, Clone, Copy)]
+pub struct Traits<'a> {
+    pub headers: &'a http::HeaderMap,
+    pub on_net: bool,
+}
+
+static SEC_CH_UA_PLATFORM: http::HeaderName = http::HeaderName::from_static("sec-ch-ua-platform");
+
+impl Traits<'_> {
     /// The platform: the client hint when it names one, else the
     /// `User-Agent`.
     pub fn platform(&self) -> Platform {
-        let hint = self.platform_hint.map(|h| h.trim().trim_matches('"'));
-        match hint {
-            Some(h) if h.eq_ignore_ascii_case("android") => return Platform::Android,
-            Some(h) if h.eq_ignore_ascii_case("ios") => return Platform::Ios,
+        let hint = self.headers.get(&SEC_CH_UA_PLATFORM).map(|h| h.as_bytes());
+        match hint.map(<[u8]>::trim_ascii) {
+            Some(h)
+                if h.eq_ignore_ascii_case(b"\"android\"") || h.eq_ignore_ascii_case(b"android") =>
+            {
+                return Platform::Android;
+            }
+            Some(h) if h.eq_ignore_ascii_case(b"\"ios\"") || h.eq_ignore_ascii_case(b"ios") => {
+                return Platform::Ios;
+            }
             _ => {}
         }
-        let agent = self.user_agent.unwrap_or_default();
+        let agent = self
+            .headers
+            .get(http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok());
+        let agent = agent.unwrap_or_default();
         if agent.contains("Android") {
             Platform::Android
         } else if ["iPhone", "iPad", "iPod", "iOS"]
@@ -146,76 +222,130 @@ impl<'a> Traits<'a> {
             Platform::Other
         }
     }
+
+    /// Which of `ranges` the client accepts (a bit each): one pass over
+    /// its `Accept-Language` headers.
+    fn accepted(&self, ranges: &[String]) -> u64 {
+        let mut mask = 0;
+        for value in self.headers.get_all(http::header::ACCEPT_LANGUAGE) {
+            for (tag, q) in entries(value.as_bytes()) {
+                if q == 0 {
+                    continue;
+                }
+                for (i, range) in ranges.iter().enumerate().take(MAX_CODE_LANGUAGES) {
+                    if covers(range.as_bytes(), tag) {
+                        mask |= 1 << i;
+                    }
+                }
+            }
+        }
+        mask
+    }
+}
+
+/// The entries of an `Accept-Language` value: (range, q in thousandths),
+/// at most [`MAX_ACCEPTED`]; `*` and entries that do not parse are left
+/// out.
+fn entries(value: &[u8]) -> impl Iterator<Item = (&[u8], u16)> {
+    value
+        .split(|&b| b == b',')
+        .take(MAX_ACCEPTED)
+        .filter_map(|entry| {
+            let mut parts = entry.split(|&b| b == b';');
+            let range = parts.next()?.trim_ascii();
+            let mut q = 1000;
+            for param in parts {
+                let param = param.trim_ascii();
+                let (name, value) = param.split_at(param.iter().position(|&b| b == b'=')?);
+                if name.trim_ascii().eq_ignore_ascii_case(b"q") {
+                    q = qvalue(value[1..].trim_ascii())?;
+                }
+            }
+            (range != b"*" && std::str::from_utf8(range).is_ok_and(language_range))
+                .then_some((range, q))
+        })
+}
+
+/// An RFC 9110 qvalue (`0`, `0.5`, `1.000`) in thousandths.
+fn qvalue(text: &[u8]) -> Option<u16> {
+    let (whole, fraction) = match text.iter().position(|&b| b == b'.') {
+        Some(dot) => (&text[..dot], &text[dot + 1..]),
+        None => (text, &b""[..]),
+    };
+    if fraction.len() > 3 || !fraction.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let thousandths = fraction
+        .iter()
+        .chain(std::iter::repeat(&b'0'))
+        .take(3)
+        .fold(0u16, |n, d| n * 10 + u16::from(d - b'0'));
+    match whole {
+        b"0" => Some(thousandths),
+        b"1" if thousandths == 0 => Some(1000),
+        _ => None,
+    }
 }
 
 /// The `Accept-Language` entries (range, q), in the header's order; `*`
 /// and entries that do not parse are left out.
 pub fn accepted_languages(header: &str) -> Vec<(&str, f32)> {
-    header
-        .split(',')
-        .take(MAX_ACCEPTED)
-        .filter_map(|entry| {
-            let mut parts = entry.split(';');
-            let range = parts.next()?.trim();
-            let mut q = 1.0;
-            for param in parts {
-                let (name, value) = param.split_once('=')?;
-                if name.trim().eq_ignore_ascii_case("q") {
-                    q = value
-                        .trim()
-                        .parse::<f32>()
-                        .ok()
-                        .filter(|q| (0.0..=1.0).contains(q))?;
-                }
-            }
-            (range != "*" && language_range(range)).then_some((range, q))
+    entries(header.as_bytes())
+        .map(|(range, q)| {
+            let range = std::str::from_utf8(range).expect("a language range is ASCII");
+            (range, f32::from(q) / 1000.0)
         })
         .collect()
 }
 
-/// Whether the rule's range `wanted` covers the client's `tag`: equal, or
-/// a prefix of it ending at a `-` (`fr` covers `fr-CA`), in any case.
-fn covers(wanted: &str, tag: &str) -> bool {
+/// Whether the rule's range `wanted` (lowercase) covers the client's
+/// `tag`: equal, or a prefix of it ending at a `-` (`fr` covers `fr-CA`),
+/// in any case.
+fn covers(wanted: &[u8], tag: &[u8]) -> bool {
     tag.len() >= wanted.len()
-        && tag.as_bytes()[..wanted.len()].eq_ignore_ascii_case(wanted.as_bytes())
-        && (tag.len() == wanted.len() || tag.as_bytes()[wanted.len()] == b'-')
+        && tag[..wanted.len()].eq_ignore_ascii_case(wanted)
+        && (tag.len() == wanted.len() || tag[wanted.len()] == b'-')
 }
 
-/// The first rule of `rules` whose conditions hold for `traits`; `None`:
-/// the code's own target.
-pub fn choose(rules: &[TargetRule], traits: &Traits<'_>) -> Option<usize> {
-    // Parsed once, at the first rule that asks.
-    let mut languages: Option<Vec<(&str, f32)>> = None;
+/// The first rule of `compiled` whose conditions hold for `traits`;
+/// `None`: the code's own target. `now` (Unix milliseconds) is asked only
+/// if a rule has a time window.
+pub fn choose(
+    compiled: &Compiled,
+    traits: &Traits<'_>,
+    now: impl FnOnce() -> u64,
+) -> Option<usize> {
+    let now_ms = match compiled.timed {
+        true => now(),
+        false => 0,
+    };
+    // Read once, at the first rule that asks.
+    let mut accepted: Option<u64> = None;
     let mut platform = None;
-    rules.iter().position(|rule| {
-        let on_time = rule.from_ms.is_none_or(|from| traits.now_ms >= from)
-            && rule.until_ms.is_none_or(|until| traits.now_ms < until);
-        let network = match rule.network {
-            None => true,
-            Some(Network::OnNet) => traits.on_net,
-            Some(Network::OffNet) => !traits.on_net,
-        };
-        if !(on_time && network) {
-            return false;
-        }
-        if !rule.platforms.is_empty() {
-            let platform = *platform.get_or_insert_with(|| traits.platform());
-            if !rule.platforms.contains(&platform) {
+    compiled
+        .rules
+        .iter()
+        .zip(&compiled.masks)
+        .position(|(rule, &mask)| {
+            let on_time = rule.from_ms.is_none_or(|from| now_ms >= from)
+                && rule.until_ms.is_none_or(|until| now_ms < until);
+            let network = match rule.network {
+                None => true,
+                Some(Network::OnNet) => traits.on_net,
+                Some(Network::OffNet) => !traits.on_net,
+            };
+            if !(on_time && network) {
                 return false;
             }
-        }
-        rule.languages.is_empty() || {
-            let accepted = languages.get_or_insert_with(|| {
-                traits
-                    .accept_language
-                    .map(accepted_languages)
-                    .unwrap_or_default()
-            });
-            accepted
-                .iter()
-                .any(|(tag, q)| *q > 0.0 && rule.languages.iter().any(|l| covers(l, tag)))
-        }
-    })
+            if !rule.platforms.is_empty() {
+                let platform = *platform.get_or_insert_with(|| traits.platform());
+                if !rule.platforms.contains(&platform) {
+                    return false;
+                }
+            }
+            rule.languages.is_empty()
+                || mask & *accepted.get_or_insert_with(|| traits.accepted(&compiled.ranges)) != 0
+        })
 }
 
 #[cfg(test)]
@@ -234,14 +364,27 @@ mod tests {
         }
     }
 
-    fn traits<'a>(lang: &'a str, agent: &'a str) -> Traits<'a> {
-        Traits {
-            accept_language: Some(lang),
-            user_agent: Some(agent),
-            platform_hint: None,
-            on_net: false,
-            now_ms: 1_000,
+    fn headers(lang: &str, agent: &str) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        if let Ok(lang) = http::HeaderValue::from_str(lang) {
+            headers.insert(http::header::ACCEPT_LANGUAGE, lang);
         }
+        headers.insert(
+            http::header::USER_AGENT,
+            http::HeaderValue::from_str(agent).unwrap(),
+        );
+        headers
+    }
+
+    /// The index of the rule `rules` pick for `headers`, `on_net`, at `now`.
+    fn pick(
+        rules: &[TargetRule],
+        headers: &http::HeaderMap,
+        on_net: bool,
+        now: u64,
+    ) -> Option<usize> {
+        let compiled = Compiled::new(rules.to_vec());
+        choose(&compiled, &Traits { headers, on_net }, || now)
     }
 
     const IPHONE: &str =
@@ -271,37 +414,52 @@ mod tests {
                 ..rule("https://example.org/campaign")
             },
         ];
-        let pick = |t: Traits<'_>| choose(&rules, &t);
-        assert_eq!(pick(traits("fr-CA,en;q=0.5", PIXEL)), Some(0));
         assert_eq!(
-            pick(traits("en-GB,fr;q=0", IPHONE)),
+            pick(&rules, &headers("fr-CA,en;q=0.5", PIXEL), false, 1_000),
+            Some(0)
+        );
+        assert_eq!(
+            pick(&rules, &headers("en-GB,fr;q=0", IPHONE), false, 1_000),
             Some(1),
             "fr refused (q=0)"
         );
+        assert_eq!(pick(&rules, &headers("de", PIXEL), true, 1_000), Some(2));
+        assert_eq!(pick(&rules, &headers("de", PIXEL), false, 1_000), Some(3));
         assert_eq!(
-            pick(Traits {
-                on_net: true,
-                ..traits("de", PIXEL)
-            }),
-            Some(2)
-        );
-        assert_eq!(pick(traits("de", PIXEL)), Some(3));
-        assert_eq!(
-            pick(Traits {
-                now_ms: 2_000,
-                ..traits("de", PIXEL)
-            }),
+            pick(&rules, &headers("de", PIXEL), false, 2_000),
             None,
             "campaign over"
         );
-        let hinted = Traits {
-            platform_hint: Some("\"iOS\""),
-            ..traits("de", PIXEL)
-        };
+        let mut hinted = headers("de", PIXEL);
+        hinted.insert(
+            "sec-ch-ua-platform",
+            http::HeaderValue::from_static("\"iOS\""),
+        );
         assert_eq!(
-            pick(hinted),
+            pick(&rules, &hinted, false, 1_000),
             Some(1),
             "the client hint wins over the User-Agent"
+        );
+        // Two Accept-Language lines count as one list (RFC 9110 §5.3).
+        let mut two = headers("de", PIXEL);
+        two.append(
+            http::header::ACCEPT_LANGUAGE,
+            http::HeaderValue::from_static("fr;q=0.1"),
+        );
+        assert_eq!(pick(&rules, &two, false, 1_000), Some(0));
+    }
+
+    #[test]
+    fn the_clock_is_read_only_for_rules_with_a_time_window() {
+        let plain = Compiled::new(vec![rule("https://example.org/")]);
+        let h = headers("de", PIXEL);
+        let traits = Traits {
+            headers: &h,
+            on_net: false,
+        };
+        assert_eq!(
+            choose(&plain, &traits, || panic!("the clock was read")),
+            Some(0)
         );
     }
 
@@ -312,11 +470,14 @@ mod tests {
             [("fr-CH", 1.0), ("fr", 0.9), ("en", 0.8), ("de", 0.7)]
         );
         assert_eq!(
-            accepted_languages("en;q=2, x y, ;q=1, fr;q=abc, es;Q=0.1"),
+            accepted_languages("en;q=2, x y, ;q=1, fr;q=abc, es;Q=0.1, it;q=0.0001"),
             [("es", 0.1)]
         );
-        assert!(covers("fr", "fr-CA") && covers("FR", "fr") && covers("pt-BR", "pt-br"));
-        assert!(!covers("fr", "fro") && !covers("pt-BR", "pt") && !covers("en-US", "en"));
+        assert_eq!(qvalue(b"1.000"), Some(1000));
+        assert_eq!(qvalue(b"0.5"), Some(500));
+        assert_eq!(qvalue(b"1.5"), None);
+        assert!(covers(b"fr", b"fr-CA") && covers(b"fr", b"FR") && covers(b"pt-br", b"pt-BR"));
+        assert!(!covers(b"fr", b"fro") && !covers(b"pt-br", b"pt") && !covers(b"en-us", b"en"));
     }
 
     #[test]
@@ -343,11 +504,22 @@ mod tests {
             ..rule("https://example.org/")
         }])
         .unwrap();
+        let many: Vec<_> = (0..5)
+            .map(|r| TargetRule {
+                languages: (0..16).map(|l| format!("x{r}{l}")).collect(),
+                ..rule("https://example.org/")
+            })
+            .collect();
+        assert!(
+            check_rules(&many)
+                .unwrap_err()
+                .contains("distinct languages")
+        );
     }
 
     fn any_rule() -> impl Strategy<Value = TargetRule> {
         (
-            proptest::collection::vec(prop_oneof![Just("fr"), Just("en"), Just("pt-BR")], 0..3),
+            proptest::collection::vec(prop_oneof![Just("fr"), Just("EN"), Just("pt-BR")], 0..3),
             proptest::collection::vec(
                 prop_oneof![
                     Just(Platform::Ios),
@@ -372,24 +544,56 @@ mod tests {
             )
     }
 
+    /// A rule's conditions read straight off the request, the slow way:
+    /// what `choose` must agree with.
+    fn holds(rule: &TargetRule, header: &str, agent: &str, on_net: bool, now: u64) -> bool {
+        let accepted = accepted_languages(header);
+        let language = rule.languages.is_empty()
+            || accepted.iter().any(|(tag, q)| {
+                *q > 0.0
+                    && rule
+                        .languages
+                        .iter()
+                        .any(|l| covers(l.to_ascii_lowercase().as_bytes(), tag.as_bytes()))
+            });
+        let platform = if agent.contains("Android") {
+            Platform::Android
+        } else if agent.contains("iPhone") {
+            Platform::Ios
+        } else {
+            Platform::Other
+        };
+        language
+            && (rule.platforms.is_empty() || rule.platforms.contains(&platform))
+            && rule.network.is_none_or(|n| (n == Network::OnNet) == on_net)
+            && rule.from_ms.is_none_or(|f| now >= f)
+            && rule.until_ms.is_none_or(|u| now < u)
+    }
+
     proptest! {
+        /// The request side's one-pass check agrees with the rules' one.
+        #[test]
+        fn language_checks_agree(text in "[a-zA-Z0-9-]{0,40}") {
+            prop_assert_eq!(language_bytes(text.as_bytes()), language_range(&text));
+        }
+
         /// Whatever the rules and the request: the choice is the first
-        /// rule that holds on its own (the order is the operator's), and
-        /// a rule without conditions always holds.
+        /// rule whose conditions hold, each read the slow way; a rule
+        /// without conditions always holds.
         #[test]
         fn the_first_rule_that_holds_wins(
             rules in proptest::collection::vec(any_rule(), 0..8),
             header in "[a-zA-Z;=,. 0-9*-]{0,40}",
             agent in prop_oneof![Just(IPHONE), Just(PIXEL), Just("curl/8.0")],
             on_net in any::<bool>(),
-            now_ms in 0..2_500u64,
+            now in 0..2_500u64,
         ) {
-            let t = Traits { on_net, now_ms, ..traits(&header, agent) };
-            let alone = rules.iter().position(|r| choose(std::slice::from_ref(r), &t) == Some(0));
-            prop_assert_eq!(choose(&rules, &t), alone);
+            let h = headers(&header, agent);
+            let expected = rules.iter().position(|r| holds(r, &header, agent, on_net, now));
+            prop_assert_eq!(pick(&rules, &h, on_net, now), expected);
             let mut with_catch_all = rules.clone();
             with_catch_all.push(rule("https://example.org/any"));
-            prop_assert!(choose(&with_catch_all, &t).is_some());
+            prop_assert!(pick(&with_catch_all, &h, on_net, now).is_some());
         }
     }
 }

@@ -597,7 +597,7 @@ async fn code_stats(Ready(app): Ready, Param(code): Param) -> Answer {
     let per_rule = app.store.index().code_rule_scans(&code, Reader::Operator);
     if let (Some(rules), Some(counts)) = (entry.and_then(|e| e.rules), per_rule) {
         let shown: Vec<_> = rules
-            .rules
+            .rules()
             .iter()
             .zip(counts)
             .map(|(rule, n)| json!({"target": rule.target, "resolutions": n}))
@@ -617,7 +617,7 @@ async fn get_code(Ready(app): Ready, Param(code): Param) -> Answer {
     let rules = entry
         .rules
         .as_ref()
-        .map(|r| crate::codes::bodies_of(&r.rules));
+        .map(|r| crate::codes::bodies_of(r.rules()));
     let shown = code_json(
         code.as_str(),
         &entry.target,

@@ -297,9 +297,8 @@ async fn answer(
     let slot = crate::store::index::scan_slot(protocol, first_scan);
     let resolution = core::resolve(&app.config.policy, permit, code, |code| {
         index.code_scanned(code, slot, permit, |rules| {
-            let traits =
-                core::targeting::Traits::from_headers(headers, on_net, crate::clock::now_ms());
-            core::targeting::choose(rules, &traits)
+            let traits = core::targeting::Traits { headers, on_net };
+            core::targeting::choose(rules, &traits, crate::clock::now_ms)
         })
     })?;
     let target = match resolution {

@@ -31,7 +31,7 @@ pub use crate::core::model::Association;
 pub use key::ClientKey;
 
 use super::event::{Event, Record, Seq};
-use crate::core::targeting::TargetRule;
+use crate::core::targeting::{Compiled, TargetRule};
 use crate::wire::{ClientId, IndirectCode, SubscriberRef};
 use slab::{Entry, NONE, Slab, Slot};
 
@@ -53,11 +53,11 @@ pub struct CodeEntry {
     pub rule_scans: Vec<u64>,
 }
 
-/// A code's resolution rules as the index holds them: the rules, and each
-/// one's target ready to answer with.
+/// A code's resolution rules as the index holds them: made ready to match
+/// ([`Compiled`]), and each one's target ready to answer with.
 #[derive(Debug, PartialEq, Eq)]
 pub struct CodeRules {
-    pub rules: Vec<TargetRule>,
+    compiled: Compiled,
     targets: Vec<Arc<str>>,
 }
 
@@ -67,7 +67,12 @@ impl CodeRules {
             return None;
         }
         let targets = rules.iter().map(|r| Arc::from(r.target.as_str())).collect();
-        Some(Arc::new(CodeRules { rules, targets }))
+        let compiled = Compiled::new(rules);
+        Some(Arc::new(CodeRules { compiled, targets }))
+    }
+
+    pub fn rules(&self) -> &[TargetRule] {
+        self.compiled.rules()
     }
 }
 
@@ -286,12 +291,12 @@ impl Index {
         code: &IndirectCode,
         slot: usize,
         _permit: &crate::core::Permit,
-        choose: impl FnOnce(&[TargetRule]) -> Option<usize>,
+        choose: impl FnOnce(&Compiled) -> Option<usize>,
     ) -> Option<Arc<str>> {
         let held = self.codes.get(code.as_str())?;
         held.pending[slot].fetch_add(1, Ordering::Relaxed);
         if let Some(rules) = &held.entry.rules
-            && let Some(i) = choose(&rules.rules).filter(|&i| i < rules.targets.len())
+            && let Some(i) = choose(&rules.compiled).filter(|&i| i < rules.targets.len())
         {
             held.rule_pending[i].fetch_add(1, Ordering::Relaxed);
             return Some(rules.targets[i].clone());
@@ -809,11 +814,7 @@ impl Index {
             for count in entry.scans {
                 out.write_all(&count.to_le_bytes())?;
             }
-            let rules = entry
-                .rules
-                .as_ref()
-                .map(|r| r.rules.as_slice())
-                .unwrap_or_default();
+            let rules = entry.rules.as_ref().map(|r| r.rules()).unwrap_or_default();
             write_text(out, &serde_json::to_string(rules).expect("serialisable"))?;
             write_count(out, entry.rule_scans.len())?;
             for count in &entry.rule_scans {
