@@ -261,8 +261,7 @@ fn entries(value: &[u8]) -> impl Iterator<Item = (&[u8], u16)> {
                     q = qvalue(value[1..].trim_ascii())?;
                 }
             }
-            (range != b"*" && std::str::from_utf8(range).is_ok_and(language_range))
-                .then_some((range, q))
+            (range != b"*" && language_bytes(range)).then_some((range, q))
         })
 }
 
