@@ -120,6 +120,9 @@ fn language_range(text: &str) -> bool {
 pub struct Compiled {
     rules: Vec<TargetRule>,
     ranges: Vec<String>,
+    /// Each range's primary subtag, packed ([`primary`]): most ranges are
+    /// told apart from a tag by one compare.
+    primaries: Vec<u64>,
     masks: Vec<u64>,
     /// Whether any rule has a time window (else the clock is not read).
     timed: bool,
@@ -151,9 +154,11 @@ impl Compiled {
         let timed = rules
             .iter()
             .any(|r| r.from_ms.is_some() || r.until_ms.is_some());
+        let primaries = ranges.iter().map(|r| primary(r.as_bytes())).collect();
         Compiled {
             rules,
             ranges,
+            primaries,
             masks,
             timed,
         }
@@ -162,6 +167,17 @@ impl Compiled {
     pub fn rules(&self) -> &[TargetRule] {
         &self.rules
     }
+}
+
+/// A tag's primary subtag (up to its first `-`, at most 8 letters),
+/// lowercase, packed into a `u64`.
+fn primary(tag: &[u8]) -> u64 {
+    tag.iter()
+        .take_while(|&&b| b != b'-')
+        .take(8)
+        .fold(0, |packed, b| {
+            packed << 8 | u64::from(b.to_ascii_lowercase())
+        })
 }
 
 /// [`language_range`] over bytes, in one pass: the request side's check.
@@ -206,34 +222,23 @@ impl Traits<'_> {
             }
             _ => {}
         }
-        let agent = self
-            .headers
-            .get(http::header::USER_AGENT)
-            .and_then(|v| v.to_str().ok());
-        let agent = agent.unwrap_or_default();
-        if agent.contains("Android") {
-            Platform::Android
-        } else if ["iPhone", "iPad", "iPod", "iOS"]
-            .iter()
-            .any(|d| agent.contains(d))
-        {
-            Platform::Ios
-        } else {
-            Platform::Other
-        }
+        let agent = self.headers.get(http::header::USER_AGENT);
+        platform_of(agent.map(|v| v.as_bytes()).unwrap_or_default())
     }
 
-    /// Which of `ranges` the client accepts (a bit each): one pass over
-    /// its `Accept-Language` headers.
-    fn accepted(&self, ranges: &[String]) -> u64 {
+    /// Which of `compiled`'s ranges the client accepts (a bit each): one
+    /// pass over its `Accept-Language` headers.
+    fn accepted(&self, compiled: &Compiled) -> u64 {
         let mut mask = 0;
         for value in self.headers.get_all(http::header::ACCEPT_LANGUAGE) {
             for (tag, q) in entries(value.as_bytes()) {
                 if q == 0 {
                     continue;
                 }
-                for (i, range) in ranges.iter().enumerate().take(MAX_CODE_LANGUAGES) {
-                    if covers(range.as_bytes(), tag) {
+                let tag_primary = primary(tag);
+                let ranges = compiled.ranges.iter().zip(&compiled.primaries);
+                for (i, (range, &range_primary)) in ranges.enumerate().take(MAX_CODE_LANGUAGES) {
+                    if range_primary == tag_primary && covers(range.as_bytes(), tag) {
                         mask |= 1 << i;
                     }
                 }
@@ -243,15 +248,33 @@ impl Traits<'_> {
     }
 }
 
+/// The platform a `User-Agent` names: `Android`, else `iPhone`, `iPad`,
+/// `iPod` or `iOS`; one SIMD scan for the letters they start with.
+fn platform_of(agent: &[u8]) -> Platform {
+    let mut ios = false;
+    for at in memchr::memchr2_iter(b'A', b'i', agent) {
+        let rest = &agent[at..];
+        if rest.starts_with(b"Android") {
+            return Platform::Android;
+        }
+        ios |= [&b"iPhone"[..], b"iPad", b"iPod", b"iOS"]
+            .iter()
+            .any(|d| rest.starts_with(d));
+    }
+    match ios {
+        true => Platform::Ios,
+        false => Platform::Other,
+    }
+}
+
 /// The entries of an `Accept-Language` value: (range, q in thousandths),
 /// at most [`MAX_ACCEPTED`]; `*` and entries that do not parse are left
 /// out.
 fn entries(value: &[u8]) -> impl Iterator<Item = (&[u8], u16)> {
-    value
-        .split(|&b| b == b',')
+    split_on(value, b',')
         .take(MAX_ACCEPTED)
         .filter_map(|entry| {
-            let mut parts = entry.split(|&b| b == b';');
+            let mut parts = split_on(entry, b';');
             let range = parts.next()?.trim_ascii();
             let mut q = 1000;
             for param in parts {
@@ -263,6 +286,25 @@ fn entries(value: &[u8]) -> impl Iterator<Item = (&[u8], u16)> {
             }
             (range != b"*" && language_bytes(range)).then_some((range, q))
         })
+}
+
+/// The parts of `bytes` between `separator`s, found with `memchr` (a
+/// slice's `split` calls its predicate through a pointer once a byte).
+fn split_on(bytes: &[u8], separator: u8) -> impl Iterator<Item = &[u8]> {
+    let mut rest = Some(bytes);
+    std::iter::from_fn(move || {
+        let part = rest?;
+        match memchr::memchr(separator, part) {
+            Some(at) => {
+                rest = Some(&part[at + 1..]);
+                Some(&part[..at])
+            }
+            None => {
+                rest = None;
+                Some(part)
+            }
+        }
+    })
 }
 
 /// An RFC 9110 qvalue (`0`, `0.5`, `1.000`) in thousandths.
@@ -343,7 +385,7 @@ pub fn choose(
                 }
             }
             rule.languages.is_empty()
-                || mask & *accepted.get_or_insert_with(|| traits.accepted(&compiled.ranges)) != 0
+                || mask & *accepted.get_or_insert_with(|| traits.accepted(compiled)) != 0
         })
 }
 
