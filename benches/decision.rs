@@ -32,6 +32,8 @@ use homecmp::wire::{ClientId, IndirectCode, Msisdn};
 const CODE: &str = "2001000001promo";
 /// A code with [`ten_rules`].
 const RULES_CODE: &str = "2001000001rules";
+/// A code with one rule on the network only (no header read).
+const ONE_RULE_CODE: &str = "2001000001onerl";
 
 /// A phone browser's headers.
 const BROWSER: [(&str, &str); 2] = [
@@ -44,8 +46,9 @@ const BROWSER: [(&str, &str); 2] = [
 
 /// Ten rules, none of which holds for [`BROWSER`] off-net: nine on
 /// languages it does not accept, one on a platform it is not.
-fn ten_rules() -> Vec<homecmp::core::targeting::TargetRule> {
-    use homecmp::core::targeting::{Platform, TargetRule};
+use homecmp::core::targeting::{Platform, TargetRule};
+
+fn ten_rules() -> Vec<TargetRule> {
     let rule = |languages: &[&str], platforms: Vec<Platform>, i: usize| TargetRule {
         languages: languages.iter().map(|l| l.to_string()).collect(),
         platforms,
@@ -132,6 +135,13 @@ fn cases() -> Vec<Case> {
             want: 200,
         },
         Case {
+            name: "associated_browser_1_rule",
+            peer: "127.2.0.1",
+            query: format!("/mc/v1/resolve?code={ONE_RULE_CODE}&clientid=bench-app"),
+            headers: BROWSER.to_vec(),
+            want: 200,
+        },
+        Case {
             name: "associated_browser_10_rules",
             peer: "127.2.0.1",
             query: format!("/mc/v1/resolve?code={RULES_CODE}&clientid=bench-app"),
@@ -168,6 +178,23 @@ fn bench(c: &mut Criterion) {
         let rules_code = IndirectCode::parse(RULES_CODE).unwrap();
         app.store
             .register_code_with(&rules_code, "https://example.org/promo", ten_rules(), 0)
+            .await
+            .unwrap();
+        let on_net = homecmp::core::targeting::TargetRule {
+            network: Some(homecmp::core::targeting::Network::OnNet),
+            ..ten_rules().remove(0)
+        };
+        let one_rule_code = IndirectCode::parse(ONE_RULE_CODE).unwrap();
+        app.store
+            .register_code_with(
+                &one_rule_code,
+                "https://example.org/promo",
+                vec![TargetRule {
+                    languages: vec![],
+                    ..on_net
+                }],
+                0,
+            )
             .await
             .unwrap();
         let owner = app

@@ -4,7 +4,7 @@
 //! (an empty condition holds for everyone), and the code's own target
 //! answers when none does. Conditions: the languages the client accepts
 //! (`Accept-Language`, a language with `q=0` refused), its platform
-//! (`Sec-CH-UA-Platform`, else `User-Agent`), whether it is on the MNO's
+//! (`User-Agent`, else `Sec-CH-UA-Platform`), whether it is on the MNO's
 //! network (as the identity decided it) and a time window.
 //!
 //! The rules are read only after the request passed authentication (the
@@ -119,13 +119,29 @@ fn language_range(text: &str) -> bool {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Compiled {
     rules: Vec<TargetRule>,
+    /// Each rule's conditions, side by side: the loop of [`choose`] reads
+    /// these, not the rules.
+    conditions: Vec<Conditions>,
     ranges: Vec<String>,
     /// Each range's primary subtag, packed ([`primary`]): most ranges are
     /// told apart from a tag by one compare.
     primaries: Vec<u64>,
+    /// The first letters of the ranges, a bit each (`a` is bit 0).
+    letters: u32,
     masks: Vec<u64>,
     /// Whether any rule has a time window (else the clock is not read).
     timed: bool,
+}
+
+/// One rule's conditions, compact: its ranges and platforms as bits, its
+/// window as bounds (0 and `u64::MAX` when open).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Conditions {
+    languages: u64,
+    platforms: u8,
+    network: Option<Network>,
+    from_ms: u64,
+    until_ms: u64,
 }
 
 /// Most distinct language ranges the rules of one code name (one bit each).
@@ -155,10 +171,30 @@ impl Compiled {
             .iter()
             .any(|r| r.from_ms.is_some() || r.until_ms.is_some());
         let primaries = ranges.iter().map(|r| primary(r.as_bytes())).collect();
+        let conditions = rules
+            .iter()
+            .zip(&masks)
+            .map(|(rule, &languages)| Conditions {
+                languages,
+                platforms: rule
+                    .platforms
+                    .iter()
+                    .fold(0, |bits, &p| bits | platform_bit(p)),
+                network: rule.network,
+                from_ms: rule.from_ms.unwrap_or(0),
+                until_ms: rule.until_ms.unwrap_or(u64::MAX),
+            })
+            .collect();
+        let letters = ranges
+            .iter()
+            .filter_map(|r| r.bytes().next().filter(u8::is_ascii_lowercase))
+            .fold(0, |letters, b| letters | 1 << (b - b'a'));
         Compiled {
             rules,
+            conditions,
             ranges,
             primaries,
+            letters,
             masks,
             timed,
         }
@@ -207,40 +243,71 @@ pub struct Traits<'a> {
 static SEC_CH_UA_PLATFORM: http::HeaderName = http::HeaderName::from_static("sec-ch-ua-platform");
 
 impl Traits<'_> {
-    /// The platform: the client hint when it names one, else the
-    /// `User-Agent`.
+    /// The platform: the `User-Agent`'s when it names one (browsers that
+    /// trim their User-Agent keep the platform in it), else the
+    /// `Sec-CH-UA-Platform` client hint's (an app may send only that).
     pub fn platform(&self) -> Platform {
+        let agent = self.headers.get(http::header::USER_AGENT);
+        let from_agent = platform_of(agent.map(|v| v.as_bytes()).unwrap_or_default());
+        if from_agent != Platform::Other {
+            return from_agent;
+        }
         let hint = self.headers.get(&SEC_CH_UA_PLATFORM).map(|h| h.as_bytes());
         match hint.map(<[u8]>::trim_ascii) {
             Some(h)
                 if h.eq_ignore_ascii_case(b"\"android\"") || h.eq_ignore_ascii_case(b"android") =>
             {
-                return Platform::Android;
+                Platform::Android
             }
             Some(h) if h.eq_ignore_ascii_case(b"\"ios\"") || h.eq_ignore_ascii_case(b"ios") => {
-                return Platform::Ios;
+                Platform::Ios
             }
-            _ => {}
+            _ => Platform::Other,
         }
-        let agent = self.headers.get(http::header::USER_AGENT);
-        platform_of(agent.map(|v| v.as_bytes()).unwrap_or_default())
     }
 
     /// Which of `compiled`'s ranges the client accepts (a bit each): one
     /// pass over its `Accept-Language` headers.
+    ///
+    /// An entry is parsed whole ([`entry`]: its tag checked, its q read)
+    /// only if its tag starts with a letter some range starts with and
+    /// some range covers it: most entries cost a byte compare.
     fn accepted(&self, compiled: &Compiled) -> u64 {
         let mut mask = 0;
         for value in self.headers.get_all(http::header::ACCEPT_LANGUAGE) {
-            for (tag, q) in entries(value.as_bytes()) {
-                if q == 0 {
+            // The entries as `split_on(.., b',')` gives them, by plain
+            // loops: on a header this short they beat `memchr`.
+            let (mut rest, mut taken) = (Some(value.as_bytes()), 0);
+            while let Some(bytes) = rest.take() {
+                if taken == MAX_ACCEPTED {
+                    break;
+                }
+                taken += 1;
+                let raw = match bytes.iter().position(|&b| b == b',') {
+                    Some(at) => {
+                        rest = Some(&bytes[at + 1..]);
+                        &bytes[..at]
+                    }
+                    None => bytes,
+                };
+                let tag_end = raw.iter().position(|&b| b == b';').unwrap_or(raw.len());
+                let tag = raw[..tag_end].trim_ascii();
+                let Some(first) = tag.first().map(u8::to_ascii_lowercase) else {
+                    continue;
+                };
+                if !first.is_ascii_lowercase() || compiled.letters & (1 << (first - b'a')) == 0 {
                     continue;
                 }
                 let tag_primary = primary(tag);
                 let ranges = compiled.ranges.iter().zip(&compiled.primaries);
+                let mut bits = 0;
                 for (i, (range, &range_primary)) in ranges.enumerate().take(MAX_CODE_LANGUAGES) {
                     if range_primary == tag_primary && covers(range.as_bytes(), tag) {
-                        mask |= 1 << i;
+                        bits |= 1 << i;
                     }
+                }
+                if bits != 0 && entry(raw).is_some_and(|(_, q)| q > 0) {
+                    mask |= bits;
                 }
             }
         }
@@ -271,21 +338,23 @@ fn platform_of(agent: &[u8]) -> Platform {
 /// at most [`MAX_ACCEPTED`]; `*` and entries that do not parse are left
 /// out.
 fn entries(value: &[u8]) -> impl Iterator<Item = (&[u8], u16)> {
-    split_on(value, b',')
-        .take(MAX_ACCEPTED)
-        .filter_map(|entry| {
-            let mut parts = split_on(entry, b';');
-            let range = parts.next()?.trim_ascii();
-            let mut q = 1000;
-            for param in parts {
-                let param = param.trim_ascii();
-                let (name, value) = param.split_at(param.iter().position(|&b| b == b'=')?);
-                if name.trim_ascii().eq_ignore_ascii_case(b"q") {
-                    q = qvalue(value[1..].trim_ascii())?;
-                }
-            }
-            (range != b"*" && language_bytes(range)).then_some((range, q))
-        })
+    split_on(value, b',').take(MAX_ACCEPTED).filter_map(entry)
+}
+
+/// One `Accept-Language` entry: its range and q (thousandths); `None` for
+/// `*` and an entry that does not parse.
+fn entry(entry: &[u8]) -> Option<(&[u8], u16)> {
+    let mut parts = split_on(entry, b';');
+    let range = parts.next()?.trim_ascii();
+    let mut q = 1000;
+    for param in parts {
+        let param = param.trim_ascii();
+        let (name, value) = param.split_at(memchr::memchr(b'=', param)?);
+        if name.trim_ascii().eq_ignore_ascii_case(b"q") {
+            q = qvalue(value[1..].trim_ascii())?;
+        }
+    }
+    (range != b"*" && language_bytes(range)).then_some((range, q))
 }
 
 /// The parts of `bytes` between `separator`s, found with `memchr` (a
@@ -363,30 +432,29 @@ pub fn choose(
     // Read once, at the first rule that asks.
     let mut accepted: Option<u64> = None;
     let mut platform = None;
-    compiled
-        .rules
-        .iter()
-        .zip(&compiled.masks)
-        .position(|(rule, &mask)| {
-            let on_time = rule.from_ms.is_none_or(|from| now_ms >= from)
-                && rule.until_ms.is_none_or(|until| now_ms < until);
-            let network = match rule.network {
-                None => true,
-                Some(Network::OnNet) => traits.on_net,
-                Some(Network::OffNet) => !traits.on_net,
-            };
-            if !(on_time && network) {
+    compiled.conditions.iter().position(|c| {
+        let on_time = now_ms >= c.from_ms && now_ms < c.until_ms;
+        let network = match c.network {
+            None => true,
+            Some(Network::OnNet) => traits.on_net,
+            Some(Network::OffNet) => !traits.on_net,
+        };
+        if !(on_time && network) {
+            return false;
+        }
+        if c.platforms != 0 {
+            let platform = *platform.get_or_insert_with(|| traits.platform());
+            if c.platforms & platform_bit(platform) == 0 {
                 return false;
             }
-            if !rule.platforms.is_empty() {
-                let platform = *platform.get_or_insert_with(|| traits.platform());
-                if !rule.platforms.contains(&platform) {
-                    return false;
-                }
-            }
-            rule.languages.is_empty()
-                || mask & *accepted.get_or_insert_with(|| traits.accepted(compiled)) != 0
-        })
+        }
+        c.languages == 0
+            || c.languages & *accepted.get_or_insert_with(|| traits.accepted(compiled)) != 0
+    })
+}
+
+fn platform_bit(platform: Platform) -> u8 {
+    1 << platform as u8
 }
 
 #[cfg(test)]
@@ -471,7 +539,7 @@ mod tests {
             None,
             "campaign over"
         );
-        let mut hinted = headers("de", PIXEL);
+        let mut hinted = headers("de", "SomeApp/1.0");
         hinted.insert(
             "sec-ch-ua-platform",
             http::HeaderValue::from_static("\"iOS\""),
@@ -479,7 +547,7 @@ mod tests {
         assert_eq!(
             pick(&rules, &hinted, false, 1_000),
             Some(1),
-            "the client hint wins over the User-Agent"
+            "the client hint, when the User-Agent names no platform"
         );
         // Two Accept-Language lines count as one list (RFC 9110 §5.3).
         let mut two = headers("de", PIXEL);
