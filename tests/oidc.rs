@@ -268,6 +268,22 @@ async fn identity_provider_tokens_grant_their_roles_and_name_the_actor() {
         );
     }
     assert_eq!(idp.fetches.load(Ordering::SeqCst), 2);
+    // The README's block, as printed, with carol's token.
+    let readme = include_str!("../README.md");
+    let block = readme
+        .split_once("\n### Single sign-on\n")
+        .and_then(|(_, rest)| rest.split_once("```sh\n"))
+        .and_then(|(_, rest)| rest.split_once("\n```"))
+        .expect("the README's single sign-on block")
+        .0;
+    let run = std::process::Command::new("bash")
+        .args(["-euo", "pipefail", "-c", block])
+        .env("JWT", &carol)
+        .env("ADMIN", format!("http://{}", server.running.admin_addr))
+        .output()
+        .unwrap();
+    let out = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success() && out.contains(r#""code":"2001000001sso""#), "{out}");
     // The data dir's token still works beside the provider's.
     let admin = server.running.admin_token.expose().to_owned();
     assert_eq!(call(&server, &admin, Method::GET, code).await.0, 200);
