@@ -283,7 +283,10 @@ async fn identity_provider_tokens_grant_their_roles_and_name_the_actor() {
         .output()
         .unwrap();
     let out = String::from_utf8_lossy(&run.stdout);
-    assert!(run.status.success() && out.contains(r#""code":"2001000001sso""#), "{out}");
+    assert!(
+        run.status.success() && out.contains(r#""code":"2001000001sso""#),
+        "{out}"
+    );
     // The data dir's token still works beside the provider's.
     let admin = server.running.admin_token.expose().to_owned();
     assert_eq!(call(&server, &admin, Method::GET, code).await.0, 200);

@@ -1,0 +1,173 @@
+//! `docs/openapi.json`, the API document for client developers, checked
+//! against the server: every admin route of the router is a path of the
+//! document and the other way round, each with the methods the router
+//! gives it and the role the one access table asks
+//! (`access::required_role`); the error codes it lists are those the
+//! server answers; and real answers carry the fields its schemas require.
+
+use serde_json::Value;
+
+mod support;
+
+use support::{CODE, TestServer};
+
+const DOC: &str = include_str!("../docs/openapi.json");
+const ADMIN_SOURCE: &str = include_str!("../src/net/admin.rs");
+const ERROR_SOURCE: &str = include_str!("../src/net/error.rs");
+
+fn doc() -> Value {
+    serde_json::from_str(DOC).expect("docs/openapi.json is JSON")
+}
+
+/// The router's routes (axum templates) and the methods each takes, read
+/// from its source: `.route("path", get(a).put(b))`.
+fn routes() -> Vec<(String, Vec<String>)> {
+    ADMIN_SOURCE
+        .split(".route(")
+        .skip(1)
+        .filter_map(|rest| {
+            let path = rest
+                .trim_start()
+                .strip_prefix('"')?
+                .split('"')
+                .next()?
+                .to_owned();
+            let call = rest.split_once("\n        .").map_or(rest, |(c, _)| c);
+            let methods = ["get", "put", "post", "delete"]
+                .into_iter()
+                .filter(|m| {
+                    call.contains(&format!("{m}(")) && !call.contains(&format!("_{m}("))
+                        || call.contains(&format!(".{m}("))
+                        || call.contains(&format!("routing::{m}("))
+                })
+                .map(str::to_owned)
+                .collect();
+            Some((path, methods))
+        })
+        .collect()
+}
+
+/// An axum template as OpenAPI writes it: `{*ip}` is `{ip}`.
+fn openapi_path(route: &str) -> String {
+    route.replace("{*", "{")
+}
+
+#[test]
+fn every_route_is_documented_with_its_methods_and_role() {
+    let doc = doc();
+    let paths = doc["paths"].as_object().unwrap();
+    let routes = routes();
+    assert!(routes.len() >= 10, "{routes:?}");
+    for (route, methods) in &routes {
+        let path = openapi_path(route);
+        let item = paths
+            .get(&path)
+            .unwrap_or_else(|| panic!("{path} is not in docs/openapi.json"));
+        assert!(
+            !methods.is_empty(),
+            "{route}: no method read from the source"
+        );
+        for method in methods {
+            let op = item
+                .get(method.as_str())
+                .unwrap_or_else(|| panic!("{method} {path} is not documented"));
+            let http_method: http::Method = method.to_uppercase().parse().unwrap();
+            let role = homecmp::access::required_role(&http_method, route).map(|r| r.name());
+            let documented = op["x-required-role"].as_str();
+            match route.as_str() {
+                "/healthz" | "/readyz" => assert_eq!(documented, None),
+                _ => assert_eq!(documented, role, "{method} {path}"),
+            }
+        }
+        for documented in item.as_object().unwrap().keys() {
+            if ["get", "put", "post", "delete", "patch"].contains(&documented.as_str()) {
+                assert!(
+                    methods.contains(documented),
+                    "{documented} {path} is documented but not routed"
+                );
+            }
+        }
+    }
+    for path in paths.keys() {
+        let routed =
+            path == "/mc/v1/resolve" || routes.iter().any(|(r, _)| openapi_path(r) == *path);
+        assert!(routed, "{path} is documented but not routed");
+    }
+}
+
+#[test]
+fn the_error_codes_are_the_servers() {
+    let doc = doc();
+    let documented: std::collections::BTreeSet<&str> =
+        doc["components"]["schemas"]["Error"]["properties"]["code"]["enum"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+    // The codes of both tables in src/net/error.rs: `=> (StatusCode::X, "CODE")`.
+    let answered: std::collections::BTreeSet<&str> = ERROR_SOURCE
+        .split("StatusCode::")
+        .skip(1)
+        .filter_map(|rest| {
+            rest.split_once(", \"")
+                .and_then(|(_, c)| c.split('"').next())
+        })
+        .filter(|c| !c.is_empty() && c.bytes().all(|b| b.is_ascii_uppercase() || b == b'_'))
+        .collect();
+    assert!(answered.len() > 30, "{answered:?}");
+    assert_eq!(documented, answered);
+}
+
+/// The keys `schema` (a `$ref` into the document) requires are in `value`.
+fn conforms(doc: &Value, schema: &str, value: &Value) {
+    let required = &doc["components"]["schemas"][schema]["required"];
+    for key in required.as_array().unwrap() {
+        let key = key.as_str().unwrap();
+        assert!(value.get(key).is_some(), "{schema} requires {key}: {value}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_answers_have_what_the_schemas_require() {
+    let doc = doc();
+    let server = TestServer::ready("").await;
+    let (_, code) = server
+        .admin(
+            reqwest::Method::GET,
+            &format!("/admin/v1/codes/{CODE}"),
+            None,
+        )
+        .await;
+    conforms(&doc, "Code", &code);
+    let (_, stats) = server
+        .admin(
+            reqwest::Method::GET,
+            &format!("/admin/v1/codes/{CODE}/stats"),
+            None,
+        )
+        .await;
+    conforms(&doc, "CodeStats", &stats);
+    let (_, page) = server
+        .admin(reqwest::Method::GET, "/admin/v1/audit", None)
+        .await;
+    conforms(&doc, "AuditPage", &page);
+    let mno = server.client("http2", "127.1.0.1");
+    let (status, resolved) = server
+        .resolve(&mno, &format!("code={CODE}&clientid=openapi-app"))
+        .await;
+    assert_eq!(status, 200);
+    conforms(&doc, "Resolved", &resolved);
+    let (_, association) = server
+        .admin(
+            reqwest::Method::GET,
+            "/admin/v1/associations/openapi-app",
+            None,
+        )
+        .await;
+    conforms(&doc, "Association", &association);
+    let (status, refusal) = server.resolve(&mno, &format!("code={CODE}")).await;
+    assert_eq!(status, 401);
+    conforms(&doc, "Error", &refusal);
+    server.stop().await;
+}
