@@ -606,7 +606,7 @@ mod tests {
             },
         ];
         for r in bad {
-            assert!(check_rules(&[r.clone()]).is_err(), "{r:?}");
+            assert!(check_rules(std::slice::from_ref(&r)).is_err(), "{r:?}");
         }
         check_rules(&[TargetRule {
             languages: vec!["zh-Hant-TW".into()],
