@@ -141,6 +141,17 @@ pub struct Principal {
     pub roles: Roles,
 }
 
+/// The admin routes answered without a token: the probes, and what holds
+/// no data (the API's description, the console's page and files; the
+/// console asks for a token before it asks for data).
+pub const OPEN_ROUTES: [&str; 5] = [
+    "/healthz",
+    "/readyz",
+    "/admin/v1/openapi.json",
+    "/admin/console",
+    "/admin/console/{asset}",
+];
+
 /// The role a call to the admin API needs, by method and route template
 /// (axum's matched path); `None`: no role grants it (refused). The one
 /// table of who may do what; `tests/access.rs` walks every route of the
@@ -155,14 +166,16 @@ pub fn required_role(method: &Method, route: &str) -> Option<Role> {
             Role::CodesRead
         }
         "/admin/v1/codes/{code}" | "/admin/v1/codes:import" => Role::CodesWrite,
-        "/admin/v1/associations/{clientid}" if read => Role::SubscribersRead,
+        "/admin/v1/associations/{clientid}" | "/admin/v1/subscribers/{msisdn}" if read => {
+            Role::SubscribersRead
+        }
         "/admin/v1/associations/{clientid}" | "/admin/v1/subscribers/{msisdn}" => {
             Role::SubscribersErase
         }
         "/admin/v1/sessions/{*ip}" if read => Role::SessionsRead,
         "/admin/v1/sessions/{*ip}" => Role::SessionsWrite,
-        "/admin/v1/audit" => Role::AuditRead,
-        "/admin/v1/reload" | "/metrics" => Role::Ops,
+        "/admin/v1/audit" | "/admin/v1/events" => Role::AuditRead,
+        "/admin/v1/reload" | "/admin/v1/status" | "/metrics" => Role::Ops,
         _ => return None,
     };
     Some(role)
@@ -461,7 +474,7 @@ mod tests {
             .split(".route(")
             .skip(1)
             .filter_map(|rest| rest.trim_start().strip_prefix('"')?.split('"').next())
-            .filter(|route| !["/healthz", "/readyz"].contains(route))
+            .filter(|route| !OPEN_ROUTES.contains(route))
             .collect();
         assert!(routes.len() >= 9, "{routes:?}");
         for route in routes {

@@ -73,6 +73,10 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: AssociationsCommand,
     },
+    /// A subscriber's associated clientids, by MSISDN.
+    Subscriber { msisdn: String },
+    /// The node at a glance: index, log, cluster link, RADIUS feed.
+    Status,
     /// Erase a subscriber (GDPR Art. 17): its bindings, its associations
     /// and every link in the history between it and its clientids.
     Erase { msisdn: String },
@@ -266,6 +270,12 @@ impl AdminCommand {
                     None,
                 ),
             },
+            AdminCommand::Subscriber { msisdn } => call(
+                Method::GET,
+                format!("subscribers/{}", segment(&msisdn)),
+                None,
+            ),
+            AdminCommand::Status => call(Method::GET, "status".into(), None),
             AdminCommand::Erase { msisdn } => call(
                 Method::DELETE,
                 format!("subscribers/{}", segment(&msisdn)),

@@ -1498,7 +1498,7 @@ mod tests {
 
     #[test]
     fn the_readme_cluster_example_is_valid() {
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../docs/book/src/cluster.md");
         let section = &readme[readme.find("## Cluster mode").unwrap()..];
         let start = section.find("```toml\n").unwrap() + "```toml\n".len();
         let block = &section[start..start + section[start..].find("```").unwrap()];
@@ -1510,7 +1510,7 @@ mod tests {
 
     #[test]
     fn the_readme_federation_example_is_valid_with_or_without_its_pins() {
-        let readme = include_str!("../README.md");
+        let readme = include_str!("../docs/book/src/federation.md");
         let section = &readme[readme.find("## Federation").unwrap()..];
         let start = section.find("```toml\n").unwrap() + "```toml\n".len();
         let block = &section[start..start + section[start..].find("```").unwrap()];

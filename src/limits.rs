@@ -298,8 +298,10 @@ pub struct Admission {
     pub per_address: Arc<PerAddress>,
     pub connections: Arc<tokio::sync::Semaphore>,
     /// Over the accept rate, a connection is admitted to wait for its turn
-    /// (`Admitted::over_rate`) rather than closed: the TCP listener's,
-    /// whose clients can be many subscribers behind one address.
+    /// (`Admitted::over_rate`) rather than closed, and from a source in the
+    /// penalty box, admitted to prove it is returning
+    /// (`Admitted::penalized`): the TCP listener's, whose clients can be
+    /// many subscribers behind one address.
     pub queue_over_rate: bool,
 }
 

@@ -189,6 +189,9 @@ metrics! {
         "Connections on a run of refused requests, by what they earned: slowed (each next request waits), closed (and the source refused new connections for limits.penalty_secs)";
     radius_packets: Family<RadiusLabels, Counter> = "radius_packets",
         "RADIUS accounting datagrams by outcome (applied, ignored: answered but unusable, duplicate: answered from the reply cache, dropped: unknown client, bad authenticator or not accounting, unanswered: max_bindings held) and reason";
+    /// Unix seconds of the last RADIUS packet read (any outcome).
+    radius_last_packet: Gauge = "radius_last_packet_timestamp_seconds",
+        "Unix time of the last RADIUS accounting packet received, whatever became of it (0: none yet)";
     federation: Family<RadiusLabels, Counter> = "federation",
         "Federation (§9.3.2): forwarded to a peer CMP (outcome forwarded: resolved, not_found, busy, circuit_open, failed), answered to a peer (outcome answered, by result) peer connections taken (outcome connected) and refused (outcome refused: handshake, connections)";
 }
@@ -259,6 +262,8 @@ impl Metrics {
         self.radius_packets
             .get_or_create(&RadiusLabels { outcome, reason })
             .inc();
+        let now = crate::clock::now_ms() / 1000;
+        self.radius_last_packet.set(now as i64);
     }
 
     pub fn request(&self, protocol: Protocol, outcome: &'static str, seconds: f64) {

@@ -200,16 +200,16 @@ fn completions_and_the_manual_page_name_every_command() {
     assert!(code == 0 && zsh.contains("#compdef homecmp"));
 }
 
-/// The README's `homecmp admin` lines, exactly as printed, beside a
-/// `homecmp.toml` that points at a running server.
+/// The book's `homecmp admin` lines (docs/book/src/admin-api.md), exactly
+/// as printed, beside a `homecmp.toml` that points at a running server.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_admin_commands_work_as_printed() {
-    let readme = include_str!("../README.md");
-    let block = readme
+    let chapter = include_str!("../docs/book/src/admin-api.md");
+    let block = chapter
         .split_once("**From the command line**, `homecmp admin` does each of these")
         .and_then(|(_, rest)| rest.split_once("```sh\n"))
         .and_then(|(_, rest)| rest.split_once("```"))
-        .expect("the README's admin block")
+        .expect("docs/book/src/admin-api.md's admin block")
         .0;
     let server = TestServer::start().await;
     let dir = tempfile::tempdir().unwrap();
@@ -239,8 +239,13 @@ async fn the_readme_admin_commands_work_as_printed() {
         String::from_utf8_lossy(&run.stderr)
     );
     let answers: Vec<Value> = out.lines().map(json).collect();
-    assert_eq!(answers.len(), 3, "{out}");
+    assert_eq!(answers.len(), 4, "{out}");
     assert_eq!(answers[1]["subscriber"], answers[0]["subscriber"]);
     assert_eq!(answers[2]["sessions_unbound"], 1, "{out}");
+    assert_eq!(
+        (&answers[3]["ready"], &answers[3]["sessions"]),
+        (&Value::Bool(true), &Value::from(0)),
+        "{out}"
+    );
     server.stop().await;
 }

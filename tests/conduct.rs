@@ -32,6 +32,13 @@ async fn a_refused_connection_is_slowed_then_closed_and_its_source_kept_out() {
         let started = Instant::now();
         let url = server.url(&format!("code={CODE}&clientid=spoof-{i}"));
         match flood.get(url).send().await {
+            Ok(response) if response.status() == 429 => {
+                // Its next connection, resuming a session that served
+                // nothing, is told how long the penalty holds.
+                assert_eq!(response.headers()["retry-after"], "2");
+                closed_after = Some(i);
+                break;
+            }
             Ok(response) => {
                 assert_eq!(response.status(), 403);
                 waits.push(started.elapsed());
@@ -50,8 +57,8 @@ async fn a_refused_connection_is_slowed_then_closed_and_its_source_kept_out() {
             started.elapsed()
         );
     }
-    // Closed at its tenth refusal; reqwest's next connection is refused at
-    // accept (the penalty), before any TLS.
+    // Closed at its tenth refusal; reqwest's next connection (resuming its
+    // TLS session) is answered 429 with the penalty's wait.
     assert_eq!(closed_after, Some(10), "{waits:?}");
     assert!(
         waits[..4].iter().all(|w| *w < Duration::from_millis(50)),
@@ -221,5 +228,81 @@ async fn the_servers_own_503s_do_not_count_against_a_connection() {
     }
     // An associated request still goes through on that connection.
     assert_eq!(server.resolve(&shed, &vip).await.0, 200);
+    server.stop().await;
+}
+
+/// One user's conduct does not shut out the subscribers behind the same
+/// address (a hotspot, a NAT): while the address serves its penalty, a
+/// connection resuming a TLS session that served an associated clientid is
+/// served; one resuming a session that served nothing is answered 429 with
+/// the penalty's wait once its handshake is done (not reset); one offering
+/// no ticket is closed before any TLS work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_penalty_earned_behind_a_shared_address_spares_returning_subscribers() {
+    let server = TestServer::ready(
+        "[limits]\nrefusals_before_slowdown = 4\nrefusals_before_close = 10\npenalty_secs = 30\n",
+    )
+    .await;
+    let shared = "127.2.0.60";
+    let mno = server.client("http1", "127.1.0.1");
+    let loyal = format!("code={CODE}&clientid=loyal");
+    assert_eq!(server.resolve(&mno, &loyal).await.0, 200);
+    // A subscriber behind the shared address, a new connection per scan:
+    // its sessions serve "loyal".
+    let subscriber = server.client_per_request(shared);
+    assert_eq!(server.resolve(&subscriber, &loyal).await.0, 200);
+    // A stranger there completes a handshake (its session serves nothing)
+    // and keeps the ticket.
+    let stranger = support::raw::tls12_client_config(&server.ca_pem());
+    let addr = server.public_addr_for(shared);
+    let path = format!("/mc/v1/resolve?code={CODE}&clientid=stranger");
+    let first = support::raw::get_once(stranger.clone(), shared, addr, &path).await;
+    assert!(first.unwrap().starts_with("HTTP/1.1 403"));
+
+    // Someone there sends spoofed clientids until the connection is closed
+    // and the address is put in the penalty box.
+    let flood = server.client("http2", shared);
+    let mut closed = false;
+    for i in 0..20 {
+        let url = server.url(&format!("code={CODE}&clientid=spoof-{i}"));
+        // Closed, then its next connection answered 429 (or, in the race
+        // between the close and the request, an error).
+        match flood.get(url).send().await {
+            Ok(response) if response.status() != 429 => {}
+            _ => {
+                closed = true;
+                break;
+            }
+        }
+    }
+    assert!(closed, "the flooding connection is closed");
+    let refused = || async {
+        let metrics = server.metrics().await;
+        metric(
+            &metrics,
+            "homecmp_connections_refused_total{transport=\"tcp\",reason=\"penalty\"}",
+        )
+    };
+    let before = refused().await;
+
+    // New, with no ticket: closed before TLS.
+    let newcomer = server.client("http1", shared);
+    let url = server.url(&format!("code={CODE}&clientid=newcomer"));
+    assert!(newcomer.get(url).send().await.is_err());
+    // The returning subscriber: served, connection after connection.
+    for i in 0..5 {
+        let (status, body) = server.resolve(&subscriber, &loyal).await;
+        assert_eq!(status, 200, "connection {i}: {body}");
+    }
+    // The stranger resuming its session: told to wait, not reset.
+    let answer = support::raw::get_once(stranger, shared, addr, &path)
+        .await
+        .expect("an answer, not a reset");
+    assert!(answer.starts_with("HTTP/1.1 429"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 30"),
+        "{answer}"
+    );
+    assert!(refused().await >= before + 2.0);
     server.stop().await;
 }

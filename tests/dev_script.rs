@@ -103,6 +103,7 @@ fn with_everything_present_it_installs_nothing_and_says_so() {
         "promtool",
         "systemd-analyze",
         "buildah",
+        "chromedriver",
     ];
     let dir = scratch(&[&BUILD[..], &tools].concat());
     let (code, said) = install_with(dir.path());

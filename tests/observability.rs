@@ -137,16 +137,16 @@ async fn metrics_show_the_process_the_build_the_certificate_and_durable_writes()
     server.stop().await;
 }
 
-/// The README's promtool commands, exactly as printed, from the checkout's
-/// root: the rules load, and each alert fires on the series that should
-/// fire it and not before (`alerts_test.yml`).
+/// The book's promtool commands (docs/book/src/admin-api.md), exactly as
+/// printed, from the checkout's root: the rules load, and each alert fires
+/// on the series that should fire it and not before (`alerts_test.yml`).
 #[test]
 fn the_alert_rules_load_and_fire_on_the_series_that_should_fire_them() {
     tools::require("promtool", "Debian's prometheus");
-    let readme = include_str!("../README.md");
-    let after = readme
+    let chapter = include_str!("../docs/book/src/admin-api.md");
+    let after = chapter
         .split_once("**Dashboards, alerts, a service unit.**")
-        .expect("the README's section")
+        .expect("docs/book/src/admin-api.md's section")
         .1;
     let block = after
         .split_once("```sh\n")

@@ -268,13 +268,14 @@ async fn identity_provider_tokens_grant_their_roles_and_name_the_actor() {
         );
     }
     assert_eq!(idp.fetches.load(Ordering::SeqCst), 2);
-    // The README's block, as printed, with carol's token.
-    let readme = include_str!("../README.md");
-    let block = readme
+    // The book's block (docs/book/src/admin-api.md), as printed, with
+    // carol's token.
+    let chapter = include_str!("../docs/book/src/admin-api.md");
+    let block = chapter
         .split_once("\n### Single sign-on\n")
         .and_then(|(_, rest)| rest.split_once("```sh\n"))
         .and_then(|(_, rest)| rest.split_once("\n```"))
-        .expect("the README's single sign-on block")
+        .expect("docs/book/src/admin-api.md's single sign-on block")
         .0;
     let run = std::process::Command::new("bash")
         .args(["-euo", "pipefail", "-c", block])

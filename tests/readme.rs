@@ -1,8 +1,9 @@
-//! The README's commands, run exactly as printed: the curl walk-through
-//! against `homecmp serve` on its embedded defaults (ports 8443 and 8444 on
-//! loopback, data in ./homecmp-data of a fresh directory), then the SRE's
-//! log commands and the backup ones beside that live server, then repair
-//! with the server stopped.
+//! The commands of the README and of the book (docs/book/src), run
+//! exactly as printed: the README's curl walk-through against `homecmp
+//! serve` on its embedded defaults (ports 8443 and 8444 on loopback, data in
+//! ./homecmp-data of a fresh directory), then the book's admin, SRE and
+//! backup commands beside that live server, then repair with the server
+//! stopped.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -11,25 +12,52 @@ use std::process::{Child, Command, Stdio};
 #[path = "support/tools.rs"]
 mod tools;
 
-const README: &str = include_str!("../README.md");
-
-/// The first ```sh block after the line `heading`.
-fn sh_block_after(heading: &str) -> String {
-    block_after(heading, "sh")
+/// A markdown file of the checkout: its path, for messages, and its text.
+struct Doc {
+    path: &'static str,
+    text: &'static str,
 }
 
-/// The first ```lang block after the line `heading`.
-fn block_after(heading: &str, lang: &str) -> String {
-    let section = README
+const README: Doc = Doc {
+    path: "README.md",
+    text: include_str!("../README.md"),
+};
+const CONFIGURE: Doc = Doc {
+    path: "docs/book/src/configure.md",
+    text: include_str!("../docs/book/src/configure.md"),
+};
+const ADMIN_API: Doc = Doc {
+    path: "docs/book/src/admin-api.md",
+    text: include_str!("../docs/book/src/admin-api.md"),
+};
+const EVENT_LOG: Doc = Doc {
+    path: "docs/book/src/event-log.md",
+    text: include_str!("../docs/book/src/event-log.md"),
+};
+const RADIUS: Doc = Doc {
+    path: "docs/book/src/radius.md",
+    text: include_str!("../docs/book/src/radius.md"),
+};
+
+/// The first ```sh block after the line `heading` of `doc`.
+fn sh_block_after(doc: &Doc, heading: &str) -> String {
+    block_after(doc, heading, "sh")
+}
+
+/// The first ```lang block after the line `heading` of `doc`.
+fn block_after(doc: &Doc, heading: &str, lang: &str) -> String {
+    let path = doc.path;
+    let section = doc
+        .text
         .split_once(&format!("\n{heading}\n"))
-        .unwrap_or_else(|| panic!("README has no {heading:?}"))
+        .unwrap_or_else(|| panic!("{path} has no {heading:?}"))
         .1;
     let block = section
         .split_once(&format!("```{lang}\n"))
-        .unwrap_or_else(|| panic!("a {lang} block after {heading:?}"))
+        .unwrap_or_else(|| panic!("{path}: no {lang} block after {heading:?}"))
         .1
         .split_once("\n```")
-        .expect("the block ends")
+        .unwrap_or_else(|| panic!("{path}: the {lang} block after {heading:?} never ends"))
         .0;
     block.to_owned()
 }
@@ -89,7 +117,7 @@ fn the_curl_walkthrough_works_as_printed() {
         "is another server on 8443/8444? {ready:?}"
     );
 
-    let script = sh_block_after("## Try it with curl");
+    let script = sh_block_after(&README, "## Try it with curl");
     assert!(script.contains("curl"), "{script}");
     let (run, out) = bash_in(dir.path(), &script);
     assert!(run.status.success(), "{run:?}");
@@ -114,8 +142,8 @@ fn the_curl_walkthrough_works_as_printed() {
         .parent()
         .unwrap();
     let path = format!("{}:{}", bin_dir.display(), std::env::var("PATH").unwrap());
-    let run_block = |after: &str| {
-        let script = sh_block_after(after);
+    let run_block = |doc: &Doc, after: &str| {
+        let script = sh_block_after(doc, after);
         let run = Command::new("bash")
             .args(["-euo", "pipefail", "-c", &script])
             .current_dir(dir.path())
@@ -125,9 +153,12 @@ fn the_curl_walkthrough_works_as_printed() {
         assert!(run.status.success(), "{script}\n{run:?}");
         String::from_utf8_lossy(&run.stdout).into_owned()
     };
-    let out = run_block("The tools open the log read-only, so they run beside a live server:");
+    let out = run_block(
+        &EVENT_LOG,
+        "The tools open the log read-only, so they run beside a live server:",
+    );
     assert!(out.contains("association_created"), "{out}");
-    let out = run_block("### Who may do what: roles and scoped tokens");
+    let out = run_block(&ADMIN_API, "### Who may do what: roles and scoped tokens");
     let promised = [
         r#""code":"2001000001promo""#,
         r#""code":"FORBIDDEN""#,
@@ -142,7 +173,10 @@ fn the_curl_walkthrough_works_as_printed() {
             .unwrap_or_else(|| panic!("{text} missing:\n{out}"));
         rest = &rest[at + text.len()..];
     }
-    let out = run_block("### One code, different answers: resolution rules");
+    let out = run_block(
+        &ADMIN_API,
+        "### One code, different answers: resolution rules",
+    );
     let promised = [
         r#""code":"2001000001poster""#,
         r#""target":"https://example.org/fr""#,
@@ -155,7 +189,7 @@ fn the_curl_walkthrough_works_as_printed() {
             .unwrap_or_else(|| panic!("{text} missing:\n{out}"));
         rest = &rest[at + text.len()..];
     }
-    let out = run_block("### Who changed what, when: the audit trail");
+    let out = run_block(&ADMIN_API, "### Who changed what, when: the audit trail");
     let promised = [
         r#""actor":"admin-token""#,
         r#""kind":"code_registered""#,
@@ -169,13 +203,19 @@ fn the_curl_walkthrough_works_as_printed() {
             .unwrap_or_else(|| panic!("{text} missing:\n{out}"));
         rest = &rest[at + text.len()..];
     }
-    let out = run_block("### Backup, restore, export and import");
+    let out = run_block(&EVENT_LOG, "### Backup, restore, export and import");
     assert!(out.contains("by copy"), "{out}");
     assert!(out.contains("imported 3 events"), "{out}");
     drop(server);
-    let out = run_block("Retention, with the server stopped (it needs the log for writing):");
+    let out = run_block(
+        &EVENT_LOG,
+        "Retention, with the server stopped (it needs the log for writing):",
+    );
     assert!(out.starts_with("blanked 0 of 3 records"), "{out}");
-    let out = run_block("The way out of such a log, with the server stopped:");
+    let out = run_block(
+        &EVENT_LOG,
+        "The way out of such a log, with the server stopped:",
+    );
     assert!(out.contains("kept events 1..=1"), "{out}");
 }
 
@@ -186,7 +226,7 @@ fn the_radius_demo_works_as_printed() {
     let try_it = "**Try it on loopback** with Debian's `radclient` (package freeradius-utils).";
     std::fs::write(
         dir.path().join("radius-demo.toml"),
-        block_after(try_it, "toml"),
+        block_after(&RADIUS, try_it, "toml"),
     )
     .unwrap();
     std::fs::write(dir.path().join("pgw.secret"), "readme-demo-secret\n").unwrap();
@@ -195,7 +235,7 @@ fn the_radius_demo_works_as_printed() {
         ready.starts_with("homecmp ready public=https://127.0.0.1:9443"),
         "are 9443, 9444 and UDP 1813 free? {ready:?}"
     );
-    let script = block_after(try_it, "sh");
+    let script = block_after(&RADIUS, try_it, "sh");
     let (run, out) = bash_in(dir.path(), &script);
     assert!(run.status.success(), "{script}\n{run:?}");
     assert!(out.contains("Received Accounting-Response"), "{out}");
@@ -210,6 +250,7 @@ fn the_radius_demo_works_as_printed() {
 #[test]
 fn the_config_check_works_as_printed() {
     let script = sh_block_after(
+        &CONFIGURE,
         "**Check a config before you start it**, as `nginx -t` does: `homecmp check`",
     );
     let dir = tempfile::tempdir().unwrap();

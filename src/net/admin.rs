@@ -22,7 +22,7 @@ use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Reque
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get};
+use axum::routing::get;
 use axum::{Extension, Json};
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -69,18 +69,28 @@ pub fn router(state: Arc<AdminState>) -> axum::Router {
             "/admin/v1/associations/{clientid}",
             get(get_association).delete(delete_association),
         )
-        .route("/admin/v1/subscribers/{msisdn}", delete(delete_subscriber))
+        .route(
+            "/admin/v1/subscribers/{msisdn}",
+            get(get_subscriber).delete(delete_subscriber),
+        )
         .route(
             "/admin/v1/sessions/{*ip}",
             get(get_session).put(put_session).delete(delete_session),
         )
         .route("/admin/v1/audit", get(audit))
+        .route("/admin/v1/events", get(events))
+        .route("/admin/v1/status", get(status))
         .route("/admin/v1/reload", axum::routing::post(reload))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     axum::Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
+        // What holds no data: the API's description and the console's
+        // files (the console asks for a token before it asks for data).
+        .route("/admin/v1/openapi.json", get(openapi))
+        .route("/admin/console", get(super::console::page))
+        .route("/admin/console/{asset}", get(super::console::asset))
         .merge(guarded)
         .fallback(|| async { AdminError::NotFound.into_response() })
         .method_not_allowed_fallback(|| async { AdminError::MethodNotAllowed.into_response() })
@@ -716,6 +726,101 @@ async fn delete_subscriber(
         "records_rewritten": rewritten.records,
     }))
     .into_response())
+}
+
+/// A subscriber's associated clientids (at most
+/// `max_clientids_per_subscriber`), and the sessions bound to it.
+async fn get_subscriber(Ready(app): Ready, Param(msisdn): Param) -> Answer {
+    let msisdn = Msisdn::parse(&msisdn)
+        .map_err(|e| AdminError::InvalidMsisdn(e.to_string()).into_response())?;
+    let subscriber = app.bindings.key().subscriber_ref(&msisdn);
+    let mut clientids: Vec<String> = app
+        .store
+        .index()
+        .clientids_of(&subscriber)
+        .iter()
+        .map(|c| c.as_str().to_owned())
+        .collect();
+    clientids.sort_unstable();
+    Ok(Json(json!({
+        "subscriber": subscriber.to_hex(),
+        "clientids": clientids,
+    }))
+    .into_response())
+}
+
+/// `GET /admin/v1/events?from=SEQ`: the log as server-sent events
+/// ([`super::events`]), from `from` (by default, what is appended next).
+async fn events(
+    Ready(app): Ready,
+    query: Result<axum::extract::Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    let axum::extract::Query(q) = query.map_err(|e| {
+        let e = format!(
+            "{}; the parameter is from (a sequence number)",
+            e.body_text()
+        );
+        AdminError::InvalidQuery(e).into_response()
+    })?;
+    let log = app.store.log().clone();
+    let from = q.from.unwrap_or_else(|| log.last_seq() + 1);
+    let body = axum::body::Body::from_stream(super::events::stream(log, from));
+    // In flight while it streams: the connection's quiet rule must not cut
+    // a client watching a quiet log.
+    let streamed = axum::Extension(super::conn::StreamedBody);
+    let headers = [
+        (http::header::CONTENT_TYPE, "text/event-stream"),
+        (http::header::CACHE_CONTROL, "no-store"),
+    ];
+    Ok((headers, streamed, body).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    from: Option<crate::store::Seq>,
+}
+
+/// The node at a glance, for the console and `homecmp admin status`: its
+/// index and log, and, where configured, the cluster link and the RADIUS
+/// feed.
+async fn status(Ready(app): Ready) -> Answer {
+    let counts = app.store.index().counts();
+    let log = app.store.log();
+    let cluster = app.store.cluster().map(|link| {
+        json!({
+            "connected": link.connected(),
+            "stopped": link.stopped(),
+            "applied": link.applied(),
+            "conflicts": link.conflicts(),
+        })
+    });
+    let radius = app.config.radius.as_ref().map(|radius| {
+        let last = app.metrics.radius_last_packet.get();
+        json!({
+            "listen": radius.listen.to_string(),
+            "last_packet": (last > 0).then(|| crate::clock::rfc3339(last as u64 * 1000)),
+        })
+    });
+    Ok(Json(json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "ready": !log.is_poisoned(),
+        "log": {"last_seq": log.last_seq(), "poisoned": log.is_poisoned()},
+        "associations": counts.associations,
+        "subscribers": counts.subscribers,
+        "codes": counts.codes,
+        "sessions": app.bindings.table().len(),
+        "open_connections": app.open_connections.load(std::sync::atomic::Ordering::Relaxed),
+        "cluster": cluster,
+        "radius": radius,
+    }))
+    .into_response())
+}
+
+/// `docs/openapi.json`, as committed (a test holds it to the router).
+async fn openapi() -> Response {
+    let doc = include_str!("../../docs/openapi.json");
+    ([(http::header::CONTENT_TYPE, "application/json")], doc).into_response()
 }
 
 #[derive(Deserialize)]

@@ -30,6 +30,10 @@ pub struct Admitted {
     /// how long until the address's next turn. The transport makes a new
     /// client wait for it (a returning one need not).
     pub over_rate: Option<std::time::Duration>,
+    /// Its source is in the penalty box, on a listener that lets a
+    /// returning client prove itself (TCP): the transport refuses it unless
+    /// it resumes a session that served an associated clientid.
+    pub penalized: bool,
     _address: AddressSlot,
     _global: OwnedSemaphorePermit,
 }
@@ -115,7 +119,8 @@ fn counted(
 }
 
 /// What a connection refused after its handshake (a QUIC client whose
-/// address is proven only then) is answered: over its address's rate or in
+/// address is proven only then, a TCP one from a source in the penalty box
+/// that resumed a session that served nothing) is answered: over its address's rate or in
 /// the penalty box, 429 with the wait; over a cap, 503.
 pub fn refusal_after_handshake(reason: &str, limits: &crate::config::Limits) -> Refusal {
     match reason {
@@ -149,12 +154,17 @@ fn check(
     source: IpAddr,
     rate: Rate,
 ) -> Result<Admitted, &'static str> {
-    if admission.penalty.holds(source) {
+    // Behind a shared address, one user's conduct must not shut out the
+    // subscribers beside it: where connections queue (TCP), a held source
+    // is let in to show a proven session (not held to the accept rate:
+    // it is served as returning or refused), elsewhere refused here.
+    let penalized = admission.penalty.holds(source);
+    if penalized && !admission.queue_over_rate {
         return Err("penalty");
     }
     let verdict = match rate {
-        Rate::Checked => admission.accepts.check(&source),
-        Rate::Exempt => Verdict::Allowed,
+        Rate::Checked if !penalized => admission.accepts.check(&source),
+        _ => Verdict::Allowed,
     };
     let over_rate = match verdict {
         Verdict::Allowed => None,
@@ -176,6 +186,7 @@ fn check(
         .map_err(|_| "connection_cap")?;
     Ok(Admitted {
         over_rate,
+        penalized,
         _address: address,
         _global: global,
     })

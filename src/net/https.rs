@@ -68,8 +68,10 @@ pub async fn serve(
 
 /// One admitted TCP connection: its turn at the handshake pace (returning
 /// clients in a queue of their own), the TLS handshake within the header
-/// timeout, then HTTP until it ends. Refusals are counted; the `admitted`
-/// guard frees its slots when this returns.
+/// timeout, then HTTP until it ends. From a source in the penalty box,
+/// only a returning client is served (the rest are closed before TLS, or
+/// answered 429 after it). Refusals are counted; the `admitted` guard
+/// frees its slots when this returns.
 async fn handshake_and_serve(
     app: Arc<App>,
     tls: TlsAcceptor,
@@ -80,34 +82,10 @@ async fn handshake_and_serve(
 ) {
     let refused = |reason| app.metrics.refused_connection(Transport::Tcp, reason);
     let handshake_limit = app.config.limits.header_read_timeout;
-    let mut over_rate = admitted.over_rate;
-    if app.limits.handshakes.is_some() || over_rate.is_some() {
-        // A client that offers a ticket this server issued resumes: a cheap
-        // handshake, in a queue of its own, so a flood of new handshakes
-        // does not hold it up. Whether it is returning (not held to its
-        // address's accept rate) is read from its ticket once the
-        // handshake is done. A client that sends nothing takes no turn.
-        let hello = match handshake_step(handshake_limit, peek_first_record(&stream)).await {
-            Ok(hello) => hello,
-            Err(reason) => return refused(reason),
-        };
-        let ticketed = tls::offered_ticket(&hello)
-            .is_some_and(|ticket| tls.config().ticketer.decrypt(ticket).is_some());
-        if let Some(wait) = over_rate.take_if(|_| !ticketed) {
-            let source = app.limits.source(peer.ip());
-            if let Err(reason) = address_turn(&app, source, wait, handshake_limit).await {
-                return refuse_quietly(stream, || refused(reason));
-            }
-        }
-        let (pace, queue) = app.limits.handshake_pace(ticketed);
-        app.metrics.handshake_turn(queue);
-        if let Some(pace) = pace {
-            match pace.reserve(handshake_limit) {
-                Some(wait) => tokio::time::sleep(wait).await,
-                None => return refuse_quietly(stream, || refused("handshake_rate")),
-            }
-        }
-    }
+    let over_rate = match turn_before_tls(&app, &tls, &stream, peer, &admitted).await {
+        Ok(over_rate) => over_rate,
+        Err(reason) => return refuse_quietly(stream, || refused(reason)),
+    };
     let mark = tls::Returning::new_mark();
     let marked = |session: &mut rustls::ServerConnection| {
         session.set_resumption_data(&mark.bytes());
@@ -121,24 +99,76 @@ async fn handshake_and_serve(
         Some(b"h2") => Protocol::Http2,
         _ => Protocol::Http1,
     };
-    if let Some(wait) = over_rate {
-        // Resumed, over its address's rate: returning only if its session
-        // served an associated clientid; otherwise it waits its address's
-        // turn as a new client does, and past the bound is answered 429.
-        let resumed = session.received_resumption_data();
-        if !app.limits.returning.is_proven(resumed) {
+    // Returning only if the session it resumed served an associated
+    // clientid (a ticket alone proves nothing: anyone who completed a
+    // handshake has one).
+    let proven = app
+        .limits
+        .returning
+        .is_proven(session.received_resumption_data());
+    let turn = match (proven, admitted.penalized, over_rate) {
+        (true, _, _) | (false, false, None) => Ok(()),
+        // Its source is in the penalty box: told how long, then closed.
+        (false, true, _) => Err("penalty"),
+        // Resumed, over its address's rate, not returning: it waits its
+        // address's turn as a new client does, and past the bound is
+        // answered 429.
+        (false, false, Some(wait)) => {
             let source = app.limits.source(peer.ip());
-            if let Err(reason) = address_turn(&app, source, wait, handshake_limit).await {
-                refused(reason);
-                let refusal = refusal_after_handshake(reason, &app.config.limits);
-                return answer_refusal(&app, stream, refusal).await;
-            }
+            address_turn(&app, source, wait, handshake_limit).await
         }
+    };
+    if let Err(reason) = turn {
+        refused(reason);
+        let refusal = refusal_after_handshake(reason, &app.config.limits);
+        return answer_refusal(&app, stream, refusal).await;
     }
     let _serving = admitted.serving(&app, protocol);
     let origin = crate::core::identity_address(crate::core::Seen::Tcp { peer: peer.ip() });
     let conn = ConnInfo { origin, protocol };
     serve_connection(app.clone(), conn, mark, stream, shutdown).await;
+}
+
+/// Before any TLS work: a client that offers a ticket this server issued
+/// resumes (a cheap handshake, in a queue of its own, so a flood of new
+/// handshakes does not hold it up); one that does not waits its address's
+/// turn if it is over its address's rate, and is closed if its source is
+/// in the penalty box. Then its turn at the handshake pace. The address's
+/// rate it still owes (whether it is returning is known only after the
+/// handshake), or why it is refused. A client that sends nothing takes no
+/// turn.
+async fn turn_before_tls(
+    app: &App,
+    tls: &TlsAcceptor,
+    stream: &TcpStream,
+    peer: SocketAddr,
+    admitted: &Admitted,
+) -> Result<Option<std::time::Duration>, &'static str> {
+    let handshake_limit = app.config.limits.header_read_timeout;
+    let mut over_rate = admitted.over_rate;
+    if !admitted.penalized && app.limits.handshakes.is_none() && over_rate.is_none() {
+        return Ok(over_rate);
+    }
+    let hello = handshake_step(handshake_limit, peek_first_record(stream)).await?;
+    let ticketed = tls::offered_ticket(&hello)
+        .is_some_and(|ticket| tls.config().ticketer.decrypt(ticket).is_some());
+    if admitted.penalized && !ticketed {
+        // Its source is in the penalty box and it cannot be returning.
+        return Err("penalty");
+    }
+    if let Some(wait) = over_rate.take_if(|_| !ticketed) {
+        let source = app.limits.source(peer.ip());
+        address_turn(app, source, wait, handshake_limit).await?;
+    }
+    let (pace, queue) = app.limits.handshake_pace(ticketed);
+    app.metrics.handshake_turn(queue);
+    if let Some(pace) = pace {
+        match pace.reserve(handshake_limit) {
+            Some(wait) => tokio::time::sleep(wait).await,
+            None => return Err("handshake_rate"),
+        }
+    }
+    Ok(over_rate)
 }
 
 /// Answers every request of a connection refused after its TLS handshake

@@ -6,7 +6,9 @@
 pub mod admin;
 pub mod admit;
 pub mod conn;
+pub mod console;
 pub mod error;
+pub mod events;
 pub mod federation;
 pub mod h3;
 pub mod https;
