@@ -40,16 +40,21 @@ async fn node_with_sections(
     cluster_keys: &str,
     sections: &str,
 ) -> TestServer {
-    let extra = format!(
-        "[cluster]\nnats_urls = {urls_toml}\n{cluster_keys}\nnode = \"{name}\"\npublish_timeout_ms = 2000\n\
-         [auth]\nassociations_per_minute = 100000\nmax_clientids_per_subscriber = 1000\n\
-         [limits]\nshutdown_grace_ms = 200\nfirst_scans_per_sec = 0\n{sections}"
-    );
+    let extra = node_sections(urls_toml, name, cluster_keys, sections);
     let server =
         TestServer::with_sections(&format!("subscriber_secret = \"{SECRET}\""), &extra).await;
     server.bind_session("127.1.0.1", SUB_1).await;
     server.bind_session("127.1.0.2", SUB_2).await;
     server
+}
+
+/// A node's config sections (see [`node_with_sections`]).
+fn node_sections(urls_toml: String, name: &str, cluster_keys: &str, sections: &str) -> String {
+    format!(
+        "[cluster]\nnats_urls = {urls_toml}\n{cluster_keys}\nnode = \"{name}\"\npublish_timeout_ms = 2000\n\
+         [auth]\nassociations_per_minute = 100000\nmax_clientids_per_subscriber = 1000\n\
+         [limits]\nshutdown_grace_ms = 200\nfirst_scans_per_sec = 0\n{sections}"
+    )
 }
 
 /// How long a change may take to reach another node (or a node to
@@ -645,4 +650,165 @@ async fn radius_accounting_to_one_node_binds_on_every_node() {
     .await;
     a.stop().await;
     b.stop().await;
+}
+
+/// Every message of the JetStream stream `name` on `url`: its sequence and
+/// payload, and how many sequences up to the last are deleted.
+async fn stream_messages(url: &str, name: &str) -> (Vec<(u64, Vec<u8>)>, u64) {
+    let client = async_nats::connect(url).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream(name).await.unwrap();
+    let last = stream.info().await.unwrap().state.last_sequence;
+    let (mut messages, mut deleted) = (Vec::new(), 0);
+    for seq in 1..=last {
+        match stream.get_raw_message(seq).await {
+            Ok(message) => messages.push((seq, message.payload.to_vec())),
+            Err(e) => {
+                let kind = async_nats::jetstream::stream::RawMessageErrorKind::NoMessageFound;
+                assert_eq!(e.kind(), kind, "message {seq}: {e}");
+                deleted += 1;
+            }
+        }
+    }
+    (messages, deleted)
+}
+
+/// Whether any of `needles` is in `bytes`.
+fn holds_any(bytes: &[u8], needles: &[Vec<u8>]) -> bool {
+    needles
+        .iter()
+        .any(|needle| bytes.windows(needle.len()).any(|w| w == needle.as_slice()))
+}
+
+/// A node's log, as encoded values: what its disk and its backups hold.
+fn log_values(node: &TestServer) -> Vec<(u64, Vec<u8>)> {
+    let log = node.running.app.store.log();
+    log.read_from(1)
+        .map(|item| {
+            let (seq, record) = item.expect("log reads back");
+            (seq, homecmp::store::event::encode_value(&record).unwrap())
+        })
+        .collect()
+}
+
+/// A subscriber's erasure asked of one node (GDPR Art. 17) in cluster mode:
+/// afterwards no node's log, no message of the event stream or of the
+/// sessions stream, and no node that joins later holds its keyed identity
+/// or its clientids; the other subscriber's association stays everywhere.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erasure_on_one_node_leaves_nothing_of_the_subscriber_anywhere() {
+    let nats = NatsCluster::start(3);
+    let a = node(&nats, &[0], "a").await;
+    // B is a process of its own: it is killed while the subscriber is
+    // erased, and comes back on its data dir.
+    let b_dir = tempfile::tempdir().unwrap();
+    let b = ChildNode::start(&nats.urls_toml(&[1]), "b", b_dir.path());
+    a.put_code(CODE, TARGET).await;
+    for clientid in ["erased-1", "erased-2"] {
+        first_scan_creates(&a, "http2", "127.1.0.1", clientid).await;
+    }
+    first_scan_creates(&a, "http1", "127.1.0.2", "kept-1").await;
+    // One more of the subscriber's, revoked already: a revocation to go too.
+    first_scan_creates(&a, "http2", "127.1.0.1", "erased-3").await;
+    let (s, _) = a
+        .admin(Method::DELETE, "/admin/v1/associations/erased-3", None)
+        .await;
+    assert_eq!(s, 200);
+    let (_, association) = a
+        .admin(Method::GET, "/admin/v1/associations/erased-1", None)
+        .await;
+    let keyed = association["subscriber"].as_str().unwrap().to_owned();
+    let keyed_bytes: Vec<u8> = (0..32)
+        .map(|i| u8::from_str_radix(&keyed[2 * i..2 * i + 2], 16).unwrap())
+        .collect();
+    let needles: Vec<Vec<u8>> = vec![
+        keyed_bytes,
+        b"erased-1".to_vec(),
+        b"erased-2".to_vec(),
+        b"erased-3".to_vec(),
+    ];
+    let stream = a
+        .running
+        .app
+        .config
+        .cluster
+        .as_ref()
+        .unwrap()
+        .stream
+        .clone();
+    let (before, _) = stream_messages(&nats.url(0), &stream).await;
+    assert!(before.iter().any(|(_, m)| holds_any(m, &needles)));
+    let b_data = b_dir.path().join("b");
+    eventually("B has everything", PROPAGATION, async || {
+        exported(&b_data) == exported(&a.data_dir)
+    })
+    .await;
+    b.kill_9();
+
+    let (s, erased) = a
+        .admin(Method::DELETE, "/admin/v1/subscribers/+447700900001", None)
+        .await;
+    assert_eq!(s, 200, "{erased}");
+    assert_eq!(erased["associations_revoked"], 2, "{erased}");
+    // Three creations and three revocations.
+    assert_eq!(erased["records_rewritten"], 6, "{erased}");
+
+    // The stream holds none of it: its messages are deleted.
+    let (after, deleted) = stream_messages(&nats.url(1), &stream).await;
+    assert_eq!(deleted, 6);
+    for (seq, payload) in &after {
+        assert!(!holds_any(payload, &needles), "stream message {seq}");
+    }
+    // B comes back on its log: it reads the rewrite and writes it over
+    // its own records. Every node's log is the same rewritten log, holding
+    // none of it.
+    let b = ChildNode::start(&nats.urls_toml(&[1]), "b", b_dir.path());
+    eventually("B has written the rewrite", PROPAGATION, async || {
+        exported(&b_data) == exported(&a.data_dir)
+    })
+    .await;
+    for (seq, value) in log_values(&a) {
+        assert!(!holds_any(&value, &needles), "event {seq}");
+    }
+    let b_log = exported(&b_data);
+    for text in ["erased-1", "erased-2", "erased-3", keyed.as_str()] {
+        assert!(!b_log.contains(text), "{text} in B's log");
+    }
+    let wifi_b = b.client("127.2.0.1");
+    assert_eq!(b.resolve_status(&wifi_b, &scan("kept-1")).await, 200);
+    assert_eq!(b.resolve_status(&wifi_b, &scan("erased-1")).await, 403);
+    // Its session binding is gone from the shared sessions too.
+    let sessions = format!("{stream}_SESSIONS");
+    eventually(
+        "the binding leaves the sessions stream",
+        PROPAGATION,
+        async || {
+            let (messages, _) = stream_messages(&nats.url(2), &sessions).await;
+            !messages.iter().any(|(_, m)| holds_any(m, &needles[..1]))
+        },
+    )
+    .await;
+
+    // A node that joins now fills the gaps from the rewrite: the same log,
+    // the same state.
+    let c = node(&nats, &[2], "c").await;
+    assert_eq!(log_values(&c), log_values(&a));
+    let wifi = c.client("http2", "127.2.0.1");
+    assert_eq!(c.resolve(&wifi, &scan("kept-1")).await.0, 200);
+    assert_eq!(c.resolve(&wifi, &scan("erased-1")).await.0, 403);
+    b.kill_9();
+    for n in [a, c] {
+        n.stop().await;
+    }
+}
+
+/// `homecmp log export` of the data dir `data_dir` (read-only, beside a
+/// running node).
+fn exported(data_dir: &std::path::Path) -> String {
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_homecmp"))
+        .args(["log", "export", "--data-dir"])
+        .arg(data_dir)
+        .output()
+        .unwrap();
+    String::from_utf8(run.stdout).unwrap()
 }

@@ -90,6 +90,20 @@ pub enum Event {
     RuleScansCounted {
         codes: Vec<RuleScanCount>,
     },
+    /// Cluster mode's history rewrite (a subscriber's erasure): the records
+    /// that stand at these sequence numbers from now on, on every node's
+    /// log, while the stream's own messages there are deleted. It carries
+    /// nothing of what it replaces, and changes no state: replay skips it.
+    HistoryRewritten {
+        records: Vec<Replacement>,
+    },
+}
+
+/// A record of a history rewrite, and the sequence number it stands at.
+#[derive(Debug, Clone, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+pub struct Replacement {
+    pub seq: Seq,
+    pub record: Record,
 }
 
 /// Resolutions by each rule of one code, for the rules the code got at
@@ -182,7 +196,7 @@ impl Event {
     }
 
     /// Every [`Event::kind`] name.
-    pub const KINDS: [&'static str; 9] = [
+    pub const KINDS: [&'static str; 10] = [
         "association_created",
         "association_revoked",
         "association_rebound",
@@ -192,6 +206,7 @@ impl Event {
         "scans_counted",
         "code_registered_with_rules",
         "rule_scans_counted",
+        "history_rewritten",
     ];
 
     /// The `kind` name used in JSON and in `log stats`.
@@ -206,6 +221,7 @@ impl Event {
             Event::ScansCounted { .. } => "scans_counted",
             Event::CodeRegisteredWithRules { .. } => "code_registered_with_rules",
             Event::RuleScansCounted { .. } => "rule_scans_counted",
+            Event::HistoryRewritten { .. } => "history_rewritten",
         }
     }
 
@@ -220,6 +236,7 @@ impl Event {
             | Event::RuleScansCounted { .. }
             | Event::CodeRemoved { .. }
             | Event::Redacted { .. }
+            | Event::HistoryRewritten { .. }
             | Event::ScansCounted { .. } => None,
         }
     }

@@ -85,10 +85,13 @@ impl Lifetimes {
                 self.live_codes.insert(code.clone(), seq);
             }
             Event::CodeRemoved { code } => self.end_code(code, seq, at),
-            // Counts name codes only: no subscriber, nothing that ends.
+            // Counts name codes only: no subscriber, nothing that ends. A
+            // cluster's history rewrite names no one: what it replaced is
+            // read where it stands.
             Event::Redacted { .. }
             | Event::ScansCounted { .. }
-            | Event::RuleScansCounted { .. } => {}
+            | Event::RuleScansCounted { .. }
+            | Event::HistoryRewritten { .. } => {}
         }
     }
 
@@ -176,7 +179,8 @@ impl Lifetimes {
             },
             Event::Redacted { .. }
             | Event::ScansCounted { .. }
-            | Event::RuleScansCounted { .. } => None,
+            | Event::RuleScansCounted { .. }
+            | Event::HistoryRewritten { .. } => None,
         }
     }
 }

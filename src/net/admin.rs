@@ -548,9 +548,9 @@ fn import_failed(e: crate::codes::ImportError) -> Response {
         ImportError::Body { .. } => AdminError::InvalidBody(e.to_string()).into_response(),
         ImportError::NotWritten {
             source:
-                crate::store::StoreError::Cluster(crate::store::cluster::ClusterError::Mismatch(_)),
+                crate::store::StoreError::Cluster(crate::store::cluster::ClusterError::Mismatch(why)),
             ..
-        } => AdminError::NotInClusterMode.into_response(),
+        } => AdminError::NotInClusterMode(why).into_response(),
         ImportError::NotWritten {
             ref report,
             ref source,
@@ -713,9 +713,9 @@ async fn delete_subscriber(
         .erase_subscriber(subscriber, stamp(&who))
         .await
         .map_err(|e| match e {
-            crate::store::StoreError::Cluster(crate::store::cluster::ClusterError::Mismatch(_)) => {
-                AdminError::NotInClusterMode.into_response()
-            }
+            crate::store::StoreError::Cluster(crate::store::cluster::ClusterError::Mismatch(
+                why,
+            )) => AdminError::NotInClusterMode(why).into_response(),
             e => unavailable(e),
         })?;
     Ok(Json(json!({

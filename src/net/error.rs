@@ -105,10 +105,9 @@ pub enum AdminError {
     LogUnavailable,
     #[error("this node stopped following the cluster stream: {0}")]
     FollowerStopped(String),
-    #[error(
-        "erasure rewrites the local log; in cluster mode the JetStream stream is the source of truth and cannot be rewritten"
-    )]
-    NotInClusterMode,
+    /// What cluster mode cannot do here, and why.
+    #[error("{0}")]
+    NotInClusterMode(String),
     #[error("the event log refused the write; see the server log")]
     Unavailable,
     #[error("no such admin resource")]
@@ -163,7 +162,7 @@ impl AdminError {
             AdminError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "NOT_READY"),
             AdminError::LogUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "LOG_UNAVAILABLE"),
             AdminError::FollowerStopped(_) => (StatusCode::SERVICE_UNAVAILABLE, "FOLLOWER_STOPPED"),
-            AdminError::NotInClusterMode => (StatusCode::CONFLICT, "NOT_IN_CLUSTER_MODE"),
+            AdminError::NotInClusterMode(_) => (StatusCode::CONFLICT, "NOT_IN_CLUSTER_MODE"),
             AdminError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
             AdminError::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
             AdminError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),

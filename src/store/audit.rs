@@ -78,7 +78,10 @@ pub fn terms(record: &Record) -> Vec<Vec<u8>> {
         | Event::CodeRemoved { code } => {
             terms.push(term(CODE, code.as_bytes()));
         }
-        Event::Redacted { .. } | Event::ScansCounted { .. } | Event::RuleScansCounted { .. } => {}
+        Event::Redacted { .. }
+        | Event::ScansCounted { .. }
+        | Event::RuleScansCounted { .. }
+        | Event::HistoryRewritten { .. } => {}
     }
     if let Some(actor) = &record.actor {
         terms.push(term(ACTOR, actor.as_bytes()));

@@ -21,6 +21,21 @@
 //! (`existing`, or a mismatch). `Nats-Msg-Id` makes a re-sent publish (after
 //! a lost acknowledgement) a duplicate, not a second event.
 //!
+//! # Erasure
+//!
+//! The stream's messages are deleted only by a subscriber's erasure
+//! ([`Store::erase_subscriber`]): the node asked revokes the subscriber's
+//! associations, plans the history rewrite on its own log (the same plan as
+//! single-node mode, [`super::history::plan`]) and publishes it as one
+//! `history_rewritten` event on `<stream>.h`, expecting that subject's last
+//! sequence (so every plan is made on the log as the previous rewrite left
+//! it). Every node, applying that event, writes the replacements over its
+//! own records ([`super::history::replace`]) and deletes the replaced
+//! messages from the stream (JetStream erases their bytes); the node asked
+//! answers once they are gone. A node that reads the stream later finds
+//! gaps there, and fills each from the replacement of the rewrite that made
+//! it ([`fill_gap`]), so every node's log is the same rewritten log.
+//!
 //! What this does not serialise: two nodes creating two *different*
 //! clientids for one subscriber at the same instant may both fit under
 //! `max_clientids_per_subscriber` and leave it one over; the subscriber's
@@ -35,13 +50,17 @@ use aws_lc_rs::digest;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
-use super::event::{decode_value, encode_value};
-use super::{Record, Seq, Store};
+use super::event::{Replacement, decode_value, encode_value};
+use super::{Event, Record, Seq, Store};
 use crate::config::ClusterConfig;
 
 /// Publishes tried per change before answering 503: each retry follows a
 /// lost race, after catching up.
 pub const ATTEMPTS: usize = 8;
+
+/// How far back from its end a joining node looks for a message of the
+/// stream to compare with its own (see [`check_prefix`]).
+const PREFIX_LOOKBACK: Seq = 4096;
 
 /// Messages the follower appends to the local log in one batch (one fsync).
 const FOLLOW_BATCH: usize = 512;
@@ -204,6 +223,37 @@ impl Link {
         format!("{}.k.{}", self.stream, key_hash(code))
     }
 
+    /// The subject of history rewrites: one for the stream, so that each
+    /// rewrite is planned on the log as the one before left it.
+    pub fn history_subject(&self) -> String {
+        history_subject(&self.stream)
+    }
+
+    /// Whether the stream lets messages be deleted (a stream made by a
+    /// homecmp before erasure in cluster mode denies it, for good).
+    pub async fn check_deletable(&self) -> Result<(), ClusterError> {
+        let stream = self
+            .js
+            .get_stream(&self.stream)
+            .await
+            .map_err(|e| unavailable("stream info", &e))?;
+        match stream.cached_info().config.deny_delete {
+            false => Ok(()),
+            true => Err(ClusterError::Mismatch(format!(
+                "the stream {} was created with deny_delete (by a homecmp before erasure in \
+                 cluster mode), which JetStream never lets go: erasure needs the stream moved \
+                 to a new one (see the book's cluster chapter)",
+                self.stream
+            ))),
+        }
+    }
+
+    /// Deletes the messages at `seqs` from the stream (JetStream erases
+    /// their bytes); one already gone is not an error.
+    pub async fn delete_messages(&self, seqs: &[Seq]) -> Result<(), ClusterError> {
+        delete_messages(&self.handle, seqs).await
+    }
+
     /// The stream's last sequence on `subject` (0: none), read from the
     /// stream leader, and waits until this node has applied it.
     pub async fn catch_up_on(&self, subject: &str) -> Result<Seq, ClusterError> {
@@ -319,6 +369,63 @@ impl Link {
     }
 }
 
+/// The subject of the stream `stream`'s history rewrites.
+fn history_subject(stream: &str) -> String {
+    format!("{stream}.h")
+}
+
+/// [`Link::delete_messages`], on any handle of the stream.
+async fn delete_messages<I>(stream: &stream::Stream<I>, seqs: &[Seq]) -> Result<(), ClusterError> {
+    for &seq in seqs {
+        match stream.delete_message(seq).await {
+            Ok(_) => {}
+            // Already gone: another node deleted it first.
+            Err(e) if e.to_string().contains("not found") => {}
+            Err(e) => return Err(unavailable(&format!("delete message {seq}"), &e)),
+        }
+    }
+    Ok(())
+}
+
+/// The replacements of the records `from..until` (a gap where the stream's
+/// messages were deleted), from the history rewrites published after
+/// them; `None` if a rewrite naming every one of them is not (yet) in
+/// sight.
+async fn fill_gap<I>(
+    stream: &stream::Stream<I>,
+    subject: &str,
+    from: Seq,
+    until: Seq,
+) -> Result<Option<Vec<Record>>, ClusterError> {
+    let mut found: std::collections::BTreeMap<Seq, Record> = Default::default();
+    let mut next = from;
+    while (found.len() as Seq) < until - from {
+        let message = match stream
+            .direct_get_next_for_subject(subject, Some(next))
+            .await
+        {
+            Ok(message) => message,
+            Err(e) if e.kind() == stream::DirectGetErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(unavailable("history rewrite lookup", &e)),
+        };
+        next = message.sequence + 1;
+        let record = decode_value(&message.payload).map_err(|e| {
+            ClusterError::Mismatch(format!(
+                "stream message {} is not an event: {e}",
+                message.sequence
+            ))
+        })?;
+        if let Event::HistoryRewritten { records } = record.event {
+            for Replacement { seq, record } in records {
+                if (from..until).contains(&seq) {
+                    found.insert(seq, record);
+                }
+            }
+        }
+    }
+    Ok(Some(found.into_values().collect()))
+}
+
 fn unavailable(what: &str, e: &dyn std::fmt::Display) -> ClusterError {
     ClusterError::Unavailable(format!("{what}: {e}"))
 }
@@ -385,8 +492,10 @@ fn stream_config(config: &ClusterConfig) -> stream::Config {
         storage: stream::StorageType::File,
         // Last message per subject straight from the leader.
         allow_direct: true,
-        // The log is append-only; its sequence is every node's event seq.
-        deny_delete: true,
+        // Its sequence is every node's event seq: never purged, and a
+        // message is deleted only where a history rewrite (erasure)
+        // replaces it on every node (see the module docs).
+        deny_delete: false,
         deny_purge: true,
         duplicate_window: Duration::from_secs(120),
         ..Default::default()
@@ -396,6 +505,11 @@ fn stream_config(config: &ClusterConfig) -> stream::Config {
 /// The local log must be a prefix of the stream: same length or shorter,
 /// and its last record equal to the stream's message at that sequence. A
 /// data dir of another stream or of single-node mode is refused.
+///
+/// A history rewrite may have deleted the stream's messages at the local
+/// log's end while this node was away (its follower writes the rewrite
+/// when it reads it): then the last record the stream still has, at most
+/// [`PREFIX_LOOKBACK`] back, is the one compared.
 async fn check_prefix(
     stream: &stream::Stream,
     store: &Store,
@@ -411,22 +525,33 @@ async fn check_prefix(
              this data dir belongs to another stream (or to single-node mode)"
         )));
     }
-    let local = store
-        .log()
-        .read_range(local_last, local_last)
-        .next()
-        .and_then(Result::ok)
-        .and_then(|(_, record)| encode_value(&record).ok());
-    let remote = stream
-        .get_raw_message(local_last)
-        .await
-        .map_err(|e| ClusterError::Unavailable(format!("message {local_last}: {e}")))?;
-    if local.as_deref() != Some(&remote.payload[..]) {
-        return Err(ClusterError::Mismatch(format!(
-            "local event {local_last} differs from the stream's: \
-             this data dir belongs to another stream (or to single-node mode)"
-        )));
+    let oldest = local_last.saturating_sub(PREFIX_LOOKBACK).max(1);
+    for seq in (oldest..=local_last).rev() {
+        let remote = match stream.get_raw_message(seq).await {
+            Ok(message) => message.payload,
+            Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => continue,
+            Err(e) => {
+                return Err(ClusterError::Unavailable(format!("message {seq}: {e}")));
+            }
+        };
+        let local = store
+            .log()
+            .read_range(seq, seq)
+            .next()
+            .and_then(Result::ok)
+            .and_then(|(_, record)| encode_value(&record).ok());
+        return match local.as_deref() == Some(&remote[..]) {
+            true => Ok(()),
+            false => Err(ClusterError::Mismatch(format!(
+                "local event {seq} differs from the stream's: \
+                 this data dir belongs to another stream (or to single-node mode)"
+            ))),
+        };
     }
+    tracing::warn!(
+        local_last,
+        "the stream's messages at the local log's end are all deleted: nothing to compare"
+    );
     Ok(())
 }
 
@@ -505,16 +630,80 @@ async fn follow_from(
             }
         };
         idle_checks = 0;
-        let records = records_of(batch, store.log().last_seq() + 1)?;
-        if records.is_empty() {
-            continue;
+        let next = store.log().last_seq() + 1;
+        let (records, gap) = records_of(batch, next)?;
+        apply(store, &stream, records, applied).await?;
+        if let Some(until) = gap {
+            let from = store.log().last_seq() + 1;
+            let subject = history_subject(name);
+            let filled = fill_gap(&stream, &subject, from, until)
+                .await
+                .map_err(|e| FollowError::Retry(e.to_string()))?
+                .ok_or_else(|| {
+                    FollowError::Retry(format!(
+                        "gap: got {until}, expected {from}, and no history rewrite in sight names them"
+                    ))
+                })?;
+            append(store, filled, applied).await?;
+            // A new consumer from past the gap.
+            return Err(FollowError::Retry(format!(
+                "filled a gap of deleted messages ({from} to {})",
+                until - 1
+            )));
         }
-        let last = store
-            .append_replicated(records)
-            .await
-            .map_err(|e| FollowError::Fatal(e.to_string()))?;
-        applied.send_replace(last);
     }
+}
+
+/// Appends `records` (the stream's, in order) to the local log and index;
+/// before each history rewrite among them, writes its replacements over
+/// the local records and deletes those messages from the stream.
+async fn apply<I>(
+    store: &Store,
+    stream: &stream::Stream<I>,
+    records: Vec<Record>,
+    applied: &watch::Sender<Seq>,
+) -> Result<(), FollowError>
+where
+    I: Send + Sync,
+{
+    let mut pending = Vec::with_capacity(records.len());
+    for record in records {
+        if let Event::HistoryRewritten {
+            records: replacements,
+        } = &record.event
+        {
+            append(store, std::mem::take(&mut pending), applied).await?;
+            store
+                .write_replacements(replacements.clone())
+                .await
+                .map_err(|e| FollowError::Fatal(format!("history rewrite: {e}")))?;
+            // Every node deletes (the one asked may have died before it
+            // did); one that finds a message gone already goes on.
+            let seqs: Vec<Seq> = replacements.iter().map(|r| r.seq).collect();
+            if let Err(e) = delete_messages(stream, &seqs).await {
+                tracing::warn!(error = %e, "rewritten messages not deleted from the stream by this node");
+            }
+        }
+        pending.push(record);
+    }
+    append(store, pending, applied).await
+}
+
+/// Appends `records` to the local log and index and announces the last.
+async fn append(
+    store: &Store,
+    records: Vec<Record>,
+    applied: &watch::Sender<Seq>,
+) -> Result<(), FollowError> {
+    if records.is_empty() {
+        return Ok(());
+    }
+    let last = store
+        .append_replicated(records)
+        .await
+        .map_err(|e| FollowError::Fatal(e.to_string()))?;
+    applied.send_replace(last);
+    Ok(())
 }
 
 /// A consumer can stall without an error (its server died, say): idle
@@ -546,12 +735,14 @@ async fn check_not_stalled(
 }
 
 /// The events of a batch of stream messages from sequence `next` on
-/// (messages delivered again after a reconnect are skipped). A gap starts
-/// a new consumer; a message that is not an event stops the follower.
+/// (messages delivered again after a reconnect are skipped), up to a gap,
+/// if there is one: then also the sequence after the gap (deleted messages
+/// the caller fills, [`fill_gap`]). A message that is not an event stops
+/// the follower.
 fn records_of<E: std::fmt::Display>(
     batch: Vec<Result<jetstream::Message, E>>,
     mut next: Seq,
-) -> Result<Vec<Record>, FollowError> {
+) -> Result<(Vec<Record>, Option<Seq>), FollowError> {
     let retry = |what: &str, e: &dyn std::fmt::Display| FollowError::Retry(format!("{what}: {e}"));
     let mut records = Vec::with_capacity(batch.len());
     for message in batch {
@@ -564,9 +755,7 @@ fn records_of<E: std::fmt::Display>(
             continue;
         }
         if seq > next {
-            return Err(FollowError::Retry(format!(
-                "gap: got {seq}, expected {next}"
-            )));
+            return Ok((records, Some(seq)));
         }
         let record = decode_value(&message.payload).map_err(|e| {
             FollowError::Fatal(format!("stream message {seq} is not an event: {e}"))
@@ -574,7 +763,7 @@ fn records_of<E: std::fmt::Display>(
         records.push(record);
         next += 1;
     }
-    Ok(records)
+    Ok((records, None))
 }
 
 /// 24 hex digits of SHA-256: a subject token for any key, the same on

@@ -38,7 +38,9 @@
 //! encoding (another codec, new fields) gets a new version byte and a decoder
 //! of its own beside this one, so old logs stay readable.
 
-pub use crate::core::model::{Event, IdentitySource, MAX_ACTOR_LEN, Record, RevokeReason, Seq};
+pub use crate::core::model::{
+    Event, IdentitySource, MAX_ACTOR_LEN, Record, Replacement, RevokeReason, Seq,
+};
 
 pub const FORMAT_VERSION: u8 = 2;
 
@@ -96,6 +98,34 @@ pub fn encode_key(seq: Seq) -> [u8; 8] {
 pub fn decode_key(key: &[u8]) -> Result<Seq, CodecError> {
     let bytes: [u8; 8] = key.try_into().map_err(|_| CodecError::BadKey(key.len()))?;
     Ok(Seq::from_be_bytes(bytes))
+}
+
+/// Most records one `history_rewritten` event holds: its size in memory
+/// stays far under [`DECODE_CLAIM_LIMIT`] whatever the records.
+pub const REPLACEMENTS_PER_EVENT: usize = 1024;
+
+/// `records` as `history_rewritten` events, in order: at most
+/// [`REPLACEMENTS_PER_EVENT`] each, and at most half of
+/// [`MAX_VALUE_BYTES`] encoded, so that every one is a value the log takes.
+pub fn history_rewritten(records: Vec<Replacement>) -> Vec<Event> {
+    let budget = MAX_VALUE_BYTES / 2;
+    let mut events = Vec::new();
+    let (mut chunk, mut bytes) = (Vec::new(), 0);
+    for replacement in records {
+        let size = bincode::encode_to_vec(&replacement, CODEC).map_or(budget, |v| v.len());
+        let full = chunk.len() == REPLACEMENTS_PER_EVENT || bytes + size > budget;
+        if full && !chunk.is_empty() {
+            let records = std::mem::take(&mut chunk);
+            events.push(Event::HistoryRewritten { records });
+            bytes = 0;
+        }
+        bytes += size;
+        chunk.push(replacement);
+    }
+    if !chunk.is_empty() {
+        events.push(Event::HistoryRewritten { records: chunk });
+    }
+    events
 }
 
 /// The value of `record`, or why the log must not take it: larger than
@@ -241,6 +271,33 @@ mod tests {
                     counts: vec![3, 0],
                 }],
             },
+            Event::HistoryRewritten {
+                records: vec![
+                    Replacement {
+                        seq: 3,
+                        record: Record {
+                            at_ms: 1_700_000_000_000,
+                            actor: None,
+                            event: Event::Redacted {
+                                reason: RedactReason::Erased,
+                            },
+                        },
+                    },
+                    Replacement {
+                        seq: 4,
+                        record: Record {
+                            at_ms: 1_700_000_000_001,
+                            actor: Some("alice".into()),
+                            event: Event::AssociationCreated {
+                                clientid: "c-2".into(),
+                                subscriber: SubscriberRef([8; 32]),
+                                source: IdentitySource::SessionBinding,
+                                client_addr: "127.1.0.1".parse().unwrap(),
+                            },
+                        },
+                    },
+                ],
+            },
         ];
         events
             .into_iter()
@@ -322,6 +379,7 @@ mod tests {
             Event::ScansCounted {
                 codes: vec![scans; SCANS_PER_EVENT],
             },
+            largest_rewrite(),
         ]
         .into_iter()
         .map(|event| Record {
@@ -330,6 +388,31 @@ mod tests {
             event,
         })
         .collect()
+    }
+
+    /// The first `history_rewritten` event of a rewrite of more records
+    /// than one event holds, each as large as a rewrite makes them (an
+    /// association created, the largest clientid, the longest actor).
+    fn largest_rewrite() -> Event {
+        let record = Record {
+            at_ms: u64::MAX,
+            actor: Some("a".repeat(MAX_ACTOR_LEN)),
+            event: Event::AssociationCreated {
+                clientid: "c".repeat(clientid::MAX_LEN),
+                subscriber: SubscriberRef([0xff; 32]),
+                source: IdentitySource::GatewayHeader,
+                client_addr: "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff".parse().unwrap(),
+            },
+        };
+        let many = (0..3 * REPLACEMENTS_PER_EVENT as Seq)
+            .map(|seq| Replacement {
+                seq: u64::MAX - seq,
+                record: record.clone(),
+            })
+            .collect();
+        let events = history_rewritten(many);
+        assert!(events.len() >= 3, "chunked: {}", events.len());
+        events.into_iter().next().unwrap()
     }
 
     /// The kinds `sample` and `largest` cover: every one there is.

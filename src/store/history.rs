@@ -7,6 +7,7 @@ use std::path::Path;
 
 use super::event::{encode_key, encode_value};
 use super::{EventLog, Record, Seq, StoreError};
+use crate::core::model::Replacement;
 use crate::core::{Doom, Lifetimes};
 
 /// Records rewritten per RocksDB batch.
@@ -36,56 +37,22 @@ pub fn rewrite(
     doom: Doom,
     snapshot: Option<&Path>,
 ) -> Result<Rewritten, StoreError> {
-    if let Some(file) = snapshot {
-        match std::fs::remove_file(file) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                return Err(StoreError::Log(super::LogError::Write(format!(
-                    "cannot remove the index snapshot {}: {e}",
-                    file.display()
-                ))));
-            }
-            _ => {}
-        }
-    }
-    let mut lifetimes = Lifetimes::default();
-    for item in log.read_range(1, last) {
-        let (seq, record) = item?;
-        lifetimes.observe(seq, &record);
-    }
+    remove_snapshot(snapshot)?;
+    let lifetimes = lifetimes_until(log, last)?;
     let mut batch = rocksdb::WriteBatch::default();
     let mut records = 0;
     let db = log.raw();
-    let write = |batch: rocksdb::WriteBatch| -> Result<(), StoreError> {
-        let mut sync = rocksdb::WriteOptions::default();
-        sync.set_sync(true);
-        db.write_opt(batch, &sync)
-            .map_err(|e| StoreError::Log(super::LogError::from(e)))
-    };
     for item in log.read_range(1, last) {
         let (seq, record) = item?;
-        if let Some(event) = lifetimes.rewrite(seq, &record, doom) {
-            // Nothing of a redacted event is left, its actor neither.
-            let actor = match event {
-                crate::core::model::Event::Redacted { .. } => None,
-                _ => record.actor.clone(),
-            };
-            let new = Record {
-                at_ms: record.at_ms,
-                actor,
-                event,
-            };
-            let value =
-                encode_value(&new).map_err(|e| StoreError::Log(super::LogError::Refused(e)))?;
-            batch.put(encode_key(seq), value);
-            super::audit::delete(db, &mut batch, seq, &record);
-            super::audit::put(db, &mut batch, seq, &super::audit::terms(&new));
+        if let Some(new) = replacement(&lifetimes, seq, &record, doom) {
+            put(db, &mut batch, seq, &record, &new)?;
             records += 1;
             if batch.len() >= BATCH {
-                write(std::mem::take(&mut batch))?;
+                write(db, std::mem::take(&mut batch))?;
             }
         }
     }
-    write(batch)?;
+    write(db, batch)?;
     if records > 0 {
         drop_old_bytes(db)?;
     }
@@ -93,6 +60,125 @@ pub fn rewrite(
         records,
         scanned: last,
     })
+}
+
+/// What [`rewrite`] would write, without writing it: the records that
+/// replace those of the instances `doom` picks among events 1 to `last`.
+/// Cluster mode publishes them ([`crate::core::model::Event::HistoryRewritten`])
+/// and every node writes them with [`replace`].
+pub fn plan(log: &EventLog, last: Seq, doom: Doom) -> Result<Vec<Replacement>, StoreError> {
+    let lifetimes = lifetimes_until(log, last)?;
+    let mut planned = Vec::new();
+    for item in log.read_range(1, last) {
+        let (seq, record) = item?;
+        if let Some(record) = replacement(&lifetimes, seq, &record, doom) {
+            planned.push(Replacement { seq, record });
+        }
+    }
+    Ok(planned)
+}
+
+/// Writes `replacements` where they stand (each sequence number must be in
+/// the log), their audit index with them, after removing the index
+/// snapshot at `snapshot` (see [`rewrite`]); then compacts so that the old
+/// versions leave the disk. Writing the same replacements again changes
+/// nothing. Returns the records it replaced.
+pub fn replace(
+    log: &EventLog,
+    replacements: &[Replacement],
+    snapshot: Option<&Path>,
+) -> Result<Vec<Replacement>, StoreError> {
+    if replacements.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut replaced = Vec::with_capacity(replacements.len());
+    remove_snapshot(snapshot)?;
+    let db = log.raw();
+    let mut batch = rocksdb::WriteBatch::default();
+    for Replacement { seq, record } in replacements {
+        let old = match log.read_range(*seq, *seq).next() {
+            Some(item) => item?.1,
+            None => {
+                return Err(StoreError::Log(super::LogError::Write(format!(
+                    "history rewrite: event {seq} is not in the log"
+                ))));
+            }
+        };
+        put(db, &mut batch, *seq, &old, record)?;
+        replaced.push(Replacement {
+            seq: *seq,
+            record: old,
+        });
+        if batch.len() >= BATCH {
+            write(db, std::mem::take(&mut batch))?;
+        }
+    }
+    write(db, batch)?;
+    drop_old_bytes(db)?;
+    Ok(replaced)
+}
+
+/// Every instance's life among events 1 to `last` (the first pass).
+fn lifetimes_until(log: &EventLog, last: Seq) -> Result<Lifetimes, StoreError> {
+    let mut lifetimes = Lifetimes::default();
+    for item in log.read_range(1, last) {
+        let (seq, record) = item?;
+        lifetimes.observe(seq, &record);
+    }
+    Ok(lifetimes)
+}
+
+/// The record that replaces `record` (at `seq`) under `doom`, if any:
+/// same time; nothing of a redacted event is left, its actor neither.
+fn replacement(lifetimes: &Lifetimes, seq: Seq, record: &Record, doom: Doom) -> Option<Record> {
+    let event = lifetimes.rewrite(seq, record, doom)?;
+    let actor = match event {
+        crate::core::model::Event::Redacted { .. } => None,
+        _ => record.actor.clone(),
+    };
+    Some(Record {
+        at_ms: record.at_ms,
+        actor,
+        event,
+    })
+}
+
+/// Adds to `batch` the writing of `new` over `old` at `seq`, the audit
+/// index's keys of the one replaced by the other's.
+fn put(
+    db: &rocksdb::DB,
+    batch: &mut rocksdb::WriteBatch,
+    seq: Seq,
+    old: &Record,
+    new: &Record,
+) -> Result<(), StoreError> {
+    let value = encode_value(new).map_err(|e| StoreError::Log(super::LogError::Refused(e)))?;
+    batch.put(encode_key(seq), value);
+    super::audit::delete(db, batch, seq, old);
+    super::audit::put(db, batch, seq, &super::audit::terms(new));
+    Ok(())
+}
+
+/// Writes `batch` durably.
+fn write(db: &rocksdb::DB, batch: rocksdb::WriteBatch) -> Result<(), StoreError> {
+    let mut sync = rocksdb::WriteOptions::default();
+    sync.set_sync(true);
+    db.write_opt(batch, &sync)
+        .map_err(|e| StoreError::Log(super::LogError::from(e)))
+}
+
+/// Removes the index snapshot at `snapshot`, if there is one.
+fn remove_snapshot(snapshot: Option<&Path>) -> Result<(), StoreError> {
+    let Some(file) = snapshot else { return Ok(()) };
+    match std::fs::remove_file(file) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(StoreError::Log(super::LogError::Write(format!(
+                "cannot remove the index snapshot {}: {e}",
+                file.display()
+            ))))
+        }
+        _ => Ok(()),
+    }
 }
 
 /// Makes RocksDB drop the bytes a rewrite replaced, the records' and their

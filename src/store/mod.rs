@@ -298,15 +298,15 @@ impl Store {
         subscriber: SubscriberRef,
         stamp: impl Into<Stamp>,
     ) -> Result<(Vec<ClientId>, history::Rewritten), StoreError> {
-        if self.cluster().is_some() {
-            return Err(ClusterError::Mismatch(
-                "erasure rewrites the local log; in cluster mode the JetStream stream is the \
-                 source of truth and cannot be rewritten"
-                    .into(),
-            )
-            .into());
-        }
         let stamp = stamp.into();
+        if let Some(link) = self.cluster() {
+            // A task of its own, like the single-node rewrite below: a
+            // client that goes away does not stop it halfway.
+            let (store, link) = (self.clone(), link.clone());
+            let erasure =
+                tokio::spawn(async move { store.erase_replicated(&link, subscriber, stamp).await });
+            return erasure.await.expect("erasure does not panic");
+        }
         let turn = self.inner.rewrites.begin().await;
         let store = self.clone();
         let erasure = tokio::spawn(async move {
@@ -329,6 +329,28 @@ impl Store {
         subscriber: SubscriberRef,
         stamp: Stamp,
     ) -> Result<(Vec<ClientId>, history::Rewritten), StoreError> {
+        let revoked = self.revoke_all(subscriber, &stamp).await?;
+        // On a blocking thread, and finished even if the caller goes away.
+        // On a blocking thread. The rewrite removes the snapshot too (it
+        // holds the subscriber's associations as they were, besides).
+        let (log, snapshot) = (self.log().clone(), self.inner.snapshot.clone());
+        let rewritten = tokio::task::spawn_blocking(move || {
+            let last = log.last_seq();
+            let doom = crate::core::Doom::Subscriber(subscriber);
+            history::rewrite(&log, last, doom, snapshot.as_deref())
+        })
+        .await
+        .expect("the rewrite does not panic")?;
+        Ok((revoked, rewritten))
+    }
+
+    /// Revokes every association of `subscriber` (erasure's first step):
+    /// the clientids revoked.
+    async fn revoke_all(
+        &self,
+        subscriber: SubscriberRef,
+        stamp: &Stamp,
+    ) -> Result<Vec<ClientId>, StoreError> {
         let mut revoked = Vec::new();
         // Again while any is left: a first scan may have associated one
         // more (through a gateway header, say) while these were revoked.
@@ -345,18 +367,96 @@ impl Store {
                 }
             }
         }
-        // On a blocking thread, and finished even if the caller goes away.
-        // On a blocking thread. The rewrite removes the snapshot too (it
-        // holds the subscriber's associations as they were, besides).
-        let (log, snapshot) = (self.log().clone(), self.inner.snapshot.clone());
-        let rewritten = tokio::task::spawn_blocking(move || {
-            let last = log.last_seq();
+        Ok(revoked)
+    }
+
+    /// Erasure in cluster mode (see [`cluster`]'s module docs): the
+    /// associations revoked through the stream, the rewrite planned on this
+    /// node's log and published as one `history_rewritten` event (planned
+    /// again after another node's rewrite), and once this node has written
+    /// it, the replaced messages deleted from the stream.
+    async fn erase_replicated(
+        &self,
+        link: &Arc<Link>,
+        subscriber: SubscriberRef,
+        stamp: Stamp,
+    ) -> Result<(Vec<ClientId>, history::Rewritten), StoreError> {
+        link.check_deletable().await?;
+        let revoked = self.revoke_all(subscriber, &stamp).await?;
+        let subject = link.history_subject();
+        for _ in 0..cluster::ATTEMPTS {
+            let expected = link.catch_up_on(&subject).await?;
+            let (log, last) = (self.log().clone(), self.log().last_seq());
             let doom = crate::core::Doom::Subscriber(subscriber);
-            history::rewrite(&log, last, doom, snapshot.as_deref())
-        })
-        .await
-        .expect("the rewrite does not panic")?;
-        Ok((revoked, rewritten))
+            let planned = tokio::task::spawn_blocking(move || history::plan(&log, last, doom))
+                .await
+                .expect("planning does not panic")?;
+            let seqs: Vec<Seq> = planned.iter().map(|r| r.seq).collect();
+            let rewritten = history::Rewritten {
+                records: seqs.len() as u64,
+                scanned: last,
+            };
+            if planned.is_empty() {
+                return Ok((revoked, rewritten));
+            }
+            let mut events = event::history_rewritten(planned);
+            if events.len() > 1 {
+                return Err(ClusterError::Mismatch(format!(
+                    "erasing this subscriber rewrites {} records, more than one history rewrite \
+                     holds in cluster mode ({}): stop the cluster and erase offline",
+                    seqs.len(),
+                    event::REPLACEMENTS_PER_EVENT
+                ))
+                .into());
+            }
+            let publish =
+                cluster::Publish::new(subject.clone(), expected, &stamp, events.remove(0));
+            match link.publish_all(vec![publish]).await {
+                Ok(_) => {
+                    link.delete_messages(&seqs).await?;
+                    return Ok((revoked, rewritten));
+                }
+                // Another node's rewrite first: plan again on the log as
+                // it left it.
+                Err(ClusterError::Conflict) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ClusterError::Unavailable("history rewrites kept racing; try again".into()).into())
+    }
+
+    /// Writes a history rewrite's replacements over this node's records
+    /// (cluster mode's follower), under the rewrite lock, off the runtime.
+    ///
+    /// A node that was away while the subscriber was erased applied the
+    /// records that began its associations, but not those that ended them
+    /// (their messages were deleted before it read them, and it filled the
+    /// gap with their replacements): an association that began at a record
+    /// the rewrite blanks, and is still the one that began there, ends now,
+    /// so the index is the rewritten log's, as on every other node.
+    pub(crate) async fn write_replacements(
+        &self,
+        replacements: Vec<event::Replacement>,
+    ) -> Result<u64, StoreError> {
+        let _rewriting = self.inner.rewrites.begin().await;
+        let (log, snapshot) = (self.log().clone(), self.inner.snapshot.clone());
+        let new = replacements.clone();
+        let replaced =
+            tokio::task::spawn_blocking(move || history::replace(&log, &new, snapshot.as_deref()))
+                .await
+                .expect("the rewrite does not panic")?;
+        for (old, new) in replaced.iter().zip(&replacements) {
+            let began = match &old.record.event {
+                Event::AssociationCreated { clientid, .. }
+                | Event::AssociationRebound { clientid, .. } => clientid,
+                _ => continue,
+            };
+            // The rewrite keeps an instance that began here as a creation.
+            if !matches!(new.record.event, Event::AssociationCreated { .. }) {
+                self.index().end_instance(began, old.seq);
+            }
+        }
+        Ok(replaced.len() as u64)
     }
 
     /// Revokes the association of `clientid`, if it has one and (with

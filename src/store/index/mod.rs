@@ -387,6 +387,18 @@ impl Index {
         self.last_seq.load(Ordering::Acquire)
     }
 
+    /// Ends the association of `clientid` if it is still the one that
+    /// began at `started` (cluster mode's history rewrite, on a node that
+    /// did not read the record that ended it: see
+    /// `Store::write_replacements`). `true` if it ended.
+    pub fn end_instance(&self, clientid: &str, started: Seq) -> bool {
+        let _changes = self.lock_changes();
+        match self.association(clientid) {
+            Some(held) if held.seq == started => self.revoke(clientid, &held.subscriber).is_ok(),
+            _ => false,
+        }
+    }
+
     /// Applies one durable event. Events must come in sequence order. An
     /// event that does not apply changes nothing.
     pub fn apply(&self, seq: Seq, record: &Record) -> Result<(), ApplyError> {
@@ -428,8 +440,9 @@ impl Index {
                 Some(_) => Ok(()),
                 None => Err(format!("code {code} is not registered")),
             },
-            // History removed without changing the state: nothing to do.
-            Event::Redacted { .. } => Ok(()),
+            // History removed or rewritten without changing the state:
+            // nothing to do.
+            Event::Redacted { .. } | Event::HistoryRewritten { .. } => Ok(()),
         }
         .map_err(fail)?;
         self.last_seq.fetch_max(seq, Ordering::AcqRel);
