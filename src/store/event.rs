@@ -271,33 +271,7 @@ mod tests {
                     counts: vec![3, 0],
                 }],
             },
-            Event::HistoryRewritten {
-                records: vec![
-                    Replacement {
-                        seq: 3,
-                        record: Record {
-                            at_ms: 1_700_000_000_000,
-                            actor: None,
-                            event: Event::Redacted {
-                                reason: RedactReason::Erased,
-                            },
-                        },
-                    },
-                    Replacement {
-                        seq: 4,
-                        record: Record {
-                            at_ms: 1_700_000_000_001,
-                            actor: Some("alice".into()),
-                            event: Event::AssociationCreated {
-                                clientid: "c-2".into(),
-                                subscriber: SubscriberRef([8; 32]),
-                                source: IdentitySource::SessionBinding,
-                                client_addr: "127.1.0.1".parse().unwrap(),
-                            },
-                        },
-                    },
-                ],
-            },
+            sample_rewrite(),
         ];
         events
             .into_iter()
@@ -307,6 +281,38 @@ mod tests {
                 event,
             })
             .collect()
+    }
+
+    /// A cluster's history rewrite: a blanked record and a rebind's
+    /// survivor.
+    fn sample_rewrite() -> Event {
+        Event::HistoryRewritten {
+            records: vec![
+                Replacement {
+                    seq: 3,
+                    record: Record {
+                        at_ms: 1_700_000_000_000,
+                        actor: None,
+                        event: Event::Redacted {
+                            reason: RedactReason::Erased,
+                        },
+                    },
+                },
+                Replacement {
+                    seq: 4,
+                    record: Record {
+                        at_ms: 1_700_000_000_001,
+                        actor: Some("alice".into()),
+                        event: Event::AssociationCreated {
+                            clientid: "c-2".into(),
+                            subscriber: SubscriberRef([8; 32]),
+                            source: IdentitySource::SessionBinding,
+                            client_addr: "127.1.0.1".parse().unwrap(),
+                        },
+                    },
+                },
+            ],
+        }
     }
 
     /// Every kind of event, each of its variable parts as large as the
