@@ -302,7 +302,8 @@ mod tests {
                 }
                 Event::Redacted { .. }
                 | Event::ScansCounted { .. }
-                | Event::RuleScansCounted { .. } => {}
+                | Event::RuleScansCounted { .. }
+                | Event::HistoryRewritten { .. } => {}
             }
         }
         Ok((owners, codes))
