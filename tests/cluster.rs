@@ -812,3 +812,49 @@ fn exported(data_dir: &std::path::Path) -> String {
         .unwrap();
     String::from_utf8(run.stdout).unwrap()
 }
+
+/// A bulk code import on one node in cluster mode: every row registered,
+/// each as a change of its own through the stream, and honoured on the
+/// other node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bulk_import_on_one_node_registers_every_code_on_every_node() {
+    let nats = NatsCluster::start(3);
+    let a = node(&nats, &[0], "a").await;
+    let b = node(&nats, &[1], "b").await;
+    let body: String = (0..300)
+        .map(|i| {
+            format!("{{\"code\":\"2001000001imp{i:04}\",\"target\":\"https://example.org/{i}\"}}\n")
+        })
+        .collect();
+    let url = format!("http://{}/admin/v1/codes:import", a.running.admin_addr);
+    let response = reqwest::Client::new()
+        .post(url)
+        .bearer_auth(a.running.admin_token.expose())
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let report: Value = response.json().await.unwrap();
+    assert_eq!(
+        (&report["rows"], &report["applied"]),
+        (&json!(300), &json!(300)),
+        "{report}"
+    );
+    eventually("B holds every code", PROPAGATION, async || {
+        let (_, status) = b.admin(Method::GET, "/admin/v1/status", None).await;
+        status["codes"] == 300
+    })
+    .await;
+    let (s, code) = b
+        .admin(Method::GET, "/admin/v1/codes/2001000001imp0299", None)
+        .await;
+    assert_eq!(
+        (s, &code["target"]),
+        (200, &json!("https://example.org/299"))
+    );
+    for n in [a, b] {
+        n.stop().await;
+    }
+}

@@ -50,6 +50,9 @@ const STRIPES: usize = 256;
 /// Rounds of revocations an erasure makes before it rewrites history.
 const ERASE_ROUNDS: usize = 4;
 
+/// Code registrations of a cluster-mode import published at once.
+const CODES_IN_FLIGHT: usize = 32;
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error(transparent)]
@@ -540,11 +543,9 @@ impl Store {
         codes: Vec<(IndirectCode, String, Vec<TargetRule>)>,
         stamp: impl Into<Stamp>,
     ) -> Result<Seq, StoreError> {
-        if self.cluster().is_some() {
-            return Err(ClusterError::Mismatch(
-                "bulk code import writes one batch to the local log: not in cluster mode".into(),
-            )
-            .into());
+        let stamp = stamp.into();
+        if let Some(link) = self.cluster() {
+            return self.register_codes_replicated(link, codes, stamp).await;
         }
         let stripes: Vec<usize> = codes
             .iter()
@@ -556,6 +557,34 @@ impl Store {
             .map(|(code, target, rules)| code_event(&code, target, rules))
             .collect();
         self.commit(events, stamp, guards).await
+    }
+
+    /// [`Store::register_codes`] in cluster mode: a stream message carries
+    /// one change, so each code is registered as a change of its own
+    /// ([`CODES_IN_FLIGHT`] at once), and a batch that fails may leave some
+    /// of its codes registered, each whole (importing the rows again is
+    /// safe: a registration replaces the code). The last sequence.
+    async fn register_codes_replicated(
+        &self,
+        link: &Arc<Link>,
+        codes: Vec<(IndirectCode, String, Vec<TargetRule>)>,
+        stamp: Stamp,
+    ) -> Result<Seq, StoreError> {
+        use futures_util::StreamExt;
+        let changes = codes.into_iter().map(|(code, target, rules)| {
+            let (event, stamp) = (code_event(&code, target, rules), stamp.clone());
+            async move {
+                self.change_code_replicated(link, &code, event, stamp)
+                    .await
+                    .map(|done| done.expect("a registration always writes"))
+            }
+        });
+        let mut written = futures_util::stream::iter(changes).buffer_unordered(CODES_IN_FLIGHT);
+        let mut last = 0;
+        while let Some(seq) = written.next().await {
+            last = last.max(seq?);
+        }
+        Ok(last)
     }
 
     pub async fn register_code(
