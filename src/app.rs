@@ -41,8 +41,11 @@ pub struct App {
     pub limits: Limiters,
     /// Peer CMPs to forward to (`[federation]` peers).
     pub peers: Option<crate::federation::Peers>,
-    /// What the resolution rule applies ([`crate::core::admit`]).
-    pub rules: crate::core::Rules,
+    /// What the resolution rule applies ([`crate::core::admit`]), from
+    /// the config: swapped whole by a reload. The one place a request
+    /// reads the MNO's pools and gateways and the policy from (not
+    /// `config`, which stays as the server started).
+    pub rules: arc_swap::ArcSwap<crate::core::Rules>,
 }
 
 /// The keyed limits of `[limits]`, cheapest first.
@@ -246,14 +249,42 @@ impl App {
         }
     }
 
-    /// A reload (`SIGHUP`, `POST /admin/v1/reload`): the certificate and
-    /// key read again from their files and served from the next handshake
-    /// on. On any error the running ones stay, and the error says why.
-    pub fn reload(&self) -> Result<(), crate::tls::TlsError> {
-        self.certificate.reload()?;
+    /// A reload (`SIGHUP`, `POST /admin/v1/reload`): the config read again
+    /// from its source (a file, or the environment) and checked, then the
+    /// certificate and key read again from their files (served from the
+    /// next handshake on) and the rules the config gives (the MNO's pools
+    /// and trusted gateways, the routing prefixes and policy, the MSISDN
+    /// header, the URI and IPv6 prefix limits) swapped in for the next
+    /// request. What it reloaded, or why it refused: then everything
+    /// running stays as it was. The rest of the config (listeners, data
+    /// dir, limits, cluster, RADIUS, federation) takes effect at the next
+    /// start.
+    pub fn reload(&self) -> Result<Vec<&'static str>, String> {
+        let fresh = match self.config.reread() {
+            Some(read) => Some(read.map_err(|e| format!("config: {e}"))?),
+            None => None,
+        };
+        self.certificate.reload().map_err(|e| e.to_string())?;
         self.metrics.certificate("public", &self.certificate.leaf());
-        tracing::info!("reloaded: certificate and key");
-        Ok(())
+        let mut reloaded = vec!["certificate"];
+        if let Some(fresh) = fresh {
+            self.bindings.set_mno(fresh.mno.clone());
+            self.rules.store(Arc::new(rules_of(&fresh)));
+            reloaded.push("rules");
+        }
+        tracing::info!(?reloaded, "reloaded");
+        Ok(reloaded)
+    }
+}
+
+/// What of `config` the resolution rule reads (see [`App::rules`]).
+fn rules_of(config: &Config) -> crate::core::Rules {
+    crate::core::Rules {
+        policy: config.policy.clone(),
+        mno: config.mno.clone(),
+        max_uri_bytes: config.limits.max_uri_bytes,
+        ipv6_prefix_len: config.limits.ipv6_prefix_len,
+        msisdn_header: config.msisdn_header.clone(),
     }
 }
 
@@ -284,13 +315,7 @@ impl App {
             open_connections: AtomicUsize::new(0),
             limits: Limiters::new(&config),
             peers,
-            rules: crate::core::Rules {
-                policy: config.policy.clone(),
-                mno: config.mno.clone(),
-                max_uri_bytes: config.limits.max_uri_bytes,
-                ipv6_prefix_len: config.limits.ipv6_prefix_len,
-                msisdn_header: config.msisdn_header.clone(),
-            },
+            rules: arc_swap::ArcSwap::from_pointee(rules_of(&config)),
             store,
             config,
         }

@@ -77,6 +77,19 @@ pub struct Config {
     /// `[federation]`: peer CMPs this one forwards to, and the mutual-TLS
     /// listener they call (see `crate::federation`). `None`: neither.
     pub federation: Option<FederationConfig>,
+    /// Where this config came from: what a reload reads again.
+    pub source: ConfigSource,
+}
+
+/// Where a [`Config`] came from, and so what a reload reads again.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// A file (`--config`), with the environment's overrides.
+    File(PathBuf),
+    /// The embedded defaults with the environment's overrides.
+    Environment,
+    /// Text a caller gave ([`Config::parse`]): nothing to read again.
+    Given,
 }
 
 /// `[federation]` (§9.3.2): security between two CMPs.
@@ -661,14 +674,32 @@ struct RawLog {
 impl Config {
     /// Embedded defaults plus environment overrides.
     pub fn from_env() -> Result<Self, ConfigErrors> {
-        Self::parse("", std::env::vars())
+        let config = Self::parse("", std::env::vars())?;
+        Ok(Self {
+            source: ConfigSource::Environment,
+            ..config
+        })
     }
 
     /// Reads `path`, applies environment overrides, validates.
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
         let text = std::fs::read_to_string(path)
             .map_err(|e| ConfigErrors(vec![format!("cannot read {}: {e}", path.display())]))?;
-        Self::parse(&text, std::env::vars())
+        let config = Self::parse(&text, std::env::vars())?;
+        Ok(Self {
+            source: ConfigSource::File(path.to_owned()),
+            ..config
+        })
+    }
+
+    /// This config as its source says it is now (a reload); `None` for a
+    /// config given as text, which has nothing to read again.
+    pub fn reread(&self) -> Option<Result<Self, ConfigErrors>> {
+        match &self.source {
+            ConfigSource::File(path) => Some(Self::load(path)),
+            ConfigSource::Environment => Some(Self::from_env()),
+            ConfigSource::Given => None,
+        }
     }
 
     /// Parses TOML text with `HOMECMP__SECTION__KEY` overrides from `env`.
@@ -778,6 +809,7 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
         errors.push("auth.associations_per_minute: must be at least 1".into());
     }
     Config {
+        source: ConfigSource::Given,
         scan_stats_flush: Duration::from_secs(raw.server.scan_stats_flush_secs),
         data_dir: raw.server.data_dir,
         listen,

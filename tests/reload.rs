@@ -201,3 +201,82 @@ async fn sighup_reloads_the_certificate() {
         served.stderr()
     );
 }
+
+/// A reload re-reads the config file: the MNO's address pools, its
+/// trusted gateways and the routing prefixes take effect at once, without
+/// a restart (a session bound in a new pool and a first scan from it, a
+/// code under a new prefix); a config that does not validate is refused
+/// (422 `RELOAD_REFUSED` with its errors) and the running one kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_reads_the_pools_and_prefixes_again_and_refuses_a_bad_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |networks: &str, prefixes: &str| {
+        format!(
+            "[server]\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\nrouting_prefixes = [{prefixes}]\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n[mno]\nnetworks = [{networks}]\n",
+            dir.path().join("data").display(),
+        )
+    };
+    let first = config("\"127.1.0.0/16\"", &format!("\"{}\"", support::PREFIX));
+    let served = support::binary::Served::start(dir.path(), "pools", &first);
+    let bind = async |ip: &str| {
+        let body = reqwest::Body::from(r#"{"msisdn": "+447700900077"}"#);
+        let path = format!("/admin/v1/sessions/{ip}");
+        served.admin(Method::PUT, &path, Some(body)).await
+    };
+    let (status, body) = bind("127.9.0.7").await;
+    assert_eq!(
+        (status, &body["code"]),
+        (400, &serde_json::json!("NOT_IN_MNO_NETWORK"))
+    );
+    let new_code = "2002000001launch";
+    let put_code = async || {
+        let body = reqwest::Body::from(r#"{"target": "https://example.org/launch"}"#);
+        let path = format!("/admin/v1/codes/{new_code}");
+        served.admin(Method::PUT, &path, Some(body)).await
+    };
+    assert_eq!(put_code().await.0, 400, "not a prefix of this CMP yet");
+
+    // A new pool and a new prefix, read on reload.
+    let second = config(
+        "\"127.1.0.0/16\", \"127.9.0.0/16\"",
+        &format!("\"{}\", \"2002000001\"", support::PREFIX),
+    );
+    std::fs::write(dir.path().join("pools.toml"), &second).unwrap();
+    let (status, reloaded) = served.admin(Method::POST, "/admin/v1/reload", None).await;
+    assert_eq!(status, 200, "{reloaded}");
+    assert_eq!(
+        reloaded["reloaded"],
+        serde_json::json!(["certificate", "rules"]),
+        "{reloaded}"
+    );
+    let (status, body) = bind("127.9.0.7").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(put_code().await.0, 200);
+    let scan = format!("code={new_code}&clientid=pool-app");
+    let response = served
+        .client("127.9.0.7")
+        .get(served.resolve_url(&scan))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200, "a first scan from the new pool");
+
+    // A config that does not validate: refused, every error named, and
+    // the running one kept.
+    std::fs::write(
+        dir.path().join("pools.toml"),
+        second.replace("127.9.0.0/16", "not-a-network"),
+    )
+    .unwrap();
+    let (status, refused) = served.admin(Method::POST, "/admin/v1/reload", None).await;
+    assert_eq!(
+        (status, &refused["code"]),
+        (422, &serde_json::json!("RELOAD_REFUSED")),
+        "{refused}"
+    );
+    let message = refused["message"].as_str().unwrap();
+    assert!(message.contains("not-a-network"), "{message}");
+    let (status, _) = bind("127.9.0.7").await;
+    assert_eq!(status, 200, "the running pools kept");
+}

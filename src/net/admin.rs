@@ -313,16 +313,18 @@ fn refresh(app: &App) {
     }
 }
 
-/// `POST /admin/v1/reload`, as `SIGHUP`: the certificate and key read
-/// again ([`App::reload`]); 422 `RELOAD_REFUSED` with the reason when they
-/// do not load, the running ones kept.
+/// `POST /admin/v1/reload`, as `SIGHUP`: the config, the certificate and
+/// key read again ([`App::reload`]): what was reloaded; 422
+/// `RELOAD_REFUSED` with the reason when the config does not validate or
+/// the pair does not load, everything running kept.
 async fn reload(Ready(app): Ready) -> Answer {
-    app.reload()
-        .map_err(|e| AdminError::ReloadRefused(e.to_string()).into_response())?;
+    let reloaded = app
+        .reload()
+        .map_err(|e| AdminError::ReloadRefused(e).into_response())?;
     let leaf = app.certificate.leaf();
     let expires =
         crate::tls::not_after(&leaf).map(|secs| crate::clock::rfc3339(secs.max(0) as u64 * 1000));
-    Ok(Json(json!({"reloaded": ["certificate"], "certificate_expires": expires})).into_response())
+    Ok(Json(json!({"reloaded": reloaded, "certificate_expires": expires})).into_response())
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Response {
@@ -460,7 +462,7 @@ async fn put_code(
     let code = parse_code(&code)?;
     let expected = r#"{"target": "https://...", "rules": [...]}"#;
     let CodeBody { target, rules } = body(json, expected)?;
-    if !app.config.policy.owns(&code) {
+    if !app.rules.load().policy.owns(&code) {
         return Err(AdminError::UnknownPrefix.into_response());
     }
     if !crate::wire::valid_target(&target) {
@@ -524,8 +526,10 @@ async fn import_codes(
     // batches written, never half of one.
     let app = app.clone();
     let import = tokio::spawn(async move {
-        let (policy, actor) = (&app.config.policy, Some(who.name.as_str()));
-        crate::codes::import(&app.store, policy, body, format, dry_run, actor).await
+        // The policy as it is when the import starts, for all its rows.
+        let rules = app.rules.load_full();
+        let actor = Some(who.name.as_str());
+        crate::codes::import(&app.store, &rules.policy, body, format, dry_run, actor).await
     });
     let report = import
         .await

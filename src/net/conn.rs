@@ -388,7 +388,7 @@ pub fn judge(
     status: http::StatusCode,
 ) {
     let federation = transport == Transport::Federation;
-    if !federation && app.config.mno.is_trusted_gateway(peer) {
+    if !federation && app.rules.load().mno.is_trusted_gateway(peer) {
         return;
     }
     match conduct.record(status, &app.config.limits) {

@@ -159,7 +159,7 @@ fn answer(
         Ok(code) => code,
         Err(e) => return refused(Refusal::InvalidCode(e), "malformed"),
     };
-    if !app.config.policy.owns(&code) {
+    if !app.rules.load().policy.owns(&code) {
         return refused(Refusal::UnknownPrefix, "unknown_prefix");
     }
     let Some(entry) = app.store.index().code(&code, Reader::Peer) else {

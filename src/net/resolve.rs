@@ -116,19 +116,26 @@ async fn run_resolution(
         query: uri.query().unwrap_or(""),
     };
     let mut parsed = None;
-    let mut lookups = Lookups {
-        app,
-        now_ms: crate::clock::now_ms(),
-        tarpit_slot: None,
+    let now_ms = crate::clock::now_ms();
+    // The rules as they are now (a reload swaps them for the next request).
+    let (outcome, tarpit_slot) = {
+        let rules = app.rules.load();
+        let mut lookups = Lookups {
+            app,
+            mno: &rules.mno,
+            now_ms,
+            tarpit_slot: None,
+        };
+        let outcome = core::admit(&rules, request, &mut parsed, &mut lookups);
+        (outcome, lookups.tarpit_slot.take())
     };
-    let outcome = core::admit(&app.rules, request, &mut parsed, &mut lookups);
     count(app, &outcome.tally);
     if !outcome.wait.is_zero() {
         // Boxed: only a request that waits pays for the timer, and the
         // resolve future moved into every HTTP/2 stream stays small.
         Box::pin(tokio::time::sleep(outcome.wait)).await;
     }
-    drop(lookups.tarpit_slot.take());
+    drop(tarpit_slot);
     let passed = outcome.verdict?;
     let permit = match passed.then {
         core::Admitted::Resolve(permit) => permit,
@@ -136,17 +143,7 @@ async fn run_resolution(
             subscriber,
             source,
             rebind,
-        } => {
-            Box::pin(associate(
-                app,
-                &passed,
-                subscriber,
-                source,
-                rebind,
-                lookups.now_ms,
-            ))
-            .await?
-        }
+        } => Box::pin(associate(app, &passed, subscriber, source, rebind, now_ms)).await?,
     };
     let on_net = passed.identity.on_mno_network;
     answer(app, conn, headers, &passed.code, &permit, on_net).await
@@ -156,6 +153,8 @@ async fn run_resolution(
 /// and session bindings.
 struct Lookups<'a> {
     app: &'a App,
+    /// The MNO's pools and gateways, of the rules this request runs under.
+    mno: &'a crate::core::MnoPolicy,
     now_ms: u64,
     /// The source's place among the tarpit's waiters, held while it waits.
     tarpit_slot: Option<crate::limits::AddressSlot>,
@@ -188,7 +187,7 @@ impl core::Facts for Lookups<'_> {
     fn identity(&mut self, view: &ClientView<'_>) -> core::Identity {
         let app = self.app;
         core::identify(
-            &app.config.mno,
+            self.mno,
             view,
             app.bindings.table(),
             app.bindings.key(),
@@ -273,7 +272,7 @@ async fn associate(
     app.metrics
         .associations_superseded
         .inc_by(superseded as u64);
-    core::permit_for(&app.config.policy, clientid, &done, &passed.identity)
+    core::permit_for(&app.rules.load().policy, clientid, &done, &passed.identity)
 }
 
 /// The answer for a permitted request: the code's target (here, the one
@@ -295,7 +294,9 @@ async fn answer(
     };
     let first_scan = permit.association() == core::AssociationState::Created;
     let slot = crate::store::index::scan_slot(protocol, first_scan);
-    let resolution = core::resolve(&app.config.policy, permit, code, |code| {
+    // The rules loaded for this statement only (not held across a peer's
+    // answer).
+    let resolution = core::resolve(&app.rules.load().policy, permit, code, |code| {
         index.code_scanned(code, slot, permit, |rules| {
             let traits = core::targeting::Traits { headers, on_net };
             core::targeting::choose(rules, &traits, crate::clock::now_ms)

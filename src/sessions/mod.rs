@@ -24,7 +24,9 @@ use crate::wire::{Msisdn, SubscriberKey, SubscriberRef};
 pub struct Bindings {
     table: Sessions,
     key: SubscriberKey,
-    mno: MnoPolicy,
+    /// The MNO's pools: only addresses in them are bound (swapped by a
+    /// reload, [`Bindings::set_mno`]).
+    mno: arc_swap::ArcSwap<MnoPolicy>,
     max_bindings: usize,
     /// On disk (`data_dir/sessions`), when the server keeps them.
     kept: Option<kept::Kept>,
@@ -67,7 +69,7 @@ impl Bindings {
         Self {
             table: Sessions::default(),
             key: SubscriberKey::new(secret),
-            mno: config.mno.clone(),
+            mno: arc_swap::ArcSwap::from_pointee(config.mno.clone()),
             max_bindings,
             kept: None,
             shared: std::sync::OnceLock::new(),
@@ -88,7 +90,8 @@ impl Bindings {
         let kept = kept::Kept::open(&config.data_dir.join(kept::DIR))?;
         for bound in kept.load() {
             let fits = bindings.table.len() < bindings.max_bindings;
-            let usable = bound.expires_ms > now_ms && bindings.mno.is_mno_network(&bound.network);
+            let usable =
+                bound.expires_ms > now_ms && bindings.mno.load().is_mno_network(&bound.network);
             let network = bound.network;
             kept.mirror(&bindings.table, network, || {
                 if usable && fits {
@@ -169,7 +172,7 @@ impl Bindings {
         self.locally(network, || match bound {
             Some(bound) => {
                 let fits = self.table.is_bound(network) || self.table.len() < self.max_bindings;
-                if fits && self.mno.is_mno_network(&network) {
+                if fits && self.mno.load().is_mno_network(&network) {
                     self.table.bind_session(
                         network,
                         bound.subscriber,
@@ -192,7 +195,11 @@ impl Bindings {
     /// networks, and the new ones must fit under the cap. Returns the
     /// subscriber they are bound to.
     pub fn bind(&self, bind: Bind<'_>) -> Result<SubscriberRef, BindError> {
-        if !bind.networks.iter().all(|n| self.mno.is_mno_network(n)) {
+        if !bind
+            .networks
+            .iter()
+            .all(|n| self.mno.load().is_mno_network(n))
+        {
             return Err(BindError::NotInMnoNetwork);
         }
         let new = bind
@@ -275,6 +282,11 @@ impl Bindings {
 
     /// The key that makes a subscriber's reference from its MSISDN (one per
     /// deployment: `server.subscriber_secret`).
+    /// The MNO's pools from now on (a reload).
+    pub fn set_mno(&self, mno: MnoPolicy) {
+        self.mno.store(std::sync::Arc::new(mno));
+    }
+
     pub fn key(&self) -> &SubscriberKey {
         &self.key
     }
@@ -321,10 +333,10 @@ mod tests {
         Bindings {
             table: Sessions::default(),
             key: SubscriberKey::new(&[7; 32]),
-            mno: MnoPolicy {
+            mno: arc_swap::ArcSwap::from_pointee(MnoPolicy {
                 networks: vec!["127.1.0.0/16".parse().unwrap()],
                 trusted_gateways: vec![],
-            },
+            }),
             max_bindings: MAX,
             kept: None,
             shared: std::sync::OnceLock::new(),
@@ -402,7 +414,7 @@ mod tests {
                     source: BindingSource::Admin,
                     unless_live_at: None,
                 });
-                let inside = networks.iter().all(|n| bindings.mno.is_mno_network(n));
+                let inside = networks.iter().all(|n| bindings.mno.load().is_mno_network(n));
                 match result {
                     Ok(subscriber) => {
                         prop_assert!(inside);
