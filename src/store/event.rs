@@ -102,7 +102,7 @@ pub fn decode_key(key: &[u8]) -> Result<Seq, CodecError> {
 
 /// Most records one `history_rewritten` event holds: its size in memory
 /// stays far under [`DECODE_CLAIM_LIMIT`] whatever the records.
-pub const REPLACEMENTS_PER_EVENT: usize = 1024;
+pub const REPLACEMENTS_PER_EVENT: usize = 8192;
 
 /// `records` as `history_rewritten` events, in order: at most
 /// [`REPLACEMENTS_PER_EVENT`] each, and at most half of
@@ -386,6 +386,7 @@ mod tests {
                 codes: vec![scans; SCANS_PER_EVENT],
             },
             largest_rewrite(),
+            longest_rewrite(),
         ]
         .into_iter()
         .map(|event| Record {
@@ -419,6 +420,27 @@ mod tests {
         let events = history_rewritten(many);
         assert!(events.len() >= 3, "chunked: {}", events.len());
         events.into_iter().next().unwrap()
+    }
+
+    /// A `history_rewritten` event with as many records as one holds (each
+    /// small: what the decoder's claim limit counts is the records' number).
+    fn longest_rewrite() -> Event {
+        let blank = Record {
+            at_ms: u64::MAX,
+            actor: None,
+            event: Event::Redacted {
+                reason: RedactReason::Erased,
+            },
+        };
+        let many = (0..REPLACEMENTS_PER_EVENT as Seq + 1)
+            .map(|seq| Replacement {
+                seq: u64::MAX - seq,
+                record: blank.clone(),
+            })
+            .collect();
+        let mut events = history_rewritten(many);
+        assert_eq!(events.len(), 2, "chunked by count");
+        events.swap_remove(0)
     }
 
     /// The kinds `sample` and `largest` cover: every one there is.
