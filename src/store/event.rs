@@ -386,7 +386,6 @@ mod tests {
                 codes: vec![scans; SCANS_PER_EVENT],
             },
             largest_rewrite(),
-            longest_rewrite(),
         ]
         .into_iter()
         .map(|event| Record {
@@ -472,6 +471,17 @@ mod tests {
             assert!(bytes.len() <= MAX_VALUE_BYTES);
             assert_eq!(decode_value(&bytes), Ok(record));
         }
+    }
+
+    #[test]
+    fn a_rewrite_with_as_many_records_as_one_holds_round_trips() {
+        let record = Record {
+            at_ms: u64::MAX,
+            actor: None,
+            event: longest_rewrite(),
+        };
+        let bytes = encode_value(&record).expect("within the claim limit");
+        assert_eq!(decode_value(&bytes), Ok(record));
     }
 
     #[test]
