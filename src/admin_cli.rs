@@ -77,6 +77,13 @@ pub enum AdminCommand {
     Subscriber { msisdn: String },
     /// The node at a glance: index, log, cluster link, RADIUS feed.
     Status,
+    /// The event log, live: each record once durable, as server-sent
+    /// events, until interrupted.
+    Events {
+        /// From this sequence number (default: what is appended next).
+        #[arg(long)]
+        from: Option<u64>,
+    },
     /// Erase a subscriber (GDPR Art. 17): its bindings, its associations
     /// and every link in the history between it and its clientids.
     Erase { msisdn: String },
@@ -276,6 +283,10 @@ impl AdminCommand {
                 None,
             ),
             AdminCommand::Status => call(Method::GET, "status".into(), None),
+            AdminCommand::Events { from } => {
+                let query = from.map_or(String::new(), |seq| format!("?from={seq}"));
+                call(Method::GET, format!("events{query}"), None)
+            }
             AdminCommand::Erase { msisdn } => call(
                 Method::DELETE,
                 format!("subscribers/{}", segment(&msisdn)),

@@ -249,3 +249,50 @@ async fn the_readme_admin_commands_work_as_printed() {
     );
     server.stop().await;
 }
+
+/// `homecmp admin events --from 1`: the log's records as they are written,
+/// streamed to stdout until the command is stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_event_log_streams_from_the_command_line() {
+    use std::io::BufRead;
+    let server = TestServer::start().await;
+    server
+        .put_code("2001000001first", "https://example.org/1")
+        .await;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_homecmp"))
+        .args(["admin", "events", "--from", "1"])
+        .arg(format!("--admin=http://{}", server.running.admin_addr))
+        .env("HOMECMP_ADMIN_TOKEN", server.running.admin_token.expose())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let lines = std::thread::spawn(move || {
+        // Until the record made after the command started.
+        let mut seen = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let done = line.contains("2001000001second");
+            seen.push(line);
+            if done {
+                break;
+            }
+        }
+        seen
+    });
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    server
+        .put_code("2001000001second", "https://example.org/2")
+        .await;
+    let joined = tokio::task::spawn_blocking(move || lines.join().unwrap());
+    let within = std::time::Duration::from_secs(20);
+    let seen = tokio::time::timeout(within, joined).await;
+    let _ = child.kill();
+    let _ = child.wait();
+    let seen = seen.expect("the second record within 20 s").unwrap();
+    assert_eq!(seen[0], "id: 1");
+    assert_eq!(seen[1], "event: code_registered");
+    assert!(seen[2].contains("2001000001first"), "{seen:?}");
+    assert!(seen.iter().any(|l| l == "id: 2"), "{seen:?}");
+    server.stop().await;
+}
