@@ -380,7 +380,10 @@ async fn delete_messages<I>(stream: &stream::Stream<I>, seqs: &[Seq]) -> Result<
         match stream.delete_message(seq).await {
             Ok(_) => {}
             // Already gone: another node deleted it first.
-            Err(e) if e.to_string().contains("not found") => {}
+            Err(e)
+                if matches!(e.kind(), stream::DeleteMessageErrorKind::JetStream(ref js)
+                    if js.error_code() == async_nats::jetstream::ErrorCode::SEQUENCE_NOT_FOUND) => {
+            }
             Err(e) => return Err(unavailable(&format!("delete message {seq}"), &e)),
         }
     }

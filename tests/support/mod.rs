@@ -64,11 +64,6 @@ impl TestServer {
         Self::start_in(data_dir, "", extra).await
     }
 
-    /// [`TestServer::in_dir`], with `server_keys` added to `[server]`.
-    pub async fn in_dir_with(data_dir: &Path, server_keys: &str, extra: &str) -> Self {
-        Self::start_in(data_dir, server_keys, extra).await
-    }
-
     async fn start_in(data_dir: &Path, server_keys: &str, extra: &str) -> Self {
         let text = config_text(data_dir, server_keys, extra);
         let config = Config::parse(&text, Vec::new()).expect("valid test config");
