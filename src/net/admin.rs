@@ -223,18 +223,12 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
     let Some(app) = state.app.get() else {
         return not_ready(AdminError::NotReady);
     };
-    if app.store.log().is_poisoned() {
-        return not_ready(AdminError::LogUnavailable);
-    }
-    let Some(link) = app.store.cluster() else {
-        return "ready\n".into_response();
-    };
-    if let Some(reason) = link.stopped() {
-        return not_ready(AdminError::FollowerStopped(reason.to_owned()));
+    if let Err(error) = readiness(app) {
+        return not_ready(error);
     }
     // Cut from JetStream, a cluster node still serves every association
     // it has (so it stays in rotation) and refuses creations with 503.
-    if !link.connected() {
+    if app.store.cluster().is_some_and(|link| !link.connected()) {
         return Json(json!({
             "ready": true,
             "degraded": true,
@@ -243,6 +237,19 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
         .into_response();
     }
     "ready\n".into_response()
+}
+
+/// Whether a replayed node may be sent new clients: not once its log
+/// refuses writes, nor once its cluster follower has stopped (`/readyz`
+/// and the status's `ready`).
+fn readiness(app: &App) -> Result<(), AdminError> {
+    if app.store.log().is_poisoned() {
+        return Err(AdminError::LogUnavailable);
+    }
+    match app.store.cluster().and_then(|link| link.stopped()) {
+        Some(reason) => Err(AdminError::FollowerStopped(reason.to_owned())),
+        None => Ok(()),
+    }
 }
 
 /// A 503 of `/readyz`: the admin error body, with the fields every JSON
@@ -808,7 +815,7 @@ async fn status(Ready(app): Ready) -> Answer {
     });
     Ok(Json(json!({
         "version": env!("CARGO_PKG_VERSION"),
-        "ready": !log.is_poisoned(),
+        "ready": readiness(&app).is_ok(),
         "log": {"last_seq": log.last_seq(), "poisoned": log.is_poisoned()},
         "associations": counts.associations,
         "subscribers": counts.subscribers,

@@ -92,7 +92,7 @@ function renderHealth(answer) {
   }
   const s = answer.body;
   const rows = [
-    ["node", (s.ready ? "ready" : "NOT READY (log refuses writes)") + ", version " + s.version],
+    ["node", (s.ready ? "ready" : "NOT READY (see /readyz)") + ", version " + s.version],
     ["event log", "last seq " + s.log.last_seq],
     ["associations", s.associations + " (" + s.subscribers + " subscribers)"],
     ["codes", String(s.codes)],
