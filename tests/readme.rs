@@ -18,26 +18,21 @@ struct Doc {
     text: &'static str,
 }
 
-const README: Doc = Doc {
-    path: "README.md",
-    text: include_str!("../README.md"),
-};
-const CONFIGURE: Doc = Doc {
-    path: "docs/book/src/configure.md",
-    text: include_str!("../docs/book/src/configure.md"),
-};
-const ADMIN_API: Doc = Doc {
-    path: "docs/book/src/admin-api.md",
-    text: include_str!("../docs/book/src/admin-api.md"),
-};
-const EVENT_LOG: Doc = Doc {
-    path: "docs/book/src/event-log.md",
-    text: include_str!("../docs/book/src/event-log.md"),
-};
-const RADIUS: Doc = Doc {
-    path: "docs/book/src/radius.md",
-    text: include_str!("../docs/book/src/radius.md"),
-};
+/// A [`Doc`] of the file at `path` (from the checkout's root).
+macro_rules! doc {
+    ($path:literal) => {
+        Doc {
+            path: $path,
+            text: include_str!(concat!("../", $path)),
+        }
+    };
+}
+
+const README: Doc = doc!("README.md");
+const CONFIGURE: Doc = doc!("docs/book/src/configure.md");
+const ADMIN_API: Doc = doc!("docs/book/src/admin-api.md");
+const EVENT_LOG: Doc = doc!("docs/book/src/event-log.md");
+const RADIUS: Doc = doc!("docs/book/src/radius.md");
 
 /// The first ```sh block after the line `heading` of `doc`.
 fn sh_block_after(doc: &Doc, heading: &str) -> String {
