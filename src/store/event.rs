@@ -662,6 +662,33 @@ mod tests {
             prop_assert_eq!(back, counts);
         }
 
+        /// However many records a history rewrite replaces, and whatever
+        /// they are, its `history_rewritten` events keep every one, in
+        /// order, each event within its share and accepted by the log.
+        #[test]
+        fn history_rewrites_split_into_events_the_log_takes(
+            records in proptest::collection::vec(
+                (any::<u64>(), any::<u64>(), any_event(), proptest::option::of("\\PC{0,64}")),
+                0..200,
+            ),
+        ) {
+            let replacements: Vec<Replacement> = records
+                .into_iter()
+                .map(|(seq, at_ms, event, actor)| Replacement { seq, record: Record { at_ms, event, actor } })
+                .collect();
+            let mut back = Vec::new();
+            for event in history_rewritten(replacements.clone()) {
+                let Event::HistoryRewritten { records } = &event else {
+                    return Err(TestCaseError::fail("not a history_rewritten event"));
+                };
+                prop_assert!(!records.is_empty() && records.len() <= REPLACEMENTS_PER_EVENT);
+                back.extend(records.iter().cloned());
+                let encoded = encode_value(&Record { at_ms: 0, event, actor: None });
+                prop_assert!(encoded.is_ok(), "refused: {:?}", encoded.err());
+            }
+            prop_assert_eq!(back, replacements);
+        }
+
         /// Any bytes: an error or a record that encodes to the same bytes,
         /// never a panic.
         #[test]
