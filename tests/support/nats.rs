@@ -36,12 +36,22 @@ pub fn nats_server_binary() -> String {
     binary
 }
 
+/// A port free now, below the kernel's ephemeral range (32768 and up): a
+/// port taken from that range can be handed to some client socket's
+/// connect between our check and `nats-server`'s bind, and it then fails
+/// to start (seen in CI). Each call in a process tries the next port.
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(7_919) % SPAN;
+    loop {
+        let port = (FIRST + (start + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 impl NatsCluster {
@@ -117,15 +127,18 @@ impl NatsCluster {
         );
     }
 
-    fn wait_listening(&self, i: usize) {
+    fn wait_listening(&mut self, i: usize) {
         let deadline = Instant::now() + Duration::from_secs(20);
         let addr = ("127.0.0.1", self.servers[i].client_port);
         while std::net::TcpStream::connect(addr).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "nats-server n{i} did not listen; see {}",
-                self.log_path(i).display()
-            );
+            let exited = self.servers[i]
+                .child
+                .as_mut()
+                .and_then(|child| child.try_wait().ok().flatten());
+            if exited.is_some() || Instant::now() > deadline {
+                let log = std::fs::read_to_string(self.log_path(i)).unwrap_or_default();
+                panic!("nats-server n{i} did not listen ({exited:?}); its log:\n{log}");
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
