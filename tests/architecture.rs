@@ -15,7 +15,12 @@ use std::path::{Path, PathBuf};
 
 use syn::visit::Visit;
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+/// The package's directory, read when the test runs (not when it was
+/// compiled: a build cache shared between checkouts would point it at
+/// another one).
+fn package() -> PathBuf {
+    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"))
+}
 const MAX_FN_LINES: usize = 80;
 
 /// Every `.rs` file under `dir`.
@@ -54,7 +59,7 @@ fn is_test(attrs: &[syn::Attribute]) -> bool {
 
 #[test]
 fn every_path_the_architecture_page_names_exists() {
-    let page = std::fs::read_to_string(Path::new(ROOT).join("docs/ARCHITECTURE.md"))
+    let page = std::fs::read_to_string(package().join("docs/ARCHITECTURE.md"))
         .expect("docs/ARCHITECTURE.md");
     let mut named = 0;
     for span in page.split('`').skip(1).step_by(2) {
@@ -81,7 +86,7 @@ fn every_path_the_architecture_page_names_exists() {
         if looks_like_path {
             named += 1;
             assert!(
-                Path::new(ROOT).join(path).exists(),
+                package().join(path).exists(),
                 "docs/ARCHITECTURE.md names `{path}`, which does not exist"
             );
         }
@@ -252,7 +257,7 @@ fn circles(graph: &BTreeMap<Vec<String>, BTreeSet<Vec<String>>>) -> Vec<Vec<Stri
 #[test]
 fn no_import_circles() {
     for root in ["src", "core/src", "loadgen/src", "coalesce/src"] {
-        let graph = module_graph(&Path::new(ROOT).join(root));
+        let graph = module_graph(&package().join(root));
         assert!(
             graph.len() > 1 || root == "coalesce/src",
             "{root}: no modules found"
@@ -266,7 +271,7 @@ fn no_import_circles() {
 /// nothing in the library builds on it (the binary calls it from outside).
 #[test]
 fn nothing_imports_the_composition_root() {
-    let graph = module_graph(&Path::new(ROOT).join("src"));
+    let graph = module_graph(&package().join("src"));
     let root = vec!["server".to_owned()];
     assert!(graph.contains_key(&root), "src/server.rs is gone");
     let users: Vec<String> = graph
@@ -307,7 +312,7 @@ fn only_sessions_writes_bindings() {
             syn::visit::visit_expr_method_call(self, call);
         }
     }
-    let src = Path::new(ROOT).join("src");
+    let src = package().join("src");
     for file in rust_files(&src) {
         let mut calls = Calls(Vec::new());
         calls.visit_file(&parse(&file));
@@ -349,7 +354,7 @@ fn code_readers_are_named_only_where_they_are_checked() {
         ("src/net/admin.rs", &["Operator"]),
         ("src/codes.rs", &["Operator"]),
     ];
-    let src = Path::new(ROOT).join("src");
+    let src = package().join("src");
     let mut seen = 0;
     for file in rust_files(&src) {
         let mut named = Named(BTreeSet::new());
@@ -448,9 +453,9 @@ impl<'ast> Visit<'ast> for Long {
 fn no_function_over_80_lines() {
     let mut long = Vec::new();
     for root in ["src", "core/src"] {
-        for file in rust_files(&Path::new(ROOT).join(root)) {
+        for file in rust_files(&package().join(root)) {
             let mut visitor = Long {
-                file: file.strip_prefix(ROOT).unwrap().to_owned(),
+                file: file.strip_prefix(package()).unwrap().to_owned(),
                 found: Vec::new(),
             };
             visitor.visit_file(&parse(&file));

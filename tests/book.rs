@@ -13,13 +13,18 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+/// The package's directory, read when the test runs (not when it was
+/// compiled: a build cache shared between checkouts would point it at
+/// another one).
+fn package() -> PathBuf {
+    PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"))
+}
 /// The README holds the way to a running server and a first scan; the
 /// rest is in the book.
 const README_MAX_LINES: usize = 250;
 
 fn book_src() -> PathBuf {
-    Path::new(ROOT).join("docs/book/src")
+    package().join("docs/book/src")
 }
 
 fn read(path: &Path) -> String {
@@ -50,7 +55,7 @@ fn chapters() -> BTreeSet<PathBuf> {
 /// The README, `SUMMARY.md` and every chapter: path and text.
 fn documents() -> Vec<(PathBuf, String)> {
     let src = book_src();
-    let mut paths = vec![Path::new(ROOT).join("README.md"), src.join("SUMMARY.md")];
+    let mut paths = vec![package().join("README.md"), src.join("SUMMARY.md")];
     paths.extend(chapters().into_iter().map(|c| src.join(c)));
     paths
         .into_iter()
@@ -63,7 +68,7 @@ fn documents() -> Vec<(PathBuf, String)> {
 
 /// `path` relative to the checkout, for messages.
 fn shown(path: &Path) -> String {
-    path.strip_prefix(ROOT)
+    path.strip_prefix(package())
         .unwrap_or(path)
         .display()
         .to_string()
@@ -163,7 +168,7 @@ fn anchors(text: &str) -> BTreeSet<String> {
 #[test]
 fn every_chapter_is_in_the_summary_and_every_entry_is_a_chapter() {
     let src = book_src();
-    let book = read(&Path::new(ROOT).join("docs/book/book.toml"));
+    let book = read(&package().join("docs/book/book.toml"));
     assert!(
         book.contains("src = \"src\""),
         "docs/book/book.toml:\n{book}"
@@ -239,7 +244,7 @@ fn every_relative_link_resolves_to_a_file_and_a_heading() {
 
 #[test]
 fn the_readme_stays_short() {
-    let readme = read(&Path::new(ROOT).join("README.md"));
+    let readme = read(&package().join("README.md"));
     let lines = readme.lines().count();
     assert!(
         lines < README_MAX_LINES,

@@ -54,9 +54,9 @@ fn which(tool: &str) -> Option<std::path::PathBuf> {
 /// `scripts/dev install` with only `dir` on `PATH`: its exit code and what
 /// it printed.
 fn install_with(dir: &Path) -> (Option<i32>, String) {
-    let root = env!("CARGO_MANIFEST_DIR");
+    let root = std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR");
     let run = std::process::Command::new(dir.join("bash"))
-        .arg(Path::new(root).join("scripts/dev"))
+        .arg(Path::new(&root).join("scripts/dev"))
         .arg("install")
         .env_clear()
         .env("PATH", dir)
@@ -125,9 +125,9 @@ async fn scripts_dev_cluster_starts_three_nodes_that_share_associations() {
     let dir = tempfile::tempdir().unwrap();
     // Below the ephemeral range the other tests' port-0 sockets come from.
     let base = 20_000 + (std::process::id() % 400) * 20;
-    let root = env!("CARGO_MANIFEST_DIR");
+    let root = std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR");
     let mut script = std::process::Command::new("bash")
-        .arg(Path::new(root).join("scripts/dev"))
+        .arg(Path::new(&root).join("scripts/dev"))
         .arg("cluster")
         .env("HOMECMP_BIN", env!("CARGO_BIN_EXE_homecmp"))
         .env("CLUSTER_DIR", dir.path())

@@ -6,7 +6,10 @@ use std::path::Path;
 
 #[test]
 fn every_corpus_replays_without_a_panic() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus");
+    let root = Path::new(
+        &std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"),
+    )
+    .join("fuzz/corpus");
     for &(target, harness) in homecmp::fuzzing::TARGETS {
         let dir = root.join(target);
         let entries = std::fs::read_dir(&dir)

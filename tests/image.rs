@@ -45,8 +45,8 @@ fn the_image_runs_the_server_as_a_non_root_user_from_its_own_files() {
     let buildah = support::tools::require("buildah", "Debian's buildah");
     let buildah = buildah.to_str().unwrap();
     let image = format!("localhost/homecmp-test:{}", std::process::id());
-    let root = env!("CARGO_MANIFEST_DIR");
-    let built = Command::new(Path::new(root).join("scripts/image"))
+    let root = std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR");
+    let built = Command::new(Path::new(&root).join("scripts/image"))
         .env("HOMECMP_BIN", env!("CARGO_BIN_EXE_homecmp"))
         .env("IMAGE", &image)
         .output()

@@ -14,9 +14,11 @@ use support::{TestServer, metric, tools};
 const CODE: &str = "2001000001promo";
 
 fn contrib(path: &str) -> String {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("contrib")
-        .join(path);
+    let path = Path::new(
+        &std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"),
+    )
+    .join("contrib")
+    .join(path);
     std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
@@ -156,7 +158,9 @@ fn the_alert_rules_load_and_fire_on_the_series_that_should_fire_them() {
     assert!(block.contains("promtool test rules"), "{block}");
     let run = std::process::Command::new("bash")
         .args(["-euo", "pipefail", "-c", block])
-        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .current_dir(
+            std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR"),
+        )
         .output()
         .unwrap();
     let said =
