@@ -421,7 +421,7 @@ impl Store {
                 }
                 // Another node's rewrite first: plan again on the log as
                 // it left it.
-                Err(ClusterError::Conflict) => continue,
+                Err(ClusterError::Conflict) => link.lost_race(),
                 Err(e) => return Err(e.into()),
             }
         }
@@ -830,6 +830,16 @@ impl Store {
     /// publishes expect, and the clientid's association under
     /// [`Locks::Owner`]), publishes; a race lost to another node is planned
     /// again, at most `cluster::ATTEMPTS` times.
+    ///
+    /// A clientid's change first expects what this node's index says of
+    /// the clientid (its association's sequence, 0 for none), with no read
+    /// of the stream leader: JetStream accepts the publish only if that is
+    /// the subject's last sequence, and then the plan was made on the
+    /// clientid's latest state. A plan that publishes nothing is not
+    /// trusted on a guess (this node may be behind): it, and a refused
+    /// guess (the clientid was revoked, or this node is behind), are planned
+    /// again after the leader read, and only those later races count as
+    /// lost.
     async fn replicate<T>(
         &self,
         link: &Arc<Link>,
@@ -837,8 +847,12 @@ impl Store {
         locks: Locks<'_>,
         mut plan: impl FnMut(Seq, Option<Association>) -> Planned<T>,
     ) -> Result<T, StoreError> {
+        let mut guess = matches!(locks, Locks::Owner { .. });
         for _ in 0..cluster::ATTEMPTS {
-            let last = link.catch_up_on(subject).await?;
+            let read = match guess {
+                true => None,
+                false => Some(link.catch_up_on(subject).await?),
+            };
             let (guards, current) = match &locks {
                 Locks::Owner {
                     clientid,
@@ -847,13 +861,22 @@ impl Store {
                 Locks::Code(code) => (self.lock(&[self.stripe(*code)]).await, None),
                 Locks::None => (Vec::new(), None),
             };
+            let last = read.unwrap_or_else(|| current.map_or(0, |a| a.seq));
             let (events, answer) = match plan(last, current) {
+                Planned::Answer(_) if guess => {
+                    guess = false;
+                    continue;
+                }
                 Planned::Answer(answer) => return Ok(answer),
                 Planned::Publish { events, answer } => (events, answer),
             };
             if let Some(seq) = publish_planned(link, events, guards).await? {
                 return Ok(answer(seq));
             }
+            if !guess {
+                link.lost_race();
+            }
+            guess = false;
         }
         Err(lost_every_race())
     }
