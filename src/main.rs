@@ -8,6 +8,7 @@ use std::process::ExitCode;
 
 use admin_cli::{AdminApi, AdminCommand, AuditFilters, CodesCommand};
 use clap::{Parser, Subcommand};
+use homecmp::store::cluster::migrate::Migrated;
 
 use homecmp::backup;
 use homecmp::config::Config;
@@ -93,6 +94,11 @@ enum Command {
     Completions { shell: clap_complete::Shell },
     /// The manual page (roff), on stdout (`homecmp man > homecmp.1`).
     Man,
+    /// Cluster mode's offline tools.
+    Cluster {
+        #[command(subcommand)]
+        command: ClusterCommand,
+    },
     /// Read, check, export and replay the event log (beside a running server);
     /// repair it (server stopped); import an export into a new data dir.
     Log {
@@ -100,6 +106,20 @@ enum Command {
         dir: DataDir,
         #[command(subcommand)]
         command: LogCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum ClusterCommand {
+    /// Move a stream made by a homecmp before erasure in cluster mode
+    /// (`deny_delete`) to today's layout, same name, every message at the
+    /// same sequence. Offline: stop every node first (it waits up to a
+    /// minute for their consumers to leave). Run it again to finish a run
+    /// that stopped midway.
+    Migrate {
+        /// A node's configuration (its `[cluster]` section is used).
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
 }
 
@@ -215,6 +235,9 @@ fn main() -> ExitCode {
             backup::restore(&from, data_dir, out).map(drop)
         }),
         Command::Codes { command } => admin_cli::run_codes(command),
+        Command::Cluster {
+            command: ClusterCommand::Migrate { config },
+        } => migrate_cluster(config),
         Command::Token { dir, command } => run_token(dir, command),
         Command::Audit { api, filters } => admin_cli::run_audit(api, filters),
         Command::Admin { api, command } => admin_cli::run_admin(api, command),
@@ -270,6 +293,46 @@ fn check(path: Option<PathBuf>) -> ExitCode {
     let n = problems.len();
     eprintln!("{name}: {n} problem{}", if n == 1 { "" } else { "s" });
     ExitCode::from(64)
+}
+
+fn migrate_cluster(path: Option<PathBuf>) -> ExitCode {
+    let config = match path {
+        Some(path) => Config::load(&path),
+        None => Config::from_env(),
+    };
+    let cluster = match config.map(|c| c.cluster) {
+        Ok(Some(cluster)) => cluster,
+        Ok(None) => {
+            eprintln!("homecmp cluster migrate: the configuration has no [cluster] section");
+            return ExitCode::from(64);
+        }
+        Err(errors) => {
+            eprintln!("homecmp cluster migrate: {errors}");
+            return ExitCode::from(64);
+        }
+    };
+    let runtime = tokio::runtime::Runtime::new().expect("start the tokio runtime");
+    let say = |step: &str| eprintln!("homecmp cluster migrate: {step}");
+    match runtime.block_on(homecmp::store::cluster::migrate::migrate(&cluster, say)) {
+        Ok(Migrated::AlreadyCurrent { messages }) => {
+            println!(
+                "{}: already erasable ({messages} messages); nothing to do",
+                cluster.stream
+            );
+            ExitCode::SUCCESS
+        }
+        Ok(Migrated::Moved { messages }) => {
+            println!(
+                "{}: moved ({messages} messages, same sequences)",
+                cluster.stream
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("homecmp cluster migrate: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 fn serve(path: Option<PathBuf>, log_json: bool) -> ExitCode {

@@ -152,6 +152,41 @@ async fn a_change_on_one_node_holds_on_the_others() {
     }
 }
 
+/// Each change of a clientid at once on the other node, before it can have
+/// followed the first: a node plans a clientid's change on its own index
+/// first, and must find, not miss, what it has not applied yet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clientid_changed_on_one_node_is_changed_at_once_on_another() {
+    let nats = NatsCluster::start(3);
+    let a = node(&nats, &[0], "a").await;
+    let b = node(&nats, &[1], "b").await;
+    a.put_code(CODE, TARGET).await;
+    for i in 0..20 {
+        let clientid = format!("app-now-{i}");
+        first_scan_creates(&a, "http2", "127.1.0.1", &clientid).await;
+        // B may not have A's creation yet: it revokes it all the same.
+        let path = format!("/admin/v1/associations/{clientid}");
+        let (s, body) = b.admin(Method::DELETE, &path, None).await;
+        assert_eq!(s, 200, "B revokes what A just made: {body}");
+        // A may not have B's revocation yet; the subject is not empty.
+        first_scan_creates(&a, "http2", "127.1.0.2", &clientid).await;
+        let (s, body) = b.admin(Method::DELETE, &path, None).await;
+        assert_eq!(s, 200, "B revokes A's second association: {body}");
+        first_scan_creates(&b, "http2", "127.1.0.1", &clientid).await;
+    }
+    eventually("both nodes applied everything", PROPAGATION, async || {
+        last_seq(&a) == last_seq(&b)
+    })
+    .await;
+    for n in [&a, &b] {
+        let events = log_events_of(n, "app-now-7");
+        assert_eq!(events.len(), 5, "{events:?}");
+    }
+    for n in [a, b] {
+        n.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_reach_nats_over_tls() {
     let certs = tempfile::tempdir().unwrap();
@@ -378,6 +413,7 @@ struct ChildNode {
     child: std::process::Child,
     public: String,
     admin: String,
+    token: String,
     ca: std::path::PathBuf,
 }
 
@@ -413,9 +449,23 @@ impl ChildNode {
         Self {
             public: ready.public,
             admin: ready.admin,
+            token: std::fs::read_to_string(&ready.token_file).unwrap(),
             ca: ready.ca.into(),
             child,
         }
+    }
+
+    /// An admin API call with the node's token: status and JSON body.
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
+        let mut request = reqwest::Client::new()
+            .request(method, format!("{}{path}", self.admin))
+            .bearer_auth(self.token.trim());
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
     }
 
     fn kill_9(self) {
@@ -857,4 +907,97 @@ async fn a_bulk_import_on_one_node_registers_every_code_on_every_node() {
     for n in [a, b] {
         n.stop().await;
     }
+}
+
+/// A cluster whose stream a homecmp made before erasure in cluster mode
+/// (with `deny_delete`, which JetStream never lets go) moves to today's
+/// layout with `homecmp cluster migrate` (every node stopped): the same
+/// messages at the same sequences, a node's log still a prefix of it, and
+/// erasure works afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_made_before_erasure_moves_to_todays_layout() {
+    use async_nats::jetstream::stream;
+    let nats = NatsCluster::start(3);
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url(0)).await.unwrap());
+    // The stream as homecmp created it before (`stream_config` then),
+    // once the new JetStream cluster has a leader to create it.
+    let old = stream::Config {
+        name: "HOMECMP".into(),
+        subjects: vec!["HOMECMP.>".into()],
+        num_replicas: 3,
+        storage: stream::StorageType::File,
+        allow_direct: true,
+        deny_delete: true,
+        deny_purge: true,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    };
+    eventually("the old stream is created", RECOVERY, async || {
+        js.create_stream(old.clone()).await.is_ok()
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let urls = nats.urls_toml(&[0]);
+    let a = ChildNode::start(&urls, "a", dir.path());
+    let code = format!("/admin/v1/codes/{CODE}");
+    a.call(Method::PUT, &code, Some(json!({ "target": TARGET })))
+        .await;
+    for (ip, msisdn) in [("127.1.0.1", SUB_1), ("127.1.0.2", SUB_2)] {
+        let path = format!("/admin/v1/sessions/{ip}");
+        let (s, _) = a
+            .call(Method::PUT, &path, Some(json!({ "msisdn": msisdn })))
+            .await;
+        assert_eq!(s, 200);
+    }
+    for (ip, clientid) in [
+        ("127.1.0.1", "old-1"),
+        ("127.1.0.1", "old-2"),
+        ("127.1.0.2", "old-3"),
+    ] {
+        assert_eq!(a.resolve_status(&a.client(ip), &scan(clientid)).await, 200);
+    }
+    let erase = format!("/admin/v1/subscribers/{SUB_1}");
+    let (s, body) = a.call(Method::DELETE, &erase, None).await;
+    assert_eq!(s, 409, "the old stream cannot erase: {body}");
+    let (before, _) = stream_messages(&nats.url(0), "HOMECMP").await;
+    a.kill_9();
+
+    let config = dir.path().join("a.toml");
+    let migrate = move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_homecmp"))
+            .args(["cluster", "migrate", "--config"])
+            .arg(&config)
+            .output()
+            .unwrap()
+    };
+    let run = tokio::task::spawn_blocking(migrate.clone()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{run:?}");
+    let moved = format!("HOMECMP: moved ({} messages, same sequences)", before.len());
+    assert!(stdout.contains(&moved), "{stdout}");
+    let (after, deleted) = stream_messages(&nats.url(0), "HOMECMP").await;
+    assert_eq!(
+        (&after, deleted),
+        (&before, 0),
+        "every message at its sequence"
+    );
+    let mut moved_stream = js.get_stream("HOMECMP").await.unwrap();
+    assert!(!moved_stream.info().await.unwrap().config.deny_delete);
+
+    // The node goes on from its own log, and now erases.
+    let (urls, path) = (urls.clone(), dir.path().to_owned());
+    let a = tokio::task::spawn_blocking(move || ChildNode::start(&urls, "a", &path))
+        .await
+        .unwrap();
+    let (s, body) = a.call(Method::DELETE, &erase, None).await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["associations_revoked"], 2, "{body}");
+    let wifi = a.client("127.2.0.1");
+    assert_eq!(a.resolve_status(&wifi, &scan("old-1")).await, 403);
+    assert_eq!(a.resolve_status(&wifi, &scan("old-3")).await, 200);
+    // Once moved, a second run has nothing to do (nodes may run).
+    let again = tokio::task::spawn_blocking(migrate).await.unwrap();
+    assert!(again.status.success(), "{again:?}");
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already erasable"));
+    a.kill_9();
 }

@@ -50,6 +50,8 @@ use aws_lc_rs::digest;
 use futures_util::StreamExt;
 use tokio::sync::watch;
 
+pub mod migrate;
+
 use super::event::{Replacement, decode_value, encode_value};
 use super::{Event, Record, Seq, Store};
 use crate::config::ClusterConfig;
@@ -209,6 +211,12 @@ impl Link {
         self.conflicts.load(Ordering::Relaxed)
     }
 
+    /// Counts a race lost to another node (a publish refused after this
+    /// node had caught up with the subject), for `/metrics`.
+    pub fn lost_race(&self) {
+        self.conflicts.fetch_add(1, Ordering::Relaxed);
+    }
+
     pub fn applied(&self) -> Seq {
         *self.applied.borrow()
     }
@@ -242,7 +250,7 @@ impl Link {
             true => Err(ClusterError::Mismatch(format!(
                 "the stream {} was created with deny_delete (by a homecmp before erasure in \
                  cluster mode), which JetStream never lets go: erasure needs the stream moved \
-                 to a new one (see the book's cluster chapter)",
+                 to today's layout: stop every node and run `homecmp cluster migrate`",
                 self.stream
             ))),
         }
@@ -342,7 +350,6 @@ impl Link {
                     if e.kind() == context::PublishErrorKind::WrongLastSequence
                         || e.to_string().contains("wrong last sequence") =>
                 {
-                    self.conflicts.fetch_add(1, Ordering::Relaxed);
                     return Err(ClusterError::Conflict);
                 }
                 Ok(Err(e)) if attempt == 0 && retriable(e.kind()) => continue,

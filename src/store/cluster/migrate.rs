@@ -1,0 +1,255 @@
+//! Moving a cluster's stream made by a homecmp before erasure in cluster
+//! mode (created with `deny_delete`, which JetStream never lets go) to
+//! today's layout, under the same name, with every message at the same
+//! sequence: `homecmp cluster migrate`.
+//!
+//! It is an offline step (every node stopped: a node publishing while the
+//! stream is moved would write into the copy), made of steps that each
+//! leave a state the next run recognises, so a run that stops anywhere is
+//! finished by running it again, and no message exists nowhere at any
+//! moment:
+//!
+//! 1. the old stream is copied, message by message, into a parked stream
+//!    `<stream>_MIGRATING` (subjects `<stream>_MIGRATING.>`), each publish
+//!    expecting the parked stream's last sequence to be the one before, so
+//!    sequence `n` of the copy is message `n` of the original;
+//! 2. once the copy holds every message, the old stream is deleted;
+//! 3. the stream is created again with today's configuration and the
+//!    parked copy copied back into it the same way;
+//! 4. the parked copy is deleted.
+//!
+//! The nodes' local logs are untouched: they are, record for record, the
+//! stream they find when they start again.
+
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, consumer, context, stream};
+use futures_util::StreamExt;
+
+use super::{ClusterError, Seq, connect, stream_config, unavailable};
+use crate::config::ClusterConfig;
+
+/// How long a run waits for the consumers of stopped nodes to leave the
+/// stream (an ordered consumer outlives its node by 30 s).
+const CONSUMERS_GONE: Duration = Duration::from_secs(60);
+
+/// Publishes in flight while copying.
+const IN_FLIGHT: usize = 256;
+
+/// What a run did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Migrated {
+    /// The stream already lets messages be deleted: nothing to do.
+    AlreadyCurrent { messages: Seq },
+    /// The stream was moved; it holds `messages`, at the same sequences.
+    Moved { messages: Seq },
+}
+
+/// Moves `config.stream` to today's layout (see the module docs), saying
+/// each step to `say`.
+pub async fn migrate(
+    config: &ClusterConfig,
+    mut say: impl FnMut(&str),
+) -> Result<Migrated, ClusterError> {
+    let js = jetstream::new(connect(config).await?);
+    let parked_name = format!("{}_MIGRATING", config.stream);
+    loop {
+        let source = existing(&js, &config.stream).await?;
+        let parked = existing(&js, &parked_name).await?;
+        match (source, parked) {
+            (None, None) => {
+                return Err(ClusterError::Mismatch(format!(
+                    "no stream named {} on these servers",
+                    config.stream
+                )));
+            }
+            (Some(source), None) if !source.cached_info().config.deny_delete => {
+                let messages = source.cached_info().state.last_sequence;
+                return Ok(Migrated::AlreadyCurrent { messages });
+            }
+            (Some(source), None) => {
+                wait_unfollowed(&source, &mut say).await?;
+                let mut parked = stream_config(config);
+                parked.name = parked_name.clone();
+                parked.subjects = vec![format!("{parked_name}.>")];
+                js.create_stream(parked)
+                    .await
+                    .map_err(|e| unavailable("create the parked stream", &e))?;
+                say(&format!("created {parked_name}"));
+            }
+            (Some(source), Some(parked)) if source.cached_info().config.deny_delete => {
+                wait_unfollowed(&source, &mut say).await?;
+                let copied = copy(&js, &source, &parked).await?;
+                say(&format!("copied {copied} messages into {parked_name}"));
+                js.delete_stream(&config.stream)
+                    .await
+                    .map_err(|e| unavailable("delete the old stream", &e))?;
+                say(&format!("deleted the old {}", config.stream));
+            }
+            (None, Some(_)) => {
+                js.create_stream(stream_config(config))
+                    .await
+                    .map_err(|e| unavailable("create the stream", &e))?;
+                say(&format!("created {} with today's layout", config.stream));
+            }
+            (Some(stream), Some(parked)) => {
+                let messages = copy(&js, &parked, &stream).await?;
+                say(&format!(
+                    "copied {messages} messages back into {}",
+                    config.stream
+                ));
+                js.delete_stream(&parked_name)
+                    .await
+                    .map_err(|e| unavailable("delete the parked stream", &e))?;
+                say(&format!("deleted {parked_name}"));
+                return Ok(Migrated::Moved { messages });
+            }
+        }
+    }
+}
+
+/// The stream `name` with its info, or `None` if there is none.
+async fn existing(
+    js: &jetstream::Context,
+    name: &str,
+) -> Result<Option<stream::Stream>, ClusterError> {
+    match js.get_stream(name).await {
+        Ok(stream) => Ok(Some(stream)),
+        Err(e)
+            if matches!(e.kind(), context::GetStreamErrorKind::JetStream(ref js)
+                if js.error_code() == jetstream::ErrorCode::STREAM_NOT_FOUND) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(unavailable("stream", &e)),
+    }
+}
+
+/// Waits until no consumer follows `stream` (every node stopped), at most
+/// [`CONSUMERS_GONE`].
+async fn wait_unfollowed(
+    stream: &stream::Stream,
+    say: &mut impl FnMut(&str),
+) -> Result<(), ClusterError> {
+    let deadline = Instant::now() + CONSUMERS_GONE;
+    let mut stream = stream.clone();
+    loop {
+        let consumers = stream
+            .info()
+            .await
+            .map_err(|e| unavailable("stream info", &e))?
+            .state
+            .consumer_count;
+        if consumers == 0 {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(ClusterError::Mismatch(format!(
+                "{consumers} consumers still follow the stream: stop every homecmp node of \
+                 the cluster first (nothing was changed)"
+            )));
+        }
+        say(&format!(
+            "{consumers} consumers follow the stream; waiting for them to leave (every node \
+             must be stopped)"
+        ));
+        tokio::time::sleep(Duration::from_secs(2)).await;
+    }
+}
+
+/// Copies the messages of `from` that `to` does not hold yet into `to`,
+/// each to the same sequence (its subject's first token renamed), and
+/// returns how many `to` holds. `to` must be a prefix of `from`.
+async fn copy(
+    js: &jetstream::Context,
+    from: &stream::Stream,
+    to: &stream::Stream,
+) -> Result<Seq, ClusterError> {
+    let (from_name, to_name) = (
+        &from.cached_info().config.name,
+        &to.cached_info().config.name,
+    );
+    let last = from.cached_info().state.last_sequence;
+    let held = to.cached_info().state.last_sequence;
+    if held > last {
+        return Err(ClusterError::Mismatch(format!(
+            "{to_name} holds {held} messages, more than {from_name} ({last}): not a copy of it"
+        )));
+    }
+    if held == last {
+        return Ok(last);
+    }
+    let consumer = from
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: held + 1,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| unavailable("consumer", &e))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| unavailable("messages", &e))?;
+    let mut acks = futures_util::stream::FuturesOrdered::new();
+    let mut next = held + 1;
+    while next <= last {
+        let message = messages
+            .next()
+            .await
+            .ok_or_else(|| ClusterError::Unavailable(format!("{from_name} ended at {next}")))?
+            .map_err(|e| unavailable("message", &e))?;
+        let seq = message
+            .info()
+            .map_err(|e| unavailable("message info", &e))?
+            .stream_sequence;
+        if seq != next {
+            return Err(ClusterError::Mismatch(format!(
+                "{from_name} has no message {next} (next is {seq}): a gap cannot be copied to \
+                 the same sequences"
+            )));
+        }
+        let suffix = message
+            .subject
+            .strip_prefix(from_name.as_str())
+            .unwrap_or(&message.subject);
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(message.payload.clone())
+            .expected_last_sequence(seq - 1);
+        let ack = js
+            .send_publish(format!("{to_name}{suffix}"), publish)
+            .await
+            .map_err(|e| unavailable("publish", &e))?;
+        acks.push_back(ack.into_future());
+        if acks.len() >= IN_FLIGHT {
+            settle(acks.next().await, to_name)?;
+        }
+        next += 1;
+    }
+    while let Some(ack) = acks.next().await {
+        settle(Some(ack), to_name)?;
+    }
+    Ok(last)
+}
+
+/// The answer to one copied publish: refused means someone else wrote the
+/// stream meanwhile.
+fn settle(
+    ack: Option<Result<jetstream::publish::PublishAck, context::PublishError>>,
+    to_name: &str,
+) -> Result<(), ClusterError> {
+    match ack {
+        Some(Ok(_)) | None => Ok(()),
+        Some(Err(e))
+            if e.kind() == context::PublishErrorKind::WrongLastSequence
+                || e.to_string().contains("wrong last sequence") =>
+        {
+            Err(ClusterError::Mismatch(format!(
+                "{to_name} was written by someone else during the copy: stop every node, \
+                 then run the migration again"
+            )))
+        }
+        Some(Err(e)) => Err(unavailable("publish", &e)),
+    }
+}
