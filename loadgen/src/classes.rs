@@ -32,10 +32,14 @@ pub enum Class {
     Mismatch,
     /// The first scan of a new installation over WiFi.
     FirstScanWifi,
+    /// The first scan of a new installation from its subscriber's MNO
+    /// address: an association created (not in the default mix; a
+    /// creation benchmark's class).
+    FirstScan,
 }
 
 impl Class {
-    pub const ALL: [Class; 8] = [
+    pub const ALL: [Class; 9] = [
         Class::Legit,
         Class::NoClientid,
         Class::UnknownClientid,
@@ -44,6 +48,7 @@ impl Class {
         Class::SpoofedForwarded,
         Class::Mismatch,
         Class::FirstScanWifi,
+        Class::FirstScan,
     ];
 
     pub fn name(self) -> &'static str {
@@ -56,6 +61,7 @@ impl Class {
             Class::SpoofedForwarded => "spoofed-forwarded",
             Class::Mismatch => "mismatch",
             Class::FirstScanWifi => "first-scan-wifi",
+            Class::FirstScan => "first-scan",
         }
     }
 
@@ -66,6 +72,10 @@ impl Class {
             Class::Legit => &[Expect {
                 status: 200,
                 label: "existing",
+            }],
+            Class::FirstScan => &[Expect {
+                status: 200,
+                label: "created",
             }],
             Class::NoClientid => &[Expect {
                 status: 401,
@@ -86,9 +96,10 @@ impl Class {
         }
     }
 
-    /// Every class but `legit` must be refused: resolving one is a security failure.
+    /// Every class but `legit` and `first-scan` must be refused: resolving
+    /// one is a security failure.
     pub fn must_be_refused(self) -> bool {
-        self != Class::Legit
+        !matches!(self, Class::Legit | Class::FirstScan)
     }
 }
 
@@ -395,6 +406,9 @@ impl Planner {
                 Planned::new(class, query(code, Some(clientid))).via(Via::Mno)
             }
             Class::FirstScanWifi => Planned::new(class, query(code, Some(&random_uuid(rng)))),
+            Class::FirstScan => {
+                Planned::new(class, query(code, Some(&random_uuid(rng)))).via(Via::Mno)
+            }
         }
     }
 
@@ -594,8 +608,10 @@ mod tests {
         assert!("legit=x".parse::<Mix>().is_err());
         assert!("nope=1".parse::<Mix>().is_err());
         assert!("legit,legit".parse::<Mix>().is_err());
+        // Every class but the creations of `first-scan`.
         let all: Mix = DEFAULT_MIX.parse().unwrap();
-        assert_eq!(all.classes().count(), Class::ALL.len());
+        assert_eq!(all.classes().count(), Class::ALL.len() - 1);
+        assert_eq!(all.weight(Class::FirstScan), 0);
     }
 
     #[test]

@@ -103,7 +103,7 @@ pub struct Args {
     // --- traffic ---
     /// Traffic classes and their weights, e.g. `legit=90,spoofed-msisdn=10`. Classes: legit,
     /// no-clientid, unknown-clientid, malformed, spoofed-msisdn, spoofed-forwarded, mismatch,
-    /// first-scan-wifi.
+    /// first-scan-wifi, first-scan (creations: not in the default mix).
     #[arg(long, default_value = DEFAULT_MIX, help_heading = "Traffic")]
     pub mix: Mix,
     /// Protocols, comma-separated; connections are spread over them round robin.

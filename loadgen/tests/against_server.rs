@@ -10,6 +10,7 @@ use std::path::Path;
 use clap::Parser;
 use homecmp::config::Config;
 use homecmp::server::{self, Running};
+use homecmp::store::Event;
 use homecmp_loadgen::cli::Args;
 use homecmp_loadgen::report::{EXIT_OK, EXIT_SECURITY};
 use serde_json::Value;
@@ -88,6 +89,47 @@ fn row<'a>(rows: &'a Value, name: &str) -> &'a Value {
         .iter()
         .find(|r| r["name"] == name)
         .unwrap_or_else(|| panic!("no row {name} in {rows}"))
+}
+
+/// The creation benchmark's class: each request a new installation's first
+/// scan from its subscriber's MNO address, over every protocol; each one
+/// answered `created`, and each one an association in the server's log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn first_scans_from_mno_addresses_each_create_an_association() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = server(
+        &dir.path().join("data"),
+        "max_clientids_per_subscriber = 100000",
+        "",
+    )
+    .await;
+    let json = dir.path().join("report.json");
+    let outcome = homecmp_loadgen::run(args(
+        &server,
+        &format!(
+            "--mix first-scan=1 --protocol h1,h2,h3 --connections 3 --requests 300 \
+             --clientids 8 --codes 1 --json {}",
+            json.display()
+        ),
+    ))
+    .await
+    .expect("the run is carried out");
+
+    let report = read_json(&json);
+    assert_eq!(outcome.exit_code, EXIT_OK, "{:#}", report["examples"]);
+    let row = row(&report["classes"], "first-scan");
+    assert_eq!(row["sent"], 300, "{row:#}");
+    assert_eq!(row["outcomes"]["200 created"], 300, "{row:#}");
+    let created = server
+        .app
+        .store
+        .log()
+        .read_from(1)
+        .map(|item| item.expect("log reads back").1.event)
+        .filter(|event| matches!(event, Event::AssociationCreated { .. }))
+        .count();
+    assert_eq!(created, 8 + 300, "the setup's 8, then one per first scan");
+    server.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
