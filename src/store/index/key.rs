@@ -8,8 +8,6 @@
 //! its text is kept beside the index (`Index::names`) and compared on every
 //! lookup, so even a hash collision cannot match the wrong clientid.
 
-use std::fmt::Write;
-
 use aws_lc_rs::digest;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -37,14 +35,11 @@ impl ClientKey {
 
     /// The clientid of a UUID key: lowercase and hyphenated.
     pub fn uuid_text(&self) -> String {
-        let mut text = String::with_capacity(36);
-        for (i, byte) in self.0.iter().enumerate() {
-            if matches!(i, 4 | 6 | 8 | 10) {
-                text.push('-');
-            }
-            write!(text, "{byte:02x}").expect("a String takes every write");
-        }
-        text
+        let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+        uuid::Uuid::from_bytes(self.0)
+            .hyphenated()
+            .encode_lower(&mut text)
+            .to_owned()
     }
 
     /// A fixed (not per-process) spread of the key over the index shards:
