@@ -218,3 +218,47 @@ async fn scripts_dev_cluster_starts_three_nodes_that_share_associations() {
         );
     }
 }
+
+/// `scripts/cluster-bench`, shortened, with the binaries this build made
+/// (debug: the figures mean nothing, the run must work): every node
+/// creates, the probe sees creations propagate, the totals are printed.
+#[test]
+fn scripts_cluster_bench_runs_and_reports() {
+    let homecmp = Path::new(env!("CARGO_BIN_EXE_homecmp"));
+    let loadgen = homecmp.with_file_name("homecmp-loadgen");
+    assert!(
+        loadgen.exists(),
+        "{}: run the tests with `cargo test --workspace` (scripts/dev test does)",
+        loadgen.display()
+    );
+    // Beside the other test's range (below 28,200) and the nats tests' (30,000 up).
+    let base = 28_200 + (std::process::id() % 20) * 40;
+    let root = std::env::var("CARGO_MANIFEST_DIR").expect("cargo test sets CARGO_MANIFEST_DIR");
+    let run = std::process::Command::new("bash")
+        .arg(Path::new(&root).join("scripts/cluster-bench"))
+        .env("HOMECMP_BIN", homecmp)
+        .env("LOADGEN_BIN", &loadgen)
+        .env("CLUSTER_PORT", base.to_string())
+        .env("DURATION", "3s")
+        .env("PROBES", "5")
+        .env("SUBSCRIBERS", "8")
+        .env("CONNECTIONS", "4")
+        .env("STREAMS", "2")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(run.status.success(), "{run:?}");
+    for line in [
+        "probe: 5 creations on a",
+        "node a: ",
+        "node b: ",
+        "node c: ",
+        "total: ",
+    ] {
+        assert!(stdout.contains(line), "{line:?} missing:\n{stdout}");
+    }
+    assert!(
+        !stdout.contains(" 0 created"),
+        "every node created:\n{stdout}"
+    );
+}

@@ -42,8 +42,8 @@ pub fn nats_server_binary() -> String {
 /// to start (seen in CI). Each call in a process tries the next port.
 fn free_port() -> u16 {
     use std::sync::atomic::{AtomicU32, Ordering};
-    const FIRST: u32 = 28_500;
-    const SPAN: u32 = 4_000;
+    const FIRST: u32 = 30_000;
+    const SPAN: u32 = 2_500;
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let start = std::process::id().wrapping_mul(7_919) % SPAN;
     loop {
