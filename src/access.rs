@@ -169,9 +169,9 @@ pub fn required_role(method: &Method, route: &str) -> Option<Role> {
         "/admin/v1/associations/{clientid}" | "/admin/v1/subscribers/{msisdn}" if read => {
             Role::SubscribersRead
         }
-        "/admin/v1/associations/{clientid}" | "/admin/v1/subscribers/{msisdn}" => {
-            Role::SubscribersErase
-        }
+        "/admin/v1/associations/{clientid}"
+        | "/admin/v1/subscribers/{msisdn}"
+        | "/admin/v1/retention" => Role::SubscribersErase,
         "/admin/v1/sessions/{*ip}" if read => Role::SessionsRead,
         "/admin/v1/sessions/{*ip}" => Role::SessionsWrite,
         "/admin/v1/audit" | "/admin/v1/events" => Role::AuditRead,

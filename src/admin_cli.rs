@@ -87,6 +87,13 @@ pub enum AdminCommand {
     /// Erase a subscriber (GDPR Art. 17): its bindings, its associations
     /// and every link in the history between it and its clientids.
     Erase { msisdn: String },
+    /// Retention, online: blank the history of associations and codes that
+    /// ended longer ago than OLDER_THAN (e.g. 90d), on every node in
+    /// cluster mode (`homecmp log compact` does it offline).
+    Retention {
+        #[arg(long)]
+        older_than: String,
+    },
     /// Codes, one at a time (`homecmp codes` for bulk).
     Code {
         #[command(subcommand)]
@@ -309,6 +316,11 @@ impl AdminCommand {
                 }
             },
             AdminCommand::Reload => call(Method::POST, "reload".into(), None),
+            AdminCommand::Retention { older_than } => call(
+                Method::POST,
+                format!("retention?older_than={}", segment(&older_than)),
+                None,
+            ),
             AdminCommand::Metrics => Call {
                 method: Method::GET,
                 path: String::new(),

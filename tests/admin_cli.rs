@@ -99,6 +99,19 @@ async fn every_admin_task_from_the_command_line() {
     );
     let (code, _, _) = run(&["sessions", "delete", "127.1.0.50"]);
     assert_eq!(code, 1, "nothing left to delete");
+    // Retention: the erasure left nothing to blank that ended a day ago.
+    let (code, out, _) = run(&["retention", "--older-than", "1d"]);
+    assert_eq!(
+        (code, &json(&out)["records_rewritten"]),
+        (0, &0.into()),
+        "{out}"
+    );
+    let (code, out, _) = run(&["retention", "--older-than", "soon"]);
+    assert_eq!(
+        (code, &json(&out)["code"]),
+        (1, &"INVALID_QUERY".into()),
+        "{out}"
+    );
     let (code, out, _) = run(&["reload"]);
     assert_eq!(
         (code, &json(&out)["reloaded"][0]),

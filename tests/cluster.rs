@@ -1001,3 +1001,140 @@ async fn a_stream_made_before_erasure_moves_to_todays_layout() {
     assert!(String::from_utf8_lossy(&again.stdout).contains("already erasable"));
     a.kill_9();
 }
+
+/// Retention in cluster mode (`POST /admin/v1/retention` on one node):
+/// what ended before the cutoff leaves every node's log and the stream,
+/// what is still associated stays and resolves everywhere, and the nodes
+/// end on the same log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retention_on_one_node_blanks_ended_history_on_every_node_and_in_the_stream() {
+    let nats = NatsCluster::start(3);
+    let a = node(&nats, &[0], "a").await;
+    let b = node(&nats, &[1], "b").await;
+    a.put_code(CODE, TARGET).await;
+    for clientid in ["ended-1", "ended-2", "kept-1"] {
+        first_scan_creates(&a, "http2", "127.1.0.1", clientid).await;
+    }
+    for clientid in ["ended-1", "ended-2"] {
+        let path = format!("/admin/v1/associations/{clientid}");
+        assert_eq!(b.admin(Method::DELETE, &path, None).await.0, 200);
+    }
+    let needles: Vec<Vec<u8>> = vec![b"ended-1".to_vec(), b"ended-2".to_vec()];
+    eventually("A has B's revocations", PROPAGATION, async || {
+        last_seq(&a) == last_seq(&b)
+    })
+    .await;
+    assert!(log_values(&b).iter().any(|(_, v)| holds_any(v, &needles)));
+    tokio::time::sleep(Duration::from_millis(20)).await;
+
+    let (s, body) = a
+        .admin(Method::POST, "/admin/v1/retention?older_than=1ms", None)
+        .await;
+    assert_eq!(s, 200, "{body}");
+    // Two creations and two revocations blanked.
+    assert_eq!(body["records_rewritten"], 4, "{body}");
+    let (s, body) = a
+        .admin(Method::POST, "/admin/v1/retention?older_than=soon", None)
+        .await;
+    assert_eq!((s, &body["code"]), (400, &json!("INVALID_QUERY")), "{body}");
+
+    eventually("B wrote the rewrite", PROPAGATION, async || {
+        last_seq(&b) == last_seq(&a) && log_values(&b) == log_values(&a)
+    })
+    .await;
+    for n in [&a, &b] {
+        assert!(!log_values(n).iter().any(|(_, v)| holds_any(v, &needles)));
+        let wifi = n.client("http2", "127.2.0.1");
+        assert_eq!(n.resolve(&wifi, &scan("kept-1")).await.0, 200);
+        assert_eq!(n.resolve(&wifi, &scan("ended-1")).await.0, 403);
+    }
+    let (messages, deleted) = stream_messages(&nats.url(0), "HOMECMP").await;
+    assert_eq!(
+        deleted, 4,
+        "the replaced messages are deleted from the stream"
+    );
+    assert!(!messages.iter().any(|(_, m)| holds_any(m, &needles)));
+    for n in [a, b] {
+        n.stop().await;
+    }
+}
+
+/// A retention larger than one history rewrite event holds (8,192
+/// records) goes through the stream in several, each planned on the log
+/// the one before left: every record of 4,200 ended associations (8,400)
+/// blanked on both nodes and deleted from the stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retention_larger_than_one_rewrite_event_goes_in_several() {
+    use futures_util::StreamExt;
+    use homecmp::store::{IdentitySource, NewAssociation};
+    use homecmp::wire::{ClientId, SubscriberRef};
+    const ENDED: usize = 4_200;
+    let nats = NatsCluster::start(3);
+    let a = node(&nats, &[0], "a").await;
+    let b = node(&nats, &[1], "b").await;
+    let store = a.running.app.store.clone();
+    // Long ago: two records each, one subscriber each (no cap in the way).
+    let then = 1_700_000_000_000;
+    let clientid = |n: usize| ClientId::parse(&format!("old-{n}")).unwrap();
+    futures_util::stream::iter(0..ENDED)
+        .for_each_concurrent(64, |n| {
+            let store = store.clone();
+            async move {
+                let mut subscriber = [0u8; 32];
+                subscriber[..8].copy_from_slice(&(n as u64 + 1).to_le_bytes());
+                let new = NewAssociation {
+                    clientid: clientid(n),
+                    subscriber: SubscriberRef(subscriber),
+                    source: IdentitySource::SessionBinding,
+                    client_addr: "127.1.0.9".parse().unwrap(),
+                };
+                store.associate(new, false, 8, then).await.unwrap();
+                store.revoke(&clientid(n), then).await.unwrap().unwrap();
+            }
+        })
+        .await;
+    // No other clientid starts with these.
+    let needles: Vec<Vec<u8>> = [0, 1_000, 4_199]
+        .map(|n| format!("old-{n}").into_bytes())
+        .into();
+    assert!(log_values(&a).iter().any(|(_, v)| holds_any(v, &needles)));
+
+    let (s, body) = a
+        .admin(Method::POST, "/admin/v1/retention?older_than=1d", None)
+        .await;
+    assert_eq!(s, 200, "{body}");
+    assert_eq!(body["records_rewritten"], 2 * ENDED, "{body}");
+    eventually("B wrote every rewrite", PROPAGATION, async || {
+        last_seq(&b) == last_seq(&a) && log_values(&b) == log_values(&a)
+    })
+    .await;
+    for n in [&a, &b] {
+        assert!(!log_values(n).iter().any(|(_, v)| holds_any(v, &needles)));
+        let redacted = log_events_of_kind(n, |e| matches!(e, Event::Redacted { .. }));
+        assert_eq!(redacted, 2 * ENDED);
+    }
+    let (messages, deleted) = stream_messages(&nats.url(0), "HOMECMP").await;
+    assert_eq!(deleted, 2 * ENDED as u64);
+    let rewrites = messages
+        .iter()
+        .filter(|(_, m)| {
+            matches!(
+                homecmp::store::event::decode_value(m).map(|r| r.event),
+                Ok(Event::HistoryRewritten { .. })
+            )
+        })
+        .count();
+    assert_eq!(rewrites, 2, "8,400 records: two rewrite events");
+    assert!(!messages.iter().any(|(_, m)| holds_any(m, &needles)));
+    for n in [a, b] {
+        n.stop().await;
+    }
+}
+
+/// How many events of a node's local log `keep` picks.
+fn log_events_of_kind(node: &TestServer, keep: impl Fn(&Event) -> bool) -> usize {
+    let log = node.running.app.store.log();
+    log.read_from(1)
+        .filter(|item| keep(&item.as_ref().expect("log reads back").1.event))
+        .count()
+}

@@ -52,6 +52,9 @@ pub struct Lifetimes {
     instances: HashMap<Seq, Instance>,
     /// Record that ends an instance -> the instance's start.
     ends: HashMap<Seq, Seq>,
+    /// Records that end an instance whose start an earlier rewrite blanked
+    /// (a rewrite that went in several steps): each an instance of its own.
+    orphan_ends: HashMap<Seq, Instance>,
     live_clientids: HashMap<String, Seq>,
     live_codes: HashMap<String, Seq>,
 }
@@ -66,15 +69,23 @@ impl Lifetimes {
                 subscriber,
                 ..
             } => self.start_association(clientid, *subscriber, seq),
-            Event::AssociationRevoked { clientid, .. } => {
-                self.end_association(clientid, seq, at);
+            Event::AssociationRevoked {
+                clientid,
+                subscriber,
+                ..
+            } => {
+                self.end_association(clientid, *subscriber, seq, at);
             }
-            Event::AssociationRebound { clientid, to, .. } => {
-                self.end_association(clientid, seq, at);
+            Event::AssociationRebound {
+                clientid, from, to, ..
+            } => {
+                self.end_association(clientid, *from, seq, at);
                 self.start_association(clientid, *to, seq);
             }
             Event::CodeRegistered { code, .. } | Event::CodeRegisteredWithRules { code, .. } => {
-                self.end_code(code, seq, at);
+                if let Some(start) = self.live_codes.remove(code) {
+                    self.end(start, seq, at);
+                }
                 self.instances.insert(
                     seq,
                     Instance {
@@ -84,7 +95,10 @@ impl Lifetimes {
                 );
                 self.live_codes.insert(code.clone(), seq);
             }
-            Event::CodeRemoved { code } => self.end_code(code, seq, at),
+            Event::CodeRemoved { code } => match self.live_codes.remove(code) {
+                Some(start) => self.end(start, seq, at),
+                None => self.orphan_end(None, seq, at),
+            },
             // Counts name codes only: no subscriber, nothing that ends. A
             // cluster's history rewrite names no one: what it replaced is
             // read where it stands.
@@ -106,16 +120,18 @@ impl Lifetimes {
         self.live_clientids.insert(clientid.to_owned(), seq);
     }
 
-    fn end_association(&mut self, clientid: &str, seq: Seq, at: u64) {
-        if let Some(start) = self.live_clientids.remove(clientid) {
-            self.end(start, seq, at);
+    fn end_association(&mut self, clientid: &str, subscriber: SubscriberRef, seq: Seq, at: u64) {
+        match self.live_clientids.remove(clientid) {
+            Some(start) => self.end(start, seq, at),
+            None => self.orphan_end(Some(subscriber), seq, at),
         }
     }
 
-    fn end_code(&mut self, code: &str, seq: Seq, at: u64) {
-        if let Some(start) = self.live_codes.remove(code) {
-            self.end(start, seq, at);
-        }
+    /// An end whose start is not in the log (blanked by an earlier
+    /// rewrite): it is doomed as an instance of its own would be.
+    fn orphan_end(&mut self, subscriber: Option<SubscriberRef>, seq: Seq, at: u64) {
+        let end = Some((seq, at));
+        self.orphan_ends.insert(seq, Instance { subscriber, end });
     }
 
     fn end(&mut self, start: Seq, seq: Seq, at: u64) {
@@ -126,20 +142,19 @@ impl Lifetimes {
     }
 
     fn doomed(&self, start: Seq, doom: Doom) -> bool {
-        let Some(instance) = self.instances.get(&start) else {
-            return false;
-        };
-        match (doom, instance.end) {
-            (_, None) => false,
-            (Doom::Subscriber(who), Some(_)) => instance.subscriber == Some(who),
-            (Doom::EndedBefore(cutoff), Some((_, at))) => at < cutoff,
-        }
+        self.instances
+            .get(&start)
+            .is_some_and(|instance| instance_doomed(instance, doom))
     }
 
     fn ended_here_is_doomed(&self, seq: Seq, doom: Doom) -> bool {
-        self.ends
-            .get(&seq)
-            .is_some_and(|&start| self.doomed(start, doom))
+        match self.ends.get(&seq) {
+            Some(&start) => self.doomed(start, doom),
+            None => self
+                .orphan_ends
+                .get(&seq)
+                .is_some_and(|instance| instance_doomed(instance, doom)),
+        }
     }
 
     /// Second pass: the event `seq` must become, if it must change.
@@ -182,6 +197,14 @@ impl Lifetimes {
             | Event::RuleScansCounted { .. }
             | Event::HistoryRewritten { .. } => None,
         }
+    }
+}
+
+fn instance_doomed(instance: &Instance, doom: Doom) -> bool {
+    match (doom, instance.end) {
+        (_, None) => false,
+        (Doom::Subscriber(who), Some(_)) => instance.subscriber == Some(who),
+        (Doom::EndedBefore(cutoff), Some((_, at))) => at < cutoff,
     }
 }
 
@@ -440,5 +463,86 @@ mod tests {
             == Event::Redacted {
                 reason: RedactReason::Retention
             }));
+    }
+
+    /// A valid log from `ops` (kind, clientid, subscriber), each op that
+    /// does not apply to the state so far skipped; a second apart each.
+    fn valid_log(ops: &[(u8, u8, u8)]) -> Vec<(Seq, Record)> {
+        let who = |n: u8| SubscriberRef([n % 3 + 1; 32]);
+        let (mut owners, mut codes) = (HashMap::new(), std::collections::HashSet::new());
+        let mut events = Vec::new();
+        for &(kind, id, n) in ops {
+            let clientid = format!("c{}", id % 5);
+            let code = format!("k{}", id % 2);
+            let event = match (kind % 5, owners.get(&clientid).copied()) {
+                (0, None) => created(&clientid, who(n)),
+                (1, Some(owner)) => revoked(&clientid, owner),
+                (2, Some(owner)) if owner != who(n) => rebound(&clientid, owner, who(n)),
+                (3, _) => Event::CodeRegistered {
+                    code: code.clone(),
+                    target: format!("t{n}"),
+                },
+                (4, _) if codes.contains(&code) => Event::CodeRemoved { code: code.clone() },
+                _ => continue,
+            };
+            match &event {
+                Event::AssociationCreated { subscriber, .. } => {
+                    owners.insert(clientid, *subscriber);
+                }
+                Event::AssociationRevoked { .. } => {
+                    owners.remove(&clientid);
+                }
+                Event::AssociationRebound { to, .. } => {
+                    owners.insert(clientid, *to);
+                }
+                Event::CodeRegistered { .. } => {
+                    codes.insert(code);
+                }
+                _ => {
+                    codes.remove(&code);
+                }
+            }
+            events.push(event);
+        }
+        log(events)
+    }
+
+    fn apply(records: &[(Seq, Record)], plan: &[(Seq, Event)]) -> Vec<(Seq, Record)> {
+        let plan: HashMap<Seq, &Event> = plan.iter().map(|(s, e)| (*s, e)).collect();
+        records
+            .iter()
+            .map(|(seq, r)| {
+                let event = plan
+                    .get(seq)
+                    .map_or_else(|| r.event.clone(), |e| (*e).clone());
+                (*seq, at(r.at_ms, event))
+            })
+            .collect()
+    }
+
+    proptest::proptest! {
+        /// A rewrite made in steps (as cluster mode publishes one that is
+        /// too large for one event: the first part written, then planned
+        /// again on the log it left) ends where the rewrite made at once
+        /// does, whatever the log, the doom and where it is cut.
+        #[test]
+        fn a_rewrite_in_two_steps_ends_where_one_at_once_does(
+            ops in proptest::collection::vec((0u8..5, 0u8..5, 0u8..3), 0..60),
+            erase in proptest::bool::ANY,
+            cutoff in 0u64..70_000,
+            cut in 0usize..80,
+        ) {
+            let records = valid_log(&ops);
+            let doom = match erase {
+                true => Doom::Subscriber(A),
+                false => Doom::EndedBefore(cutoff),
+            };
+            let plan = plan_redaction(&records, doom);
+            let at_once = apply(&records, &plan);
+            let first = apply(&records, &plan[..cut.min(plan.len())]);
+            let then = apply(&first, &plan_redaction(&first, doom));
+            proptest::prop_assert_eq!(&then, &at_once);
+            proptest::prop_assert_eq!(replay(&then), replay(&records));
+        }
     }
 }

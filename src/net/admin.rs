@@ -81,6 +81,7 @@ pub fn router(state: Arc<AdminState>) -> axum::Router {
         .route("/admin/v1/events", get(events))
         .route("/admin/v1/status", get(status))
         .route("/admin/v1/reload", axum::routing::post(reload))
+        .route("/admin/v1/retention", axum::routing::post(retention))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     axum::Router::new()
@@ -737,6 +738,50 @@ async fn delete_subscriber(
         "records_rewritten": rewritten.records,
     }))
     .into_response())
+}
+
+/// `POST /admin/v1/retention?older_than=90d`: online retention, in
+/// single-node and cluster mode alike: every record of an association or a
+/// code that ended longer ago than `older_than` is blanked (as `homecmp
+/// log compact` does offline; in cluster mode on every node and in the
+/// stream).
+async fn retention(
+    Ready(app): Ready,
+    Extension(who): Extension<Principal>,
+    query: Result<axum::extract::Query<RetentionQuery>, axum::extract::rejection::QueryRejection>,
+) -> Answer {
+    let hint = "older_than is a duration such as 90d or 2160h";
+    let axum::extract::Query(q) = query.map_err(|e| {
+        AdminError::InvalidQuery(format!("{}; {hint}", e.body_text())).into_response()
+    })?;
+    let older_than = humantime::parse_duration(&q.older_than).map_err(|e| {
+        AdminError::InvalidQuery(format!("older_than {:?}: {e}; {hint}", q.older_than))
+            .into_response()
+    })?;
+    let now = crate::clock::now_ms();
+    let cutoff = now.saturating_sub(u64::try_from(older_than.as_millis()).unwrap_or(u64::MAX));
+    let rewritten = app
+        .store
+        .apply_retention(cutoff, stamp(&who))
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::Cluster(crate::store::cluster::ClusterError::Mismatch(
+                why,
+            )) => AdminError::NotInClusterMode(why).into_response(),
+            e => unavailable(e),
+        })?;
+    Ok(Json(json!({
+        "ended_before": crate::clock::rfc3339(cutoff),
+        "records_rewritten": rewritten.records,
+        "records_scanned": rewritten.scanned,
+    }))
+    .into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionQuery {
+    older_than: String,
 }
 
 /// A subscriber's associated clientids (at most

@@ -47,7 +47,7 @@ use std::time::Duration;
 
 use async_nats::jetstream::{self, consumer, context, stream};
 use aws_lc_rs::digest;
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt};
 use tokio::sync::watch;
 
 pub mod migrate;
@@ -63,6 +63,14 @@ pub const ATTEMPTS: usize = 8;
 /// How far back from its end a joining node looks for a message of the
 /// stream to compare with its own (see [`check_prefix`]).
 const PREFIX_LOOKBACK: Seq = 4096;
+
+/// How long a node waits for its follower to write a history rewrite it
+/// published (see [`Link::publish_rewrite`]).
+const REWRITE_APPLIED: Duration = Duration::from_secs(600);
+
+/// Message deletes in flight while a history rewrite's replaced messages
+/// leave the stream.
+const DELETES_IN_FLIGHT: usize = 64;
 
 /// Messages the follower appends to the local log in one batch (one fsync).
 const FOLLOW_BATCH: usize = 512;
@@ -289,9 +297,13 @@ impl Link {
 
     /// Waits until this node has applied `seq`, within the publish timeout.
     pub async fn wait_applied(&self, seq: Seq) -> Result<(), ClusterError> {
+        self.wait_applied_within(seq, self.publish_timeout).await
+    }
+
+    async fn wait_applied_within(&self, seq: Seq, within: Duration) -> Result<(), ClusterError> {
         let mut applied = self.applied.clone();
         let reached = |&s: &Seq| s >= seq || self.stopped.get().is_some();
-        match tokio::time::timeout(self.publish_timeout, applied.wait_for(reached)).await {
+        match tokio::time::timeout(within, applied.wait_for(reached)).await {
             Ok(Ok(_)) if self.stopped().is_some() => self.check_connected(),
             Ok(Ok(_)) => Ok(()),
             Ok(Err(_)) => Err(ClusterError::Unavailable("the follower stopped".into())),
@@ -314,6 +326,18 @@ impl Link {
         }
         self.wait_applied(last).await?;
         Ok(last)
+    }
+
+    /// Publishes one history rewrite (only if its subject is still at the
+    /// expected sequence, as [`Link::publish_all`]) and waits until this
+    /// node has written it, for up to [`REWRITE_APPLIED`]: writing thousands
+    /// of records over the log, and compacting after, takes longer than a
+    /// change's publish timeout.
+    pub async fn publish_rewrite(&self, event: Publish) -> Result<Seq, ClusterError> {
+        self.check_connected()?;
+        let seq = self.publish(event).await?;
+        self.wait_applied_within(seq, REWRITE_APPLIED).await?;
+        Ok(seq)
     }
 
     async fn publish(&self, event: Publish) -> Result<Seq, ClusterError> {
@@ -382,19 +406,28 @@ fn history_subject(stream: &str) -> String {
 }
 
 /// [`Link::delete_messages`], on any handle of the stream.
-async fn delete_messages<I>(stream: &stream::Stream<I>, seqs: &[Seq]) -> Result<(), ClusterError> {
-    for &seq in seqs {
+async fn delete_messages<I>(stream: &stream::Stream<I>, seqs: &[Seq]) -> Result<(), ClusterError>
+where
+    I: Send + Sync,
+{
+    let delete = |seq: Seq| async move {
         match stream.delete_message(seq).await {
-            Ok(_) => {}
-            // Already gone: another node deleted it first.
-            Err(e)
-                if matches!(e.kind(), stream::DeleteMessageErrorKind::JetStream(ref js)
-                    if js.error_code() == async_nats::jetstream::ErrorCode::SEQUENCE_NOT_FOUND) => {
-            }
-            Err(e) => return Err(unavailable(&format!("delete message {seq}"), &e)),
+            Ok(_) => Ok(()),
+            // Already gone: another node deleted it first (JetStream says
+            // so with one code or another, 10043 or 10057 "no message
+            // found", depending on the moment): a refusal is checked
+            // against what the stream holds.
+            Err(e) => match stream.get_raw_message(seq).await {
+                Err(gone) if gone.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(()),
+                _ => Err(unavailable(&format!("delete message {seq}"), &e)),
+            },
         }
-    }
-    Ok(())
+    };
+    futures_util::stream::iter(seqs.iter().copied())
+        .map(delete)
+        .buffer_unordered(DELETES_IN_FLIGHT)
+        .try_collect()
+        .await
 }
 
 /// The replacements of the records `from..until` (a gap where the stream's

@@ -14,7 +14,7 @@ use crate::core::{Doom, Lifetimes};
 const BATCH: usize = 4096;
 
 /// What a rewrite did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct Rewritten {
     /// Records blanked or rewritten.
     pub records: u64,

@@ -50,6 +50,11 @@ const STRIPES: usize = 256;
 /// Rounds of revocations an erasure makes before it rewrites history.
 const ERASE_ROUNDS: usize = 4;
 
+/// Events a history rewrite in cluster mode publishes at most (each holds
+/// up to [`event::REPLACEMENTS_PER_EVENT`] records): a bound on a plan that
+/// would never run out.
+const REWRITE_ROUNDS: u64 = 100_000;
+
 /// Code registrations of a cluster-mode import published at once.
 const CODES_IN_FLIGHT: usize = 32;
 
@@ -333,18 +338,51 @@ impl Store {
         stamp: Stamp,
     ) -> Result<(Vec<ClientId>, history::Rewritten), StoreError> {
         let revoked = self.revoke_all(subscriber, &stamp).await?;
-        // On a blocking thread, and finished even if the caller goes away.
-        // On a blocking thread. The rewrite removes the snapshot too (it
-        // holds the subscriber's associations as they were, besides).
+        let rewritten = self
+            .rewrite_now(crate::core::Doom::Subscriber(subscriber))
+            .await?;
+        Ok((revoked, rewritten))
+    }
+
+    /// Retention, online: blanks the records of associations and codes
+    /// that ended before `cutoff_ms` ([`history::rewrite`] with
+    /// [`crate::core::Doom::EndedBefore`], as `homecmp log compact` does
+    /// offline). Like an erasure it waits for its turn among rewrites and
+    /// runs in a task of its own; in cluster mode it goes through the
+    /// stream ([`Store::rewrite_replicated`]).
+    pub async fn apply_retention(
+        &self,
+        cutoff_ms: u64,
+        stamp: impl Into<Stamp>,
+    ) -> Result<history::Rewritten, StoreError> {
+        let (store, stamp) = (self.clone(), stamp.into());
+        let doom = crate::core::Doom::EndedBefore(cutoff_ms);
+        if let Some(link) = self.cluster() {
+            let link = link.clone();
+            let retention =
+                tokio::spawn(async move { store.rewrite_replicated(&link, doom, stamp).await });
+            return retention.await.expect("retention does not panic");
+        }
+        let turn = self.inner.rewrites.begin().await;
+        let retention = tokio::spawn(async move {
+            let _rewriting = turn;
+            store.rewrite_now(doom).await
+        });
+        retention.await.expect("retention does not panic")
+    }
+
+    /// The single-node rewrite of what `doom` picks, on a blocking thread,
+    /// under the rewrite lock the caller holds. It removes the snapshot
+    /// too (it holds what was rewritten, as it was).
+    async fn rewrite_now(&self, doom: crate::core::Doom) -> Result<history::Rewritten, StoreError> {
         let (log, snapshot) = (self.log().clone(), self.inner.snapshot.clone());
         let rewritten = tokio::task::spawn_blocking(move || {
             let last = log.last_seq();
-            let doom = crate::core::Doom::Subscriber(subscriber);
             history::rewrite(&log, last, doom, snapshot.as_deref())
         })
         .await
         .expect("the rewrite does not panic")?;
-        Ok((revoked, rewritten))
+        Ok(rewritten)
     }
 
     /// Revokes every association of `subscriber` (erasure's first step):
@@ -374,10 +412,8 @@ impl Store {
     }
 
     /// Erasure in cluster mode (see [`cluster`]'s module docs): the
-    /// associations revoked through the stream, the rewrite planned on this
-    /// node's log and published as one `history_rewritten` event (planned
-    /// again after another node's rewrite), and once this node has written
-    /// it, the replaced messages deleted from the stream.
+    /// associations revoked through the stream, then the history rewritten
+    /// through it ([`Store::rewrite_replicated`]).
     async fn erase_replicated(
         &self,
         link: &Arc<Link>,
@@ -386,46 +422,65 @@ impl Store {
     ) -> Result<(Vec<ClientId>, history::Rewritten), StoreError> {
         link.check_deletable().await?;
         let revoked = self.revoke_all(subscriber, &stamp).await?;
+        let doom = crate::core::Doom::Subscriber(subscriber);
+        let rewritten = self.rewrite_replicated(link, doom, stamp).await?;
+        Ok((revoked, rewritten))
+    }
+
+    /// A history rewrite in cluster mode (erasure, retention): planned on
+    /// this node's log (the single-node plan, [`history::plan`]) and
+    /// published as one `history_rewritten` event, expecting the rewrite
+    /// subject's last sequence (so it is planned on the log as the previous
+    /// rewrite left it); once this node has written it, the replaced
+    /// messages are deleted from the stream. A plan larger than one event
+    /// holds goes one event at a time, planned again after each (what is
+    /// rewritten already is not planned again), until nothing is left.
+    async fn rewrite_replicated(
+        &self,
+        link: &Arc<Link>,
+        doom: crate::core::Doom,
+        stamp: Stamp,
+    ) -> Result<history::Rewritten, StoreError> {
+        link.check_deletable().await?;
         let subject = link.history_subject();
-        for _ in 0..cluster::ATTEMPTS {
+        let mut done = history::Rewritten::default();
+        let (mut races, mut rounds) = (0, 0u64);
+        loop {
             let expected = link.catch_up_on(&subject).await?;
             let (log, last) = (self.log().clone(), self.log().last_seq());
-            let doom = crate::core::Doom::Subscriber(subscriber);
             let planned = tokio::task::spawn_blocking(move || history::plan(&log, last, doom))
                 .await
                 .expect("planning does not panic")?;
-            let seqs: Vec<Seq> = planned.iter().map(|r| r.seq).collect();
-            let rewritten = history::Rewritten {
-                records: seqs.len() as u64,
-                scanned: last,
+            done.scanned = last;
+            let first = event::history_rewritten(planned).into_iter().next();
+            let Some(Event::HistoryRewritten { records }) = first else {
+                return Ok(done);
             };
-            if planned.is_empty() {
-                return Ok((revoked, rewritten));
-            }
-            let mut events = event::history_rewritten(planned);
-            if events.len() > 1 {
-                return Err(ClusterError::Mismatch(format!(
-                    "erasing this subscriber rewrites {} records, more than one history rewrite \
-                     holds in cluster mode ({}): stop the cluster and erase offline",
-                    seqs.len(),
-                    event::REPLACEMENTS_PER_EVENT
-                ))
+            rounds += 1;
+            if rounds > REWRITE_ROUNDS {
+                return Err(ClusterError::Unavailable(
+                    "the history rewrite did not converge; try again".into(),
+                )
                 .into());
             }
-            let publish =
-                cluster::Publish::new(subject.clone(), expected, &stamp, events.remove(0));
-            match link.publish_all(vec![publish]).await {
+            let seqs: Vec<Seq> = records.iter().map(|r| r.seq).collect();
+            let event = Event::HistoryRewritten { records };
+            let publish = cluster::Publish::new(subject.clone(), expected, &stamp, event);
+            match link.publish_rewrite(publish).await {
                 Ok(_) => {
                     link.delete_messages(&seqs).await?;
-                    return Ok((revoked, rewritten));
+                    done.records += seqs.len() as u64;
                 }
                 // Another node's rewrite first: plan again on the log as
                 // it left it.
-                Err(ClusterError::Conflict) => link.lost_race(),
+                Err(ClusterError::Conflict) if races < cluster::ATTEMPTS => {
+                    link.lost_race();
+                    races += 1;
+                }
+                Err(ClusterError::Conflict) => return Err(lost_every_race()),
                 Err(e) => return Err(e.into()),
             }
         }
-        Err(ClusterError::Unavailable("history rewrites kept racing; try again".into()).into())
     }
 
     /// Writes a history rewrite's replacements over this node's records
