@@ -1138,3 +1138,116 @@ fn log_events_of_kind(node: &TestServer, keep: impl Fn(&Event) -> bool) -> usize
         .filter(|item| keep(&item.as_ref().expect("log reads back").1.event))
         .count()
 }
+
+/// Faults under full load: 16 creators without pause on node A while the
+/// nats-server leading the stream is killed -9 and restarted (the nodes
+/// know all three servers); every creation A acknowledged is then on A and
+/// on B (acknowledged-then-lost: none), and refusals meanwhile are answers
+/// (503 with Retry-After).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_acknowledged_creation_is_lost_when_a_nats_server_dies_under_full_load() {
+    use futures_util::StreamExt;
+    let mut nats = NatsCluster::start(3);
+    let a = node(&nats, &[0, 1, 2], "a").await;
+    let b = node(&nats, &[0, 1, 2], "b").await;
+    a.put_code(CODE, TARGET).await;
+    // A subscriber per creator: none reaches the cap and supersedes.
+    for w in 0..16 {
+        let ip = format!("127.1.1.{}", w + 1);
+        a.bind_session(&ip, &format!("+4477009011{w:02}")).await;
+    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let created = AtomicUsize::new(0);
+    let creator = |w: usize| {
+        let (a, stop, created) = (&a, &stop, &created);
+        async move {
+            let client = a.client("http2", &format!("127.1.1.{}", w + 1));
+            let (mut acknowledged, mut refused) = (Vec::new(), 0);
+            for i in 0.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let clientid = format!("full-{w}-{i}");
+                let response = client.get(a.url(&scan(&clientid))).send().await;
+                let Ok(response) = response else { continue };
+                let status = response.status().as_u16();
+                let retry_after = response.headers().contains_key("retry-after");
+                let body: Value = response.json().await.unwrap_or_default();
+                match (status, body["association"].as_str()) {
+                    (200, Some("created")) => {
+                        acknowledged.push(clientid);
+                        created.fetch_add(1, Ordering::Relaxed);
+                    }
+                    (503, _) => {
+                        assert!(retry_after, "a 503 says when to retry: {body}");
+                        refused += 1;
+                    }
+                    other => panic!("{clientid}: {other:?} {body}"),
+                }
+            }
+            (acknowledged, refused)
+        }
+    };
+    let load = futures_util::stream::iter(0..16)
+        .map(creator)
+        .buffer_unordered(16)
+        .collect::<Vec<_>>();
+    let fault = async {
+        let at_least = |n: usize| {
+            let created = &created;
+            async move {
+                eventually(&format!("{n} created"), RECOVERY, async || {
+                    created.load(Ordering::Relaxed) >= n
+                })
+                .await;
+            }
+        };
+        at_least(100).await;
+        let leader = stream_leader(&nats).await;
+        eprintln!("killing n{leader}, the stream's leader");
+        nats.kill(leader);
+        let after_kill = created.load(Ordering::Relaxed);
+        at_least(after_kill + 100).await;
+        nats.restart(leader);
+        let after_restart = created.load(Ordering::Relaxed);
+        at_least(after_restart + 100).await;
+        stop.store(true, Ordering::Relaxed);
+    };
+    let (results, ()) = tokio::join!(load, fault);
+    let refused: usize = results.iter().map(|(_, r)| r).sum();
+    let acknowledged: Vec<String> = results.into_iter().flat_map(|(a, _)| a).collect();
+    eprintln!(
+        "acknowledged {}, refused (503) {refused}",
+        acknowledged.len()
+    );
+    eventually("B applied everything A did", RECOVERY, async || {
+        last_seq(&b) >= last_seq(&a)
+    })
+    .await;
+    let lost: Vec<&String> = acknowledged
+        .iter()
+        .filter(|id| {
+            let (on_a, on_b) = (
+                a.running.app.store.index().association(id.as_str()),
+                b.running.app.store.index().association(id.as_str()),
+            );
+            on_a.is_none() || on_b.is_none()
+        })
+        .collect();
+    assert!(lost.is_empty(), "acknowledged then lost: {lost:?}");
+    for n in [a, b] {
+        n.stop().await;
+    }
+}
+
+/// Which server of `nats` leads the `HOMECMP` stream (its servers are
+/// named `n0`, `n1`, ...).
+async fn stream_leader(nats: &NatsCluster) -> usize {
+    let client = async_nats::connect(nats.url(0)).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    let mut stream = js.get_stream("HOMECMP").await.unwrap();
+    let info = stream.info().await.unwrap();
+    let leader = info.cluster.as_ref().and_then(|c| c.leader.clone());
+    let leader = leader.expect("a replicated stream has a leader");
+    leader.trim_start_matches('n').parse().unwrap()
+}
