@@ -335,6 +335,17 @@ async fn reload(Ready(app): Ready) -> Answer {
     Ok(Json(json!({"reloaded": reloaded, "certificate_expires": expires})).into_response())
 }
 
+/// A history rewrite (erasure, retention) not done: 409 where the cluster's
+/// stream cannot be rewritten (it says why), 503 otherwise.
+fn rewrite_failed(e: crate::store::StoreError) -> Response {
+    match e {
+        crate::store::StoreError::Cluster(crate::store::cluster::ClusterError::Mismatch(why)) => {
+            AdminError::NotInClusterMode(why).into_response()
+        }
+        e => unavailable(e),
+    }
+}
+
 fn unavailable(e: impl std::fmt::Display) -> Response {
     tracing::error!(error = %e, "admin change not stored");
     AdminError::Unavailable.into_response()
@@ -724,12 +735,7 @@ async fn delete_subscriber(
         .store
         .erase_subscriber(subscriber, stamp(&who))
         .await
-        .map_err(|e| match e {
-            crate::store::StoreError::Cluster(crate::store::cluster::ClusterError::Mismatch(
-                why,
-            )) => AdminError::NotInClusterMode(why).into_response(),
-            e => unavailable(e),
-        })?;
+        .map_err(rewrite_failed)?;
     Ok(Json(json!({
         "subscriber": subscriber.to_hex(),
         "erased": true,
@@ -764,12 +770,7 @@ async fn retention(
         .store
         .apply_retention(cutoff, stamp(&who))
         .await
-        .map_err(|e| match e {
-            crate::store::StoreError::Cluster(crate::store::cluster::ClusterError::Mismatch(
-                why,
-            )) => AdminError::NotInClusterMode(why).into_response(),
-            e => unavailable(e),
-        })?;
+        .map_err(rewrite_failed)?;
     Ok(Json(json!({
         "ended_before": crate::clock::rfc3339(cutoff),
         "records_rewritten": rewritten.records,

@@ -358,6 +358,7 @@ impl Store {
         let (store, stamp) = (self.clone(), stamp.into());
         let doom = crate::core::Doom::EndedBefore(cutoff_ms);
         if let Some(link) = self.cluster() {
+            link.check_deletable().await?;
             let link = link.clone();
             let retention =
                 tokio::spawn(async move { store.rewrite_replicated(&link, doom, stamp).await });
@@ -427,7 +428,8 @@ impl Store {
         Ok((revoked, rewritten))
     }
 
-    /// A history rewrite in cluster mode (erasure, retention): planned on
+    /// A history rewrite in cluster mode (erasure, retention; the caller
+    /// has checked the stream lets messages be deleted): planned on
     /// this node's log (the single-node plan, [`history::plan`]) and
     /// published as one `history_rewritten` event, expecting the rewrite
     /// subject's last sequence (so it is planned on the log as the previous
@@ -441,7 +443,6 @@ impl Store {
         doom: crate::core::Doom,
         stamp: Stamp,
     ) -> Result<history::Rewritten, StoreError> {
-        link.check_deletable().await?;
         let subject = link.history_subject();
         let mut done = history::Rewritten::default();
         let (mut races, mut rounds) = (0, 0u64);
