@@ -160,7 +160,15 @@ async fn a_clientid_changed_on_one_node_is_changed_at_once_on_another() {
     let nats = NatsCluster::start(3);
     let a = node(&nats, &[0], "a").await;
     let b = node(&nats, &[1], "b").await;
+    use homecmp::store::{Associated, IdentitySource, NewAssociation};
+    use homecmp::wire::{ClientId, Msisdn};
     a.put_code(CODE, TARGET).await;
+    let sub_2 = a
+        .running
+        .app
+        .bindings
+        .key()
+        .subscriber_ref(&Msisdn::parse(SUB_2).unwrap());
     for i in 0..20 {
         let clientid = format!("app-now-{i}");
         first_scan_creates(&a, "http2", "127.1.0.1", &clientid).await;
@@ -168,8 +176,17 @@ async fn a_clientid_changed_on_one_node_is_changed_at_once_on_another() {
         let path = format!("/admin/v1/associations/{clientid}");
         let (s, body) = b.admin(Method::DELETE, &path, None).await;
         assert_eq!(s, 200, "B revokes what A just made: {body}");
-        // A may not have B's revocation yet; the subject is not empty.
-        first_scan_creates(&a, "http2", "127.1.0.2", &clientid).await;
+        // A may not have B's revocation yet (its index may still say SUB_1
+        // holds it: a scan would be answered from that, the mismatch), and
+        // the subject is not empty: A's store must not trust its index.
+        let new = NewAssociation {
+            clientid: ClientId::parse(&clientid).unwrap(),
+            subscriber: sub_2,
+            source: IdentitySource::SessionBinding,
+            client_addr: "127.1.0.2".parse().unwrap(),
+        };
+        let made = a.running.app.store.associate(new, false, 8, 1).await;
+        assert!(matches!(made, Ok(Associated::Created { .. })), "{made:?}");
         let (s, body) = b.admin(Method::DELETE, &path, None).await;
         assert_eq!(s, 200, "B revokes A's second association: {body}");
         first_scan_creates(&b, "http2", "127.1.0.1", &clientid).await;
