@@ -17,57 +17,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use homecmp::store::event::{encode_key, encode_value};
-use homecmp::store::{Event, IdentitySource, Record, Store, audit, snapshot};
-use homecmp::wire::SubscriberRef;
+use homecmp::store::{Store, snapshot};
 
-use common::{mix, rss_kib};
+use common::{generate, mix, rss_kib};
 
 fn rss() -> u64 {
     rss_kib("self")
-}
-
-/// N associations, two per subscriber, UUID-shaped clientids, with their
-/// audit index keys, as the server's log writer would have written them.
-fn generate(events: &Path, n: u64) {
-    let db = homecmp::store::log::open_db(&homecmp::store::log::db_options(), events).unwrap();
-    let mut batch = rocksdb::WriteBatch::default();
-    for i in 0..n {
-        let (a, b) = (mix(i), mix(i ^ 0x5555));
-        let clientid = format!(
-            "{:08x}-{:04x}-4{:03x}-a{:03x}-{:012x}",
-            a >> 32,
-            (a >> 16) & 0xffff,
-            a & 0xfff,
-            b >> 52,
-            b & 0xffff_ffff_ffff
-        );
-        let s = mix(i / 2);
-        let mut subscriber = [0u8; 32];
-        for (k, chunk) in subscriber.chunks_mut(8).enumerate() {
-            chunk.copy_from_slice(&mix(s ^ k as u64).to_le_bytes());
-        }
-        let record = Record {
-            at_ms: 1_780_000_000_000 + i,
-            actor: None,
-            event: Event::AssociationCreated {
-                clientid,
-                subscriber: SubscriberRef(subscriber),
-                source: IdentitySource::SessionBinding,
-                client_addr: std::net::IpAddr::from([127, 1, (i >> 8) as u8, i as u8]),
-            },
-        };
-        batch.put(encode_key(i + 1), encode_value(&record).unwrap());
-        audit::put(&db, &mut batch, i + 1, &audit::terms(&record));
-        if batch.len() >= 50_000 {
-            audit::mark(&db, &mut batch, i + 1);
-            db.write(std::mem::take(&mut batch)).unwrap();
-        }
-    }
-    audit::mark(&db, &mut batch, n);
-    db.write(batch).unwrap();
-    db.flush().unwrap();
-    db.compact_range::<&[u8], &[u8]>(None, None);
 }
 
 /// One phase in this process; prints `ms rss_kib count [extra_ms]`.

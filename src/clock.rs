@@ -15,9 +15,26 @@ pub fn now_ms() -> u64 {
 /// RFC 3339 with milliseconds; times past the format's last year (9999)
 /// are shown as its last millisecond rather than refused.
 pub fn rfc3339(at_ms: u64) -> String {
-    const LAST_MS: u64 = 253_402_300_799_999;
-    let at = UNIX_EPOCH + Duration::from_millis(at_ms.min(LAST_MS));
-    humantime::format_rfc3339_millis(at).to_string()
+    Rfc3339(at_ms).to_string()
+}
+
+/// Unix milliseconds shown as [`rfc3339`] does, written straight where it
+/// goes (a JSON string, a line) with no `String` of its own.
+#[derive(Debug, Clone, Copy)]
+pub struct Rfc3339(pub u64);
+
+impl std::fmt::Display for Rfc3339 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const LAST_MS: u64 = 253_402_300_799_999;
+        let at = UNIX_EPOCH + Duration::from_millis(self.0.min(LAST_MS));
+        humantime::format_rfc3339_millis(at).fmt(f)
+    }
+}
+
+impl serde::Serialize for Rfc3339 {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
 }
 
 #[cfg(test)]

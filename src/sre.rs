@@ -177,7 +177,7 @@ pub fn verify(data_dir: &Path, out: &mut impl Write) -> Result<store::Replayed, 
 #[derive(Serialize, Debug)]
 pub struct ExportLine<'a> {
     pub seq: Seq,
-    pub at: String,
+    pub at: crate::clock::Rfc3339,
     #[serde(flatten)]
     pub record: &'a Record,
 }
@@ -186,7 +186,7 @@ impl<'a> ExportLine<'a> {
     pub fn new(seq: Seq, record: &'a Record) -> Self {
         ExportLine {
             seq,
-            at: rfc3339(record.at_ms),
+            at: crate::clock::Rfc3339(record.at_ms),
             record,
         }
     }
@@ -202,15 +202,22 @@ pub fn export(
     out: &mut impl Write,
 ) -> Result<u64, SreError> {
     let log = open(data_dir)?;
+    // Lines go out in 64 KiB writes, not one per event (stdout flushes at
+    // every newline); what was read before a bad record is still written.
+    let mut out = io::BufWriter::with_capacity(1 << 16, out);
     let mut written = 0;
-    for item in log.read_range(from, to.unwrap_or(Seq::MAX)) {
-        let (seq, record) = item?;
-        let line = ExportLine::new(seq, &record);
-        serde_json::to_writer(&mut *out, &line).map_err(io::Error::from)?;
-        writeln!(out)?;
-        written += 1;
-    }
-    Ok(written)
+    let read = log
+        .read_range(from, to.unwrap_or(Seq::MAX))
+        .try_for_each(|item| {
+            let (seq, record) = item?;
+            serde_json::to_writer(&mut out, &ExportLine::new(seq, &record))
+                .map_err(io::Error::from)?;
+            out.write_all(b"\n")?;
+            written += 1;
+            Ok::<_, SreError>(())
+        });
+    out.flush()?;
+    read.map(|()| written)
 }
 
 /// `log replay`: rebuilds the state as of `until` (inclusive; all when

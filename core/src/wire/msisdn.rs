@@ -107,38 +107,40 @@ pub struct SubscriberRef(pub [u8; 32]);
 
 impl SubscriberRef {
     pub fn to_hex(&self) -> String {
-        self.0.iter().map(|b| format!("{b:02x}")).collect()
+        self.hex_digits(|digits| digits.to_owned())
+    }
+
+    /// Its 64 lowercase hex digits, handed to `then` from the stack (no
+    /// allocation: `log export` writes one per event).
+    fn hex_digits<R>(&self, then: impl FnOnce(&str) -> R) -> R {
+        let mut digits = [0u8; 64];
+        hex::encode_to_slice(self.0, &mut digits).expect("64 digits for 32 bytes");
+        then(std::str::from_utf8(&digits).expect("hex digits are ASCII"))
     }
 
     pub fn from_hex(text: &str) -> Option<Self> {
-        // Hex digits checked here: `from_str_radix` alone takes a sign ("+f").
-        if text.len() != 64 || !text.bytes().all(|b| b.is_ascii_hexdigit()) {
-            return None;
-        }
         let mut bytes = [0u8; 32];
-        for (i, byte) in bytes.iter_mut().enumerate() {
-            *byte = u8::from_str_radix(&text[2 * i..2 * i + 2], 16).ok()?;
-        }
+        hex::decode_to_slice(text, &mut bytes).ok()?;
         Some(Self(bytes))
     }
 }
 
 impl fmt::Display for SubscriberRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.to_hex())
+        self.hex_digits(|digits| f.write_str(digits))
     }
 }
 
 /// Short form for logs: the first 8 bytes are plenty to tell subscribers apart.
 impl fmt::Debug for SubscriberRef {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "sub:{}", &self.to_hex()[..16])
+        self.hex_digits(|digits| write!(f, "sub:{}", &digits[..16]))
     }
 }
 
 impl serde::Serialize for SubscriberRef {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.serialize_str(&self.to_hex())
+        self.hex_digits(|digits| s.serialize_str(digits))
     }
 }
 
