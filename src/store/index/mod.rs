@@ -451,7 +451,7 @@ impl Index {
 
     /// `AssociationCreated`: a clientid that has none gets `subscriber`.
     fn create(&self, seq: Seq, clientid: &str, subscriber: &SubscriberRef) -> Result<(), String> {
-        ClientId::parse(clientid).map_err(|e| e.to_string())?;
+        crate::wire::ClientIdRef::parse(clientid).map_err(|e| e.to_string())?;
         let key = ClientKey::of(clientid);
         if self.associations.get(&key).is_some() {
             return Err(match self.known_key(clientid) {
@@ -638,13 +638,21 @@ impl Index {
     }
 
     fn append(&self, subscriber: Slot, slot: Slot) {
-        let oldest = self.subscribers.at(subscriber).oldest;
-        match self.list(oldest).last() {
-            Some(&(last, _)) => self.associations.update(last, |held| held.next = slot),
-            None => self
+        let mut at = self.subscribers.at(subscriber).oldest;
+        if at >= EMPTY {
+            return self
                 .subscribers
-                .update(subscriber, |holder| holder.oldest = slot),
+                .update(subscriber, |holder| holder.oldest = slot);
         }
+        // The list's last entry, walked to without collecting the list.
+        loop {
+            let next = self.associations.at(at).next;
+            if next >= EMPTY {
+                break;
+            }
+            at = next;
+        }
+        self.associations.update(at, |held| held.next = slot);
     }
 
     /// Takes `held` out of its subscriber's list.
