@@ -40,6 +40,14 @@ use slab::{Entry, NONE, Slab, Slot};
 /// last and forgetting it. Not [`NONE`], which marks a free entry.
 const EMPTY: Slot = NONE - 1;
 
+/// Whether [`Index::add`] added the association, or found its clientid's
+/// key taken (nothing changed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Added {
+    Yes,
+    Taken,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CodeEntry {
     pub target: Arc<str>,
@@ -453,13 +461,15 @@ impl Index {
     fn create(&self, seq: Seq, clientid: &str, subscriber: &SubscriberRef) -> Result<(), String> {
         crate::wire::ClientIdRef::parse(clientid).map_err(|e| e.to_string())?;
         let key = ClientKey::of(clientid);
-        if self.associations.get(&key).is_some() {
-            return Err(match self.known_key(clientid) {
-                Some(_) => format!("clientid {clientid} is already associated"),
-                None => format!("clientid {clientid} collides with another"),
-            });
+        match self.add(key, seq, subscriber).map_err(|e| e.to_string())? {
+            Added::Yes => {}
+            Added::Taken => {
+                return Err(match self.known_key(clientid) {
+                    Some(_) => format!("clientid {clientid} is already associated"),
+                    None => format!("clientid {clientid} collides with another"),
+                });
+            }
         }
-        self.add(key, seq, subscriber).map_err(|e| e.to_string())?;
         if !key.is_uuid() {
             self.names.insert(key, clientid.into());
         }
@@ -589,23 +599,22 @@ impl Index {
 
     /// The subscriber's slot, made if it has none.
     fn holder(&self, subscriber: &SubscriberRef) -> Result<Slot, slab::Full> {
-        match self.subscribers.get(&subscriber.0) {
-            Some((slot, _)) => Ok(slot),
-            None => self.subscribers.insert(Holder {
-                subscriber: subscriber.0,
-                // Not free: a new subscriber gets its first association next.
-                oldest: EMPTY,
-            }),
-        }
+        let holder = Holder {
+            subscriber: subscriber.0,
+            // Not free: a new subscriber gets its first association next.
+            oldest: EMPTY,
+        };
+        Ok(self.subscribers.get_or_insert(holder)?.0)
     }
 
-    /// Adds a new association at the end of its subscriber's list.
+    /// Adds a new association at the end of its subscriber's list, unless
+    /// the clientid's key has one already.
     fn add(
         &self,
         clientid: ClientKey,
         seq: Seq,
         subscriber: &SubscriberRef,
-    ) -> Result<(), slab::Full> {
+    ) -> Result<Added, slab::Full> {
         let to = self.holder(subscriber)?;
         let held = Held {
             clientid,
@@ -613,10 +622,14 @@ impl Index {
             subscriber: to,
             next: NONE,
         };
-        match self.associations.insert(held) {
-            Ok(slot) => {
+        match self.associations.get_or_insert(held) {
+            Ok((slot, true)) => {
                 self.append(to, slot);
-                Ok(())
+                Ok(Added::Yes)
+            }
+            Ok((_, false)) => {
+                self.forget_if_empty(to);
+                Ok(Added::Taken)
             }
             Err(full) => {
                 self.forget_if_empty(to);

@@ -88,6 +88,21 @@ fn position(slot: Slot) -> usize {
     (slot & ((1 << POSITION_BITS) - 1)) as usize
 }
 
+/// Puts `entry` in a freed position or at the end; its position.
+fn place<E>(entries: &mut Vec<E>, free: &mut Vec<u32>, entry: E) -> Result<u32, Full> {
+    match free.pop() {
+        Some(at) => {
+            entries[at as usize] = entry;
+            Ok(at)
+        }
+        None if entries.len() < (1 << POSITION_BITS) - 2 => {
+            entries.push(entry);
+            Ok((entries.len() - 1) as u32)
+        }
+        None => Err(Full),
+    }
+}
+
 impl<E: Entry> Slab<E> {
     pub fn len(&self) -> usize {
         self.len.load(Ordering::Relaxed)
@@ -132,8 +147,10 @@ impl<E: Entry> Slab<E> {
         self.read(shard_of_slot(slot)).entries[position(slot)]
     }
 
-    /// Adds an entry whose key is not in the table.
-    pub fn insert(&self, entry: E) -> Result<Slot, Full> {
+    /// The slot of `entry`'s key, and whether `entry` was added there
+    /// because the key had none: one lock and one probe for both (a
+    /// replay's every creation asks this twice).
+    pub fn get_or_insert(&self, entry: E) -> Result<(Slot, bool), Full> {
         let index = Self::shard_of(&entry.key());
         let mut shard = self.write(index);
         let Shard {
@@ -141,23 +158,22 @@ impl<E: Entry> Slab<E> {
             entries,
             free,
         } = &mut *shard;
-        let at = match free.pop() {
-            Some(at) => {
-                entries[at as usize] = entry;
-                at
+        let (hasher, key) = (&self.hasher, entry.key());
+        let found = table.entry(
+            hasher.hash_one(key),
+            |&at| entries[at as usize].key() == key,
+            |&at| hasher.hash_one(entries[at as usize].key()),
+        );
+        let (at, added) = match found {
+            hashbrown::hash_table::Entry::Occupied(taken) => (*taken.get(), false),
+            hashbrown::hash_table::Entry::Vacant(vacant) => {
+                let at = place(entries, free, entry)?;
+                vacant.insert(at);
+                self.len.fetch_add(1, Ordering::Relaxed);
+                (at, true)
             }
-            None if entries.len() < (1 << POSITION_BITS) - 2 => {
-                entries.push(entry);
-                (entries.len() - 1) as u32
-            }
-            None => return Err(Full),
         };
-        let hasher = &self.hasher;
-        table.insert_unique(hasher.hash_one(entry.key()), at, |&at| {
-            hasher.hash_one(entries[at as usize].key())
-        });
-        self.len.fetch_add(1, Ordering::Relaxed);
-        Ok(((index as u32) << POSITION_BITS) | at)
+        Ok((((index as u32) << POSITION_BITS) | at, added))
     }
 
     /// Changes the entry at a live slot (not its key).
