@@ -206,16 +206,17 @@ pub fn export(
     // every newline); what was read before a bad record is still written.
     let mut out = io::BufWriter::with_capacity(1 << 16, out);
     let mut written = 0;
-    let read = log
-        .read_range(from, to.unwrap_or(Seq::MAX))
-        .try_for_each(|item| {
+    let read = std::thread::scope(|scope| {
+        let batches = log.read_ahead(scope, from, to.unwrap_or(Seq::MAX));
+        batches.iter().flatten().try_for_each(|item| {
             let (seq, record) = item?;
             serde_json::to_writer(&mut out, &ExportLine::new(seq, &record))
                 .map_err(io::Error::from)?;
             out.write_all(b"\n")?;
             written += 1;
             Ok::<_, SreError>(())
-        });
+        })
+    });
     out.flush()?;
     read.map(|()| written)
 }

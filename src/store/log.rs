@@ -45,6 +45,8 @@ use super::event::{self, CodecError, Record, Seq};
 pub const MAX_BATCH_RECORDS: usize = 4096;
 /// Read-only opens tried again after a file vanished under them.
 const READ_ONLY_ATTEMPTS: u32 = 10;
+/// Records [`EventLog::read_ahead`] hands over at a time.
+const READ_AHEAD_BATCH: usize = 1024;
 /// Appends queued before `append` callers wait for room (back-pressure).
 const QUEUE_DEPTH: usize = 8192;
 
@@ -410,6 +412,35 @@ impl EventLog {
             last,
             failed: false,
         }
+    }
+
+    /// [`EventLog::read_range`] on a thread of its own, in batches: the
+    /// records are read and decoded while the caller uses the ones before
+    /// (a replay or an export takes both cores). In order; a bad record
+    /// ends the batches after it; the reader stops when the receiver is
+    /// dropped.
+    pub fn read_ahead<'scope>(
+        &'scope self,
+        scope: &'scope thread::Scope<'scope, '_>,
+        from: Seq,
+        last: Seq,
+    ) -> std::sync::mpsc::Receiver<Vec<Result<(Seq, Record), LogError>>> {
+        let (send, batches) = std::sync::mpsc::sync_channel(8);
+        scope.spawn(move || {
+            let mut batch = Vec::with_capacity(READ_AHEAD_BATCH);
+            for item in self.read_range(from, last) {
+                let bad = item.is_err();
+                batch.push(item);
+                if batch.len() == READ_AHEAD_BATCH || bad {
+                    let full = std::mem::replace(&mut batch, Vec::with_capacity(READ_AHEAD_BATCH));
+                    if send.send(full).is_err() || bad {
+                        return;
+                    }
+                }
+            }
+            let _ = send.send(batch);
+        });
+        batches
     }
 
     /// Bytes on disk of the log's directory (SST, WAL, MANIFEST, ...). The

@@ -1052,7 +1052,7 @@ pub fn replay_until(
     let from = index.last_seq() + 1;
     let mut events = 0;
     std::thread::scope(|scope| {
-        let batches = read_ahead(scope, log, from, last);
+        let batches = log.read_ahead(scope, from, last);
         for item in batches.iter().flatten() {
             let (seq, record) = item?;
             if !keep(seq, &record) {
@@ -1067,35 +1067,4 @@ pub fn replay_until(
             counts: index.counts(),
         })
     })
-}
-
-/// Records a replay reads ahead, in batches of this many.
-const READ_AHEAD_BATCH: usize = 1024;
-
-/// The log's records from `from` to `last`, read and decoded on a thread of
-/// their own (the caller applies them meanwhile: a replay takes both
-/// cores), in order, in batches; a bad record ends the batches after it.
-/// The reader stops when the receiver is dropped.
-fn read_ahead<'scope>(
-    scope: &'scope std::thread::Scope<'scope, '_>,
-    log: &'scope EventLog,
-    from: Seq,
-    last: Seq,
-) -> std::sync::mpsc::Receiver<Vec<Result<(Seq, Record), LogError>>> {
-    let (send, batches) = std::sync::mpsc::sync_channel(8);
-    scope.spawn(move || {
-        let mut batch = Vec::with_capacity(READ_AHEAD_BATCH);
-        for item in log.read_range(from, last) {
-            let bad = item.is_err();
-            batch.push(item);
-            if batch.len() == READ_AHEAD_BATCH || bad {
-                let full = std::mem::replace(&mut batch, Vec::with_capacity(READ_AHEAD_BATCH));
-                if send.send(full).is_err() || bad {
-                    return;
-                }
-            }
-        }
-        let _ = send.send(batch);
-    });
-    batches
 }
