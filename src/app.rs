@@ -38,7 +38,10 @@ pub struct App {
     /// Open client connections over all transports: the load signal for
     /// shedding unauthenticated requests.
     pub open_connections: AtomicUsize,
-    pub limits: Limiters,
+    /// `[limits]` and the limiters made from it: swapped whole by a reload
+    /// ([`Limiters::renewed`]); read through [`App::limits`].
+    limiters: arc_swap::ArcSwap<Limiters>,
+    reloading: std::sync::Mutex<()>,
     /// Peer CMPs to forward to (`[federation]` peers).
     pub peers: Option<crate::federation::Peers>,
     /// What the resolution rule applies ([`crate::core::admit`]), from
@@ -48,9 +51,13 @@ pub struct App {
     pub rules: arc_swap::ArcSwap<crate::core::Rules>,
 }
 
-/// The keyed limits of `[limits]`, cheapest first.
+/// The keyed limits of `[limits]`, cheapest first, with the numbers they
+/// were made from: the one place a request reads its limits from.
 #[derive(Debug)]
 pub struct Limiters {
+    /// `[limits]` as these limiters apply it (not `App::config`'s, which
+    /// stays as the server started).
+    pub config: crate::config::Limits,
     /// Admission to the public listeners ([`limits::Admission`]): TCP and
     /// QUIC share the penalty box and both connection caps.
     pub tcp: limits::Admission,
@@ -74,7 +81,7 @@ pub struct Limiters {
     pub resumptions: Option<limits::Pace>,
     /// TLS sessions that served an associated clientid: resuming one skips
     /// the address's accept rate ([`crate::tls::Returning`]).
-    pub returning: crate::tls::Returning,
+    pub returning: Arc<crate::tls::Returning>,
     /// The saturation signal (`overload_lag`) of the main runtime (TCP,
     /// admin) and of QUIC's: each listener watches its own.
     pub main_lag: Option<Arc<limits::Lag>>,
@@ -82,24 +89,120 @@ pub struct Limiters {
     /// Tarpit waiters per source (`tarpit_per_source`).
     pub tarpit_sources: Option<Arc<limits::PerAddress>>,
     /// The federation listener's own admission (when it listens).
-    pub federation: Option<limits::FederationLimits>,
+    pub federation: Option<Arc<limits::FederationLimits>>,
     ipv6_prefix_len: u8,
+}
+
+/// What a reload carries over from the running limiters
+/// ([`Limiters::renewed`]).
+struct Kept {
+    penalty: Arc<limits::PenaltyBox>,
+    per_address: Arc<limits::PerAddress>,
+    connections: Arc<tokio::sync::Semaphore>,
+    returning: Arc<crate::tls::Returning>,
+    main_lag: Option<Arc<limits::Lag>>,
+    quic_lag: Option<Arc<limits::Lag>>,
+    tarpit_sources: Option<Arc<limits::PerAddress>>,
+    federation: Option<Arc<limits::FederationLimits>>,
+}
+
+/// A connection cap of `from` made `to`: permits added at once, or taken
+/// back, those free now and the rest as connections close (a task waits
+/// for them; meanwhile no new connection is let in over the new cap).
+fn resize(connections: &Arc<tokio::sync::Semaphore>, from: usize, to: usize) {
+    if to >= from {
+        return connections.add_permits(to - from);
+    }
+    let owed = (from - to) - connections.forget_permits(from - to);
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let connections = connections.clone();
+    runtime.spawn(async move {
+        let owed = u32::try_from(owed).unwrap_or(u32::MAX);
+        if let Ok(permits) = connections.acquire_many_owned(owed).await {
+            permits.forget();
+        }
+    });
 }
 
 impl Limiters {
     pub fn new(config: &Config) -> Self {
         let l = &config.limits;
+        let kept = Kept {
+            penalty: Arc::new(limits::PenaltyBox::new(l.penalty, l.limiter_max_keys)),
+            per_address: Arc::new(limits::PerAddress::new(l.max_connections_per_address)),
+            connections: Arc::new(tokio::sync::Semaphore::new(l.max_connections)),
+            returning: Arc::new(crate::tls::Returning::new(
+                crate::tls::TICKETS_LAST,
+                l.limiter_max_keys,
+            )),
+            main_lag: limits::Lag::new(l.overload_lag).map(Arc::new),
+            quic_lag: limits::Lag::new(l.overload_lag).map(Arc::new),
+            tarpit_sources: (l.tarpit_per_source > 0)
+                .then(|| Arc::new(limits::PerAddress::new(l.tarpit_per_source))),
+            federation: config
+                .federation
+                .as_ref()
+                .filter(|federation| federation.listen.is_some())
+                .map(|federation| Arc::new(limits::FederationLimits::new(federation, l))),
+        };
+        Self::with(config, kept)
+    }
+
+    /// What a reload to `config` puts in place of these. The rates start
+    /// afresh (their state is a second's worth); what counts open
+    /// connections and what sources have earned goes on: the connection
+    /// caps take their new size (a smaller one takes its permits back as
+    /// connections close, closing none), the penalty box keeps who is in
+    /// it (new penalties last the new time), proven TLS sessions stay
+    /// proven, the runtime probes keep probing (to the new threshold).
+    /// Taking effect at the next start only: `overload_lag` switched on
+    /// from off, and the federation listener's limits.
+    pub fn renewed(&self, config: &Config) -> Self {
+        let l = &config.limits;
+        self.tcp.penalty.set_duration(l.penalty);
+        self.tcp.per_address.set_cap(l.max_connections_per_address);
+        resize(
+            &self.tcp.connections,
+            self.config.max_connections,
+            l.max_connections,
+        );
+        let lag = |lag: &Option<Arc<limits::Lag>>| {
+            let lag = lag.clone().filter(|_| !l.overload_lag.is_zero());
+            lag.inspect(|lag| lag.set_threshold(l.overload_lag))
+        };
+        let tarpit_sources = match (&self.tarpit_sources, l.tarpit_per_source) {
+            (_, 0) => None,
+            (Some(kept), cap) => {
+                kept.set_cap(cap);
+                Some(kept.clone())
+            }
+            (None, cap) => Some(Arc::new(limits::PerAddress::new(cap))),
+        };
+        let kept = Kept {
+            penalty: self.tcp.penalty.clone(),
+            per_address: self.tcp.per_address.clone(),
+            connections: self.tcp.connections.clone(),
+            returning: self.returning.clone(),
+            main_lag: lag(&self.main_lag),
+            quic_lag: lag(&self.quic_lag),
+            tarpit_sources,
+            federation: self.federation.clone(),
+        };
+        Self::with(config, kept)
+    }
+
+    fn with(config: &Config, kept: Kept) -> Self {
+        let l = &config.limits;
         // Shared by TCP and QUIC: sources closed for their conduct, open
         // connections per source, and `max_connections` over both.
-        let penalty = Arc::new(limits::PenaltyBox::new(l.penalty, l.limiter_max_keys));
-        let per_address = Arc::new(limits::PerAddress::new(l.max_connections_per_address));
-        let connections = Arc::new(tokio::sync::Semaphore::new(l.max_connections));
         let public = |accepts, accepts_name, queue_over_rate| limits::Admission {
-            penalty: penalty.clone(),
+            penalty: kept.penalty.clone(),
             accepts: limits::KeyedRate::per_second(accepts, l.limiter_max_keys),
             accepts_name,
-            per_address: per_address.clone(),
-            connections: connections.clone(),
+            per_address: kept.per_address.clone(),
+            connections: kept.connections.clone(),
             queue_over_rate,
         };
         let quic_rate = config.http3.connections_per_address_per_sec;
@@ -121,17 +224,13 @@ impl Limiters {
             first_scans: limits::Pace::per_second(l.first_scans_per_sec),
             handshakes: limits::Pace::per_second(l.handshakes_per_sec),
             resumptions: limits::Pace::per_second(l.handshakes_per_sec),
-            returning: crate::tls::Returning::new(crate::tls::TICKETS_LAST, l.limiter_max_keys),
-            main_lag: limits::Lag::new(l.overload_lag).map(Arc::new),
-            quic_lag: limits::Lag::new(l.overload_lag).map(Arc::new),
-            tarpit_sources: (l.tarpit_per_source > 0)
-                .then(|| Arc::new(limits::PerAddress::new(l.tarpit_per_source))),
-            federation: config
-                .federation
-                .as_ref()
-                .filter(|federation| federation.listen.is_some())
-                .map(|federation| limits::FederationLimits::new(federation, l)),
+            returning: kept.returning,
+            main_lag: kept.main_lag,
+            quic_lag: kept.quic_lag,
+            tarpit_sources: kept.tarpit_sources,
+            federation: kept.federation,
             ipv6_prefix_len: l.ipv6_prefix_len,
+            config: l.clone(),
         }
     }
 
@@ -163,6 +262,20 @@ impl Limiters {
 }
 
 impl App {
+    /// The limits in force now (`[limits]` and its limiters); a reload
+    /// swaps them. Not to be held across an `.await` by a request: a
+    /// connection that needs them for its life takes
+    /// [`App::limits_now`].
+    pub fn limits(&self) -> arc_swap::Guard<Arc<Limiters>> {
+        self.limiters.load()
+    }
+
+    /// [`App::limits`] to keep: a connection serves its life under the
+    /// limits it was let in with.
+    pub fn limits_now(&self) -> Arc<Limiters> {
+        self.limiters.load_full()
+    }
+
     /// A turn in the tarpit for a request without an association: paced to
     /// `unauthenticated_per_sec` (off the MNO network) or
     /// `first_scans_per_sec` (on it). Returns how long to wait for the turn
@@ -176,22 +289,23 @@ impl App {
         on_mno_network: bool,
         source: IpAddr,
     ) -> Result<(Duration, Option<limits::AddressSlot>), Refusal> {
+        let limits = self.limits();
         let pace = match on_mno_network {
-            true => &self.limits.first_scans,
-            false => &self.limits.unauthenticated,
+            true => &limits.first_scans,
+            false => &limits.unauthenticated,
         };
         let Some(pace) = pace else {
             return Ok((Duration::ZERO, None));
         };
-        let waiting = match &self.limits.tarpit_sources {
+        let waiting = match &limits.tarpit_sources {
             Some(sources) => Some(sources.try_open(source).ok_or(Refusal::RateLimited {
                 // A waiter's turn is at most `tarpit_max` away.
-                wait: self.config.limits.tarpit_max,
+                wait: limits.config.tarpit_max,
             })?),
             None => None,
         };
         let wait = pace
-            .reserve(self.config.limits.tarpit_max)
+            .reserve(limits.config.tarpit_max)
             .ok_or(Refusal::Overloaded)?;
         Ok((wait, waiting))
     }
@@ -201,13 +315,13 @@ impl App {
     /// to send its next request, the tarpit holds it.)
     pub fn shedding(&self) -> bool {
         self.open_connections.load(Ordering::Relaxed)
-            > self.config.limits.shed_unauthenticated_above
+            > self.limits().config.shed_unauthenticated_above
     }
 
     /// Whether the main runtime lags past `limits.overload_lag`: no new
     /// TCP connections are taken on until it catches up.
     pub fn tcp_overloaded(&self) -> bool {
-        self.limits
+        self.limits()
             .main_lag
             .as_ref()
             .is_some_and(|l| l.overloaded())
@@ -216,7 +330,7 @@ impl App {
     /// Whether QUIC's runtime lags past `limits.overload_lag`: Initials
     /// are dropped until it catches up.
     pub fn quic_overloaded(&self) -> bool {
-        self.limits
+        self.limits()
             .quic_lag
             .as_ref()
             .is_some_and(|l| l.overloaded())
@@ -255,11 +369,19 @@ impl App {
     /// next handshake on) and the rules the config gives (the MNO's pools
     /// and trusted gateways, the routing prefixes and policy, the MSISDN
     /// header, the URI and IPv6 prefix limits) swapped in for the next
-    /// request. What it reloaded, or why it refused: then everything
-    /// running stays as it was. The rest of the config (listeners, data
-    /// dir, limits, cluster, RADIUS, federation) takes effect at the next
-    /// start.
+    /// request, and `[limits]` ([`Limiters::renewed`]: the next request
+    /// and the next connection are held to them; a connection already
+    /// open keeps the timeouts it started with). What it reloaded, or why
+    /// it refused: then everything running stays as it was. The rest of
+    /// the config (listeners, data dir, cluster, RADIUS, federation, and
+    /// HTTP/3's transport settings) takes effect at the next start.
     pub fn reload(&self) -> Result<Vec<&'static str>, String> {
+        // One reload at a time (SIGHUP and the API at once): each renews
+        // the limits the one before left.
+        let _one = self
+            .reloading
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let fresh = match self.config.reread() {
             Some(read) => Some(read.map_err(|e| format!("config: {e}"))?),
             None => None,
@@ -271,6 +393,9 @@ impl App {
             self.bindings.set_mno(fresh.mno.clone());
             self.rules.store(Arc::new(rules_of(&fresh)));
             reloaded.push("rules");
+            self.limiters
+                .store(Arc::new(self.limiters.load().renewed(&fresh)));
+            reloaded.push("limits");
         }
         tracing::info!(?reloaded, "reloaded");
         Ok(reloaded)
@@ -313,11 +438,51 @@ impl App {
             creations: RateLimiter::keyed(Quota::per_minute(per_minute)),
             alt_svc,
             open_connections: AtomicUsize::new(0),
-            limits: Limiters::new(&config),
+            limiters: arc_swap::ArcSwap::from_pointee(Limiters::new(&config)),
+            reloading: std::sync::Mutex::new(()),
             peers,
             rules: arc_swap::ArcSwap::from_pointee(rules_of(&config)),
             store,
             config,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_max_connections(max: usize) -> Config {
+        let text = format!("[limits]\nmax_connections = {max}\n");
+        Config::parse(&text, Vec::new()).unwrap()
+    }
+
+    /// A reload that lowers `max_connections` below what is open closes
+    /// nobody and lets nobody in until enough have closed; one that raises
+    /// it lets more in at once. TCP and QUIC share the one cap.
+    #[tokio::test]
+    async fn a_lowered_connection_cap_takes_its_permits_back_as_connections_close() {
+        let limits = Limiters::new(&with_max_connections(4));
+        let open: Vec<_> = (0..3)
+            .map(|_| limits.tcp.connections.clone().try_acquire_owned().unwrap())
+            .collect();
+        let lowered = limits.renewed(&with_max_connections(2));
+        assert_eq!(
+            lowered.quic.connections.available_permits(),
+            0,
+            "3 open, cap 2"
+        );
+        drop(open);
+        let settled = async {
+            while lowered.tcp.connections.available_permits() != 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), settled)
+            .await
+            .expect("the cap of 2 once all closed");
+        let raised = lowered.renewed(&with_max_connections(5));
+        assert_eq!(raised.tcp.connections.available_permits(), 5);
+        assert!(Arc::ptr_eq(&raised.returning, &limits.returning), "kept");
     }
 }

@@ -183,7 +183,8 @@ impl Pace {
 /// shows up here whatever its cause, CPU or lock, ours or a neighbour's.
 #[derive(Debug)]
 pub struct Lag {
-    threshold_us: u64,
+    /// Changed by a reload.
+    threshold_us: AtomicU64,
     /// Moving average of the probe's lateness, microseconds.
     average_us: AtomicU64,
 }
@@ -194,7 +195,7 @@ impl Lag {
     /// `None` when `threshold` is zero (no overload detection).
     pub fn new(threshold: Duration) -> Option<Self> {
         (!threshold.is_zero()).then(|| Self {
-            threshold_us: threshold.as_micros() as u64,
+            threshold_us: AtomicU64::new(threshold.as_micros() as u64),
             average_us: AtomicU64::new(0),
         })
     }
@@ -212,8 +213,14 @@ impl Lag {
         Duration::from_micros(self.average_us.load(Ordering::Relaxed))
     }
 
+    /// The lag past which it is overloaded, from now on (a reload).
+    pub fn set_threshold(&self, threshold: Duration) {
+        self.threshold_us
+            .store(threshold.as_micros() as u64, Ordering::Relaxed);
+    }
+
     pub fn overloaded(&self) -> bool {
-        self.average_us.load(Ordering::Relaxed) > self.threshold_us
+        self.average_us.load(Ordering::Relaxed) > self.threshold_us.load(Ordering::Relaxed)
     }
 
     /// Measures until `shutdown`, on the runtime it is spawned on: the one
@@ -235,7 +242,8 @@ impl Lag {
 #[derive(Debug)]
 pub struct PerAddress {
     open: DashMap<IpAddr, u32>,
-    cap: u32,
+    /// Changed by a reload; slots already open stay open.
+    cap: std::sync::atomic::AtomicU32,
 }
 
 /// Holds one connection slot of an address; frees it when dropped.
@@ -248,16 +256,24 @@ pub struct AddressSlot {
 impl PerAddress {
     /// `cap == 0` switches the limit off (slots are still counted).
     pub fn new(cap: u32) -> Self {
-        Self {
+        let me = Self {
             open: DashMap::new(),
-            cap: if cap == 0 { u32::MAX } else { cap },
-        }
+            cap: std::sync::atomic::AtomicU32::new(0),
+        };
+        me.set_cap(cap);
+        me
+    }
+
+    /// From the next slot asked for on (a reload): `0` switches it off.
+    pub fn set_cap(&self, cap: u32) {
+        let cap = if cap == 0 { u32::MAX } else { cap };
+        self.cap.store(cap, Ordering::Relaxed);
     }
 
     /// A slot for `addr`, or `None` when it already has `cap` connections.
     pub fn try_open(self: &Arc<Self>, addr: IpAddr) -> Option<AddressSlot> {
         let mut count = self.open.entry(addr).or_insert(0);
-        if *count >= self.cap {
+        if *count >= self.cap.load(Ordering::Relaxed) {
             return None;
         }
         *count += 1;
@@ -474,7 +490,9 @@ pub struct PenaltyBox {
     /// Entries, as last counted: an empty box costs one atomic load per
     /// check (counting the map visits every shard).
     entries: AtomicUsize,
-    duration: Duration,
+    /// Milliseconds a new penalty lasts; changed by a reload (penalties
+    /// already served keep their end).
+    duration_ms: AtomicU64,
     max_keys: usize,
 }
 
@@ -484,9 +502,15 @@ impl PenaltyBox {
         Self {
             until: DashMap::new(),
             entries: AtomicUsize::new(0),
-            duration,
+            duration_ms: AtomicU64::new(duration.as_millis() as u64),
             max_keys: max_keys.max(1),
         }
+    }
+
+    /// How long the penalties put from now on last.
+    pub fn set_duration(&self, duration: Duration) {
+        self.duration_ms
+            .store(duration.as_millis() as u64, Ordering::Relaxed);
     }
 
     /// Whether `source` is serving a penalty now.
@@ -507,7 +531,8 @@ impl PenaltyBox {
 
     /// Holds `source` for the penalty's duration; `false` if the box is full.
     pub fn put(&self, source: IpAddr) -> bool {
-        if self.duration.is_zero() {
+        let duration = Duration::from_millis(self.duration_ms.load(Ordering::Relaxed));
+        if duration.is_zero() {
             return false;
         }
         if self.until.len() >= self.max_keys {
@@ -516,7 +541,7 @@ impl PenaltyBox {
                 return false;
             }
         }
-        self.until.insert(source, Instant::now() + self.duration);
+        self.until.insert(source, Instant::now() + duration);
         self.entries.store(self.until.len(), Ordering::Relaxed);
         true
     }

@@ -84,7 +84,7 @@ impl Running {
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         self.tracker.close();
-        let grace = self.app.config.limits.shutdown_grace;
+        let grace = self.app.limits().config.shutdown_grace;
         if tokio::time::timeout(grace, self.tracker.wait())
             .await
             .is_err()
@@ -251,13 +251,13 @@ impl Tasks {
         let (shutdown, tracker) = (&self.shutdown, &self.tracker);
         tracker.spawn(housekeeping(app.clone(), shutdown.clone()));
         tracker.spawn(flush_scan_counts(app.clone(), shutdown.clone()));
-        if let Some(lag) = app.limits.main_lag.clone() {
+        if let Some(lag) = app.limits().main_lag.clone() {
             tracker.spawn(lag.probe(shutdown.clone()));
         }
         let quic_runtime = quic.map(|(runtime, endpoint)| {
             let serve = h3::serve(app.clone(), endpoint, shutdown.clone(), tracker.clone());
             tracker.spawn_on(serve, runtime.handle());
-            if let Some(lag) = app.limits.quic_lag.clone() {
+            if let Some(lag) = app.limits().quic_lag.clone() {
                 tracker.spawn_on(lag.probe(shutdown.clone()), runtime.handle());
             }
             runtime
@@ -505,6 +505,6 @@ async fn housekeeping(app: Arc<App>, shutdown: CancellationToken) {
         app.bindings.sweep(now_ms());
         app.creations.retain_recent();
         app.creations.shrink_to_fit();
-        app.limits.retain_recent();
+        app.limits().retain_recent();
     }
 }

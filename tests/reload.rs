@@ -247,7 +247,7 @@ async fn a_reload_reads_the_pools_and_prefixes_again_and_refuses_a_bad_config() 
     assert_eq!(status, 200, "{reloaded}");
     assert_eq!(
         reloaded["reloaded"],
-        serde_json::json!(["certificate", "rules"]),
+        serde_json::json!(["certificate", "rules", "limits"]),
         "{reloaded}"
     );
     let (status, body) = bind("127.9.0.7").await;
@@ -279,4 +279,58 @@ async fn a_reload_reads_the_pools_and_prefixes_again_and_refuses_a_bad_config() 
     assert!(message.contains("not-a-network"), "{message}");
     let (status, _) = bind("127.9.0.7").await;
     assert_eq!(status, 200, "the running pools kept");
+}
+
+/// A reload applies `[limits]` to the next connection without a restart,
+/// and keeps what it counts: connections already open from an address
+/// still count against that address's new cap (none of them is closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_applies_new_limits_and_keeps_the_open_connections_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = |cap: u32| {
+        format!(
+            "[server]\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\n[mno]\nnetworks = [\"127.1.0.0/16\"]\n\
+             [limits]\nmax_connections_per_address = {cap}\n",
+            dir.path().join("data").display(),
+        )
+    };
+    let served = support::binary::Served::start(dir.path(), "limits", &config(1));
+    let url = served.resolve_url(&format!("code={CODE}&clientid=never-associated"));
+    // Each client is a connection of its own from one WiFi address.
+    let connect =
+        async |client: &reqwest::Client| client.get(&url).send().await.map(|r| r.status());
+    let reload = async |cap: u32| {
+        std::fs::write(dir.path().join("limits.toml"), config(cap)).unwrap();
+        let (status, reloaded) = served.admin(Method::POST, "/admin/v1/reload", None).await;
+        assert_eq!(status, 200, "{reloaded}");
+        assert!(
+            reloaded["reloaded"]
+                .as_array()
+                .unwrap()
+                .contains(&"limits".into()),
+            "{reloaded}"
+        );
+    };
+    let (a, b, c) = (
+        served.client("127.2.0.9"),
+        served.client("127.2.0.9"),
+        served.client("127.2.0.9"),
+    );
+    assert!(connect(&a).await.is_ok(), "the address's one connection");
+    assert!(
+        connect(&b).await.is_err(),
+        "a second one, over the cap of 1"
+    );
+
+    reload(3).await;
+    assert!(connect(&b).await.is_ok(), "the cap is 3 now");
+
+    reload(1).await;
+    assert!(
+        connect(&c).await.is_err(),
+        "two open already count against the new cap of 1"
+    );
+    assert!(connect(&a).await.is_ok(), "an open connection stays open");
+    assert!(connect(&b).await.is_ok(), "an open connection stays open");
 }

@@ -306,8 +306,8 @@ fn refresh(app: &App) {
             .store(link.conflicts(), std::sync::atomic::Ordering::Relaxed);
     }
     for (runtime, lag) in [
-        ("main", &app.limits.main_lag),
-        ("quic", &app.limits.quic_lag),
+        ("main", &app.limits().main_lag),
+        ("quic", &app.limits().quic_lag),
     ] {
         if let Some(lag) = lag {
             let label = RuntimeLabel { runtime };

@@ -41,10 +41,11 @@ pub struct Admitted {
 /// Admits a connection from `source` (a per-source key) to `transport`, or
 /// counts the refusal and says why (the metric's `reason`).
 pub fn admit(app: &App, transport: Transport, source: IpAddr) -> Result<Admitted, &'static str> {
+    let limits = app.limits();
     let admission = match transport {
-        Transport::Tcp => Some(&app.limits.tcp),
-        Transport::Quic => Some(&app.limits.quic),
-        Transport::Federation => app.limits.federation.as_ref().map(|f| &f.admission),
+        Transport::Tcp => Some(&limits.tcp),
+        Transport::Quic => Some(&limits.quic),
+        Transport::Federation => limits.federation.as_ref().map(|f| &f.admission),
         // The admin listener's admission is its own (it answers before
         // the App exists): `admit_with`.
         Transport::Admin => None,
@@ -69,14 +70,14 @@ pub fn admit_returning(
 ) -> Result<Admitted, &'static str> {
     match transport {
         Transport::Quic => counted(
-            &app.limits.quic,
+            &app.limits().quic,
             &app.metrics,
             transport,
             source,
             Rate::Exempt,
         ),
         Transport::Tcp => counted(
-            &app.limits.tcp,
+            &app.limits().tcp,
             &app.metrics,
             transport,
             source,

@@ -391,16 +391,17 @@ pub fn judge(
     if !federation && app.rules.load().mno.is_trusted_gateway(peer) {
         return;
     }
-    match conduct.record(status, &app.config.limits) {
+    match conduct.record(status, &app.limits().config) {
         Earned::Nothing => {}
         Earned::SlowDown => app.metrics.abusive_connection("slowed"),
         Earned::Close => {
             app.metrics.abusive_connection("closed");
+            let limits = app.limits();
             let penalty = match federation {
-                true => app.limits.federation.as_ref().map(|f| &f.admission.penalty),
-                false => Some(&app.limits.tcp.penalty),
+                true => limits.federation.as_ref().map(|f| &f.admission.penalty),
+                false => Some(&limits.tcp.penalty),
             };
-            if !penalty.is_some_and(|p| p.put(app.limits.source(peer))) {
+            if !penalty.is_some_and(|p| p.put(limits.source(peer))) {
                 app.metrics.limiter_overflow("penalty");
             }
         }

@@ -49,11 +49,11 @@ pub async fn serve(
     let federation = app.config.federation.as_ref().expect("serving federation");
     let rate = Arc::new(KeyedRate::per_second(
         federation.requests_per_peer_per_sec,
-        app.config.limits.limiter_max_keys,
+        app.limits().config.limiter_max_keys,
     ));
     let admit = |peer: SocketAddr| {
         // Refused here: closed before any TLS work, counted by admit().
-        admit(&app, Transport::Federation, app.limits.source(peer.ip())).ok()
+        admit(&app, Transport::Federation, app.limits().source(peer.ip())).ok()
     };
     let stop = shutdown.clone();
     let serve = |stream, peer, admitted| {
@@ -75,9 +75,9 @@ async fn handshake_and_serve(
     _admitted: Admitted,
     shutdown: CancellationToken,
 ) {
-    let handshake_limit = app.config.limits.header_read_timeout;
-    let pace = app
-        .limits
+    let limits = app.limits_now();
+    let handshake_limit = limits.config.header_read_timeout;
+    let pace = limits
         .federation
         .as_ref()
         .and_then(|federation| federation.handshakes.as_ref());
@@ -104,13 +104,13 @@ async fn handshake_and_serve(
         },
     };
     app.metrics.federation("connected", "mutual_tls");
-    let limits = app.config.limits.clone();
+    let limits = app.limits().config.clone();
     let conduct = Conduct::new();
     let judged = conduct.clone();
     super::conn::serve(tls, &limits, shutdown, conduct, move |request| {
         let (app, rate, conduct) = (app.clone(), rate.clone(), judged.clone());
         async move {
-            let delay = conduct.delay(&app.config.limits);
+            let delay = conduct.delay(&app.limits().config);
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
@@ -151,7 +151,7 @@ fn answer(
     {
         return refused(refusal, "rate_limited");
     }
-    let query = match Query::parse(uri.query().unwrap_or(""), app.config.limits.max_uri_bytes) {
+    let query = match Query::parse(uri.query().unwrap_or(""), app.limits().config.max_uri_bytes) {
         Ok(query) => query,
         Err(_) => return refused(Refusal::RequestTooLarge, "malformed"),
     };

@@ -163,7 +163,7 @@ pub async fn serve(
         // The address the handshake runs with: quinn answers the Initial
         // there, so a completed handshake proves the client receives at it.
         let handshake_addr = incoming.remote_address().ip().to_canonical();
-        let source = app.limits.source(handshake_addr);
+        let source = app.limits().source(handshake_addr);
         let in_flight = gate.handshakes.load(Ordering::Relaxed);
         let admitted = match answer_initial(&app, &incoming, source, in_flight) {
             Initial::Ignore => {
@@ -244,7 +244,8 @@ fn answer_initial(
         },
         false => None,
     };
-    let (pace, queue) = app.limits.handshake_pace(returning);
+    let limits = app.limits_now();
+    let (pace, queue) = limits.handshake_pace(returning);
     if let Some(pace) = pace {
         app.metrics.handshake_turn(queue);
         if pace.reserve(Duration::ZERO).is_none() {
@@ -253,7 +254,7 @@ fn answer_initial(
     }
     // No handshake work while the global cap (TCP and QUIC together) is
     // reached, or too many handshakes are in flight.
-    if admitted.is_none() && app.limits.quic.connections.available_permits() == 0 {
+    if admitted.is_none() && app.limits().quic.connections.available_permits() == 0 {
         return refused("connection_cap");
     }
     if in_flight >= h3.max_handshakes {
@@ -280,8 +281,9 @@ async fn handshake_and_serve(
     handshake_addr: IpAddr,
     shutdown: CancellationToken,
 ) {
-    let source = app.limits.source(handshake_addr);
-    let handshake = handshake_step(app.config.limits.header_read_timeout, connecting).await;
+    let source = app.limits().source(handshake_addr);
+    let limit = app.limits().config.header_read_timeout;
+    let handshake = handshake_step(limit, connecting).await;
     gate.handshakes.fetch_sub(1, Ordering::Relaxed);
     let connection = match handshake {
         Ok(connection) => connection,
@@ -293,7 +295,7 @@ async fn handshake_and_serve(
         None => match admit(&app, Transport::Quic, source) {
             Ok(admitted) => admitted,
             Err(reason) => {
-                let refusal = super::admit::refusal_after_handshake(reason, &app.config.limits);
+                let refusal = super::admit::refusal_after_handshake(reason, &app.limits().config);
                 return answer_refusal(&app, connection, refusal).await;
             }
         },
@@ -308,9 +310,9 @@ async fn handshake_and_serve(
 /// slow down, instead of meeting what looks like a broken network.
 async fn answer_refusal(app: &App, connection: quinn::Connection, refusal: Refusal) {
     let quic = connection.clone();
-    let limit = app.config.limits.header_read_timeout;
+    let limit = app.limits().config.header_read_timeout;
     let built = h3::server::builder()
-        .max_field_section_size(app.config.limits.max_header_bytes as u64)
+        .max_field_section_size(app.limits().config.max_header_bytes as u64)
         .build::<_, Bytes>(h3_quinn::Connection::new(connection))
         .await;
     if let Ok(mut h3_conn) = built {
@@ -352,7 +354,7 @@ async fn serve_connection(
     shutdown: CancellationToken,
 ) {
     let quic = connection.clone();
-    let limits = &app.config.limits;
+    let limits = app.limits().config.clone();
     let built = h3::server::builder()
         .max_field_section_size(limits.max_header_bytes as u64)
         .build::<_, Bytes>(h3_quinn::Connection::new(connection))
@@ -435,7 +437,7 @@ async fn serve_request(
     on: OnConnection,
     resolver: h3::server::RequestResolver<h3_quinn::Connection, Bytes>,
 ) {
-    let head_limit = on.app.config.limits.header_read_timeout;
+    let head_limit = on.app.limits().config.header_read_timeout;
     let Ok(Ok((request, mut stream))) =
         tokio::time::timeout(head_limit, resolver.resolve_request()).await
     else {

@@ -45,12 +45,12 @@ pub async fn serve(
         }
         overloaded
     };
-    let paused: Option<&(dyn Fn() -> bool + Send + Sync)> = match app.limits.main_lag {
+    let paused: Option<&(dyn Fn() -> bool + Send + Sync)> = match app.limits().main_lag {
         Some(_) => Some(&overloaded),
         None => None,
     };
     // Admission (super::admit): a refused socket is closed before any TLS.
-    let admit = |peer: SocketAddr| admit(&app, Transport::Tcp, app.limits.source(peer.ip())).ok();
+    let admit = |peer: SocketAddr| admit(&app, Transport::Tcp, app.limits().source(peer.ip())).ok();
     let stop = shutdown.clone();
     let serve = |stream: TcpStream, peer, admitted| {
         let _ = stream.set_nodelay(true);
@@ -81,7 +81,7 @@ async fn handshake_and_serve(
     shutdown: CancellationToken,
 ) {
     let refused = |reason| app.metrics.refused_connection(Transport::Tcp, reason);
-    let handshake_limit = app.config.limits.header_read_timeout;
+    let handshake_limit = app.limits().config.header_read_timeout;
     let over_rate = match turn_before_tls(&app, &tls, &stream, peer, &admitted).await {
         Ok(over_rate) => over_rate,
         Err(reason) => return refuse_quietly(stream, || refused(reason)),
@@ -103,7 +103,7 @@ async fn handshake_and_serve(
     // clientid (a ticket alone proves nothing: anyone who completed a
     // handshake has one).
     let proven = app
-        .limits
+        .limits()
         .returning
         .is_proven(session.received_resumption_data());
     let turn = match (proven, admitted.penalized, over_rate) {
@@ -114,13 +114,13 @@ async fn handshake_and_serve(
         // address's turn as a new client does, and past the bound is
         // answered 429.
         (false, false, Some(wait)) => {
-            let source = app.limits.source(peer.ip());
+            let source = app.limits().source(peer.ip());
             address_turn(&app, source, wait, handshake_limit).await
         }
     };
     if let Err(reason) = turn {
         refused(reason);
-        let refusal = refusal_after_handshake(reason, &app.config.limits);
+        let refusal = refusal_after_handshake(reason, &app.limits().config);
         return answer_refusal(&app, stream, refusal).await;
     }
     let _serving = admitted.serving(&app, protocol);
@@ -144,9 +144,9 @@ async fn turn_before_tls(
     peer: SocketAddr,
     admitted: &Admitted,
 ) -> Result<Option<std::time::Duration>, &'static str> {
-    let handshake_limit = app.config.limits.header_read_timeout;
+    let handshake_limit = app.limits().config.header_read_timeout;
     let mut over_rate = admitted.over_rate;
-    if !admitted.penalized && app.limits.handshakes.is_none() && over_rate.is_none() {
+    if !admitted.penalized && app.limits().handshakes.is_none() && over_rate.is_none() {
         return Ok(over_rate);
     }
     let hello = handshake_step(handshake_limit, peek_first_record(stream)).await?;
@@ -157,10 +157,11 @@ async fn turn_before_tls(
         return Err("penalty");
     }
     if let Some(wait) = over_rate.take_if(|_| !ticketed) {
-        let source = app.limits.source(peer.ip());
+        let source = app.limits().source(peer.ip());
         address_turn(app, source, wait, handshake_limit).await?;
     }
-    let (pace, queue) = app.limits.handshake_pace(ticketed);
+    let limits = app.limits_now();
+    let (pace, queue) = limits.handshake_pace(ticketed);
     app.metrics.handshake_turn(queue);
     if let Some(pace) = pace {
         match pace.reserve(handshake_limit) {
@@ -185,7 +186,8 @@ where
         let (parts, body) = error_response(&refusal).into_parts();
         std::future::ready(hyper::Response::from_parts(parts, Full::new(body)))
     };
-    super::conn::serve(io, &app.config.limits, answered, Conduct::new(), answer).await;
+    let limits = app.limits().config.clone();
+    super::conn::serve(io, &limits, answered, Conduct::new(), answer).await;
 }
 
 /// A new client over its address's accept rate (`accepts_per_address_per_sec`)
@@ -205,7 +207,7 @@ async fn address_turn(
             return Err("address_rate");
         }
         tokio::time::sleep(wait).await;
-        match app.limits.tcp.accepts.check(&source) {
+        match app.limits().tcp.accepts.check(&source) {
             Verdict::Limited(next) => wait = next,
             Verdict::Allowed | Verdict::Overflow => return Ok(()),
         }
@@ -258,7 +260,7 @@ async fn serve_connection<I>(
 ) where
     I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let limits = app.config.limits.clone();
+    let limits = app.limits().config.clone();
     let conduct = Conduct::new();
     let judged = conduct.clone();
     // Proven once: the first answer that served an associated clientid.
@@ -277,7 +279,7 @@ async fn serve_connection<I>(
                 // an associated clientid: this session's tickets now return.
                 let served = response.status().is_success() || response.status().is_redirection();
                 if served && first_time(&proven) {
-                    app.limits.returning.prove(mark);
+                    app.limits().returning.prove(mark);
                 }
                 let (mut parts, body) = response.into_parts();
                 if let Some(alt_svc) = &app.alt_svc {

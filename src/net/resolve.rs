@@ -52,7 +52,7 @@ pub async fn handle_on(
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Response<Bytes> {
-    let delay = conduct.delay(&app.config.limits);
+    let delay = conduct.delay(&app.limits().config);
     if !delay.is_zero() {
         // Boxed, as every rare wait below (and the tarpit's): the common
         // path's future stays small, and it is moved into a task for every
@@ -166,12 +166,12 @@ impl core::Facts for Lookups<'_> {
     }
 
     fn address_budget(&mut self, source: std::net::IpAddr) -> core::Verdict {
-        self.app.limits.requests_per_address.check(&source)
+        self.app.limits().requests_per_address.check(&source)
     }
 
     fn clientid_budget(&mut self, association: &core::model::Association) -> core::Verdict {
         self.app
-            .limits
+            .limits()
             .requests_per_clientid
             .check(&association.seq)
     }
