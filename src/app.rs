@@ -42,8 +42,11 @@ pub struct App {
     /// ([`Limiters::renewed`]); read through [`App::limits`].
     limiters: arc_swap::ArcSwap<Limiters>,
     reloading: std::sync::Mutex<()>,
-    /// Peer CMPs to forward to (`[federation]` peers).
-    pub peers: Option<crate::federation::Peers>,
+    /// Peer CMPs to forward to (`[federation]` peers); a reload swaps them.
+    peers: arc_swap::ArcSwapOption<crate::federation::Peers>,
+    /// The federation listener's mutual TLS, when it listens; a reload
+    /// swaps it.
+    federation_tls: Option<arc_swap::ArcSwap<rustls::ServerConfig>>,
     /// What the resolution rule applies ([`crate::core::admit`]), from
     /// the config: swapped whole by a reload. The one place a request
     /// reads the MNO's pools and gateways and the policy from (not
@@ -276,6 +279,17 @@ impl App {
         self.limiters.load_full()
     }
 
+    /// The peer CMPs to forward to now, if any (held for one forward: a
+    /// reload swaps them for the next).
+    pub fn peers(&self) -> Option<Arc<crate::federation::Peers>> {
+        self.peers.load_full()
+    }
+
+    /// The federation listener's TLS now, if it listens.
+    pub fn federation_tls(&self) -> Option<Arc<rustls::ServerConfig>> {
+        self.federation_tls.as_ref().map(|tls| tls.load_full())
+    }
+
     /// A turn in the tarpit for a request without an association: paced to
     /// `unauthenticated_per_sec` (off the MNO network) or
     /// `first_scans_per_sec` (on it). Returns how long to wait for the turn
@@ -369,12 +383,16 @@ impl App {
     /// next handshake on) and the rules the config gives (the MNO's pools
     /// and trusted gateways, the routing prefixes and policy, the MSISDN
     /// header, the URI and IPv6 prefix limits) swapped in for the next
-    /// request, and `[limits]` ([`Limiters::renewed`]: the next request
-    /// and the next connection are held to them; a connection already
-    /// open keeps the timeouts it started with). What it reloaded, or why
-    /// it refused: then everything running stays as it was. The rest of
-    /// the config (listeners, data dir, cluster, RADIUS, federation, and
-    /// HTTP/3's transport settings) takes effect at the next start.
+    /// request, `[limits]` ([`Limiters::renewed`]: the next request and
+    /// the next connection are held to them; a connection already open
+    /// keeps the timeouts it started with), and `[federation]`'s files and
+    /// peers (its certificate, key and community CA for the listener's
+    /// next handshake and the next forward, the peers and registry for
+    /// the next forward). What it reloaded, or why it refused: then
+    /// everything running stays as it was. The rest of the config
+    /// (listeners, data dir, cluster, RADIUS, the federation listener
+    /// switched on or off, HTTP/3's transport settings) takes effect at
+    /// the next start.
     pub fn reload(&self) -> Result<Vec<&'static str>, String> {
         // One reload at a time (SIGHUP and the API at once): each renews
         // the limits the one before left.
@@ -386,9 +404,24 @@ impl App {
             Some(read) => Some(read.map_err(|e| format!("config: {e}"))?),
             None => None,
         };
+        // Everything that can fail is read before anything is swapped.
+        let federating = self.peers.load().is_some() || self.federation_tls.is_some();
+        let federation = match fresh.as_ref().map(|c| c.federation.as_ref()) {
+            Some(Some(federation)) => Some(Some(
+                crate::federation::Federation::load(federation)
+                    .map_err(|e| format!("federation: {e}"))?,
+            )),
+            // `[federation]` gone: forwarding stops.
+            Some(None) if federating => Some(None),
+            _ => None,
+        };
         self.certificate.reload().map_err(|e| e.to_string())?;
         self.metrics.certificate("public", &self.certificate.leaf());
         let mut reloaded = vec!["certificate"];
+        if let Some(federation) = federation {
+            self.swap_federation(federation);
+            reloaded.push("federation");
+        }
         if let Some(fresh) = fresh {
             self.bindings.set_mno(fresh.mno.clone());
             self.rules.store(Arc::new(rules_of(&fresh)));
@@ -399,6 +432,25 @@ impl App {
         }
         tracing::info!(?reloaded, "reloaded");
         Ok(reloaded)
+    }
+}
+
+impl App {
+    /// A reloaded `[federation]` in place of the running one: the peers
+    /// for the next forward (none when it is gone), the listener's TLS for
+    /// the next handshake (the listener itself stays where it listens, or
+    /// off).
+    fn swap_federation(&self, federation: Option<crate::federation::Federation>) {
+        let Some(federation) = federation else {
+            return self.peers.store(None);
+        };
+        if let Some(leaf) = &federation.leaf {
+            self.metrics.certificate("federation", leaf);
+        }
+        self.peers.store(federation.peers.map(Arc::new));
+        if let (Some(running), Some(fresh)) = (&self.federation_tls, federation.listener_tls) {
+            running.store(fresh);
+        }
     }
 }
 
@@ -421,8 +473,12 @@ impl App {
         bindings: Arc<Bindings>,
         certificate: Arc<crate::tls::Certificate>,
         public_addr: SocketAddr,
-        peers: Option<crate::federation::Peers>,
+        federation: Option<crate::federation::Federation>,
     ) -> Self {
+        let (peers, federation_tls) = match federation {
+            Some(federation) => (federation.peers, federation.listener_tls),
+            None => (None, None),
+        };
         let per_minute = NonZeroU32::new(config.associations_per_minute).unwrap_or(NonZeroU32::MIN);
         let alt_svc = config
             .http3
@@ -440,7 +496,8 @@ impl App {
             open_connections: AtomicUsize::new(0),
             limiters: arc_swap::ArcSwap::from_pointee(Limiters::new(&config)),
             reloading: std::sync::Mutex::new(()),
-            peers,
+            peers: arc_swap::ArcSwapOption::from(peers.map(Arc::new)),
+            federation_tls: federation_tls.map(arc_swap::ArcSwap::new),
             rules: arc_swap::ArcSwap::from_pointee(rules_of(&config)),
             store,
             config,

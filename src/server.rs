@@ -130,7 +130,7 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         store.attach(crate::store::cluster::Link::join(cluster, &store).await?);
     }
     let radius = open_radius(&config).await?;
-    let (peers, federation) = open_federation(&config, &metrics).await?;
+    let (federation, federation_listener) = open_federation(&config, &metrics).await?;
     let public_addr = listeners.public_addr;
     let bindings = Arc::new(crate::sessions::Bindings::open(&config, &secret, now_ms())?);
     if let Some(cluster) = &config.cluster {
@@ -144,11 +144,11 @@ pub async fn start(config: Config) -> Result<Running, ServeError> {
         bindings,
         listeners.certificate.clone(),
         public_addr,
-        peers,
+        federation,
     ));
     admin_state.app.set(app.clone()).expect("set once");
 
-    let federation_addr = federation.and_then(|f| tasks.serve_federation(&app, f));
+    let federation_addr = federation_listener.and_then(|l| tasks.serve_federation(&app, l));
     let radius_addr = radius.and_then(|r| tasks.serve_radius(&app, r));
     let quic_runtime = tasks.serve_public(&app, listeners.public, listeners.quic);
     Ok(Running {
@@ -207,14 +207,10 @@ impl Tasks {
         state
     }
 
-    fn serve_federation(
-        &self,
-        app: &Arc<App>,
-        (listener, acceptor): (TcpListener, tokio_rustls::TlsAcceptor),
-    ) -> Option<SocketAddr> {
+    fn serve_federation(&self, app: &Arc<App>, listener: TcpListener) -> Option<SocketAddr> {
         let addr = listener.local_addr().ok();
         let (shutdown, tracker) = (self.shutdown.clone(), self.tracker.clone());
-        let serve = net::federation::serve(app.clone(), listener, acceptor, shutdown, tracker);
+        let serve = net::federation::serve(app.clone(), listener, shutdown, tracker);
         self.tracker.spawn(serve);
         addr
     }
@@ -327,36 +323,19 @@ async fn open_radius(
 async fn open_federation(
     config: &Config,
     metrics: &crate::metrics::Metrics,
-) -> Result<
-    (
-        Option<crate::federation::Peers>,
-        Option<(TcpListener, tokio_rustls::TlsAcceptor)>,
-    ),
-    ServeError,
-> {
+) -> Result<(Option<crate::federation::Federation>, Option<TcpListener>), ServeError> {
     let Some(federation) = &config.federation else {
         return Ok((None, None));
     };
-    // Read once, for both the peers' client and the listener.
-    let membership = tls::Membership::load(
-        &federation.cert_file,
-        &federation.key_file,
-        &federation.ca_file,
-    )?;
-    if let Some(leaf) = membership.certs.first() {
+    let loaded = crate::federation::Federation::load(federation)?;
+    if let Some(leaf) = &loaded.leaf {
         metrics.certificate("federation", leaf);
     }
-    let peers = (!federation.peers.is_empty() || federation.mcr_url.is_some())
-        .then(|| crate::federation::Peers::new(federation, &membership))
-        .transpose()?;
     let listener = match federation.listen {
-        Some(addr) => {
-            let tls = membership.server_config()?;
-            Some((bind(addr).await?, tokio_rustls::TlsAcceptor::from(tls)))
-        }
+        Some(addr) => Some(bind(addr).await?),
         None => None,
     };
-    Ok((peers, listener))
+    Ok((Some(loaded), listener))
 }
 
 /// The data dir, owner only: it holds the subscriber key, the admin token

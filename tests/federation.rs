@@ -780,3 +780,108 @@ async fn a_peer_closed_for_its_conduct_is_held_off_the_federation_port_only() {
     pair.a.stop().await;
     pair.b.stop().await;
 }
+
+/// A reload reads `[federation]` again, with no restart: a peer added to
+/// A is forwarded to from the next request, a community CA changed on B's
+/// listener takes A's certificate from the next handshake, and a
+/// federation file that does not load is refused with the running one kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_reads_the_federation_peers_and_community_ca_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for name in ["a", "b", "c"] {
+        pki(d, name);
+    }
+    let file = |name: &str| d.join(name).display().to_string();
+    // B's listener trusts C's CA only, for now.
+    let b_federation = |ca: &str| {
+        format!(
+            "{OPEN}\n[federation]\nlisten = \"127.0.0.1:0\"\ncert_file = \"{}\"\n\
+             key_file = \"{}\"\nca_file = \"{}\"\n",
+            file("b-cert.pem"),
+            file("b-key.pem"),
+            file(ca)
+        )
+    };
+    let b_keys = "routing_prefixes = [\"2001000002\"]";
+    let b_toml = d.join("b.toml");
+    let b_data = d.join("b-data");
+    let b = TestServer::from_file(&b_toml, &b_data, b_keys, &b_federation("c-ca.pem")).await;
+    b.put_code(B_CODE, B_TARGET).await;
+    // A knows no peer of B's prefix, for now.
+    let a_federation = |peers: &str| {
+        format!(
+            "{OPEN}\n[federation]\ncert_file = \"{}\"\nkey_file = \"{}\"\nca_file = \"{}\"\n\
+             timeout_ms = 500\n{peers}",
+            file("a-cert.pem"),
+            file("a-key.pem"),
+            file("b-ca.pem")
+        )
+    };
+    let (a_toml, a_data) = (d.join("a.toml"), d.join("a-data"));
+    let a = TestServer::from_file(&a_toml, &a_data, "", &a_federation("")).await;
+    a.bind_session("127.1.0.1", "+447700900001").await;
+    let (status, body) = resolve(&a, "127.1.0.1", B_CODE, "mcc-reload").await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (404, Some("UNKNOWN_PREFIX"))
+    );
+
+    let reload =
+        async |server: &TestServer, path: &Path, data: &Path, keys: &str, extra: String| {
+            std::fs::write(path, support::config_text(data, keys, &extra)).unwrap();
+            server
+                .admin(reqwest::Method::POST, "/admin/v1/reload", None)
+                .await
+        };
+    let peer = format!(
+        "[[federation.peers]]\nprefix = \"2001000002\"\nurl = \"{}\"\n",
+        fed_base(&b)
+    );
+    let (status, reloaded) = reload(&a, &a_toml, &a_data, "", a_federation(&peer)).await;
+    assert_eq!(status, 200, "{reloaded}");
+    assert_eq!(
+        reloaded["reloaded"],
+        serde_json::json!(["certificate", "federation", "rules", "limits"])
+    );
+    let (status, body) = resolve(&a, "127.1.0.1", B_CODE, "mcc-reload").await;
+    assert_eq!(
+        status, 503,
+        "forwarded, and B refuses A's certificate: {body}"
+    );
+
+    let (status, reloaded) = reload(&b, &b_toml, &b_data, b_keys, b_federation("a-ca.pem")).await;
+    assert_eq!(status, 200, "{reloaded}");
+    let (status, body) = resolve(&a, "127.1.0.1", B_CODE, "mcc-reload").await;
+    assert_eq!(
+        (status, &body["target"]),
+        (200, &serde_json::json!(B_TARGET))
+    );
+
+    // A community CA that does not load: refused, B keeps A's CA.
+    let (status, refused) = reload(&b, &b_toml, &b_data, b_keys, b_federation("gone.pem")).await;
+    assert_eq!(
+        (status, &refused["code"]),
+        (422, &serde_json::json!("RELOAD_REFUSED"))
+    );
+    let fresh = peer_client_of(d, ("a-cert.pem", "a-key.pem"));
+    let url = format!("{}/fed/v1/resolve?code={B_CODE}", fed_base(&b));
+    let answer = fresh.get(&url).send().await.unwrap();
+    assert_eq!(answer.status(), 200, "a new handshake under the kept CA");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// A new client to B's federation listener (B's CA in `dir`) with
+/// `identity` (cert, key files in `dir`).
+fn peer_client_of(dir: &Path, identity: (&str, &str)) -> reqwest::Client {
+    let b_ca = std::fs::read(dir.join("b-ca.pem")).unwrap();
+    let mut pem = std::fs::read(dir.join(identity.0)).unwrap();
+    pem.extend(std::fs::read(dir.join(identity.1)).unwrap());
+    reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&b_ca).unwrap()])
+        .identity(reqwest::Identity::from_pem(&pem).unwrap())
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap()
+}

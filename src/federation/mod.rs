@@ -67,6 +67,39 @@ pub enum FederationError {
     Client(String),
 }
 
+/// What `[federation]` gives a running server, read from its files: the
+/// peers to forward to (when it names any, or a registry) and the
+/// listener's mutual TLS (its certificate, and the community CA a peer's
+/// certificate must chain to). Loaded at start and again by a reload,
+/// which swaps both whole.
+#[derive(Debug)]
+pub struct Federation {
+    pub peers: Option<Peers>,
+    pub listener_tls: Option<Arc<rustls::ServerConfig>>,
+    /// This CMP's certificate (for its expiry metric).
+    pub leaf: Option<rustls::pki_types::CertificateDer<'static>>,
+}
+
+impl Federation {
+    /// Reads the certificate, key and community CA once, for both sides.
+    pub fn load(config: &FederationConfig) -> Result<Self, FederationError> {
+        let membership =
+            crate::tls::Membership::load(&config.cert_file, &config.key_file, &config.ca_file)?;
+        let peers = (!config.peers.is_empty() || config.mcr_url.is_some())
+            .then(|| Peers::new(config, &membership))
+            .transpose()?;
+        let listener_tls = config
+            .listen
+            .map(|_| membership.server_config())
+            .transpose()?;
+        Ok(Self {
+            peers,
+            listener_tls,
+            leaf: membership.certs.first().cloned(),
+        })
+    }
+}
+
 /// The peer CMPs this one forwards to.
 #[derive(Debug)]
 pub struct Peers {

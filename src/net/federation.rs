@@ -42,7 +42,6 @@ use crate::wire::{IndirectCode, Query};
 pub async fn serve(
     app: Arc<App>,
     listener: TcpListener,
-    acceptor: TlsAcceptor,
     shutdown: CancellationToken,
     tracker: TaskTracker,
 ) {
@@ -57,8 +56,8 @@ pub async fn serve(
     };
     let stop = shutdown.clone();
     let serve = |stream, peer, admitted| {
-        let (app, acceptor, rate) = (app.clone(), acceptor.clone(), rate.clone());
-        handshake_and_serve(app, acceptor, rate, stream, peer, admitted, stop.clone())
+        let (app, rate) = (app.clone(), rate.clone());
+        handshake_and_serve(app, rate, stream, peer, admitted, stop.clone())
     };
     super::conn::accept(listener, shutdown, tracker, None, admit, serve).await;
 }
@@ -68,7 +67,6 @@ pub async fn serve(
 /// `admitted` guard frees its slots when this returns.
 async fn handshake_and_serve(
     app: Arc<App>,
-    acceptor: TlsAcceptor,
     rate: Arc<KeyedRate<std::net::IpAddr>>,
     stream: TcpStream,
     peer: SocketAddr,
@@ -90,6 +88,8 @@ async fn handshake_and_serve(
                 .refused_connection(Transport::Federation, "handshake_rate");
         }
     };
+    // The TLS a reload left last (a new community CA, a renewed certificate).
+    let acceptor = TlsAcceptor::from(app.federation_tls().expect("serving federation"));
     let handshake = async {
         tokio::time::sleep(wait).await;
         super::admit::handshake_step(handshake_limit, acceptor.accept(stream)).await

@@ -305,7 +305,7 @@ async fn answer(
     let target = match resolution {
         core::Resolution::Local(target) => target,
         core::Resolution::Peer => {
-            let peers = app.peers.as_ref().ok_or(Refusal::UnknownPrefix)?;
+            let peers = app.peers().ok_or(Refusal::UnknownPrefix)?;
             let (outcome, target) = Box::pin(peers.resolve(permit, code)).await;
             app.metrics.federation("forwarded", outcome.label());
             target?

@@ -64,6 +64,19 @@ impl TestServer {
         Self::start_in(data_dir, "", extra).await
     }
 
+    /// A server on `data_dir` whose config is the file `path`, written
+    /// from `server_keys` and `extra`: a reload reads the file again.
+    pub async fn from_file(path: &Path, data_dir: &Path, server_keys: &str, extra: &str) -> Self {
+        std::fs::write(path, config_text(data_dir, server_keys, extra)).unwrap();
+        let config = Config::load(path).expect("valid test config");
+        let running = server::start(config).await.expect("server starts");
+        Self {
+            running,
+            data_dir: data_dir.to_owned(),
+            _temp: None,
+        }
+    }
+
     async fn start_in(data_dir: &Path, server_keys: &str, extra: &str) -> Self {
         let text = config_text(data_dir, server_keys, extra);
         let config = Config::parse(&text, Vec::new()).expect("valid test config");
