@@ -47,6 +47,10 @@ pub struct Config {
     /// Resolutions per code are counted in memory and written to the log
     /// (`scans_counted`) this often.
     pub scan_stats_flush: Duration,
+    /// While serving, the index snapshot is written again once the log has
+    /// taken this many events since the last one (0: only at a graceful
+    /// stop): a start after a crash replays at most about this many.
+    pub snapshot_every_events: u64,
     pub http3: Http3Config,
     /// Both or neither: neither means a self-signed certificate in data_dir.
     pub tls: Option<(PathBuf, PathBuf)>,
@@ -473,6 +477,7 @@ struct RawServer {
     routing_prefixes: Vec<String>,
     subscriber_secret: Option<String>,
     scan_stats_flush_secs: u64,
+    snapshot_every_events: u64,
 }
 
 impl Default for RawServer {
@@ -486,6 +491,7 @@ impl Default for RawServer {
             routing_prefixes: vec!["2001000001".into()],
             subscriber_secret: None,
             scan_stats_flush_secs: 10,
+            snapshot_every_events: 1_000_000,
         }
     }
 }
@@ -811,6 +817,7 @@ fn validate(raw: Raw, errors: &mut Vec<String>) -> Config {
     Config {
         source: ConfigSource::Given,
         scan_stats_flush: Duration::from_secs(raw.server.scan_stats_flush_secs),
+        snapshot_every_events: raw.server.snapshot_every_events,
         data_dir: raw.server.data_dir,
         listen,
         http3,

@@ -247,6 +247,9 @@ impl Tasks {
         let (shutdown, tracker) = (&self.shutdown, &self.tracker);
         tracker.spawn(housekeeping(app.clone(), shutdown.clone()));
         tracker.spawn(flush_scan_counts(app.clone(), shutdown.clone()));
+        if app.config.snapshot_every_events > 0 {
+            tracker.spawn(snapshot_while_serving(app.clone(), shutdown.clone()));
+        }
         if let Some(lag) = app.limits().main_lag.clone() {
             tracker.spawn(lag.probe(shutdown.clone()));
         }
@@ -447,6 +450,35 @@ async fn flush_scan_counts(app: Arc<App>, shutdown: CancellationToken) {
             _ = tick.tick() => {}
         }
         write_scan_counts(&app).await;
+    }
+}
+
+/// Writes the index snapshot again whenever the log has taken
+/// `server.snapshot_every_events` events since the last one, so that a
+/// start after a crash replays only those. Appends wait only for the
+/// snapshot's copy in memory ([`crate::store::Store::write_snapshot`]).
+async fn snapshot_while_serving(app: Arc<App>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = shutdown.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if app.store.events_since_snapshot() < app.config.snapshot_every_events {
+            continue;
+        }
+        let started = std::time::Instant::now();
+        match app.store.write_snapshot().await {
+            Ok(seq) => tracing::info!(
+                seq,
+                millis = started.elapsed().as_millis() as u64,
+                "index snapshot written while serving"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %e, "index snapshot not written; next try in a minute");
+                tokio::time::sleep(Duration::from_secs(60)).await;
+            }
+        }
     }
 }
 

@@ -1,11 +1,14 @@
 //! Index snapshots against a real server's data dir: a graceful stop writes
 //! one; the next start loads it and replays only the events after it, to
 //! the same state as a full replay; a damaged, foreign or outdated snapshot
-//! is refused (named) and the whole log replayed; erasure removes it.
+//! is refused (named) and the whole log replayed; erasure removes it; a
+//! server writes it again while serving, so a `kill -9` replays only what
+//! followed the last one.
 
 mod support;
 
 use std::path::Path;
+use std::time::Duration;
 
 use homecmp::store::{Store, index::Contents, snapshot};
 use reqwest::Method;
@@ -184,5 +187,64 @@ async fn erasure_removes_the_snapshot_that_holds_the_subscriber() {
         !fresh
             .windows(clientid.len())
             .any(|w| w == clientid.as_bytes())
+    );
+}
+
+/// While serving, every `server.snapshot_every_events` events the snapshot
+/// is written again (appends going on); after a `kill -9` the next start
+/// loads the last one and replays only what followed, to the state a full
+/// replay gives, with every acknowledged association there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_snapshot_is_written_while_serving_and_a_crash_replays_only_what_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = format!(
+        "[server]\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\nsnapshot_every_events = 40\n\
+         [admin]\nlisten = \"127.0.0.1:0\"\n[mno]\nnetworks = [\"127.1.0.0/16\"]\n{EXTRA}",
+        data.display()
+    );
+    let served = support::binary::Served::start(dir.path(), "snapshots", &config);
+    let body = |text: &str| Some(reqwest::Body::from(text.to_owned()));
+    let target = format!("{{\"target\": \"{TARGET}\"}}");
+    let path = format!("/admin/v1/codes/{CODE}");
+    assert_eq!(served.admin(Method::PUT, &path, body(&target)).await.0, 200);
+    let bind = r#"{"msisdn": "+447700900001"}"#;
+    let put = served.admin(Method::PUT, "/admin/v1/sessions/127.1.0.1", body(bind));
+    assert_eq!(put.await.0, 200);
+    let client = served.client("127.1.0.1");
+    let scan = async |i: u32| {
+        let url = served.resolve_url(&format!("code={CODE}&clientid={}", clientid(i)));
+        let response = client.get(url).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+    };
+    for i in 0..100 {
+        scan(i).await;
+    }
+    let log = served.stderr_log.clone();
+    support::eventually(
+        "a snapshot written while serving",
+        Duration::from_secs(20),
+        async || {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            text.contains("index snapshot written while serving")
+        },
+    )
+    .await;
+    for i in 100..110 {
+        scan(i).await;
+    }
+    drop(served); // kill -9
+
+    let (started, from_snapshot) = open_from(&data);
+    let snapshot_seq = started
+        .snapshot_seq
+        .expect("the snapshot written while serving");
+    assert!(snapshot_seq >= 40, "{started:?}");
+    assert!(started.replayed > 0, "the scans after it: {started:?}");
+    assert_eq!(from_snapshot, full_replay(&data));
+    assert_eq!(
+        from_snapshot.associations.len(),
+        110,
+        "every acknowledged one"
     );
 }

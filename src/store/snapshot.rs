@@ -1,10 +1,12 @@
 //! Index snapshots: start from the state at a sequence number and replay
 //! only the events after it, instead of the whole log.
 //!
-//! A snapshot is one file, `data_dir/index.snapshot`, written at a graceful
-//! shutdown on the log's writer thread (between two group commits, so the
-//! index it copies is not changing), to a temporary file, fsync'd, then
-//! renamed over the old one. Anything that does not check out below is a
+//! A snapshot is one file, `data_dir/index.snapshot`, copied from the
+//! index on the log's writer thread (between two group commits, so the
+//! index it copies is not changing; appends wait only for the copy, a walk
+//! over memory), then written out apart, to a temporary file, fsync'd, and
+//! renamed over the old one: at a graceful shutdown, and while serving
+//! every `server.snapshot_every_events` events. Anything that does not check out below is a
 //! full replay, logged as a warning with the reason.
 //!
 //! # Layout (version 4), all integers little-endian
@@ -73,7 +75,7 @@ fn record_hash(db: &rocksdb::DB, seq: Seq) -> Result<[u8; 32], SnapshotError> {
     Ok(hash.as_ref().try_into().expect("32 bytes"))
 }
 
-/// A writer or reader that hashes what goes through it.
+/// A reader that hashes what goes through it.
 struct Hashing<T> {
     inner: T,
     hash: digest::Context,
@@ -88,17 +90,6 @@ impl<T> Hashing<T> {
     }
 }
 
-impl<W: Write> Write for Hashing<W> {
-    fn write(&mut self, bytes: &[u8]) -> io::Result<usize> {
-        let written = self.inner.write(bytes)?;
-        self.hash.update(&bytes[..written]);
-        Ok(written)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, bytes: &mut [u8]) -> io::Result<usize> {
         let read = self.inner.read(bytes)?;
@@ -107,24 +98,45 @@ impl<R: Read> Read for Hashing<R> {
     }
 }
 
-/// Writes `index` (which must not change meanwhile) as the snapshot at
-/// `file`; returns the sequence number it reflects.
-pub fn write(index: &Index, db: &rocksdb::DB, file: &Path) -> Result<Seq, SnapshotError> {
+/// A snapshot's bytes (all but the closing hash), copied from the index
+/// while it is still ([`copy`], on the log's writer thread between two
+/// group commits); writing them out ([`Copied::save`]) needs neither the
+/// index nor the writer, so appends go on meanwhile.
+#[derive(Debug)]
+pub struct Copied {
+    last_seq: Seq,
+    bytes: Vec<u8>,
+}
+
+/// Copies `index` (which must not change meanwhile) as a snapshot of the
+/// sequence it reflects: a walk over memory, no disk.
+pub fn copy(index: &Index, db: &rocksdb::DB) -> Result<Copied, SnapshotError> {
     let last_seq = index.last_seq();
-    let temp = file.with_extension("snapshot.tmp");
-    let mut out = Hashing::new(BufWriter::with_capacity(1 << 20, fs::File::create(&temp)?));
-    out.write_all(MAGIC)?;
-    out.write_all(&record_hash(db, last_seq)?)?;
-    index.dump(&mut out)?;
-    let hash = out.hash.finish();
-    let mut file_out = out.inner.into_inner().map_err(|e| e.into_error())?;
-    file_out.write_all(hash.as_ref())?;
-    file_out.sync_all()?;
-    fs::rename(&temp, file)?;
-    if let Some(dir) = file.parent() {
-        fs::File::open(dir)?.sync_all()?;
+    let counts = index.counts();
+    let mut bytes =
+        Vec::with_capacity(counts.associations * 32 + counts.subscribers * 36 + (1 << 20));
+    bytes.extend_from_slice(MAGIC);
+    bytes.extend_from_slice(&record_hash(db, last_seq)?);
+    index.dump(&mut bytes)?;
+    Ok(Copied { last_seq, bytes })
+}
+
+impl Copied {
+    /// Writes the copy as the snapshot at `file`: to a temporary file with
+    /// its hash, fsync'd, renamed into place; the sequence it reflects.
+    pub fn save(self, file: &Path) -> Result<Seq, SnapshotError> {
+        let temp = file.with_extension("snapshot.tmp");
+        let mut out = BufWriter::with_capacity(1 << 20, fs::File::create(&temp)?);
+        out.write_all(&self.bytes)?;
+        out.write_all(digest::digest(&digest::SHA256, &self.bytes).as_ref())?;
+        let file_out = out.into_inner().map_err(|e| e.into_error())?;
+        file_out.sync_all()?;
+        fs::rename(&temp, file)?;
+        if let Some(dir) = file.parent() {
+            fs::File::open(dir)?.sync_all()?;
+        }
+        Ok(self.last_seq)
     }
-    Ok(last_seq)
 }
 
 /// The index the snapshot at `file` holds, if it is whole and matches
