@@ -101,32 +101,12 @@ pub struct Limiters {
 struct Kept {
     penalty: Arc<limits::PenaltyBox>,
     per_address: Arc<limits::PerAddress>,
-    connections: Arc<tokio::sync::Semaphore>,
+    connections: Arc<limits::Cap>,
     returning: Arc<crate::tls::Returning>,
     main_lag: Option<Arc<limits::Lag>>,
     quic_lag: Option<Arc<limits::Lag>>,
     tarpit_sources: Option<Arc<limits::PerAddress>>,
     federation: Option<Arc<limits::FederationLimits>>,
-}
-
-/// A connection cap of `from` made `to`: permits added at once, or taken
-/// back, those free now and the rest as connections close (a task waits
-/// for them; meanwhile no new connection is let in over the new cap).
-fn resize(connections: &Arc<tokio::sync::Semaphore>, from: usize, to: usize) {
-    if to >= from {
-        return connections.add_permits(to - from);
-    }
-    let owed = (from - to) - connections.forget_permits(from - to);
-    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    let connections = connections.clone();
-    runtime.spawn(async move {
-        let owed = u32::try_from(owed).unwrap_or(u32::MAX);
-        if let Ok(permits) = connections.acquire_many_owned(owed).await {
-            permits.forget();
-        }
-    });
 }
 
 impl Limiters {
@@ -135,7 +115,7 @@ impl Limiters {
         let kept = Kept {
             penalty: Arc::new(limits::PenaltyBox::new(l.penalty, l.limiter_max_keys)),
             per_address: Arc::new(limits::PerAddress::new(l.max_connections_per_address)),
-            connections: Arc::new(tokio::sync::Semaphore::new(l.max_connections)),
+            connections: Arc::new(limits::Cap::new(l.max_connections)),
             returning: Arc::new(crate::tls::Returning::new(
                 crate::tls::TICKETS_LAST,
                 l.limiter_max_keys,
@@ -155,22 +135,19 @@ impl Limiters {
 
     /// What a reload to `config` puts in place of these. The rates start
     /// afresh (their state is a second's worth); what counts open
-    /// connections and what sources have earned goes on: the connection
-    /// caps take their new size (a smaller one takes its permits back as
-    /// connections close, closing none), the penalty box keeps who is in
-    /// it (new penalties last the new time), proven TLS sessions stay
-    /// proven, the runtime probes keep probing (to the new threshold).
+    /// connections and what sources have earned goes on, shared with these
+    /// and changed at once: the connection caps take their new limits (a
+    /// lower one closes nobody, it lets nobody in until enough have
+    /// closed), the penalty box keeps who is in it (new penalties last the
+    /// new time), proven TLS sessions stay proven, the runtime probes keep
+    /// probing (to the new threshold).
     /// Taking effect at the next start only: `overload_lag` switched on
     /// from off, and the federation listener's limits.
     pub fn renewed(&self, config: &Config) -> Self {
         let l = &config.limits;
         self.tcp.penalty.set_duration(l.penalty);
         self.tcp.per_address.set_cap(l.max_connections_per_address);
-        resize(
-            &self.tcp.connections,
-            self.config.max_connections,
-            l.max_connections,
-        );
+        self.tcp.connections.set_max(l.max_connections);
         let lag = |lag: &Option<Arc<limits::Lag>>| {
             let lag = lag.clone().filter(|_| !l.overload_lag.is_zero());
             lag.inspect(|lag| lag.set_threshold(l.overload_lag))
@@ -516,30 +493,26 @@ mod tests {
 
     /// A reload that lowers `max_connections` below what is open closes
     /// nobody and lets nobody in until enough have closed; one that raises
-    /// it lets more in at once. TCP and QUIC share the one cap.
-    #[tokio::test]
-    async fn a_lowered_connection_cap_takes_its_permits_back_as_connections_close() {
+    /// it again lets more in at once (a lowering in between leaves no debt
+    /// behind). TCP and QUIC share the one cap.
+    #[test]
+    fn a_lowered_connection_cap_lets_nobody_in_until_enough_have_closed() {
         let limits = Limiters::new(&with_max_connections(4));
-        let open: Vec<_> = (0..3)
-            .map(|_| limits.tcp.connections.clone().try_acquire_owned().unwrap())
+        let mut open: Vec<_> = (0..3)
+            .map(|_| limits.tcp.connections.try_open().unwrap())
             .collect();
         let lowered = limits.renewed(&with_max_connections(2));
-        assert_eq!(
-            lowered.quic.connections.available_permits(),
-            0,
-            "3 open, cap 2"
+        assert_eq!(lowered.quic.connections.available(), 0, "3 open, cap 2");
+        assert!(lowered.tcp.connections.try_open().is_none());
+        open.pop();
+        assert!(
+            lowered.tcp.connections.try_open().is_none(),
+            "2 open, cap 2"
         );
-        drop(open);
-        let settled = async {
-            while lowered.tcp.connections.available_permits() != 2 {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(5), settled)
-            .await
-            .expect("the cap of 2 once all closed");
+        open.pop();
+        assert_eq!(lowered.tcp.connections.available(), 1);
         let raised = lowered.renewed(&with_max_connections(5));
-        assert_eq!(raised.tcp.connections.available_permits(), 5);
+        assert_eq!(raised.tcp.connections.available(), 4, "1 open, cap 5");
         assert!(Arc::ptr_eq(&raised.returning, &limits.returning), "kept");
     }
 }

@@ -300,6 +300,60 @@ impl Drop for AddressSlot {
     }
 }
 
+/// A cap on open connections that a reload can move: a count and its
+/// limit. A lower limit closes nobody; it lets nobody in until enough have
+/// closed.
+#[derive(Debug)]
+pub struct Cap {
+    open: AtomicUsize,
+    max: AtomicUsize,
+}
+
+/// One connection a [`Cap`] counts; no longer counted once dropped.
+#[derive(Debug)]
+pub struct CapSlot {
+    owner: Arc<Cap>,
+}
+
+impl Cap {
+    pub fn new(max: usize) -> Self {
+        Self {
+            open: AtomicUsize::new(0),
+            max: AtomicUsize::new(max),
+        }
+    }
+
+    /// The limit for the connections let in from now on.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    /// A slot, or `None` at the limit.
+    pub fn try_open(self: &Arc<Self>) -> Option<CapSlot> {
+        let max = self.max.load(Ordering::Relaxed);
+        self.open
+            .fetch_update(Ordering::AcqRel, Ordering::Relaxed, |open| {
+                (open < max).then_some(open + 1)
+            })
+            .ok()?;
+        Some(CapSlot {
+            owner: self.clone(),
+        })
+    }
+
+    /// Slots left under the limit.
+    pub fn available(&self) -> usize {
+        let max = self.max.load(Ordering::Relaxed);
+        max.saturating_sub(self.open.load(Ordering::Relaxed))
+    }
+}
+
+impl Drop for CapSlot {
+    fn drop(&mut self) {
+        self.owner.open.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
 /// One listener's admission, cheapest check first: its penalty box, the
 /// source's accept rate, the source's open connections, the global cap.
 /// The public TCP and QUIC listeners share the box and both caps (one
@@ -312,7 +366,7 @@ pub struct Admission {
     /// The `limit` label of `limiter_overflow_total` for `accepts`.
     pub accepts_name: &'static str,
     pub per_address: Arc<PerAddress>,
-    pub connections: Arc<tokio::sync::Semaphore>,
+    pub connections: Arc<Cap>,
     /// Over the accept rate, a connection is admitted to wait for its turn
     /// (`Admitted::over_rate`) rather than closed, and from a source in the
     /// penalty box, admitted to prove it is returning
@@ -331,7 +385,7 @@ impl Admission {
             accepts: KeyedRate::per_second(0, 1),
             accepts_name: "admin_accepts",
             per_address: Arc::new(PerAddress::new(0)),
-            connections: Arc::new(tokio::sync::Semaphore::new(max_connections)),
+            connections: Arc::new(Cap::new(max_connections)),
             queue_over_rate: false,
         }
     }
@@ -369,7 +423,7 @@ impl FederationLimits {
             ),
             accepts_name: "federation_accepts",
             per_address: Arc::new(PerAddress::new(federation.max_connections_per_address)),
-            connections: Arc::new(tokio::sync::Semaphore::new(federation.max_connections)),
+            connections: Arc::new(Cap::new(federation.max_connections)),
             queue_over_rate: false,
         };
         Self {

@@ -14,7 +14,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use prometheus_client::metrics::gauge::Gauge;
-use tokio::sync::OwnedSemaphorePermit;
 
 use crate::app::App;
 use crate::core::Refusal;
@@ -35,7 +34,7 @@ pub struct Admitted {
     /// it resumes a session that served an associated clientid.
     pub penalized: bool,
     _address: AddressSlot,
-    _global: OwnedSemaphorePermit,
+    _global: crate::limits::CapSlot,
 }
 
 /// Admits a connection from `source` (a per-source key) to `transport`, or
@@ -180,11 +179,7 @@ fn check(
         .per_address
         .try_open(source)
         .ok_or("address_cap")?;
-    let global = admission
-        .connections
-        .clone()
-        .try_acquire_owned()
-        .map_err(|_| "connection_cap")?;
+    let global = admission.connections.try_open().ok_or("connection_cap")?;
     Ok(Admitted {
         over_rate,
         penalized,

@@ -254,7 +254,7 @@ fn answer_initial(
     }
     // No handshake work while the global cap (TCP and QUIC together) is
     // reached, or too many handshakes are in flight.
-    if admitted.is_none() && app.limits().quic.connections.available_permits() == 0 {
+    if admitted.is_none() && app.limits().quic.connections.available() == 0 {
         return refused("connection_cap");
     }
     if in_flight >= h3.max_handshakes {
