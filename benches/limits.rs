@@ -107,8 +107,8 @@ fn conduct_and_penalty(c: &mut Criterion) {
     let conduct = Conduct::new();
     c.bench_function("conduct_delay_and_record_ok", |b| {
         b.iter(|| {
-            black_box(conduct.delay(&limits));
-            black_box(conduct.record(http::StatusCode::OK, &limits))
+            black_box(conduct.delay(|| &limits));
+            black_box(conduct.record(http::StatusCode::OK, || &limits))
         })
     });
     let v6: IpAddr = "2001:db8:1:2:aaaa:bbbb:cccc:dddd".parse().unwrap();

@@ -96,6 +96,18 @@ pub struct Limiters {
     ipv6_prefix_len: u8,
 }
 
+/// `[limits]` in force, as [`App::limits_config`] reads it.
+#[derive(Debug)]
+pub struct LimitsConfig(arc_swap::Guard<Arc<Limiters>>);
+
+impl std::ops::Deref for LimitsConfig {
+    type Target = crate::config::Limits;
+
+    fn deref(&self) -> &crate::config::Limits {
+        &self.0.config
+    }
+}
+
 /// What a reload carries over from the running limiters
 /// ([`Limiters::renewed`]).
 struct Kept {
@@ -248,6 +260,11 @@ impl App {
     /// [`App::limits_now`].
     pub fn limits(&self) -> arc_swap::Guard<Arc<Limiters>> {
         self.limiters.load()
+    }
+
+    /// `[limits]` as in force now ([`Limiters::config`]).
+    pub fn limits_config(&self) -> LimitsConfig {
+        LimitsConfig(self.limiters.load())
     }
 
     /// [`App::limits`] to keep: a connection serves its life under the

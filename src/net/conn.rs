@@ -176,10 +176,18 @@ impl Conduct {
         Arc::default()
     }
 
-    /// How long the next request waits before it is served.
-    pub fn delay(&self, limits: &Limits) -> Duration {
+    /// How long the next request waits before it is served. `limits` is
+    /// read only after a refusal (a clean connection's requests never
+    /// load them).
+    pub fn delay<L: std::ops::Deref<Target = Limits>>(
+        &self,
+        limits: impl FnOnce() -> L,
+    ) -> Duration {
         let run = self.refused_in_a_row.load(Ordering::Relaxed);
-        let threshold = limits.refusals_before_slowdown;
+        if run == 0 {
+            return Duration::ZERO;
+        }
+        let threshold = limits().refusals_before_slowdown;
         if threshold == 0 || run < threshold {
             return Duration::ZERO;
         }
@@ -193,7 +201,11 @@ impl Conduct {
     /// leaves the run as it is (see the module docs): a client the server
     /// turns away for its own reasons is not slowed or closed for it, and a
     /// 503 between refusals does not wipe a run clean either.
-    pub fn record(&self, status: http::StatusCode, limits: &Limits) -> Earned {
+    pub fn record<L: std::ops::Deref<Target = Limits>>(
+        &self,
+        status: http::StatusCode,
+        limits: impl FnOnce() -> L,
+    ) -> Earned {
         if status.is_server_error() {
             return Earned::Nothing;
         }
@@ -203,6 +215,7 @@ impl Conduct {
             return Earned::Nothing;
         }
         let run = self.refused_in_a_row.fetch_add(1, Ordering::Relaxed) + 1;
+        let limits = limits();
         match run {
             _ if limits.refusals_before_close > 0 && run == limits.refusals_before_close => {
                 self.close.cancel();
@@ -391,7 +404,7 @@ pub fn judge(
     if !federation && app.rules.load().mno.is_trusted_gateway(peer) {
         return;
     }
-    match conduct.record(status, &app.limits().config) {
+    match conduct.record(status, || app.limits_config()) {
         Earned::Nothing => {}
         Earned::SlowDown => app.metrics.abusive_connection("slowed"),
         Earned::Close => {
@@ -418,36 +431,36 @@ mod tests {
         limits.refusals_before_slowdown = 3;
         limits.refusals_before_close = 6;
         let conduct = Conduct::new();
-        let refuse = || conduct.record(http::StatusCode::FORBIDDEN, &limits);
+        let refuse = || conduct.record(http::StatusCode::FORBIDDEN, || &limits);
         assert_eq!([refuse(), refuse()], [Earned::Nothing; 2]);
-        assert_eq!(conduct.delay(&limits), Duration::ZERO);
+        assert_eq!(conduct.delay(|| &limits), Duration::ZERO);
         assert_eq!(refuse(), Earned::SlowDown);
-        assert_eq!(conduct.delay(&limits), FIRST_SLOWDOWN);
+        assert_eq!(conduct.delay(|| &limits), FIRST_SLOWDOWN);
         assert_eq!(refuse(), Earned::Nothing);
-        assert_eq!(conduct.delay(&limits), FIRST_SLOWDOWN * 2);
+        assert_eq!(conduct.delay(|| &limits), FIRST_SLOWDOWN * 2);
         assert_eq!(
-            conduct.record(http::StatusCode::OK, &limits),
+            conduct.record(http::StatusCode::OK, || &limits),
             Earned::Nothing
         );
         assert_eq!(
-            conduct.delay(&limits),
+            conduct.delay(|| &limits),
             Duration::ZERO,
             "a success ends the run"
         );
         assert_eq!(
-            conduct.record(http::StatusCode::NOT_FOUND, &limits),
+            conduct.record(http::StatusCode::NOT_FOUND, || &limits),
             Earned::Nothing
         );
         // The server's own 503s neither count nor end a run.
         for _ in 0..20 {
-            let earned = conduct.record(http::StatusCode::SERVICE_UNAVAILABLE, &limits);
+            let earned = conduct.record(http::StatusCode::SERVICE_UNAVAILABLE, || &limits);
             assert_eq!(earned, Earned::Nothing);
         }
-        assert_eq!(conduct.delay(&limits), Duration::ZERO);
+        assert_eq!(conduct.delay(|| &limits), Duration::ZERO);
         assert_eq!([refuse(), refuse()], [Earned::Nothing; 2]);
-        conduct.record(http::StatusCode::SERVICE_UNAVAILABLE, &limits);
+        conduct.record(http::StatusCode::SERVICE_UNAVAILABLE, || &limits);
         assert_eq!(refuse(), Earned::SlowDown, "the run went on past the 503");
-        conduct.record(http::StatusCode::OK, &limits);
+        conduct.record(http::StatusCode::OK, || &limits);
         let earned: Vec<_> = (0..6).map(|_| refuse()).collect();
         assert_eq!(earned[2], Earned::SlowDown);
         assert_eq!(earned[5], Earned::Close);
@@ -455,7 +468,7 @@ mod tests {
         for _ in 0..40 {
             refuse();
         }
-        assert_eq!(conduct.delay(&limits), LONGEST_SLOWDOWN);
+        assert_eq!(conduct.delay(|| &limits), LONGEST_SLOWDOWN);
     }
 
     #[tokio::test]

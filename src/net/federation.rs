@@ -110,7 +110,7 @@ async fn handshake_and_serve(
     super::conn::serve(tls, &limits, shutdown, conduct, move |request| {
         let (app, rate, conduct) = (app.clone(), rate.clone(), judged.clone());
         async move {
-            let delay = conduct.delay(&app.limits().config);
+            let delay = conduct.delay(|| app.limits_config());
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }

@@ -52,7 +52,7 @@ pub async fn handle_on(
     uri: &Uri,
     headers: &HeaderMap,
 ) -> Response<Bytes> {
-    let delay = conduct.delay(&app.limits().config);
+    let delay = conduct.delay(|| app.limits_config());
     if !delay.is_zero() {
         // Boxed, as every rare wait below (and the tarpit's): the common
         // path's future stays small, and it is moved into a task for every
