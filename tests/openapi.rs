@@ -3,7 +3,8 @@
 //! document and the other way round, each with the methods the router
 //! gives it and the role the one access table asks
 //! (`access::required_role`); the error codes it lists are those the
-//! server answers; and real answers carry the fields its schemas require.
+//! server answers; and real answers carry the fields its schemas require
+//! (here, and in every test through `support::openapi::check`).
 
 use serde_json::Value;
 
@@ -190,4 +191,44 @@ async fn real_answers_have_what_the_schemas_require() {
     assert_eq!(status, 401);
     conforms(&doc, "Error", &refusal);
     server.stop().await;
+}
+
+/// The check every admin answer of the integration tests goes through
+/// (`support::openapi::check`, called by the support helpers) fails on a
+/// status the document does not list, and on a body without a field its
+/// schema requires.
+#[test]
+#[should_panic(expected = "which docs/openapi.json does not list")]
+fn an_undocumented_status_fails_the_test_that_met_it() {
+    let body = serde_json::json!({});
+    support::openapi::check(&reqwest::Method::GET, "/admin/v1/status", 418, &body);
+}
+
+#[test]
+#[should_panic(expected = "without target, which Code requires")]
+fn an_answer_missing_a_required_field_fails_the_test_that_met_it() {
+    let body = serde_json::json!({"code": CODE, "seq": 1});
+    support::openapi::check(
+        &reqwest::Method::GET,
+        "/admin/v1/codes/2001000001x",
+        200,
+        &body,
+    );
+}
+
+#[test]
+fn an_ipv6_prefix_is_one_path_parameter_and_stats_are_not_the_code() {
+    let none = serde_json::json!({"status": 404, "code": "NO_SESSION", "message": "no session"});
+    support::openapi::check(
+        &reqwest::Method::GET,
+        "/admin/v1/sessions/::/64",
+        404,
+        &none,
+    );
+    let zero = serde_json::json!({"associated": 0, "first_scan": 0});
+    let stats = serde_json::json!({
+        "code": CODE, "resolutions": 1, "http1": zero, "http2": zero, "http3": zero
+    });
+    let path = format!("/admin/v1/codes/{CODE}/stats");
+    support::openapi::check(&reqwest::Method::GET, &path, 200, &stats);
 }

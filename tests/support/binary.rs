@@ -101,7 +101,7 @@ impl Served {
         body: Option<reqwest::Body>,
     ) -> (u16, serde_json::Value) {
         let mut request = reqwest::Client::new()
-            .request(method, format!("{}{path}", self.ready.admin))
+            .request(method.clone(), format!("{}{path}", self.ready.admin))
             .bearer_auth(&self.token);
         if let Some(body) = body {
             request = request.body(body);
@@ -110,6 +110,7 @@ impl Served {
         let status = response.status().as_u16();
         let text = response.text().await.unwrap();
         let body = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+        super::openapi::check(&method, path, status, &body);
         (status, body)
     }
 

@@ -8,6 +8,7 @@ pub mod binary;
 pub mod config;
 pub mod h3;
 pub mod nats;
+pub mod openapi;
 pub mod raw;
 pub mod tools;
 
@@ -183,7 +184,7 @@ impl TestServer {
     ) -> (u16, Value) {
         let client = reqwest::Client::new();
         let mut request = client
-            .request(method, self.admin_url(path))
+            .request(method.clone(), self.admin_url(path))
             .bearer_auth(self.running.admin_token.expose());
         if let Some(body) = body {
             request = request.json(&body);
@@ -191,10 +192,9 @@ impl TestServer {
         let response = request.send().await.expect("admin request");
         let status = response.status().as_u16();
         let text = response.text().await.unwrap();
-        (
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        )
+        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        openapi::check(&method, path, status, &body);
+        (status, body)
     }
 
     pub async fn put_code(&self, code: &str, target: &str) {

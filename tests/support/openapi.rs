@@ -1,0 +1,70 @@
+//! Every admin answer an integration test receives through the support
+//! helpers ([`crate::support::TestServer::admin`], `binary::Served::admin`)
+//! is held to `docs/openapi.json`: its route and method are documented,
+//! its status is one the operation lists, and a JSON body has every field
+//! the listed schema requires. A handler that answers what the document
+//! does not say fails the test that met it.
+
+use std::sync::LazyLock;
+
+use serde_json::Value;
+
+static DOC: LazyLock<Value> = LazyLock::new(|| {
+    serde_json::from_str(include_str!("../../docs/openapi.json")).expect("docs/openapi.json")
+});
+
+/// Whether the OpenAPI template `template` (`/admin/v1/codes/{code}`)
+/// names `path`: the same segments, a `{...}` standing for any one, or,
+/// last and when `rest` says so, for the rest (the router's `{*ip}` takes
+/// `::/64`).
+fn names(template: &str, path: &str, rest: bool) -> bool {
+    let template: Vec<&str> = template.split('/').collect();
+    let path: Vec<&str> = path.split('/').collect();
+    let param = |t: &str| t.starts_with('{') && t.ends_with('}');
+    let last = template.len() - 1;
+    let fits = |(i, t): (usize, &&str)| match path.get(i) {
+        Some(p) if param(t) => !p.is_empty(),
+        Some(p) => p == t,
+        None => false,
+    };
+    let rest_taken = rest && param(template[last]) && path.len() > template.len();
+    template.iter().enumerate().all(fits) && (path.len() == template.len() || rest_taken)
+}
+
+/// Panics, naming the disagreement, when `status` and `body` are not what
+/// `docs/openapi.json` says `method path` answers.
+pub fn check(method: &reqwest::Method, path: &str, status: u16, body: &Value) {
+    let path = path.split('?').next().unwrap_or(path);
+    let paths = DOC["paths"].as_object().expect("paths");
+    let found = (paths.iter().find(|(t, _)| names(t, path, false)))
+        .or_else(|| paths.iter().find(|(t, _)| names(t, path, true)));
+    let Some((template, item)) = found else {
+        panic!("{method} {path}: no such path in docs/openapi.json");
+    };
+    let operation = &item[method.as_str().to_ascii_lowercase()];
+    assert!(
+        operation.is_object(),
+        "{method} {template}: no such operation in docs/openapi.json"
+    );
+    let responses = &operation["responses"];
+    let Some(response) = responses
+        .get(status.to_string())
+        .or_else(|| responses.get("default"))
+    else {
+        panic!(
+            "{method} {template} answered {status}, which docs/openapi.json does not list: {body}"
+        );
+    };
+    let schema = &response["content"]["application/json"]["schema"]["$ref"];
+    let Some(name) = schema.as_str().and_then(|s| s.rsplit('/').next()) else {
+        return;
+    };
+    let required = &DOC["components"]["schemas"][name]["required"];
+    for key in required.as_array().into_iter().flatten() {
+        let key = key.as_str().expect("a field name");
+        assert!(
+            body.get(key).is_some(),
+            "{method} {template} answered {status} without {key}, which {name} requires: {body}"
+        );
+    }
+}
