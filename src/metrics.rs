@@ -160,6 +160,8 @@ metrics! {
     sessions: Gauge = "sessions", "Session bindings held (IP -> subscriber)";
     last_seq: Gauge<u64, AtomicU64> = "log_last_sequence",
         "Sequence number of the newest durable event";
+    events_since_snapshot: Gauge<u64, AtomicU64> = "log_events_since_snapshot",
+        "Events the log took since the index snapshot on disk: what a start after a crash would replay";
     /// 1 once a write failed: the log refuses writes until a restart.
     log_poisoned: Gauge = "log_poisoned",
         "1 once an event log write failed (disk error): writes are refused until a restart";

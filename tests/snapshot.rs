@@ -233,6 +233,23 @@ async fn a_snapshot_is_written_while_serving_and_a_crash_replays_only_what_follo
     for i in 100..110 {
         scan(i).await;
     }
+    // What a crash would replay now, told to the operator.
+    let (status, metrics) = served.admin(Method::GET, "/metrics", None).await;
+    assert_eq!(status, 200);
+    let metrics = metrics.as_str().unwrap();
+    let gauge = |name: &str| -> u64 {
+        let prefix = format!("{name} ");
+        let line = metrics.lines().find_map(|l| l.strip_prefix(&prefix));
+        line.unwrap_or_else(|| panic!("{name} exported"))
+            .parse()
+            .unwrap()
+    };
+    let since = gauge("homecmp_log_events_since_snapshot");
+    let last = gauge("homecmp_log_last_sequence");
+    assert!(
+        last >= 110 && since < last,
+        "{since} of {last}: a snapshot is on disk"
+    );
     drop(served); // kill -9
 
     let (started, from_snapshot) = open_from(&data);

@@ -296,6 +296,8 @@ fn refresh(app: &App) {
     m.index_codes.set(counts.codes as i64);
     m.sessions.set(app.bindings.table().len() as i64);
     m.last_seq.set(app.store.log().last_seq());
+    m.events_since_snapshot
+        .set(app.store.events_since_snapshot());
     m.log_poisoned.set(i64::from(app.store.log().is_poisoned()));
     if let Some(link) = app.store.cluster() {
         m.cluster_connected.set(i64::from(link.connected()));
