@@ -60,17 +60,7 @@ fn median(mut xs: Vec<f64>) -> f64 {
 }
 
 fn main() {
-    let sizes: Vec<u64> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    // `cargo bench --benches -- --test` (criterion's smoke run): small.
-    let smoke = std::env::args().any(|a| a == "--test");
-    let sizes = match (sizes.is_empty(), smoke) {
-        (false, _) => sizes,
-        (true, true) => vec![20_000],
-        (true, false) => vec![5_000_000],
-    };
+    let sizes = common::sizes(5_000_000);
     let after = env!("CARGO_BIN_EXE_homecmp").to_owned();
     let before = std::env::var("HOMECMP_BEFORE").ok();
     let rounds = if before.is_some() { 3 } else { 1 };

@@ -95,17 +95,7 @@ fn main() {
     ) {
         return phase(&name, &arg);
     }
-    let sizes: Vec<u64> = std::env::args()
-        .skip(1)
-        .filter_map(|a| a.parse().ok())
-        .collect();
-    // `cargo bench --benches -- --test` (criterion's smoke run): small.
-    let smoke = std::env::args().any(|a| a == "--test");
-    let sizes = match (sizes.is_empty(), smoke) {
-        (false, _) => sizes,
-        (true, true) => vec![20_000],
-        (true, false) => vec![1_000_000],
-    };
+    let sizes = common::sizes(1_000_000);
     println!(
         "{:>11} {:>9} {:>9} {:>8} {:>9} {:>9} {:>13} {:>13} {:>13}",
         "assocs",

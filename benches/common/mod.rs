@@ -72,3 +72,19 @@ pub fn generate(events: &std::path::Path, n: u64) {
     db.flush_cf(&db.cf_handle(audit::CF).unwrap()).unwrap();
     db.compact_range::<&[u8], &[u8]>(None, None);
 }
+
+/// The sizes given on the command line (`cargo bench --bench X -- N...`),
+/// else `default`; 20,000 for criterion's smoke run (`-- --test`).
+#[allow(dead_code)] // not every bench that includes this module takes sizes
+pub fn sizes(default: u64) -> Vec<u64> {
+    let given: Vec<u64> = std::env::args()
+        .skip(1)
+        .filter_map(|a| a.parse().ok())
+        .collect();
+    let smoke = std::env::args().any(|a| a == "--test");
+    match (given.is_empty(), smoke) {
+        (false, _) => given,
+        (true, true) => vec![20_000],
+        (true, false) => vec![default],
+    }
+}

@@ -310,9 +310,15 @@ async fn handshake_and_serve(
 /// slow down, instead of meeting what looks like a broken network.
 async fn answer_refusal(app: &App, connection: quinn::Connection, refusal: Refusal) {
     let quic = connection.clone();
-    let limit = app.limits().config.header_read_timeout;
+    let (limit, max_header_bytes) = {
+        let limits = app.limits();
+        (
+            limits.config.header_read_timeout,
+            limits.config.max_header_bytes,
+        )
+    };
     let built = h3::server::builder()
-        .max_field_section_size(app.limits().config.max_header_bytes as u64)
+        .max_field_section_size(max_header_bytes as u64)
         .build::<_, Bytes>(h3_quinn::Connection::new(connection))
         .await;
     if let Ok(mut h3_conn) = built {

@@ -227,14 +227,17 @@ impl Store {
         // Written out with the rewrite's turn still held, even if the
         // caller stops waiting: an erasure cannot start between the copy
         // and its file (and find its subscriber's associations in it).
+        // What is on disk is told before the turn passes to a rewrite
+        // (which removes the file, and says so).
+        let store = self.clone();
         let saving = tokio::task::spawn_blocking(move || {
             let _rewriting = rewriting;
-            copied.save(&file)
+            let seq = copied.save(&file)?;
+            store.inner.snapshot_seq.store(seq, Ordering::Relaxed);
+            Ok(seq)
         });
         let saved = saving.await.expect("saving a snapshot does not panic");
-        let seq = saved.map_err(failed)?;
-        self.inner.snapshot_seq.store(seq, Ordering::Relaxed);
-        Ok(Some(seq))
+        saved.map(Some).map_err(failed)
     }
 
     /// The snapshot file a history rewrite removes first (it holds what

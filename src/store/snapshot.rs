@@ -6,8 +6,8 @@
 //! index it copies is not changing; appends wait only for the copy, a walk
 //! over memory), then written out apart, to a temporary file, fsync'd, and
 //! renamed over the old one: at a graceful shutdown, and while serving
-//! every `server.snapshot_every_events` events. Anything that does not check out below is a
-//! full replay, logged as a warning with the reason.
+//! every `server.snapshot_every_events` events. Anything that does not
+//! check out below is a full replay, logged as a warning with the reason.
 //!
 //! # Layout (version 4), all integers little-endian
 //!
