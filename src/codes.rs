@@ -51,22 +51,35 @@ impl Format {
 }
 
 /// A resolution rule as the admin API, the import and the export write it
-/// (the log keeps [`TargetRule`], with times in milliseconds).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// (the log keeps a `TargetRule`, with times in milliseconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
+#[schema(as = Rule)]
 pub struct RuleBody {
+    /// Language ranges (`fr`, `pt-BR`): the rule holds when the client
+    /// accepts one of them (q > 0). Absent: any language.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 16, example = json!(["fr", "pt-BR"]))]
     pub languages: Vec<String>,
+    /// Device platforms (from `User-Agent`, or the client hint). Absent:
+    /// any platform.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub platforms: Vec<Platform>,
+    /// On the MNO's network or off it, as the identity decided. Absent:
+    /// either.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub network: Option<Network>,
     /// RFC 3339: from then on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime, nullable = false)]
     pub from: Option<String>,
     /// RFC 3339: until then (exclusive).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(format = DateTime, nullable = false)]
     pub until: Option<String>,
+    /// Where the rule sends the client: an http(s) URL.
+    #[schema(format = "uri", max_length = 2048)]
     pub target: String,
 }
 
@@ -141,7 +154,7 @@ struct Row {
 
 /// A bad row: its line in the body (1-based) and its batch (1-based: batch
 /// `n` holds rows `(n - 1) * BATCH + 1` to `n * BATCH`).
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, utoipa::ToSchema)]
 pub struct RowError {
     pub line: u64,
     pub batch: u64,
@@ -149,7 +162,7 @@ pub struct RowError {
 }
 
 /// A batch the store did not write, and the lines its rows came from.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, Serialize, PartialEq, Eq, thiserror::Error, utoipa::ToSchema)]
 #[error("batch {batch} (lines {first_line} to {last_line}) was not written: {error}")]
 pub struct BatchNotWritten {
     pub batch: u64,
@@ -159,7 +172,8 @@ pub struct BatchNotWritten {
 }
 
 /// What an import did.
-#[derive(Debug, Default, Clone, Serialize)]
+#[derive(Debug, Default, Clone, Serialize, utoipa::ToSchema)]
+#[schema(as = ImportReport)]
 pub struct Report {
     pub dry_run: bool,
     /// Rows read (blank lines and a CSV header are not rows).
@@ -175,6 +189,7 @@ pub struct Report {
     pub errors: Vec<RowError>,
     /// The batch whose write failed, which ended the import.
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(nullable = false)]
     pub not_written: Option<BatchNotWritten>,
 }
 

@@ -182,6 +182,43 @@ pub struct ExportLine<'a> {
     pub record: &'a Record,
 }
 
+/// A line as the API document shows it (`AuditEvent`): the fields every
+/// line has; the event's own fields follow `kind` (the book's event-log
+/// chapter lists them).
+impl utoipa::PartialSchema for ExportLine<'_> {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{KnownFormat, SchemaFormat};
+        use utoipa::openapi::{ObjectBuilder, Type};
+        let string = || ObjectBuilder::new().schema_type(Type::String);
+        let count = || {
+            ObjectBuilder::new()
+                .schema_type(Type::Integer)
+                .minimum(Some(0))
+        };
+        let time = string().format(Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)));
+        let kinds = crate::core::model::Event::KINDS.iter().copied();
+        let actor = "Who made the change through the admin API (a token's name or an \
+                     identity provider's subject); absent for clients, RADIUS and the server.";
+        ObjectBuilder::new()
+            .property("seq", count())
+            .required("seq")
+            .property("at", time)
+            .required("at")
+            .property("at_ms", count())
+            .required("at_ms")
+            .property("kind", string().enum_values(Some(kinds)))
+            .required("kind")
+            .property("actor", string().description(Some(actor)))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ExportLine<'_> {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "AuditEvent".into()
+    }
+}
+
 impl<'a> ExportLine<'a> {
     pub fn new(seq: Seq, record: &'a Record) -> Self {
         ExportLine {

@@ -47,22 +47,8 @@ async fn call(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let mut request = reqwest::Client::new()
-        .request(
-            method,
-            format!("http://{}{path}", server.running.admin_addr),
-        )
-        .bearer_auth(bearer);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    let base = format!("http://{}", server.running.admin_addr);
+    support::admin_call(&base, bearer, method, path, body).await
 }
 
 /// The events of one audit query, as (kind, actor or "", code or "").

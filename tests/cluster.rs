@@ -474,15 +474,7 @@ impl ChildNode {
 
     /// An admin API call with the node's token: status and JSON body.
     async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-        let mut request = reqwest::Client::new()
-            .request(method, format!("{}{path}", self.admin))
-            .bearer_auth(self.token.trim());
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.unwrap();
-        let status = response.status().as_u16();
-        (status, response.json().await.unwrap_or(Value::Null))
+        support::admin_call(&self.admin, self.token.trim(), method, path, body).await
     }
 
     fn kill_9(self) {

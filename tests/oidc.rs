@@ -123,22 +123,9 @@ async fn provider(keys: Vec<Value>) -> Provider {
 }
 
 async fn call(server: &TestServer, bearer: &str, method: Method, path: &str) -> (u16, Value) {
-    let mut request = reqwest::Client::new()
-        .request(
-            method.clone(),
-            format!("http://{}{path}", server.running.admin_addr),
-        )
-        .bearer_auth(bearer);
-    if method == Method::PUT {
-        request = request.json(&json!({"target": "https://example.org/sso"}));
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap();
-    (
-        status,
-        serde_json::from_str(&text).unwrap_or(Value::String(text)),
-    )
+    let body = (method == Method::PUT).then(|| json!({"target": "https://example.org/sso"}));
+    let base = format!("http://{}", server.running.admin_addr);
+    support::admin_call(&base, bearer, method, path, body).await
 }
 
 fn oidc_section(jwks: &str) -> String {

@@ -118,7 +118,7 @@ fn the_curl_walkthrough_works_as_printed() {
     assert!(run.status.success(), "{run:?}");
     // What the README's comments promise, in order.
     let promised = [
-        r#"{"code":"2001000001promo","seq":1,"target":"https://example.org/promo"}"#,
+        r#"{"code":"2001000001promo","target":"https://example.org/promo","seq":1}"#,
         r#""subscriber":"#,
         r#""code":"RETRY_ON_MNO_NETWORK""#,
         r#""association":"created""#,
@@ -186,8 +186,8 @@ fn the_curl_walkthrough_works_as_printed() {
     }
     let out = run_block(&ADMIN_API, "### Who changed what, when: the audit trail");
     let promised = [
-        r#""actor":"admin-token""#,
         r#""kind":"code_registered""#,
+        r#""actor":"admin-token""#,
         r#""kind":"association_created""#,
         r#""next":null"#,
     ];

@@ -64,8 +64,15 @@ pub struct Permit {
     authenticated: bool,
 }
 
-/// The `association` field of a successful answer.
+/// The `association` field of a successful answer: whether this request
+/// made the association (`created`), had it (`existing`), or needs none
+/// (`none`: auth modes monitor and off).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(
+    feature = "openapi",
+    derive(utoipa::ToSchema),
+    schema(rename_all = "snake_case")
+)]
 pub enum AssociationState {
     Existing,
     Created,

@@ -128,6 +128,7 @@ pub struct ScanCount {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Encode, Decode, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ScanPair {
     pub associated: u64,
     pub first_scan: u64,

@@ -24,6 +24,7 @@ const MAX_ACCEPTED: usize = 32;
 
 /// A device platform, as the request tells it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Platform {
     Ios,
@@ -33,6 +34,7 @@ pub enum Platform {
 
 /// Where the client is, as the identity decided it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Encode, Decode, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Network {
     /// On the MNO's own network (an address of its pools, or a trusted

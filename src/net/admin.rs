@@ -29,9 +29,10 @@ use futures_util::StreamExt;
 use ipnet::IpNet;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use serde_json::json;
 
-use super::error::AdminError;
+pub mod answers;
+
+use super::error::{AdminError, ErrorBody};
 use crate::access::Principal;
 use crate::app::App;
 use crate::metrics::RuntimeLabel;
@@ -48,6 +49,9 @@ pub struct AdminState {
     pub app: OnceLock<Arc<App>>,
     /// Served from the start: `/metrics` answers during replay too.
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// The API document, generated from this code (`crate::net::openapi`,
+    /// which reads this module: the composition root hands it over).
+    pub api_document: &'static str,
 }
 
 /// Largest admin request body; the bodies are a few hundred bytes.
@@ -85,7 +89,7 @@ pub fn router(state: Arc<AdminState>) -> axum::Router {
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(state.clone(), authorize));
     axum::Router::new()
-        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         // What holds no data: the API's description and the console's
         // files (the console asks for a token before it asks for data).
@@ -214,12 +218,29 @@ fn ready(state: &AdminState) -> Result<&Arc<App>, Response> {
         .ok_or_else(|| AdminError::NotReady.into_response())
 }
 
+/// `/healthz`: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "operations", summary = "Liveness",
+    responses((status = 200, description = "ok", body = String, content_type = "text/plain")))]
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
 /// `/readyz`: plain `ready` when all is well (what a load balancer's probe
 /// matches); otherwise JSON, every answer with `ready` and `reason`: 200
 /// `{"ready": true, "degraded": true, "reason"}` while a cluster node is cut
 /// from JetStream, 503 with the error body (`status`, `code`, `message`)
 /// and `"ready": false` for `NOT_READY`, `LOG_UNAVAILABLE` and
 /// `FOLLOWER_STOPPED`.
+#[utoipa::path(get, path = "/readyz", tag = "operations",
+    summary = "Readiness: the log replayed and writable",
+    responses(
+        (status = 200, description = "`ready` (text), or JSON {ready, degraded, reason} for a \
+            cluster node cut from JetStream.", content(
+            (String = "text/plain"),
+            (answers::Degraded = "application/json"))),
+        (status = 503, description = "NOT_READY, LOG_UNAVAILABLE, FOLLOWER_STOPPED (with ready: \
+            false and reason).", body = answers::NotReady),
+    ))]
 async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
     let Some(app) = state.app.get() else {
         return not_ready(AdminError::NotReady);
@@ -230,11 +251,11 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> Response {
     // Cut from JetStream, a cluster node still serves every association
     // it has (so it stays in rotation) and refuses creations with 503.
     if app.store.cluster().is_some_and(|link| !link.connected()) {
-        return Json(json!({
-            "ready": true,
-            "degraded": true,
-            "reason": "JetStream unreachable: associations are served, creations get 503",
-        }))
+        return Json(answers::Degraded {
+            ready: true,
+            degraded: true,
+            reason: "JetStream unreachable: associations are served, creations get 503",
+        })
         .into_response();
     }
     "ready\n".into_response()
@@ -258,19 +279,25 @@ fn readiness(app: &App) -> Result<(), AdminError> {
 fn not_ready(error: AdminError) -> Response {
     let (status, code) = error.wire();
     let message = error.to_string();
-    let body = json!({
-        "status": status.as_u16(),
-        "code": code,
-        "message": message,
-        "ready": false,
-        "reason": message,
-    });
+    let body = answers::NotReady {
+        error: ErrorBody {
+            status: status.as_u16(),
+            code,
+            message: &message,
+        },
+        ready: false,
+        reason: &message,
+    };
     (status, Json(body)).into_response()
 }
 
 /// `/metrics`: from the start (during replay, `homecmp_ready` is 0 and the
 /// process and build figures are there); the index, log and cluster gauges
 /// once the application is.
+#[utoipa::path(get, path = "/metrics", tag = "operations",
+    summary = "Prometheus / OpenMetrics text (served during replay too)",
+    responses((status = 200, description = "The metrics.", body = String,
+        content_type = "application/openmetrics-text")))]
 async fn metrics(State(state): State<Arc<AdminState>>) -> Response {
     let m = &state.metrics;
     m.ready.set(i64::from(state.app.get().is_some()));
@@ -327,6 +354,14 @@ fn refresh(app: &App) {
 /// key read again ([`App::reload`]): what was reloaded; 422
 /// `RELOAD_REFUSED` with the reason when the config does not validate or
 /// the pair does not load, everything running kept.
+#[utoipa::path(post, path = "/admin/v1/reload", tag = "operations",
+    summary = "Read the configuration, certificate and key, federation peers and CA, rules \
+        and limits again (as SIGHUP)",
+    responses(
+        (status = 200, description = "Reloaded.", body = answers::Reloaded),
+        (status = 422, description = "RELOAD_REFUSED: everything running is kept.",
+            body = ErrorBody),
+    ))]
 async fn reload(Ready(app): Ready) -> Answer {
     let reloaded = app
         .reload()
@@ -334,7 +369,11 @@ async fn reload(Ready(app): Ready) -> Answer {
     let leaf = app.certificate.leaf();
     let expires =
         crate::tls::not_after(&leaf).map(|secs| crate::clock::rfc3339(secs.max(0) as u64 * 1000));
-    Ok(Json(json!({"reloaded": reloaded, "certificate_expires": expires})).into_response())
+    let answer = answers::Reloaded {
+        reloaded,
+        certificate_expires: expires,
+    };
+    Ok(Json(answer).into_response())
 }
 
 /// A history rewrite (erasure, retention) not done: 409 where the cluster's
@@ -465,15 +504,66 @@ fn body<T>(body: Result<JsonBody<T>, BodyRejection>, expected: &str) -> Result<T
         .map_err(|rejection| rejection.response(expected))
 }
 
-#[derive(Deserialize)]
+/// The path parameters of the admin routes, for the API document (the
+/// handlers take them through [`Param`]).
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct CodePath {
+    /// The Indirect Code Identifier (routing prefix, then the code).
+    #[param(example = "2001000001promo")]
+    code: String,
+}
+
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct ClientIdPath {
+    /// An MCC's clientid.
+    #[param(example = "my-app-1")]
+    clientid: String,
+}
+
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct MsisdnPath {
+    /// The subscriber's MSISDN (+447700900123, 00..., or digits).
+    #[param(example = "+447700900123")]
+    msisdn: String,
+}
+
+#[derive(utoipa::IntoParams)]
+#[into_params(parameter_in = Path)]
+#[allow(dead_code)]
+struct IpPath {
+    /// An address, or a prefix such as 2001:db8:1:2::/64 (the slash as is
+    /// or as %2F).
+    #[param(example = "127.1.0.1")]
+    ip: String,
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CodeBody {
+    /// Where the code sends a client no rule matches: an http(s) URL.
+    #[schema(format = "uri", max_length = 2048)]
     target: String,
-    /// Resolution rules, first match wins ([`crate::codes::RuleBody`]).
+    /// Resolution rules, first match wins.
     #[serde(default)]
+    #[schema(max_items = 16)]
     rules: Vec<crate::codes::RuleBody>,
 }
 
+#[utoipa::path(put, path = "/admin/v1/codes/{code}", tag = "codes", params(CodePath),
+    summary = "Register a code (its target, and rules, replace what it had)",
+    request_body = CodeBody,
+    responses(
+        (status = 200, description = "Registered (durable).", body = answers::Code),
+        (status = 400, description = "INVALID_CODE, UNKNOWN_PREFIX, INVALID_TARGET, \
+            INVALID_RULES, INVALID_BODY.", body = ErrorBody),
+        (status = 413, description = "BODY_TOO_LARGE.", body = ErrorBody),
+    ))]
 async fn put_code(
     Ready(app): Ready,
     Extension(who): Extension<Principal>,
@@ -497,26 +587,20 @@ async fn put_code(
         .register_code_with(&code, &target, rules, stamp(&who))
         .await
         .map_err(unavailable)?;
-    Ok(Json(code_json(code.as_str(), &target, &shown, seq)).into_response())
+    let answer = answers::Code {
+        code: code.as_str().to_owned(),
+        target,
+        seq,
+        rules: shown,
+    };
+    Ok(Json(answer).into_response())
 }
 
-/// A code as the admin API shows it: `rules` only when it has some.
-fn code_json(
-    code: &str,
-    target: &str,
-    rules: &[crate::codes::RuleBody],
-    seq: u64,
-) -> serde_json::Value {
-    let mut shown = json!({"code": code, "target": target, "seq": seq});
-    if !rules.is_empty() {
-        shown["rules"] = json!(rules);
-    }
-    shown
-}
-
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct ImportQuery {
+    /// Check only: nothing is written.
     #[serde(default)]
     dry_run: bool,
 }
@@ -524,6 +608,23 @@ struct ImportQuery {
 /// Bulk import (see [`crate::codes`]): the body streams through, batch by
 /// batch. 200 when every row was taken, 422 with the same report when some
 /// were not (the report says which batches were written).
+#[utoipa::path(post, path = "/admin/v1/codes:import", tag = "codes", params(ImportQuery),
+    summary = "Bulk import (NDJSON rows {code, target, rules}, or CSV code,target)",
+    request_body(content(
+        (String = "application/x-ndjson"),
+        (String = "text/csv"),
+    )),
+    responses(
+        (status = 200, description = "Every row taken.", body = crate::codes::Report),
+        (status = 422, description = "Some rows refused (their batches not written).",
+            body = crate::codes::Report),
+        (status = 400, description = "INVALID_BODY.", body = ErrorBody),
+        (status = 409, description = "NOT_IN_CLUSTER_MODE: in cluster mode, a change the \
+            stream cannot take (the message says why).", body = ErrorBody),
+        (status = 503, description = "Replaying the event log (NOT_READY), the log refuses \
+            writes (LOG_UNAVAILABLE), or a batch was not written (UNAVAILABLE, with the report \
+            of what was).", body = answers::ImportFailed),
+    ))]
 async fn import_codes(
     Ready(app): Ready,
     Extension(who): Extension<Principal>,
@@ -582,12 +683,15 @@ fn import_failed(e: crate::codes::ImportError) -> Response {
         } => {
             tracing::error!(error = %source, "{e}");
             let (status, code) = AdminError::Unavailable.wire();
-            let body = json!({
-                "status": status.as_u16(),
-                "code": code,
-                "message": e.to_string(),
-                "report": report,
-            });
+            let message = e.to_string();
+            let body = answers::ImportFailed {
+                error: ErrorBody {
+                    status: status.as_u16(),
+                    code,
+                    message: &message,
+                },
+                report,
+            };
             (status, Json(body)).into_response()
         }
     }
@@ -595,6 +699,10 @@ fn import_failed(e: crate::codes::ImportError) -> Response {
 
 /// Every code as NDJSON, by `seq`: what the import takes back. Streamed a
 /// page at a time as the client reads ([`crate::codes::export`]).
+#[utoipa::path(get, path = "/admin/v1/codes:export", tag = "codes",
+    summary = "Every code, NDJSON {code, target, rules, seq} by seq, streamed",
+    responses((status = 200, description = "The codes.", body = String,
+        content_type = "application/x-ndjson")))]
 async fn export_codes(Ready(app): Ready) -> Answer {
     let pages = crate::codes::export(app.store.clone(), crate::codes::EXPORT_PAGE);
     let body = axum::body::Body::from_stream(pages);
@@ -611,6 +719,13 @@ async fn export_codes(Ready(app): Ready) -> Answer {
 
 /// Resolutions of a code, by protocol and kind: those written to the log
 /// and those counted since (written within `server.scan_stats_flush_secs`).
+#[utoipa::path(get, path = "/admin/v1/codes/{code}/stats", tag = "codes", params(CodePath),
+    summary = "Resolution counts of a code",
+    responses(
+        (status = 200, description = "The counts.", body = answers::CodeStats),
+        (status = 400, description = "INVALID_CODE.", body = ErrorBody),
+        (status = 404, description = "CODE_NOT_FOUND.", body = ErrorBody),
+    ))]
 async fn code_stats(Ready(app): Ready, Param(code): Param) -> Answer {
     let code = parse_code(&code)?;
     let scans = app
@@ -620,28 +735,38 @@ async fn code_stats(Ready(app): Ready, Param(code): Param) -> Answer {
         .ok_or_else(|| AdminError::CodeNotFound.into_response())?;
     let count = crate::core::model::ScanCount::from_slots(code.as_str().to_owned(), scans);
     let total: u64 = scans.iter().sum();
-    let mut stats = json!({
-        "code": count.code,
-        "resolutions": total,
-        "http1": count.http1,
-        "http2": count.http2,
-        "http3": count.http3,
-    });
     // Per rule, for a code with rules: what each sent where.
     let entry = app.store.index().code(&code, Reader::Operator);
     let per_rule = app.store.index().code_rule_scans(&code, Reader::Operator);
-    if let (Some(rules), Some(counts)) = (entry.and_then(|e| e.rules), per_rule) {
-        let shown: Vec<_> = rules
-            .rules()
-            .iter()
-            .zip(counts)
-            .map(|(rule, n)| json!({"target": rule.target, "resolutions": n}))
-            .collect();
-        stats["rules"] = json!(shown);
-    }
+    let rules = match (entry.and_then(|e| e.rules), per_rule) {
+        (Some(rules), Some(counts)) => Some(
+            (rules.rules().iter().zip(counts))
+                .map(|(rule, resolutions)| answers::RuleScans {
+                    target: rule.target.clone(),
+                    resolutions,
+                })
+                .collect(),
+        ),
+        _ => None,
+    };
+    let stats = answers::CodeStats {
+        code: count.code,
+        resolutions: total,
+        http1: count.http1,
+        http2: count.http2,
+        http3: count.http3,
+        rules,
+    };
     Ok(Json(stats).into_response())
 }
 
+#[utoipa::path(get, path = "/admin/v1/codes/{code}", tag = "codes", params(CodePath),
+    summary = "A code, its target and its rules",
+    responses(
+        (status = 200, description = "The code.", body = answers::Code),
+        (status = 400, description = "INVALID_CODE.", body = ErrorBody),
+        (status = 404, description = "CODE_NOT_FOUND.", body = ErrorBody),
+    ))]
 async fn get_code(Ready(app): Ready, Param(code): Param) -> Answer {
     let code = parse_code(&code)?;
     let entry = app
@@ -653,15 +778,22 @@ async fn get_code(Ready(app): Ready, Param(code): Param) -> Answer {
         .rules
         .as_ref()
         .map(|r| crate::codes::bodies_of(r.rules()));
-    let shown = code_json(
-        code.as_str(),
-        &entry.target,
-        &rules.unwrap_or_default(),
-        entry.seq,
-    );
-    Ok(Json(shown).into_response())
+    let answer = answers::Code {
+        code: code.as_str().to_owned(),
+        target: entry.target.to_string(),
+        seq: entry.seq,
+        rules: rules.unwrap_or_default(),
+    };
+    Ok(Json(answer).into_response())
 }
 
+#[utoipa::path(delete, path = "/admin/v1/codes/{code}", tag = "codes", params(CodePath),
+    summary = "Remove a code",
+    responses(
+        (status = 200, description = "Removed.", body = answers::CodeRemoved),
+        (status = 400, description = "INVALID_CODE.", body = ErrorBody),
+        (status = 404, description = "CODE_NOT_FOUND.", body = ErrorBody),
+    ))]
 async fn delete_code(
     Ready(app): Ready,
     Extension(who): Extension<Principal>,
@@ -676,13 +808,24 @@ async fn delete_code(
     if !removed {
         return Err(AdminError::CodeNotFound.into_response());
     }
-    Ok(Json(json!({"code": code.as_str(), "removed": true})).into_response())
+    let answer = answers::CodeRemoved {
+        code: code.as_str().to_owned(),
+        removed: true,
+    };
+    Ok(Json(answer).into_response())
 }
 
 fn no_association() -> Response {
     AdminError::NoAssociation.into_response()
 }
 
+#[utoipa::path(get, path = "/admin/v1/associations/{clientid}", tag = "subscribers",
+    params(ClientIdPath), summary = "The association of a clientid",
+    responses(
+        (status = 200, description = "The association.", body = answers::Association),
+        (status = 400, description = "INVALID_CLIENTID.", body = ErrorBody),
+        (status = 404, description = "NO_ASSOCIATION.", body = ErrorBody),
+    ))]
 async fn get_association(Ready(app): Ready, Param(clientid): Param) -> Answer {
     let clientid = parse_clientid(&clientid)?;
     let a = app
@@ -696,15 +839,22 @@ async fn get_association(Ready(app): Ready, Param(clientid): Param) -> Answer {
         Some(Err(e)) => return Err(unavailable(e)),
         None => return Err(unavailable(format!("event {} is not in the log", a.seq))),
     };
-    Ok(Json(json!({
-        "clientid": clientid.as_str(),
-        "subscriber": a.subscriber.to_hex(),
-        "since": crate::clock::rfc3339(since_ms),
-        "seq": a.seq,
-    }))
-    .into_response())
+    let answer = answers::Association {
+        clientid: clientid.as_str().to_owned(),
+        subscriber: a.subscriber.to_hex(),
+        since: crate::clock::rfc3339(since_ms),
+        seq: a.seq,
+    };
+    Ok(Json(answer).into_response())
 }
 
+#[utoipa::path(delete, path = "/admin/v1/associations/{clientid}", tag = "subscribers",
+    params(ClientIdPath), summary = "Revoke it (event association_revoked, reason admin)",
+    responses(
+        (status = 200, description = "Revoked.", body = answers::Revoked),
+        (status = 400, description = "INVALID_CLIENTID.", body = ErrorBody),
+        (status = 404, description = "NO_ASSOCIATION.", body = ErrorBody),
+    ))]
 async fn delete_association(
     Ready(app): Ready,
     Extension(who): Extension<Principal>,
@@ -716,12 +866,26 @@ async fn delete_association(
         .await
         .map_err(unavailable)?
         .ok_or_else(no_association)?;
-    Ok(Json(json!({"clientid": clientid.as_str(), "revoked": true})).into_response())
+    let answer = answers::Revoked {
+        clientid: clientid.as_str().to_owned(),
+        revoked: true,
+    };
+    Ok(Json(answer).into_response())
 }
 
 /// Erasure (GDPR Art. 17): the subscriber's session bindings dropped, its
 /// associations revoked (reason `erased`), and its history rewritten so
 /// that nothing in the log links it to a clientid or a client address.
+#[utoipa::path(delete, path = "/admin/v1/subscribers/{msisdn}", tag = "subscribers",
+    params(MsisdnPath), summary = "Erase a subscriber (GDPR Art. 17): bindings, associations \
+        and every link in the history",
+    responses(
+        (status = 200, description = "Erased.", body = answers::Erasure),
+        (status = 400, description = "INVALID_MSISDN.", body = ErrorBody),
+        (status = 409, description = "NOT_IN_CLUSTER_MODE: in cluster mode, a stream made by an \
+            earlier homecmp that denies deletes, or more history than one rewrite holds (the \
+            message says which).", body = ErrorBody),
+    ))]
 async fn delete_subscriber(
     Ready(app): Ready,
     Extension(who): Extension<Principal>,
@@ -738,14 +902,14 @@ async fn delete_subscriber(
         .erase_subscriber(subscriber, stamp(&who))
         .await
         .map_err(rewrite_failed)?;
-    Ok(Json(json!({
-        "subscriber": subscriber.to_hex(),
-        "erased": true,
-        "sessions_unbound": sessions,
-        "associations_revoked": revoked.len(),
-        "records_rewritten": rewritten.records,
-    }))
-    .into_response())
+    let answer = answers::Erasure {
+        subscriber: subscriber.to_hex(),
+        erased: true,
+        sessions_unbound: sessions,
+        associations_revoked: revoked.len(),
+        records_rewritten: rewritten.records,
+    };
+    Ok(Json(answer).into_response())
 }
 
 /// `POST /admin/v1/retention?older_than=90d`: online retention, in
@@ -753,6 +917,18 @@ async fn delete_subscriber(
 /// code that ended longer ago than `older_than` is blanked (as `homecmp
 /// log compact` does offline; in cluster mode on every node and in the
 /// stream).
+#[utoipa::path(post, path = "/admin/v1/retention", tag = "subscribers",
+    params(RetentionQuery), summary = "Retention, online: blank the records of associations and \
+        codes that ended longer ago than older_than (single-node and cluster mode; homecmp log \
+        compact does it offline)",
+    responses(
+        (status = 200, description = "Done: the cutoff, records rewritten and records looked at.",
+            body = answers::Retention),
+        (status = 400, description = "INVALID_QUERY: older_than missing or not a duration.",
+            body = ErrorBody),
+        (status = 409, description = "NOT_IN_CLUSTER_MODE: the cluster's stream was made before \
+            erasure in cluster mode (run homecmp cluster migrate).", body = ErrorBody),
+    ))]
 async fn retention(
     Ready(app): Ready,
     Extension(who): Extension<Principal>,
@@ -773,22 +949,33 @@ async fn retention(
         .apply_retention(cutoff, stamp(&who))
         .await
         .map_err(rewrite_failed)?;
-    Ok(Json(json!({
-        "ended_before": crate::clock::rfc3339(cutoff),
-        "records_rewritten": rewritten.records,
-        "records_scanned": rewritten.scanned,
-    }))
-    .into_response())
+    let answer = answers::Retention {
+        ended_before: crate::clock::rfc3339(cutoff),
+        records_rewritten: rewritten.records,
+        records_scanned: rewritten.scanned,
+    };
+    Ok(Json(answer).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct RetentionQuery {
+    /// A duration (humantime): 90d, 2160h.
+    #[param(example = "90d")]
     older_than: String,
 }
 
 /// A subscriber's associated clientids (at most
 /// `max_clientids_per_subscriber`), and the sessions bound to it.
+#[utoipa::path(get, path = "/admin/v1/subscribers/{msisdn}", tag = "subscribers",
+    params(MsisdnPath), summary = "A subscriber's associated clientids (looked up by MSISDN, \
+        keyed as the server keys it)",
+    responses(
+        (status = 200, description = "The subscriber's keyed reference and its clientids, sorted \
+            (none: an empty list).", body = answers::Subscriber),
+        (status = 400, description = "INVALID_MSISDN.", body = ErrorBody),
+    ))]
 async fn get_subscriber(Ready(app): Ready, Param(msisdn): Param) -> Answer {
     let msisdn = Msisdn::parse(&msisdn)
         .map_err(|e| AdminError::InvalidMsisdn(e.to_string()).into_response())?;
@@ -801,15 +988,27 @@ async fn get_subscriber(Ready(app): Ready, Param(msisdn): Param) -> Answer {
         .map(|c| c.as_str().to_owned())
         .collect();
     clientids.sort_unstable();
-    Ok(Json(json!({
-        "subscriber": subscriber.to_hex(),
-        "clientids": clientids,
-    }))
-    .into_response())
+    let answer = answers::Subscriber {
+        subscriber: subscriber.to_hex(),
+        clientids,
+    };
+    Ok(Json(answer).into_response())
 }
 
 /// `GET /admin/v1/events?from=SEQ`: the log as server-sent events
 /// ([`super::events`]), from `from` (by default, what is appended next).
+#[utoipa::path(get, path = "/admin/v1/events", tag = "audit", params(EventsQuery),
+    summary = "The event log, live: each record as a server-sent event once it is durable",
+    description = "A text/event-stream that stays open: per record `id: <seq>`, \
+        `event: <kind>`, `data: <the record as homecmp log export writes it>`; a `: keep-alive` \
+        comment after 15 s without one; an `error` event (data: {error, seq}) where a record \
+        does not read, and the stream ends. The console's live list reads it with fetch \
+        (EventSource cannot send a token).",
+    responses(
+        (status = 200, description = "The stream.", body = String,
+            content_type = "text/event-stream"),
+        (status = 400, description = "INVALID_QUERY.", body = ErrorBody),
+    ))]
 async fn events(
     Ready(app): Ready,
     query: Result<axum::extract::Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
@@ -834,68 +1033,119 @@ async fn events(
     Ok((headers, streamed, body).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct EventsQuery {
+    /// The first sequence to send (by default, the next one appended).
+    #[param(nullable = false)]
     from: Option<crate::store::Seq>,
 }
 
 /// The node at a glance, for the console and `homecmp admin status`: its
 /// index and log, and, where configured, the cluster link and the RADIUS
 /// feed.
+#[utoipa::path(get, path = "/admin/v1/status", tag = "operations",
+    summary = "The node at a glance: index, log, cluster link, RADIUS feed",
+    responses((status = 200, description = "The node's state.", body = answers::Status)))]
 async fn status(Ready(app): Ready) -> Answer {
     let counts = app.store.index().counts();
     let log = app.store.log();
-    let cluster = app.store.cluster().map(|link| {
-        json!({
-            "connected": link.connected(),
-            "stopped": link.stopped(),
-            "applied": link.applied(),
-            "conflicts": link.conflicts(),
-        })
+    let cluster = app.store.cluster().map(|link| answers::ClusterStatus {
+        connected: link.connected(),
+        stopped: link.stopped().map(str::to_owned),
+        applied: link.applied(),
+        conflicts: link.conflicts(),
     });
     let radius = app.config.radius.as_ref().map(|radius| {
         let last = app.metrics.radius_last_packet.get();
-        json!({
-            "listen": radius.listen.to_string(),
-            "last_packet": (last > 0).then(|| crate::clock::rfc3339(last as u64 * 1000)),
-        })
+        answers::RadiusStatus {
+            listen: radius.listen.to_string(),
+            last_packet: (last > 0).then(|| crate::clock::rfc3339(last as u64 * 1000)),
+        }
     });
-    Ok(Json(json!({
-        "version": env!("CARGO_PKG_VERSION"),
-        "ready": readiness(&app).is_ok(),
-        "log": {"last_seq": log.last_seq(), "poisoned": log.is_poisoned()},
-        "associations": counts.associations,
-        "subscribers": counts.subscribers,
-        "codes": counts.codes,
-        "sessions": app.bindings.table().len(),
-        "open_connections": app.open_connections.load(std::sync::atomic::Ordering::Relaxed),
-        "cluster": cluster,
-        "radius": radius,
-    }))
-    .into_response())
+    let answer = answers::Status {
+        version: env!("CARGO_PKG_VERSION"),
+        ready: readiness(&app).is_ok(),
+        log: answers::LogStatus {
+            last_seq: log.last_seq(),
+            poisoned: log.is_poisoned(),
+        },
+        associations: counts.associations,
+        subscribers: counts.subscribers,
+        codes: counts.codes,
+        sessions: app.bindings.table().len(),
+        open_connections: app
+            .open_connections
+            .load(std::sync::atomic::Ordering::Relaxed),
+        cluster,
+        radius,
+    };
+    Ok(Json(answer).into_response())
 }
 
-/// `docs/openapi.json`, as committed (a test holds it to the router).
-async fn openapi() -> Response {
-    let doc = include_str!("../../docs/openapi.json");
+/// The API document, generated from this code (`crate::net::openapi`);
+/// `docs/openapi.json` is the same document, committed.
+#[utoipa::path(get, path = "/admin/v1/openapi.json", tag = "operations",
+    summary = "This document",
+    responses((status = 200, description = "OpenAPI 3.1, generated from the server's code (the \
+        same as docs/openapi.json).", body = Object)))]
+async fn openapi(State(state): State<Arc<AdminState>>) -> Response {
+    let doc = state.api_document;
     ([(http::header::CONTENT_TYPE, "application/json")], doc).into_response()
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct AuditQuery {
+    /// Events that change this code.
+    #[param(nullable = false)]
     code: Option<String>,
     /// An MSISDN (keyed as the server keys it) or a keyed ref (64 hex).
+    #[param(nullable = false)]
     subscriber: Option<String>,
+    /// A token name or an identity-provider subject.
+    #[param(nullable = false)]
     actor: Option<String>,
+    /// An event kind.
+    #[param(schema_with = event_kinds)]
     kind: Option<String>,
     /// RFC 3339, inclusive.
+    #[param(format = DateTime, nullable = false)]
     since: Option<String>,
+    /// RFC 3339, inclusive.
+    #[param(format = DateTime, nullable = false)]
     until: Option<String>,
+    /// 1 to 1000 (default 100).
+    #[param(schema_with = audit_limit)]
     limit: Option<usize>,
     /// Events before this sequence number: the `next` of the page before.
+    #[param(nullable = false)]
     before: Option<u64>,
+}
+
+/// The audit's `kind`, for the API document: the log's event kinds.
+fn event_kinds() -> utoipa::openapi::Object {
+    let kinds = crate::core::model::Event::KINDS.iter().copied();
+    utoipa::openapi::ObjectBuilder::new()
+        .description(Some("An event kind."))
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(kinds))
+        .build()
+}
+
+/// The audit's `limit`, for the API document: the store's bounds.
+fn audit_limit() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .description(Some(format!(
+            "1 to {} (default {AUDIT_PAGE}).",
+            crate::store::audit::MAX_LIMIT
+        )))
+        .schema_type(utoipa::openapi::Type::Integer)
+        .minimum(Some(1))
+        .maximum(Some(crate::store::audit::MAX_LIMIT as f64))
+        .build()
 }
 
 /// Default page size of `GET /admin/v1/audit`.
@@ -905,6 +1155,13 @@ const AUDIT_PAGE: usize = 100;
 /// from the audit index ([`crate::store::audit`]), as `log export` shows
 /// them; `next` is where the next page starts (`before=`), `null` at the
 /// end.
+#[utoipa::path(get, path = "/admin/v1/audit", tag = "audit", params(AuditQuery),
+    summary = "Who changed what, when: the log's events, newest first",
+    responses(
+        (status = 200, description = "A page.", body = answers::AuditPage),
+        (status = 400, description = "INVALID_QUERY, INVALID_MSISDN, INVALID_CODE.",
+            body = ErrorBody),
+    ))]
 async fn audit(
     Ready(app): Ready,
     query: Result<axum::extract::Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
@@ -932,7 +1189,11 @@ async fn audit(
         .iter()
         .map(|(seq, record)| crate::sre::ExportLine::new(*seq, record))
         .collect();
-    Ok(Json(json!({"events": events, "next": page.next})).into_response())
+    let answer = answers::AuditPage {
+        events,
+        next: page.next,
+    };
+    Ok(Json(answer).into_response())
 }
 
 /// The query's filter, each field checked (400 naming it).
@@ -978,14 +1239,36 @@ fn audit_filter(app: &App, q: &AuditQuery) -> Result<crate::store::audit::Filter
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct SessionBody {
+    /// The subscriber's MSISDN (+E.164, 00..., or digits).
     msisdn: String,
     /// Seconds the binding lives; default `auth.session_ttl_secs`.
+    #[schema(schema_with = session_ttl, nullable = false)]
     ttl_secs: Option<u64>,
 }
 
+/// `ttl_secs`, for the API document: 1 to [`MAX_SESSION_TTL_SECS`].
+fn session_ttl() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::Integer)
+        .minimum(Some(1))
+        .maximum(Some(MAX_SESSION_TTL_SECS as f64))
+        .build()
+}
+
+#[utoipa::path(put, path = "/admin/v1/sessions/{ip}", tag = "sessions", params(IpPath),
+    summary = "Bind an address or prefix to a subscriber",
+    request_body = SessionBody,
+    responses(
+        (status = 200, description = "Bound.", body = answers::SessionBound),
+        (status = 400, description = "INVALID_IP, INVALID_MSISDN, INVALID_TTL, \
+            NOT_IN_MNO_NETWORK, INVALID_BODY.", body = ErrorBody),
+        (status = 413, description = "BODY_TOO_LARGE.", body = ErrorBody),
+        (status = 503, description = "Replaying the event log (NOT_READY), or the bindings \
+            table is full (BINDINGS_FULL).", body = ErrorBody),
+    ))]
 async fn put_session(
     Ready(app): Ready,
     Param(ip): Param,
@@ -1016,12 +1299,12 @@ async fn put_session(
             BindError::NotInMnoNetwork => AdminError::NotInMnoNetwork.into_response(),
             BindError::Full => AdminError::BindingsFull.into_response(),
         })?;
-    Ok(Json(json!({
-        "ip": shown(network),
-        "subscriber": subscriber.to_hex(),
-        "expires": crate::clock::rfc3339(expires_ms),
-    }))
-    .into_response())
+    let answer = answers::SessionBound {
+        ip: shown(network),
+        subscriber: subscriber.to_hex(),
+        expires: crate::clock::rfc3339(expires_ms),
+    };
+    Ok(Json(answer).into_response())
 }
 
 fn no_session() -> Response {
@@ -1032,6 +1315,13 @@ fn no_session() -> Response {
 /// the binding of exactly that prefix. Says who made it (`source`: `admin`,
 /// or `radius` with the gateway's address and the Acct-Session-Id) and
 /// when it expires.
+#[utoipa::path(get, path = "/admin/v1/sessions/{ip}", tag = "sessions", params(IpPath),
+    summary = "The binding that covers an address (or exactly a prefix)",
+    responses(
+        (status = 200, description = "The binding.", body = answers::Session),
+        (status = 400, description = "INVALID_IP.", body = ErrorBody),
+        (status = 404, description = "NO_SESSION.", body = ErrorBody),
+    ))]
 async fn get_session(Ready(app): Ready, Param(ip): Param) -> Answer {
     let network = parse_network(&ip)?;
     let bound = app
@@ -1040,35 +1330,50 @@ async fn get_session(Ready(app): Ready, Param(ip): Param) -> Answer {
         .find(network.addr(), crate::clock::now_ms())
         .filter(|b| !ip.contains('/') || b.network == network)
         .ok_or_else(no_session)?;
-    let mut answer = json!({
-        "ip": shown(network),
-        "network": bound.network.to_string(),
-        "subscriber": bound.subscriber.to_hex(),
-        "expires": crate::clock::rfc3339(bound.expires_ms),
-    });
-    match &bound.source {
-        crate::core::BindingSource::Admin => answer["source"] = json!("admin"),
-        crate::core::BindingSource::Radius { nas, session_id } => {
-            answer["source"] = json!("radius");
-            answer["nas"] = json!(nas.to_string());
-            answer["acct_session_id"] = json!(String::from_utf8_lossy(session_id));
-        }
-    }
+    let (source, nas, acct_session_id) = match &bound.source {
+        crate::core::BindingSource::Admin => (answers::SessionSource::Admin, None, None),
+        crate::core::BindingSource::Radius { nas, session_id } => (
+            answers::SessionSource::Radius,
+            Some(nas.to_string()),
+            Some(String::from_utf8_lossy(session_id).into_owned()),
+        ),
+    };
+    let answer = answers::Session {
+        ip: shown(network),
+        network: bound.network.to_string(),
+        subscriber: bound.subscriber.to_hex(),
+        expires: crate::clock::rfc3339(bound.expires_ms),
+        source,
+        nas,
+        acct_session_id,
+    };
     Ok(Json(answer).into_response())
 }
 
+#[utoipa::path(delete, path = "/admin/v1/sessions/{ip}", tag = "sessions", params(IpPath),
+    summary = "Remove a binding",
+    responses(
+        (status = 200, description = "Removed.", body = answers::SessionRemoved),
+        (status = 400, description = "INVALID_IP.", body = ErrorBody),
+        (status = 404, description = "NO_SESSION.", body = ErrorBody),
+    ))]
 async fn delete_session(Ready(app): Ready, Param(ip): Param) -> Answer {
     let network = parse_network(&ip)?;
     if !app.bindings.unbind(network) {
         return Err(no_session());
     }
-    Ok(Json(json!({"ip": shown(network), "removed": true})).into_response())
+    let answer = answers::SessionRemoved {
+        ip: shown(network),
+        removed: true,
+    };
+    Ok(Json(answer).into_response())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use http_body_util::BodyExt;
+    use serde_json::json;
 
     /// The admin state while the log replays: no application yet.
     fn before_replay() -> Arc<AdminState> {
@@ -1080,6 +1385,7 @@ mod tests {
             oidc: None,
             app: OnceLock::new(),
             metrics: Arc::new(crate::metrics::Metrics::new()),
+            api_document: "{}",
         })
     }
 

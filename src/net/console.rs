@@ -22,6 +22,9 @@ const SECURITY_POLICY: &str =
     "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'";
 
 /// `GET /admin/console`.
+#[utoipa::path(get, path = "/admin/console", tag = "operations",
+    summary = "The operator console (a web page; it asks for a token and calls this API with it)",
+    responses((status = 200, description = "The page.", body = String, content_type = "text/html")))]
 pub async fn page() -> Response {
     file(
         "text/html; charset=utf-8",
@@ -30,6 +33,15 @@ pub async fn page() -> Response {
 }
 
 /// `GET /admin/console/{asset}`: the script and the style sheet.
+#[utoipa::path(get, path = "/admin/console/{asset}", tag = "operations",
+    summary = "The console's script and style sheet",
+    params(("asset" = String, Path, description = "app.js or style.css.")),
+    responses(
+        (status = 200, description = "The file.", content(
+            (String = "text/javascript"),
+            (String = "text/css"))),
+        (status = 404, description = "NOT_FOUND.", body = crate::net::error::ErrorBody),
+    ))]
 pub async fn asset(Path(name): Path<String>) -> Response {
     match name.as_str() {
         "app.js" => file(

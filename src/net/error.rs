@@ -17,32 +17,120 @@ use serde::Serialize;
 
 use crate::core::{Refusal, retry_after_secs};
 
-#[derive(Debug, Serialize)]
+/// The body of every error answer, on both APIs (`Error` in the API
+/// document).
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+#[schema(as = Error)]
 pub struct ErrorBody<'a> {
     pub status: u16,
-    pub code: &'static str,
+    #[schema(inline)]
+    pub code: ErrorCode,
     pub message: &'a str,
 }
 
+/// Declares [`ErrorCode`]: each code once, with its wire name.
+macro_rules! error_codes {
+    ($($variant:ident => $wire:literal,)*) => {
+        /// Every error code the HTTP APIs answer. The API document lists
+        /// exactly these ([`ErrorCode::ALL`]), and an answer can carry no
+        /// other: the tables below map each refusal to one of them.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        pub enum ErrorCode {
+            $($variant,)*
+        }
+
+        impl ErrorCode {
+            pub const ALL: &[ErrorCode] = &[$(ErrorCode::$variant,)*];
+
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $wire,)*
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    AssociationMismatch => "ASSOCIATION_MISMATCH",
+    BindingsFull => "BINDINGS_FULL",
+    BodyTooLarge => "BODY_TOO_LARGE",
+    ClientidRequired => "CLIENTID_REQUIRED",
+    CodeNotFound => "CODE_NOT_FOUND",
+    FollowerStopped => "FOLLOWER_STOPPED",
+    Forbidden => "FORBIDDEN",
+    InvalidBody => "INVALID_BODY",
+    InvalidClientid => "INVALID_CLIENTID",
+    InvalidCode => "INVALID_CODE",
+    InvalidHeader => "INVALID_HEADER",
+    InvalidIp => "INVALID_IP",
+    InvalidMsisdn => "INVALID_MSISDN",
+    InvalidPath => "INVALID_PATH",
+    InvalidQuery => "INVALID_QUERY",
+    InvalidRules => "INVALID_RULES",
+    InvalidTarget => "INVALID_TARGET",
+    InvalidToken => "INVALID_TOKEN",
+    InvalidTtl => "INVALID_TTL",
+    LogUnavailable => "LOG_UNAVAILABLE",
+    MethodNotAllowed => "METHOD_NOT_ALLOWED",
+    NotFound => "NOT_FOUND",
+    NotInClusterMode => "NOT_IN_CLUSTER_MODE",
+    NotInMnoNetwork => "NOT_IN_MNO_NETWORK",
+    NotReady => "NOT_READY",
+    NoAssociation => "NO_ASSOCIATION",
+    NoSession => "NO_SESSION",
+    Overloaded => "OVERLOADED",
+    RateLimited => "RATE_LIMITED",
+    ReloadRefused => "RELOAD_REFUSED",
+    RequestTooLarge => "REQUEST_TOO_LARGE",
+    RetryOnMnoNetwork => "RETRY_ON_MNO_NETWORK",
+    SubscriberUnknown => "SUBSCRIBER_UNKNOWN",
+    Unauthorized => "UNAUTHORIZED",
+    Unavailable => "UNAVAILABLE",
+    UnknownPrefix => "UNKNOWN_PREFIX",
+    UpstreamUnavailable => "UPSTREAM_UNAVAILABLE",
+}
+
+impl Serialize for ErrorCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl utoipa::PartialSchema for ErrorCode {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        let codes = ErrorCode::ALL.iter().map(|c| c.as_str());
+        utoipa::openapi::ObjectBuilder::new()
+            .schema_type(utoipa::openapi::Type::String)
+            .enum_values(Some(codes))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for ErrorCode {}
+
 /// DESIGN §4's table: status and code of each refusal.
-pub fn wire_error(refusal: &Refusal) -> (StatusCode, &'static str) {
+pub fn wire_error(refusal: &Refusal) -> (StatusCode, ErrorCode) {
     match refusal {
-        Refusal::InvalidCode(_) => (StatusCode::BAD_REQUEST, "INVALID_CODE"),
-        Refusal::InvalidClientId(_) => (StatusCode::BAD_REQUEST, "INVALID_CLIENTID"),
-        Refusal::ClientIdRequired => (StatusCode::UNAUTHORIZED, "CLIENTID_REQUIRED"),
-        Refusal::RetryOnMnoNetwork => (StatusCode::FORBIDDEN, "RETRY_ON_MNO_NETWORK"),
-        Refusal::SubscriberUnknown => (StatusCode::FORBIDDEN, "SUBSCRIBER_UNKNOWN"),
-        Refusal::AssociationMismatch => (StatusCode::FORBIDDEN, "ASSOCIATION_MISMATCH"),
-        Refusal::CodeNotFound => (StatusCode::NOT_FOUND, "CODE_NOT_FOUND"),
-        Refusal::UnknownPrefix => (StatusCode::NOT_FOUND, "UNKNOWN_PREFIX"),
-        Refusal::UpstreamUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "UPSTREAM_UNAVAILABLE"),
-        Refusal::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, "RATE_LIMITED"),
-        Refusal::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, "OVERLOADED"),
-        Refusal::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
-        Refusal::RequestTooLarge => (StatusCode::URI_TOO_LONG, "REQUEST_TOO_LARGE"),
-        Refusal::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
-        Refusal::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
-        Refusal::RepeatedHeader(_) => (StatusCode::BAD_REQUEST, "INVALID_HEADER"),
+        Refusal::InvalidCode(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidCode),
+        Refusal::InvalidClientId(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidClientid),
+        Refusal::ClientIdRequired => (StatusCode::UNAUTHORIZED, ErrorCode::ClientidRequired),
+        Refusal::RetryOnMnoNetwork => (StatusCode::FORBIDDEN, ErrorCode::RetryOnMnoNetwork),
+        Refusal::SubscriberUnknown => (StatusCode::FORBIDDEN, ErrorCode::SubscriberUnknown),
+        Refusal::AssociationMismatch => (StatusCode::FORBIDDEN, ErrorCode::AssociationMismatch),
+        Refusal::CodeNotFound => (StatusCode::NOT_FOUND, ErrorCode::CodeNotFound),
+        Refusal::UnknownPrefix => (StatusCode::NOT_FOUND, ErrorCode::UnknownPrefix),
+        Refusal::UpstreamUnavailable => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::UpstreamUnavailable,
+        ),
+        Refusal::RateLimited { .. } => (StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited),
+        Refusal::Overloaded => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Overloaded),
+        Refusal::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
+        Refusal::RequestTooLarge => (StatusCode::URI_TOO_LONG, ErrorCode::RequestTooLarge),
+        Refusal::NotFound => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+        Refusal::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed),
+        Refusal::RepeatedHeader(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidHeader),
     }
 }
 
@@ -154,36 +242,44 @@ pub enum AdminError {
 
 impl AdminError {
     /// The admin API's table: status and code of each error.
-    pub fn wire(&self) -> (StatusCode, &'static str) {
+    pub fn wire(&self) -> (StatusCode, ErrorCode) {
         match self {
-            AdminError::Unauthorized => (StatusCode::UNAUTHORIZED, "UNAUTHORIZED"),
-            AdminError::InvalidToken(_) => (StatusCode::UNAUTHORIZED, "INVALID_TOKEN"),
-            AdminError::Forbidden { .. } => (StatusCode::FORBIDDEN, "FORBIDDEN"),
-            AdminError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, "NOT_READY"),
-            AdminError::LogUnavailable => (StatusCode::SERVICE_UNAVAILABLE, "LOG_UNAVAILABLE"),
-            AdminError::FollowerStopped(_) => (StatusCode::SERVICE_UNAVAILABLE, "FOLLOWER_STOPPED"),
-            AdminError::NotInClusterMode(_) => (StatusCode::CONFLICT, "NOT_IN_CLUSTER_MODE"),
-            AdminError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, "UNAVAILABLE"),
-            AdminError::NotFound => (StatusCode::NOT_FOUND, "NOT_FOUND"),
-            AdminError::MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, "METHOD_NOT_ALLOWED"),
-            AdminError::InvalidPath(_) => (StatusCode::BAD_REQUEST, "INVALID_PATH"),
-            AdminError::InvalidBody(_) => (StatusCode::BAD_REQUEST, "INVALID_BODY"),
-            AdminError::InvalidQuery(_) => (StatusCode::BAD_REQUEST, "INVALID_QUERY"),
-            AdminError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, "BODY_TOO_LARGE"),
-            AdminError::InvalidCode(_) => (StatusCode::BAD_REQUEST, "INVALID_CODE"),
-            AdminError::InvalidClientId(_) => (StatusCode::BAD_REQUEST, "INVALID_CLIENTID"),
-            AdminError::InvalidIp => (StatusCode::BAD_REQUEST, "INVALID_IP"),
-            AdminError::InvalidMsisdn(_) => (StatusCode::BAD_REQUEST, "INVALID_MSISDN"),
-            AdminError::InvalidTtl(_) => (StatusCode::BAD_REQUEST, "INVALID_TTL"),
-            AdminError::InvalidTarget => (StatusCode::BAD_REQUEST, "INVALID_TARGET"),
-            AdminError::InvalidRules(_) => (StatusCode::BAD_REQUEST, "INVALID_RULES"),
-            AdminError::UnknownPrefix => (StatusCode::BAD_REQUEST, "UNKNOWN_PREFIX"),
-            AdminError::NotInMnoNetwork => (StatusCode::BAD_REQUEST, "NOT_IN_MNO_NETWORK"),
-            AdminError::BindingsFull => (StatusCode::SERVICE_UNAVAILABLE, "BINDINGS_FULL"),
-            AdminError::CodeNotFound => (StatusCode::NOT_FOUND, "CODE_NOT_FOUND"),
-            AdminError::NoAssociation => (StatusCode::NOT_FOUND, "NO_ASSOCIATION"),
-            AdminError::NoSession => (StatusCode::NOT_FOUND, "NO_SESSION"),
-            AdminError::ReloadRefused(_) => (StatusCode::UNPROCESSABLE_ENTITY, "RELOAD_REFUSED"),
+            AdminError::Unauthorized => (StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized),
+            AdminError::InvalidToken(_) => (StatusCode::UNAUTHORIZED, ErrorCode::InvalidToken),
+            AdminError::Forbidden { .. } => (StatusCode::FORBIDDEN, ErrorCode::Forbidden),
+            AdminError::NotReady => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::NotReady),
+            AdminError::LogUnavailable => {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::LogUnavailable)
+            }
+            AdminError::FollowerStopped(_) => {
+                (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::FollowerStopped)
+            }
+            AdminError::NotInClusterMode(_) => (StatusCode::CONFLICT, ErrorCode::NotInClusterMode),
+            AdminError::Unavailable => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::Unavailable),
+            AdminError::NotFound => (StatusCode::NOT_FOUND, ErrorCode::NotFound),
+            AdminError::MethodNotAllowed => {
+                (StatusCode::METHOD_NOT_ALLOWED, ErrorCode::MethodNotAllowed)
+            }
+            AdminError::InvalidPath(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidPath),
+            AdminError::InvalidBody(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidBody),
+            AdminError::InvalidQuery(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidQuery),
+            AdminError::BodyTooLarge(_) => (StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::BodyTooLarge),
+            AdminError::InvalidCode(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidCode),
+            AdminError::InvalidClientId(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidClientid),
+            AdminError::InvalidIp => (StatusCode::BAD_REQUEST, ErrorCode::InvalidIp),
+            AdminError::InvalidMsisdn(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidMsisdn),
+            AdminError::InvalidTtl(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidTtl),
+            AdminError::InvalidTarget => (StatusCode::BAD_REQUEST, ErrorCode::InvalidTarget),
+            AdminError::InvalidRules(_) => (StatusCode::BAD_REQUEST, ErrorCode::InvalidRules),
+            AdminError::UnknownPrefix => (StatusCode::BAD_REQUEST, ErrorCode::UnknownPrefix),
+            AdminError::NotInMnoNetwork => (StatusCode::BAD_REQUEST, ErrorCode::NotInMnoNetwork),
+            AdminError::BindingsFull => (StatusCode::SERVICE_UNAVAILABLE, ErrorCode::BindingsFull),
+            AdminError::CodeNotFound => (StatusCode::NOT_FOUND, ErrorCode::CodeNotFound),
+            AdminError::NoAssociation => (StatusCode::NOT_FOUND, ErrorCode::NoAssociation),
+            AdminError::NoSession => (StatusCode::NOT_FOUND, ErrorCode::NoSession),
+            AdminError::ReloadRefused(_) => {
+                (StatusCode::UNPROCESSABLE_ENTITY, ErrorCode::ReloadRefused)
+            }
         }
     }
 }

@@ -12,4 +12,5 @@ pub mod events;
 pub mod federation;
 pub mod h3;
 pub mod https;
+pub mod openapi;
 pub mod resolve;

@@ -32,18 +32,60 @@ pub struct ConnInfo {
     pub protocol: Protocol,
 }
 
-#[derive(Serialize)]
-struct Resolved<'a> {
+/// The answer to an app (JSON): the code, and where it sends the client.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Resolved<'a> {
     code: &'a str,
+    /// Always `url`.
     #[serde(rename = "type")]
+    #[schema(schema_with = url_kind)]
     kind: &'static str,
+    #[schema(format = "uri")]
     target: &'a str,
+    #[schema(value_type = core::AssociationState, inline)]
     association: &'static str,
+}
+
+/// `type`, for the API document: the one kind of target there is.
+fn url_kind() -> utoipa::openapi::Object {
+    utoipa::openapi::ObjectBuilder::new()
+        .schema_type(utoipa::openapi::Type::String)
+        .enum_values(Some(["url"]))
+        .build()
 }
 
 /// [`handle`] for a connection with a conduct record (`super::conn`): waits
 /// first if the connection has earned a slow-down, then judges the answer.
 /// Both transports serve their requests through this.
+#[utoipa::path(get, path = "/mc/v1/resolve", tag = "resolve",
+    summary = "Resolve an Indirect Code for an authenticated MCC",
+    description = "The first scan from the MNO network associates the clientid with the \
+        subscriber; later scans (any network) need that association. Refusals cost the server \
+        least for what it knows least (DESIGN section 4). Served on the public listener: HTTPS \
+        (HTTP/1.1 and HTTP/2) and HTTP/3.",
+    params(
+        ("code" = String, Query, description = "The Indirect Code Identifier."),
+        ("clientid" = Option<String>, Query, nullable = false,
+            description = "The MCC's clientid (1 to 128 of A-Z a-z 0-9 . _ : -)."),
+    ),
+    responses(
+        (status = 200, description = "Resolved (an app: JSON).", body = Resolved),
+        (status = 302, description = "Resolved, for a browser (it prefers text/html): \
+            Location is the target."),
+        (status = 400, description = "INVALID_CODE, INVALID_CLIENTID, INVALID_HEADER.",
+            body = super::error::ErrorBody),
+        (status = 401, description = "CLIENTID_REQUIRED.", body = super::error::ErrorBody),
+        (status = 403, description = "RETRY_ON_MNO_NETWORK, SUBSCRIBER_UNKNOWN, \
+            ASSOCIATION_MISMATCH.", body = super::error::ErrorBody),
+        (status = 404, description = "CODE_NOT_FOUND, UNKNOWN_PREFIX, NOT_FOUND.",
+            body = super::error::ErrorBody),
+        (status = 405, description = "METHOD_NOT_ALLOWED.", body = super::error::ErrorBody),
+        (status = 414, description = "REQUEST_TOO_LARGE.", body = super::error::ErrorBody),
+        (status = 429, description = "RATE_LIMITED, with Retry-After.",
+            body = super::error::ErrorBody),
+        (status = 503, description = "OVERLOADED, UNAVAILABLE, UPSTREAM_UNAVAILABLE, with \
+            Retry-After.", body = super::error::ErrorBody),
+    ))]
 pub async fn handle_on(
     app: &App,
     conn: ConnInfo,
@@ -93,7 +135,7 @@ pub async fn handle(
     };
     let (outcome, response) = match result {
         Ok(response) => ("ok", response),
-        Err(refusal) => (wire_error(&refusal).1, error_response(&refusal)),
+        Err(refusal) => (wire_error(&refusal).1.as_str(), error_response(&refusal)),
     };
     app.metrics
         .request(conn.protocol, outcome, started.elapsed().as_secs_f64());
@@ -222,7 +264,7 @@ fn count(app: &App, tally: &core::Tally) {
         m.limiter_overflow(limit);
     }
     if let Some(would) = &tally.monitored {
-        let reason = wire_error(would).1;
+        let reason = wire_error(would).1.as_str();
         m.monitored
             .get_or_create(&crate::metrics::ReasonLabels { reason })
             .inc();

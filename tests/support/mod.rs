@@ -182,19 +182,9 @@ impl TestServer {
         path: &str,
         body: Option<Value>,
     ) -> (u16, Value) {
-        let client = reqwest::Client::new();
-        let mut request = client
-            .request(method.clone(), self.admin_url(path))
-            .bearer_auth(self.running.admin_token.expose());
-        if let Some(body) = body {
-            request = request.json(&body);
-        }
-        let response = request.send().await.expect("admin request");
-        let status = response.status().as_u16();
-        let text = response.text().await.unwrap();
-        let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-        openapi::check(&method, path, status, &body);
-        (status, body)
+        let base = format!("http://{}", self.running.admin_addr);
+        let token = self.running.admin_token.expose();
+        admin_call(&base, token, method, path, body).await
     }
 
     pub async fn put_code(&self, code: &str, target: &str) {
@@ -299,4 +289,29 @@ pub async fn eventually(
         );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
+}
+
+/// An admin API call to `base` (`http://host:port`) with `bearer`: the
+/// status and the body (JSON, or its text as a string), held to the API
+/// document ([`openapi::check`]). Every test's admin calls go through
+/// this, whatever token they carry.
+pub async fn admin_call(
+    base: &str,
+    bearer: &str,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<Value>,
+) -> (u16, Value) {
+    let mut request = reqwest::Client::new()
+        .request(method.clone(), format!("{base}{path}"))
+        .bearer_auth(bearer);
+    if let Some(body) = body {
+        request = request.json(&body);
+    }
+    let response = request.send().await.expect("admin request");
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    openapi::check(&method, path, status, &body);
+    (status, body)
 }

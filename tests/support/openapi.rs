@@ -59,12 +59,29 @@ pub fn check(method: &reqwest::Method, path: &str, status: u16, body: &Value) {
     let Some(name) = schema.as_str().and_then(|s| s.rsplit('/').next()) else {
         return;
     };
-    let required = &DOC["components"]["schemas"][name]["required"];
-    for key in required.as_array().into_iter().flatten() {
-        let key = key.as_str().expect("a field name");
+    for key in required(name) {
         assert!(
-            body.get(key).is_some(),
+            body.get(&key).is_some(),
             "{method} {template} answered {status} without {key}, which {name} requires: {body}"
         );
     }
+}
+
+/// The fields the schema `name` requires, with those of the schemas it is
+/// made of (`allOf`: an error body and more).
+pub fn required(name: &str) -> Vec<String> {
+    let schema = &DOC["components"]["schemas"][name];
+    let mut fields: Vec<String> = (schema["required"].as_array().into_iter().flatten())
+        .filter_map(|key| key.as_str().map(str::to_owned))
+        .collect();
+    for part in schema["allOf"].as_array().into_iter().flatten() {
+        match part["$ref"].as_str().and_then(|r| r.rsplit('/').next()) {
+            Some(inner) => fields.extend(required(inner)),
+            None => fields.extend(
+                (part["required"].as_array().into_iter().flatten())
+                    .filter_map(|key| key.as_str().map(str::to_owned)),
+            ),
+        }
+    }
+    fields
 }
