@@ -202,10 +202,9 @@ async fn a_busy_window_replays_after_sigkill_in_cluster_mode() {
     // The follower applied every event of the stream, and stayed ready.
     let counted = wait_for_flush(&dir.path().join("b")).await;
     assert_eq!(counted, per_flush, "node b's log differs from node a's");
-    let ready = reqwest::get(format!("{}/readyz", b.ready.admin))
-        .await
-        .unwrap();
-    assert_eq!(ready.status(), 200, "{}", b.stderr());
+    let ready = reqwest::Client::new().get(format!("{}/readyz", b.ready.admin));
+    let (status, _) = support::checked(&reqwest::Method::GET, "/readyz", ready).await;
+    assert_eq!(status, 200, "{}", b.stderr());
     assert_replays(dir.path(), "a", &config_a).await;
 }
 
@@ -240,15 +239,12 @@ async fn a_follower_that_cannot_apply_an_event_stops_loudly() {
     let readyz = format!("{}/readyz", node.ready.admin);
     let deadline = Instant::now() + Duration::from_secs(20);
     let body = loop {
-        let response = reqwest::get(&readyz).await.unwrap();
-        if response.status() == 503 {
-            break response.json::<Value>().await.unwrap();
+        let request = reqwest::Client::new().get(&readyz);
+        let (status, body) = support::checked(&reqwest::Method::GET, "/readyz", request).await;
+        if status == 503 {
+            break body;
         }
-        assert!(
-            Instant::now() < deadline,
-            "readyz still {}",
-            response.status()
-        );
+        assert!(Instant::now() < deadline, "readyz still {status}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(body["code"], "FOLLOWER_STOPPED", "{body}");

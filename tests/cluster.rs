@@ -380,12 +380,8 @@ async fn a_node_cut_from_jetstream_serves_refuses_creations_and_converges() {
     );
 
     // C: degraded, still serving what it has, creations refused fast.
-    let admin = reqwest::Client::new();
-    let readyz = format!("http://{}/readyz", c.running.admin_addr);
     eventually("C says degraded", PROPAGATION, async || {
-        let r = admin.get(&readyz).send().await.unwrap();
-        let status = r.status();
-        let body: Value = serde_json::from_str(&r.text().await.unwrap()).unwrap_or_default();
+        let (status, body) = c.readyz().await;
         status == 200 && body["degraded"] == json!(true) && body["ready"] == json!(true)
     })
     .await;
@@ -416,8 +412,7 @@ async fn a_node_cut_from_jetstream_serves_refuses_creations_and_converges() {
         );
     }
     eventually("C ready again", RECOVERY, async || {
-        let r = admin.get(&readyz).send().await.unwrap();
-        r.text().await.unwrap() == "ready\n"
+        c.readyz().await.1 == json!("ready\n")
     })
     .await;
     a.stop().await;
@@ -497,8 +492,8 @@ impl ChildNode {
     }
 
     async fn readyz(&self) -> u16 {
-        let url = format!("{}/readyz", self.admin);
-        reqwest::get(url).await.unwrap().status().as_u16()
+        let request = reqwest::Client::new().get(format!("{}/readyz", self.admin));
+        support::checked(&Method::GET, "/readyz", request).await.0
     }
 }
 
@@ -885,17 +880,8 @@ async fn a_bulk_import_on_one_node_registers_every_code_on_every_node() {
             format!("{{\"code\":\"2001000001imp{i:04}\",\"target\":\"https://example.org/{i}\"}}\n")
         })
         .collect();
-    let url = format!("http://{}/admin/v1/codes:import", a.running.admin_addr);
-    let response = reqwest::Client::new()
-        .post(url)
-        .bearer_auth(a.running.admin_token.expose())
-        .header("content-type", "application/x-ndjson")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    let report: Value = response.json().await.unwrap();
+    let (status, report) = a.import(body, "", "application/x-ndjson").await;
+    assert_eq!(status, 200, "{report}");
     assert_eq!(
         (&report["rows"], &report["applied"]),
         (&json!(300), &json!(300)),

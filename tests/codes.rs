@@ -31,20 +31,7 @@ async fn import(
     query: &str,
     content_type: &str,
 ) -> (u16, Value) {
-    let url = format!(
-        "http://{}/admin/v1/codes:import{query}",
-        server.running.admin_addr
-    );
-    let response = reqwest::Client::new()
-        .post(url)
-        .bearer_auth(server.running.admin_token.expose())
-        .header("content-type", content_type)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap())
+    server.import(body, query, content_type).await
 }
 
 async fn code_exists(server: &TestServer, code: &str) -> bool {

@@ -302,13 +302,7 @@ async fn a_failing_disk_is_visible_and_refuses_writes() {
     let scan = |id: &str| format!("code={CODE}&clientid={id}");
     let (status, _) = server.resolve(&mno, &scan("before")).await;
     assert_eq!(status, 200);
-    let ready = || async {
-        reqwest::get(format!("http://{}/readyz", server.running.admin_addr))
-            .await
-            .unwrap()
-            .status()
-            .as_u16()
-    };
+    let ready = || async { server.readyz().await.0 };
     assert_eq!(ready().await, 200);
 
     server.running.app.store.log().fail_next_write();
@@ -328,6 +322,7 @@ async fn a_failing_disk_is_visible_and_refuses_writes() {
         .unwrap();
     assert_eq!(readyz.headers()["content-type"], "application/json");
     let body: serde_json::Value = readyz.json().await.unwrap();
+    support::openapi::check(&Method::GET, "/readyz", 503, &body);
     assert_eq!(
         (&body["code"], &body["ready"]),
         (&json!("LOG_UNAVAILABLE"), &json!(false)),
@@ -405,10 +400,16 @@ async fn raw_admin(
         .get("content-type")
         .is_some_and(|t| t.to_str().is_ok_and(|t| t.starts_with("application/json")));
     let body = response.bytes().await.unwrap();
-    (
-        status,
-        json.then(|| serde_json::from_slice(&body).ok()).flatten(),
-    )
+    let body = json.then(|| serde_json::from_slice(&body).ok()).flatten();
+    if let Some(body) = &body {
+        support::openapi::check(
+            &Method::from_bytes(method.as_bytes()).unwrap(),
+            path,
+            status,
+            body,
+        );
+    }
+    (status, body)
 }
 
 #[tokio::test]

@@ -352,17 +352,8 @@ async fn concurrent_erasures_and_creations_never_interleave_their_rewrites() {
             )
         })
         .collect();
-    let imported = reqwest::Client::new()
-        .post(format!(
-            "http://{}/admin/v1/codes:import",
-            server.running.admin_addr
-        ))
-        .bearer_auth(server.running.admin_token.expose())
-        .body(codes)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(imported.status(), 200);
+    let (status, report) = server.import(codes, "", "application/x-ndjson").await;
+    assert_eq!(status, 200, "{report}");
     let clients: Vec<_> = (0..SUBSCRIBERS)
         .map(|s| server.client("http2", &ip(s)))
         .collect();

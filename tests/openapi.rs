@@ -257,3 +257,10 @@ fn an_ipv6_prefix_is_one_path_parameter_and_stats_are_not_the_code() {
     let path = format!("/admin/v1/codes/{CODE}/stats");
     support::openapi::check(&reqwest::Method::GET, &path, 200, &stats);
 }
+
+#[test]
+#[should_panic(expected = "with text, not the JSON it documents")]
+fn a_text_answer_where_json_is_documented_fails_the_test_that_met_it() {
+    let text = Value::String("ok".into());
+    support::openapi::check(&reqwest::Method::GET, "/admin/v1/status", 200, &text);
+}

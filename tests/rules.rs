@@ -140,30 +140,11 @@ async fn one_code_answers_each_phone_by_its_rules() {
         json!({"code": "2001000001bad", "target": "https://example.org/", "rules": [{"network": "moon", "target": "https://example.org/"}]}),
     ];
     let body: String = rows.iter().map(|r| format!("{r}\n")).collect();
-    let response = reqwest::Client::new()
-        .post(format!(
-            "http://{}/admin/v1/codes:import",
-            server.running.admin_addr
-        ))
-        .bearer_auth(server.running.admin_token.expose())
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let report: Value = response.json().await.unwrap();
+    let (_, report) = server.import(body, "", "application/x-ndjson").await;
     assert_eq!(report["errors"][0]["line"], 2, "{report}");
     let one = format!("{}\n", rows[0]);
-    let response = reqwest::Client::new()
-        .post(format!(
-            "http://{}/admin/v1/codes:import",
-            server.running.admin_addr
-        ))
-        .bearer_auth(server.running.admin_token.expose())
-        .body(one)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status().as_u16(), 200);
+    let (status, report) = server.import(one, "", "application/x-ndjson").await;
+    assert_eq!(status, 200, "{report}");
     let (_, export) = server
         .admin(Method::GET, "/admin/v1/codes:export", None)
         .await;

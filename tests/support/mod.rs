@@ -187,6 +187,23 @@ impl TestServer {
         admin_call(&base, token, method, path, body).await
     }
 
+    /// `POST /admin/v1/codes:import{query}` with `body` as `content_type`.
+    pub async fn import(&self, body: String, query: &str, content_type: &str) -> (u16, Value) {
+        let path = format!("/admin/v1/codes:import{query}");
+        let request = reqwest::Client::new()
+            .post(self.admin_url(&path))
+            .bearer_auth(self.running.admin_token.expose())
+            .header("content-type", content_type)
+            .body(body);
+        checked(&reqwest::Method::POST, &path, request).await
+    }
+
+    /// `GET /readyz`: the status and the body.
+    pub async fn readyz(&self) -> (u16, Value) {
+        let request = reqwest::Client::new().get(self.admin_url("/readyz"));
+        checked(&reqwest::Method::GET, "/readyz", request).await
+    }
+
     pub async fn put_code(&self, code: &str, target: &str) {
         let (status, body) = self
             .admin(
@@ -308,10 +325,20 @@ pub async fn admin_call(
     if let Some(body) = body {
         request = request.json(&body);
     }
+    checked(&method, path, request).await
+}
+
+/// Sends `request` (`method path` of the admin API): the status and the
+/// body, held to the API document ([`openapi::check`]).
+pub async fn checked(
+    method: &reqwest::Method,
+    path: &str,
+    request: reqwest::RequestBuilder,
+) -> (u16, Value) {
     let response = request.send().await.expect("admin request");
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
     let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    openapi::check(&method, path, status, &body);
+    openapi::check(method, path, status, &body);
     (status, body)
 }

@@ -38,14 +38,36 @@ pub fn check(method: &reqwest::Method, path: &str, status: u16, body: &Value) {
     let paths = DOC["paths"].as_object().expect("paths");
     let found = (paths.iter().find(|(t, _)| names(t, path, false)))
         .or_else(|| paths.iter().find(|(t, _)| names(t, path, true)));
+    // What no operation documents, the router answers alike: a path it
+    // does not have 404 NOT_FOUND, a method it does not take 405
+    // METHOD_NOT_ALLOWED, each an error body.
+    let refused = |code: &str| {
+        assert_eq!(
+            body["code"], code,
+            "{method} {path} answered {status}: {body}"
+        );
+        for key in required("Error") {
+            assert!(
+                body.get(&key).is_some(),
+                "{method} {path}: {body} without {key}"
+            );
+        }
+    };
     let Some((template, item)) = found else {
-        panic!("{method} {path}: no such path in docs/openapi.json");
+        assert_eq!(
+            status, 404,
+            "{method} {path}: no such path in docs/openapi.json"
+        );
+        return refused("NOT_FOUND");
     };
     let operation = &item[method.as_str().to_ascii_lowercase()];
-    assert!(
-        operation.is_object(),
-        "{method} {template}: no such operation in docs/openapi.json"
-    );
+    if !operation.is_object() {
+        assert_eq!(
+            status, 405,
+            "{method} {template}: no such operation in docs/openapi.json"
+        );
+        return refused("METHOD_NOT_ALLOWED");
+    }
     let responses = &operation["responses"];
     let Some(response) = responses
         .get(status.to_string())
@@ -55,6 +77,17 @@ pub fn check(method: &reqwest::Method, path: &str, status: u16, body: &Value) {
             "{method} {template} answered {status}, which docs/openapi.json does not list: {body}"
         );
     };
+    // Text (not JSON) is for an operation that lists a content type other
+    // than JSON, or none; JSON for one that lists JSON.
+    let content = response["content"].as_object();
+    if let Value::String(_) = body {
+        let text = content.is_none_or(|c| c.keys().any(|t| t != "application/json"));
+        assert!(
+            text,
+            "{method} {template} answered {status} with text, not the JSON it documents: {body}"
+        );
+        return;
+    }
     let schema = &response["content"]["application/json"]["schema"]["$ref"];
     let Some(name) = schema.as_str().and_then(|s| s.rsplit('/').next()) else {
         return;
