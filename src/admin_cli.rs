@@ -99,7 +99,8 @@ pub enum AdminCommand {
         #[command(subcommand)]
         command: CodeCommand,
     },
-    /// Read the certificate and key again (as SIGHUP).
+    /// Read the configuration, the certificate and key, the federation
+    /// peers and CA, the rules and the limits again (as SIGHUP).
     Reload,
     /// The metrics (Prometheus/OpenMetrics text).
     Metrics,
@@ -197,21 +198,32 @@ pub enum AssociationsCommand {
 
 #[derive(Subcommand, Debug)]
 pub enum CodeCommand {
-    Get {
-        code: String,
-    },
+    /// A code, its target and its rules.
+    Get { code: String },
+    /// Register a code: its target, and its rules (they replace what it
+    /// had).
     Put {
         code: String,
         #[arg(long)]
         target: String,
+        /// Resolution rules, first match wins: a JSON array as the admin
+        /// API takes it, e.g. '[{"languages": ["fr"], "target": "https://example.org/fr"}]'.
+        #[arg(long, value_parser = rules_json)]
+        rules: Option<serde_json::Value>,
     },
-    Delete {
-        code: String,
-    },
+    /// Remove a code.
+    Delete { code: String },
     /// Its resolution counts.
-    Stats {
-        code: String,
-    },
+    Stats { code: String },
+}
+
+/// `--rules`: a JSON array (the server checks each rule).
+fn rules_json(text: &str) -> Result<serde_json::Value, String> {
+    match serde_json::from_str(text) {
+        Ok(rules @ serde_json::Value::Array(_)) => Ok(rules),
+        Ok(_) => Err("expected a JSON array of rules".into()),
+        Err(e) => Err(format!("not JSON: {e}")),
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -303,11 +315,17 @@ impl AdminCommand {
                 CodeCommand::Get { code } => {
                     call(Method::GET, format!("codes/{}", segment(&code)), None)
                 }
-                CodeCommand::Put { code, target } => call(
-                    Method::PUT,
-                    format!("codes/{}", segment(&code)),
-                    Some(serde_json::json!({ "target": target })),
-                ),
+                CodeCommand::Put {
+                    code,
+                    target,
+                    rules,
+                } => {
+                    let mut body = serde_json::json!({ "target": target });
+                    if let Some(rules) = rules {
+                        body["rules"] = rules;
+                    }
+                    call(Method::PUT, format!("codes/{}", segment(&code)), Some(body))
+                }
                 CodeCommand::Delete { code } => {
                     call(Method::DELETE, format!("codes/{}", segment(&code)), None)
                 }

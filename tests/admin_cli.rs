@@ -53,6 +53,45 @@ async fn every_admin_task_from_the_command_line() {
     let (code, out, err) = run(&["code", "put", CODE, "--target", "https://example.org/"]);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(json(&out)["target"], "https://example.org/");
+    // With rules: the server takes them, and says why when one is wrong.
+    let fr = r#"[{"languages": ["fr"], "target": "https://example.org/fr"}]"#;
+    let (code, out, err) = run(&[
+        "code",
+        "put",
+        "2001000001cli",
+        "--target",
+        "https://example.org/",
+        "--rules",
+        fr,
+    ]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(json(&out)["rules"][0]["languages"][0], "fr", "{out}");
+    let moon = r#"[{"network": "on_net", "target": "ftp://example.org/"}]"#;
+    let (code, out, _) = run(&[
+        "code",
+        "put",
+        "2001000001cli",
+        "--target",
+        "https://example.org/",
+        "--rules",
+        moon,
+    ]);
+    assert_eq!(
+        (code, &json(&out)["code"]),
+        (1, &"INVALID_RULES".into()),
+        "{out}"
+    );
+    let (code, _, err) = run(&[
+        "code",
+        "put",
+        "2001000001cli",
+        "--target",
+        "https://example.org/",
+        "--rules",
+        "{}",
+    ]);
+    assert_eq!(code, 64, "a usage error: {err}");
+    assert!(err.contains("expected a JSON array of rules"), "{err}");
     let (code, out, _) = run(&["sessions", "put", "127.1.0.50", "--msisdn", "+447700900050"]);
     assert_eq!(code, 0, "{out}");
     let subscriber = json(&out)["subscriber"].clone();
