@@ -420,7 +420,8 @@ async fn a_node_cut_from_jetstream_serves_refuses_creations_and_converges() {
 }
 
 /// A homecmp node as a child process (`homecmp serve`), for kill -9
-/// (dropped: killed, so a failing test leaves no server behind).
+/// (dropped: killed, so a failing test leaves no server behind); the
+/// creation limits as the in-process nodes have them ([`node_sections`]).
 struct ChildNode {
     child: std::process::Child,
     public: String,
@@ -445,7 +446,9 @@ impl ChildNode {
             format!(
                 "[server]\ndata_dir = \"{}\"\nlisten = \"127.0.0.1:0\"\nsubscriber_secret = \"{SECRET}\"\n\
                  routing_prefixes = [\"{}\"]\n[admin]\nlisten = \"127.0.0.1:0\"\n\
-                 [cluster]\nnats_urls = {}\nnode = \"{name}\"\n",
+                 [cluster]\nnats_urls = {}\nnode = \"{name}\"\n\
+                 [auth]\nassociations_per_minute = 100000\nmax_clientids_per_subscriber = 1000\n\
+                 [limits]\nfirst_scans_per_sec = 0\n",
                 dir.join(name).display(),
                 support::PREFIX,
                 urls_toml
@@ -561,6 +564,120 @@ async fn a_node_killed_under_load_restarts_and_converges() {
             async || b.resolve_status(&wifi, &query).await == 200,
         )
         .await;
+    }
+    b.kill_9();
+    a.stop().await;
+}
+
+/// Faults under full load, the dying node's side: 16 creators without
+/// pause on node B (a child process) when it is killed -9. Every creation
+/// B acknowledged before it died is in the stream: on A, and on B once it
+/// restarts on its own data dir (acknowledged-then-lost: none).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_creation_a_node_acknowledged_is_lost_when_it_is_killed_under_full_load() {
+    use futures_util::StreamExt;
+    let nats = NatsCluster::start(3);
+    let dir = tempfile::tempdir().unwrap();
+    let a = node(&nats, &[0, 1, 2], "a").await;
+    a.put_code(CODE, TARGET).await;
+    // A subscriber per creator (bound on A, honoured on B): none reaches
+    // the cap and supersedes.
+    let ip = |w: usize| format!("127.1.2.{}", w + 1);
+    for w in 0..16 {
+        a.bind_session(&ip(w), &format!("+4477009012{w:02}")).await;
+    }
+    let b_urls = nats.urls_toml(&[0, 1, 2]);
+    let b = ChildNode::start(&b_urls, "b", dir.path());
+    let clients: Vec<reqwest::Client> = (0..16).map(|w| b.client(&ip(w))).collect();
+    for (w, client) in clients.iter().enumerate() {
+        let probe = scan(&format!("probe-{w}"));
+        eventually("B has the code and the binding", PROPAGATION, async || {
+            b.resolve_status(client, &probe).await == 200
+        })
+        .await;
+    }
+    let public = b.public.clone();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let created = AtomicUsize::new(0);
+    let creator = |w: usize| {
+        let (client, public, stop, created) = (&clients[w], &public, &stop, &created);
+        async move {
+            let mut acknowledged = Vec::new();
+            for i in 0.. {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let clientid = format!("kill-{w}-{i}");
+                let url = format!("{public}/mc/v1/resolve?{}", scan(&clientid));
+                let Ok(response) = client.get(url).send().await else {
+                    // B is gone: no answer, nothing acknowledged.
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
+                let status = response.status().as_u16();
+                let body: Value = response.json().await.unwrap_or_default();
+                if status == 200 && body["association"] == "created" {
+                    acknowledged.push(clientid);
+                    created.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            acknowledged
+        }
+    };
+    let load = futures_util::stream::iter(0..16)
+        .map(creator)
+        .buffer_unordered(16)
+        .collect::<Vec<_>>();
+    let fault = async {
+        eventually("B creates under load", RECOVERY, async || {
+            created.load(Ordering::Relaxed) >= 200
+        })
+        .await;
+        b.kill_9();
+        let at_kill = created.load(Ordering::Relaxed);
+        // The creators go on into the dead node for a while.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        stop.store(true, Ordering::Relaxed);
+        at_kill
+    };
+    let (results, at_kill) = tokio::join!(load, fault);
+    let acknowledged: Vec<String> = results.into_iter().flatten().collect();
+    eprintln!(
+        "acknowledged by B: {} ({at_kill} when it was killed)",
+        acknowledged.len()
+    );
+    assert!(
+        acknowledged.len() >= 200,
+        "load ran: {}",
+        acknowledged.len()
+    );
+    eventually(
+        "A holds every creation B acknowledged",
+        RECOVERY,
+        async || {
+            let index = a.running.app.store.index();
+            acknowledged
+                .iter()
+                .all(|id| index.association(id).is_some())
+        },
+    )
+    .await;
+    let (urls, dir_path) = (b_urls.clone(), dir.path().to_owned());
+    let b = tokio::task::spawn_blocking(move || ChildNode::start(&urls, "b", &dir_path))
+        .await
+        .unwrap();
+    let wifi = b.client("127.2.0.1");
+    let first = scan(&acknowledged[0]);
+    eventually("B is back", RECOVERY, async || {
+        b.resolve_status(&wifi, &first).await == 200
+    })
+    .await;
+    for clientid in &acknowledged {
+        let status = b.resolve_status(&wifi, &scan(clientid)).await;
+        assert_eq!(
+            status, 200,
+            "{clientid}: acknowledged by B, not honoured after its restart"
+        );
     }
     b.kill_9();
     a.stop().await;
