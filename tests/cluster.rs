@@ -575,20 +575,15 @@ async fn a_node_killed_under_load_restarts_and_converges() {
 /// restarts on its own data dir (acknowledged-then-lost: none).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_creation_a_node_acknowledged_is_lost_when_it_is_killed_under_full_load() {
-    use futures_util::StreamExt;
     let nats = NatsCluster::start(3);
     let dir = tempfile::tempdir().unwrap();
     let a = node(&nats, &[0, 1, 2], "a").await;
     a.put_code(CODE, TARGET).await;
-    // A subscriber per creator (bound on A, honoured on B): none reaches
-    // the cap and supersedes.
-    let ip = |w: usize| format!("127.1.2.{}", w + 1);
-    for w in 0..16 {
-        a.bind_session(&ip(w), &format!("+4477009012{w:02}")).await;
-    }
+    // Bound on A, honoured on B.
+    let ips = bind_creators(&a, 2).await;
     let b_urls = nats.urls_toml(&[0, 1, 2]);
     let b = ChildNode::start(&b_urls, "b", dir.path());
-    let clients: Vec<reqwest::Client> = (0..16).map(|w| b.client(&ip(w))).collect();
+    let clients: Vec<_> = ips.iter().map(|ip| b.client(ip)).collect();
     for (w, client) in clients.iter().enumerate() {
         let probe = scan(&format!("probe-{w}"));
         eventually("B has the code and the binding", PROPAGATION, async || {
@@ -599,35 +594,8 @@ async fn no_creation_a_node_acknowledged_is_lost_when_it_is_killed_under_full_lo
     let public = b.public.clone();
     let stop = std::sync::atomic::AtomicBool::new(false);
     let created = AtomicUsize::new(0);
-    let creator = |w: usize| {
-        let (client, public, stop, created) = (&clients[w], &public, &stop, &created);
-        async move {
-            let mut acknowledged = Vec::new();
-            for i in 0.. {
-                if stop.load(Ordering::Relaxed) {
-                    break;
-                }
-                let clientid = format!("kill-{w}-{i}");
-                let url = format!("{public}/mc/v1/resolve?{}", scan(&clientid));
-                let Ok(response) = client.get(url).send().await else {
-                    // B is gone: no answer, nothing acknowledged.
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                };
-                let status = response.status().as_u16();
-                let body: Value = response.json().await.unwrap_or_default();
-                if status == 200 && body["association"] == "created" {
-                    acknowledged.push(clientid);
-                    created.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-            acknowledged
-        }
-    };
-    let load = futures_util::stream::iter(0..16)
-        .map(creator)
-        .buffer_unordered(16)
-        .collect::<Vec<_>>();
+    let url = |query: &str| format!("{public}/mc/v1/resolve?{query}");
+    let load = create_until(&clients, url, &stop, &created);
     let fault = async {
         eventually("B creates under load", RECOVERY, async || {
             created.load(Ordering::Relaxed) >= 200
@@ -640,8 +608,7 @@ async fn no_creation_a_node_acknowledged_is_lost_when_it_is_killed_under_full_lo
         stop.store(true, Ordering::Relaxed);
         at_kill
     };
-    let (results, at_kill) = tokio::join!(load, fault);
-    let acknowledged: Vec<String> = results.into_iter().flatten().collect();
+    let (Created { acknowledged, .. }, at_kill) = tokio::join!(load, fault);
     eprintln!(
         "acknowledged by B: {} ({at_kill} when it was killed)",
         acknowledged.len()
@@ -1251,40 +1218,49 @@ fn log_events_of_kind(node: &TestServer, keep: impl Fn(&Event) -> bool) -> usize
         .count()
 }
 
-/// Faults under full load: 16 creators without pause on node A while the
-/// nats-server leading the stream is killed -9 and restarted (the nodes
-/// know all three servers); every creation A acknowledged is then on A and
-/// on B (acknowledged-then-lost: none), and refusals meanwhile are answers
-/// (503 with Retry-After).
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_acknowledged_creation_is_lost_when_a_nats_server_dies_under_full_load() {
+/// What a load of creators got: the clientids acknowledged (200
+/// `created`), and the refusals (503, each with `Retry-After`).
+struct Created {
+    acknowledged: Vec<String>,
+    refused: usize,
+}
+
+/// Creators without pause, one per client of `clients` (each its own
+/// subscriber's MNO address), making first scans at `url(query)` until
+/// `stop`; `created` counts the acknowledged ones as they come. A request
+/// that got no answer (the node gone) acknowledged nothing; any answer but
+/// a creation or a 503 with `Retry-After` fails the test.
+async fn create_until(
+    clients: &[reqwest::Client],
+    url: impl Fn(&str) -> String,
+    stop: &std::sync::atomic::AtomicBool,
+    created: &AtomicUsize,
+) -> Created {
     use futures_util::StreamExt;
-    let mut nats = NatsCluster::start(3);
-    let a = node(&nats, &[0, 1, 2], "a").await;
-    let b = node(&nats, &[0, 1, 2], "b").await;
-    a.put_code(CODE, TARGET).await;
-    // A subscriber per creator: none reaches the cap and supersedes.
-    for w in 0..16 {
-        let ip = format!("127.1.1.{}", w + 1);
-        a.bind_session(&ip, &format!("+4477009011{w:02}")).await;
-    }
-    let stop = std::sync::atomic::AtomicBool::new(false);
-    let created = AtomicUsize::new(0);
     let creator = |w: usize| {
-        let (a, stop, created) = (&a, &stop, &created);
+        let (client, url) = (&clients[w], &url);
         async move {
-            let client = a.client("http2", &format!("127.1.1.{}", w + 1));
             let (mut acknowledged, mut refused) = (Vec::new(), 0);
             for i in 0.. {
                 if stop.load(Ordering::Relaxed) {
                     break;
                 }
                 let clientid = format!("full-{w}-{i}");
-                let response = client.get(a.url(&scan(&clientid))).send().await;
-                let Ok(response) = response else { continue };
-                let status = response.status().as_u16();
-                let retry_after = response.headers().contains_key("retry-after");
-                let body: Value = response.json().await.unwrap_or_default();
+                let answer = match client.get(url(&scan(&clientid))).send().await {
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        let retry_after = response.headers().contains_key("retry-after");
+                        response
+                            .json::<Value>()
+                            .await
+                            .map(|b| (status, retry_after, b))
+                    }
+                    Err(e) => Err(e),
+                };
+                let Ok((status, retry_after, body)) = answer else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                };
                 match (status, body["association"].as_str()) {
                     (200, Some("created")) => {
                         acknowledged.push(clientid);
@@ -1300,10 +1276,48 @@ async fn no_acknowledged_creation_is_lost_when_a_nats_server_dies_under_full_loa
             (acknowledged, refused)
         }
     };
-    let load = futures_util::stream::iter(0..16)
+    let results: Vec<_> = futures_util::stream::iter(0..clients.len())
         .map(creator)
-        .buffer_unordered(16)
-        .collect::<Vec<_>>();
+        .buffer_unordered(clients.len())
+        .collect()
+        .await;
+    let refused = results.iter().map(|(_, r)| r).sum();
+    let acknowledged = results.into_iter().flat_map(|(a, _)| a).collect();
+    Created {
+        acknowledged,
+        refused,
+    }
+}
+
+/// The MNO addresses of 16 subscribers bound on `node` (127.1.`net`.x),
+/// one per creator: none reaches the cap and supersedes.
+async fn bind_creators(node: &TestServer, net: u8) -> Vec<String> {
+    let mut ips = Vec::new();
+    for w in 0..16u8 {
+        let ip = format!("127.1.{net}.{}", w + 1);
+        node.bind_session(&ip, &format!("+44770090{net:02}{w:02}"))
+            .await;
+        ips.push(ip);
+    }
+    ips
+}
+
+/// Faults under full load: 16 creators without pause on node A while the
+/// nats-server leading the stream is killed -9 and restarted (the nodes
+/// know all three servers); every creation A acknowledged is then on A and
+/// on B (acknowledged-then-lost: none), and refusals meanwhile are answers
+/// (503 with Retry-After).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_acknowledged_creation_is_lost_when_a_nats_server_dies_under_full_load() {
+    let mut nats = NatsCluster::start(3);
+    let a = node(&nats, &[0, 1, 2], "a").await;
+    let b = node(&nats, &[0, 1, 2], "b").await;
+    a.put_code(CODE, TARGET).await;
+    let ips = bind_creators(&a, 1).await;
+    let clients: Vec<_> = ips.iter().map(|ip| a.client("http2", ip)).collect();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let created = AtomicUsize::new(0);
+    let load = create_until(&clients, |query| a.url(query), &stop, &created);
     let fault = async {
         let at_least = |n: usize| {
             let created = &created;
@@ -1325,9 +1339,13 @@ async fn no_acknowledged_creation_is_lost_when_a_nats_server_dies_under_full_loa
         at_least(after_restart + 100).await;
         stop.store(true, Ordering::Relaxed);
     };
-    let (results, ()) = tokio::join!(load, fault);
-    let refused: usize = results.iter().map(|(_, r)| r).sum();
-    let acknowledged: Vec<String> = results.into_iter().flat_map(|(a, _)| a).collect();
+    let (
+        Created {
+            acknowledged,
+            refused,
+        },
+        (),
+    ) = tokio::join!(load, fault);
     eprintln!(
         "acknowledged {}, refused (503) {refused}",
         acknowledged.len()
@@ -1350,6 +1368,86 @@ async fn no_acknowledged_creation_is_lost_when_a_nats_server_dies_under_full_loa
     for n in [a, b] {
         n.stop().await;
     }
+}
+
+/// Faults under full load, a node cut from NATS: 16 creators without
+/// pause on node C when its only nats-server is killed. Cut, C refuses
+/// creations at once (503 with `Retry-After`) and acknowledges none it
+/// could not publish; back, every creation it acknowledged, before and
+/// after, is on A and on C.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_creation_a_node_acknowledged_is_lost_when_it_is_cut_from_nats_under_full_load() {
+    let mut nats = NatsCluster::start(3);
+    let a = node(&nats, &[0], "a").await;
+    let c = node(&nats, &[2], "c").await;
+    a.put_code(CODE, TARGET).await;
+    let ips = bind_creators(&a, 3).await;
+    let clients: Vec<_> = ips.iter().map(|ip| c.client("http2", ip)).collect();
+    for (w, client) in clients.iter().enumerate() {
+        let probe = scan(&format!("probe-{w}"));
+        eventually("C has the code and the binding", PROPAGATION, async || {
+            c.resolve(client, &probe).await.0 == 200
+        })
+        .await;
+    }
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let created = AtomicUsize::new(0);
+    let load = create_until(&clients, |query| c.url(query), &stop, &created);
+    let degraded = async || {
+        let (status, body) = c.readyz().await;
+        status == 200 && body["degraded"] == json!(true)
+    };
+    let fault = async {
+        eventually("C creates under load", RECOVERY, async || {
+            created.load(Ordering::Relaxed) >= 200
+        })
+        .await;
+        nats.kill(2);
+        eventually("C says degraded", PROPAGATION, degraded).await;
+        // Answers already on their way when C noticed are counted by now.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let at_cut = created.load(Ordering::Relaxed);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let while_cut = created.load(Ordering::Relaxed) - at_cut;
+        nats.restart(2);
+        eventually("C ready again", RECOVERY, async || {
+            c.readyz().await.1 == json!("ready\n")
+        })
+        .await;
+        let back = created.load(Ordering::Relaxed);
+        eventually("C creates again", RECOVERY, async || {
+            created.load(Ordering::Relaxed) >= back + 100
+        })
+        .await;
+        stop.store(true, Ordering::Relaxed);
+        while_cut
+    };
+    let (
+        Created {
+            acknowledged,
+            refused,
+        },
+        while_cut,
+    ) = tokio::join!(load, fault);
+    eprintln!(
+        "acknowledged by C: {}, refused (503): {refused}",
+        acknowledged.len()
+    );
+    assert_eq!(while_cut, 0, "C acknowledged creations while cut from NATS");
+    assert!(refused > 0, "C refused creations while cut");
+    eventually(
+        "A and C hold every creation C acknowledged",
+        RECOVERY,
+        async || {
+            acknowledged.iter().all(|id| {
+                let on = |n: &TestServer| n.running.app.store.index().association(id).is_some();
+                on(&a) && on(&c)
+            })
+        },
+    )
+    .await;
+    a.stop().await;
+    c.stop().await;
 }
 
 /// Which server of `nats` leads the `HOMECMP` stream (its servers are
