@@ -8,6 +8,7 @@
 use std::borrow::Cow;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use http::{HeaderName, HeaderValue};
 
@@ -330,6 +331,12 @@ pub struct Planner {
     msisdn_header: HeaderName,
     /// Every associated clientid as (subscriber, index in its list).
     associated: Vec<(u32, u32)>,
+    /// Per subscriber, the next of its clientids an on-net legitimate
+    /// request uses: its apps take turns, so a lane's rate spreads evenly
+    /// over them and none meets the server's per-clientid budget before
+    /// the others (drawn at random, one of eight would at an eighth of
+    /// the lane's rate plus chance).
+    turns: Vec<AtomicUsize>,
 }
 
 impl Planner {
@@ -340,11 +347,17 @@ impl Planner {
             .enumerate()
             .flat_map(|(s, sub)| (0..sub.clientids.len()).map(move |i| (s as u32, i as u32)))
             .collect();
+        let turns = setup
+            .subscribers
+            .iter()
+            .map(|_| AtomicUsize::new(0))
+            .collect();
         Self {
             setup,
             mix,
             msisdn_header,
             associated,
+            turns,
         }
     }
 
@@ -382,7 +395,9 @@ impl Planner {
                 Planned::new(class, query(code, Some(clientid)))
             }
             Class::Legit => {
-                let clientid = rng.choose(&self.subscriber(home).clientids);
+                let clientids = &self.subscriber(home).clientids;
+                let turn = &self.turns[home % self.turns.len()];
+                let clientid = &clientids[turn.fetch_add(1, Ordering::Relaxed) % clientids.len()];
                 Planned::new(class, query(code, Some(clientid))).via(Via::Mno)
             }
             Class::NoClientid => Planned::new(class, query(code, None)),
