@@ -256,6 +256,35 @@ struct Call {
     body: Option<serde_json::Value>,
 }
 
+impl CodeCommand {
+    fn call(self) -> Call {
+        use reqwest::Method;
+        let call = |method, path: String, body| Call { method, path, body };
+        match self {
+            CodeCommand::Get { code } => {
+                call(Method::GET, format!("codes/{}", segment(&code)), None)
+            }
+            CodeCommand::Put {
+                code,
+                target,
+                rules,
+            } => {
+                let mut body = serde_json::json!({ "target": target });
+                if let Some(rules) = rules {
+                    body["rules"] = rules;
+                }
+                call(Method::PUT, format!("codes/{}", segment(&code)), Some(body))
+            }
+            CodeCommand::Delete { code } => {
+                call(Method::DELETE, format!("codes/{}", segment(&code)), None)
+            }
+            CodeCommand::Stats { code } => {
+                call(Method::GET, format!("codes/{}/stats", segment(&code)), None)
+            }
+        }
+    }
+}
+
 /// A path segment as the URL needs it (a clientid may hold any character;
 /// an address or prefix goes as it is: the route takes its `/`).
 fn segment(text: &str) -> String {
@@ -311,28 +340,7 @@ impl AdminCommand {
                 format!("subscribers/{}", segment(&msisdn)),
                 None,
             ),
-            AdminCommand::Code { command } => match command {
-                CodeCommand::Get { code } => {
-                    call(Method::GET, format!("codes/{}", segment(&code)), None)
-                }
-                CodeCommand::Put {
-                    code,
-                    target,
-                    rules,
-                } => {
-                    let mut body = serde_json::json!({ "target": target });
-                    if let Some(rules) = rules {
-                        body["rules"] = rules;
-                    }
-                    call(Method::PUT, format!("codes/{}", segment(&code)), Some(body))
-                }
-                CodeCommand::Delete { code } => {
-                    call(Method::DELETE, format!("codes/{}", segment(&code)), None)
-                }
-                CodeCommand::Stats { code } => {
-                    call(Method::GET, format!("codes/{}/stats", segment(&code)), None)
-                }
-            },
+            AdminCommand::Code { command } => command.call(),
             AdminCommand::Reload => call(Method::POST, "reload".into(), None),
             AdminCommand::Retention { older_than } => call(
                 Method::POST,
