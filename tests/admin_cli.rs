@@ -54,42 +54,30 @@ async fn every_admin_task_from_the_command_line() {
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(json(&out)["target"], "https://example.org/");
     // With rules: the server takes them, and says why when one is wrong.
+    let with_rules = |rules: &str| {
+        let target = "https://example.org/";
+        run(&[
+            "code",
+            "put",
+            "2001000001cli",
+            "--target",
+            target,
+            "--rules",
+            rules,
+        ])
+    };
     let fr = r#"[{"languages": ["fr"], "target": "https://example.org/fr"}]"#;
-    let (code, out, err) = run(&[
-        "code",
-        "put",
-        "2001000001cli",
-        "--target",
-        "https://example.org/",
-        "--rules",
-        fr,
-    ]);
+    let (code, out, err) = with_rules(fr);
     assert_eq!(code, 0, "{out}{err}");
     assert_eq!(json(&out)["rules"][0]["languages"][0], "fr", "{out}");
-    let moon = r#"[{"network": "on_net", "target": "ftp://example.org/"}]"#;
-    let (code, out, _) = run(&[
-        "code",
-        "put",
-        "2001000001cli",
-        "--target",
-        "https://example.org/",
-        "--rules",
-        moon,
-    ]);
+    let ftp = r#"[{"network": "on_net", "target": "ftp://example.org/"}]"#;
+    let (code, out, _) = with_rules(ftp);
     assert_eq!(
         (code, &json(&out)["code"]),
         (1, &"INVALID_RULES".into()),
         "{out}"
     );
-    let (code, _, err) = run(&[
-        "code",
-        "put",
-        "2001000001cli",
-        "--target",
-        "https://example.org/",
-        "--rules",
-        "{}",
-    ]);
+    let (code, _, err) = with_rules("{}");
     assert_eq!(code, 64, "a usage error: {err}");
     assert!(err.contains("expected a JSON array of rules"), "{err}");
     let (code, out, _) = run(&["sessions", "put", "127.1.0.50", "--msisdn", "+447700900050"]);
