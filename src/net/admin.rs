@@ -1087,6 +1087,7 @@ async fn status(Ready(app): Ready) -> Answer {
 /// The API document, generated from this code (`crate::net::openapi`);
 /// `docs/openapi.json` is the same document, committed.
 #[utoipa::path(get, path = "/admin/v1/openapi.json", tag = "operations",
+    operation_id = "api_document",
     summary = "This document",
     responses((status = 200, description = "OpenAPI 3.1, generated from the server's code (the \
         same as docs/openapi.json).", body = Object)))]

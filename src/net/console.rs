@@ -22,9 +22,11 @@ const SECURITY_POLICY: &str =
     "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'";
 
 /// `GET /admin/console`.
-#[utoipa::path(get, path = "/admin/console", tag = "operations",
-    summary = "The operator console (a web page; it asks for a token and calls this API with it)",
-    responses((status = 200, description = "The page.", body = String, content_type = "text/html")))]
+#[utoipa::path(get, path = "/admin/console", tag = "operations", operation_id = "console",
+    summary = "The operator console (a web page; it asks for a token and calls this API \
+        with it)",
+    responses((status = 200, description = "The page.", body = String,
+        content_type = "text/html")))]
 pub async fn page() -> Response {
     file(
         "text/html; charset=utf-8",
@@ -34,6 +36,7 @@ pub async fn page() -> Response {
 
 /// `GET /admin/console/{asset}`: the script and the style sheet.
 #[utoipa::path(get, path = "/admin/console/{asset}", tag = "operations",
+    operation_id = "console_asset",
     summary = "The console's script and style sheet",
     params(("asset" = String, Path, description = "app.js or style.css.")),
     responses(

@@ -57,7 +57,7 @@ fn url_kind() -> utoipa::openapi::Object {
 /// [`handle`] for a connection with a conduct record (`super::conn`): waits
 /// first if the connection has earned a slow-down, then judges the answer.
 /// Both transports serve their requests through this.
-#[utoipa::path(get, path = "/mc/v1/resolve", tag = "resolve",
+#[utoipa::path(get, path = "/mc/v1/resolve", tag = "resolve", operation_id = "resolve",
     summary = "Resolve an Indirect Code for an authenticated MCC",
     description = "The first scan from the MNO network associates the clientid with the \
         subscriber; later scans (any network) need that association. Refusals cost the server \
