@@ -194,7 +194,7 @@ impl Tasks {
             }),
             app: Default::default(),
             metrics: metrics.clone(),
-            api_document: crate::net::openapi::json(),
+            api_document: crate::net::openapi::json,
         });
         self.tracker.spawn(admin::serve(
             listener,

@@ -49,9 +49,10 @@ pub struct AdminState {
     pub app: OnceLock<Arc<App>>,
     /// Served from the start: `/metrics` answers during replay too.
     pub metrics: Arc<crate::metrics::Metrics>,
-    /// The API document, generated from this code (`crate::net::openapi`,
-    /// which reads this module: the composition root hands it over).
-    pub api_document: &'static str,
+    /// The API document, generated from this code on first use
+    /// (`crate::net::openapi`, which reads this module: the composition
+    /// root hands it over).
+    pub api_document: fn() -> &'static str,
 }
 
 /// Largest admin request body; the bodies are a few hundred bytes.
@@ -1092,7 +1093,7 @@ async fn status(Ready(app): Ready) -> Answer {
     responses((status = 200, description = "OpenAPI 3.1, generated from the server's code (the \
         same as docs/openapi.json).", body = Object)))]
 async fn openapi(State(state): State<Arc<AdminState>>) -> Response {
-    let doc = state.api_document;
+    let doc = (state.api_document)();
     ([(http::header::CONTENT_TYPE, "application/json")], doc).into_response()
 }
 
@@ -1386,7 +1387,7 @@ mod tests {
             oidc: None,
             app: OnceLock::new(),
             metrics: Arc::new(crate::metrics::Metrics::new()),
-            api_document: "{}",
+            api_document: || "{}",
         })
     }
 
