@@ -114,97 +114,139 @@ fn language_range(text: &str) -> bool {
         && parts.all(|p| (1..=8).contains(&p.len()) && p.bytes().all(|b| b.is_ascii_alphanumeric()))
 }
 
-/// A code's rules, made ready to be matched fast: the distinct language
-/// ranges of all its rules (lowercase), and for each rule the bit mask of
-/// its ranges among them, so that a request's `Accept-Language` is read
-/// once, in one pass, without allocating.
+/// A code's rules, made ready to be matched fast: each condition as the
+/// set of rules it lets through (bit `i`: rule `i`), so that [`choose`]
+/// decides every rule at once with a few masks, and the distinct language
+/// ranges of all its rules (lowercase), each with the rules that name it,
+/// so that a request's `Accept-Language` is read once, in one pass,
+/// without allocating.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Compiled {
     rules: Vec<TargetRule>,
-    /// Each rule's conditions, side by side: the loop of [`choose`] reads
-    /// these, not the rules.
-    conditions: Vec<Conditions>,
+    sets: RuleSets,
+    /// Each rule's window (0 and `u64::MAX` when open); empty when no rule
+    /// has one (then the clock is not read).
+    windows: Vec<(u64, u64)>,
     ranges: Vec<String>,
     /// Each range's primary subtag, packed ([`primary`]): most ranges are
     /// told apart from a tag by one compare.
     primaries: Vec<u64>,
-    /// The first letters of the ranges, a bit each (`a` is bit 0).
-    letters: u32,
-    masks: Vec<u64>,
-    /// Whether any rule has a time window (else the clock is not read).
-    timed: bool,
+    /// Each range's rules: those that name it.
+    range_rules: Vec<Rules>,
+    /// The ranges' first two characters, a bit each ([`pair`]): most
+    /// entries of a request's `Accept-Language` are passed over on this.
+    pairs: [u64; PAIRS.div_ceil(64)],
 }
 
-/// One rule's conditions, compact: its ranges and platforms as bits, its
-/// window as bounds (0 and `u64::MAX` when open).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Conditions {
-    languages: u64,
-    platforms: u8,
-    network: Option<Network>,
-    from_ms: u64,
-    until_ms: u64,
+/// A set of a code's rules, bit `i` for rule `i`.
+type Rules = u16;
+const _: () = assert!(MAX_RULES <= Rules::BITS as usize);
+
+/// The rules each condition lets through.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct RuleSets {
+    all: Rules,
+    /// Those whose network condition holds for a client on the MNO's
+    /// network, and off it.
+    on_net: Rules,
+    off_net: Rules,
+    /// Those with a platform condition, and for each [`Platform`] those
+    /// whose platform condition holds for it (or who have none).
+    platform: Rules,
+    by_platform: [Rules; 3],
+    /// Those with a language condition.
+    languages: Rules,
 }
 
-/// Most distinct language ranges the rules of one code name (one bit each).
+/// Most distinct language ranges the rules of one code name.
 pub const MAX_CODE_LANGUAGES: usize = 64;
 
 impl Compiled {
     /// `rules`, which [`check_rules`] accepted.
     pub fn new(rules: Vec<TargetRule>) -> Compiled {
         let mut ranges: Vec<String> = Vec::new();
-        let masks = rules
-            .iter()
-            .map(|rule| {
-                rule.languages.iter().fold(0u64, |mask, language| {
-                    let language = language.to_ascii_lowercase();
-                    let at = match ranges.iter().position(|r| *r == language) {
-                        Some(at) => at,
-                        None => {
-                            ranges.push(language);
-                            ranges.len() - 1
-                        }
-                    };
-                    mask | 1u64.checked_shl(at as u32).unwrap_or(0)
-                })
-            })
-            .collect();
+        let mut range_rules: Vec<Rules> = Vec::new();
+        let mut sets = RuleSets::default();
+        for (i, rule) in rules.iter().enumerate().take(MAX_RULES) {
+            let bit: Rules = 1 << i;
+            sets.all |= bit;
+            if rule.network != Some(Network::OffNet) {
+                sets.on_net |= bit;
+            }
+            if rule.network != Some(Network::OnNet) {
+                sets.off_net |= bit;
+            }
+            if !rule.platforms.is_empty() {
+                sets.platform |= bit;
+            }
+            for p in [Platform::Ios, Platform::Android, Platform::Other] {
+                if rule.platforms.is_empty() || rule.platforms.contains(&p) {
+                    sets.by_platform[p as usize] |= bit;
+                }
+            }
+            if !rule.languages.is_empty() {
+                sets.languages |= bit;
+            }
+            for language in &rule.languages {
+                let language = language.to_ascii_lowercase();
+                match ranges.iter().position(|r| *r == language) {
+                    Some(at) => range_rules[at] |= bit,
+                    None => {
+                        ranges.push(language);
+                        range_rules.push(bit);
+                    }
+                }
+            }
+        }
         let timed = rules
             .iter()
             .any(|r| r.from_ms.is_some() || r.until_ms.is_some());
+        let windows = match timed {
+            true => rules
+                .iter()
+                .take(MAX_RULES)
+                .map(|r| (r.from_ms.unwrap_or(0), r.until_ms.unwrap_or(u64::MAX)))
+                .collect(),
+            false => Vec::new(),
+        };
         let primaries = ranges.iter().map(|r| primary(r.as_bytes())).collect();
-        let conditions = rules
-            .iter()
-            .zip(&masks)
-            .map(|(rule, &languages)| Conditions {
-                languages,
-                platforms: rule
-                    .platforms
-                    .iter()
-                    .fold(0, |bits, &p| bits | platform_bit(p)),
-                network: rule.network,
-                from_ms: rule.from_ms.unwrap_or(0),
-                until_ms: rule.until_ms.unwrap_or(u64::MAX),
-            })
-            .collect();
-        let letters = ranges
-            .iter()
-            .filter_map(|r| r.bytes().next().filter(u8::is_ascii_lowercase))
-            .fold(0, |letters, b| letters | 1 << (b - b'a'));
+        let mut pairs = [0; PAIRS.div_ceil(64)];
+        for p in ranges.iter().filter_map(|r| pair(r.as_bytes())) {
+            pairs[p / 64] |= 1 << (p % 64);
+        }
         Compiled {
             rules,
-            conditions,
+            sets,
+            windows,
             ranges,
             primaries,
-            letters,
-            masks,
-            timed,
+            range_rules,
+            pairs,
         }
     }
 
     pub fn rules(&self) -> &[TargetRule] {
         &self.rules
     }
+}
+
+/// How many [`pair`]s there are.
+const PAIRS: usize = 26 * 27;
+
+/// A tag's first two characters, lowercase, as a number below [`PAIRS`]:
+/// a letter, then a letter or anything else (a one-letter primary subtag
+/// such as `i-klingon`'s); `None` when it does not start with a letter.
+/// A range covers a tag only if the two have the same pair.
+fn pair(tag: &[u8]) -> Option<usize> {
+    let first = tag.first()?.to_ascii_lowercase();
+    if !first.is_ascii_lowercase() {
+        return None;
+    }
+    let second = match tag.get(1).map(u8::to_ascii_lowercase) {
+        Some(b) if b.is_ascii_lowercase() => usize::from(b - b'a'),
+        _ => 26,
+    };
+    Some(usize::from(first - b'a') * 27 + second)
 }
 
 /// A tag's primary subtag (up to its first `-`, at most 8 letters),
@@ -268,13 +310,13 @@ impl Traits<'_> {
         }
     }
 
-    /// Which of `compiled`'s ranges the client accepts (a bit each): one
+    /// Which of `compiled`'s rules name a range the client accepts: one
     /// pass over its `Accept-Language` headers.
     ///
     /// An entry is parsed whole ([`entry`]: its tag checked, its q read)
-    /// only if its tag starts with a letter some range starts with and
-    /// some range covers it: most entries cost a byte compare.
-    fn accepted(&self, compiled: &Compiled) -> u64 {
+    /// only if its tag starts with the two characters some range starts
+    /// with and some range covers it: most entries cost a bit test.
+    fn accepted(&self, compiled: &Compiled) -> Rules {
         let mut mask = 0;
         for value in self.headers.get_all(http::header::ACCEPT_LANGUAGE) {
             // The entries as `split_on(.., b',')` gives them, by plain
@@ -292,20 +334,19 @@ impl Traits<'_> {
                     }
                     None => bytes,
                 };
-                let tag_end = raw.iter().position(|&b| b == b';').unwrap_or(raw.len());
-                let tag = raw[..tag_end].trim_ascii();
-                let Some(first) = tag.first().map(u8::to_ascii_lowercase) else {
-                    continue;
-                };
-                if !first.is_ascii_lowercase() || compiled.letters & (1 << (first - b'a')) == 0 {
+                let passed = pair(raw.trim_ascii_start())
+                    .is_some_and(|p| compiled.pairs[p / 64] & (1 << (p % 64)) != 0);
+                if !passed {
                     continue;
                 }
+                let tag_end = raw.iter().position(|&b| b == b';').unwrap_or(raw.len());
+                let tag = raw[..tag_end].trim_ascii();
                 let tag_primary = primary(tag);
                 let ranges = compiled.ranges.iter().zip(&compiled.primaries);
                 let mut bits = 0;
-                for (i, (range, &range_primary)) in ranges.enumerate().take(MAX_CODE_LANGUAGES) {
+                for ((range, &range_primary), rules) in ranges.zip(&compiled.range_rules) {
                     if range_primary == tag_primary && covers(range.as_bytes(), tag) {
-                        bits |= 1 << i;
+                        bits |= rules;
                     }
                 }
                 if bits != 0 && entry(raw).is_some_and(|(_, q)| q > 0) {
@@ -318,18 +359,20 @@ impl Traits<'_> {
 }
 
 /// The platform a `User-Agent` names: `Android`, else `iPhone`, `iPad`,
-/// `iPod` or `iOS`; one SIMD scan for the letters they start with.
+/// `iPod` or `iOS`. One SIMD search for `Android` (the most common), then
+/// a scan for the `i` the others start with.
 fn platform_of(agent: &[u8]) -> Platform {
-    let mut ios = false;
-    for at in memchr::memchr2_iter(b'A', b'i', agent) {
-        let rest = &agent[at..];
-        if rest.starts_with(b"Android") {
-            return Platform::Android;
-        }
-        ios |= [&b"iPhone"[..], b"iPad", b"iPod", b"iOS"]
-            .iter()
-            .any(|d| rest.starts_with(d));
+    static ANDROID: std::sync::LazyLock<memchr::memmem::Finder<'static>> =
+        std::sync::LazyLock::new(|| memchr::memmem::Finder::new(b"Android"));
+    if ANDROID.find(agent).is_some() {
+        return Platform::Android;
     }
+    let ios = memchr::memchr_iter(b'i', agent).any(|at| {
+        let rest = &agent[at + 1..];
+        [&b"Phone"[..], b"Pad", b"Pod", b"OS"]
+            .iter()
+            .any(|d| rest.starts_with(d))
+    });
     match ios {
         true => Platform::Ios,
         false => Platform::Other,
@@ -421,42 +464,39 @@ fn covers(wanted: &[u8], tag: &[u8]) -> bool {
 
 /// The first rule of `compiled` whose conditions hold for `traits`;
 /// `None`: the code's own target. `now` (Unix milliseconds) is asked only
-/// if a rule has a time window.
+/// if a rule has a time window; a header is read only if a rule that could
+/// still win asks about it.
 pub fn choose(
     compiled: &Compiled,
     traits: &Traits<'_>,
     now: impl FnOnce() -> u64,
 ) -> Option<usize> {
-    let now_ms = match compiled.timed {
-        true => now(),
-        false => 0,
+    let sets = &compiled.sets;
+    let mut held = match traits.on_net {
+        true => sets.on_net,
+        false => sets.off_net,
     };
-    // Read once, at the first rule that asks.
-    let mut accepted: Option<u64> = None;
-    let mut platform = None;
-    compiled.conditions.iter().position(|c| {
-        let on_time = now_ms >= c.from_ms && now_ms < c.until_ms;
-        let network = match c.network {
-            None => true,
-            Some(Network::OnNet) => traits.on_net,
-            Some(Network::OffNet) => !traits.on_net,
-        };
-        if !(on_time && network) {
-            return false;
-        }
-        if c.platforms != 0 {
-            let platform = *platform.get_or_insert_with(|| traits.platform());
-            if c.platforms & platform_bit(platform) == 0 {
-                return false;
+    if !compiled.windows.is_empty() {
+        let now_ms = now();
+        for (i, &(from_ms, until_ms)) in compiled.windows.iter().enumerate() {
+            if !(from_ms..until_ms).contains(&now_ms) {
+                held &= !(1 << i);
             }
         }
-        c.languages == 0
-            || c.languages & *accepted.get_or_insert_with(|| traits.accepted(compiled)) != 0
-    })
-}
-
-fn platform_bit(platform: Platform) -> u8 {
-    1 << platform as u8
+    }
+    // No rule after the first that holds without a header can win.
+    let asks = sets.platform | sets.languages;
+    let free = held & !asks;
+    if free != 0 {
+        held &= free ^ (free - 1);
+    }
+    if held & sets.platform != 0 {
+        held &= sets.by_platform[traits.platform() as usize];
+    }
+    if held & sets.languages != 0 {
+        held &= !sets.languages | traits.accepted(compiled);
+    }
+    (held != 0).then(|| held.trailing_zeros() as usize)
 }
 
 #[cfg(test)]
@@ -655,6 +695,19 @@ mod tests {
             )
     }
 
+    /// An `Accept-Language` value of entries near the rules' ranges (the
+    /// same, a prefix, longer, in other cases), with and without a q, some
+    /// of them refused (`q=0`) or not parsing.
+    fn any_accept_language() -> impl Strategy<Value = String> {
+        let entry = (
+            "fr|FR-ca|fro|en|En-US|e|pt|pt-BR|pt-br-x|PT-BRA|de|i-x|\\*|f r|",
+            "|;q=0|;q=0\\.5|;Q=1|; q=0\\.001|;q=2|;q=abc",
+        )
+            .prop_map(|(tag, q)| format!("{tag}{q}"));
+        (proptest::collection::vec(entry, 0..5), ",|, | ,")
+            .prop_map(|(entries, comma)| entries.join(&comma))
+    }
+
     /// A rule's conditions read straight off the request, the slow way:
     /// what `choose` must agree with.
     fn holds(rule: &TargetRule, header: &str, agent: &str, on_net: bool, now: u64) -> bool {
@@ -688,13 +741,31 @@ mod tests {
             prop_assert_eq!(language_bytes(text.as_bytes()), language_range(&text));
         }
 
+        /// The platform a `User-Agent` names, read the slow way: `Android`
+        /// anywhere wins, then any of the iOS devices.
+        #[test]
+        fn the_platform_is_the_one_the_agent_names(parts in proptest::collection::vec(
+            "Android|iPhone|iPad|iPod|iOS|Andro|iP|i|A|Mozilla/5.0 \\(Linux; |[a-zA-Z ;/()]{0,4}",
+            0..8,
+        )) {
+            let agent = parts.concat();
+            let slow = if agent.contains("Android") {
+                Platform::Android
+            } else if ["iPhone", "iPad", "iPod", "iOS"].iter().any(|d| agent.contains(d)) {
+                Platform::Ios
+            } else {
+                Platform::Other
+            };
+            prop_assert_eq!(platform_of(agent.as_bytes()), slow);
+        }
+
         /// Whatever the rules and the request: the choice is the first
         /// rule whose conditions hold, each read the slow way; a rule
         /// without conditions always holds.
         #[test]
         fn the_first_rule_that_holds_wins(
-            rules in proptest::collection::vec(any_rule(), 0..8),
-            header in "[a-zA-Z;=,. 0-9*-]{0,40}",
+            rules in proptest::collection::vec(any_rule(), 0..MAX_RULES),
+            header in prop_oneof![any_accept_language(), "[a-zA-Z;=,. 0-9*-]{0,40}"],
             agent in prop_oneof![Just(IPHONE), Just(PIXEL), Just("curl/8.0")],
             on_net in any::<bool>(),
             now in 0..2_500u64,
