@@ -316,7 +316,7 @@ fn migrate_cluster(path: Option<PathBuf>) -> ExitCode {
     match runtime.block_on(homecmp::store::cluster::migrate::migrate(&cluster, say)) {
         Ok(Migrated::AlreadyCurrent { messages }) => {
             println!(
-                "{}: already erasable ({messages} messages); nothing to do",
+                "{}: already in today's layout (erasable, clientid buckets; {messages} messages); nothing to do",
                 cluster.stream
             );
             ExitCode::SUCCESS

@@ -10,16 +10,29 @@
 //!
 //! # First writer wins
 //!
-//! Each event goes to the subject of the key it changes: `<stream>.c.<h>`
-//! for a clientid, `<stream>.k.<h>` for a code (`h`: a hash of the key, so
-//! any clientid makes a valid subject). A change is planned on the local
-//! index once it has applied everything the stream holds for that subject
-//! (its last sequence read from the stream leader),
-//! and published with `Nats-Expected-Last-Subject-Sequence`: JetStream
-//! refuses it if another node wrote the subject in between. The loser
-//! catches up and plans again, and now finds what the winner made
-//! (`existing`, or a mismatch). `Nats-Msg-Id` makes a re-sent publish (after
-//! a lost acknowledgement) a duplicate, not a second event.
+//! Each event goes to the subject of the key it changes: for a clientid
+//! `<stream>.b.<b>`, one of [`BUCKETS`] buckets (`b`: the first 16 bits of
+//! a hash of the clientid, so JetStream's memory, which holds every
+//! subject's state, does not grow with the clientids; a stream made before
+//! the buckets has a subject per clientid, `<stream>.c.<h>`, see
+//! [`Layout`]), and `<stream>.k.<h>` for a code (`h`: a hash of the key, so
+//! any key makes a valid subject). A change is planned on the local index
+//! once it has applied everything the stream holds for that subject (its
+//! last sequence read from the stream leader, or first guessed from what
+//! this node has applied), and published with
+//! `Nats-Expected-Last-Subject-Sequence`: JetStream refuses it if another
+//! node wrote the subject in between. The loser catches up and plans
+//! again, and now finds what the winner made (`existing`, or a mismatch).
+//! Two clientids of one bucket race as one key would: the loser plans
+//! again and finds nothing of the other's in its way. `Nats-Msg-Id` makes a
+//! re-sent publish (after a lost acknowledgement) a duplicate, not a second
+//! event.
+//!
+//! What makes an expected sequence safe is one rule ([`Link::guess`]):
+//! it is at most what the node's index had applied when the plan read the
+//! index. JetStream accepts the publish only if the subject's last
+//! sequence is the expected one, so the plan saw every event of the
+//! subject.
 //!
 //! # Erasure
 //!
@@ -79,6 +92,79 @@ const FOLLOW_BATCH: usize = 512;
 /// not stuck (every fifth time also against the stream's last sequence).
 const STALL_CHECK: Duration = Duration::from_secs(1);
 
+/// The buckets of clientid subjects in a stream of [`Layout::Buckets`].
+pub const BUCKETS: usize = 1 << 16;
+
+/// The stream metadata key that names its [`Layout`].
+const LAYOUT_KEY: &str = "homecmp_layout";
+
+/// How a stream names the subjects of clientids' events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `<stream>.c.<24 hex digits>`: a subject per clientid, whose state
+    /// every nats-server keeps in memory (about 100 B each): streams made
+    /// before the buckets. `homecmp cluster migrate` moves them.
+    PerClientid,
+    /// `<stream>.b.<4 hex digits>`: one of [`BUCKETS`], the first 16 bits
+    /// of the same hash as [`Layout::PerClientid`]'s subject.
+    Buckets,
+}
+
+impl Layout {
+    /// The layout a stream was made with (its metadata says; none: one
+    /// made before the buckets).
+    pub fn of(config: &stream::Config) -> Layout {
+        match config.metadata.get(LAYOUT_KEY).map(String::as_str) {
+            Some("buckets") => Layout::Buckets,
+            _ => Layout::PerClientid,
+        }
+    }
+
+    /// The subject of `clientid`'s events in stream `stream`.
+    pub fn clientid_subject(self, stream: &str, clientid: &str) -> String {
+        let hash = key_hash(clientid);
+        match self {
+            Layout::PerClientid => format!("{stream}.c.{hash}"),
+            Layout::Buckets => format!("{stream}.b.{}", &hash[..4]),
+        }
+    }
+}
+
+/// The bucket a subject of stream `stream` names, if it is a bucket's.
+fn bucket_of(stream: &str, subject: &str) -> Option<usize> {
+    let hex = subject.strip_prefix(stream)?.strip_prefix(".b.")?;
+    match hex.len() {
+        4 => usize::from_str_radix(hex, 16).ok(),
+        _ => None,
+    }
+}
+
+/// Each bucket's last sequence among the events this node's index has
+/// applied (0: none), raised by the follower once it applied them.
+#[derive(Debug)]
+struct BucketSeqs(Box<[AtomicU64]>);
+
+impl BucketSeqs {
+    fn new() -> Self {
+        Self((0..BUCKETS).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    fn get(&self, bucket: usize) -> Seq {
+        self.0[bucket].load(Ordering::Acquire)
+    }
+
+    fn raise(&self, bucket: usize, seq: Seq) {
+        self.0[bucket].fetch_max(seq, Ordering::Release);
+    }
+
+    /// Sets a bucket's sequence to what the stream leader says it is now,
+    /// lower than what this node saw when messages were deleted since
+    /// (an erasure).
+    fn set(&self, bucket: usize, seq: Seq) {
+        self.0[bucket].store(seq, Ordering::Release);
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClusterError {
     /// Not reachable, not acknowledged in time, or not caught up in time.
@@ -118,6 +204,8 @@ pub struct Link {
     /// The stream, without its info (no round trip to get it).
     handle: stream::Stream<()>,
     stream: String,
+    layout: Layout,
+    buckets: Arc<BucketSeqs>,
     node: String,
     publish_timeout: Duration,
     /// The last stream sequence this node has applied to its log and index.
@@ -153,22 +241,28 @@ impl Link {
             }
         };
         check_server_version(&client.server_info().version)?;
-        let target = stream
+        let info = stream
             .info()
             .await
-            .map_err(|e| unavailable("stream info", &e))?
-            .state
-            .last_sequence;
+            .map_err(|e| unavailable("stream info", &e))?;
+        let (target, layout) = (info.state.last_sequence, Layout::of(&info.config));
+        if layout == Layout::PerClientid {
+            tracing::warn!(stream = %config.stream, "the stream has a subject per clientid (made before the buckets): every nats-server holds each one in memory; move it with `homecmp cluster migrate`");
+        }
         check_prefix(&stream, store, target).await?;
 
         let (applied_tx, applied) = watch::channel(store.log().last_seq());
         let acknowledged = Arc::new(AtomicU64::new(0));
         let stopped = Arc::new(OnceLock::new());
+        let buckets = Arc::new(BucketSeqs::new());
         tokio::spawn(follow(
             store.clone(),
             js.clone(),
             config.stream.clone(),
-            applied_tx,
+            Follower {
+                applied: applied_tx,
+                buckets: buckets.clone(),
+            },
             acknowledged.clone(),
             stopped.clone(),
         ));
@@ -181,6 +275,8 @@ impl Link {
             handle,
             js,
             stream: config.stream.clone(),
+            layout,
+            buckets,
             node: config.node.clone(),
             publish_timeout: config.publish_timeout,
             applied,
@@ -231,7 +327,23 @@ impl Link {
 
     /// The subject of a clientid's events.
     pub fn clientid_subject(&self, clientid: &str) -> String {
-        format!("{}.c.{}", self.stream, key_hash(clientid))
+        self.layout.clientid_subject(&self.stream, clientid)
+    }
+
+    /// The stream's layout.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// What a plan may expect as `subject`'s last sequence without asking
+    /// the stream leader, if this node knows: for a bucket, its last
+    /// sequence among the events this node's index has applied. Read it
+    /// *before* the index: then the index holds every event of the bucket
+    /// up to it, and a publish JetStream accepts on it was planned on
+    /// everything the bucket holds. `None`: not a bucket (ask the leader,
+    /// [`Link::catch_up_on`], or use what the index says of the key).
+    pub fn guess(&self, subject: &str) -> Option<Seq> {
+        bucket_of(&self.stream, subject).map(|b| self.buckets.get(b))
     }
 
     /// The subject of a code's events.
@@ -321,8 +433,16 @@ impl Link {
     pub async fn publish_all(&self, events: Vec<Publish>) -> Result<Seq, ClusterError> {
         self.check_connected()?;
         let mut last = 0;
-        for event in events {
+        // Two events of one batch on one subject (two clientids of a
+        // bucket): the second expects the first.
+        let mut published: Vec<(String, Seq)> = Vec::new();
+        for mut event in events {
+            if let Some((_, seq)) = published.iter().find(|(s, _)| *s == event.subject) {
+                event.expected = *seq;
+            }
+            let subject = event.subject.clone();
             last = self.publish(event).await?;
+            published.push((subject, last));
         }
         self.wait_applied(last).await?;
         Ok(last)
@@ -374,6 +494,7 @@ impl Link {
                     if e.kind() == context::PublishErrorKind::WrongLastSequence
                         || e.to_string().contains("wrong last sequence") =>
                 {
+                    self.refresh_bucket(&event.subject).await;
                     return Err(ClusterError::Conflict);
                 }
                 Ok(Err(e)) if attempt == 0 && retriable(e.kind()) => continue,
@@ -385,6 +506,22 @@ impl Link {
         Err(ClusterError::Unavailable(
             "publish not acknowledged in time".into(),
         ))
+    }
+
+    /// After a refused publish on a bucket: its last sequence as the
+    /// leader says, kept if this node has applied it. The follower only
+    /// raises a bucket's sequence; after an erasure deleted the bucket's
+    /// last messages the leader's is lower, and every guess would be
+    /// refused until this.
+    async fn refresh_bucket(&self, subject: &str) {
+        let Some(bucket) = bucket_of(&self.stream, subject) else {
+            return;
+        };
+        if let Ok(last) = self.last_on(subject).await
+            && last <= self.applied()
+        {
+            self.buckets.set(bucket, last);
+        }
     }
 
     fn check_connected(&self) -> Result<(), ClusterError> {
@@ -541,6 +678,7 @@ fn stream_config(config: &ClusterConfig) -> stream::Config {
         deny_delete: false,
         deny_purge: true,
         duplicate_window: Duration::from_secs(120),
+        metadata: [(LAYOUT_KEY.to_owned(), "buckets".to_owned())].into(),
         ..Default::default()
     }
 }
@@ -609,13 +747,14 @@ async fn follow(
     store: Store,
     js: jetstream::Context,
     name: String,
-    applied: watch::Sender<Seq>,
+    follower: Follower,
     acknowledged: Arc<AtomicU64>,
     stopped: Arc<OnceLock<String>>,
 ) {
+    let applied = &follower.applied;
     loop {
         let from = store.log().last_seq() + 1;
-        match follow_from(&store, &js, &name, from, &applied, &acknowledged).await {
+        match follow_from(&store, &js, &name, from, &follower, &acknowledged).await {
             Ok(()) => tracing::warn!(from, "cluster stream consumer ended; starting again"),
             Err(FollowError::Fatal(e)) => {
                 tracing::error!(error = %e, "cannot apply the cluster stream; this node stops following it and is not ready");
@@ -632,6 +771,13 @@ async fn follow(
     }
 }
 
+/// What the follower announces once the index applied events: the last
+/// sequence, and each bucket's ([`Link::guess`]).
+struct Follower {
+    applied: watch::Sender<Seq>,
+    buckets: Arc<BucketSeqs>,
+}
+
 enum FollowError {
     Retry(String),
     Fatal(String),
@@ -642,9 +788,10 @@ async fn follow_from(
     js: &jetstream::Context,
     name: &str,
     from: Seq,
-    applied: &watch::Sender<Seq>,
+    follower: &Follower,
     acknowledged: &AtomicU64,
 ) -> Result<(), FollowError> {
+    let applied = &follower.applied;
     let retry = |what: &str, e: &dyn std::fmt::Display| FollowError::Retry(format!("{what}: {e}"));
     let stream = js.get_stream(name).await.map_err(|e| retry("stream", &e))?;
     let consumer = stream
@@ -674,8 +821,13 @@ async fn follow_from(
         };
         idle_checks = 0;
         let next = store.log().last_seq() + 1;
-        let (records, gap) = records_of(batch, next)?;
+        let (records, subjects, gap) = records_of(batch, next)?;
         apply(store, &stream, records, applied).await?;
+        for (subject, seq) in subjects {
+            if let Some(bucket) = bucket_of(name, &subject) {
+                follower.buckets.raise(bucket, seq);
+            }
+        }
         if let Some(until) = gap {
             let from = store.log().last_seq() + 1;
             let subject = history_subject(name);
@@ -785,9 +937,10 @@ async fn check_not_stalled(
 fn records_of<E: std::fmt::Display>(
     batch: Vec<Result<jetstream::Message, E>>,
     mut next: Seq,
-) -> Result<(Vec<Record>, Option<Seq>), FollowError> {
+) -> Result<Followed, FollowError> {
     let retry = |what: &str, e: &dyn std::fmt::Display| FollowError::Retry(format!("{what}: {e}"));
     let mut records = Vec::with_capacity(batch.len());
+    let mut subjects = Vec::with_capacity(batch.len());
     for message in batch {
         let message = message.map_err(|e| retry("message", &e))?;
         let seq = message
@@ -798,16 +951,21 @@ fn records_of<E: std::fmt::Display>(
             continue;
         }
         if seq > next {
-            return Ok((records, Some(seq)));
+            return Ok((records, subjects, Some(seq)));
         }
         let record = decode_value(&message.payload).map_err(|e| {
             FollowError::Fatal(format!("stream message {seq} is not an event: {e}"))
         })?;
         records.push(record);
+        subjects.push((message.subject.to_string(), seq));
         next += 1;
     }
-    Ok((records, None))
+    Ok((records, subjects, None))
 }
+
+/// A batch's events, each one's subject and sequence, and the sequence
+/// after a gap if there is one ([`records_of`]).
+type Followed = (Vec<Record>, Vec<(String, Seq)>, Option<Seq>);
 
 /// 24 hex digits of SHA-256: a subject token for any key, the same on
 /// every node.
@@ -837,6 +995,44 @@ mod tests {
         for old in ["2.9.10", "2.10.24", "", "garbage"] {
             assert!(check_server_version(old).is_err(), "{old}");
         }
+    }
+
+    #[test]
+    fn a_clientid_bucket_is_the_first_16_bits_of_its_subject_hash() {
+        for clientid in ["a", "3f2b6c9e-1d4a-4c8b-9e2f-7a6b5c4d3e2f", "x.y"] {
+            let own = Layout::PerClientid.clientid_subject("S", clientid);
+            let bucket = Layout::Buckets.clientid_subject("S", clientid);
+            assert_eq!(own.len(), "S.c.".len() + 24);
+            assert_eq!(bucket, format!("S.b.{}", &own["S.c.".len()..][..4]));
+            let b = bucket_of("S", &bucket).unwrap();
+            assert!(b < BUCKETS);
+        }
+        for other in [
+            "S.c.abcd",
+            "S.b.abc",
+            "S.b.abcde",
+            "T.b.abcd",
+            "S.b.zzzz",
+            "S.k.abcd",
+        ] {
+            assert_eq!(bucket_of("S", other), None, "{other}");
+        }
+    }
+
+    #[test]
+    fn a_stream_without_the_layout_in_its_metadata_has_a_subject_per_clientid() {
+        let config = ClusterConfig {
+            nats_urls: vec![],
+            stream: "S".into(),
+            replicas: 1,
+            node: "n".into(),
+            credentials_file: None,
+            nkey_seed_file: None,
+            tls_ca_file: None,
+            publish_timeout: Duration::from_secs(1),
+        };
+        assert_eq!(Layout::of(&stream_config(&config)), Layout::Buckets);
+        assert_eq!(Layout::of(&stream::Config::default()), Layout::PerClientid);
     }
 
     #[test]

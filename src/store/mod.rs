@@ -834,23 +834,19 @@ impl Store {
                         rebound_from,
                     } => (events, superseded, rebound_from),
                 };
-            let events = events
-                .into_iter()
-                .map(|event| {
-                    let id = event.clientid().unwrap_or_default();
-                    let (subject, expected) = match id == new.clientid.as_str() {
-                        true => (subject.clone(), last),
-                        // A superseded clientid: its subject's last event
-                        // is the one that associated it, if this node is
-                        // current; if not, JetStream says so.
-                        false => (
-                            link.clientid_subject(id),
-                            self.index().association(id).map_or(0, |a| a.seq),
-                        ),
-                    };
-                    Publish::new(subject, expected, &Stamp::from(now_ms), event)
-                })
-                .collect();
+            let mut publishes = Vec::with_capacity(events.len());
+            for event in events {
+                let id = event.clientid().unwrap_or_default();
+                let (subject, expected) = match id == new.clientid.as_str() {
+                    true => (subject.clone(), last),
+                    false => match self.superseded_expected(link, id, &new.subscriber) {
+                        Some(at) => at,
+                        None => return Planned::Stale,
+                    },
+                };
+                publishes.push(Publish::new(subject, expected, &Stamp::from(now_ms), event));
+            }
+            let events = publishes;
             let answer = move |seq| match rebound_from {
                 None => Associated::Created { seq, superseded },
                 Some(from) => Associated::Rebound {
@@ -865,6 +861,31 @@ impl Store {
             }
         })
         .await
+    }
+
+    /// The subject and expected sequence of the revocation of `id`, a
+    /// clientid of `subscriber` a creation supersedes. A subject per
+    /// clientid: its last event is the one that associated it, if this node
+    /// is current (if not, JetStream says so). A bucket: its sequence as
+    /// this node applied it ([`Link::guess`]), read before the index is
+    /// asked again whether `subscriber` still holds `id`; `None` if it no
+    /// longer does (the plan is stale: plan again).
+    fn superseded_expected(
+        &self,
+        link: &Link,
+        id: &str,
+        subscriber: &SubscriberRef,
+    ) -> Option<(String, Seq)> {
+        let subject = link.clientid_subject(id);
+        let expected = match link.guess(&subject) {
+            Some(guess) => self
+                .index()
+                .association(id)
+                .filter(|a| a.subscriber == *subscriber)
+                .map(|_| guess)?,
+            None => self.index().association(id).map_or(0, |a| a.seq),
+        };
+        Some((subject, expected))
     }
 
     async fn revoke_replicated(
@@ -940,9 +961,10 @@ impl Store {
     ) -> Result<T, StoreError> {
         let mut guess = matches!(locks, Locks::Owner { .. });
         for _ in 0..cluster::ATTEMPTS {
-            let read = match guess {
-                true => None,
-                false => Some(link.catch_up_on(subject).await?),
+            // A bucket's guess is read before the index ([`Link::guess`]).
+            let (read, guessed) = match guess {
+                true => (None, link.guess(subject)),
+                false => (Some(link.catch_up_on(subject).await?), None),
             };
             let (guards, current) = match &locks {
                 Locks::Owner {
@@ -952,12 +974,15 @@ impl Store {
                 Locks::Code(code) => (self.lock(&[self.stripe(*code)]).await, None),
                 Locks::None => (Vec::new(), None),
             };
-            let last = read.unwrap_or_else(|| current.map_or(0, |a| a.seq));
+            let last = read
+                .or(guessed)
+                .unwrap_or_else(|| current.map_or(0, |a| a.seq));
             let (events, answer) = match plan(last, current) {
-                Planned::Answer(_) if guess => {
+                Planned::Answer(_) | Planned::Stale if guess => {
                     guess = false;
                     continue;
                 }
+                Planned::Stale => continue,
                 Planned::Answer(answer) => return Ok(answer),
                 Planned::Publish { events, answer } => (events, answer),
             };
@@ -1016,6 +1041,8 @@ enum Planned<T> {
         events: Vec<Publish>,
         answer: Box<dyn FnOnce(Seq) -> T + Send>,
     },
+    /// The index changed while the plan read it: plan again.
+    Stale,
 }
 
 /// The stripes a replicated change is planned under.

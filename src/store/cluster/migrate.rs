@@ -1,7 +1,11 @@
-//! Moving a cluster's stream made by a homecmp before erasure in cluster
-//! mode (created with `deny_delete`, which JetStream never lets go) to
-//! today's layout, under the same name, with every message at the same
-//! sequence: `homecmp cluster migrate`.
+//! Moving a cluster's stream made by an older homecmp to today's layout,
+//! under the same name, with every message at the same sequence: `homecmp
+//! cluster migrate`. Two things an older stream may lack: messages that can
+//! be deleted (one made before erasure in cluster mode was created with
+//! `deny_delete`, which JetStream never lets go), and the clientid buckets
+//! (one made before them has a subject per clientid, [`Layout`]: each
+//! clientid's messages move to its bucket's subject, `.c.<h>` to
+//! `.b.<h[..4]>`).
 //!
 //! It is an offline step (every node stopped: a node publishing while the
 //! stream is moved would write into the copy), made of steps that each
@@ -26,7 +30,7 @@ use std::time::{Duration, Instant};
 use async_nats::jetstream::{self, consumer, context, stream};
 use futures_util::StreamExt;
 
-use super::{ClusterError, Seq, connect, stream_config, unavailable};
+use super::{ClusterError, Layout, Seq, connect, stream_config, unavailable};
 use crate::config::ClusterConfig;
 
 /// How long a run waits for the consumers of stopped nodes to leave the
@@ -63,7 +67,7 @@ pub async fn migrate(
                     config.stream
                 )));
             }
-            (Some(source), None) if !source.cached_info().config.deny_delete => {
+            (Some(source), None) if current(&source) => {
                 let messages = source.cached_info().state.last_sequence;
                 return Ok(Migrated::AlreadyCurrent { messages });
             }
@@ -77,7 +81,7 @@ pub async fn migrate(
                     .map_err(|e| unavailable("create the parked stream", &e))?;
                 say(&format!("created {parked_name}"));
             }
-            (Some(source), Some(parked)) if source.cached_info().config.deny_delete => {
+            (Some(source), Some(parked)) if !current(&source) => {
                 wait_unfollowed(&source, &mut say).await?;
                 let copied = copy(&js, &source, &parked).await?;
                 say(&format!("copied {copied} messages into {parked_name}"));
@@ -105,6 +109,23 @@ pub async fn migrate(
                 return Ok(Migrated::Moved { messages });
             }
         }
+    }
+}
+
+/// Whether `stream` has today's layout: its messages can be deleted, and
+/// its clientids' subjects are buckets.
+fn current(stream: &stream::Stream) -> bool {
+    let config = &stream.cached_info().config;
+    !config.deny_delete && Layout::of(config) == Layout::Buckets
+}
+
+/// The subject a message of subject `suffix` (after the stream's name)
+/// has in a stream of `layout`: a clientid's subject of its own moves to
+/// its bucket's; every other stays.
+fn moved_subject(suffix: &str, layout: Layout) -> std::borrow::Cow<'_, str> {
+    match (layout, suffix.strip_prefix(".c.")) {
+        (Layout::Buckets, Some(hash)) if hash.len() == 24 => format!(".b.{}", &hash[..4]).into(),
+        _ => suffix.into(),
     }
 }
 
@@ -158,7 +179,8 @@ async fn wait_unfollowed(
 }
 
 /// Copies the messages of `from` that `to` does not hold yet into `to`,
-/// each to the same sequence (its subject's first token renamed), and
+/// each to the same sequence (its subject's first token renamed, and
+/// moved to its bucket if `to` has buckets: [`moved_subject`]), and
 /// returns how many `to` holds. `to` must be a prefix of `from`.
 async fn copy(
     js: &jetstream::Context,
@@ -171,6 +193,7 @@ async fn copy(
     );
     let last = from.cached_info().state.last_sequence;
     let held = to.cached_info().state.last_sequence;
+    let layout = Layout::of(&to.cached_info().config);
     if held > last {
         return Err(ClusterError::Mismatch(format!(
             "{to_name} holds {held} messages, more than {from_name} ({last}): not a copy of it"
@@ -214,6 +237,7 @@ async fn copy(
             .subject
             .strip_prefix(from_name.as_str())
             .unwrap_or(&message.subject);
+        let suffix = moved_subject(suffix, layout);
         let publish = jetstream::message::PublishMessage::build()
             .payload(message.payload.clone())
             .expected_last_sequence(seq - 1);
@@ -251,5 +275,21 @@ fn settle(
             )))
         }
         Some(Err(e)) => Err(unavailable("publish", &e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_clientid_subject_moves_to_its_bucket_and_nothing_else_moves() {
+        let own = Layout::PerClientid.clientid_subject("S", "3f2b6c9e-1d4a-4c8b-9e2f-7a6b5c4d3e2f");
+        let bucket = Layout::Buckets.clientid_subject("S", "3f2b6c9e-1d4a-4c8b-9e2f-7a6b5c4d3e2f");
+        assert_eq!(moved_subject(&own[1..], Layout::Buckets), bucket[1..]);
+        assert_eq!(moved_subject(&own[1..], Layout::PerClientid), own[1..]);
+        for other in [".k.0123456789abcdef01234567", ".h", ".b.abcd", ".c.short"] {
+            assert_eq!(moved_subject(other, Layout::Buckets), other);
+        }
     }
 }
