@@ -11,6 +11,14 @@
 //! creations per second, races lost, and the servers' resident memory
 //! after, per stored event (JetStream keeps every subject of a stream in
 //! memory). Needs nats-server 2.11+ (`scripts/dev test` installs it).
+//!
+//! `FILL=1000000,10000000 cargo bench --bench cluster_subjects [-- CREATIONS]`
+//! measures at scale instead: for each layout (a subject per clientid,
+//! then the product's 65,536 buckets), on a fresh cluster, the stream is
+//! filled with one event per clientid up to each level (publishes
+//! pipelined, without the expected-sequence check: only the stream's size
+//! matters), then CREATIONS (default 20,000) first-writer-wins creations
+//! are timed at that size, and each server's resident memory is read.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -145,7 +153,140 @@ async fn run(cluster: &nats::NatsCluster, layout: Layout, name: &str, creations:
     );
 }
 
+/// Fills `name` with one event per clientid `from..to` on `layout`'s
+/// subjects, many publishes in flight.
+async fn fill(js: &jetstream::Context, layout: Layout, name: &str, from: u64, to: u64) {
+    use futures_util::StreamExt;
+    let payload = bytes::Bytes::from(vec![7u8; 120]);
+    let mut acks = futures_util::stream::FuturesUnordered::new();
+    for i in from..to {
+        let ack = js
+            .publish(layout.subject(name, i), payload.clone())
+            .await
+            .unwrap();
+        acks.push(ack.into_future());
+        if acks.len() >= 4096 {
+            acks.next().await.unwrap().unwrap();
+        }
+    }
+    while let Some(ack) = acks.next().await {
+        ack.unwrap();
+    }
+}
+
+/// Creations per second, races lost, at `name`'s current size: `creations`
+/// clientids never used before (from `first` on).
+async fn timed_creations(
+    js: &jetstream::Context,
+    stream: &stream::Stream,
+    layout: Layout,
+    name: &str,
+    first: u64,
+    creations: u64,
+) -> (f64, u64) {
+    let next = Arc::new(AtomicU64::new(first));
+    let conflicts = Arc::new(AtomicU64::new(0));
+    let payload = bytes::Bytes::from(vec![7u8; 120]);
+    let started = Instant::now();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|_| {
+            let (js, stream, next, conflicts, payload, name) = (
+                js.clone(),
+                stream.clone(),
+                next.clone(),
+                conflicts.clone(),
+                payload.clone(),
+                name.to_owned(),
+            );
+            tokio::spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= first + creations {
+                        return;
+                    }
+                    let subject = layout.subject(&name, i);
+                    create(&js, &stream, subject, payload.clone(), &conflicts).await;
+                }
+            })
+        })
+        .collect();
+    for w in writers {
+        w.await.unwrap();
+    }
+    let rate = creations as f64 / started.elapsed().as_secs_f64();
+    (rate, conflicts.load(Ordering::Relaxed))
+}
+
+/// The `FILL` mode (see the module docs).
+async fn at_scale(levels: &[u64], creations: u64) {
+    println!(
+        "{creations} creations timed at each size, {WRITERS} writers, R=3 on three local nats-servers"
+    );
+    for layout in [Layout::PerClientid, Layout::Buckets(65_536)] {
+        let cluster = nats::NatsCluster::start(3);
+        let js = jetstream::new(async_nats::connect(cluster.url(0)).await.unwrap());
+        let name = "SCALE";
+        let stream = loop {
+            let config = stream::Config {
+                name: name.into(),
+                subjects: vec![format!("{name}.>")],
+                num_replicas: 3,
+                allow_direct: true,
+                ..Default::default()
+            };
+            match js.get_or_create_stream(config).await {
+                Ok(s) => break s,
+                Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+            }
+        };
+        let rss = || -> Vec<u64> {
+            let pids = cluster.pids();
+            pids.iter()
+                .map(|&p| common::rss_kib(&p.to_string()))
+                .collect()
+        };
+        let empty: u64 = rss().iter().sum::<u64>() / 3;
+        let mut filled = 0;
+        // Clientids timed at each size come from far above the fill's.
+        let mut timed = 1 << 40;
+        for &level in levels {
+            let started = Instant::now();
+            fill(&js, layout, name, filled, level).await;
+            let fill_rate = (level - filled) as f64 / started.elapsed().as_secs_f64();
+            filled = level;
+            let (rate, lost) = timed_creations(&js, &stream, layout, name, timed, creations).await;
+            timed += creations;
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            let per_server = rss();
+            let mean = per_server.iter().sum::<u64>() / 3;
+            println!(
+                "{:<22} {:>11} clientids  filled at {:>7.0}/s  {:>7.0} creations/s  {:>5} races lost  \
+                 RSS per server {:>6} MiB ({:?} MiB)  {:>5.0} B per clientid over the empty stream",
+                layout.name(),
+                level,
+                fill_rate,
+                rate,
+                lost,
+                mean / 1024,
+                per_server.iter().map(|k| k / 1024).collect::<Vec<_>>(),
+                (mean.saturating_sub(empty) * 1024) as f64 / (level + timed - (1 << 40)) as f64,
+            );
+        }
+    }
+}
+
 fn main() {
+    if let Ok(levels) = std::env::var("FILL") {
+        let levels: Vec<u64> = levels.split(',').map(|l| l.parse().unwrap()).collect();
+        let creations = std::env::args()
+            .skip(1)
+            .find(|a| !a.starts_with("--"))
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(20_000);
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(at_scale(&levels, creations));
+        return;
+    }
     let mut args = std::env::args().skip(1).filter(|a| !a.starts_with("--"));
     // `cargo bench --benches -- --test` (criterion's smoke run): small.
     let smoke = std::env::args().any(|a| a == "--test");

@@ -202,6 +202,21 @@ async fn copy(
     if held == last {
         return Ok(last);
     }
+    // A run stopped between a gap's placeholder and its delete.
+    if held > 0
+        && let Ok(message) = to.get_raw_message(held).await
+        && message.subject.as_str() == format!("{to_name}.gap")
+    {
+        to.delete_message(held)
+            .await
+            .map_err(|e| unavailable(&format!("delete placeholder {held}"), &e))?;
+    }
+    // A history rewrite (erasure, retention) deleted messages; those at
+    // the end are never delivered.
+    let mut present = last;
+    while present > held && deleted(from, present).await? {
+        present -= 1;
+    }
     let consumer = from
         .create_consumer(consumer::pull::OrderedConfig {
             deliver_policy: consumer::DeliverPolicy::ByStartSequence {
@@ -217,7 +232,7 @@ async fn copy(
         .map_err(|e| unavailable("messages", &e))?;
     let mut acks = futures_util::stream::FuturesOrdered::new();
     let mut next = held + 1;
-    while next <= last {
+    while next <= present {
         let message = messages
             .next()
             .await
@@ -227,11 +242,17 @@ async fn copy(
             .info()
             .map_err(|e| unavailable("message info", &e))?
             .stream_sequence;
-        if seq != next {
+        if seq < next {
             return Err(ClusterError::Mismatch(format!(
-                "{from_name} has no message {next} (next is {seq}): a gap cannot be copied to \
-                 the same sequences"
+                "{from_name} delivered message {seq} again (expected {next})"
             )));
+        }
+        if seq > next {
+            while let Some(ack) = acks.next().await {
+                settle(Some(ack), to_name)?;
+            }
+            copy_gap(js, to, next, seq).await?;
+            next = seq;
         }
         let suffix = message
             .subject
@@ -254,7 +275,44 @@ async fn copy(
     while let Some(ack) = acks.next().await {
         settle(Some(ack), to_name)?;
     }
+    copy_gap(js, to, next, last + 1).await?;
     Ok(last)
+}
+
+/// Whether `stream`'s message `seq` was deleted.
+async fn deleted(stream: &stream::Stream, seq: Seq) -> Result<bool, ClusterError> {
+    match stream.get_raw_message(seq).await {
+        Ok(_) => Ok(false),
+        Err(e) if e.kind() == stream::RawMessageErrorKind::NoMessageFound => Ok(true),
+        Err(e) => Err(unavailable(&format!("message {seq}"), &e)),
+    }
+}
+
+/// Makes `to`'s sequences `from..until` deleted messages, as they are in
+/// the stream copied: a placeholder published at each (expecting the
+/// sequence before), then deleted. A node that reads them finds the gap
+/// a history rewrite made and fills it as it would have in the original.
+async fn copy_gap(
+    js: &jetstream::Context,
+    to: &stream::Stream,
+    from: Seq,
+    until: Seq,
+) -> Result<(), ClusterError> {
+    let to_name = &to.cached_info().config.name;
+    for seq in from..until {
+        let publish = jetstream::message::PublishMessage::build()
+            .payload(bytes::Bytes::new())
+            .expected_last_sequence(seq - 1);
+        let ack = js
+            .send_publish(format!("{to_name}.gap"), publish)
+            .await
+            .map_err(|e| unavailable("publish", &e))?;
+        settle(Some(ack.await), to_name)?;
+        to.delete_message(seq)
+            .await
+            .map_err(|e| unavailable(&format!("delete placeholder {seq}"), &e))?;
+    }
+    Ok(())
 }
 
 /// The answer to one copied publish: refused means someone else wrote the
