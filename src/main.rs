@@ -94,7 +94,7 @@ enum Command {
     Completions { shell: clap_complete::Shell },
     /// The manual page (roff), on stdout (`homecmp man > homecmp.1`).
     Man,
-    /// Cluster mode's offline tools.
+    /// Cluster mode's tools.
     Cluster {
         #[command(subcommand)]
         command: ClusterCommand,
@@ -111,10 +111,11 @@ enum Command {
 
 #[derive(Subcommand, Debug)]
 enum ClusterCommand {
-    /// Move a stream made by a homecmp before erasure in cluster mode
-    /// (`deny_delete`) to today's layout, same name, every message at the
-    /// same sequence. Offline: stop every node first (it waits up to a
-    /// minute for their consumers to leave). Run it again to finish a run
+    /// Move a stream made by an older homecmp (before erasure in cluster
+    /// mode: `deny_delete`; before the clientid buckets: a subject per
+    /// clientid) to today's layout, same name, every message at the same
+    /// sequence. The nodes may run: they serve resolves throughout and
+    /// refuse changes (503) until it ends. Run it again to finish a run
     /// that stopped midway.
     Migrate {
         /// A node's configuration (its `[cluster]` section is used).

@@ -1320,6 +1320,168 @@ async fn a_stream_with_a_subject_per_clientid_moves_to_buckets() {
     b.stop().await;
 }
 
+/// A running cluster moves from a subject per clientid to the buckets
+/// with `homecmp cluster migrate` while its nodes serve: every resolve
+/// during the move is answered as before, a creation is either
+/// acknowledged (and then kept, on every node) or refused with 503 and
+/// `Retry-After`, and afterwards the nodes publish on buckets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_cluster_moves_to_buckets_and_serves_resolves_throughout() {
+    use homecmp::store::cluster::Layout;
+    let nats = NatsCluster::start(3);
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url(0)).await.unwrap());
+    let old = async_nats::jetstream::stream::Config {
+        name: "HOMECMP".into(),
+        subjects: vec!["HOMECMP.>".into()],
+        num_replicas: 3,
+        storage: async_nats::jetstream::stream::StorageType::File,
+        allow_direct: true,
+        deny_purge: true,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    };
+    eventually("the old stream is created", RECOVERY, async || {
+        js.create_stream(old.clone()).await.is_ok()
+    })
+    .await;
+    let a = node(&nats, &[0], "a").await;
+    let b = node(&nats, &[1], "b").await;
+    a.put_code(CODE, TARGET).await;
+    first_scan_creates(&a, "http1", "127.1.0.1", "before-1").await;
+    first_scan_creates(&b, "http1", "127.1.0.2", "before-2").await;
+    eventually("both nodes hold both", PROPAGATION, async || {
+        last_seq(&a) == last_seq(&b) && last_seq(&a) == 3
+    })
+    .await;
+    let layout = |n: &TestServer| n.running.app.store.cluster().unwrap().layout();
+    assert_eq!(
+        (layout(&a), layout(&b)),
+        (Layout::PerClientid, Layout::PerClientid)
+    );
+
+    let moving = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let resolves = async {
+        let mut answered = 0;
+        while moving.load(Ordering::Relaxed) {
+            for (n, clientid) in [(&a, "before-2"), (&b, "before-1")] {
+                let (s, body) = n
+                    .resolve(&n.client("http1", "127.2.0.1"), &scan(clientid))
+                    .await;
+                assert_eq!(s, 200, "a resolve during the move: {body}");
+                answered += 1;
+            }
+            // Under the per-clientid budget (100 a second).
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        answered
+    };
+    let creations = async {
+        let (mut acknowledged, mut refused) = (Vec::new(), 0);
+        for i in 0.. {
+            if !moving.load(Ordering::Relaxed) {
+                break;
+            }
+            let clientid = format!("during-{i}");
+            let response = a
+                .client("http1", "127.1.0.1")
+                .get(a.url(&scan(&clientid)))
+                .send()
+                .await
+                .unwrap();
+            match response.status().as_u16() {
+                200 => acknowledged.push(clientid),
+                503 => {
+                    assert!(response.headers().contains_key("retry-after"));
+                    refused += 1;
+                }
+                other => panic!("{clientid}: {other} {:?}", response.text().await),
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        (acknowledged, refused)
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("migrate.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[server]\ndata_dir = \"{}\"\nsubscriber_secret = \"{SECRET}\"\n\
+             [cluster]\nnats_urls = {}\nnode = \"migrate\"\n",
+            dir.path().join("m").display(),
+            nats.urls_toml(&[2])
+        ),
+    )
+    .unwrap();
+    let migrate = async {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let run = tokio::task::spawn_blocking(move || {
+            std::process::Command::new(env!("CARGO_BIN_EXE_homecmp"))
+                .args(["cluster", "migrate", "--config"])
+                .arg(&config)
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        assert!(run.status.success(), "{run:?}");
+        // The nodes take changes again once their followers found the
+        // new stream.
+        eventually("a creation is taken again", RECOVERY, async || {
+            let (s, _) = a
+                .resolve(&a.client("http1", "127.1.0.2"), &scan("after-probe"))
+                .await;
+            s == 200
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        moving.store(false, Ordering::Relaxed);
+    };
+    let (answered, (acknowledged, refused), ()) = tokio::join!(resolves, creations, migrate);
+    eprintln!(
+        "during the move: {answered} resolves answered, {} creations acknowledged, {refused} refused",
+        acknowledged.len()
+    );
+    assert!(answered > 0 && !acknowledged.is_empty());
+
+    // b has published nothing since: its follower reads the new layout.
+    eventually("both nodes on the buckets", PROPAGATION, async || {
+        (layout(&a), layout(&b)) == (Layout::Buckets, Layout::Buckets)
+    })
+    .await;
+    first_scan_creates(&b, "http1", "127.1.0.2", "after-1").await;
+    let target = last_seq(&a).max(last_seq(&b));
+    eventually("both nodes applied everything", PROPAGATION, async || {
+        last_seq(&a) == target && last_seq(&b) == target
+    })
+    .await;
+    for clientid in acknowledged
+        .iter()
+        .map(String::as_str)
+        .chain(["before-1", "after-1"])
+    {
+        for n in [&a, &b] {
+            assert!(
+                n.running.app.store.index().association(clientid).is_some(),
+                "{clientid} acknowledged, then lost"
+            );
+        }
+    }
+    let subjects = stream_subjects(&nats.url(0), "HOMECMP").await;
+    assert!(
+        subjects.iter().all(|s| !s.starts_with("HOMECMP.c.")),
+        "{subjects:?}"
+    );
+    let (messages, _) = stream_messages(&nats.url(0), "HOMECMP").await;
+    assert_eq!(
+        messages.last().unwrap().0,
+        target,
+        "the stream is every node's log"
+    );
+    for n in [a, b] {
+        n.stop().await;
+    }
+}
+
 /// Every message's subject, in sequence order.
 async fn stream_subjects(url: &str, name: &str) -> Vec<String> {
     let js = async_nats::jetstream::new(async_nats::connect(url).await.unwrap());

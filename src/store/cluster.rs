@@ -130,6 +130,48 @@ impl Layout {
     }
 }
 
+/// A stream's [`Layout`], shared by a node's publishers and its follower,
+/// which reads it again each time it finds the stream (after a migration,
+/// the stream it finds is another).
+#[derive(Debug)]
+struct SharedLayout(std::sync::atomic::AtomicBool);
+
+impl SharedLayout {
+    fn new(layout: Layout) -> Self {
+        Self(std::sync::atomic::AtomicBool::new(
+            layout == Layout::Buckets,
+        ))
+    }
+
+    fn get(&self) -> Layout {
+        match self.0.load(Ordering::Acquire) {
+            true => Layout::Buckets,
+            false => Layout::PerClientid,
+        }
+    }
+
+    /// Takes the layout of the stream `config` describes.
+    fn found(&self, config: &stream::Config) {
+        let layout = Layout::of(config);
+        if self.get() != layout {
+            tracing::info!(stream = %config.name, ?layout, "the stream's layout changed (migrated)");
+            self.0.store(layout == Layout::Buckets, Ordering::Release);
+        }
+    }
+}
+
+/// Which step of a migration ([`migrate`]) is under way, if one is: a node
+/// does not join (nor create the stream) meanwhile.
+async fn migration_under_way(js: &jetstream::Context, name: &str) -> Option<&'static str> {
+    if js.get_stream(migrate::parked_name(name)).await.is_ok() {
+        return Some("the stream is parked");
+    }
+    match js.get_stream(name).await {
+        Ok(stream) if migrate::loading(stream.cached_info()) => Some("the stream is loading"),
+        _ => None,
+    }
+}
+
 /// The bucket a subject of stream `stream` names, if it is a bucket's.
 fn bucket_of(stream: &str, subject: &str) -> Option<usize> {
     let hex = subject.strip_prefix(stream)?.strip_prefix(".b.")?;
@@ -204,7 +246,9 @@ pub struct Link {
     /// The stream, without its info (no round trip to get it).
     handle: stream::Stream<()>,
     stream: String,
-    layout: Layout,
+    /// The stream's layout, as the follower last found it (a migration
+    /// changes it under a running node).
+    layout: Arc<SharedLayout>,
     buckets: Arc<BucketSeqs>,
     node: String,
     publish_timeout: Duration,
@@ -230,6 +274,11 @@ impl Link {
         let client = connect(config).await?;
         let js = jetstream::new(client.clone());
         let mut stream = loop {
+            if let Some(step) = migration_under_way(&js, &config.stream).await {
+                tracing::warn!(stream = %config.stream, step, "a migration of the stream is under way; waiting for it to end");
+                tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
             // Right after a JetStream cluster forms it has no leader for a
             // moment: retry until it answers.
             match js.get_or_create_stream(stream_config(config)).await {
@@ -246,7 +295,8 @@ impl Link {
             .await
             .map_err(|e| unavailable("stream info", &e))?;
         let (target, layout) = (info.state.last_sequence, Layout::of(&info.config));
-        if layout == Layout::PerClientid {
+        let layout = Arc::new(SharedLayout::new(layout));
+        if layout.get() == Layout::PerClientid {
             tracing::warn!(stream = %config.stream, "the stream has a subject per clientid (made before the buckets): every nats-server holds each one in memory; move it with `homecmp cluster migrate`");
         }
         check_prefix(&stream, store, target).await?;
@@ -262,6 +312,7 @@ impl Link {
             Follower {
                 applied: applied_tx,
                 buckets: buckets.clone(),
+                layout: layout.clone(),
             },
             acknowledged.clone(),
             stopped.clone(),
@@ -327,12 +378,12 @@ impl Link {
 
     /// The subject of a clientid's events.
     pub fn clientid_subject(&self, clientid: &str) -> String {
-        self.layout.clientid_subject(&self.stream, clientid)
+        self.layout.get().clientid_subject(&self.stream, clientid)
     }
 
     /// The stream's layout.
     pub fn layout(&self) -> Layout {
-        self.layout
+        self.layout.get()
     }
 
     /// What a plan may expect as `subject`'s last sequence without asking
@@ -370,7 +421,7 @@ impl Link {
             true => Err(ClusterError::Mismatch(format!(
                 "the stream {} was created with deny_delete (by a homecmp before erasure in \
                  cluster mode), which JetStream never lets go: erasure needs the stream moved \
-                 to today's layout: stop every node and run `homecmp cluster migrate`",
+                 to today's layout: run `homecmp cluster migrate` (the nodes may run)",
                 self.stream
             ))),
         }
@@ -497,6 +548,14 @@ impl Link {
                     self.refresh_bucket(&event.subject).await;
                     return Err(ClusterError::Conflict);
                 }
+                // No stream takes the subject: the stream is moving, or
+                // has moved to another layout ([`migrate`]).
+                Ok(Err(e)) if e.kind() == context::PublishErrorKind::StreamNotFound => {
+                    self.refresh_layout().await;
+                    return Err(ClusterError::Unavailable(format!(
+                        "publish: {e} (the stream is being migrated?)"
+                    )));
+                }
                 Ok(Err(e)) if attempt == 0 && retriable(e.kind()) => continue,
                 Ok(Err(e)) => return Err(ClusterError::Unavailable(format!("publish: {e}"))),
                 Err(_) if attempt == 0 => continue,
@@ -506,6 +565,13 @@ impl Link {
         Err(ClusterError::Unavailable(
             "publish not acknowledged in time".into(),
         ))
+    }
+
+    /// The stream's layout as it is now (after a [`migrate`], another).
+    async fn refresh_layout(&self) {
+        if let Ok(stream) = self.js.get_stream(&self.stream).await {
+            self.layout.found(&stream.cached_info().config);
+        }
     }
 
     /// After a refused publish on a bucket: its last sequence as the
@@ -667,7 +733,7 @@ fn retriable(kind: context::PublishErrorKind) -> bool {
 fn stream_config(config: &ClusterConfig) -> stream::Config {
     stream::Config {
         name: config.stream.clone(),
-        subjects: vec![format!("{}.>", config.stream)],
+        subjects: open_subjects(&config.stream),
         num_replicas: config.replicas,
         storage: stream::StorageType::File,
         // Last message per subject straight from the leader.
@@ -681,6 +747,17 @@ fn stream_config(config: &ClusterConfig) -> stream::Config {
         metadata: [(LAYOUT_KEY.to_owned(), "buckets".to_owned())].into(),
         ..Default::default()
     }
+}
+
+/// The subjects a stream of today's layout takes: buckets, codes, history
+/// rewrites and the gaps a migration copies ([`migrate`]); not a clientid's
+/// subject of its own, so a node that still names clientids that way
+/// (it has not yet seen the stream move) cannot write into it.
+pub(crate) fn open_subjects(stream: &str) -> Vec<String> {
+    ["b.*", "k.*", "h", "gap"]
+        .iter()
+        .map(|s| format!("{stream}.{s}"))
+        .collect()
 }
 
 /// The local log must be a prefix of the stream: same length or shorter,
@@ -776,6 +853,7 @@ async fn follow(
 struct Follower {
     applied: watch::Sender<Seq>,
     buckets: Arc<BucketSeqs>,
+    layout: Arc<SharedLayout>,
 }
 
 enum FollowError {
@@ -794,6 +872,7 @@ async fn follow_from(
     let applied = &follower.applied;
     let retry = |what: &str, e: &dyn std::fmt::Display| FollowError::Retry(format!("{what}: {e}"));
     let stream = js.get_stream(name).await.map_err(|e| retry("stream", &e))?;
+    follower.layout.found(&stream.cached_info().config);
     let consumer = stream
         .create_consumer(consumer::pull::OrderedConfig {
             deliver_policy: consumer::DeliverPolicy::ByStartSequence {
@@ -815,7 +894,7 @@ async fn follow_from(
             Ok(None) => return Ok(()),
             Err(_) => {
                 idle_checks += 1;
-                check_not_stalled(store, &stream, acknowledged, idle_checks).await?;
+                check_not_stalled(store, &stream, follower, acknowledged, idle_checks).await?;
                 continue;
             }
         };
@@ -907,6 +986,7 @@ async fn append(
 async fn check_not_stalled(
     store: &Store,
     stream: &stream::Stream,
+    follower: &Follower,
     acknowledged: &AtomicU64,
     idle_checks: u32,
 ) -> Result<(), FollowError> {
@@ -917,7 +997,13 @@ async fn check_not_stalled(
         )));
     }
     if idle_checks.is_multiple_of(5) {
-        let last = stream.get_info().await.map(|i| i.state.last_sequence);
+        let info = stream.get_info().await;
+        // An ordered consumer follows a stream that was moved ([`migrate`])
+        // without a word: its layout is read again here.
+        if let Ok(info) = &info {
+            follower.layout.found(&info.config);
+        }
+        let last = info.map(|i| i.state.last_sequence);
         if let Ok(last) = last
             && last > at
         {

@@ -7,25 +7,34 @@
 //! clientid's messages move to its bucket's subject, `.c.<h>` to
 //! `.b.<h[..4]>`).
 //!
-//! It is an offline step (every node stopped: a node publishing while the
-//! stream is moved would write into the copy), made of steps that each
-//! leave a state the next run recognises, so a run that stops anywhere is
-//! finished by running it again, and no message exists nowhere at any
-//! moment:
+//! The nodes keep running: they serve resolves from their own indexes
+//! throughout, and a change asked of them meanwhile is refused (503 with
+//! `Retry-After`) since no stream takes its subject. Every step leaves a
+//! state the next run recognises, so a run that stops anywhere is finished
+//! by running it again, and no message exists nowhere at any moment:
 //!
-//! 1. the old stream is copied, message by message, into a parked stream
+//! 1. the old stream is sealed: its subjects become `<stream>_SEALED.>`,
+//!    which nobody publishes to, so what it holds is final (a publish
+//!    acknowledged before is in it);
+//! 2. it is copied, message by message, into a parked stream
 //!    `<stream>_MIGRATING` (subjects `<stream>_MIGRATING.>`), each publish
 //!    expecting the parked stream's last sequence to be the one before, so
-//!    sequence `n` of the copy is message `n` of the original;
-//! 2. once the copy holds every message, the old stream is deleted;
-//! 3. the stream is created again with today's configuration and the
-//!    parked copy copied back into it the same way;
-//! 4. the parked copy is deleted.
+//!    sequence `n` of the copy is message `n` of the original (a gap a
+//!    history rewrite left is copied as a gap);
+//! 3. once the copy holds every message, the old stream is deleted;
+//! 4. the stream is created again with today's configuration, but loading:
+//!    it takes only `<stream>_LOADING.>`, renamed to `<stream>.>` as it
+//!    stores them, so a node cannot write into it yet; the parked copy is
+//!    copied into it the same way;
+//! 5. it is opened (today's subjects, [`super::open_subjects`]) and the
+//!    parked copy deleted.
 //!
 //! The nodes' local logs are untouched: they are, record for record, the
-//! stream they find when they start again.
-
-use std::time::{Duration, Instant};
+//! stream they find again. Each node's follower finds the new stream,
+//! reads its layout from it, and goes on from its last record; a node that
+//! starts meanwhile waits for the end before it joins. A node that still
+//! names a clientid's subject the old way cannot write into the new stream
+//! (today's subjects do not take it).
 
 use async_nats::jetstream::{self, consumer, context, stream};
 use futures_util::StreamExt;
@@ -33,20 +42,27 @@ use futures_util::StreamExt;
 use super::{ClusterError, Layout, Seq, connect, stream_config, unavailable};
 use crate::config::ClusterConfig;
 
-/// How long a run waits for the consumers of stopped nodes to leave the
-/// stream (an ordered consumer outlives its node by 30 s).
-const CONSUMERS_GONE: Duration = Duration::from_secs(60);
-
 /// Publishes in flight while copying.
 const IN_FLIGHT: usize = 256;
 
 /// What a run did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Migrated {
-    /// The stream already lets messages be deleted: nothing to do.
+    /// The stream already has today's layout (erasable, with clientid
+    /// buckets): nothing to do.
     AlreadyCurrent { messages: Seq },
     /// The stream was moved; it holds `messages`, at the same sequences.
     Moved { messages: Seq },
+}
+
+/// The parked copy of stream `name` while it migrates.
+pub(crate) fn parked_name(name: &str) -> String {
+    format!("{name}_MIGRATING")
+}
+
+/// Whether a stream is the new one still loading (step 4).
+pub(crate) fn loading(info: &stream::Info) -> bool {
+    info.config.subject_transform.is_some()
 }
 
 /// Moves `config.stream` to today's layout (see the module docs), saying
@@ -56,23 +72,32 @@ pub async fn migrate(
     mut say: impl FnMut(&str),
 ) -> Result<Migrated, ClusterError> {
     let js = jetstream::new(connect(config).await?);
-    let parked_name = format!("{}_MIGRATING", config.stream);
+    let name = &config.stream;
+    let parked_name = parked_name(name);
+    let sealed = format!("{name}_SEALED.>");
+    let loading_prefix = format!("{name}_LOADING");
     loop {
-        let source = existing(&js, &config.stream).await?;
+        let source = existing(&js, name).await?;
         let parked = existing(&js, &parked_name).await?;
         match (source, parked) {
             (None, None) => {
                 return Err(ClusterError::Mismatch(format!(
-                    "no stream named {} on these servers",
-                    config.stream
+                    "no stream named {name} on these servers"
                 )));
             }
-            (Some(source), None) if current(&source) => {
+            (Some(source), None) if current(&source) && !loading(source.cached_info()) => {
                 let messages = source.cached_info().state.last_sequence;
                 return Ok(Migrated::AlreadyCurrent { messages });
             }
+            (Some(source), None) if current(&source) => {
+                open(&js, config).await?;
+                say(&format!("opened {name}"));
+            }
             (Some(source), None) => {
-                wait_unfollowed(&source, &mut say).await?;
+                seal(&js, &source, &sealed).await?;
+                say(&format!(
+                    "sealed {name}: changes are refused until it is moved"
+                ));
                 let mut parked = stream_config(config);
                 parked.name = parked_name.clone();
                 parked.subjects = vec![format!("{parked_name}.>")];
@@ -82,26 +107,34 @@ pub async fn migrate(
                 say(&format!("created {parked_name}"));
             }
             (Some(source), Some(parked)) if !current(&source) => {
-                wait_unfollowed(&source, &mut say).await?;
-                let copied = copy(&js, &source, &parked).await?;
+                seal(&js, &source, &sealed).await?;
+                let copied = copy(&js, &source, &parked, &parked_name).await?;
                 say(&format!("copied {copied} messages into {parked_name}"));
-                js.delete_stream(&config.stream)
+                js.delete_stream(name)
                     .await
                     .map_err(|e| unavailable("delete the old stream", &e))?;
-                say(&format!("deleted the old {}", config.stream));
+                say(&format!("deleted the old {name}"));
             }
             (None, Some(_)) => {
-                js.create_stream(stream_config(config))
+                let mut loading = stream_config(config);
+                loading.subjects = vec![format!("{loading_prefix}.>")];
+                loading.subject_transform = Some(stream::SubjectTransform {
+                    source: format!("{loading_prefix}.>"),
+                    destination: format!("{name}.>"),
+                });
+                js.create_stream(loading)
                     .await
                     .map_err(|e| unavailable("create the stream", &e))?;
-                say(&format!("created {} with today's layout", config.stream));
+                say(&format!("created {name} with today's layout, loading"));
             }
             (Some(stream), Some(parked)) => {
-                let messages = copy(&js, &parked, &stream).await?;
-                say(&format!(
-                    "copied {messages} messages back into {}",
-                    config.stream
-                ));
+                let messages = match loading(stream.cached_info()) {
+                    true => copy(&js, &parked, &stream, &loading_prefix).await?,
+                    false => stream.cached_info().state.last_sequence,
+                };
+                say(&format!("copied {messages} messages back into {name}"));
+                open(&js, config).await?;
+                say(&format!("opened {name}: changes are taken again"));
                 js.delete_stream(&parked_name)
                     .await
                     .map_err(|e| unavailable("delete the parked stream", &e))?;
@@ -110,6 +143,31 @@ pub async fn migrate(
             }
         }
     }
+}
+
+/// Step 1: the old stream takes only `sealed`, which nobody publishes to.
+async fn seal(
+    js: &jetstream::Context,
+    source: &stream::Stream,
+    sealed: &str,
+) -> Result<(), ClusterError> {
+    let mut config = source.cached_info().config.clone();
+    if config.subjects == [sealed] {
+        return Ok(());
+    }
+    config.subjects = vec![sealed.to_owned()];
+    js.update_stream(config)
+        .await
+        .map_err(|e| unavailable("seal the old stream", &e))?;
+    Ok(())
+}
+
+/// Step 5: the stream takes today's subjects, as they are.
+async fn open(js: &jetstream::Context, config: &ClusterConfig) -> Result<(), ClusterError> {
+    js.update_stream(stream_config(config))
+        .await
+        .map_err(|e| unavailable("open the stream", &e))?;
+    Ok(())
 }
 
 /// Whether `stream` has today's layout: its messages can be deleted, and
@@ -146,46 +204,16 @@ async fn existing(
     }
 }
 
-/// Waits until no consumer follows `stream` (every node stopped), at most
-/// [`CONSUMERS_GONE`].
-async fn wait_unfollowed(
-    stream: &stream::Stream,
-    say: &mut impl FnMut(&str),
-) -> Result<(), ClusterError> {
-    let deadline = Instant::now() + CONSUMERS_GONE;
-    let mut stream = stream.clone();
-    loop {
-        let consumers = stream
-            .info()
-            .await
-            .map_err(|e| unavailable("stream info", &e))?
-            .state
-            .consumer_count;
-        if consumers == 0 {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            return Err(ClusterError::Mismatch(format!(
-                "{consumers} consumers still follow the stream: stop every homecmp node of \
-                 the cluster first (nothing was changed)"
-            )));
-        }
-        say(&format!(
-            "{consumers} consumers follow the stream; waiting for them to leave (every node \
-             must be stopped)"
-        ));
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    }
-}
-
-/// Copies the messages of `from` that `to` does not hold yet into `to`,
-/// each to the same sequence (its subject's first token renamed, and
+/// Copies the messages of `from` that `to` does not hold yet into `to`
+/// (published on `prefix`, the subjects `to` takes), each to the same
+/// sequence (its subject's first token renamed, and
 /// moved to its bucket if `to` has buckets: [`moved_subject`]), and
 /// returns how many `to` holds. `to` must be a prefix of `from`.
 async fn copy(
     js: &jetstream::Context,
     from: &stream::Stream,
     to: &stream::Stream,
+    prefix: &str,
 ) -> Result<Seq, ClusterError> {
     let (from_name, to_name) = (
         &from.cached_info().config.name,
@@ -251,7 +279,7 @@ async fn copy(
             while let Some(ack) = acks.next().await {
                 settle(Some(ack), to_name)?;
             }
-            copy_gap(js, to, next, seq).await?;
+            copy_gap(js, to, prefix, next, seq).await?;
             next = seq;
         }
         let suffix = message
@@ -263,7 +291,7 @@ async fn copy(
             .payload(message.payload.clone())
             .expected_last_sequence(seq - 1);
         let ack = js
-            .send_publish(format!("{to_name}{suffix}"), publish)
+            .send_publish(format!("{prefix}{suffix}"), publish)
             .await
             .map_err(|e| unavailable("publish", &e))?;
         acks.push_back(ack.into_future());
@@ -275,7 +303,7 @@ async fn copy(
     while let Some(ack) = acks.next().await {
         settle(Some(ack), to_name)?;
     }
-    copy_gap(js, to, next, last + 1).await?;
+    copy_gap(js, to, prefix, next, last + 1).await?;
     Ok(last)
 }
 
@@ -295,6 +323,7 @@ async fn deleted(stream: &stream::Stream, seq: Seq) -> Result<bool, ClusterError
 async fn copy_gap(
     js: &jetstream::Context,
     to: &stream::Stream,
+    prefix: &str,
     from: Seq,
     until: Seq,
 ) -> Result<(), ClusterError> {
@@ -304,7 +333,7 @@ async fn copy_gap(
             .payload(bytes::Bytes::new())
             .expected_last_sequence(seq - 1);
         let ack = js
-            .send_publish(format!("{to_name}.gap"), publish)
+            .send_publish(format!("{prefix}.gap"), publish)
             .await
             .map_err(|e| unavailable("publish", &e))?;
         settle(Some(ack.await), to_name)?;
