@@ -217,6 +217,19 @@ async fn timed_creations(
     (rate, conflicts.load(Ordering::Relaxed))
 }
 
+/// Bytes of the files under `dir`.
+fn dir_bytes(dir: &std::path::Path) -> u64 {
+    std::fs::read_dir(dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|entry| match entry.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&entry.path()),
+            _ => entry.metadata().map_or(0, |m| m.len()),
+        })
+        .sum()
+}
+
 /// The `FILL` mode (see the module docs).
 async fn at_scale(levels: &[u64], creations: u64) {
     println!(
@@ -259,9 +272,11 @@ async fn at_scale(levels: &[u64], creations: u64) {
             tokio::time::sleep(Duration::from_secs(3)).await;
             let per_server = rss();
             let mean = per_server.iter().sum::<u64>() / 3;
+            let disk = dir_bytes(cluster.dir()) / 3;
             println!(
                 "{:<22} {:>11} clientids  filled at {:>7.0}/s  {:>7.0} creations/s  {:>5} races lost  \
-                 RSS per server {:>6} MiB ({:?} MiB)  {:>5.0} B per clientid over the empty stream",
+                 RSS per server {:>6} MiB ({:?} MiB)  {:>5.0} B per clientid over the empty stream  \
+                 disk per server {:>6} MiB",
                 layout.name(),
                 level,
                 fill_rate,
@@ -270,6 +285,7 @@ async fn at_scale(levels: &[u64], creations: u64) {
                 mean / 1024,
                 per_server.iter().map(|k| k / 1024).collect::<Vec<_>>(),
                 (mean.saturating_sub(empty) * 1024) as f64 / (level + timed - (1 << 40)) as f64,
+                disk >> 20,
             );
         }
     }

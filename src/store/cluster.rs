@@ -569,7 +569,8 @@ impl Link {
 
     /// The stream's layout as it is now (after a [`migrate`], another).
     async fn refresh_layout(&self) {
-        if let Ok(stream) = self.js.get_stream(&self.stream).await {
+        let found = tokio::time::timeout(self.publish_timeout, self.js.get_stream(&self.stream));
+        if let Ok(Ok(stream)) = found.await {
             self.layout.found(&stream.cached_info().config);
         }
     }
