@@ -160,6 +160,27 @@ impl SharedLayout {
     }
 }
 
+/// The stream, created with today's layout if there is none, once no
+/// migration is under way; retried until JetStream answers.
+async fn the_stream(js: &jetstream::Context, config: &ClusterConfig) -> stream::Stream {
+    loop {
+        if let Some(step) = migration_under_way(js, &config.stream).await {
+            tracing::warn!(stream = %config.stream, step, "a migration of the stream is under way; waiting for it to end");
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            continue;
+        }
+        // Right after a JetStream cluster forms it has no leader for a
+        // moment: retry until it answers.
+        match js.get_or_create_stream(stream_config(config)).await {
+            Ok(stream) => return stream,
+            Err(e) => {
+                tracing::warn!(error = %e, stream = %config.stream, "JetStream stream not ready, retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
 /// Which step of a migration ([`migrate`]) is under way, if one is: a node
 /// does not join (nor create the stream) meanwhile.
 async fn migration_under_way(js: &jetstream::Context, name: &str) -> Option<&'static str> {
@@ -273,22 +294,7 @@ impl Link {
     pub async fn join(config: &ClusterConfig, store: &Store) -> Result<Arc<Self>, ClusterError> {
         let client = connect(config).await?;
         let js = jetstream::new(client.clone());
-        let mut stream = loop {
-            if let Some(step) = migration_under_way(&js, &config.stream).await {
-                tracing::warn!(stream = %config.stream, step, "a migration of the stream is under way; waiting for it to end");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                continue;
-            }
-            // Right after a JetStream cluster forms it has no leader for a
-            // moment: retry until it answers.
-            match js.get_or_create_stream(stream_config(config)).await {
-                Ok(stream) => break stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, stream = %config.stream, "JetStream stream not ready, retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        };
+        let mut stream = the_stream(&js, config).await;
         check_server_version(&client.server_info().version)?;
         let info = stream
             .info()

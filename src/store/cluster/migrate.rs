@@ -230,34 +230,8 @@ async fn copy(
     if held == last {
         return Ok(last);
     }
-    // A run stopped between a gap's placeholder and its delete.
-    if held > 0
-        && let Ok(message) = to.get_raw_message(held).await
-        && message.subject.as_str() == format!("{to_name}.gap")
-    {
-        to.delete_message(held)
-            .await
-            .map_err(|e| unavailable(&format!("delete placeholder {held}"), &e))?;
-    }
-    // A history rewrite (erasure, retention) deleted messages; those at
-    // the end are never delivered.
-    let mut present = last;
-    while present > held && deleted(from, present).await? {
-        present -= 1;
-    }
-    let consumer = from
-        .create_consumer(consumer::pull::OrderedConfig {
-            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
-                start_sequence: held + 1,
-            },
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| unavailable("consumer", &e))?;
-    let mut messages = consumer
-        .messages()
-        .await
-        .map_err(|e| unavailable("messages", &e))?;
+    let present = resume(from, to, held, last).await?;
+    let mut messages = messages_from(from, held + 1).await?;
     let mut acks = futures_util::stream::FuturesOrdered::new();
     let mut next = held + 1;
     while next <= present {
@@ -305,6 +279,53 @@ async fn copy(
     }
     copy_gap(js, to, prefix, next, last + 1).await?;
     Ok(last)
+}
+
+/// `stream`'s messages from sequence `start` on, in order.
+async fn messages_from(
+    stream: &stream::Stream,
+    start: Seq,
+) -> Result<consumer::pull::Ordered, ClusterError> {
+    let consumer = stream
+        .create_consumer(consumer::pull::OrderedConfig {
+            deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: start,
+            },
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| unavailable("consumer", &e))?;
+    consumer
+        .messages()
+        .await
+        .map_err(|e| unavailable("messages", &e))
+}
+
+/// Gets a copy from `from` into `to` (which holds `held` of its `last`
+/// messages) ready to go on: a run stopped between a gap's placeholder and
+/// its delete left the placeholder, which goes. Returns the last message
+/// `from` still has (a history rewrite deleted those after it: they are
+/// never delivered).
+async fn resume(
+    from: &stream::Stream,
+    to: &stream::Stream,
+    held: Seq,
+    last: Seq,
+) -> Result<Seq, ClusterError> {
+    let to_name = &to.cached_info().config.name;
+    if held > 0
+        && let Ok(message) = to.get_raw_message(held).await
+        && message.subject.as_str() == format!("{to_name}.gap")
+    {
+        to.delete_message(held)
+            .await
+            .map_err(|e| unavailable(&format!("delete placeholder {held}"), &e))?;
+    }
+    let mut present = last;
+    while present > held && deleted(from, present).await? {
+        present -= 1;
+    }
+    Ok(present)
 }
 
 /// Whether `stream`'s message `seq` was deleted.
