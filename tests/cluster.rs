@@ -988,25 +988,19 @@ async fn a_bulk_import_on_one_node_registers_every_code_on_every_node() {
     }
 }
 
-/// A cluster whose stream a homecmp made before erasure in cluster mode
-/// (with `deny_delete`, which JetStream never lets go) moves to today's
-/// layout with `homecmp cluster migrate` (every node stopped): the same
-/// messages at the same sequences, a node's log still a prefix of it, and
-/// erasure works afterwards.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_stream_made_before_erasure_moves_to_todays_layout() {
+/// The stream as an older homecmp created it (no layout in its metadata:
+/// a subject per clientid; with `deny_delete` before erasure in cluster
+/// mode), once the new JetStream cluster has a leader to create it.
+async fn old_stream(nats: &NatsCluster, deny_delete: bool) -> async_nats::jetstream::Context {
     use async_nats::jetstream::stream;
-    let nats = NatsCluster::start(3);
     let js = async_nats::jetstream::new(async_nats::connect(nats.url(0)).await.unwrap());
-    // The stream as homecmp created it before (`stream_config` then),
-    // once the new JetStream cluster has a leader to create it.
     let old = stream::Config {
         name: "HOMECMP".into(),
         subjects: vec!["HOMECMP.>".into()],
         num_replicas: 3,
         storage: stream::StorageType::File,
         allow_direct: true,
-        deny_delete: true,
+        deny_delete,
         deny_purge: true,
         duplicate_window: Duration::from_secs(120),
         ..Default::default()
@@ -1015,9 +1009,13 @@ async fn a_stream_made_before_erasure_moves_to_todays_layout() {
         js.create_stream(old.clone()).await.is_ok()
     })
     .await;
-    let dir = tempfile::tempdir().unwrap();
-    let urls = nats.urls_toml(&[0]);
-    let a = ChildNode::start(&urls, "a", dir.path());
+    js
+}
+
+/// Node `a`, a child process on `urls`, with the code and both
+/// subscribers' sessions.
+async fn child_with_code_and_sessions(urls: &str, dir: &std::path::Path) -> ChildNode {
+    let a = ChildNode::start(urls, "a", dir);
     let code = format!("/admin/v1/codes/{CODE}");
     a.call(Method::PUT, &code, Some(json!({ "target": TARGET })))
         .await;
@@ -1028,6 +1026,21 @@ async fn a_stream_made_before_erasure_moves_to_todays_layout() {
             .await;
         assert_eq!(s, 200);
     }
+    a
+}
+
+/// A cluster whose stream a homecmp made before erasure in cluster mode
+/// (with `deny_delete`, which JetStream never lets go) moves to today's
+/// layout with `homecmp cluster migrate` (every node stopped): the same
+/// messages at the same sequences, a node's log still a prefix of it, and
+/// erasure works afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_made_before_erasure_moves_to_todays_layout() {
+    let nats = NatsCluster::start(3);
+    let js = old_stream(&nats, true).await;
+    let dir = tempfile::tempdir().unwrap();
+    let urls = nats.urls_toml(&[0]);
+    let a = child_with_code_and_sessions(&urls, dir.path()).await;
     for (ip, clientid) in [
         ("127.1.0.1", "old-1"),
         ("127.1.0.1", "old-2"),
@@ -1342,34 +1355,10 @@ async fn converged(nodes: &[TestServer]) -> u64 {
 async fn a_stream_with_a_subject_per_clientid_moves_to_buckets() {
     use homecmp::store::cluster::Layout;
     let nats = NatsCluster::start(3);
-    let js = async_nats::jetstream::new(async_nats::connect(nats.url(0)).await.unwrap());
-    let old = async_nats::jetstream::stream::Config {
-        name: "HOMECMP".into(),
-        subjects: vec!["HOMECMP.>".into()],
-        num_replicas: 3,
-        storage: async_nats::jetstream::stream::StorageType::File,
-        allow_direct: true,
-        deny_purge: true,
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    };
-    eventually("the old stream is created", RECOVERY, async || {
-        js.create_stream(old.clone()).await.is_ok()
-    })
-    .await;
+    let js = old_stream(&nats, false).await;
     let dir = tempfile::tempdir().unwrap();
     let urls = nats.urls_toml(&[0]);
-    let a = ChildNode::start(&urls, "a", dir.path());
-    let code = format!("/admin/v1/codes/{CODE}");
-    a.call(Method::PUT, &code, Some(json!({ "target": TARGET })))
-        .await;
-    for (ip, msisdn) in [("127.1.0.1", SUB_1), ("127.1.0.2", SUB_2)] {
-        let path = format!("/admin/v1/sessions/{ip}");
-        let (s, _) = a
-            .call(Method::PUT, &path, Some(json!({ "msisdn": msisdn })))
-            .await;
-        assert_eq!(s, 200);
-    }
+    let a = child_with_code_and_sessions(&urls, dir.path()).await;
     let made = [
         ("127.1.0.1", "old-1"),
         ("127.1.0.1", "old-2"),
@@ -1474,21 +1463,7 @@ async fn a_stream_with_a_subject_per_clientid_moves_to_buckets() {
 async fn a_running_cluster_moves_to_buckets_and_serves_resolves_throughout() {
     use homecmp::store::cluster::Layout;
     let nats = NatsCluster::start(3);
-    let js = async_nats::jetstream::new(async_nats::connect(nats.url(0)).await.unwrap());
-    let old = async_nats::jetstream::stream::Config {
-        name: "HOMECMP".into(),
-        subjects: vec!["HOMECMP.>".into()],
-        num_replicas: 3,
-        storage: async_nats::jetstream::stream::StorageType::File,
-        allow_direct: true,
-        deny_purge: true,
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    };
-    eventually("the old stream is created", RECOVERY, async || {
-        js.create_stream(old.clone()).await.is_ok()
-    })
-    .await;
+    old_stream(&nats, false).await;
     let a = node(&nats, &[0], "a").await;
     let b = node(&nats, &[1], "b").await;
     a.put_code(CODE, TARGET).await;
