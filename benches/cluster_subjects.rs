@@ -111,44 +111,14 @@ async fn run(cluster: &nats::NatsCluster, layout: Layout, name: &str, creations:
     };
     let pids = cluster.pids();
     let rss_before: u64 = pids.iter().map(|&p| common::rss_kib(&p.to_string())).sum();
-    let next = Arc::new(AtomicU64::new(0));
-    let conflicts = Arc::new(AtomicU64::new(0));
-    // ~the size of an association_created record.
-    let payload = bytes::Bytes::from(vec![7u8; 120]);
-    let started = Instant::now();
-    let writers: Vec<_> = (0..WRITERS)
-        .map(|_| {
-            let (js, stream, next, conflicts, payload, name) = (
-                js.clone(),
-                stream.clone(),
-                next.clone(),
-                conflicts.clone(),
-                payload.clone(),
-                name.to_owned(),
-            );
-            tokio::spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= creations {
-                        return;
-                    }
-                    let subject = layout.subject(&name, i);
-                    create(&js, &stream, subject, payload.clone(), &conflicts).await;
-                }
-            })
-        })
-        .collect();
-    for w in writers {
-        w.await.unwrap();
-    }
-    let secs = started.elapsed().as_secs_f64();
+    let (rate, lost) = timed_creations(&js, &stream, layout, name, 0, creations).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_after: u64 = pids.iter().map(|&p| common::rss_kib(&p.to_string())).sum();
     println!(
         "{:<22} {:>9.0} creations/s  {:>7} races lost  {:>8.0} B of server RSS per event (3 servers)",
         layout.name(),
-        creations as f64 / secs,
-        conflicts.load(Ordering::Relaxed),
+        rate,
+        lost,
         (rss_after.saturating_sub(rss_before) * 1024) as f64 / creations as f64,
     );
 }
@@ -186,6 +156,7 @@ async fn timed_creations(
 ) -> (f64, u64) {
     let next = Arc::new(AtomicU64::new(first));
     let conflicts = Arc::new(AtomicU64::new(0));
+    // ~the size of an association_created record.
     let payload = bytes::Bytes::from(vec![7u8; 120]);
     let started = Instant::now();
     let writers: Vec<_> = (0..WRITERS)
