@@ -229,7 +229,7 @@ async fn a_follower_that_cannot_apply_an_event_stops_loudly() {
     let client = async_nats::connect(nats.url(0)).await.unwrap();
     let js = async_nats::jetstream::new(client);
     js.publish(
-        "HOMECMP.c.0000",
+        "HOMECMP.b.0000",
         bytes::Bytes::from_static(b"\x01not an event"),
     )
     .await
