@@ -197,7 +197,8 @@ pub struct RadiusConfig {
 #[derive(Debug, Clone)]
 pub struct ClusterConfig {
     pub nats_urls: Vec<String>,
-    /// The JetStream stream; its subjects are `<stream>.>`.
+    /// The JetStream stream; its subjects are `<stream>.b.*` (clientid
+    /// buckets), `<stream>.k.*` (codes), `<stream>.h` and `<stream>.gap`.
     pub stream: String,
     /// Copies JetStream keeps of each event (3: one server may fail).
     pub replicas: usize,
