@@ -145,7 +145,6 @@ const _: () = assert!(MAX_RULES <= Rules::BITS as usize);
 /// The rules each condition lets through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 struct RuleSets {
-    all: Rules,
     /// Those whose network condition holds for a client on the MNO's
     /// network, and off it.
     on_net: Rules,
@@ -169,7 +168,6 @@ impl Compiled {
         let mut sets = RuleSets::default();
         for (i, rule) in rules.iter().enumerate().take(MAX_RULES) {
             let bit: Rules = 1 << i;
-            sets.all |= bit;
             if rule.network != Some(Network::OffNet) {
                 sets.on_net |= bit;
             }

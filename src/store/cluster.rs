@@ -97,6 +97,8 @@ pub const BUCKETS: usize = 1 << 16;
 
 /// The stream metadata key that names its [`Layout`].
 const LAYOUT_KEY: &str = "homecmp_layout";
+/// Its value for [`Layout::Buckets`].
+const BUCKETS_LAYOUT: &str = "buckets";
 
 /// How a stream names the subjects of clientids' events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,7 +117,7 @@ impl Layout {
     /// made before the buckets).
     pub fn of(config: &stream::Config) -> Layout {
         match config.metadata.get(LAYOUT_KEY).map(String::as_str) {
-            Some("buckets") => Layout::Buckets,
+            Some(BUCKETS_LAYOUT) => Layout::Buckets,
             _ => Layout::PerClientid,
         }
     }
@@ -751,7 +753,7 @@ fn stream_config(config: &ClusterConfig) -> stream::Config {
         deny_delete: false,
         deny_purge: true,
         duplicate_window: Duration::from_secs(120),
-        metadata: [(LAYOUT_KEY.to_owned(), "buckets".to_owned())].into(),
+        metadata: [(LAYOUT_KEY.to_owned(), BUCKETS_LAYOUT.to_owned())].into(),
         ..Default::default()
     }
 }
@@ -907,12 +909,10 @@ async fn follow_from(
         };
         idle_checks = 0;
         let next = store.log().last_seq() + 1;
-        let (records, subjects, gap) = records_of(batch, next)?;
+        let (records, buckets, gap) = records_of(name, batch, next)?;
         apply(store, &stream, records, applied).await?;
-        for (subject, seq) in subjects {
-            if let Some(bucket) = bucket_of(name, &subject) {
-                follower.buckets.raise(bucket, seq);
-            }
+        for (bucket, seq) in buckets {
+            follower.buckets.raise(bucket, seq);
         }
         if let Some(until) = gap {
             let from = store.log().last_seq() + 1;
@@ -1028,12 +1028,13 @@ async fn check_not_stalled(
 /// the caller fills, [`fill_gap`]). A message that is not an event stops
 /// the follower.
 fn records_of<E: std::fmt::Display>(
+    name: &str,
     batch: Vec<Result<jetstream::Message, E>>,
     mut next: Seq,
 ) -> Result<Followed, FollowError> {
     let retry = |what: &str, e: &dyn std::fmt::Display| FollowError::Retry(format!("{what}: {e}"));
     let mut records = Vec::with_capacity(batch.len());
-    let mut subjects = Vec::with_capacity(batch.len());
+    let mut buckets = Vec::with_capacity(batch.len());
     for message in batch {
         let message = message.map_err(|e| retry("message", &e))?;
         let seq = message
@@ -1044,21 +1045,23 @@ fn records_of<E: std::fmt::Display>(
             continue;
         }
         if seq > next {
-            return Ok((records, subjects, Some(seq)));
+            return Ok((records, buckets, Some(seq)));
         }
         let record = decode_value(&message.payload).map_err(|e| {
             FollowError::Fatal(format!("stream message {seq} is not an event: {e}"))
         })?;
         records.push(record);
-        subjects.push((message.subject.to_string(), seq));
+        if let Some(bucket) = bucket_of(name, &message.subject) {
+            buckets.push((bucket, seq));
+        }
         next += 1;
     }
-    Ok((records, subjects, None))
+    Ok((records, buckets, None))
 }
 
-/// A batch's events, each one's subject and sequence, and the sequence
-/// after a gap if there is one ([`records_of`]).
-type Followed = (Vec<Record>, Vec<(String, Seq)>, Option<Seq>);
+/// A batch's events, the bucket and sequence of each on a bucket, and the
+/// sequence after a gap if there is one ([`records_of`]).
+type Followed = (Vec<Record>, Vec<(usize, Seq)>, Option<Seq>);
 
 /// 24 hex digits of SHA-256: a subject token for any key, the same on
 /// every node.

@@ -834,8 +834,9 @@ impl Store {
                         rebound_from,
                     } => (events, superseded, rebound_from),
                 };
-            let mut publishes = Vec::with_capacity(events.len());
-            for event in events {
+            let planned = events;
+            let mut events = Vec::with_capacity(planned.len());
+            for event in planned {
                 let id = event.clientid().unwrap_or_default();
                 let (subject, expected) = match id == new.clientid.as_str() {
                     true => (subject.clone(), last),
@@ -844,9 +845,8 @@ impl Store {
                         None => return Planned::Stale,
                     },
                 };
-                publishes.push(Publish::new(subject, expected, &Stamp::from(now_ms), event));
+                events.push(Publish::new(subject, expected, &Stamp::from(now_ms), event));
             }
-            let events = publishes;
             let answer = move |seq| match rebound_from {
                 None => Associated::Created { seq, superseded },
                 Some(from) => Associated::Rebound {
