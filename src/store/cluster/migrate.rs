@@ -107,7 +107,11 @@ pub async fn migrate(
                 say(&format!("created {parked_name}"));
             }
             (Some(source), Some(parked)) if !current(&source) => {
-                seal(&js, &source, &sealed).await?;
+                // Sealed just now (a run of an older homecmp parked it
+                // unsealed): what it holds is read again, final.
+                if seal(&js, &source, &sealed).await? {
+                    continue;
+                }
                 let copied = copy(&js, &source, &parked, &parked_name).await?;
                 say(&format!("copied {copied} messages into {parked_name}"));
                 js.delete_stream(name)
@@ -146,20 +150,21 @@ pub async fn migrate(
 }
 
 /// Step 1: the old stream takes only `sealed`, which nobody publishes to.
+/// Whether it was not sealed before.
 async fn seal(
     js: &jetstream::Context,
     source: &stream::Stream,
     sealed: &str,
-) -> Result<(), ClusterError> {
+) -> Result<bool, ClusterError> {
     let mut config = source.cached_info().config.clone();
     if config.subjects == [sealed] {
-        return Ok(());
+        return Ok(false);
     }
     config.subjects = vec![sealed.to_owned()];
     js.update_stream(config)
         .await
         .map_err(|e| unavailable("seal the old stream", &e))?;
-    Ok(())
+    Ok(true)
 }
 
 /// Step 5: the stream takes today's subjects, as they are.
