@@ -120,15 +120,7 @@ pub async fn migrate(
                 say(&format!("deleted the old {name}"));
             }
             (None, Some(_)) => {
-                let mut loading = stream_config(config);
-                loading.subjects = vec![format!("{loading_prefix}.>")];
-                loading.subject_transform = Some(stream::SubjectTransform {
-                    source: format!("{loading_prefix}.>"),
-                    destination: format!("{name}.>"),
-                });
-                js.create_stream(loading)
-                    .await
-                    .map_err(|e| unavailable("create the stream", &e))?;
+                create_loading(&js, config, &loading_prefix).await?;
                 say(&format!("created {name} with today's layout, loading"));
             }
             (Some(stream), Some(parked)) => {
@@ -147,6 +139,25 @@ pub async fn migrate(
             }
         }
     }
+}
+
+/// Step 4: the stream made again with today's configuration, but taking
+/// only `<loading_prefix>.>`, stored as `<stream>.>`.
+async fn create_loading(
+    js: &jetstream::Context,
+    config: &ClusterConfig,
+    loading_prefix: &str,
+) -> Result<(), ClusterError> {
+    let mut loading = stream_config(config);
+    loading.subjects = vec![format!("{loading_prefix}.>")];
+    loading.subject_transform = Some(stream::SubjectTransform {
+        source: format!("{loading_prefix}.>"),
+        destination: format!("{}.>", config.stream),
+    });
+    js.create_stream(loading)
+        .await
+        .map_err(|e| unavailable("create the stream", &e))?;
+    Ok(())
 }
 
 /// Step 1: the old stream takes only `sealed`, which nobody publishes to.
