@@ -138,6 +138,34 @@ async fn a_request_whose_fin_comes_late_is_answered_not_reset() {
     }
 }
 
+/// A connection's requests are served on one task (their answers leave
+/// together); one that waits must not hold up the others.
+#[tokio::test]
+async fn a_stream_that_waits_does_not_hold_up_the_others_on_its_connection() {
+    let server = TestServer::ready("[limits]\nheader_read_timeout_ms = 3000\n").await;
+    let client = server.h3_client("127.2.0.76");
+    let mut connection = client.open().await.unwrap();
+    // A request stream with the first byte of a HEADERS frame, then nothing:
+    // the server waits for the rest of its head, up to the timeout.
+    let (mut send, mut stalled) = connection.connection.open_bi().await.unwrap();
+    send.write_all(&[0x01]).await.unwrap();
+    let started = std::time::Instant::now();
+    for _ in 0..3 {
+        let (status, _) = connection.get(&path("code=x")).await.unwrap();
+        assert_eq!(status, 400);
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "requests after a waiting one took {:?}",
+        started.elapsed()
+    );
+    let ended = tokio::time::timeout(Duration::from_secs(6), stalled.read_to_end(1024)).await;
+    assert!(ended.is_ok(), "the server let the stalled stream hang");
+    assert!(started.elapsed() >= Duration::from_millis(2500));
+    connection.close();
+    server.stop().await;
+}
+
 #[tokio::test]
 async fn wifi_first_then_mno_over_http3() {
     let server = TestServer::ready("").await;

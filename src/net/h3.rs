@@ -38,6 +38,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use quinn::crypto::rustls::QuicServerConfig;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -353,6 +355,13 @@ const H3_EXCESSIVE_LOAD: u32 = 0x107;
 /// connection with no request in flight is closed after the header-read
 /// timeout (before its first request) or the idle timeout (after one), and
 /// a stream must bring its request head within the header-read timeout.
+///
+/// The requests run on this task, not one task each: the answers written
+/// in one turn of it leave together when quinn's connection driver runs
+/// next (one datagram for several answers), where a task per request had
+/// the driver send each answer alone, right after the task that wrote it.
+/// A request that waits (a durable write, a slow-down) waits here without
+/// holding up the others.
 async fn serve_connection(
     app: &Arc<App>,
     connection: quinn::Connection,
@@ -372,9 +381,10 @@ async fn serve_connection(
     let conduct = Conduct::new();
     // Cancelled by a request that came after the connection moved.
     let moved = CancellationToken::new();
-    let requests = TaskTracker::new();
+    let mut requests = FuturesUnordered::new();
     loop {
         let accepted = tokio::select! {
+            Some(()) = requests.next(), if !requests.is_empty() => continue,
             _ = moved.cancelled() => {
                 // Drained: the client's next request opens a connection
                 // whose handshake proves where it is now.
@@ -395,6 +405,7 @@ async fn serve_connection(
                 let _ = h3_conn.shutdown(0).await;
                 break;
             }
+            // Cancel-safe: `accept` awaits nothing after a stream is taken.
             accepted = h3_conn.accept() => accepted,
         };
         let resolver = match accepted {
@@ -409,17 +420,21 @@ async fn serve_connection(
             moved: moved.clone(),
         };
         let busy = activity.begin();
-        requests.spawn(async move {
+        requests.push(async move {
             let _busy = busy;
             serve_request(on, resolver).await;
         });
     }
-    requests.close();
-    let _ = tokio::time::timeout(limits.shutdown_grace, requests.wait()).await;
-    // After a GOAWAY the client closes once it has its answers; closing
-    // first could drop an answer still in flight (QUIC discards unsent
-    // and unacknowledged stream data on close). Bounded: a client that
-    // never closes is closed after `LINGER`.
+    let in_flight = async { while requests.next().await.is_some() {} };
+    let _ = tokio::time::timeout(limits.shutdown_grace, in_flight).await;
+    linger_and_close(&quic).await;
+}
+
+/// After a GOAWAY the client closes once it has its answers; closing first
+/// could drop an answer still in flight (QUIC discards unsent and
+/// unacknowledged stream data on close). Bounded: a client that never
+/// closes is closed after `LINGER`.
+async fn linger_and_close(quic: &quinn::Connection) {
     let _ = tokio::time::timeout(LINGER, quic.closed()).await;
     quic.close(H3_NO_ERROR.into(), b"");
 }
