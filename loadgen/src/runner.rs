@@ -107,7 +107,7 @@ pub async fn run(
     // An HTTP/3 lane's streams share a task (see `lane_task`); any other
     // stream has a task of its own (HTTP/2 batches its writes already, and
     // measured slower on a shared task: 67-68k req/s against 91-97k).
-    let mut tasks_of: BTreeMap<(usize, usize), Vec<(u64, Option<Via>)>> = BTreeMap::new();
+    let mut tasks_of: BTreeMap<(usize, usize), Vec<Slot>> = BTreeMap::new();
     for (j, (lane, side)) in slots.into_iter().enumerate() {
         let task = match shared.lanes[lane].protocol {
             Protocol::Http3 => 0,
@@ -176,11 +176,14 @@ fn task_slots(
         .collect()
 }
 
+/// A request task's number and the side its legitimate requests keep to.
+type Slot = (u64, Option<Via>);
+
 /// Request tasks of a lane, run on one tokio task: over HTTP/3 the requests
 /// its streams send in one turn leave together (one datagram for several;
 /// with a tokio task per stream, quinn's driver ran right after each one
 /// that wrote and sent its request alone).
-async fn lane_task(shared: Arc<Shared>, lane: usize, slots: Vec<(u64, Option<Via>)>, total: u64) {
+async fn lane_task(shared: Arc<Shared>, lane: usize, slots: Vec<Slot>, total: u64) {
     let mut streams: FuturesUnordered<_> = slots
         .into_iter()
         .map(|(j, side)| request_task(shared.clone(), lane, side, j, total))
