@@ -393,6 +393,13 @@ async fn serve_connection(
             }
             _ = conduct.closed() => {
                 // Earned by a run of refusals: no drain, no GOAWAY courtesy.
+                // The answers written meanwhile (the refusal that earned it)
+                // leave first: a close discards what quinn has not sent.
+                let answering = async {
+                    while requests.next().await.is_some() {}
+                    std::future::pending::<()>().await
+                };
+                let _ = tokio::time::timeout(ANSWERS_BEFORE_CLOSE, answering).await;
                 quic.close(H3_EXCESSIVE_LOAD.into(), b"too many refused requests");
                 return;
             }
@@ -441,6 +448,10 @@ async fn linger_and_close(quic: &quinn::Connection) {
 
 /// How long a drained connection waits for its client to close it.
 const LINGER: Duration = Duration::from_secs(1);
+
+/// How long a connection closed for its conduct has to send the answers
+/// already written (its driver sends them while this task waits).
+const ANSWERS_BEFORE_CLOSE: Duration = Duration::from_millis(50);
 
 /// What a request task needs of its connection.
 struct OnConnection {
