@@ -391,18 +391,7 @@ async fn serve_connection(
                 let _ = h3_conn.shutdown(0).await;
                 break;
             }
-            _ = conduct.closed() => {
-                // Earned by a run of refusals: no drain, no GOAWAY courtesy.
-                // The answers written meanwhile (the refusal that earned it)
-                // leave first: a close discards what quinn has not sent.
-                let answering = async {
-                    while requests.next().await.is_some() {}
-                    std::future::pending::<()>().await
-                };
-                let _ = tokio::time::timeout(ANSWERS_BEFORE_CLOSE, answering).await;
-                quic.close(H3_EXCESSIVE_LOAD.into(), b"too many refused requests");
-                return;
-            }
+            _ = conduct.closed() => return close_for_conduct(&quic, &mut requests).await,
             _ = shutdown.cancelled() => {
                 // GOAWAY: finish what is in flight, take nothing new.
                 let _ = h3_conn.shutdown(0).await;
@@ -435,6 +424,21 @@ async fn serve_connection(
     let in_flight = async { while requests.next().await.is_some() {} };
     let _ = tokio::time::timeout(limits.shutdown_grace, in_flight).await;
     linger_and_close(&quic).await;
+}
+
+/// Closes a connection that earned it by a run of refusals: no drain, no
+/// GOAWAY courtesy, but the answers written meanwhile (the refusal that
+/// earned it) leave first, as a close discards what quinn has not sent.
+async fn close_for_conduct<F: Future<Output = ()>>(
+    quic: &quinn::Connection,
+    requests: &mut FuturesUnordered<F>,
+) {
+    let answering = async {
+        while requests.next().await.is_some() {}
+        std::future::pending::<()>().await
+    };
+    let _ = tokio::time::timeout(ANSWERS_BEFORE_CLOSE, answering).await;
+    quic.close(H3_EXCESSIVE_LOAD.into(), b"too many refused requests");
 }
 
 /// After a GOAWAY the client closes once it has its answers; closing first
