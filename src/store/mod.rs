@@ -834,19 +834,17 @@ impl Store {
                         rebound_from,
                     } => (events, superseded, rebound_from),
                 };
-            let planned = events;
-            let mut events = Vec::with_capacity(planned.len());
-            for event in planned {
+            let publish = |event: Event| {
                 let id = event.clientid().unwrap_or_default();
                 let (subject, expected) = match id == new.clientid.as_str() {
                     true => (subject.clone(), last),
-                    false => match self.superseded_expected(link, id, &new.subscriber) {
-                        Some(at) => at,
-                        None => return Planned::Stale,
-                    },
+                    false => self.superseded_expected(link, id, &new.subscriber)?,
                 };
-                events.push(Publish::new(subject, expected, &Stamp::from(now_ms), event));
-            }
+                Some(Publish::new(subject, expected, &Stamp::from(now_ms), event))
+            };
+            let Some(events) = events.into_iter().map(publish).collect() else {
+                return Planned::Stale;
+            };
             let answer = move |seq| match rebound_from {
                 None => Associated::Created { seq, superseded },
                 Some(from) => Associated::Rebound {
