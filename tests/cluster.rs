@@ -1942,7 +1942,11 @@ async fn no_creation_a_node_acknowledged_is_lost_when_it_is_cut_from_nats_under_
         // Answers already on their way when C noticed are counted by now.
         tokio::time::sleep(Duration::from_millis(200)).await;
         let at_cut = created.load(Ordering::Relaxed);
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        // Longer than the publish timeout (2 s): a creation in flight at the
+        // cut waits for its acknowledgement up to then (async-nats sends it
+        // again on a reconnect), so with a shorter cut every creator could
+        // spend it waiting, and none would ask and be refused.
+        tokio::time::sleep(Duration::from_millis(2500)).await;
         let while_cut = created.load(Ordering::Relaxed) - at_cut;
         nats.restart(2);
         eventually("C ready again", RECOVERY, async || {
