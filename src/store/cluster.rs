@@ -584,7 +584,12 @@ impl Link {
     }
 
     /// After a refused publish on a bucket: its last sequence as the
-    /// leader says, kept if this node has applied it. The follower only
+    /// leader says, once this node has applied it (within the publish
+    /// timeout). The next plan then sees the event that won: a change
+    /// planned on a bucket's guess while the follower was still behind it
+    /// (a superseded clientid's revocation, say, which no catch-up on the
+    /// new clientid's subject waits for) would otherwise be refused again
+    /// at every attempt until the follower got there. The follower only
     /// raises a bucket's sequence; after an erasure deleted the bucket's
     /// last messages the leader's is lower, and every guess would be
     /// refused until this.
@@ -593,7 +598,7 @@ impl Link {
             return;
         };
         if let Ok(last) = self.last_on(subject).await
-            && last <= self.applied()
+            && self.wait_applied(last).await.is_ok()
         {
             self.buckets.set(bucket, last);
         }
