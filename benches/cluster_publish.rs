@@ -15,7 +15,7 @@
 //! refused (a node's real batches would be: one lost race refuses the
 //! whole batch).
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use async_nats::HeaderMap;
 use async_nats::jetstream::{self, stream};
@@ -46,23 +46,6 @@ impl Mode {
             Mode::Batches { size, in_flight } => {
                 format!("atomic batches of {size}, {in_flight} outstanding")
             }
-        }
-    }
-}
-
-async fn r3_stream(js: &jetstream::Context, name: &str) {
-    loop {
-        let config = stream::Config {
-            name: name.into(),
-            subjects: vec![format!("{name}.>")],
-            num_replicas: 3,
-            allow_direct: true,
-            allow_atomic_publish: true,
-            ..Default::default()
-        };
-        match js.get_or_create_stream(config).await {
-            Ok(_) => return,
-            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
         }
     }
 }
@@ -184,7 +167,11 @@ fn main() {
         println!("{events} events a configuration, R=3, three nats-servers on this machine");
         for (n, mode) in modes.into_iter().enumerate() {
             let name = format!("PUBLISH{n}");
-            r3_stream(&js, &name).await;
+            let config = stream::Config {
+                allow_atomic_publish: true,
+                ..nats::r3_config(&name)
+            };
+            nats::stream_when_led(&js, config).await;
             let (ticks, started) = (server_ticks(&cluster), Instant::now());
             match mode {
                 Mode::Single { in_flight } => single(&js, &name, events, in_flight).await,

@@ -93,28 +93,10 @@ async fn create(
     }
 }
 
-/// Stream `name` (subjects `name.>`, R=3), once the new JetStream cluster
-/// has a leader to make it.
-async fn r3_stream(js: &jetstream::Context, name: &str) -> stream::Stream {
-    loop {
-        let config = stream::Config {
-            name: name.into(),
-            subjects: vec![format!("{name}.>")],
-            num_replicas: 3,
-            allow_direct: true,
-            ..Default::default()
-        };
-        match js.get_or_create_stream(config).await {
-            Ok(s) => return s,
-            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
-        }
-    }
-}
-
 async fn run(cluster: &nats::NatsCluster, layout: Layout, name: &str, creations: u64) {
     let client = async_nats::connect(cluster.url(0)).await.unwrap();
     let js = jetstream::new(client);
-    let stream = r3_stream(&js, name).await;
+    let stream = nats::stream_when_led(&js, nats::r3_config(name)).await;
     let pids = cluster.pids();
     let rss_before: u64 = pids.iter().map(|&p| common::rss_kib(&p.to_string())).sum();
     let (rate, lost) = timed_creations(&js, &stream, layout, name, 0, creations).await;
@@ -216,7 +198,7 @@ async fn at_scale(levels: &[u64], creations: u64) {
         let cluster = nats::NatsCluster::start(3);
         let js = jetstream::new(async_nats::connect(cluster.url(0)).await.unwrap());
         let name = "SCALE";
-        let stream = r3_stream(&js, name).await;
+        let stream = nats::stream_when_led(&js, nats::r3_config(name)).await;
         let rss = || -> Vec<u64> {
             let pids = cluster.pids();
             pids.iter()

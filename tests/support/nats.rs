@@ -195,3 +195,29 @@ impl Drop for NatsCluster {
         }
     }
 }
+
+/// The R=3 stream `name` (subjects `name.>`, direct gets) the benches
+/// measure on; a bench adds what else it needs.
+pub fn r3_config(name: &str) -> async_nats::jetstream::stream::Config {
+    async_nats::jetstream::stream::Config {
+        name: name.into(),
+        subjects: vec![format!("{name}.>")],
+        num_replicas: 3,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// Stream `config`, made (or found) once the new JetStream cluster has a
+/// leader to make it.
+pub async fn stream_when_led(
+    js: &async_nats::jetstream::Context,
+    config: async_nats::jetstream::stream::Config,
+) -> async_nats::jetstream::stream::Stream {
+    loop {
+        match js.get_or_create_stream(config.clone()).await {
+            Ok(stream) => return stream,
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
+}
